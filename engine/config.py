@@ -1,0 +1,123 @@
+"""Frozen, validated configuration records for the engine."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a Llama-family decoder (Llama, SmolLM2, Qwen2, Qwen3)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # As in HF config.json: None, or {"rope_type": "llama3"|"linear"|"dynamic"|"yarn", ...}
+    rope_scaling: dict | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # Qwen2 has q/k/v biases
+    qk_norm: bool = False  # Qwen3 normalises q and k per head
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    architecture: str = "llama"
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        for name in ("vocab_size", "hidden_size", "num_layers", "head_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Paged KV cache geometry."""
+
+    block_size: int = 16
+    num_blocks: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.num_blocks <= 0:
+            raise ValueError("block_size and num_blocks must be positive")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.block_size * self.num_blocks
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous-batching limits."""
+
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 512
+    max_model_len: int = 2048
+    max_waiting: int = 256  # beyond this new requests get 429
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.max_model_len <= 1:
+            raise ValueError("max_model_len must be > 1")
+
+
+SPEC_METHODS = ("none", "ngram", "draft-model", "self-draft")
+VERIFY_POLICIES = ("off", "static", "adaptive")
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Which drafter to use and how many tokens it may propose per step."""
+
+    method: str = "none"
+    num_speculative_tokens: int = 4
+    draft_model: str | None = None
+    ngram_min: int = 1
+    ngram_max: int = 4
+    self_draft_layers: int = 0  # 0 = auto (a third of the target's layers)
+    policy: str = "static"
+
+    def __post_init__(self) -> None:
+        if self.method not in SPEC_METHODS:
+            raise ValueError(f"unknown speculative method {self.method!r}; choose from {SPEC_METHODS}")
+        if self.policy not in VERIFY_POLICIES:
+            raise ValueError(f"unknown verification policy {self.policy!r}; choose from {VERIFY_POLICIES}")
+        if not 1 <= self.num_speculative_tokens <= 16:
+            raise ValueError("num_speculative_tokens must be in [1, 16]")
+        if self.method == "draft-model" and not self.draft_model:
+            raise ValueError("--draft-model PATH is required with --speculative-method draft-model")
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise ValueError("need 1 <= ngram_min <= ngram_max")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none" and self.policy != "off"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs to start."""
+
+    model: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    served_model_name: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float16", "bfloat16", "float64"):
+            raise ValueError(f"unsupported dtype {self.dtype!r}")

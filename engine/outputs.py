@@ -1,0 +1,61 @@
+"""What the engine hands back to its callers (the server), per step and overall."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scheduler.output import TokenLogprob
+
+
+@dataclass
+class RequestOutput:
+    """The increment one request gained in one engine step.
+
+    `new_text` is the detokenized delta (stop strings already cut out);
+    `finish_reason` is 'stop', 'length' or 'abort' once finished.
+    """
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+    # Speculation figures for this request so far.
+    num_spec_steps: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+
+
+@dataclass
+class EngineStats:
+    """A snapshot of engine counters and gauges, read by /metrics."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0  # fraction of KV blocks in use
+    num_preemptions: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    num_steps: int = 0
+    # Speculative decoding, with vLLM's meanings.
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    accepted_per_position: list[int] = field(default_factory=list)
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens emitted per verification step, bonus included."""
+        if not self.num_drafts:
+            return 0.0
+        return 1.0 + self.num_accepted_tokens / self.num_drafts
+
+
+class QueueFullError(RuntimeError):
+    """The engine's waiting queue is full; the caller should retry later."""
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop crashed; no request can be served."""

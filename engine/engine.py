@@ -1,0 +1,207 @@
+"""The engine loop: take new requests -> schedule -> execute -> update -> emit.
+
+Synchronous and single-threaded on purpose; `engine/client.py` runs it in a
+background thread and bridges it to asyncio.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from engine.config import EngineConfig
+from engine.kv_cache import kv_bytes_per_token
+from engine.model_runner import ModelRunner
+from engine.models.loader import LoadedModel, load_model
+from engine.output_processor import OutputProcessor
+from engine.outputs import EngineStats, RequestOutput
+from engine.sampler import make_generator
+from engine.spec.base import DraftInput, Drafter
+from engine.spec.factory import build_drafter
+from scheduler.request import Request, RequestStatus, SamplingParams
+from scheduler.scheduler import Scheduler
+
+log = logging.getLogger("specserve.engine")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16,
+          "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+class LLMEngine:
+    """Owns the model, the scheduler, the drafter and per-request text state."""
+
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None):
+        self.config = config
+        dtype = DTYPES[config.dtype]
+        self.loaded = loaded or load_model(config.model, dtype, config.device)
+        self.tokenizer = self.loaded.tokenizer
+        self.model_config = self.loaded.config
+        self.max_model_len = min(config.scheduler.max_model_len, self.model_config.max_position_embeddings)
+        cache = config.cache
+        self.drafter: Drafter | None = build_drafter(config, self.loaded, cache.num_blocks, dtype)
+        lookahead = self.drafter.num_lookahead_slots if self.drafter else 0
+        self.scheduler = Scheduler(config.scheduler, cache, num_lookahead_slots=lookahead)
+        self.runner = ModelRunner(self.loaded.model, self.model_config, cache.num_blocks,
+                                  cache.block_size, dtype, config.device)
+        self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
+        self.requests: dict[str, Request] = {}
+        self.draft_generators: dict[str, torch.Generator] = {}
+        self.stats = EngineStats(accepted_per_position=[0] * config.speculative.num_speculative_tokens)
+        log.info("engine ready: %s, %d KV blocks x %d tokens (%.1f MiB)", self.loaded.path,
+                 cache.num_blocks, cache.block_size,
+                 cache.num_tokens * kv_bytes_per_token(self.model_config, dtype) / 2**20)
+
+    # ---- requests in -------------------------------------------------------
+    def validate_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ValueError for a prompt the engine can never serve."""
+        if not prompt_token_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise ValueError(f"the prompt has {len(prompt_token_ids)} tokens; this model's context "
+                             f"is {self.max_model_len} tokens, with at least one for the output")
+        if len(prompt_token_ids) + 1 > self.config.cache.num_tokens:
+            raise ValueError("the prompt does not fit in the KV cache")
+        bad = [t for t in prompt_token_ids if not 0 <= t < self.model_config.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary")
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if request_id in self.requests:
+            raise ValueError(f"duplicate request id {request_id!r}")
+        self.validate_prompt(prompt_token_ids, params)
+        request = Request(request_id, list(prompt_token_ids), params,
+                          eos_token_id=self.tokenizer.eos_token_id)
+        self.requests[request_id] = request
+        self.stats.prompt_tokens += len(prompt_token_ids)
+        self.outputs.add_request(request)
+        self.scheduler.add_request(request)
+
+    def abort_request(self, request_id: str) -> bool:
+        """Abort at once: blocks are freed now; runner state at the next step."""
+        if self.requests.pop(request_id, None) is None:
+            return False
+        self.scheduler.abort_request(request_id)
+        self._forget(request_id)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- one step ----------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if self.drafter:
+            self.drafter.free(sched.freed_request_ids)
+        if sched.is_empty:
+            self.runner.free(sched.freed_request_ids)
+            return self._collect_unscheduled_finished()
+        runner_out = self.runner.execute(sched)
+        updates = self.scheduler.update_from_output(sched, runner_out, self.outputs.check_stop)
+        self._record_step(sched, runner_out)
+        sampled = [r for r, _ in updates if not r.is_finished
+                   and r.request_id in runner_out.sampled_token_ids]
+        self._propose_drafts(sampled)
+        return self._emit(updates, runner_out) + self._collect_unscheduled_finished()
+
+    def _emit(self, updates, runner_out) -> list[RequestOutput]:
+        outputs = []
+        for request, new_tokens in updates:
+            logprobs = runner_out.logprobs.get(request.request_id)
+            if logprobs is not None:
+                logprobs = logprobs[: len(new_tokens)]
+            outputs.append(self.outputs.make_output(request, new_tokens, logprobs))
+            if request.is_finished:
+                self.requests.pop(request.request_id, None)
+                self._forget(request.request_id)
+        return outputs
+
+    def _collect_unscheduled_finished(self) -> list[RequestOutput]:
+        """Requests the scheduler finished on its own (e.g. could never fit)."""
+        done = [r for r in self.requests.values() if r.is_finished]
+        outputs = [self.outputs.make_output(r, [], None) for r in done]
+        for r in done:
+            self.requests.pop(r.request_id, None)
+            self._forget(r.request_id)
+        return outputs
+
+    def _forget(self, request_id: str) -> None:
+        self.outputs.remove(request_id)
+        self.runner.forget(request_id)
+        self.draft_generators.pop(request_id, None)
+
+    # ---- drafting ----------------------------------------------------------
+    def _propose_drafts(self, requests: list[Request]) -> None:
+        """Draft for the next step; drafts are only made where they can be
+        verified (room left in max_tokens and context, KV slots reserved)."""
+        if not self.drafter:
+            return
+        inputs = [item for r in requests if (item := self._draft_input(r)) is not None]
+        if not inputs:
+            return
+        tables = {i.request.request_id: self.scheduler.block_manager.get_block_ids(i.request.request_id)
+                  for i in inputs}
+        proposals = self.drafter.propose(inputs, tables)
+        for item in inputs:
+            rid = item.request.request_id
+            proposal = proposals.get(rid)
+            item.request.spec_token_ids = proposal.token_ids if proposal else []
+            item.request.spec_confidences = proposal.confidences if proposal else []
+            self.runner.pending_draft_probs[rid] = proposal.probs if proposal else None
+
+    def _draft_input(self, request: Request) -> DraftInput | None:
+        params = request.sampling_params
+        if not params.speculative:
+            return None
+        room = min(self.config.speculative.num_speculative_tokens,
+                   params.max_tokens - request.num_output_tokens - 1,
+                   self.max_model_len - request.num_tokens - 1)
+        if room <= 0:
+            return None
+        slots = request.num_tokens + self.drafter.num_lookahead_slots
+        if self.scheduler.block_manager.allocate_slots(request.request_id, slots) is None:
+            return None  # no KV room to draft into: decode plainly this step
+        gen = self.draft_generators.get(request.request_id)
+        if gen is None:
+            seed = None if params.seed is None else params.seed + 7919
+            gen = self.draft_generators[request.request_id] = make_generator(seed, self.config.device)
+        return DraftInput(request, room, gen)
+
+    # ---- statistics --------------------------------------------------------
+    def _record_step(self, sched, runner_out) -> None:
+        stats = self.stats
+        stats.num_steps += 1
+        for item in sched.scheduled:
+            rid = item.request.request_id
+            if not item.samples:
+                continue
+            stats.generation_tokens += len(runner_out.sampled_token_ids.get(rid, ()))
+            if item.num_spec_tokens:
+                accepted = runner_out.num_accepted.get(rid, 0)
+                stats.num_drafts += 1
+                stats.num_draft_tokens += item.num_spec_tokens
+                stats.num_accepted_tokens += accepted
+                for pos in range(accepted):
+                    stats.accepted_per_position[pos] += 1
+
+    def snapshot_stats(self) -> EngineStats:
+        stats = self.stats
+        stats.num_running = self.scheduler.num_running
+        stats.num_waiting = self.scheduler.num_waiting
+        stats.kv_cache_usage = self.scheduler.kv_usage
+        stats.num_preemptions = self.scheduler.num_preemptions
+        return EngineStats(**vars(stats) | {"accepted_per_position": list(stats.accepted_per_position)})
+
+    # ---- convenience for tests and benchmarks ------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
+        """Run prompts to completion; returns each request's output token ids."""
+        params_list = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [f"gen-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
+        results: dict[str, list[int]] = {rid: [] for rid in ids}
+        for rid, prompt, p in zip(ids, prompts, params_list):
+            self.add_request(rid, prompt, p)
+        while any(rid in self.requests for rid in ids):
+            for out in self.step():
+                if out.request_id in results:
+                    results[out.request_id].extend(out.new_token_ids)
+        return [results[rid] for rid in ids]

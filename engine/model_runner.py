@@ -1,0 +1,151 @@
+"""SchedulerOutput -> packed tensors -> one target forward -> accepted tokens.
+
+Every scheduled request contributes its query tokens (a prefill chunk, one
+decode token, or the anchor plus the drafts to verify) to ONE packed forward
+with no padding. Logits are computed only for rows that sample.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from engine.kv_cache import allocate_kv_caches
+from engine.sampler import RowContext, compute_logprobs, make_generator, target_probs
+from engine.spec.rejection import rejection_sample
+from kernels.attention import AttentionMetadata
+from scheduler.output import RunnerOutput, ScheduledRequest, SchedulerOutput
+from scheduler.request import Request
+
+
+@dataclass
+class PackedBatch:
+    """The flattened inputs of one step."""
+
+    input_ids: torch.Tensor  # [T] long
+    positions: torch.Tensor  # [T] long
+    meta: AttentionMetadata
+    sample_rows: list[int]  # packed-row index of every row that needs logits
+    sampling: list[ScheduledRequest]  # requests that sample, in row order
+
+
+def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device) -> PackedBatch:
+    """Flatten each request's query tokens (real ones, then drafts)."""
+    tokens, positions, query_lens, seq_lens, tables = [], [], [], [], []
+    sample_rows, sampling = [], []
+    for item in scheduled:
+        request = item.request
+        start, real = item.start_position, item.num_query_tokens
+        query = request.all_token_ids[start:start + real] + item.spec_token_ids
+        if item.samples:
+            first_row = len(tokens) + real - 1  # the anchor: last real token
+            sample_rows.extend(range(first_row, first_row + 1 + item.num_spec_tokens))
+            sampling.append(item)
+        tokens.extend(query)
+        positions.extend(range(start, start + len(query)))
+        query_lens.append(len(query))
+        seq_lens.append(start + len(query))
+        tables.append(item.block_ids)
+    meta = AttentionMetadata.build(query_lens, seq_lens, tables, block_size, device)
+    return PackedBatch(torch.tensor(tokens, dtype=torch.long, device=device),
+                       torch.tensor(positions, dtype=torch.long, device=device),
+                       meta, sample_rows, sampling)
+
+
+def row_contexts(item: ScheduledRequest) -> list[RowContext]:
+    """Sampling context of the anchor row and each draft row: row j sees the
+    output so far plus drafts 1..j, exactly what plain decoding would see if
+    those drafts are accepted."""
+    request = item.request
+    drafts = item.spec_token_ids
+    return [RowContext(request.sampling_params, request.prompt_token_ids,
+                       request.output_token_ids + drafts[:j])
+            for j in range(len(drafts) + 1)]
+
+
+class ModelRunner:
+    """Owns the target's KV cache, per-request generators and pending draft
+    distributions; turns one SchedulerOutput into one RunnerOutput."""
+
+    def __init__(self, model, model_config, num_blocks: int, block_size: int,
+                 dtype: torch.dtype, device: str):
+        self.model = model
+        self.model_config = model_config
+        self.block_size = block_size
+        self.device = device
+        self.kv_caches = allocate_kv_caches(model_config, num_blocks, block_size, dtype, device)
+        self.generators: dict[str, torch.Generator] = {}
+        # Draft distributions [k, V] waiting to be verified; absent for
+        # deterministic drafters (one-hot at the drafted token).
+        self.pending_draft_probs: dict[str, torch.Tensor | None] = {}
+
+    def generator_for(self, request: Request) -> torch.Generator:
+        gen = self.generators.get(request.request_id)
+        if gen is None:
+            gen = make_generator(request.sampling_params.seed, self.device)
+            self.generators[request.request_id] = gen
+        return gen
+
+    def free(self, request_ids: list[str]) -> None:
+        """Requests that left the running set lose their pending drafts (the
+        scheduler dropped them); generators survive a preemption."""
+        for rid in request_ids:
+            self.pending_draft_probs.pop(rid, None)
+
+    def forget(self, request_id: str) -> None:
+        """The request is gone for good."""
+        self.generators.pop(request_id, None)
+        self.pending_draft_probs.pop(request_id, None)
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        started = time.perf_counter()
+        self.free(sched.freed_request_ids)
+        batch = pack_batch(sched.scheduled, self.block_size, self.device)
+        hidden, _ = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
+        output = RunnerOutput()
+        if batch.sampling:
+            logits = self.model.compute_logits(hidden[batch.sample_rows])
+            self._accept(batch.sampling, logits, output)
+        output.step_seconds = time.perf_counter() - started
+        return output
+
+    def _accept(self, sampling: list[ScheduledRequest], logits: torch.Tensor, output: RunnerOutput) -> None:
+        """Verify drafts (or plain-sample) for every sampling request."""
+        rows = [ctx for item in sampling for ctx in row_contexts(item)]
+        probs = target_probs(logits, rows)
+        num_draft = [item.num_spec_tokens for item in sampling]
+        draft_ids = torch.tensor([t for item in sampling for t in item.spec_token_ids],
+                                 dtype=torch.long, device=self.device)
+        result = rejection_sample(draft_ids, self._draft_probs(sampling, logits.shape[-1]),
+                                  probs, num_draft, [self.generator_for(i.request) for i in sampling])
+        row = 0
+        for item, emitted, accepted in zip(sampling, result.emitted_token_ids, result.num_accepted):
+            rid = item.request.request_id
+            output.sampled_token_ids[rid] = emitted
+            output.num_accepted[rid] = accepted
+            self.pending_draft_probs.pop(rid, None)
+            num_top = item.request.sampling_params.logprobs
+            if num_top is not None:
+                output.logprobs[rid] = compute_logprobs(
+                    logits[row:row + len(emitted)], torch.tensor(emitted, device=self.device),
+                    [num_top] * len(emitted))
+            row += item.num_spec_tokens + 1
+
+    def _draft_probs(self, sampling: list[ScheduledRequest], vocab: int) -> torch.Tensor | None:
+        """[D, V] draft distributions of the verified drafts; one-hot rows for
+        deterministic drafters; None when every drafter was deterministic."""
+        pieces, any_probs = [], False
+        for item in sampling:
+            if not item.num_spec_tokens:
+                continue
+            probs = self.pending_draft_probs.get(item.request.request_id)
+            if probs is None:
+                ids = torch.tensor(item.spec_token_ids, device=self.device)
+                probs = torch.nn.functional.one_hot(ids, vocab).float()
+            else:
+                any_probs = True
+                probs = probs[: item.num_spec_tokens]
+            pieces.append(probs)
+        return torch.cat(pieces) if any_probs else None

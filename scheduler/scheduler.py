@@ -1,0 +1,379 @@
+"""Continuous batching over a per-step token budget, with chunked prefill,
+prefix caching, draft verification and preemption by recomputation.
+
+One token-count rule, no prefill/decode split: a request's gap is
+`num_tokens - num_computed_tokens`, the real tokens that still need KV. Each
+step closes as much of every gap as the budget allows; a request in decode
+has a gap of 1 (its last sampled token) and may add drafts to verify.
+"""
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from scheduler.block_manager import BlockManager
+from scheduler.output import RunnerOutput, ScheduledRequest, SchedulerOutput
+from scheduler.request import Request, RequestStatus
+from scheduler.verify_policy import VerifyAllPolicy, VerifyPolicy
+
+StopCheck = Callable[[Request, int], "RequestStatus | None"]
+
+
+class SchedulerLimits(Protocol):
+    """What the scheduler reads from engine.config.SchedulerConfig."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+
+
+class CacheGeometry(Protocol):
+    """What the scheduler reads from engine.config.CacheConfig."""
+
+    block_size: int
+    num_blocks: int
+
+
+class TokenBudget:
+    """Tokens one step may still add to the packed batch."""
+
+    def __init__(self, num_tokens: int):
+        self.left = num_tokens
+
+    def take(self, wanted: int) -> int:
+        granted = max(0, min(wanted, self.left))
+        self.left -= granted
+        return granted
+
+    def give_back(self, num_tokens: int) -> None:
+        self.left += num_tokens
+
+
+@dataclass
+class _Plan:
+    """A tentative share of the step for one request, before blocks are allocated."""
+
+    request: Request
+    num_query_tokens: int
+    num_spec_tokens: int = 0
+
+    @property
+    def samples(self) -> bool:
+        request = self.request
+        return request.num_computed_tokens + self.num_query_tokens == request.num_tokens
+
+
+class Scheduler:
+    """Decides, each step, which requests run and how many tokens each adds.
+
+    Running requests are served first, oldest first; waiting requests join
+    in FIFO order while the token budget, `max_num_seqs` and free KV blocks
+    allow. When blocks run out, the most recently arrived running request is
+    preempted (its KV dropped, recomputed later) and goes back to the front
+    of the queue. Call `update_from_output` after every `schedule()`, even an
+    empty one: it also reports requests the scheduler finished on its own.
+    """
+
+    def __init__(self, scheduler_config: SchedulerLimits, cache_config: CacheGeometry,
+                 num_lookahead_slots: int = 0, verify_policy: VerifyPolicy | None = None,
+                 enable_prefix_caching: bool = True):
+        self.config = scheduler_config
+        self.block_manager = BlockManager(cache_config.num_blocks, cache_config.block_size,
+                                          enable_prefix_caching)
+        self.num_lookahead_slots = num_lookahead_slots
+        self.verify_policy = verify_policy or VerifyAllPolicy()
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # kept in arrival order
+        self.num_preemptions = 0
+        self._live: dict[str, Request] = {}
+        self._arrival: dict[str, int] = {}
+        self._arrival_counter = itertools.count()
+        self._freed_ids: list[str] = []
+        self._finished_unscheduled: list[Request] = []
+
+    # ---- requests in and out ------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        if request.request_id in self._live:
+            raise ValueError(f"request {request.request_id!r} is already scheduled")
+        request.status = RequestStatus.WAITING
+        self._live[request.request_id] = request
+        self._arrival[request.request_id] = next(self._arrival_counter)
+        self.waiting.append(request)
+
+    def abort_request(self, request_id: str) -> bool:
+        """Finish a live request as aborted and free its blocks now."""
+        request = self._live.get(request_id)
+        if request is None:
+            return False
+        if request.status is not RequestStatus.RUNNING:
+            self.waiting.remove(request)
+        self._finish(request, RequestStatus.FINISHED_ABORTED)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return bool(self._live or self._finished_unscheduled)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.block_manager.usage
+
+    # ---- schedule -----------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        budget = TokenBudget(self.config.max_num_batched_tokens)
+        preemptions_before = self.num_preemptions
+        scheduled = self._schedule_running(budget)
+        # Admitting right after a preemption would only take back the blocks
+        # just freed for the running requests, and thrash.
+        if self.num_preemptions == preemptions_before:
+            scheduled += self._schedule_waiting(budget)
+        freed, self._freed_ids = self._freed_ids, []
+        return SchedulerOutput(scheduled=scheduled, freed_request_ids=freed)
+
+    def _schedule_running(self, budget: TokenBudget) -> list[ScheduledRequest]:
+        scheduled = []
+        for plan in self._plan_running(budget):
+            # An earlier plan may have preempted this request to get blocks.
+            if plan.request.status is RequestStatus.RUNNING:
+                item = self._allocate_running(plan, budget)
+                scheduled += [item] if item else []
+        return scheduled
+
+    def _plan_running(self, budget: TokenBudget) -> list[_Plan]:
+        plans = []
+        for request in self.running:
+            num_query = budget.take(request.num_tokens - request.num_computed_tokens)
+            if num_query:
+                plans.append(_Plan(request, num_query))
+        self._plan_drafts(plans, budget)
+        return plans
+
+    def _plan_drafts(self, plans: list[_Plan], budget: TokenBudget) -> None:
+        candidates = [plan for plan in plans if self._can_verify(plan)]
+        if not candidates:
+            return
+        lengths = self.verify_policy.choose_lengths([p.request for p in candidates], budget.left)
+        for plan in candidates:
+            wanted = lengths.get(plan.request.request_id, 0)
+            plan.num_spec_tokens = budget.take(self._clamp_drafts(plan.request, wanted))
+
+    @staticmethod
+    def _can_verify(plan: _Plan) -> bool:
+        request = plan.request
+        in_decode = request.num_tokens - request.num_computed_tokens == 1
+        return in_decode and plan.num_query_tokens == 1 and bool(request.spec_token_ids)
+
+    def _clamp_drafts(self, request: Request, wanted: int) -> int:
+        # Even if every draft and the bonus token are accepted, the sequence
+        # must stay within max_model_len.
+        room = self.config.max_model_len - request.num_tokens - 1
+        return max(0, min(wanted, len(request.spec_token_ids), room))
+
+    def _allocate_running(self, plan: _Plan, budget: TokenBudget) -> ScheduledRequest | None:
+        while (block_ids := self._allocate(plan)) is None:
+            if plan.num_spec_tokens:
+                # Verification is optional: give it up before evicting anyone.
+                budget.give_back(plan.num_spec_tokens)
+                plan.num_spec_tokens = 0
+                continue
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is plan.request:
+                return None
+        return self._scheduled(plan, block_ids)
+
+    def _allocate(self, plan: _Plan) -> list[int] | None:
+        request = plan.request
+        num_slots = request.num_computed_tokens + plan.num_query_tokens + plan.num_spec_tokens
+        if plan.samples:
+            # A draft model writes its KV for the next drafts past the end.
+            num_slots += self.num_lookahead_slots
+        return self.block_manager.allocate_slots(request.request_id, num_slots)
+
+    @staticmethod
+    def _scheduled(plan: _Plan, block_ids: list[int]) -> ScheduledRequest:
+        return ScheduledRequest(request=plan.request,
+                                start_position=plan.request.num_computed_tokens,
+                                num_query_tokens=plan.num_query_tokens,
+                                num_spec_tokens=plan.num_spec_tokens, block_ids=block_ids)
+
+    def _preempt(self, request: Request) -> None:
+        self._remove_running(request)
+        self.block_manager.free(request.request_id)
+        request.num_computed_tokens = 0
+        _clear_drafts(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+        self._freed_ids.append(request.request_id)
+
+    def _schedule_waiting(self, budget: TokenBudget) -> list[ScheduledRequest]:
+        scheduled = []
+        while self.waiting and budget.left and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting[0]
+            if not self._can_ever_fit(request):
+                self._finish_unscheduled(self.waiting.popleft())
+                continue
+            item = self._admit(request, budget)
+            if item is None:
+                break
+            scheduled.append(item)
+        return scheduled
+
+    def _can_ever_fit(self, request: Request) -> bool:
+        """False when even an empty cache could not hold the request's next step."""
+        if request.num_tokens >= self.config.max_model_len:
+            return False
+        needed = self.block_manager.num_blocks_for(request.num_tokens + self.num_lookahead_slots)
+        return needed <= self.block_manager.num_blocks
+
+    def _admit(self, request: Request, budget: TokenBudget) -> ScheduledRequest | None:
+        request_id = request.request_id
+        request.num_computed_tokens = self.block_manager.match_prefix(
+            request_id, request.all_token_ids)
+        plan = _Plan(request, min(request.num_tokens - request.num_computed_tokens, budget.left))
+        block_ids = self._allocate(plan)
+        if block_ids is None:
+            self.block_manager.free(request_id)
+            request.num_computed_tokens = 0
+            return None
+        budget.take(plan.num_query_tokens)
+        self.waiting.popleft()
+        request.status = RequestStatus.RUNNING
+        bisect.insort(self.running, request, key=self._arrival_of)
+        return self._scheduled(plan, block_ids)
+
+    def _arrival_of(self, request: Request) -> int:
+        return self._arrival[request.request_id]
+
+    def _finish_unscheduled(self, request: Request) -> None:
+        # A request that already produced text ran out of room: that is a
+        # length limit, as max_model_len would be.
+        too_long = RequestStatus.FINISHED_LENGTH if request.output_token_ids else None
+        self._finish(request, too_long or RequestStatus.FINISHED_ABORTED)
+        self._finished_unscheduled.append(request)
+
+    # ---- update -------------------------------------------------------------
+
+    def update_from_output(self, scheduler_output: SchedulerOutput, runner_output: RunnerOutput,
+                           check_stop: StopCheck) -> list[tuple[Request, list[int]]]:
+        """Apply one step's results; return (request, new token ids) per request
+        that got tokens or finished (aborts by the caller excepted)."""
+        results = [(request, []) for request in self._finished_unscheduled]
+        self._finished_unscheduled = []
+        for item in scheduler_output.scheduled:
+            # Aborted between schedule() and now: its blocks are gone already.
+            if item.request.is_finished:
+                continue
+            new_token_ids = self._update_request(item, runner_output, check_stop)
+            if new_token_ids or item.request.is_finished:
+                results.append((item.request, new_token_ids))
+        return results
+
+    def _update_request(self, item: ScheduledRequest, runner_output: RunnerOutput,
+                        check_stop: StopCheck) -> list[int]:
+        samples = item.samples  # read before tokens are appended
+        item.request.num_computed_tokens += item.num_new_tokens
+        new_token_ids = self._accept(item, runner_output, check_stop) if samples else []
+        self._cache_new_full_blocks(item)
+        if item.request.is_finished:
+            self._finish(item.request)
+        elif samples:
+            self._prepare_next_step(item.request, runner_output)
+        return new_token_ids
+
+    def _accept(self, item: ScheduledRequest, runner_output: RunnerOutput,
+                check_stop: StopCheck) -> list[int]:
+        request = item.request
+        sampled = runner_output.sampled_token_ids.get(request.request_id, [])
+        num_accepted = _num_accepted(item, sampled, runner_output)
+        # KV was written for every verified draft; only accepted ones count.
+        request.num_computed_tokens -= item.num_spec_tokens - num_accepted
+        if item.num_spec_tokens:
+            request.num_spec_steps += 1
+            request.num_draft_tokens += item.num_spec_tokens
+            request.num_accepted_tokens += num_accepted
+        return self._append_tokens(request, sampled, check_stop)
+
+    def _append_tokens(self, request: Request, sampled: list[int],
+                       check_stop: StopCheck) -> list[int]:
+        appended = []
+        for token_id in sampled:
+            request.append_output_token(token_id)
+            appended.append(token_id)
+            status = check_stop(request, token_id) or self._length_limit(request)
+            if status is not None:
+                # Later tokens of this step are dropped, as plain decoding
+                # would never have produced them.
+                request.status = status
+                break
+        return appended
+
+    def _length_limit(self, request: Request) -> RequestStatus | None:
+        if request.num_tokens >= self.config.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _cache_new_full_blocks(self, item: ScheduledRequest) -> None:
+        request = item.request
+        block_size = self.block_manager.block_size
+        # After a stop cut, KV may exist for tokens no longer in the sequence.
+        num_computed = min(request.num_computed_tokens, request.num_tokens)
+        # Blocks before start_position were registered in earlier steps.
+        if num_computed // block_size > item.start_position // block_size:
+            self.block_manager.cache_computed_blocks(
+                request.request_id, request.all_token_ids, num_computed)
+
+    def _prepare_next_step(self, request: Request, runner_output: RunnerOutput) -> None:
+        request_id = request.request_id
+        # Release blocks of rejected drafts; keep what the next step needs
+        # anyway, including the draft model's lookahead KV.
+        self.block_manager.trim(request_id, request.num_tokens + self.num_lookahead_slots)
+        request.spec_token_ids = list(runner_output.next_spec_token_ids.get(request_id, ()))
+        request.spec_confidences = list(runner_output.next_spec_confidences.get(request_id, ()))
+
+    # ---- shared helpers -----------------------------------------------------
+
+    def _finish(self, request: Request, status: RequestStatus | None = None) -> None:
+        if status is not None:
+            request.status = status
+        _clear_drafts(request)
+        self._remove_running(request)
+        self.block_manager.free(request.request_id)
+        del self._live[request.request_id]
+        del self._arrival[request.request_id]
+        self._freed_ids.append(request.request_id)
+
+    def _remove_running(self, request: Request) -> None:
+        self.running = [r for r in self.running if r is not request]
+
+
+def _num_accepted(item: ScheduledRequest, sampled: list[int], runner_output: RunnerOutput) -> int:
+    """Accepted drafts of this step, checked against the runner's contract."""
+    request_id = item.request.request_id
+    num_accepted = len(sampled) - 1
+    reported = runner_output.num_accepted.get(request_id, num_accepted)
+    if not 0 <= num_accepted <= item.num_spec_tokens or reported != num_accepted:
+        raise ValueError(
+            f"runner emitted {len(sampled)} tokens for {request_id!r} with "
+            f"{item.num_spec_tokens} drafts and num_accepted={reported}")
+    return num_accepted
+
+
+def _clear_drafts(request: Request) -> None:
+    request.spec_token_ids = []
+    request.spec_confidences = []

@@ -1,0 +1,286 @@
+"""Speculative acceptance (rejection sampling) over a packed batch of requests.
+
+The contract (design/speculation.md, section 1): for each request, left to
+right, accept draft x_k with probability min(1, p_t,k(x_k) / p_d,k(x_k)); at
+the first rejection emit a "recovered" token sampled from
+normalize(max(0, p_t,k - p_d,k)) and stop; if every draft survives, emit a
+"bonus" token sampled from the row after the last draft. The emitted stream
+then has exactly the target's distribution.
+
+Randomness. Request r draws `num_draft[r] + 1` uniforms from its own
+generator, in one call: uniform k decides draft k, the last one samples the
+recovered or bonus token (by inverse CDF). Both implementations below use the
+same draws in the same way, so on CPU they return identical tokens for the
+same seeds. A request whose target rows are all one-hot (greedy, or a filter
+that left one token) draws nothing: its result does not depend on
+randomness, and with a one-hot target the rule above is exactly greedy
+matching (accept while the draft is the argmax, then emit the argmax).
+
+Degenerate residual. max(0, p_t - p_d) sums to the probability of rejecting
+at that position; if it is all zero then p_t == p_d and a rejection happens
+with probability zero in exact arithmetic, so what we emit there cannot
+change the output distribution. Floating-point rounding can still reach that
+branch; we then sample p_t, the closest correct answer, instead of dividing
+by zero.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AcceptanceResult:
+    """Outcome of one verification step, per request in batch order."""
+
+    emitted_token_ids: list[list[int]]  # accepted drafts, then one recovered or bonus token
+    num_accepted: list[int]             # how many drafts survived
+
+
+def rejection_sample(
+    draft_token_ids: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    target_probs: torch.Tensor,
+    num_draft: list[int],
+    generators: list[torch.Generator],
+) -> AcceptanceResult:
+    """Vectorised speculative acceptance for all requests at once.
+
+    draft_token_ids: [D] long, the drafts of all requests concatenated.
+    draft_probs: [D, V] draft distribution at each draft position, or None
+        for a deterministic drafter (p_d one-hot at the draft, e.g. n-gram).
+    target_probs: [D + R, V] from sampler.target_probs(): per request, its
+        num_draft[r] verify rows then 1 bonus row, requests in order.
+    num_draft: [R] drafts per request (0 = plain sampling of the bonus row).
+    generators: [R] per-request generators; request r uses only generators[r].
+    """
+    layout = _Layout(num_draft, target_probs.device)
+    _check_shapes(draft_token_ids, draft_probs, target_probs, layout, generators)
+    drafts = draft_token_ids.to(target_probs.device)
+    uniforms = _draw_uniforms(target_probs, layout, generators)
+    p_t_x = target_probs[layout.verify_rows, drafts]
+    p_d_x = _draft_prob_of_drafts(drafts, draft_probs)
+    accepted = _accept(uniforms[layout.verify_rows], p_t_x, p_d_x)
+    num_accepted = _count_leading_accepts(accepted, layout)
+    final_tokens = _sample_final_tokens(drafts, draft_probs, target_probs, layout,
+                                        num_accepted, uniforms[layout.bonus_rows])
+    return _assemble(drafts.tolist(), num_accepted.tolist(), final_tokens.tolist(), num_draft)
+
+
+def rejection_sample_reference(
+    draft_token_ids: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    target_probs: torch.Tensor,
+    num_draft: list[int],
+    generators: list[torch.Generator],
+) -> AcceptanceResult:
+    """The contract as a plain per-request loop: the test oracle.
+
+    Same arguments and shapes as `rejection_sample`, same random draws.
+    """
+    emitted, num_accepted = [], []
+    draft_start = row_start = 0
+    for n, generator in zip(num_draft, generators):
+        drafts = draft_token_ids[draft_start: draft_start + n].tolist()
+        p_t = target_probs[row_start: row_start + n + 1]
+        if _all_one_hot(p_t):
+            tokens = _greedy_request(drafts, p_t)
+        else:
+            p_d = _draft_rows(drafts, draft_probs, draft_start, p_t)
+            uniforms = _uniforms(n + 1, generator, p_t.device)
+            tokens = _sampled_request(drafts, p_d, p_t, uniforms)
+        emitted.append(tokens)
+        num_accepted.append(len(tokens) - 1)
+        draft_start, row_start = draft_start + n, row_start + n + 1
+    return AcceptanceResult(emitted, num_accepted)
+
+
+# --- the two rules both implementations share ---------------------------------
+
+def _accept(uniform: torch.Tensor, p_t_x: torch.Tensor, p_d_x: torch.Tensor) -> torch.Tensor:
+    """uniform: [K] in [0, 1); p_t_x, p_d_x: [K]. Accept with prob min(1, p_t/p_d): [K] bool.
+
+    The min(1, .) is implicit because uniform < 1. A draft the drafter gave
+    probability 0 has ratio inf (accepted if the target allows it) or nan
+    (0/0, rejected): both are correct limits.
+    """
+    return uniform < p_t_x.float() / p_d_x.float()
+
+
+def _residual(p_t: torch.Tensor, p_d: torch.Tensor) -> torch.Tensor:
+    """p_t, p_d: [N, V]. Unnormalised max(0, p_t - p_d), or p_t where that is all zero."""
+    residual = (p_t - p_d.float()).clamp_(min=0)
+    empty = residual.sum(dim=-1, keepdim=True) <= 0
+    return torch.where(empty, p_t, residual)
+
+
+def _sample_inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """weights: [N, V] non-negative, unnormalised; uniform: [N] in [0, 1). Returns [N] long.
+
+    Token i is chosen when cdf[i-1] <= u * total < cdf[i], so a token of
+    weight 0 is never chosen. float64 keeps the cumulative sum accurate over
+    a large vocabulary.
+    """
+    cdf = weights.double().cumsum(dim=-1)
+    target = (uniform.double() * cdf[:, -1])[:, None]
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    # u * total can round up to total; fall back to the last token with weight.
+    positions = torch.arange(weights.shape[1], device=weights.device)
+    last_nonzero = torch.where(weights > 0, positions, torch.zeros_like(positions)).amax(dim=-1)
+    return torch.minimum(tokens, last_nonzero)
+
+
+def _uniforms(count: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """One request's draws: [count] float64 in [0, 1), from its own generator."""
+    draws = torch.rand(count, generator=generator, dtype=torch.float64, device=generator.device)
+    return draws.to(device)
+
+
+# --- vectorised implementation -------------------------------------------------
+
+class _Layout:
+    """Index tensors that locate each request's drafts and rows in the packed batch."""
+
+    def __init__(self, num_draft: list[int], device: torch.device):
+        self.num_draft_list = num_draft
+        self.num_requests, self.num_drafts = len(num_draft), sum(num_draft)
+        self.num_draft = torch.tensor(num_draft, dtype=torch.long, device=device)
+        self.first_row = torch.cumsum(self.num_draft + 1, 0) - (self.num_draft + 1)  # [R]
+        self.draft_start = torch.cumsum(self.num_draft, 0) - self.num_draft  # [R]
+        self.bonus_rows = self.first_row + self.num_draft  # [R]
+        requests = torch.arange(self.num_requests, device=device)
+        self.request_of_draft = torch.repeat_interleave(
+            requests, self.num_draft, output_size=self.num_drafts)  # [D]
+        self.request_of_row = torch.repeat_interleave(
+            requests, self.num_draft + 1, output_size=self.num_drafts + self.num_requests)  # [D+R]
+        draft_index = torch.arange(self.num_drafts, device=device)
+        self.verify_rows = draft_index + self.request_of_draft  # [D]
+        self.position = draft_index - self.draft_start[self.request_of_draft]  # [D]
+
+
+def _check_shapes(draft_token_ids, draft_probs, target_probs, layout: _Layout, generators) -> None:
+    d, r = layout.num_drafts, layout.num_requests
+    if draft_token_ids.shape != (d,):
+        raise ValueError(f"draft_token_ids {tuple(draft_token_ids.shape)} != ({d},)")
+    if target_probs.dim() != 2 or target_probs.shape[0] != d + r:
+        raise ValueError(f"target_probs {tuple(target_probs.shape)} needs {d + r} rows")
+    if draft_probs is not None and draft_probs.shape != (d, target_probs.shape[1]):
+        raise ValueError(f"draft_probs {tuple(draft_probs.shape)} != ({d}, {target_probs.shape[1]})")
+    if len(generators) != r:
+        raise ValueError(f"{len(generators)} generators for {r} requests")
+
+
+def _draw_uniforms(target_probs: torch.Tensor, layout: _Layout,
+                   generators: list[torch.Generator]) -> torch.Tensor:
+    """[D + R] float64, laid out like target_probs' rows; 0 for requests that need no randomness."""
+    uniforms = torch.zeros(target_probs.shape[0], dtype=torch.float64, device=target_probs.device)
+    spread_rows = (target_probs > 0).sum(dim=-1) != 1
+    spread_per_request = torch.zeros(layout.num_requests, dtype=torch.long, device=target_probs.device)
+    spread_per_request.index_add_(0, layout.request_of_row, spread_rows.long())
+    start = 0
+    for n, generator, spread in zip(layout.num_draft_list, generators, spread_per_request.tolist()):
+        if spread:
+            uniforms[start: start + n + 1] = _uniforms(n + 1, generator, target_probs.device)
+        start += n + 1
+    return uniforms
+
+
+def _draft_prob_of_drafts(drafts: torch.Tensor, draft_probs: torch.Tensor | None) -> torch.Tensor:
+    """drafts: [D]; draft_probs: [D, V] or None. p_d,k(x_k) per draft: [D] float32."""
+    if draft_probs is None:
+        return torch.ones(drafts.shape[0], dtype=torch.float32, device=drafts.device)
+    return draft_probs.gather(1, drafts[:, None]).squeeze(1).float()
+
+
+def _count_leading_accepts(accepted: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """accepted: [D] bool. Drafts accepted before each request's first rejection: [R] long."""
+    longest = max(layout.num_draft_list, default=0)
+    grid = torch.zeros(layout.num_requests, longest, dtype=torch.long, device=accepted.device)
+    grid[layout.request_of_draft, layout.position] = accepted.long()
+    # Padding past a request's drafts stays 0, so it acts as a rejection
+    # that the cumulative product stops at.
+    return grid.cumprod(dim=1).sum(dim=1)
+
+
+def _sample_final_tokens(drafts, draft_probs, target_probs, layout: _Layout,
+                         num_accepted: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One recovered or bonus token per request: [R] long.
+
+    drafts: [D]; draft_probs: [D, V] or None; target_probs: [D + R, V];
+    num_accepted: [R]; uniform: [R].
+    The row after the last accepted draft is the rejection row, or the bonus
+    row when all drafts survived; in the latter case p_d is taken as 0 so the
+    residual is p_t itself.
+    """
+    p_t = target_probs[layout.first_row + num_accepted]
+    rejected = num_accepted < layout.num_draft
+    p_d = _draft_rows_at(drafts, draft_probs, layout.draft_start + num_accepted, p_t)
+    p_d = p_d * rejected[:, None]
+    return _sample_inverse_cdf(_residual(p_t, p_d), uniform)
+
+
+def _draft_rows_at(drafts, draft_probs, draft_index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Draft distributions at `draft_index` ([R], may point past the end): [R, V].
+
+    drafts: [D]; draft_probs: [D, V] or None (one-hot at the draft).
+    """
+    if drafts.shape[0] == 0:
+        return torch.zeros_like(like)
+    index = draft_index.clamp(max=drafts.shape[0] - 1)
+    if draft_probs is not None:
+        return draft_probs[index].float()
+    return torch.zeros_like(like).scatter_(1, drafts[index][:, None], 1.0)
+
+
+def _assemble(drafts: list[int], num_accepted: list[int], final_tokens: list[int],
+              num_draft: list[int]) -> AcceptanceResult:
+    emitted, start = [], 0
+    for n, accepted, final in zip(num_draft, num_accepted, final_tokens):
+        emitted.append(drafts[start: start + accepted] + [final])
+        start += n
+    return AcceptanceResult(emitted, num_accepted)
+
+
+# --- reference implementation ---------------------------------------------------
+
+def _all_one_hot(p_t: torch.Tensor) -> bool:
+    """p_t: [n + 1, V]. True when every row has exactly one token of nonzero probability."""
+    return bool(((p_t > 0).sum(dim=-1) == 1).all())
+
+
+def _greedy_request(drafts: list[int], p_t: torch.Tensor) -> list[int]:
+    """p_t: [n + 1, V] one-hot rows. Accept while the draft is the argmax, then emit the argmax."""
+    tokens = []
+    for k, draft in enumerate(drafts):
+        best = int(p_t[k].argmax())
+        tokens.append(best)
+        if draft != best:
+            return tokens
+    tokens.append(int(p_t[len(drafts)].argmax()))
+    return tokens
+
+
+def _draft_rows(drafts: list[int], draft_probs, draft_start: int, p_t: torch.Tensor) -> torch.Tensor:
+    """One request's draft distributions: [n, V] (one-hot at the drafts when draft_probs is None)."""
+    n = len(drafts)
+    if draft_probs is not None:
+        return draft_probs[draft_start: draft_start + n]
+    one_hot = torch.zeros(n, p_t.shape[1], dtype=p_t.dtype, device=p_t.device)
+    one_hot[torch.arange(n), drafts] = 1.0
+    return one_hot
+
+
+def _sampled_request(drafts: list[int], p_d: torch.Tensor, p_t: torch.Tensor,
+                     uniforms: torch.Tensor) -> list[int]:
+    """p_d: [n, V]; p_t: [n + 1, V]; uniforms: [n + 1]. The contract, one position at a time."""
+    tokens = []
+    last = uniforms[len(drafts): len(drafts) + 1]
+    for k, draft in enumerate(drafts):
+        if _accept(uniforms[k: k + 1], p_t[k, draft: draft + 1], p_d[k, draft: draft + 1]):
+            tokens.append(draft)
+            continue
+        recovered = _sample_inverse_cdf(_residual(p_t[k: k + 1], p_d[k: k + 1]), last)
+        return tokens + [int(recovered)]
+    bonus = _sample_inverse_cdf(p_t[len(drafts): len(drafts) + 1], last)
+    return tokens + [int(bonus)]

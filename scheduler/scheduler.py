@@ -74,8 +74,9 @@ class Scheduler:
     in FIFO order while the token budget, `max_num_seqs` and free KV blocks
     allow. When blocks run out, the most recently arrived running request is
     preempted (its KV dropped, recomputed later) and goes back to the front
-    of the queue. Call `update_from_output` after every `schedule()`, even an
-    empty one: it also reports requests the scheduler finished on its own.
+    of the queue. A waiting request that could never fit (too long for
+    max_model_len or for the whole cache) is finished by `schedule()` itself:
+    its status says so and its id is in that output's `freed_request_ids`.
     """
 
     def __init__(self, scheduler_config: SchedulerLimits, cache_config: CacheGeometry,
@@ -93,7 +94,6 @@ class Scheduler:
         self._arrival: dict[str, int] = {}
         self._arrival_counter = itertools.count()
         self._freed_ids: list[str] = []
-        self._finished_unscheduled: list[Request] = []
 
     # ---- requests in and out ------------------------------------------------
 
@@ -116,7 +116,7 @@ class Scheduler:
         return True
 
     def has_unfinished(self) -> bool:
-        return bool(self._live or self._finished_unscheduled)
+        return bool(self._live)
 
     @property
     def num_running(self) -> int:
@@ -226,7 +226,7 @@ class Scheduler:
         while self.waiting and budget.left and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
             if not self._can_ever_fit(request):
-                self._finish_unscheduled(self.waiting.popleft())
+                self._finish_never_fitting(self.waiting.popleft())
                 continue
             item = self._admit(request, budget)
             if item is None:
@@ -260,12 +260,11 @@ class Scheduler:
     def _arrival_of(self, request: Request) -> int:
         return self._arrival[request.request_id]
 
-    def _finish_unscheduled(self, request: Request) -> None:
+    def _finish_never_fitting(self, request: Request) -> None:
         # A request that already produced text ran out of room: that is a
         # length limit, as max_model_len would be.
         too_long = RequestStatus.FINISHED_LENGTH if request.output_token_ids else None
         self._finish(request, too_long or RequestStatus.FINISHED_ABORTED)
-        self._finished_unscheduled.append(request)
 
     # ---- update -------------------------------------------------------------
 
@@ -273,8 +272,7 @@ class Scheduler:
                            check_stop: StopCheck) -> list[tuple[Request, list[int]]]:
         """Apply one step's results; return (request, new token ids) per request
         that got tokens or finished (aborts by the caller excepted)."""
-        results = [(request, []) for request in self._finished_unscheduled]
-        self._finished_unscheduled = []
+        results = []
         for item in scheduler_output.scheduled:
             # Aborted between schedule() and now: its blocks are gone already.
             if item.request.is_finished:

@@ -1,0 +1,83 @@
+"""Choosing how many drafted tokens to verify: pure functions over survivals.
+
+`survivals[r]` lists a_{r,1..k} = prod_{i<=j} c_{r,i}, the calibrated
+probability that draft j of request r survives verification. Verifying one
+more token adds 1 to the batch (B) and a_{r,j} to the expected emitted
+tokens (tau). The objective is Theta = tau * SPS(B) (speculation.md §4).
+"""
+from __future__ import annotations
+
+from scheduler.load import StepCostModel
+
+
+def ranked_positions(survivals: dict[str, list[float]]) -> list[tuple[float, int, str]]:
+    """All (a, j, r) by descending survival; ties keep a request's earlier
+    position first, so each request's admitted positions form a prefix."""
+    items = [(a, j, rid) for rid, seq in survivals.items() for j, a in enumerate(seq, start=1)]
+    items.sort(key=lambda t: (-t[0], t[1]))
+    return items
+
+
+def greedy_prefix_admission(survivals: dict[str, list[float]], base_tokens: int, base_tau: float,
+                            cost: StepCostModel, max_extra: int) -> dict[str, int]:
+    """Admit positions in survival order while Theta improves; STOP at the
+    first that does not.
+
+    The early stop keeps verification non-anticipating: whether position j of
+    a request is verified is decided before any survival that depends on
+    draft token x_j (a_{r,j+1} <= a_{r,j} ranks later) is looked at.
+    """
+    lengths = dict.fromkeys(survivals, 0)
+    tokens, tau = base_tokens, base_tau
+    best = tau * cost.sps(tokens)
+    for a, j, rid in ranked_positions(survivals)[:max(0, max_extra)]:
+        theta = (tau + a) * cost.sps(tokens + 1)
+        if theta <= best:
+            break
+        tokens, tau, best = tokens + 1, tau + a, theta
+        lengths[rid] = j
+    return lengths
+
+
+def best_budget(ranked_values: list[float], base_tokens: int, base_tau: float,
+                cost: StepCostModel, max_extra: int) -> int:
+    """Global search: the number K of top-ranked positions maximising Theta.
+
+    Looks past local dips of a jagged SPS curve, so it may only be fed
+    survivals that are at least one step old (see `top_k_admission`).
+    """
+    best_k, tau = 0, base_tau
+    best = tau * cost.sps(base_tokens)
+    for k, a in enumerate(ranked_values[:max(0, max_extra)], start=1):
+        tau += a
+        theta = tau * cost.sps(base_tokens + k)
+        if theta > best:
+            best_k, best = k, theta
+    return best_k
+
+
+def top_k_admission(survivals: dict[str, list[float]], budget: int) -> dict[str, int]:
+    """Admit the `budget` highest fresh survivals (the asynchronous variant:
+    `budget` was fixed from last step's survivals, before these drafts existed)."""
+    lengths = dict.fromkeys(survivals, 0)
+    for a, j, rid in ranked_positions(survivals)[:max(0, budget)]:
+        lengths[rid] = j
+    return lengths
+
+
+def global_search_admission(survivals: dict[str, list[float]], base_tokens: int, base_tau: float,
+                            cost: StepCostModel, max_extra: int) -> dict[str, int]:
+    """Global search over FRESH survivals. Biased (anticipating): kept only as
+    the counterexample the tests show failing; never used for serving."""
+    ranked = ranked_positions(survivals)
+    k = best_budget([a for a, _, _ in ranked], base_tokens, base_tau, cost, max_extra)
+    return top_k_admission(survivals, k)
+
+
+def survivals_from_confidences(confidences: list[float]) -> list[float]:
+    """a_j = prod_{i<=j} c_i."""
+    out, acc = [], 1.0
+    for c in confidences:
+        acc *= min(1.0, max(0.0, c))
+        out.append(acc)
+    return out

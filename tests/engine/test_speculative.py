@@ -1,0 +1,216 @@
+"""Speculative decoding through the whole engine must not change a token.
+
+Greedy, float32 on CPU: every drafter (including an adversarial one that
+proposes random tokens and an oracle that proposes the target's own tokens)
+gives token-for-token the output of plain decoding, alone and in mixed
+concurrent batches, with stop strings, max_tokens and logprobs.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+from engine.engine import LLMEngine
+from engine.spec.base import DraftProposal, Drafter
+from scheduler.request import SamplingParams
+from tests.tiny_model import make_tiny_model_dir
+
+PROMPTS = [
+    "def add(a, b):\n    return a + b\n\ndef add(a, b):",
+    "The quick brown fox jumps over the lazy dog. The quick brown",
+    "Hello",
+    "one two three four one two three four one two",
+    "In the beginning there was nothing but a small server and a large model.",
+    "x = [1, 2, 3]\nfor i in x:\n    print(i)\nfor i in x:",
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def draft_dir(tmp_path_factory):
+    # Same tokenizer, different random weights: a poor but valid draft model.
+    return make_tiny_model_dir(tmp_path_factory.mktemp("draft"), seed=11, num_layers=1)
+
+
+def make_engine(model_dir, method="none", k=4, draft_model=None, num_blocks=256, **sched):
+    config = EngineConfig(
+        model=str(model_dir), dtype="float32",
+        cache=CacheConfig(block_size=8, num_blocks=num_blocks),
+        scheduler=SchedulerConfig(max_num_seqs=sched.get("max_num_seqs", 16),
+                                  max_num_batched_tokens=sched.get("budget", 64), max_model_len=512),
+        speculative=SpeculativeConfig(method=method, num_speculative_tokens=k, draft_model=draft_model,
+                                      self_draft_layers=1 if method == "self-draft" else 0),
+    )
+    return LLMEngine(config)
+
+
+def encode_all(engine):
+    return [engine.tokenizer.encode(p) for p in PROMPTS]
+
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir):
+    """Plain decoding, one request at a time."""
+    engine = make_engine(model_dir)
+    return [engine.generate([p], GREEDY)[0] for p in encode_all(engine)]
+
+
+class OracleDrafter(Drafter):
+    """Proposes the target's own greedy continuation (everything accepted)."""
+
+    def __init__(self, references: dict[tuple, list[int]]):
+        self.references = references
+
+    def propose(self, inputs, block_tables=None):
+        out = {}
+        for item in inputs:
+            req = item.request
+            ref = self.references[tuple(req.prompt_token_ids)]
+            follow = ref[req.num_output_tokens: req.num_output_tokens + item.max_tokens]
+            if follow:
+                out[req.request_id] = DraftProposal(follow, None, [0.9] * len(follow))
+        return out
+
+
+class RandomDrafter(Drafter):
+    """Adversarial: random tokens with random draft distributions."""
+
+    def __init__(self, vocab: int, seed: int = 0):
+        self.vocab, self.rng = vocab, random.Random(seed)
+
+    def propose(self, inputs, block_tables=None):
+        out = {}
+        for item in inputs:
+            k = self.rng.randint(1, item.max_tokens)
+            tokens = [self.rng.randrange(self.vocab) for _ in range(k)]
+            probs = torch.softmax(torch.randn(k, self.vocab) * 3, dim=-1)
+            out[item.request.request_id] = DraftProposal(tokens, probs, [0.5] * k)
+        return out
+
+
+def with_drafter(engine, drafter):
+    engine.drafter = drafter
+    return engine
+
+
+@pytest.mark.parametrize("method", ["ngram", "self-draft", "draft-model"])
+def test_greedy_drafters_equal_plain_decoding_alone_and_batched(model_dir, draft_dir, reference, method):
+    engine = make_engine(model_dir, method, draft_model=str(draft_dir) if method == "draft-model" else None)
+    prompts = encode_all(engine)
+    alone = [engine.generate([p], GREEDY)[0] for p in prompts]
+    assert alone == reference
+    batched = engine.generate(prompts, GREEDY)
+    assert batched == reference
+    assert engine.stats.num_drafts > 0
+    engine.scheduler.block_manager.check_integrity()
+
+
+def test_oracle_drafter_accepts_everything_and_matches(model_dir, reference):
+    engine = make_engine(model_dir, "ngram", k=5)
+    prompts = encode_all(engine)
+    with_drafter(engine, OracleDrafter({tuple(p): r for p, r in zip(prompts, reference)}))
+    assert engine.generate(prompts, GREEDY) == reference
+    stats = engine.stats
+    assert stats.num_accepted_tokens == stats.num_draft_tokens > 0
+    # Every verification step emitted all drafts plus the bonus token.
+    assert stats.mean_accepted_length > 4
+
+
+def test_random_drafter_is_rejected_but_output_unchanged(model_dir, reference):
+    engine = make_engine(model_dir, "ngram", k=6)
+    with_drafter(engine, RandomDrafter(engine.model_config.vocab_size))
+    assert engine.generate(encode_all(engine), GREEDY) == reference
+    assert engine.stats.num_draft_tokens > 0
+
+
+def test_mixed_batch_speculative_and_plain_requests(model_dir, reference):
+    engine = make_engine(model_dir, "self-draft")
+    prompts = encode_all(engine)
+    params = [SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, speculative=i % 2 == 0)
+              for i in range(len(prompts))]
+    assert engine.generate(prompts, params) == reference
+
+
+def test_tight_kv_cache_preempts_and_still_matches(model_dir, reference):
+    engine = make_engine(model_dir, "self-draft", num_blocks=24, budget=32)
+    assert engine.generate(encode_all(engine), GREEDY) == reference
+    engine.scheduler.block_manager.check_integrity()
+
+
+def test_max_tokens_inside_an_accepted_block_cuts_exactly(model_dir, reference):
+    engine = make_engine(model_dir, "ngram", k=6)
+    prompts = encode_all(engine)
+    with_drafter(engine, OracleDrafter({tuple(p): r for p, r in zip(prompts, reference)}))
+    for max_tokens in (1, 2, 5, 7):
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        assert engine.generate(prompts, params) == [r[:max_tokens] for r in reference]
+
+
+def test_stop_string_inside_an_accepted_block(model_dir, reference):
+    engine = make_engine(model_dir, "ngram", k=6)
+    prompts = encode_all(engine)
+    with_drafter(engine, OracleDrafter({tuple(p): r for p, r in zip(prompts, reference)}))
+    tok = engine.tokenizer
+    full_text = tok.decode(reference[0])
+    stop = full_text[len(full_text) // 2: len(full_text) // 2 + 2]
+    assert stop.strip(), "pick a prompt whose output has text"
+    plain = make_engine(model_dir)
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, stop=(stop,))
+    rid = "stop-check"
+    expected = _run_text(plain, rid, prompts[0], params)
+    got = _run_text(engine, rid, prompts[0], params)
+    assert got == expected
+    assert stop not in got[0]
+
+
+def _run_text(engine, rid, prompt, params):
+    engine.add_request(rid, prompt, params)
+    text, tokens, reason = "", [], None
+    while engine.has_unfinished():
+        for out in engine.step():
+            text += out.new_text
+            tokens += out.new_token_ids
+            reason = out.finish_reason or reason
+    return text, tokens, reason
+
+
+def test_logprobs_come_from_the_target(model_dir, reference):
+    plain = make_engine(model_dir)
+    spec = make_engine(model_dir, "self-draft")
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=2)
+    prompt = encode_all(plain)[1]
+    a = _collect_logprobs(plain, prompt, params)
+    b = _collect_logprobs(spec, prompt, params)
+    assert [x.token_id for x in a] == [x.token_id for x in b]
+    for x, y in zip(a, b):
+        assert abs(x.logprob - y.logprob) < 1e-4
+        assert [t for t, _ in x.top] == [t for t, _ in y.top]
+
+
+def _collect_logprobs(engine, prompt, params):
+    engine.add_request("lp", prompt, params)
+    got = []
+    while engine.has_unfinished():
+        for out in engine.step():
+            assert out.logprobs is not None and len(out.logprobs) == len(out.new_token_ids)
+            got += out.logprobs
+    return got
+
+
+def test_seeded_sampling_with_speculation_is_reproducible(model_dir):
+    engine = make_engine(model_dir, "self-draft")
+    prompt = encode_all(engine)[0]
+    params = SamplingParams(temperature=0.8, top_p=0.9, max_tokens=16, seed=1234, ignore_eos=True)
+    first = engine.generate([prompt], params)[0]
+    second = engine.generate([prompt], params)[0]
+    assert first == second and len(first) == 16

@@ -32,7 +32,7 @@ def first_token_frequency(policy, seed: int = 0) -> float:
         length = policy({"r": survivals_from_confidences(confidences)}, 1, 1.0, COST, 2)["r"]
         # Positions past the first have a point-mass target so only x_1 matters.
         target = torch.stack([TARGET, torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])])[: length + 1]
-        result = rejection_sample(torch.tensor(x[:length]), DRAFT.repeat(length, 1) if length else None,
+        result = rejection_sample(torch.tensor(x[:length], dtype=torch.long), DRAFT.repeat(length, 1) if length else None,
                                   target, [length], [gen])
         zeros += result.emitted_token_ids[0][0] == 0
     return zeros / TRIALS

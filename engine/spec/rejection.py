@@ -160,6 +160,7 @@ class _Layout:
 
 
 def _check_shapes(draft_token_ids, draft_probs, target_probs, layout: _Layout, generators) -> None:
+    """Fail early on a packing mistake instead of sampling from the wrong rows."""
     d, r = layout.num_drafts, layout.num_requests
     if draft_token_ids.shape != (d,):
         raise ValueError(f"draft_token_ids {tuple(draft_token_ids.shape)} != ({d},)")
@@ -235,6 +236,7 @@ def _draft_rows_at(drafts, draft_probs, draft_index: torch.Tensor, like: torch.T
 
 def _assemble(drafts: list[int], num_accepted: list[int], final_tokens: list[int],
               num_draft: list[int]) -> AcceptanceResult:
+    """Per request: its accepted drafts, then the recovered or bonus token."""
     emitted, start = [], 0
     for n, accepted, final in zip(num_draft, num_accepted, final_tokens):
         emitted.append(drafts[start: start + accepted] + [final])

@@ -1,0 +1,154 @@
+"""OpenAI-shaped errors: one exception type, one body shape, all handlers.
+
+Every failure the server reports, from a bad temperature to a crashed
+engine, leaves as `{"error": {"message", "type", "param", "code"}}` with a
+fitting HTTP status, so OpenAI clients raise their usual exception classes.
+"""
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+# OpenAI's error "type" per status; unlisted 4xx are invalid requests.
+_TYPES = {
+    401: "authentication_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
+
+
+class ErrorInfo(BaseModel):
+    """The inner object of an OpenAI error body."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """What every failed request returns: `{"error": {...}}`."""
+
+    error: ErrorInfo
+
+
+class APIError(Exception):
+    """An error to report to the client with an HTTP status and OpenAI body."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body, also used verbatim for error events inside a stream."""
+        return error_body(self.status, self.message, param=self.param, code=self.code)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_body(status: int, message: str, *, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    err_type = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code="invalid_value" if param else None)
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(404, f"The model `{model}` does not exist.", param="model",
+                    code="model_not_found")
+
+
+def queue_full(retry_after_s: int = 1) -> APIError:
+    return APIError(429, "The server is at capacity (waiting queue full); retry later.",
+                    code="rate_limit_exceeded", headers={"Retry-After": str(retry_after_s)})
+
+
+def engine_dead() -> APIError:
+    return APIError(503, "The inference engine is not running.", code="engine_unavailable")
+
+
+def internal_error() -> APIError:
+    # Deliberately generic: details go to the log, never to the client.
+    return APIError(500, "Internal server error.", code="internal_error")
+
+
+# Shown in the OpenAPI schema of every generation route.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid parameter values or malformed JSON"},
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key (when one is set)"},
+    404: {"model": ErrorResponse, "description": "Unknown model"},
+    413: {"model": ErrorResponse, "description": "Request body larger than the limit"},
+    429: {"model": ErrorResponse, "description": "Waiting queue full; see Retry-After"},
+    500: {"model": ErrorResponse, "description": "Unexpected server error"},
+    503: {"model": ErrorResponse, "description": "Engine not running"},
+}
+
+
+def _validation_param(loc: tuple) -> str | None:
+    """`("body", "messages", 0, "role")` -> `"messages.0.role"`."""
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or None
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    """Map pydantic's first complaint to a 400, naming the offending field."""
+    errors = exc.errors()
+    if not errors:
+        return bad_request("Invalid request body.")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "")
+        return APIError(400, f"Malformed JSON body: {detail}".rstrip(": "), code="invalid_json")
+    if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
+        return APIError(400, "Request body is required (JSON object).", code="invalid_json")
+    param = _validation_param(tuple(first.get("loc", ())))
+    where = f" ({param})" if param else ""
+    return bad_request(f"{first.get('msg', 'Invalid value')}{where}", param)
+
+
+async def _on_api_error(_: Request, exc: APIError) -> JSONResponse:
+    return exc.response()
+
+
+async def _on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return validation_error(exc).response()
+
+
+async def _on_http_exception(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    status = exc.status_code
+    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
+    code = "unknown_url" if status == 404 else None
+    return JSONResponse(error_body(status, message, code=code), status_code=status,
+                        headers=getattr(exc, "headers", None))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return internal_error().response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception path of the app to an OpenAI error body."""
+    app.add_exception_handler(APIError, _on_api_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(Exception, _on_unexpected)

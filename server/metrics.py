@@ -1,0 +1,153 @@
+"""Prometheus metrics, named like vLLM's (`vllm:` -> `specserve:`).
+
+Each app owns a CollectorRegistry so several apps in one process (tests,
+embedding) never collide on metric names. Latency and per-request token
+figures are observed by serving as outputs flow; engine gauges and
+speculative counters are read from `engine_client.stats()` at scrape time,
+so they are never stale and cost nothing between scrapes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engine.outputs import RequestOutput
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "specserve:"
+
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+                 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
+                0.75, 1.0, 2.5, 5.0, 10.0)
+_E2E_BUCKETS = (0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+                60.0, 120.0, 240.0, 480.0, 960.0)
+_TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
+
+
+class EngineStatsCollector(Collector):
+    """Exports the engine's gauges and speculative counters on each scrape."""
+
+    def __init__(self, engine_client: Any):
+        self._engine = engine_client
+
+    def describe(self) -> list[Metric]:
+        # Returning nothing keeps registration from calling stats() early.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        healthy = bool(getattr(self._engine, "is_healthy", False))
+        yield _gauge("engine_healthy", "1 if the engine loop is running", float(healthy))
+        try:
+            stats = self._engine.stats()
+        except Exception:  # a dying engine must not break the scrape
+            logger.warning("engine stats unavailable", exc_info=True)
+            return
+        yield _gauge("num_requests_running", "Requests in the running batch", stats.num_running)
+        yield _gauge("num_requests_waiting", "Requests waiting to be scheduled", stats.num_waiting)
+        yield _gauge("kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)",
+                     stats.kv_cache_usage)
+        yield _counter("num_preemptions", "Requests preempted", stats.num_preemptions)
+        yield from self._spec_metrics(stats)
+
+    @staticmethod
+    def _spec_metrics(stats: Any) -> Iterator[Metric]:
+        yield _counter("spec_decode_num_drafts", "Verification steps with drafts",
+                       stats.num_drafts)
+        yield _counter("spec_decode_num_draft_tokens", "Draft tokens proposed",
+                       stats.num_draft_tokens)
+        yield _counter("spec_decode_num_accepted_tokens", "Draft tokens accepted",
+                       stats.num_accepted_tokens)
+        per_pos = CounterMetricFamily(
+            PREFIX + "spec_decode_num_accepted_tokens_per_pos",
+            "Accepted draft tokens by position in the draft", labels=["position"])
+        for pos, count in enumerate(stats.accepted_per_position):
+            per_pos.add_metric([str(pos)], count)
+        yield per_pos
+        yield _gauge("spec_decode_mean_accepted_length",
+                     "Tokens emitted per verification step, bonus included",
+                     stats.mean_accepted_length)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name, doc, value=value)
+
+
+class ServerMetrics:
+    """The per-app registry and the request-level metrics serving observes."""
+
+    def __init__(self, engine_client: Any):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ttft = Histogram(PREFIX + "time_to_first_token_seconds",
+                              "Time to first token", buckets=_TTFT_BUCKETS, registry=r)
+        self.itl = Histogram(PREFIX + "inter_token_latency_seconds",
+                             "Time between output tokens", buckets=_ITL_BUCKETS, registry=r)
+        self.e2e = Histogram(PREFIX + "e2e_request_latency_seconds",
+                             "Request latency, arrival to last token",
+                             buckets=_E2E_BUCKETS, registry=r)
+        self.prompt_hist = Histogram(PREFIX + "request_prompt_tokens", "Prompt tokens per request",
+                                     buckets=_TOKEN_BUCKETS, registry=r)
+        self.gen_hist = Histogram(PREFIX + "request_generation_tokens",
+                                  "Generated tokens per request", buckets=_TOKEN_BUCKETS,
+                                  registry=r)
+        self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens processed",
+                                     registry=r)
+        self.generation_tokens = Counter(PREFIX + "generation_tokens", "Tokens generated",
+                                         registry=r)
+        self.request_success = Counter(PREFIX + "request_success", "Finished requests",
+                                       ["finished_reason"], registry=r)
+        r.register(EngineStatsCollector(engine_client))
+
+    def tracker(self) -> "RequestTracker":
+        return RequestTracker(self)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestTracker:
+    """Times one engine request (one choice) from arrival to its last token."""
+
+    def __init__(self, metrics: ServerMetrics):
+        self._m = metrics
+        self._arrival = time.monotonic()
+        self._last: float | None = None
+
+    def observe(self, out: RequestOutput) -> None:
+        """Record latency for one output increment; finish bookkeeping on the last."""
+        count = len(out.new_token_ids)
+        now = time.monotonic()
+        if count:
+            self._observe_tokens(now, count)
+        if out.finished:
+            self._finish(now, out)
+
+    def _observe_tokens(self, now: float, count: int) -> None:
+        if self._last is None:
+            self._m.ttft.observe(now - self._arrival)
+        else:
+            # A speculative step emits several tokens at once: spread its time.
+            per_token = (now - self._last) / count
+            for _ in range(count):
+                self._m.itl.observe(per_token)
+        self._last = now
+
+    def _finish(self, now: float, out: RequestOutput) -> None:
+        m = self._m
+        m.e2e.observe(now - self._arrival)
+        m.prompt_hist.observe(out.num_prompt_tokens)
+        m.gen_hist.observe(out.num_output_tokens)
+        m.prompt_tokens.inc(out.num_prompt_tokens)
+        m.generation_tokens.inc(out.num_output_tokens)
+        m.request_success.labels(finished_reason=out.finish_reason or "unknown").inc()

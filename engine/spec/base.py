@@ -27,13 +27,17 @@ class DraftProposal:
 class DraftInput:
     """What a drafter sees for one request after a verification step.
 
-    `hidden_rows` indexes the target's hidden states of this step's packed
-    batch for the request's query tokens (for drafters that read them).
+    `new_hidden` holds the target's hidden states (outputs of the drafter's
+    `aux_layers`, concatenated in that order) for the tokens that got KV
+    since the previous propose() for this request: positions
+    [previous end, request.num_computed_tokens). None when the drafter
+    declares no `aux_layers`. After `free()` (preemption) it restarts at 0.
     """
 
     request: Request
     max_tokens: int  # upper bound on drafts to propose for this request
     generator: torch.Generator
+    new_hidden: torch.Tensor | None = None  # [n, len(aux_layers) * H]
 
 
 class Drafter:
@@ -41,6 +45,8 @@ class Drafter:
 
     # Extra KV slots beyond the verified tokens that the drafter writes into.
     num_lookahead_slots: int = 0
+    # Target layers whose outputs the drafter reads (EAGLE-3, DFlash, DSpark).
+    aux_layers: tuple[int, ...] = ()
 
     def propose(self, inputs: list[DraftInput], block_tables: dict[str, list[int]]) -> dict[str, DraftProposal]:
         raise NotImplementedError

@@ -1,0 +1,88 @@
+"""Start-up profile of the target's step cost against batch tokens.
+
+Runs real forwards of decode-shaped batches (many requests, few query tokens
+each, a short context) for each probe size, and caches the result per
+model, device, dtype and thread count so later starts skip it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+import torch
+
+from engine.models.loader import default_cache_root
+from kernels.attention import AttentionMetadata
+from scheduler.load import StepCostModel, probe_sizes
+
+log = logging.getLogger("specserve.profiler")
+
+CONTEXT_TOKENS = 128  # typical context behind each query token while profiling
+
+
+def profile_cache_path(model_path: str, device: str, dtype: str, max_tokens: int) -> str:
+    key = f"{os.path.abspath(model_path)}|{device}|{dtype}|{torch.get_num_threads()}|{max_tokens}|v1"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return os.path.join(default_cache_root(), "profiles", f"step-cost-{digest}.json")
+
+
+def load_or_profile(runner, model_path: str, device: str, dtype: str, max_tokens: int,
+                    max_seqs: int, time_budget_s: float = 20.0) -> StepCostModel:
+    path = profile_cache_path(model_path, device, dtype, max_tokens)
+    if os.path.exists(path):
+        with open(path) as f:
+            return StepCostModel.from_json(f.read())
+    cost = profile_step_cost(runner, max_tokens, max_seqs, time_budget_s)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(cost.to_json())
+    os.replace(tmp, path)
+    return cost
+
+
+@torch.inference_mode()
+def profile_step_cost(runner, max_tokens: int, max_seqs: int, time_budget_s: float) -> StepCostModel:
+    """Measure step seconds at each probe size (best of a few runs); stops
+    early when the time budget is spent and extrapolates from what it has."""
+    started = time.perf_counter()
+    sizes, seconds = [], []
+    num_blocks = runner.kv_caches[0][0].shape[0]
+    for size in probe_sizes(max_tokens):
+        batch = _decode_shaped_batch(size, max_seqs, runner.block_size, num_blocks, runner.device)
+        if batch is None:
+            break
+        sizes.append(size)
+        seconds.append(min(_time_forward(runner, *batch) for _ in range(3)))
+        if time.perf_counter() - started > time_budget_s:
+            break
+    log.info("step cost profile: %s", json.dumps([(b, round(s * 1000, 2)) for b, s in zip(sizes, seconds)]))
+    return StepCostModel(sizes, seconds)
+
+
+def _decode_shaped_batch(num_tokens: int, max_seqs: int, block_size: int, num_blocks: int, device):
+    """`num_tokens` query tokens spread over up to `max_seqs` requests, each
+    behind CONTEXT_TOKENS of (garbage, never read by anyone else) context."""
+    num_seqs = max(1, min(num_tokens, max_seqs))
+    query_lens = [num_tokens // num_seqs + (i < num_tokens % num_seqs) for i in range(num_seqs)]
+    seq_lens = [CONTEXT_TOKENS + q for q in query_lens]
+    blocks_per_seq = -(-max(seq_lens) // block_size)
+    if blocks_per_seq * num_seqs > num_blocks:
+        return None
+    tables = [list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)) for i in range(num_seqs)]
+    meta = AttentionMetadata.build(query_lens, seq_lens, tables, block_size, device)
+    positions = torch.tensor([p for q, s in zip(query_lens, seq_lens) for p in range(s - q, s)], device=device)
+    tokens = torch.zeros(num_tokens, dtype=torch.long, device=device)
+    return tokens, positions, meta
+
+
+def _time_forward(runner, tokens, positions, meta) -> float:
+    begin = time.perf_counter()
+    hidden, _ = runner.model(tokens, positions, runner.kv_caches, meta)
+    runner.model.compute_logits(hidden)  # verification needs logits at every query row
+    if str(runner.device).startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - begin

@@ -39,11 +39,10 @@ class LLMEngine:
         self.model_config = self.loaded.config
         self.max_model_len = min(config.scheduler.max_model_len, self.model_config.max_position_embeddings)
         cache = config.cache
-        self.drafter: Drafter | None = build_drafter(config, self.loaded, cache.num_blocks, dtype)
-        lookahead = self.drafter.num_lookahead_slots if self.drafter else 0
-        self.scheduler = Scheduler(config.scheduler, cache, num_lookahead_slots=lookahead)
+        self.scheduler = Scheduler(config.scheduler, cache)
         self.runner = ModelRunner(self.loaded.model, self.model_config, cache.num_blocks,
                                   cache.block_size, dtype, config.device)
+        self.drafter = build_drafter(config, self.loaded, cache.num_blocks, dtype)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.draft_generators: dict[str, torch.Generator] = {}
@@ -51,6 +50,18 @@ class LLMEngine:
         log.info("engine ready: %s, %d KV blocks x %d tokens (%.1f MiB)", self.loaded.path,
                  cache.num_blocks, cache.block_size,
                  cache.num_tokens * kv_bytes_per_token(self.model_config, dtype) / 2**20)
+
+    @property
+    def drafter(self) -> Drafter | None:
+        return self._drafter
+
+    @drafter.setter
+    def drafter(self, drafter: Drafter | None) -> None:
+        """Installing a drafter also tells the scheduler how far it writes KV
+        ahead and the runner which target layers it reads."""
+        self._drafter = drafter
+        self.scheduler.num_lookahead_slots = drafter.num_lookahead_slots if drafter else 0
+        self.runner.aux_layers = drafter.aux_layers if drafter else ()
 
     # ---- requests in -------------------------------------------------------
     def validate_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -165,7 +176,8 @@ class LLMEngine:
         if gen is None:
             seed = None if params.seed is None else params.seed + 7919
             gen = self.draft_generators[request.request_id] = make_generator(seed, self.config.device)
-        return DraftInput(request, room, gen)
+        hidden = self.runner.take_hidden(request.request_id) if self.drafter.aux_layers else None
+        return DraftInput(request, room, gen, hidden)
 
     # ---- statistics --------------------------------------------------------
     def _record_step(self, sched, runner_out) -> None:

@@ -28,13 +28,15 @@ class PackedBatch:
     meta: AttentionMetadata
     sample_rows: list[int]  # packed-row index of every row that needs logits
     sampling: list[ScheduledRequest]  # requests that sample, in row order
+    offsets: list[int]  # first packed row of each scheduled request
 
 
 def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device) -> PackedBatch:
     """Flatten each request's query tokens (real ones, then drafts)."""
     tokens, positions, query_lens, seq_lens, tables = [], [], [], [], []
-    sample_rows, sampling = [], []
+    sample_rows, sampling, offsets = [], [], []
     for item in scheduled:
+        offsets.append(len(tokens))
         request = item.request
         start, real = item.start_position, item.num_query_tokens
         query = request.all_token_ids[start:start + real] + item.spec_token_ids
@@ -50,7 +52,7 @@ def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device) -> Pa
     meta = AttentionMetadata.build(query_lens, seq_lens, tables, block_size, device)
     return PackedBatch(torch.tensor(tokens, dtype=torch.long, device=device),
                        torch.tensor(positions, dtype=torch.long, device=device),
-                       meta, sample_rows, sampling)
+                       meta, sample_rows, sampling, offsets)
 
 
 def row_contexts(item: ScheduledRequest) -> list[RowContext]:
@@ -79,6 +81,10 @@ class ModelRunner:
         # Draft distributions [k, V] waiting to be verified; absent for
         # deterministic drafters (one-hot at the drafted token).
         self.pending_draft_probs: dict[str, torch.Tensor | None] = {}
+        # Target layers a drafter reads, and their outputs for tokens whose KV
+        # was confirmed since the drafter last took them.
+        self.aux_layers: tuple[int, ...] = ()
+        self.pending_hidden: dict[str, list[torch.Tensor]] = {}
 
     def generator_for(self, request: Request) -> torch.Generator:
         gen = self.generators.get(request.request_id)
@@ -92,22 +98,32 @@ class ModelRunner:
         scheduler dropped them); generators survive a preemption."""
         for rid in request_ids:
             self.pending_draft_probs.pop(rid, None)
+            self.pending_hidden.pop(rid, None)
+
+    def take_hidden(self, request_id: str) -> torch.Tensor | None:
+        """Target features gathered for the request since the last call."""
+        pieces = self.pending_hidden.pop(request_id, None)
+        return torch.cat(pieces) if pieces else None
 
     def forget(self, request_id: str) -> None:
         """The request is gone for good."""
         self.generators.pop(request_id, None)
         self.pending_draft_probs.pop(request_id, None)
+        self.pending_hidden.pop(request_id, None)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         started = time.perf_counter()
         self.free(sched.freed_request_ids)
         batch = pack_batch(sched.scheduled, self.block_size, self.device)
-        hidden, _ = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
+        hidden, aux = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta,
+                                 aux_layers=self.aux_layers)
         output = RunnerOutput()
         if batch.sampling:
             logits = self.model.compute_logits(hidden[batch.sample_rows])
             self._accept(batch.sampling, logits, output)
+        if self.aux_layers:
+            self._stash_hidden(sched.scheduled, batch.offsets, torch.cat(aux, dim=-1), output)
         output.step_seconds = time.perf_counter() - started
         return output
 
@@ -132,6 +148,16 @@ class ModelRunner:
                     logits[row:row + len(emitted)], torch.tensor(emitted, device=self.device),
                     [num_top] * len(emitted))
             row += item.num_spec_tokens + 1
+
+    def _stash_hidden(self, scheduled, offsets, features: torch.Tensor, output: RunnerOutput) -> None:
+        """Keep the features of real query tokens and accepted drafts: exactly
+        the tokens whose KV now counts (features [T, L * H])."""
+        for item, offset in zip(scheduled, offsets):
+            if not item.request.sampling_params.speculative:
+                continue
+            kept = item.num_query_tokens + output.num_accepted.get(item.request.request_id, 0)
+            self.pending_hidden.setdefault(item.request.request_id, []).append(
+                features[offset: offset + kept].clone())
 
     def _draft_probs(self, sampling: list[ScheduledRequest], vocab: int) -> torch.Tensor | None:
         """[D, V] draft distributions of the verified drafts; one-hot rows for

@@ -1,0 +1,49 @@
+"""The physical paged KV cache: one (key, value) tensor pair per layer.
+
+Block ids handed out by the scheduler's block manager index the first
+dimension; the block manager owns the bookkeeping, this module only the
+memory.
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.config import ModelConfig
+
+
+def allocate_kv_caches(
+    config: ModelConfig,
+    num_blocks: int,
+    block_size: int,
+    dtype: torch.dtype,
+    device,
+    num_layers: int | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (k, v), each [num_blocks, block_size, num_kv_heads, head_dim].
+
+    `num_layers` allocates for only the first n layers (a self-draft model
+    that runs a prefix of the target's layers).
+    """
+    layers = config.num_layers if num_layers is None else num_layers
+    if not 0 < layers <= config.num_layers:
+        raise ValueError(f"num_layers must be in [1, {config.num_layers}], got {layers}")
+    if num_blocks <= 0 or block_size <= 0:
+        raise ValueError("num_blocks and block_size must be positive")
+    shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
+    # zeros, not empty: padding slots are read (and masked) by batched
+    # attention, and NaN garbage times a zero weight would still be NaN.
+    return [
+        (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        for _ in range(layers)
+    ]
+
+
+def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
+    """Bytes of K and V that one token occupies across all layers."""
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * element
+
+
+def num_blocks_for_budget(config: ModelConfig, dtype: torch.dtype, block_size: int, budget_bytes: int) -> int:
+    """How many blocks fit in `budget_bytes` of KV memory."""
+    return max(0, budget_bytes // (kv_bytes_per_token(config, dtype) * block_size))

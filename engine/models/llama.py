@@ -1,0 +1,353 @@
+"""Llama-family decoder (Llama, SmolLM2, Qwen2, Qwen3) over a paged KV cache.
+
+The forward takes one packed batch: the new tokens of all scheduled
+requests concatenated into [T] ids with their absolute positions, no padding.
+Attention metadata says which tokens belong to which request and where each
+request's keys and values live in the cache.
+
+Q/K/V and gate/up projections are stored fused (one matmul each instead of
+three and two); `load_hf_state_dict` maps the HF parameter names onto them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import ModelConfig
+from kernels.attention import AttentionMetadata, paged_attention, write_kv
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 like the HF reference."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., dim]
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class RotaryEmbedding:
+    """RoPE cos/sin for arbitrary positions, with HF's rope_scaling variants.
+
+    Not an nn.Module: the frequencies are derived from the config, never
+    loaded, so they stay out of the state dict and off the meta device.
+    """
+
+    def __init__(self, config: ModelConfig):
+        self.head_dim = config.head_dim
+        self.base = config.rope_theta
+        self.scaling = dict(config.rope_scaling or {})
+        self.rope_type = self.scaling.get("rope_type", self.scaling.get("type", "default"))
+        self.max_position_embeddings = config.max_position_embeddings
+        self.inv_freq, self.attention_factor = rope_inv_freq(config)
+        self._on_device: dict[str, torch.Tensor] = {}
+
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype):
+        """positions [T] -> (cos, sin), each [T, 1, head_dim] in `dtype`."""
+        if self.rope_type == "dynamic":
+            inv_freq = self._dynamic_inv_freq(positions)  # [T, D/2], per token
+        else:
+            inv_freq = self._inv_freq_on(positions.device)  # [D/2]
+        freqs = positions.float().unsqueeze(-1) * inv_freq  # [T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
+        cos, sin = emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
+        return cos.to(dtype), sin.to(dtype)
+
+    def _inv_freq_on(self, device) -> torch.Tensor:
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = self.inv_freq.to(device)
+        return self._on_device[key]
+
+    def _dynamic_inv_freq(self, positions: torch.Tensor) -> torch.Tensor:
+        """Dynamic NTK, per token: each key is rotated with the base of its own
+        position, so cached keys never need re-rotation. Within
+        max_position_embeddings this equals plain RoPE (as HF does)."""
+        dim, factor = self.head_dim, float(self.scaling["factor"])
+        seq_len = (positions.double() + 1).clamp(min=self.max_position_embeddings)
+        base = self.base * ((factor * seq_len / self.max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
+        exponents = torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim
+        return (1.0 / base.unsqueeze(-1) ** exponents).float()
+
+
+def rope_inv_freq(config: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [head_dim/2] and the cos/sin scale, per rope_type."""
+    scaling = dict(config.rope_scaling or {})
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    dim, base = config.head_dim, config.rope_theta
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    if rope_type in ("default", "dynamic"):
+        return inv_freq, 1.0
+    if rope_type == "linear":
+        return inv_freq / float(scaling["factor"]), 1.0
+    if rope_type == "llama3":
+        return _llama3_inv_freq(inv_freq, scaling), 1.0
+    if rope_type == "yarn":
+        return _yarn_inv_freq(config, scaling)
+    raise NotImplementedError(f"rope_type {rope_type!r} is not supported")
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """Llama 3.1: stretch low frequencies by `factor`, keep high ones, blend between."""
+    factor = float(scaling["factor"])
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_context = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < old_context / high) & ~(wavelen > old_context / low)
+    return torch.where(is_medium, blended, scaled)
+
+
+def _yarn_inv_freq(config: ModelConfig, scaling: dict) -> tuple[torch.Tensor, float]:
+    """YaRN: interpolate low frequencies, extrapolate high ones, ramp between."""
+    dim, base = config.head_dim, config.rope_theta
+    original = scaling.get("original_max_position_embeddings") or config.max_position_embeddings
+    factor = scaling.get("factor") or config.max_position_embeddings / original
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = _yarn_mscale(factor, scaling.get("mscale"), scaling.get("mscale_all_dim"))
+    low, high = _yarn_correction_range(scaling, dim, base, original)
+    pos_freqs = base ** (torch.arange(0, dim, 2, device="cpu").float() / dim)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low if high != low else 0.001)).clamp(0, 1)
+    extrapolation_weight = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (1.0 / pos_freqs) * extrapolation_weight
+    return inv_freq, float(attention_factor)
+
+
+def _yarn_mscale(factor: float, mscale, mscale_all_dim) -> float:
+    def get(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if mscale and mscale_all_dim:
+        return get(factor, mscale) / get(factor, mscale_all_dim)
+    return get(factor)
+
+
+def _yarn_correction_range(scaling: dict, dim: int, base: float, original: int) -> tuple[float, float]:
+    def correction_dim(rotations):
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low = correction_dim(scaling.get("beta_fast") or 32)
+    high = correction_dim(scaling.get("beta_slow") or 1)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    return max(low, 0), min(high, dim - 1)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D], cos/sin [T, 1, D] (HF's non-interleaved layout)."""
+    return x * cos + rotate_half(x) * sin
+
+
+class LlamaAttention(nn.Module):
+    """Self-attention with fused QKV, GQA, optional biases and per-head q/k norm."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.q_size = config.num_heads * config.head_dim
+        self.kv_size = config.num_kv_heads * config.head_dim
+        self.scale = config.head_dim**-0.5
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
+        # Qwen2 biases only q/k/v; Llama and Qwen3 put attention_bias on o_proj too.
+        o_bias = config.attention_bias and config.architecture != "qwen2"
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+        self.qk_norm = config.qk_norm
+
+    def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
+        """x [T, hidden] -> [T, hidden]; writes this step's K/V into kv_cache."""
+        tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(tokens, self.num_heads, self.head_dim)
+        k = k.view(tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_cache, v_cache = kv_cache
+        write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+        out = paged_attention(q, k_cache, v_cache, meta, self.scale)  # [T, H, D]
+        return self.o_proj(out.reshape(tokens, self.q_size))
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward with fused gate/up projection."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden]
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm residual block: attention then MLP."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(self, h, cos, sin, kv_cache, meta) -> torch.Tensor:  # [T, hidden]
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, kv_cache, meta)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder layers and final norm (HF's `model.` prefix)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Causal LM over packed batches and a paged KV cache."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(config)
+
+    @torch.no_grad()
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [T] long
+        positions: torch.Tensor,  # [T] long
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        meta: AttentionMetadata,
+        aux_layers: tuple[int, ...] = (),
+        num_layers: int | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Returns (final-normed hidden [T, hidden], [hidden after each aux layer]).
+
+        `num_layers=n` runs only the first n layers, then the final norm (a
+        self-draft model); `kv_caches` needs an entry for each layer run.
+        """
+        layers = self._layers_to_run(num_layers, len(kv_caches), aux_layers)
+        h = self.model.embed_tokens(input_ids)
+        cos, sin = self.rotary(positions, h.dtype)
+        aux: dict[int, torch.Tensor] = {}
+        for index, layer in enumerate(layers):
+            h = layer(h, cos, sin, kv_caches[index], meta)
+            if index in aux_layers:
+                aux[index] = h
+        return self.model.norm(h), [aux[i] for i in aux_layers]
+
+    def _layers_to_run(self, num_layers, num_caches: int, aux_layers) -> nn.ModuleList:
+        n = len(self.model.layers) if num_layers is None else num_layers
+        if not 0 < n <= len(self.model.layers):
+            raise ValueError(f"num_layers must be in [1, {len(self.model.layers)}], got {n}")
+        if num_caches < n:
+            raise ValueError(f"running {n} layers needs {n} KV caches, got {num_caches}")
+        if any(not 0 <= i < n for i in aux_layers):
+            raise ValueError(f"aux_layers {aux_layers} outside the {n} layers run")
+        return self.model.layers[:n]
+
+    @torch.no_grad()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] -> logits [N, vocab] float32."""
+        weight = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    def load_hf_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load HF Llama/Qwen2/Qwen3 weights (strict: missing or unexpected names raise).
+
+        Tensors are cast to the dtype of the parameters they replace; on a
+        meta-device model they are assigned as they are (no copy).
+        """
+        state_dict = _drop_ignorable(state_dict, self.config)
+        expected = set(hf_parameter_names(self.config))
+        missing, unexpected = expected - state_dict.keys(), state_dict.keys() - expected
+        if missing or unexpected:
+            raise KeyError(
+                f"checkpoint does not match the config: missing {sorted(missing)[:8]}, "
+                f"unexpected {sorted(unexpected)[:8]}"
+            )
+        fused = fuse_hf_state_dict(state_dict, self.config)
+        self._assign(fused)
+
+    def _assign(self, fused: dict[str, torch.Tensor]) -> None:
+        own = self.state_dict(keep_vars=True)
+        for name, tensor in fused.items():
+            target = own[name]
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model {tuple(target.shape)}")
+            device = tensor.device if target.is_meta else target.device
+            fused[name] = tensor.to(device=device, dtype=target.dtype)
+        self.load_state_dict(fused, strict=True, assign=True)
+
+
+def _drop_ignorable(state_dict: dict, config: ModelConfig) -> dict:
+    """Drop what some checkpoints carry but the model derives or shares."""
+    kept = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
+    if config.tie_word_embeddings:
+        kept.pop("lm_head.weight", None)  # a saved copy of the tied embedding
+    return kept
+
+
+def hf_parameter_names(config: ModelConfig) -> list[str]:
+    """The parameter names an HF checkpoint of this config holds."""
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    if not config.tie_word_embeddings:
+        names.append("lm_head.weight")
+    for i in range(config.num_layers):
+        names += [f"model.layers.{i}.{n}" for n in _hf_layer_names(config)]
+    return names
+
+
+def _hf_layer_names(config: ModelConfig) -> list[str]:
+    names = ["input_layernorm.weight", "post_attention_layernorm.weight"]
+    names += [f"mlp.{p}.weight" for p in ("gate_proj", "up_proj", "down_proj")]
+    names += [f"self_attn.{p}.weight" for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    if config.attention_bias:
+        names += [f"self_attn.{p}.bias" for p in ("q_proj", "k_proj", "v_proj")]
+        if config.architecture != "qwen2":
+            names.append("self_attn.o_proj.bias")
+    if config.qk_norm:
+        names += ["self_attn.q_norm.weight", "self_attn.k_norm.weight"]
+    return names
+
+
+def fuse_hf_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF names -> this module's names: q/k/v into qkv_proj, gate/up into gate_up_proj."""
+    fused = dict(state_dict)
+    for i in range(config.num_layers):
+        prefix = f"model.layers.{i}."
+        for kind in ("weight", "bias"):
+            parts = [f"{prefix}self_attn.{p}.{kind}" for p in ("q_proj", "k_proj", "v_proj")]
+            if parts[0] in fused:
+                fused[f"{prefix}self_attn.qkv_proj.{kind}"] = torch.cat([fused.pop(p) for p in parts])
+        parts = [f"{prefix}mlp.{p}.weight" for p in ("gate_proj", "up_proj")]
+        fused[f"{prefix}mlp.gate_up_proj.weight"] = torch.cat([fused.pop(p) for p in parts])
+    return fused

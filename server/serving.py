@@ -228,6 +228,8 @@ def _map_engine_error(exc: BaseException) -> APIError:
         return errors.engine_dead()
     if isinstance(exc, InvalidSamplingParams):
         return errors.bad_request(str(exc), exc.param)
+    if isinstance(exc, ValueError):  # the engine's verdict on this request (prompt, ids)
+        return errors.bad_request(str(exc))
     logger.error("engine request failed", exc_info=exc)
     return errors.internal_error()
 

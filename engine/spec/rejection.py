@@ -123,12 +123,12 @@ def _sample_inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor) -> torch.T
     a large vocabulary.
     """
     cdf = weights.double().cumsum(dim=-1)
-    target = (uniform.double() * cdf[:, -1])[:, None]
-    tokens = torch.searchsorted(cdf, target, right=True).squeeze(1)
-    # u * total can round up to total; fall back to the last token with weight.
-    positions = torch.arange(weights.shape[1], device=weights.device)
-    last_nonzero = torch.where(weights > 0, positions, torch.zeros_like(positions)).amax(dim=-1)
-    return torch.minimum(tokens, last_nonzero)
+    total = cdf[:, -1]
+    # u * total can round up to total; keeping the target strictly below it
+    # guarantees that the chosen token has weight (cdf[i] > cdf[i-1]).
+    target = torch.minimum(uniform.double() * total, torch.nextafter(total, torch.zeros_like(total)))
+    tokens = torch.searchsorted(cdf, target[:, None], right=True).squeeze(1)
+    return tokens.clamp_(max=weights.shape[1] - 1)
 
 
 def _uniforms(count: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -301,6 +301,13 @@ def test_degenerate_residual_falls_back_to_target():
     assert recovered and set(recovered) <= {1, 2}  # sampled from p_t's support
 
 
+def test_inverse_cdf_never_picks_a_zero_weight_token():
+    weights = torch.tensor([[0.0, 0.3, 0.7, 0.0], [0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]])
+    below_one = 1 - 2.0 ** -53
+    assert rejection._sample_inverse_cdf(weights, torch.zeros(3, dtype=torch.float64)).tolist() == [1, 0, 3]
+    assert rejection._sample_inverse_cdf(weights, torch.full((3,), below_one, dtype=torch.float64)).tolist() == [2, 1, 3]
+
+
 def test_shape_errors():
     probs = torch.full((3, 4), 0.25)
     with pytest.raises(ValueError):

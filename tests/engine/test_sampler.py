@@ -80,6 +80,14 @@ def test_top_p_applies_to_the_top_k_renormalised_distribution():
     assert probs_of(DESCENDING, top_p=0.42) == pytest.approx([4 / 7, 3 / 7, 0, 0], abs=1e-6)
 
 
+def test_top_p_counts_top_k_ties_beyond_k():
+    # top-k=2 keeps the three tied 0.2s (mass 0.9); renormalised, the first
+    # token has 1/3 < 0.35, so top-p needs the tie group and keeps all of it.
+    row = log_list([0.3, 0.2, 0.2, 0.2, 0.1])
+    assert probs_of(row, top_k=2, top_p=0.35) == pytest.approx([3 / 9, 2 / 9, 2 / 9, 2 / 9, 0], abs=1e-6)
+    assert probs_of(row, top_k=2, top_p=0.3) == pytest.approx([1, 0, 0, 0, 0], abs=1e-6)
+
+
 def test_min_p_is_relative_to_the_best_token():
     row = log_list([0.5, 0.3, 0.15, 0.05])
     # Threshold 0.2 * 0.5 = 0.1 drops only the last token.

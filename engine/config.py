@@ -73,7 +73,7 @@ class SchedulerConfig:
 
 
 SPEC_METHODS = ("none", "ngram", "draft-model", "self-draft")
-VERIFY_POLICIES = ("off", "static", "adaptive")
+VERIFY_POLICIES = ("off", "static", "adaptive", "adaptive-async")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class SpeculativeConfig:
     ngram_min: int = 1
     ngram_max: int = 4
     self_draft_layers: int = 0  # 0 = auto (a third of the target's layers)
-    policy: str = "static"
+    policy: str = "adaptive"
 
     def __post_init__(self) -> None:
         if self.method not in SPEC_METHODS:

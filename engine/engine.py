@@ -16,11 +16,14 @@ from engine.model_runner import ModelRunner
 from engine.models.loader import LoadedModel, load_model
 from engine.output_processor import OutputProcessor
 from engine.outputs import EngineStats, RequestOutput
+from engine.profiler import load_or_profile
 from engine.sampler import make_generator
 from engine.spec.base import DraftInput, Drafter
 from engine.spec.factory import build_drafter
 from scheduler.request import Request, RequestStatus, SamplingParams
+from scheduler.load import StepCostModel
 from scheduler.scheduler import Scheduler
+from scheduler.verify_policy import AdaptivePolicy, StaticPolicy, VerifyPolicy
 
 log = logging.getLogger("specserve.engine")
 
@@ -31,7 +34,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16,
 class LLMEngine:
     """Owns the model, the scheduler, the drafter and per-request text state."""
 
-    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None):
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None,
+                 step_cost: StepCostModel | None = None):
         self.config = config
         dtype = DTYPES[config.dtype]
         self.loaded = loaded or load_model(config.model, dtype, config.device)
@@ -43,6 +47,8 @@ class LLMEngine:
         self.runner = ModelRunner(self.loaded.model, self.model_config, cache.num_blocks,
                                   cache.block_size, dtype, config.device)
         self.drafter = build_drafter(config, self.loaded, cache.num_blocks, dtype)
+        self.step_cost = step_cost
+        self.verify_policy = self._build_verify_policy()
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.draft_generators: dict[str, torch.Generator] = {}
@@ -50,6 +56,23 @@ class LLMEngine:
         log.info("engine ready: %s, %d KV blocks x %d tokens (%.1f MiB)", self.loaded.path,
                  cache.num_blocks, cache.block_size,
                  cache.num_tokens * kv_bytes_per_token(self.model_config, dtype) / 2**20)
+
+    def _build_verify_policy(self) -> VerifyPolicy | None:
+        spec = self.config.speculative
+        if self.drafter is None:
+            return None
+        if spec.policy == "static":
+            policy = StaticPolicy(spec.num_speculative_tokens)
+        else:
+            if self.step_cost is None:
+                self.step_cost = load_or_profile(
+                    self.runner, self.loaded.path, self.config.device, self.config.dtype,
+                    self.config.scheduler.max_num_batched_tokens, self.config.scheduler.max_num_seqs)
+            policy = AdaptivePolicy(self.step_cost, self.config.scheduler.max_num_batched_tokens,
+                                    asynchronous=spec.policy == "adaptive-async",
+                                    max_draft=spec.num_speculative_tokens)
+        self.scheduler.verify_policy = policy
+        return policy
 
     @property
     def drafter(self) -> Drafter | None:
@@ -110,6 +133,7 @@ class LLMEngine:
         runner_out = self.runner.execute(sched)
         updates = self.scheduler.update_from_output(sched, runner_out, self.outputs.check_stop)
         self._record_step(sched, runner_out)
+        self._feed_back(sched, runner_out)
         sampled = [r for r, _ in updates if not r.is_finished
                    and r.request_id in runner_out.sampled_token_ids]
         self._propose_drafts(sampled)
@@ -139,6 +163,8 @@ class LLMEngine:
     def _forget(self, request_id: str) -> None:
         self.outputs.remove(request_id)
         self.runner.forget(request_id)
+        if isinstance(self.verify_policy, AdaptivePolicy):
+            self.verify_policy.forget(request_id)
         self.draft_generators.pop(request_id, None)
 
     # ---- drafting ----------------------------------------------------------
@@ -164,7 +190,10 @@ class LLMEngine:
         params = request.sampling_params
         if not params.speculative:
             return None
-        room = min(self.config.speculative.num_speculative_tokens,
+        max_draft = self.config.speculative.num_speculative_tokens
+        if isinstance(self.verify_policy, AdaptivePolicy) and self.drafter.costs_compute:
+            max_draft = self.verify_policy.draft_length(request.request_id, max_draft)
+        room = min(max_draft,
                    params.max_tokens - request.num_output_tokens - 1,
                    self.max_model_len - request.num_tokens - 1)
         if room <= 0:
@@ -179,14 +208,24 @@ class LLMEngine:
         hidden = self.runner.take_hidden(request.request_id) if self.drafter.aux_layers else None
         return DraftInput(request, room, gen, hidden)
 
+    def _feed_back(self, sched, runner_out) -> None:
+        """Live load and realised acceptance go back to the adaptive policy."""
+        if self.step_cost is not None:
+            self.step_cost.observe(sched.total_num_tokens, runner_out.step_seconds)
+        if isinstance(self.verify_policy, AdaptivePolicy):
+            for item in sched.scheduled:
+                if item.num_spec_tokens:
+                    self.verify_policy.observe(item.request.request_id, item.num_spec_tokens,
+                                               runner_out.num_accepted.get(item.request.request_id, 0))
+
     # ---- statistics --------------------------------------------------------
     def _record_step(self, sched, runner_out) -> None:
         stats = self.stats
         stats.num_steps += 1
         for item in sched.scheduled:
             rid = item.request.request_id
-            if not item.samples:
-                continue
+            if rid not in runner_out.sampled_token_ids:
+                continue  # a partial prefill chunk
             stats.generation_tokens += len(runner_out.sampled_token_ids.get(rid, ()))
             if item.num_spec_tokens:
                 accepted = runner_out.num_accepted.get(rid, 0)

@@ -14,13 +14,16 @@ import time
 
 import torch
 
-from engine.models.loader import default_cache_root
 from kernels.attention import AttentionMetadata
 from scheduler.load import StepCostModel, probe_sizes
 
 log = logging.getLogger("specserve.profiler")
 
 CONTEXT_TOKENS = 128  # typical context behind each query token while profiling
+
+
+def default_cache_root() -> str:
+    return os.environ.get("SPECSERVE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "specserve")
 
 
 def profile_cache_path(model_path: str, device: str, dtype: str, max_tokens: int) -> str:

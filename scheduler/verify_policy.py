@@ -1,6 +1,10 @@
 """How many of each request's proposed drafts the target verifies this step."""
 from __future__ import annotations
 
+from scheduler.admission import (best_budget, greedy_prefix_admission, ranked_positions,
+                                 survivals_from_confidences, top_k_admission)
+from scheduler.calibration import ConfidenceCalibrator
+from scheduler.load import StepCostModel
 from scheduler.request import Request
 
 
@@ -37,3 +41,80 @@ class VerifyAllPolicy(VerifyPolicy):
             lengths[request.request_id] = length
             budget_left -= length
         return lengths
+
+
+class StaticPolicy(VerifyPolicy):
+    """Verify a fixed number k of drafts (fewer when fewer were proposed)."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def choose_lengths(self, candidates: list[Request], budget_left: int) -> dict[str, int]:
+        lengths = {}
+        for request in candidates:
+            lengths[request.request_id] = length = max(0, min(self.k, len(request.spec_token_ids), budget_left))
+            budget_left -= length
+        return lengths
+
+
+class AdaptivePolicy(VerifyPolicy):
+    """Confidence-aware, load-aware verification (speculation.md §4).
+
+    Survivals come from calibrated confidences; the step cost SPS(B) from the
+    live cost model. Synchronous mode: greedy admission with the early stop.
+    Asynchronous mode: the total budget K is a global search over LAST
+    step's survivals, then this step admits the top-K fresh survivals.
+
+    The batch's base is approximated from the scheduler's view: B0 = tokens
+    already planned this step, tau0 = one emitted token per candidate.
+    """
+
+    def __init__(self, cost: StepCostModel, max_batched_tokens: int,
+                 calibrator: ConfidenceCalibrator | None = None, asynchronous: bool = False,
+                 max_draft: int = 16):
+        self.cost = cost
+        self.max_batched_tokens = max_batched_tokens
+        self.calibrator = calibrator or ConfidenceCalibrator(max_positions=max_draft)
+        self.asynchronous = asynchronous
+        self.length_counts = [0] * (max_draft + 1)  # chosen verification lengths
+        self.last_length: dict[str, int] = {}
+        self._used: dict[str, tuple[list[float], list[float]]] = {}
+        self._previous_ranked: list[float] = []
+
+    def choose_lengths(self, candidates: list[Request], budget_left: int) -> dict[str, int]:
+        survivals = {r.request_id: self._survivals(r) for r in candidates}
+        base_tokens = max(1, self.max_batched_tokens - budget_left)
+        base_tau = float(len(candidates))
+        if self.asynchronous:
+            budget = best_budget(self._previous_ranked, base_tokens, base_tau, self.cost, budget_left)
+            self._previous_ranked = [a for a, _, _ in ranked_positions(survivals)]
+            lengths = top_k_admission(survivals, budget)
+        else:
+            lengths = greedy_prefix_admission(survivals, base_tokens, base_tau, self.cost, budget_left)
+        for rid, length in lengths.items():
+            self.length_counts[min(length, len(self.length_counts) - 1)] += 1
+            self.last_length[rid] = length
+        return lengths
+
+    def _survivals(self, request: Request) -> list[float]:
+        num = len(request.spec_token_ids)
+        # A drafter without an opinion gets a neutral prior the calibrator corrects.
+        raw = (list(request.spec_confidences) + [0.5] * num)[:num]
+        calibrated = self.calibrator.calibrate(request.request_id, raw)
+        self._used[request.request_id] = (raw, calibrated)
+        return survivals_from_confidences(calibrated)
+
+    def observe(self, request_id: str, num_verified: int, num_accepted: int) -> None:
+        """Feed back one verification's outcome into the calibration."""
+        raw, calibrated = self._used.pop(request_id, ([], []))
+        if num_verified and raw:
+            self.calibrator.observe(request_id, raw[:num_verified], calibrated[:num_verified], num_accepted)
+
+    def draft_length(self, request_id: str, max_draft: int) -> int:
+        """Do not draft what will not be verified: one more than last time."""
+        return max(1, min(max_draft, self.last_length.get(request_id, max_draft) + 1))
+
+    def forget(self, request_id: str) -> None:
+        self.calibrator.forget(request_id)
+        self.last_length.pop(request_id, None)
+        self._used.pop(request_id, None)

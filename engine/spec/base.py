@@ -47,6 +47,9 @@ class Drafter:
     num_lookahead_slots: int = 0
     # Target layers whose outputs the drafter reads (EAGLE-3, DFlash, DSpark).
     aux_layers: tuple[int, ...] = ()
+    # Whether drafting runs a model (then drafting what will not be verified
+    # wastes time, and the adaptive policy trims the draft length).
+    costs_compute: bool = True
 
     def propose(self, inputs: list[DraftInput], block_tables: dict[str, list[int]]) -> dict[str, DraftProposal]:
         raise NotImplementedError

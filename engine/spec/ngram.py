@@ -38,6 +38,8 @@ class NgramDrafter(Drafter):
     scheduler recalibrates it from realised acceptance.
     """
 
+    costs_compute = False
+
     def __init__(self, min_n: int = 1, max_n: int = 4, lookback: int = 4096):
         self.min_n, self.max_n, self.lookback = min_n, max_n, lookback
 

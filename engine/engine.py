@@ -241,7 +241,20 @@ class LLMEngine:
         stats.num_waiting = self.scheduler.num_waiting
         stats.kv_cache_usage = self.scheduler.kv_usage
         stats.num_preemptions = self.scheduler.num_preemptions
-        return EngineStats(**vars(stats) | {"accepted_per_position": list(stats.accepted_per_position)})
+        snapshot = EngineStats(**vars(stats) | {"accepted_per_position": list(stats.accepted_per_position)})
+        if isinstance(self.verify_policy, AdaptivePolicy):
+            self._add_policy_stats(snapshot, self.verify_policy)
+        return snapshot
+
+    @staticmethod
+    def _add_policy_stats(snapshot: EngineStats, policy: AdaptivePolicy) -> None:
+        report = policy.calibrator.report()
+        snapshot.verify_length_counts = list(policy.length_counts)
+        snapshot.calibration_observations = report.observations
+        snapshot.calibration_predicted = report.mean_predicted
+        snapshot.calibration_realised = report.mean_realised
+        snapshot.calibration_error = report.expected_calibration_error
+        snapshot.step_cost_table = policy.cost.table()
 
     # ---- convenience for tests and benchmarks ------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:

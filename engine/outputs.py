@@ -44,6 +44,13 @@ class EngineStats:
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     accepted_per_position: list[int] = field(default_factory=list)
+    # Load-aware verification (adaptive policy only).
+    verify_length_counts: list[int] = field(default_factory=list)  # index = chosen length
+    calibration_observations: int = 0
+    calibration_predicted: float = 0.0  # mean predicted survival of verified drafts
+    calibration_realised: float = 0.0  # their realised acceptance rate
+    calibration_error: float = 0.0  # expected calibration error
+    step_cost_table: list[tuple[int, float]] = field(default_factory=list)  # (B, SPS)
 
     @property
     def mean_accepted_length(self) -> float:

@@ -103,6 +103,7 @@ def convert_gguf_to_hf_dir(gguf_path: str) -> str:
         return target
     os.makedirs(cache_root(), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=cache_root())
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is a plain directory
     try:
         logger.info("converting %s into %s (once)", gguf_path, target)
         write_hf_dir(gguf_path, tmp)
@@ -166,8 +167,8 @@ def hf_config_from_gguf(meta: dict, tensor_names: set[str]) -> dict:
         "num_key_value_heads": get("attention.head_count_kv", heads),
         "head_dim": get("attention.key_length") or hidden // heads,
         "hidden_act": "silu",
-        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": float(get("rope.freq_base", 10000.0)),
+        "rms_norm_eps": _float32_value(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": _float32_value(get("rope.freq_base", 10000.0)),
         "max_position_embeddings": get("context_length", 2048),
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "attention_bias": "blk.0.attn_q.bias" in tensor_names,
@@ -179,6 +180,11 @@ def hf_config_from_gguf(meta: dict, tensor_names: set[str]) -> dict:
     if scaling:
         config["rope_scaling"] = scaling
     return config
+
+
+def _float32_value(value) -> float:
+    """GGUF stores float32: 1e-5 reads back as 9.9999997e-06; keep the short decimal."""
+    return float(str(np.float32(value)))
 
 
 def _rope_scaling(get) -> dict | None:
@@ -218,7 +224,8 @@ def hf_state_dict_from_gguf(reader, config: dict) -> dict[str, torch.Tensor]:
             array = unpermute_rope_rows(array, heads)
         elif permuted and ".attn_k." in tensor.name:
             array = unpermute_rope_rows(array, kv_heads)
-        state[hf_name(tensor.name)] = torch.from_numpy(np.ascontiguousarray(array))
+        # The reader memory-maps the file: copy whatever is still a read-only view.
+        state[hf_name(tensor.name)] = torch.from_numpy(np.require(array, requirements=["C", "W"]))
     return state
 
 

@@ -1,0 +1,431 @@
+"""An async load generator for any OpenAI-compatible chat endpoint.
+
+Two ways to load a server:
+- fixed concurrency: C workers, each sending its next request when the last
+  one ends (a sweep runs several C in turn);
+- request rate: arrivals at Poisson times (seeded), optionally capped in
+  concurrency.
+Every level is bounded in requests and in time: no new request starts after
+`max_seconds`, in-flight ones get `drain_seconds` more, then are cancelled
+and counted as failed (aborted). So a run always stops by itself.
+
+Streams are read with httpx and parsed by our own SSE parser, which
+tolerates servers that never send `data: [DONE]` (transformers serve) or
+ignore `stream_options.include_usage` (llama-cpp-python). Output tokens are
+counted from `usage` when the server sends it, else by re-tokenizing the
+text (when a tokenizer is given), else as the number of content chunks;
+each request records which (`token_count_source`).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import httpx
+
+from bench.datasets import Prompt
+from bench.sse import SSEEvent, SSEParser
+from bench.stats import RequestResult, summarize
+
+TokenCounter = Callable[[str], int]
+
+
+@dataclass(frozen=True)
+class Target:
+    """An OpenAI-compatible server under test and how to talk to it."""
+
+    name: str
+    base_url: str  # e.g. http://127.0.0.1:8000 (without /v1)
+    model: str
+    api_key: str | None = None
+    # Fields that make this server generate exactly max_tokens, e.g.
+    # {"ignore_eos": True}; peers without that flag can ban EOS via logit_bias.
+    ignore_eos_body: dict = field(default_factory=dict)
+    extra_body: dict = field(default_factory=dict)
+    metrics_path: str | None = None  # Prometheus endpoint, e.g. "/metrics"
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """Request shape and the bounds of one load level."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    ignore_eos: bool = True
+    include_usage: bool = True
+    num_requests: int = 16  # per level
+    max_seconds: float = 120.0  # per level: no request starts after this
+    drain_seconds: float = 60.0  # then in-flight requests get this long
+    request_timeout: float = 300.0  # one request, start to end
+    warmup_requests: int = 1
+    warmup_max_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1 or self.num_requests < 1:
+            raise ValueError("max_tokens and num_requests must be positive")
+        if self.max_seconds <= 0 or self.drain_seconds < 0 or self.request_timeout <= 0:
+            raise ValueError("time bounds must be positive")
+
+
+# ------------------------------------------------------------ one request
+
+
+def request_body(target: Target, prompt: Prompt, config: LoadConfig, max_tokens: int | None = None) -> dict:
+    body = {
+        "model": target.model,
+        "messages": list(prompt.messages),
+        "max_tokens": max_tokens or config.max_tokens,
+        "temperature": config.temperature,
+        "stream": True,
+    }
+    if config.include_usage:
+        body["stream_options"] = {"include_usage": True}
+    if config.ignore_eos:
+        body.update(target.ignore_eos_body)
+    body.update(target.extra_body)
+    return body
+
+
+class StreamRecorder:
+    """Turns a chat-completion SSE stream into one RequestResult, event by event."""
+
+    def __init__(self, record: RequestResult, sent_at: float):
+        self.record = record
+        self.sent_at = sent_at
+        self.text_parts: list[str] = []
+        self.last_chunk_at: float | None = None
+        self.usage_tokens: int | None = None
+        self.done = False
+
+    def on_event(self, event: SSEEvent, now: float) -> None:
+        if event.data.strip() == "[DONE]":
+            self.done = True
+            return
+        try:
+            payload = json.loads(event.data)
+        except json.JSONDecodeError:
+            raise StreamError(f"undecodable SSE data: {event.data[:200]!r}") from None
+        if isinstance(payload, dict) and payload.get("error"):
+            raise StreamError(f"error event: {json.dumps(payload['error'])[:300]}")
+        self._on_chunk(payload, now)
+
+    def _on_chunk(self, chunk: dict, now: float) -> None:
+        usage = chunk.get("usage")
+        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+            self.usage_tokens = int(usage["completion_tokens"])
+            self.record.prompt_tokens = usage.get("prompt_tokens")
+        for choice in chunk.get("choices") or []:
+            self.record.finish_reason = choice.get("finish_reason") or self.record.finish_reason
+            text = _choice_text(choice)
+            if text:
+                self._on_text(text, now)
+
+    def _on_text(self, text: str, now: float) -> None:
+        if self.last_chunk_at is None:
+            self.record.ttft = now - self.sent_at
+        else:
+            self.record.itl.append(now - self.last_chunk_at)
+        self.last_chunk_at = now
+        self.text_parts.append(text)
+
+    def finish(self, now: float, count_tokens: TokenCounter | None) -> None:
+        rec = self.record
+        rec.e2e = now - self.sent_at
+        if self.usage_tokens is not None:
+            rec.output_tokens, rec.token_count_source = self.usage_tokens, "usage"
+        elif count_tokens is not None:
+            rec.output_tokens = count_tokens("".join(self.text_parts))
+            rec.token_count_source = "tokenizer"
+        else:
+            rec.output_tokens, rec.token_count_source = len(self.text_parts), "chunks"
+        rec.ok = True
+
+
+def _choice_text(choice: dict) -> str:
+    delta = choice.get("delta") or {}
+    # Reasoning models stream thoughts separately; they are output tokens too.
+    return (delta.get("content") or "") + (delta.get("reasoning_content") or "") or (choice.get("text") or "")
+
+
+class StreamError(Exception):
+    """The server answered 200 but the stream itself reported or was an error."""
+
+
+async def send_request(client: httpx.AsyncClient, target: Target, body: dict, record: RequestResult,
+                       count_tokens: TokenCounter | None = None) -> None:
+    """Stream one chat completion into `record` (ok, or error text)."""
+    headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+    sent_at = time.perf_counter()
+    recorder = StreamRecorder(record, sent_at)
+    try:
+        async with client.stream("POST", target.base_url + "/v1/chat/completions",
+                                 json=body, headers=headers) as response:
+            if response.status_code != 200:
+                detail = (await response.aread()).decode("utf-8", "replace")
+                record.error = f"HTTP {response.status_code}: {detail[:300]}"
+                return
+            await _consume(response, recorder)
+        recorder.finish(time.perf_counter(), count_tokens)
+    except (httpx.HTTPError, StreamError) as exc:
+        record.error = f"{type(exc).__name__}: {exc}"[:400]
+
+
+async def _consume(response: httpx.Response, recorder: StreamRecorder) -> None:
+    parser = SSEParser()
+    async for piece in response.aiter_text():
+        now = time.perf_counter()
+        for event in parser.feed(piece):
+            recorder.on_event(event, now)
+        if recorder.done:
+            return  # do not wait for a server that keeps the connection open
+    for event in parser.close():  # a last event without its blank line
+        recorder.on_event(event, time.perf_counter())
+
+
+# ------------------------------------------------------------ levels
+
+
+@dataclass
+class LevelResult:
+    """One load level: its setting, per-request records and summary."""
+
+    target: str
+    mode: str  # concurrency | rate
+    value: float  # the concurrency or the request rate
+    results: list[RequestResult]
+    summary: dict
+    spec_decode: dict | None = None
+
+    def to_json(self, with_requests: bool = True) -> dict:
+        data = {k: v for k, v in asdict(self).items() if k != "results"}
+        if with_requests:
+            data["requests"] = [r.to_json() for r in self.results]
+        return data
+
+
+class Level:
+    """Bookkeeping shared by both modes: prompts in order, records, time bounds."""
+
+    def __init__(self, client, target: Target, prompts: Sequence[Prompt], config: LoadConfig,
+                 count_tokens: TokenCounter | None):
+        self.client, self.target, self.config = client, target, config
+        self.prompts = [prompts[i % len(prompts)] for i in range(config.num_requests)]
+        self.count_tokens = count_tokens
+        self.results: list[RequestResult] = []
+        self.t0 = time.perf_counter()
+        self.next_index = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def may_send(self) -> bool:
+        return self.next_index < len(self.prompts) and self.elapsed() < self.config.max_seconds
+
+    def take_prompt(self) -> Prompt:
+        prompt = self.prompts[self.next_index]
+        self.next_index += 1
+        return prompt
+
+    async def run_one(self, prompt: Prompt) -> None:
+        """One request, bounded by request_timeout; recorded even when cancelled."""
+        record = RequestResult(ok=False, start=self.elapsed())
+        self.results.append(record)
+        body = request_body(self.target, prompt, self.config)
+        try:
+            await asyncio.wait_for(send_request(self.client, self.target, body, record, self.count_tokens),
+                                   self.config.request_timeout)
+        except asyncio.TimeoutError:
+            record.ok, record.error = False, f"timeout after {self.config.request_timeout:.0f} s"
+        except asyncio.CancelledError:
+            record.ok, record.aborted, record.error = False, True, "aborted at the benchmark's time limit"
+            raise
+
+    async def wait_bounded(self, tasks: list[asyncio.Task]) -> None:
+        """Wait for tasks until max_seconds + drain_seconds, then cancel the rest."""
+        budget = self.config.max_seconds + self.config.drain_seconds - self.elapsed()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(budget, 0.0))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def finish(self, mode: str, value: float, spec_decode: dict | None) -> LevelResult:
+        duration = self.elapsed()
+        return LevelResult(self.target.name, mode, value, self.results,
+                           summarize(self.results, duration), spec_decode)
+
+
+async def run_concurrency(client: httpx.AsyncClient, target: Target, prompts: Sequence[Prompt],
+                          concurrency: int, config: LoadConfig,
+                          count_tokens: TokenCounter | None = None) -> LevelResult:
+    """`concurrency` closed-loop users share `config.num_requests` requests."""
+    before = await scrape_metrics(client, target)
+    level = Level(client, target, prompts, config, count_tokens)
+
+    async def user() -> None:
+        while level.may_send():
+            await level.run_one(level.take_prompt())
+
+    await level.wait_bounded([asyncio.create_task(user()) for _ in range(concurrency)])
+    after = await scrape_metrics(client, target)
+    return level.finish("concurrency", concurrency, spec_decode_summary(before, after))
+
+
+def poisson_schedule(rate: float, max_requests: int, max_seconds: float, seed: int = 0) -> list[float]:
+    """Arrival offsets (s) of a Poisson process: exponential gaps of mean 1/rate.
+
+    Bounded both ways: at most `max_requests` arrivals, all before `max_seconds`.
+    """
+    if rate <= 0:
+        raise ValueError("rate must be positive")
+    rng = random.Random(seed)
+    arrivals, t = [], 0.0
+    while len(arrivals) < max_requests:
+        t += rng.expovariate(rate)
+        if t >= max_seconds:
+            break
+        arrivals.append(t)
+    return arrivals
+
+
+async def run_rate(client: httpx.AsyncClient, target: Target, prompts: Sequence[Prompt], rate: float,
+                   config: LoadConfig, max_concurrency: int | None = None, seed: int = 0,
+                   count_tokens: TokenCounter | None = None) -> LevelResult:
+    """Open-loop load: requests start at Poisson times whatever the server does."""
+    before = await scrape_metrics(client, target)
+    level = Level(client, target, prompts, config, count_tokens)
+    gate = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+
+    async def gated(prompt: Prompt) -> None:
+        if gate is None:
+            return await level.run_one(prompt)
+        async with gate:
+            await level.run_one(prompt)
+
+    tasks = []
+    for offset in poisson_schedule(rate, config.num_requests, config.max_seconds, seed):
+        await asyncio.sleep(max(0.0, offset - level.elapsed()))
+        tasks.append(asyncio.create_task(gated(level.take_prompt())))
+    await level.wait_bounded(tasks)
+    after = await scrape_metrics(client, target)
+    return level.finish("rate", rate, spec_decode_summary(before, after))
+
+
+async def warm_up(client: httpx.AsyncClient, target: Target, prompts: Sequence[Prompt],
+                  config: LoadConfig) -> list[RequestResult]:
+    """A few short requests, one at a time, so the first level pays no start-up cost."""
+    records = []
+    for i in range(config.warmup_requests):
+        record = RequestResult(ok=False)
+        body = request_body(target, prompts[i % len(prompts)], config, config.warmup_max_tokens)
+        try:
+            await asyncio.wait_for(send_request(client, target, body, record), config.request_timeout)
+        except asyncio.TimeoutError:
+            record.error = "warm-up timeout"
+        records.append(record)
+    return records
+
+
+# ------------------------------------------------------------ sweeps
+
+
+def new_client(config: LoadConfig, max_connections: int = 256) -> httpx.AsyncClient:
+    # Total time is bounded per request by asyncio; httpx only guards each read.
+    timeout = httpx.Timeout(config.request_timeout, connect=30.0)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx.AsyncClient(timeout=timeout, limits=limits)
+
+
+async def sweep_concurrency(target: Target, prompts: Sequence[Prompt], levels: Sequence[int],
+                            config: LoadConfig, count_tokens: TokenCounter | None = None,
+                            log: Callable[[str], None] = print) -> list[LevelResult]:
+    """Warm up once, then run each concurrency level in turn."""
+    async with new_client(config, max(levels) * 2) as client:
+        warm = await warm_up(client, target, prompts, config)
+        failed = [r.error for r in warm if not r.ok]
+        if failed:
+            log(f"[{target.name}] warm-up failed: {failed[0]}")
+        out = []
+        for concurrency in levels:
+            level = await run_concurrency(client, target, prompts, concurrency, config, count_tokens)
+            log(f"[{target.name}] " + describe_level(level))
+            out.append(level)
+        return out
+
+
+def describe_level(level: LevelResult) -> str:
+    s = level.summary
+    tau = (level.spec_decode or {}).get("mean_accepted_length")
+    parts = [
+        f"{level.mode}={level.value:g}",
+        f"sent={s['sent']} ok={s['completed']} failed={s['failed']}",
+        f"agg={_fmt(s['aggregate_tokens_per_s'])} tok/s",
+        f"per-user={_fmt(s['per_user_tokens_per_s'])} tok/s",
+        f"TTFT p50={_fmt(s['ttft_s']['p50'], 3)} s",
+        f"TPOT p50={_fmt(s['tpot_s']['p50'], 4)} s",
+    ]
+    if tau is not None:
+        parts.append(f"tau={tau:.2f}")
+    return "  ".join(parts)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+# ------------------------------------------------------------ server metrics
+
+DRAFTS_METRIC = "specserve:spec_decode_num_drafts"
+ACCEPTED_METRIC = "specserve:spec_decode_num_accepted_tokens"
+DRAFT_TOKENS_METRIC = "specserve:spec_decode_num_draft_tokens"
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {sample name: value summed over label sets}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return values
+
+
+async def scrape_metrics(client: httpx.AsyncClient, target: Target) -> dict[str, float] | None:
+    """The target's metrics, or None when it has none (peers) or they fail."""
+    if not target.metrics_path:
+        return None
+    try:
+        response = await client.get(target.base_url + target.metrics_path, timeout=10.0)
+        response.raise_for_status()
+        return parse_metrics(response.text)
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def _counter(values: dict[str, float], name: str) -> float | None:
+    # Counters are exposed with a `_total` suffix; accept either spelling.
+    for key in (name + "_total", name):
+        if key in values:
+            return values[key]
+    return None
+
+
+def spec_decode_summary(before: dict | None, after: dict | None) -> dict | None:
+    """Drafts and accepted tokens during the level; tau = 1 + accepted / drafts."""
+    if before is None or after is None:
+        return None
+    deltas = {}
+    for key, name in (("drafts", DRAFTS_METRIC), ("accepted_tokens", ACCEPTED_METRIC),
+                      ("draft_tokens", DRAFT_TOKENS_METRIC)):
+        b, a = _counter(before, name), _counter(after, name)
+        deltas[key] = None if a is None or b is None else a - b
+    if deltas["drafts"] is None or deltas["accepted_tokens"] is None:
+        return None
+    drafts = deltas["drafts"]
+    deltas["mean_accepted_length"] = 1 + deltas["accepted_tokens"] / drafts if drafts > 0 else None
+    return deltas

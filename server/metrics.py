@@ -134,13 +134,16 @@ class RequestTracker:
             self._finish(now, out)
 
     def _observe_tokens(self, now: float, count: int) -> None:
+        # One ITL sample per token after the first. A speculative step emits
+        # several tokens at once: its time is spread over them (and tokens
+        # arriving with the first one had no wait of their own).
         if self._last is None:
             self._m.ttft.observe(now - self._arrival)
+            per_token, count = 0.0, count - 1
         else:
-            # A speculative step emits several tokens at once: spread its time.
             per_token = (now - self._last) / count
-            for _ in range(count):
-                self._m.itl.observe(per_token)
+        for _ in range(count):
+            self._m.itl.observe(per_token)
         self._last = now
 
     def _finish(self, now: float, out: RequestOutput) -> None:

@@ -1,0 +1,139 @@
+"""Prometheus exposition: names, types, values, per-app registries."""
+from __future__ import annotations
+
+import json
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.app import create_app
+from tests.server.fake_engine import FakeEngineClient
+from tests.server.helpers import live_server
+
+HISTOGRAMS = ["time_to_first_token_seconds", "inter_token_latency_seconds",
+              "e2e_request_latency_seconds", "request_prompt_tokens",
+              "request_generation_tokens"]
+COUNTERS = ["prompt_tokens", "generation_tokens", "request_success",
+            "spec_decode_num_drafts", "spec_decode_num_draft_tokens",
+            "spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens_per_pos"]
+GAUGES = ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc",
+          "spec_decode_mean_accepted_length"]
+
+
+def _scrape(http) -> dict:
+    r = http.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    return {f.name: f for f in text_string_to_metric_families(r.text)}
+
+
+def _value(family, suffix="", **labels) -> float:
+    matches = [s.value for s in family.samples
+               if s.name == family.name + suffix and all(s.labels.get(k) == v
+                                                         for k, v in labels.items())]
+    assert len(matches) == 1, (family.name, suffix, labels, family.samples)
+    return matches[0]
+
+
+def test_all_metrics_exposed_with_types(http):
+    http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                            "max_tokens": 3})
+    families = _scrape(http)
+    for name in HISTOGRAMS:
+        assert families[f"specserve:{name}"].type == "histogram", name
+    for name in COUNTERS:
+        assert families[f"specserve:{name}"].type == "counter", name
+    for name in GAUGES:
+        assert families[f"specserve:{name}"].type == "gauge", name
+
+
+def _totals(http) -> dict:
+    """The request-level figures this test compares, from one scrape."""
+    f = _scrape(http)
+    success = f["specserve:request_success"]
+    return {
+        "ttft": _value(f["specserve:time_to_first_token_seconds"], "_count"),
+        "e2e": _value(f["specserve:e2e_request_latency_seconds"], "_count"),
+        "gen_hist": _value(f["specserve:request_generation_tokens"], "_count"),
+        "gen_sum": _value(f["specserve:request_generation_tokens"], "_sum"),
+        "itl": _value(f["specserve:inter_token_latency_seconds"], "_count"),
+        "success": sum(s.value for s in success.samples if s.name.endswith("_total")),
+        "generated": _value(f["specserve:generation_tokens"], "_total"),
+        "prompt": _value(f["specserve:prompt_tokens"], "_total"),
+    }
+
+
+def test_request_metrics_count_what_was_served(http):
+    before = _totals(http)
+    prompt = completion = 0
+    for max_tokens, n in ((4, 1), (6, 2)):
+        body = {"messages": [{"role": "user", "content": "count me"}],
+                "max_tokens": max_tokens, "n": n}
+        u = http.post("/v1/chat/completions", json=body).json()["usage"]
+        prompt += u["prompt_tokens"] * n  # counted per engine request
+        completion += u["completion_tokens"]
+    stream = {"prompt": "abc", "max_tokens": 5, "stream": True,
+              "stream_options": {"include_usage": True}}
+    with http.stream("POST", "/v1/completions", json=stream) as r:
+        last_usage = [line for line in r.iter_lines() if '"usage": {' in line][-1]
+    u = json.loads(last_usage[len("data: "):])["usage"]
+    prompt += u["prompt_tokens"]
+    completion += u["completion_tokens"]
+    after = _totals(http)
+    delta = {k: after[k] - before[k] for k in after}
+    requests = 1 + 2 + 1
+    assert delta["ttft"] == delta["e2e"] == delta["gen_hist"] == delta["success"] == requests
+    assert delta["generated"] == delta["gen_sum"] == completion
+    assert delta["prompt"] == prompt
+    assert delta["itl"] == completion - requests  # one sample per token after the first
+
+
+def test_engine_gauges_read_at_scrape_time():
+    engine = FakeEngineClient()
+    with live_server(engine) as srv, httpx.Client(base_url=srv.url) as http:
+        engine.running.update({"a", "b"})
+        engine._stats.num_waiting = 5
+        families = _scrape(http)
+        assert _value(families["specserve:num_requests_running"]) == 2
+        assert _value(families["specserve:num_requests_waiting"]) == 5
+        assert _value(families["specserve:kv_cache_usage_perc"]) == 0.25
+        engine.running.clear()
+        assert _value(_scrape(http)["specserve:num_requests_running"]) == 0
+
+
+def test_speculative_counters():
+    engine = FakeEngineClient(spec_tokens=3)
+    with live_server(engine) as srv, httpx.Client(base_url=srv.url) as http:
+        http.post("/v1/completions", json={"prompt": "speculate", "max_tokens": 9})
+        families = _scrape(http)
+    stats = engine.stats()
+    assert stats.num_drafts > 0
+    assert _value(families["specserve:spec_decode_num_drafts"], "_total") == stats.num_drafts
+    assert (_value(families["specserve:spec_decode_num_draft_tokens"], "_total")
+            == stats.num_draft_tokens)
+    assert (_value(families["specserve:spec_decode_num_accepted_tokens"], "_total")
+            == stats.num_accepted_tokens)
+    per_pos = families["specserve:spec_decode_num_accepted_tokens_per_pos"]
+    assert {s.labels["position"] for s in per_pos.samples} == {"0", "1", "2"}
+    assert (_value(families["specserve:spec_decode_mean_accepted_length"])
+            == stats.mean_accepted_length)
+
+
+def test_scrape_survives_failing_stats():
+    class Flaky(FakeEngineClient):
+        def stats(self):
+            raise RuntimeError("engine gone")
+
+    with live_server(Flaky()) as srv, httpx.Client(base_url=srv.url) as http:
+        families = _scrape(http)
+    assert "specserve:time_to_first_token_seconds" in families
+    assert "specserve:num_requests_running" not in families
+
+
+def test_apps_have_separate_registries():
+    a = create_app(FakeEngineClient())
+    b = create_app(FakeEngineClient())  # would raise "Duplicated timeseries" if shared
+    assert a.state.metrics.registry is not b.state.metrics.registry
+    a.state.metrics.generation_tokens.inc(7)
+    text_b = b.state.metrics.exposition().decode()
+    assert "specserve:generation_tokens_total 0.0" in text_b

@@ -1,0 +1,137 @@
+"""The `specserve` command line: flags, the config they build, the serve path."""
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+
+import pytest
+
+from engine.config import EngineConfig
+from server import cli
+from tests.server.fake_engine import FakeEngineClient
+
+
+def _serve_args(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(["serve", *argv])
+
+
+def test_defaults_follow_the_configs():
+    args = _serve_args()
+    assert (args.host, args.port, args.model, args.device) == ("0.0.0.0", 8000, None, "auto")
+    config = cli.engine_config_from_args(args)
+    default = EngineConfig(model=None)
+    assert config.scheduler == default.scheduler
+    assert config.cache == default.cache
+    assert config.speculative == default.speculative
+
+
+def test_flags_build_engine_config():
+    args = _serve_args(
+        "--model", "/models/x", "--served-model-name", "tiny", "--max-num-seqs", "8",
+        "--max-num-batched-tokens", "256", "--max-model-len", "1024", "--kv-cache-tokens", "1000",
+        "--block-size", "32", "--dtype", "bfloat16", "--device", "cpu", "--max-waiting", "7",
+        "--speculative-method", "draft-model", "--draft-model", "/models/d",
+        "--num-speculative-tokens", "6", "--verify-policy", "adaptive", "--seed", "3")
+    c = cli.engine_config_from_args(args)
+    assert (c.model, c.served_model_name, c.dtype, c.device, c.seed) == (
+        "/models/x", "tiny", "bfloat16", "cpu", 3)
+    assert (c.scheduler.max_num_seqs, c.scheduler.max_num_batched_tokens,
+            c.scheduler.max_model_len, c.scheduler.max_waiting) == (8, 256, 1024, 7)
+    assert c.cache.block_size == 32 and c.cache.num_blocks == 32  # ceil(1000 / 32)
+    assert (c.speculative.method, c.speculative.draft_model,
+            c.speculative.num_speculative_tokens, c.speculative.policy) == (
+        "draft-model", "/models/d", 6, "adaptive")
+
+
+@pytest.mark.parametrize("argv", [["--speculative-method", "magic"], ["--verify-policy", "x"],
+                                  ["--dtype", "int3"], ["--port", "http"]])
+def test_bad_flags_exit(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        _serve_args(*argv)
+    assert info.value.code == 2
+
+
+def test_inconsistent_flags_are_reported_not_raised(capsys):
+    code = cli.main(["serve", "--model", "/m", "--device", "cpu",
+                     "--speculative-method", "draft-model"])
+    assert code == 2
+    assert "--draft-model" in capsys.readouterr().err
+
+
+def test_api_key_from_env(monkeypatch):
+    monkeypatch.setenv(cli.API_KEY_ENV, "from-env")
+    assert _serve_args().api_key == "from-env"
+    assert _serve_args("--api-key", "flag").api_key == "flag"
+
+
+def test_no_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "serve" in capsys.readouterr().err
+
+
+def test_default_threads():
+    assert cli.default_threads(1) == 1
+    assert cli.default_threads(2) == 1
+    assert cli.default_threads(16) == 8
+
+
+def test_registry_adds_subcommands(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
+    seen = {}
+
+    def add(p):
+        p.add_argument("--rounds", type=int, default=1)
+
+    def run(args):
+        seen["rounds"] = args.rounds
+        return 0
+
+    cli.register_command(cli.Command("hello", "say hello", add, run))
+    assert cli.main(["hello", "--rounds", "3"]) == 0 and seen == {"rounds": 3}
+
+
+def test_command_modules_are_loaded(monkeypatch):
+    module = types.ModuleType("fake_cmds")
+    module_name = "tests_server_fake_cmds"
+    monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (module_name, "no_such_package.cli"))
+
+    def load(name):
+        assert name == module_name
+        cli.register_command(cli.Command("extra", "x", lambda p: None, lambda a: 0))
+        return module
+
+    monkeypatch.setattr(cli.importlib.util, "find_spec",
+                        lambda name: object() if name == module_name else None)
+    monkeypatch.setattr(cli.importlib, "import_module", load)
+    assert "extra" in cli.build_parser().parse_args(["extra"]).command
+
+
+def test_serve_wires_client_app_and_uvicorn(monkeypatch):
+    fake = FakeEngineClient()
+    calls = {}
+
+    def from_config(config):
+        calls["config"] = config
+        return fake
+
+    def run(app, **kw):
+        calls["app"], calls["uvicorn"] = app, kw
+
+    import engine.client
+
+    monkeypatch.setattr(engine.client.AsyncEngineClient, "from_config", staticmethod(from_config))
+    monkeypatch.setitem(sys.modules, "uvicorn", types.SimpleNamespace(run=run))
+    monkeypatch.setattr(cli, "_set_threads", lambda threads, device: calls.setdefault(
+        "threads", (threads, device)))
+    code = cli.main(["serve", "--model", "/m", "--device", "cpu", "--port", "9123",
+                     "--host", "127.0.0.1", "--api-key", "k", "--max-body-bytes", "4096",
+                     "--threads", "3", "--log-level", "warning"])
+    assert code == 0
+    assert calls["config"].model == "/m" and calls["config"].device == "cpu"
+    assert calls["threads"] == (3, "cpu")
+    assert calls["uvicorn"] == {"host": "127.0.0.1", "port": 9123, "log_level": "warning"}
+    app = calls["app"]
+    assert app.state.engine is fake and app.state.api_key == "k"
+    assert any(getattr(m, "kwargs", {}).get("max_bytes") == 4096 for m in app.user_middleware)

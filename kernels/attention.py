@@ -288,8 +288,8 @@ def _one_request_attention(query, k_cache, v_cache, block_table, seq_len: int, s
     if q_len != seq_len:  # queries are the last q positions: bottom-right causal
         first_visible = torch.arange(seq_len - q_len, seq_len, device=query.device).view(-1, 1)
         mask = torch.arange(seq_len, device=query.device).view(1, -1) <= first_visible
-    out = _sdpa(query.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), mask, scale, causal=mask is None)
-    return out.transpose(0, 1)
+    q, k, v = query.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1)  # heads first
+    return _sdpa(q, k, v, mask, scale, causal=mask is None).transpose(0, 1)
 
 
 def _sdpa(q, k, v, mask, scale: float, causal: bool = False) -> torch.Tensor:

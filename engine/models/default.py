@@ -29,5 +29,7 @@ def default_model_path() -> str:
         ) from None
     path = str(dist.locate_file(DEFAULT_GGUF))
     if not os.path.isfile(path):
-        raise DefaultModelMissing(f"'{DEFAULT_DISTRIBUTION}' is installed but {path} is missing; reinstall: `{INSTALL_HINT}`")
+        raise DefaultModelMissing(
+            f"'{DEFAULT_DISTRIBUTION}' is installed but {path} is missing; reinstall: `{INSTALL_HINT}`"
+        )
     return path

@@ -282,7 +282,9 @@ def _add_special_tokens(tokenizer: HFTokenizer, tokens: list[str], token_types: 
 
 def _post_processor(bos: str | None, bos_id: int | None, add_bos: bool):
     if add_bos:
-        return processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+        return processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+        )
     return processors.ByteLevel(trim_offsets=False)
 
 
@@ -298,7 +300,8 @@ def _tokenizer_config(meta: dict, tokens: list[str], add_bos: bool) -> dict:
         "model_max_length": meta.get(f"{meta['general.architecture']}.context_length", 2048),
         "chat_template": meta.get("tokenizer.chat_template"),
     }
-    for name, key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"), ("pad_token", "padding")):
+    names = {"bos_token": "bos", "eos_token": "eos", "unk_token": "unknown", "pad_token": "padding"}
+    for name, key in names.items():
         config[name] = _token_or_none(tokens, meta.get(f"tokenizer.ggml.{key}_token_id"))
     return config
 

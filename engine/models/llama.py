@@ -118,7 +118,8 @@ def _yarn_inv_freq(config: ModelConfig, scaling: dict) -> tuple[torch.Tensor, fl
         attention_factor = _yarn_mscale(factor, scaling.get("mscale"), scaling.get("mscale_all_dim"))
     low, high = _yarn_correction_range(scaling, dim, base, original)
     pos_freqs = base ** (torch.arange(0, dim, 2, device="cpu").float() / dim)
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low if high != low else 0.001)).clamp(0, 1)
+    width = high - low if high != low else 0.001  # avoid a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / width).clamp(0, 1)
     extrapolation_weight = 1 - ramp
     inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (1.0 / pos_freqs) * extrapolation_weight
     return inv_freq, float(attention_factor)

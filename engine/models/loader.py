@@ -36,7 +36,7 @@ def load_model(path: str | None, dtype: torch.dtype = torch.float32, device: str
         from engine.models.default import default_model_path
 
         path = default_model_path()
-    path = os.path.expanduser(str(path))
+    path = _single_gguf_in_dir(os.path.expanduser(str(path)))
     if os.path.isfile(path) and path.endswith(".gguf"):
         from engine.models.gguf_loader import convert_gguf_to_hf_dir
 
@@ -44,6 +44,14 @@ def load_model(path: str | None, dtype: torch.dtype = torch.float32, device: str
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model path {path!r} is neither an HF model directory nor a .gguf file")
     return load_hf_dir(path, dtype, device)
+
+
+def _single_gguf_in_dir(path: str) -> str:
+    """A directory holding one .gguf and no config.json means that file."""
+    if not os.path.isdir(path) or os.path.exists(os.path.join(path, "config.json")):
+        return path
+    ggufs = glob.glob(os.path.join(path, "*.gguf"))
+    return ggufs[0] if len(ggufs) == 1 else path
 
 
 def load_hf_dir(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:

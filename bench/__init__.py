@@ -1,0 +1,1 @@
+"""Serving benchmarks: load generator, prompt sets, peers, roofline (see bench/README.md)."""

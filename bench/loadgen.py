@@ -22,7 +22,7 @@ import asyncio
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import httpx
@@ -342,8 +342,12 @@ def new_client(config: LoadConfig, max_connections: int = 256) -> httpx.AsyncCli
 
 async def sweep_concurrency(target: Target, prompts: Sequence[Prompt], levels: Sequence[int],
                             config: LoadConfig, count_tokens: TokenCounter | None = None,
-                            log: Callable[[str], None] = print) -> list[LevelResult]:
-    """Warm up once, then run each concurrency level in turn."""
+                            log: Callable[[str], None] = print, min_rounds: int = 2) -> list[LevelResult]:
+    """Warm up once, then run each concurrency level in turn.
+
+    A level sends at least `min_rounds` requests per user, so that the ramp
+    down (fewer users left than the concurrency) stays a small part of it.
+    """
     async with new_client(config, max(levels) * 2) as client:
         warm = await warm_up(client, target, prompts, config)
         failed = [r.error for r in warm if not r.ok]
@@ -351,7 +355,8 @@ async def sweep_concurrency(target: Target, prompts: Sequence[Prompt], levels: S
             log(f"[{target.name}] warm-up failed: {failed[0]}")
         out = []
         for concurrency in levels:
-            level = await run_concurrency(client, target, prompts, concurrency, config, count_tokens)
+            level_config = replace(config, num_requests=max(config.num_requests, min_rounds * concurrency))
+            level = await run_concurrency(client, target, prompts, concurrency, level_config, count_tokens)
             log(f"[{target.name}] " + describe_level(level))
             out.append(level)
         return out

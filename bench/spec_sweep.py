@@ -1,0 +1,170 @@
+"""Concurrency sweep of specserve under several server configurations.
+
+For the load-aware scheduler: speculation pays at low load and costs at high
+load, so each configuration (a list of extra `specserve serve` flags) is run
+over the same concurrency sweep and prompts, one server at a time, and the
+per-user and aggregate tokens/s are printed side by side and plotted.
+
+A configuration names flags that may not exist yet: the server then exits
+at start-up and the sweep stops with its error (or, with --keep-going,
+records it and goes on).
+
+    python -m bench.spec_sweep
+    python -m bench.spec_sweep --config "off=--verify-policy off" \\
+        --config "k4=--speculative-method ngram --verify-policy static --num-speculative-tokens 4"
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import shlex
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from bench.datasets import DATASETS, load_prompts
+from bench.loadgen import LoadConfig, Target, sweep_concurrency
+from bench.plots import plot_latency, plot_throughput
+from bench.run import RESULTS_DIR, level_record, machine_info
+from bench.servers import ServerFailed, specserve_server
+
+NGRAM = "--speculative-method ngram"
+DEFAULT_CONFIGS = (
+    "off=--verify-policy off",
+    f"static-k2={NGRAM} --verify-policy static --num-speculative-tokens 2",
+    f"static-k4={NGRAM} --verify-policy static --num-speculative-tokens 4",
+    f"static-k8={NGRAM} --verify-policy static --num-speculative-tokens 8",
+    f"adaptive={NGRAM} --verify-policy adaptive",
+)
+SERVED_NAME = "model"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """A named list of extra `specserve serve` flags."""
+
+    name: str
+    flags: tuple[str, ...]
+
+    @staticmethod
+    def parse(text: str) -> "ServerConfig":
+        """'NAME=FLAGS...' (or just flags, named after themselves)."""
+        name, sep, flags = text.partition("=")
+        if not sep or name.startswith("-"):
+            name, flags = text.strip() or "default", text
+        return ServerConfig(name.strip(), tuple(shlex.split(flags)))
+
+
+def sweep_config(config: ServerConfig, model: str | None, prompts, concurrency: Sequence[int],
+                 load: LoadConfig, out_dir: Path, threads: int | None,
+                 log: Callable[[str], None] = print) -> dict:
+    """One server with these flags over the whole sweep; ServerFailed if it won't start."""
+    flags = (*config.flags, "--served-model-name", SERVED_NAME)
+    with specserve_server(model, out_dir / "logs", flags, name=config.name, threads=threads) as server:
+        log(f"[{config.name}] ready: {shlex.join(server.command)}")
+        target = Target(config.name, server.base_url, SERVED_NAME, ignore_eos_body={"ignore_eos": True},
+                        metrics_path="/metrics")
+        levels = asyncio.run(sweep_concurrency(target, prompts, concurrency, load, log=log))
+    return {"name": config.name, "flags": list(config.flags), "levels": [level_record(lv) for lv in levels]}
+
+
+def side_by_side(records: Sequence[dict]) -> str:
+    """Rows: concurrency; columns: per-user / aggregate tok/s (and tau) per config."""
+    ok = [r for r in records if r.get("levels")]
+    head = "| conc. | " + " | ".join(f"{r['name']} user / agg tok/s (tau)" for r in ok) + " |"
+    lines = [head, "|---|" + "---|" * len(ok)]
+    concurrencies = sorted({lv["concurrency"] for r in ok for lv in r["levels"]})
+    for c in concurrencies:
+        cells = [_cell(next((lv for lv in r["levels"] if lv["concurrency"] == c), None)) for r in ok]
+        lines.append(f"| {c:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(level: dict | None) -> str:
+    if level is None:
+        return "-"
+    user, agg = level["per_user_tokens_per_s"], level["aggregate_tokens_per_s"]
+    tau = (level.get("spec_decode") or {}).get("mean_accepted_length")
+    text = f"{_n(user)} / {_n(agg)}"
+    return text + (f" ({tau:.2f})" if tau else "")
+
+
+def _n(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+# ------------------------------------------------------------ command line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", action="append", default=None, metavar="NAME=FLAGS",
+                   help="a server configuration (repeatable); default: " + "; ".join(DEFAULT_CONFIGS))
+    p.add_argument("--concurrency", default="1,2,4,8,16,32")
+    p.add_argument("--dataset", default="code-copy", choices=sorted(DATASETS))
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--requests-per-level", type=int, default=8, help="at least 2 per user anyway")
+    p.add_argument("--max-seconds", type=float, default=60.0)
+    p.add_argument("--drain-seconds", type=float, default=60.0)
+    p.add_argument("--model", default=None, help="default: the server's default model")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out-dir", default=None)
+    p.add_argument("--keep-going", action="store_true", help="record a failing config and go on")
+
+
+def run_from_args(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
+    configs = [ServerConfig.parse(c) for c in (args.config or DEFAULT_CONFIGS)]
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    prompts = load_prompts(args.dataset, args.num_prompts, args.seed)
+    load = LoadConfig(max_tokens=args.max_tokens, num_requests=args.requests_per_level,
+                      max_seconds=args.max_seconds, drain_seconds=args.drain_seconds)
+    out_dir = _out_dir(args.out_dir)
+    records, status = [], 0
+    for config in configs:
+        try:
+            records.append(sweep_config(config, args.model, prompts, concurrency, load, out_dir,
+                                        args.threads, log))
+        except ServerFailed as exc:
+            log(f"[{config.name}] server failed with flags {list(config.flags)}:\n{exc}")
+            records.append({"name": config.name, "flags": list(config.flags), "levels": [],
+                            "error": str(exc)})
+            status = 2
+            if not args.keep_going:
+                break
+    _write(out_dir, records, vars(args), log)
+    return status
+
+
+def _out_dir(path: str | None) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    out = Path(path) if path else RESULTS_DIR / f"spec-sweep-{stamp}-{socket.gethostname()}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write(out_dir: Path, records: list[dict], args: dict, log: Callable[[str], None]) -> None:
+    table = side_by_side(records)
+    log(table)
+    data = {"args": {k: v for k, v in args.items() if not callable(v)}, "machine": machine_info(),
+            "configs": records}
+    (out_dir / "results.json").write_text(json.dumps(data, indent=1, default=str))
+    (out_dir / "table.md").write_text(table + "\n")
+    series = {r["name"]: r["levels"] for r in records if r["levels"]}
+    if series:
+        plot_throughput(series, out_dir / "throughput.png", "specserve configurations")
+        plot_latency(series, out_dir / "latency.png", "specserve configurations")
+    log(f"wrote {out_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.spec_sweep", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -30,6 +30,8 @@ VARIANTS = {
         }
     ),
     "linear_rope": dict(rope_scaling={"type": "linear", "factor": 3.0}),
+    # Within max_position_embeddings dynamic NTK is plain RoPE, in HF and here.
+    "dynamic_rope": dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
     "yarn_rope": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256}),
 }
 
@@ -179,6 +181,17 @@ def test_bfloat16_runs_close_to_float32(tmp_path):
     logits32, _ = PagedRunner(ours32).step({0: ids})
     assert logits16[0].dtype == torch.float32
     assert (logits16[0] - logits32[0]).abs().max() < 0.3  # bf16 keeps ~3 significant digits
+
+
+def test_dynamic_rope_stretches_only_beyond_the_trained_length(models):
+    ours, _ = models("dynamic_rope")
+    rotary = ours.model.rotary
+    inside = torch.tensor([5, 1023])
+    beyond = torch.tensor([4000])
+    plain = rotary.inv_freq
+    assert torch.allclose(rotary._dynamic_inv_freq(inside), plain.expand(2, -1))
+    stretched = rotary._dynamic_inv_freq(beyond)[0]
+    assert stretched[0] == plain[0] and (stretched[1:] < plain[1:]).all()
 
 
 def test_kv_cache_geometry(models):

@@ -54,13 +54,23 @@ def register_command(command: Command) -> Command:
 
 
 def _load_command_modules() -> None:
+    # A broken optional module must not take `serve` down with it.
     for name in COMMAND_MODULES:
         try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:  # the parent package is absent
-            found = False
-        if found:
-            importlib.import_module(name)
+            if importlib.util.find_spec(name) is not None:
+                importlib.import_module(name)
+        except ModuleNotFoundError:  # its parent package is absent
+            continue
+        except Exception as exc:  # noqa: BLE001 - reported, then ignored
+            print(f"specserve: skipping commands from {name}: {exc!r}", file=sys.stderr)
+
+
+def _unavailable(name: str, exc: Exception) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        print(f"specserve {name}: unavailable: {exc!r}", file=sys.stderr)
+        return 2
+
+    return run
 
 
 # ------------------------------------------------------------------ serve
@@ -189,7 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS.values():
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
-        command.add_arguments(sub)
+        try:
+            command.add_arguments(sub)
+        except Exception as exc:  # noqa: BLE001 - fails only if that command is run
+            sub.set_defaults(_run=_unavailable(command.name, exc))
+            continue
         sub.set_defaults(_run=command.run)
     return parser
 

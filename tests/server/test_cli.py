@@ -135,3 +135,15 @@ def test_serve_wires_client_app_and_uvicorn(monkeypatch):
     app = calls["app"]
     assert app.state.engine is fake and app.state.api_key == "k"
     assert any(getattr(m, "kwargs", {}).get("max_bytes") == 4096 for m in app.user_middleware)
+
+
+def test_broken_command_does_not_break_serve(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
+
+    def explode(p):
+        raise ImportError("half-written module")
+
+    cli.register_command(cli.Command("broken", "x", explode, lambda a: 0))
+    assert _serve_args("--port", "9000").port == 9000
+    assert cli.main(["broken"]) == 2
+    assert "half-written module" in capsys.readouterr().err

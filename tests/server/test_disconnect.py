@@ -20,7 +20,7 @@ def _idle(engine) -> bool:
 def _long_request(engine, **kw):
     # Long enough never to finish by itself during the test.
     body = {"messages": [{"role": "user", "content": "go on"}],
-            "max_tokens": engine.max_model_len // 2, "temperature": 0}
+            "max_tokens": engine.max_model_len // 2, "temperature": 0, "ignore_eos": True}
     body.update(kw)
     return body
 
@@ -31,7 +31,7 @@ def test_stream_disconnect_aborts(server, engine_client, is_fake):
             assert r.status_code == 200
             lines = r.iter_lines()
             next(line for line in lines if '"content"' in line and '"role"' not in line)
-            assert not _idle(engine_client)
+            assert wait_until(lambda: not _idle(engine_client), timeout=2)
             closed_at = time.monotonic()
         # leaving the block closes the connection mid-stream
     assert wait_until(lambda: _idle(engine_client), timeout=5)

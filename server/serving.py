@@ -326,9 +326,9 @@ class _ChatRenderer:
     def closing(self, index: int, reason: str | None) -> dict[str, Any]:
         return {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
 
-    def choice(self, index: int, state: _Choice) -> dict[str, Any]:
+    def choice(self, job: _Job, state: _Choice) -> dict[str, Any]:
         logprobs = {"content": state.logprobs} if self._want_logprobs else None
-        return {"index": index, "message": {"role": "assistant", "content": state.text},
+        return {"index": job.index, "message": {"role": "assistant", "content": state.text},
                 "logprobs": logprobs, "finish_reason": state.finish_reason}
 
 
@@ -372,9 +372,9 @@ class _CompletionRenderer:
     def closing(self, index: int, reason: str | None) -> dict[str, Any]:
         return {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
 
-    def choice(self, index: int, state: _Choice, prompt_text: str = "") -> dict[str, Any]:
-        text = (prompt_text + state.text) if self._echo else state.text
-        return {"index": index, "text": text, "logprobs": self._legacy(state.logprobs),
+    def choice(self, job: _Job, state: _Choice) -> dict[str, Any]:
+        text = (job.prompt_text + state.text) if self._echo else state.text
+        return {"index": job.index, "text": text, "logprobs": self._legacy(state.logprobs),
                 "finish_reason": state.finish_reason}
 
 
@@ -559,15 +559,9 @@ class OpenAIServing:
         states = [_Choice() for _ in jobs]
         async for index, out in fanout.outputs():
             _apply(states[index], out, renderer)
-        choices = [self._final_choice(renderer, j, states[j.index]) for j in jobs]
+        choices = [renderer.choice(job, states[job.index]) for job in jobs]
         return {"id": base.id, "object": renderer.object, "created": base.created,
                 "model": base.model, "choices": choices, "usage": _usage(states, prompt_tokens)}
-
-    @staticmethod
-    def _final_choice(renderer: Any, job: _Job, state: _Choice) -> dict[str, Any]:
-        if isinstance(renderer, _CompletionRenderer):
-            return renderer.choice(job.index, state, job.prompt_text)
-        return renderer.choice(job.index, state)
 
     async def _events(self, fanout: _Fanout, base: _Base, jobs: list[_Job], renderer: Any,
                       prompt_tokens: int, include_usage: bool) -> AsyncIterator[str]:

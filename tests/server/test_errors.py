@@ -269,3 +269,12 @@ def test_openapi_documents_errors(http):
     schema = spec["components"]["schemas"]
     assert {"ErrorResponse", "ChatCompletionRequest", "CompletionRequest"} <= set(schema)
     assert "503" in spec["paths"]["/health"]["get"]["responses"]
+
+
+def test_explicit_nulls_mean_defaults(http):
+    body = {"messages": [{"role": "user", "content": "hi", "name": None}], "max_tokens": 3,
+            "temperature": None, "n": None, "stream": None, "logprobs": None, "stop": None,
+            "seed": None, "stream_options": None, "speculative": None}
+    r = http.post(CHAT, json=body)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 1

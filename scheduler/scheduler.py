@@ -60,11 +60,31 @@ class _Plan:
     request: Request
     num_query_tokens: int
     num_spec_tokens: int = 0
+    # Slots reserved past the end for a draft model's KV; only worth it when
+    # this step samples, and dropped first when blocks are short.
+    num_lookahead_slots: int = 0
 
     @property
     def samples(self) -> bool:
         request = self.request
         return request.num_computed_tokens + self.num_query_tokens == request.num_tokens
+
+    @property
+    def num_slots(self) -> int:
+        request = self.request
+        return (request.num_computed_tokens + self.num_query_tokens + self.num_spec_tokens
+                + self.num_lookahead_slots)
+
+    def drop_optional_slots(self, budget: TokenBudget) -> bool:
+        """Give up drafts, else lookahead; False when nothing is left to give up."""
+        if self.num_spec_tokens:
+            budget.give_back(self.num_spec_tokens)
+            self.num_spec_tokens = 0
+            return True
+        if self.num_lookahead_slots:
+            self.num_lookahead_slots = 0
+            return True
+        return False
 
 
 class Scheduler:
@@ -74,9 +94,14 @@ class Scheduler:
     in FIFO order while the token budget, `max_num_seqs` and free KV blocks
     allow. When blocks run out, the most recently arrived running request is
     preempted (its KV dropped, recomputed later) and goes back to the front
-    of the queue. A waiting request that could never fit (too long for
-    max_model_len or for the whole cache) is finished by `schedule()` itself:
-    its status says so and its id is in that output's `freed_request_ids`.
+    of the queue. Verifying drafts and reserving lookahead slots are optional:
+    both are given up before anyone is preempted, so a request's table may
+    lack the lookahead (whoever drafts must check).
+
+    A waiting request that could never fit (too long for max_model_len or
+    for the whole cache, e.g. after growing while it was preempted) is
+    finished by `schedule()` itself: its status says so and its id is in that
+    output's `freed_request_ids`.
     """
 
     def __init__(self, scheduler_config: SchedulerLimits, cache_config: CacheGeometry,
@@ -157,7 +182,7 @@ class Scheduler:
         for request in self.running:
             num_query = budget.take(request.num_tokens - request.num_computed_tokens)
             if num_query:
-                plans.append(_Plan(request, num_query))
+                plans.append(self._new_plan(request, num_query))
         self._plan_drafts(plans, budget)
         return plans
 
@@ -182,26 +207,26 @@ class Scheduler:
         room = self.config.max_model_len - request.num_tokens - 1
         return max(0, min(wanted, len(request.spec_token_ids), room))
 
+    def _new_plan(self, request: Request, num_query_tokens: int) -> _Plan:
+        plan = _Plan(request, num_query_tokens)
+        if plan.samples:
+            plan.num_lookahead_slots = self.num_lookahead_slots
+        return plan
+
     def _allocate_running(self, plan: _Plan, budget: TokenBudget) -> ScheduledRequest | None:
-        while (block_ids := self._allocate(plan)) is None:
-            if plan.num_spec_tokens:
-                # Verification is optional: give it up before evicting anyone.
-                budget.give_back(plan.num_spec_tokens)
-                plan.num_spec_tokens = 0
-                continue
+        while (block_ids := self._allocate(plan, budget)) is None:
             victim = self.running[-1]
             self._preempt(victim)
             if victim is plan.request:
                 return None
         return self._scheduled(plan, block_ids)
 
-    def _allocate(self, plan: _Plan) -> list[int] | None:
-        request = plan.request
-        num_slots = request.num_computed_tokens + plan.num_query_tokens + plan.num_spec_tokens
-        if plan.samples:
-            # A draft model writes its KV for the next drafts past the end.
-            num_slots += self.num_lookahead_slots
-        return self.block_manager.allocate_slots(request.request_id, num_slots)
+    def _allocate(self, plan: _Plan, budget: TokenBudget) -> list[int] | None:
+        """Blocks for the plan, shrinking its optional part until they fit."""
+        while True:
+            block_ids = self.block_manager.allocate_slots(plan.request.request_id, plan.num_slots)
+            if block_ids is not None or not plan.drop_optional_slots(budget):
+                return block_ids
 
     @staticmethod
     def _scheduled(plan: _Plan, block_ids: list[int]) -> ScheduledRequest:
@@ -238,15 +263,16 @@ class Scheduler:
         """False when even an empty cache could not hold the request's next step."""
         if request.num_tokens >= self.config.max_model_len:
             return False
-        needed = self.block_manager.num_blocks_for(request.num_tokens + self.num_lookahead_slots)
+        needed = self.block_manager.num_blocks_for(request.num_tokens)
         return needed <= self.block_manager.num_blocks
 
     def _admit(self, request: Request, budget: TokenBudget) -> ScheduledRequest | None:
         request_id = request.request_id
         request.num_computed_tokens = self.block_manager.match_prefix(
             request_id, request.all_token_ids)
-        plan = _Plan(request, min(request.num_tokens - request.num_computed_tokens, budget.left))
-        block_ids = self._allocate(plan)
+        plan = self._new_plan(request, min(request.num_tokens - request.num_computed_tokens,
+                                           budget.left))
+        block_ids = self._allocate(plan, budget)
         if block_ids is None:
             self.block_manager.free(request_id)
             request.num_computed_tokens = 0

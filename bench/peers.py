@@ -49,8 +49,9 @@ class PeerSpec:
     build_env: dict = field(default_factory=dict)
     ready_path: str = "/v1/models"
     ready_timeout: float = 600.0
-    # (venv, model path, port, threads, served name) -> argv, extra env
-    command: Callable[[Path, str, int, int, str], tuple[list[str], dict]] | None = None
+    # (venv, model path, port, threads, served name) -> argv, extra env, the
+    # `model` requests must name
+    command: Callable[[Path, str, int, int, str], tuple[list[str], dict, str]] | None = None
 
     @property
     def venv(self) -> Path:
@@ -68,7 +69,7 @@ def _llama_cpp_command(venv: Path, model: str, port: int, threads: int, served: 
     argv = [str(venv / "bin" / "python"), "-m", "llama_cpp.server", "--model", model,
             "--model_alias", served, "--host", "127.0.0.1", "--port", str(port),
             "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", "4096"]
-    return argv, _thread_env(threads)
+    return argv, _thread_env(threads), served
 
 
 def _transformers_command(venv: Path, model: str, port: int, threads: int, served: str):
@@ -77,7 +78,8 @@ def _transformers_command(venv: Path, model: str, port: int, threads: int, serve
     argv = [str(venv / "bin" / "transformers"), "serve", model_id, "--continuous-batching",
             "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32",
             "--log-level", "warning"]
-    return argv, _thread_env(threads)
+    # A pinned server answers 400 unless requests name exactly the pinned model.
+    return argv, _thread_env(threads), model_id
 
 
 PEERS: dict[str, PeerSpec] = {
@@ -131,12 +133,13 @@ def _build_venv(spec: PeerSpec, log: Callable[[str], None]) -> None:
 
 
 def peer_server(spec: PeerSpec, model: str, log_dir: Path, threads: int,
-                served_name: str) -> ServerProcess:
-    """A ServerProcess for the peer (its venv must be ready)."""
+                served_name: str) -> tuple[ServerProcess, str]:
+    """A ServerProcess for the peer (its venv must be ready), and the model name to request."""
     port = free_port()
-    argv, env = spec.command(spec.venv, model, port, threads, served_name)
-    return ServerProcess(spec.name, argv, port, Path(log_dir) / f"{spec.name}.log",
-                         ready_path=spec.ready_path, ready_timeout=spec.ready_timeout, env=env)
+    argv, env, request_model = spec.command(spec.venv, model, port, threads, served_name)
+    server = ServerProcess(spec.name, argv, port, Path(log_dir) / f"{spec.name}.log",
+                           ready_path=spec.ready_path, ready_timeout=spec.ready_timeout, env=env)
+    return server, request_model
 
 
 def ban_tokens_body(token_ids: Sequence[int]) -> dict:

@@ -93,20 +93,21 @@ class Options:
 
 
 def _server_for(system: System, options: Options, model: str, log_dir: Path,
-                log: Callable[[str], None]) -> ServerProcess:
+                log: Callable[[str], None]) -> tuple[ServerProcess, str]:
+    """The system's server process (not started) and the model name to request."""
     if system.peer is None:
         flags = (*system.flags, "--served-model-name", SERVED_NAME)
-        return specserve_server(model, log_dir, flags, name=system.name, threads=options.threads)
+        return specserve_server(model, log_dir, flags, name=system.name, threads=options.threads), SERVED_NAME
     spec = PEERS[system.peer]
     ensure_peer(spec, log)
     return peer_server(spec, model, log_dir, options.threads, SERVED_NAME)
 
 
-def _target(system: System, server: ServerProcess, options: Options) -> Target:
+def _target(system: System, server: ServerProcess, request_model: str, options: Options) -> Target:
     if system.peer is None:
-        return Target(system.name, server.base_url, SERVED_NAME, ignore_eos_body={"ignore_eos": True},
+        return Target(system.name, server.base_url, request_model, ignore_eos_body={"ignore_eos": True},
                       metrics_path="/metrics")
-    return Target(system.name, server.base_url, SERVED_NAME,
+    return Target(system.name, server.base_url, request_model,
                   ignore_eos_body=ban_tokens_body(options.banned_tokens))
 
 
@@ -115,12 +116,14 @@ def measure_system(system: System, options: Options, prompts, model: str, out_di
     """Start, load and stop one system; a failure is recorded, not raised."""
     record = {"name": system.name, "peer": system.peer, "flags": list(system.flags), "levels": []}
     try:
-        server = _server_for(system, options, model, out_dir / "logs", log)
+        server, request_model = _server_for(system, options, model, out_dir / "logs", log)
         record["command"] = list(server.command)
         log(f"[{system.name}] starting: {shlex.join(server.command)}")
         with server:
-            log(f"[{system.name}] ready on {server.base_url}")
-            levels = asyncio.run(sweep_concurrency(_target(system, server, options), prompts,
+            record["startup_s"] = server.ready_seconds
+            log(f"[{system.name}] ready on {server.base_url} after {server.ready_seconds:.1f} s")
+            target = _target(system, server, request_model, options)
+            levels = asyncio.run(sweep_concurrency(target, prompts,
                                                    options.concurrency, _load_config(options),
                                                    count_tokens, log))
         record["levels"] = [level_record(lv) for lv in levels]

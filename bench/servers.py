@@ -45,6 +45,7 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     process: subprocess.Popen | None = None
+    ready_seconds: float | None = None
 
     @property
     def base_url(self) -> str:
@@ -53,7 +54,7 @@ class ServerProcess:
     def __enter__(self) -> "ServerProcess":
         self.start()
         try:
-            self.wait_ready()
+            self.ready_seconds = self.wait_ready()
         except BaseException:
             self.stop()
             raise

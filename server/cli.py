@@ -77,8 +77,14 @@ def _unavailable(name: str, exc: Exception) -> Callable[[argparse.Namespace], in
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    sched, cache, spec = SchedulerConfig(), CacheConfig(), SpeculativeConfig()
-    g = p.add_argument_group("model")
+    """Declare every `serve` flag; defaults come from the config dataclasses."""
+    _add_model_flags(p.add_argument_group("model"))
+    _add_batching_flags(p.add_argument_group("batching and memory"))
+    _add_speculative_flags(p.add_argument_group("speculative decoding"))
+    _add_http_flags(p.add_argument_group("HTTP"))
+
+
+def _add_model_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--model", default=None,
                    help="HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)")
     g.add_argument("--served-model-name", default=None,
@@ -90,7 +96,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "oversubscribed cores make decoding collapse)")
     g.add_argument("--seed", type=int, default=0)
 
-    g = p.add_argument_group("batching and memory")
+
+def _add_batching_flags(g: argparse._ArgumentGroup) -> None:
+    sched, cache = SchedulerConfig(), CacheConfig()
     g.add_argument("--max-num-seqs", type=int, default=sched.max_num_seqs)
     g.add_argument("--max-num-batched-tokens", type=int, default=sched.max_num_batched_tokens)
     g.add_argument("--max-model-len", type=int, default=sched.max_model_len)
@@ -100,15 +108,22 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-cache-tokens", type=int, default=None,
                    help=f"KV cache capacity in tokens (default: {cache.num_tokens})")
 
-    g = p.add_argument_group("speculative decoding")
+
+def _add_speculative_flags(g: argparse._ArgumentGroup) -> None:
+    spec = SpeculativeConfig()
     g.add_argument("--speculative-method", default=spec.method, choices=SPEC_METHODS)
     g.add_argument("--num-speculative-tokens", type=int, default=spec.num_speculative_tokens)
     g.add_argument("--draft-model", default=None, help="draft model path (draft-model method)")
     g.add_argument("--verify-policy", default=spec.policy, choices=VERIFY_POLICIES,
                    help="off: no speculation; static: fixed draft length; "
-                        "adaptive: load- and confidence-aware")
+                        "adaptive*: draft and verification lengths from load and confidence")
+    g.add_argument("--ngram-min", type=int, default=spec.ngram_min)
+    g.add_argument("--ngram-max", type=int, default=spec.ngram_max)
+    g.add_argument("--self-draft-layers", type=int, default=spec.self_draft_layers,
+                   help="layers of the target used as its own drafter (0: a third)")
 
-    g = p.add_argument_group("HTTP")
+
+def _add_http_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--host", default="0.0.0.0")
     g.add_argument("--port", type=int, default=DEFAULT_PORT)
     g.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
@@ -127,7 +142,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         max_model_len=args.max_model_len, max_waiting=args.max_waiting)
     speculative = SpeculativeConfig(
         method=args.speculative_method, num_speculative_tokens=args.num_speculative_tokens,
-        draft_model=args.draft_model, policy=args.verify_policy)
+        draft_model=args.draft_model, policy=args.verify_policy, ngram_min=args.ngram_min,
+        ngram_max=args.ngram_max, self_draft_layers=args.self_draft_layers)
     return EngineConfig(model=args.model, dtype=args.dtype, device=args.device, cache=cache,
                         scheduler=scheduler, speculative=speculative,
                         served_model_name=args.served_model_name, seed=args.seed)

@@ -32,7 +32,8 @@ def test_flags_build_engine_config():
         "--max-num-batched-tokens", "256", "--max-model-len", "1024", "--kv-cache-tokens", "1000",
         "--block-size", "32", "--dtype", "bfloat16", "--device", "cpu", "--max-waiting", "7",
         "--speculative-method", "draft-model", "--draft-model", "/models/d",
-        "--num-speculative-tokens", "6", "--verify-policy", "adaptive", "--seed", "3")
+        "--num-speculative-tokens", "6", "--verify-policy", "static", "--seed", "3",
+        "--ngram-min", "2", "--ngram-max", "5", "--self-draft-layers", "4")
     c = cli.engine_config_from_args(args)
     assert (c.model, c.served_model_name, c.dtype, c.device, c.seed) == (
         "/models/x", "tiny", "bfloat16", "cpu", 3)
@@ -41,7 +42,9 @@ def test_flags_build_engine_config():
     assert c.cache.block_size == 32 and c.cache.num_blocks == 32  # ceil(1000 / 32)
     assert (c.speculative.method, c.speculative.draft_model,
             c.speculative.num_speculative_tokens, c.speculative.policy) == (
-        "draft-model", "/models/d", 6, "adaptive")
+        "draft-model", "/models/d", 6, "static")
+    assert (c.speculative.ngram_min, c.speculative.ngram_max,
+            c.speculative.self_draft_layers) == (2, 5, 4)
 
 
 @pytest.mark.parametrize("argv", [["--speculative-method", "magic"], ["--verify-policy", "x"],

@@ -77,6 +77,9 @@ class FakeRunner:
         for item in output.scheduled:
             fed = item.request.all_token_ids + item.spec_token_ids
             end = item.start_position + item.num_new_tokens
+            # Even if all drafts and the bonus token survive, the sequence must
+            # stay within max_model_len.
+            assert end < self.scheduler.config.max_model_len
             for position in range(item.start_position, end):
                 self._write(item.block_ids, position, fed[position])
             for position in range(end):
@@ -383,6 +386,14 @@ def test_check_stop_cuts_inside_accepted_block():
     assert request.output_token_ids == [7, 10, 11]
     assert request.status is RequestStatus.FINISHED_STOPPED
     assert scheduler.kv_usage == 0.0 and not scheduler.has_unfinished()
+
+
+def test_stop_cut_caches_only_blocks_of_kept_tokens():
+    scheduler, request = prefilled_with_drafts([10, 11, 12, 14, 15])
+    request.eos_token_id = 10
+    verify(scheduler, [10, 11, 12, 14, 15, 16])  # KV now covers 12 positions
+    assert request.num_tokens == 8
+    assert len(scheduler.block_manager._cached) == 2
 
 
 def test_max_tokens_inside_accepted_block():

@@ -7,7 +7,6 @@ import os
 import pytest
 import torch
 
-from engine.sampler import RowContext
 from engine.spec.base import DraftInput
 from engine.spec.head_drafter import HeadDrafter
 from engine.spec.heads import (HEAD_CLASSES, METHODS, DSparkHead, HeadConfig, build_head, load_head,

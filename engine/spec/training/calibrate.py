@@ -1,0 +1,124 @@
+"""Confidence calibration: Sequential Temperature Scaling (STS) and its metrics.
+
+The scheduler reads a draft's confidences as survival probabilities:
+a_j = prod_{i<=j} c_i is the chance that drafts 1..j are all accepted.
+STS (design/speculation.md s.3) fits one temperature per position on
+held-out blocks, in order k = 1..gamma: c_k -> sigmoid(logit(c_k) / T_k),
+T_k chosen on a grid to minimise the expected calibration error of a_k
+against the observed survival, with T_1..T_{k-1} already fixed.
+
+A block record holds the raw confidences of the drafts it proposed and how
+many of them were accepted; survival of position j is `j <= num_accepted`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_GRID = torch.logspace(-1.3, 1.3, 53).tolist()  # 0.05 .. 20
+NUM_BINS = 10
+
+
+@dataclass
+class BlockRecord:
+    """One verification step: raw confidences of its drafts and how many survived."""
+
+    confidences: list[float]
+    num_accepted: int
+
+
+def confidence_logits(records: list[BlockRecord], block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits [N, gamma] float64, drafted [N, gamma] bool, survived [N, gamma] bool)."""
+    n = len(records)
+    logits = torch.zeros(n, block_size, dtype=torch.float64)
+    drafted = torch.zeros(n, block_size, dtype=torch.bool)
+    survived = torch.zeros(n, block_size, dtype=torch.bool)
+    for i, r in enumerate(records):
+        k = min(len(r.confidences), block_size)
+        c = torch.tensor(r.confidences[:k], dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
+        logits[i, :k] = torch.log(c / (1 - c))
+        drafted[i, :k] = True
+        survived[i, : min(r.num_accepted, k)] = True
+    return logits, drafted, survived
+
+
+def expected_calibration_error(predicted: torch.Tensor, observed: torch.Tensor, num_bins: int = NUM_BINS) -> float:
+    """Equal-width-bin ECE: sum over bins of |mean predicted - mean observed| * share.
+
+    predicted: [M] in [0, 1]; observed: [M] bool/0-1.
+    """
+    if predicted.numel() == 0:
+        return float("nan")
+    bins = (predicted * num_bins).long().clamp(max=num_bins - 1)
+    observed = observed.double()
+    error = 0.0
+    for b in range(num_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            error += abs(float(predicted[in_bin].mean() - observed[in_bin].mean())) * int(in_bin.sum())
+    return error / predicted.numel()
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve by the rank statistic (ties get average ranks).
+
+    scores: [M]; labels: [M] bool. NaN when only one class is present.
+    """
+    labels = labels.bool()
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = scores.double().argsort()
+    _, inverse, counts = torch.unique_consecutive(scores.double()[order], return_inverse=True, return_counts=True)
+    first_rank = torch.cumsum(counts, 0) - counts + 1  # 1-based rank where each tie group starts
+    ranks = torch.empty(len(scores), dtype=torch.float64)
+    ranks[order] = (first_rank + (counts - 1) / 2.0).double()[inverse]
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def survival_probabilities(logits: torch.Tensor, temperatures: list[float] | None) -> torch.Tensor:
+    """Cumulative products of (scaled) confidences: [N, gamma]."""
+    scale = torch.ones(logits.shape[1], dtype=logits.dtype) if temperatures is None \
+        else torch.tensor(temperatures, dtype=logits.dtype)
+    return torch.sigmoid(logits / scale).cumprod(dim=1)
+
+
+def fit_sts(records: list[BlockRecord], block_size: int, grid: list[float] | None = None) -> list[float]:
+    """Sequential Temperature Scaling: one temperature per position, fitted in order."""
+    grid = grid or DEFAULT_GRID
+    logits, drafted, survived = confidence_logits(records, block_size)
+    temperatures: list[float] = []
+    prefix = torch.ones(logits.shape[0], dtype=torch.float64)  # prod of scaled c_1..c_{k-1}
+    for k in range(block_size):
+        rows = drafted[:, k]
+        if not rows.any():
+            temperatures.append(1.0)
+            continue
+        errors = [expected_calibration_error((prefix * torch.sigmoid(logits[:, k] / t))[rows], survived[rows, k])
+                  for t in grid]
+        best = grid[min(range(len(grid)), key=errors.__getitem__)]
+        temperatures.append(float(best))
+        prefix = prefix * torch.sigmoid(logits[:, k] / best)
+    return temperatures
+
+
+def calibration_report(records: list[BlockRecord], block_size: int,
+                       temperatures: list[float] | None = None) -> dict:
+    """ECE of the survival products (all positions pooled and per position)
+    and AUROC of the per-position confidence for conditional acceptance."""
+    logits, drafted, survived = confidence_logits(records, block_size)
+    survival = survival_probabilities(logits, temperatures)
+    conditional = torch.sigmoid(logits / (torch.tensor(temperatures, dtype=logits.dtype) if temperatures else 1.0))
+    # Position k's own outcome is observed only when drafts 1..k-1 survived.
+    reached = drafted & torch.cat([torch.ones_like(survived[:, :1]), survived[:, :-1]], dim=1)
+    return {
+        "blocks": len(records),
+        "ece_survival": expected_calibration_error(survival[drafted], survived[drafted]),
+        "ece_survival_per_position": [expected_calibration_error(survival[drafted[:, k], k], survived[drafted[:, k], k])
+                                      for k in range(block_size)],
+        "ece_conditional": expected_calibration_error(conditional[reached], survived[reached]),
+        "auroc_conditional": auroc(conditional[reached], survived[reached]),
+        "mean_survival_predicted": float(survival[drafted].mean()) if drafted.any() else float("nan"),
+        "mean_survival_observed": float(survived[drafted].double().mean()) if drafted.any() else float("nan"),
+    }

@@ -75,6 +75,7 @@ class AsyncEngineClient:
     # ---- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
         if self._thread is None:
+            self._stopping.clear()
             self._thread = threading.Thread(target=self._run, name="specserve-engine", daemon=True)
             self._thread.start()
 

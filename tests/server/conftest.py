@@ -13,14 +13,27 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.server.fake_engine import FakeEngineClient
+from tests.server.fake_engine import FakeEngineClient  # noqa: F401 (is_fake)
 from tests.server.helpers import LiveServer, live_server
 
 
 @pytest.fixture(scope="module")
-def engine_client() -> Any:
-    """The engine behind the shared server of a test module (fresh per module)."""
-    return FakeEngineClient()
+def engine_client(tmp_path_factory) -> Any:
+    """The REAL engine (tiny random model, n-gram speculation with the
+    adaptive policy) behind the shared server of a test module."""
+    from engine.client import AsyncEngineClient
+    from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+    from engine.engine import LLMEngine
+    from scheduler.load import StepCostModel
+    from tests.tiny_model import make_tiny_model_dir
+
+    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"), seed=5)
+    config = EngineConfig(
+        model=model_dir, served_model_name="tiny-test-model",
+        cache=CacheConfig(block_size=16, num_blocks=512),
+        scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=256, max_model_len=512),
+        speculative=SpeculativeConfig(method="ngram", num_speculative_tokens=4, policy="adaptive"))
+    return AsyncEngineClient(LLMEngine(config, step_cost=StepCostModel.flat()), config.served_model_name)
 
 
 @pytest.fixture(scope="module")

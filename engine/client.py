@@ -58,6 +58,7 @@ class AsyncEngineClient:
         self.tokenizer = engine.tokenizer
         self.model_name = served_model_name or _default_name(engine)
         self.max_model_len = engine.max_model_len
+        self.device = engine.config.device
         self.max_waiting = engine.config.scheduler.max_waiting
         self._commands: queue.Queue = queue.Queue()
         self._sinks: dict[str, _Sink] = {}

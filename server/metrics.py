@@ -55,6 +55,8 @@ class EngineStatsCollector(Collector):
                      stats.kv_cache_usage)
         yield _counter("num_preemptions", "Requests preempted", stats.num_preemptions)
         yield from self._spec_metrics(stats)
+        yield from self._verify_metrics(stats)
+        yield from _device_metrics(getattr(self._engine, "device", "cpu"))
 
     @staticmethod
     def _spec_metrics(stats: Any) -> Iterator[Metric]:
@@ -73,6 +75,50 @@ class EngineStatsCollector(Collector):
         yield _gauge("spec_decode_mean_accepted_length",
                      "Tokens emitted per verification step, bonus included",
                      stats.mean_accepted_length)
+
+
+    @staticmethod
+    def _verify_metrics(stats: Any) -> Iterator[Metric]:
+        """The load-aware verification policy: what it chose and how well its
+        confidences predicted acceptance, and the step-cost curve it used."""
+        lengths = CounterMetricFamily(PREFIX + "spec_verify_length",
+                                      "Verification lengths chosen per request and step",
+                                      labels=["length"])
+        for length, count in enumerate(getattr(stats, "verify_length_counts", [])):
+            lengths.add_metric([str(length)], count)
+        yield lengths
+        yield _counter("spec_calibration_observations", "Verified draft positions observed",
+                       getattr(stats, "calibration_observations", 0))
+        yield _gauge("spec_calibration_predicted_acceptance",
+                     "Mean predicted survival of verified draft positions",
+                     getattr(stats, "calibration_predicted", 0.0))
+        yield _gauge("spec_calibration_realised_acceptance",
+                     "Realised acceptance rate of verified draft positions",
+                     getattr(stats, "calibration_realised", 0.0))
+        yield _gauge("spec_calibration_error", "Expected calibration error of draft confidences",
+                     getattr(stats, "calibration_error", 0.0))
+        sps = GaugeMetricFamily(PREFIX + "step_cost_steps_per_second",
+                                "Target forward steps per second against batch query tokens (SPS(B))",
+                                labels=["batch_tokens"])
+        for batch_tokens, steps_per_second in getattr(stats, "step_cost_table", []):
+            sps.add_metric([str(batch_tokens)], steps_per_second)
+        yield sps
+
+
+def _device_metrics(device: str) -> Iterator[Metric]:
+    """GPU utilisation and memory from NVML, on CUDA only."""
+    from engine.device_stats import read_device_stats
+
+    try:
+        reading = read_device_stats(device)
+    except Exception:  # e.g. nvidia-ml-py missing: say so, keep the scrape alive
+        logger.warning("GPU metrics unavailable on %s (install the `cuda` extra)", device, exc_info=True)
+        return
+    if reading is None:
+        return
+    yield _gauge("gpu_utilization_perc", "GPU utilisation (0-1) from NVML", reading.utilization)
+    yield _gauge("gpu_memory_used_bytes", "GPU memory in use, from NVML", reading.memory_used)
+    yield _gauge("gpu_memory_total_bytes", "GPU memory in all, from NVML", reading.memory_total)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

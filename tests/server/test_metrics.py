@@ -137,3 +137,24 @@ def test_apps_have_separate_registries():
     a.state.metrics.generation_tokens.inc(7)
     text_b = b.state.metrics.exposition().decode()
     assert "specserve:generation_tokens_total 0.0" in text_b
+
+
+def test_verification_policy_metrics_from_the_real_engine(http, engine_client):
+    """The adaptive policy's chosen lengths, calibration and SPS table."""
+    code = "def f(x):\n    return x + 1\n" * 6
+    for _ in range(3):
+        http.post("/v1/completions", json={"prompt": code, "max_tokens": 24, "temperature": 0,
+                                           "ignore_eos": True})
+    families = _scrape(http)
+    stats = engine_client.stats()
+    lengths = families["specserve:spec_verify_length"]
+    assert lengths.type == "counter"
+    chosen = {int(s.labels["length"]): s.value for s in lengths.samples if s.name.endswith("_total")}
+    assert sum(chosen.values()) == sum(stats.verify_length_counts) > 0
+    assert _value(families["specserve:spec_calibration_observations"], "_total") == stats.calibration_observations
+    assert 0 <= _value(families["specserve:spec_calibration_error"]) <= 1
+    assert (_value(families["specserve:spec_calibration_realised_acceptance"])
+            == stats.calibration_realised)
+    sps = families["specserve:step_cost_steps_per_second"]
+    assert [int(s.labels["batch_tokens"]) for s in sps.samples] == [b for b, _ in stats.step_cost_table]
+    assert all(s.value > 0 for s in sps.samples)

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import httpx
 
-from bench.datasets import Prompt
+from bench.datasets import DATASETS, Prompt, load_prompts
 from bench.sse import SSEEvent, SSEParser
 from bench.stats import RequestResult, summarize
 
@@ -362,6 +362,21 @@ async def sweep_concurrency(target: Target, prompts: Sequence[Prompt], levels: S
         return out
 
 
+async def sweep_rate(target: Target, prompts: Sequence[Prompt], rates: Sequence[float], config: LoadConfig,
+                     max_concurrency: int | None = None, seed: int = 0,
+                     count_tokens: TokenCounter | None = None,
+                     log: Callable[[str], None] = print) -> list[LevelResult]:
+    """Warm up once, then run each request rate (requests/s) in turn."""
+    async with new_client(config) as client:
+        await warm_up(client, target, prompts, config)
+        out = []
+        for rate in rates:
+            level = await run_rate(client, target, prompts, rate, config, max_concurrency, seed, count_tokens)
+            log(f"[{target.name}] " + describe_level(level))
+            out.append(level)
+        return out
+
+
 def describe_level(level: LevelResult) -> str:
     s = level.summary
     tau = (level.spec_decode or {}).get("mean_accepted_length")
@@ -434,3 +449,51 @@ def spec_decode_summary(before: dict | None, after: dict | None) -> dict | None:
     drafts = deltas["drafts"]
     deltas["mean_accepted_length"] = 1 + deltas["accepted_tokens"] / drafts if drafts > 0 else None
     return deltas
+
+
+# ------------------------------------------------------------ command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Load any running OpenAI-compatible server; print summaries, optionally save JSON."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=main.__doc__)
+    p.add_argument("--url", required=True, help="base URL without /v1, e.g. http://127.0.0.1:8000")
+    p.add_argument("--model", required=True, help="the `model` field of each request")
+    p.add_argument("--api-key", default=None)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--concurrency", default="1,8", help="closed-loop sweep, e.g. 1,2,4,8")
+    mode.add_argument("--rate", default=None, help="open-loop Poisson sweep in requests/s, e.g. 0.5,1,2")
+    p.add_argument("--max-concurrency", type=int, default=None, help="cap for --rate")
+    p.add_argument("--dataset", default="chat", choices=sorted(DATASETS))
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--ignore-eos-body", default='{"ignore_eos": true}',
+                   help="JSON merged into each request to hold answers to max_tokens ('{}' for none)")
+    p.add_argument("--metrics-path", default=None, help="e.g. /metrics on specserve, for tau")
+    p.add_argument("--requests-per-level", type=int, default=16)
+    p.add_argument("--max-seconds", type=float, default=120.0)
+    p.add_argument("--drain-seconds", type=float, default=60.0)
+    p.add_argument("--json", default=None, help="write every level (with requests) to this file")
+    args = p.parse_args(argv)
+    target = Target("target", args.url.rstrip("/"), args.model, args.api_key,
+                    ignore_eos_body=json.loads(args.ignore_eos_body), metrics_path=args.metrics_path)
+    config = LoadConfig(max_tokens=args.max_tokens, num_requests=args.requests_per_level,
+                        max_seconds=args.max_seconds, drain_seconds=args.drain_seconds)
+    prompts = load_prompts(args.dataset, args.num_prompts, args.seed)
+    if args.rate:
+        rates = [float(r) for r in args.rate.split(",")]
+        levels = asyncio.run(sweep_rate(target, prompts, rates, config, args.max_concurrency, args.seed))
+    else:
+        levels = asyncio.run(sweep_concurrency(target, prompts, [int(c) for c in args.concurrency.split(",")],
+                                               config))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([lv.to_json() for lv in levels], f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

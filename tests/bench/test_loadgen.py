@@ -184,3 +184,27 @@ def test_request_timeout_is_a_failure():
     s = level.summary
     assert s["sent"] == s["failed"] == 2 and s["aborted"] == 0
     assert any("timeout" in e for e in s["errors"])
+
+
+def test_command_line_rate_sweep_writes_json(tmp_path):
+    import threading
+
+    from bench.loadgen import main
+
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(asyncio.start_server(peer_like_handler(tokens=4), "127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.sockets[0].getsockname()[1]
+        out = tmp_path / "levels.json"
+        assert main(["--url", f"http://127.0.0.1:{port}", "--model", "m", "--rate", "20,40",
+                     "--requests-per-level", "5", "--max-seconds", "5", "--ignore-eos-body", "{}",
+                     "--json", str(out)]) == 0
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    levels = json.loads(out.read_text())
+    assert [(lv["mode"], lv["value"]) for lv in levels] == [("rate", 20.0), ("rate", 40.0)]
+    assert all(lv["summary"]["completed"] == lv["summary"]["sent"] == 5 for lv in levels)
+    assert all(len(lv["requests"]) == 5 for lv in levels)

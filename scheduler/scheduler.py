@@ -190,7 +190,9 @@ class Scheduler:
         candidates = [plan for plan in plans if self._can_verify(plan)]
         if not candidates:
             return
-        lengths = self.verify_policy.choose_lengths([p.request for p in candidates], budget.left)
+        num_emitting = sum(1 for plan in plans if plan.samples)
+        lengths = self.verify_policy.choose_lengths([p.request for p in candidates], budget.left,
+                                                    num_emitting=num_emitting)
         for plan in candidates:
             wanted = lengths.get(plan.request.request_id, 0)
             plan.num_spec_tokens = budget.take(self._clamp_drafts(plan.request, wanted))

@@ -11,12 +11,14 @@ from scheduler.request import Request
 class VerifyPolicy:
     """Chooses per-request verification lengths for one step.
 
-    Contract of `choose_lengths(candidates, budget_left)`:
+    Contract of `choose_lengths(candidates, budget_left, num_emitting)`:
     - `candidates`: running requests in decode (their only real token this
       step is the last sampled one) that hold drafts in
       `request.spec_token_ids`, with confidences in
       `request.spec_confidences`; listed in packed-batch order.
     - `budget_left`: how many draft tokens the step can still take in total.
+    - `num_emitting`: requests in this step that will emit a token whatever
+      is verified (every sampling request, candidates included).
     - returns `{request_id: l}` with `0 <= l <= len(spec_token_ids)` and the
       sum of all `l` at most `budget_left`; a missing id means `l = 0`.
       Each request verifies its first `l` drafts (a prefix).
@@ -27,14 +29,16 @@ class VerifyPolicy:
     costs speed, never correctness of the bookkeeping.
     """
 
-    def choose_lengths(self, candidates: list[Request], budget_left: int) -> dict[str, int]:
+    def choose_lengths(self, candidates: list[Request], budget_left: int,
+                       num_emitting: int = 0) -> dict[str, int]:
         raise NotImplementedError
 
 
 class VerifyAllPolicy(VerifyPolicy):
     """Verify every proposed draft, first come first served within the budget."""
 
-    def choose_lengths(self, candidates: list[Request], budget_left: int) -> dict[str, int]:
+    def choose_lengths(self, candidates: list[Request], budget_left: int,
+                       num_emitting: int = 0) -> dict[str, int]:
         lengths = {}
         for request in candidates:
             length = min(len(request.spec_token_ids), budget_left)
@@ -49,7 +53,8 @@ class StaticPolicy(VerifyPolicy):
     def __init__(self, k: int):
         self.k = k
 
-    def choose_lengths(self, candidates: list[Request], budget_left: int) -> dict[str, int]:
+    def choose_lengths(self, candidates: list[Request], budget_left: int,
+                       num_emitting: int = 0) -> dict[str, int]:
         lengths = {}
         for request in candidates:
             lengths[request.request_id] = length = max(0, min(self.k, len(request.spec_token_ids), budget_left))
@@ -65,8 +70,9 @@ class AdaptivePolicy(VerifyPolicy):
     Asynchronous mode: the total budget K is a global search over LAST
     step's survivals, then this step admits the top-K fresh survivals.
 
-    The batch's base is approximated from the scheduler's view: B0 = tokens
-    already planned this step, tau0 = one emitted token per candidate.
+    The batch's base comes from the scheduler's plan: B0 = tokens of the
+    running requests already planned this step, tau0 = one emitted token per
+    sampling request.
     """
 
     def __init__(self, cost: StepCostModel, max_batched_tokens: int,
@@ -81,10 +87,11 @@ class AdaptivePolicy(VerifyPolicy):
         self._used: dict[str, tuple[list[float], list[float]]] = {}
         self._previous_ranked: list[float] = []
 
-    def choose_lengths(self, candidates: list[Request], budget_left: int) -> dict[str, int]:
+    def choose_lengths(self, candidates: list[Request], budget_left: int,
+                       num_emitting: int = 0) -> dict[str, int]:
         survivals = {r.request_id: self._survivals(r) for r in candidates}
         base_tokens = max(1, self.max_batched_tokens - budget_left)
-        base_tau = float(len(candidates))
+        base_tau = float(max(num_emitting, len(candidates)))
         if self.asynchronous:
             budget = best_budget(self._previous_ranked, base_tokens, base_tau, self.cost, budget_left)
             self._previous_ranked = [a for a, _, _ in ranked_positions(survivals)]

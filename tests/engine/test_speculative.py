@@ -40,7 +40,8 @@ def draft_dir(tmp_path_factory):
     return make_tiny_model_dir(tmp_path_factory.mktemp("draft"), seed=11, num_layers=1)
 
 
-def make_engine(model_dir, method="none", k=4, draft_model=None, num_blocks=256, policy="adaptive", **sched):
+def make_engine(model_dir, method="none", k=4, draft_model=None, num_blocks=256, policy="adaptive",
+                cost=None, **sched):
     config = EngineConfig(
         model=str(model_dir), dtype="float32",
         cache=CacheConfig(block_size=8, num_blocks=num_blocks),
@@ -50,7 +51,7 @@ def make_engine(model_dir, method="none", k=4, draft_model=None, num_blocks=256,
                                       self_draft_layers=1 if method == "self-draft" else 0,
                                       policy=policy),
     )
-    return LLMEngine(config, step_cost=StepCostModel.flat())
+    return LLMEngine(config, step_cost=cost or StepCostModel.flat())
 
 
 def encode_all(engine):
@@ -219,3 +220,14 @@ def test_seeded_sampling_with_speculation_is_reproducible(model_dir):
     first = engine.generate([prompt], params)[0]
     second = engine.generate([prompt], params)[0]
     assert first == second and len(first) == 16
+
+
+@pytest.mark.parametrize("policy", ["adaptive", "adaptive-async", "static"])
+def test_policies_under_a_busy_cost_model_stay_lossless(model_dir, reference, policy):
+    """A cost model where extra tokens cost, so lengths vary per request and step."""
+    engine = make_engine(model_dir, "self-draft", k=5, policy=policy,
+                         cost=StepCostModel.linear(0.01, 0.004))
+    assert engine.generate(encode_all(engine), GREEDY) == reference
+    if policy != "static":
+        counts = engine.verify_policy.length_counts
+        assert sum(counts) > 0

@@ -430,7 +430,7 @@ def test_drafts_dropped_before_anyone_is_preempted():
 class GreedyPolicy(VerifyPolicy):
     """Asks for more than allowed, to check the scheduler's clamping."""
 
-    def choose_lengths(self, candidates, budget_left):
+    def choose_lengths(self, candidates, budget_left, num_emitting=0):
         return {r.request_id: 99 for r in candidates}
 
 

@@ -125,14 +125,15 @@ def block_loss(head: DraftHead, features: FeatureSet, blocks: BlockTargets,
         logits = logits + head.markov_bias(prev)
     log_p = torch.log_softmax(logits, dim=-1)
     ce = -log_p.gather(1, labels[:, None]).squeeze(1)
-    metrics = {"ce": float((w * ce).sum()), "top1": float((w * (logits.argmax(-1) == labels)).sum()),
+    metrics = {"ce": float((w * ce).detach().sum()), "top1": float((w * (logits.argmax(-1) == labels)).sum()),
                "weight": float(w.sum()), "positions": int(w.numel())}
     if not isinstance(head, DSparkHead):
         return (w * ce).sum(), metrics
     l1 = (log_p.exp() - p_t).abs().sum(-1)
     accept_target = (1 - 0.5 * l1).detach().clamp(0, 1)  # the analytic acceptance rate
     bce = F.binary_cross_entropy_with_logits(head.confidence_logit(hidden, prev), accept_target, reduction="none")
-    metrics.update(l1=float((w * l1).sum()), bce=float((w * bce).sum()), accept=float((w * accept_target).sum()))
+    metrics.update(l1=float((w * l1).detach().sum()), bce=float((w * bce).detach().sum()),
+                   accept=float((w * accept_target).sum()))
     return (w * (0.1 * ce + 0.9 * l1 + 1.0 * bce)).sum(), metrics
 
 
@@ -186,7 +187,7 @@ class Trainer:
         for b in blocks:  # one backward per sequence keeps [positions, V] tensors small
             loss, metrics = block_loss(self.head, self.train_set, b, self.weights)
             (loss / total_weight).backward()
-            sums["loss"] = sums.get("loss", 0.0) + float(loss)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
         grad_norm = torch.nn.utils.clip_grad_norm_(self.head.parameters(), self.config.grad_clip)

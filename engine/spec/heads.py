@@ -89,10 +89,11 @@ class HeadConfig:
         return len(self.aux_layers) * self.hidden_size
 
     @classmethod
-    def for_target(cls, method: str, target: ModelConfig, **overrides) -> "HeadConfig":
+    def for_target(cls, method: str, target_config: ModelConfig, **overrides) -> "HeadConfig":
         """Defaults sized for `target`: attention geometry copied from it,
         EAGLE-3's low/middle/high layers, one layer for EAGLE-3 and two for
         the block drafters, and a Markov rank that keeps DSpark near 25 MB."""
+        target = target_config
         n = target.num_layers
         low, mid, high = min(2, n - 1), n // 2, max(0, n - 3)
         values = dict(

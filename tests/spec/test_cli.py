@@ -1,0 +1,46 @@
+"""train-draft and eval-draft from the command line, on the tiny target."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from engine.spec.heads import read_head_config
+from engine.spec.training.cli import main
+
+
+@pytest.fixture(scope="module")
+def mtbench_available():
+    from engine.spec.training.data import mtbench_prompts
+
+    try:
+        mtbench_prompts()
+    except FileNotFoundError as missing:
+        pytest.skip(f"MT-Bench data not installed: {missing}")
+
+
+def test_train_then_eval_draft(tiny_dir, tmp_path, capsys, mtbench_available):
+    out = tmp_path / "head"
+    common = ["--target", str(tiny_dir), "--no-progress", "--threads", "1"]
+    args = ["train-draft", "--method", "dspark", "--out", str(out), "--data", "mtbench:6",
+            "--heldout-data", "mtbench:2", "--max-new-tokens", "12", "--block-size", "3",
+            "--steps", "4", "--sequences-per-step", "2", "--anchors", "4", "--eval-every", "2",
+            "--checkpoint-every", "2", *common]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 4 and report["heldout_greedy_tau"] >= 1.0
+    config = read_head_config(str(out))
+    assert config.method == "dspark" and len(config.calibration) == 3
+    assert sorted(os.listdir(out)) == ["best", "config.json", "data", "model.safetensors", "report.json",
+                                       "train_state.pt"]
+    # A second run finds everything cached and its training already done.
+    assert main(args) == 0
+    assert json.loads((out / "report.json").read_text())["steps"] == 4
+    capsys.readouterr()
+    assert main(["eval-draft", "--draft-model", str(out), "--data", "mtbench:2", "--block-size", "3",
+                 "--max-new-tokens", "8", "--temperatures", "0", "1", "--report", str(tmp_path / "eval.json"),
+                 *common]) == 0
+    results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert set(results) == {"temperature=0", "temperature=1"}
+    assert all(r["tau"] >= 1.0 for r in results.values())

@@ -8,8 +8,11 @@ holding the install specification makes later runs reuse them.
   built from source (about 11 minutes) with explicit CPU flags: the native
   build uses AMX instructions that this VM advertises but cannot execute
   (SIGILL on the first decode).
-- transformers serve --continuous-batching loads the same GGUF (dequantized
-  to float32 on load, like specserve).
+- transformers serve --continuous-batching serves the same weights: its GGUF
+  loading path fails in 5.24 (the GGUF-derived config has no
+  `architectures`), so the GGUF is dequantized once to a float32 HF
+  directory (cached under ~/.cache/specserve-bench/models/), which is what
+  specserve computes with too.
 
 Neither has `ignore_eos`, so to get full-length answers the benchmark bans
 the end-of-turn tokens through `logit_bias` (both honour it).
@@ -52,6 +55,8 @@ class PeerSpec:
     # (venv, model path, port, threads, served name) -> argv, extra env, the
     # `model` requests must name
     command: Callable[[Path, str, int, int, str], tuple[list[str], dict, str]] | None = None
+    # (spec, model path) -> the path this peer serves (e.g. a converted copy)
+    prepare_model: Callable[["PeerSpec", str], str] | None = None
 
     @property
     def venv(self) -> Path:
@@ -82,6 +87,40 @@ def _transformers_command(venv: Path, model: str, port: int, threads: int, serve
     return argv, _thread_env(threads), model_id
 
 
+MODELS_DIR = CACHE_DIR / "models"
+
+# Runs in the transformers peer's venv. The two fix-ups are what
+# save_pretrained needs after loading from a GGUF (see facts.md).
+_GGUF_TO_HF = """
+import sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, name, out = sys.argv[1:4]
+model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
+model.hf_quantizer = None
+if hasattr(model.config, "quantization_config"):
+    del model.config.quantization_config
+model.save_pretrained(out)
+AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
+"""
+
+
+def gguf_as_hf_dir(spec: PeerSpec, model: str) -> str:
+    """A float32 HF directory with the GGUF's weights, converted once and cached."""
+    if not model.endswith(".gguf"):
+        return model
+    out = MODELS_DIR / (Path(model).stem + "-f32")
+    if (out / ".done").is_file():
+        return str(out)
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [str(spec.venv / "bin" / "python"), "-c", _GGUF_TO_HF, str(Path(model).parent), Path(model).name,
+            str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **_thread_env(1)})
+    if done.returncode != 0:
+        raise RuntimeError(f"converting {model} for {spec.name} failed:\n{done.stderr[-3000:]}")
+    (out / ".done").write_text(model)
+    return str(out)
+
+
 PEERS: dict[str, PeerSpec] = {
     "llama-cpp-python": PeerSpec(
         "llama-cpp-python", ("llama-cpp-python[server]==0.3.36",),
@@ -89,7 +128,7 @@ PEERS: dict[str, PeerSpec] = {
         command=_llama_cpp_command),
     "transformers": PeerSpec(
         "transformers", ("torch==2.13.0", "transformers[serving]==5.24.0", "gguf", "accelerate"),
-        command=_transformers_command),
+        command=_transformers_command, prepare_model=gguf_as_hf_dir),
 }
 
 
@@ -136,6 +175,8 @@ def peer_server(spec: PeerSpec, model: str, log_dir: Path, threads: int,
                 served_name: str) -> tuple[ServerProcess, str]:
     """A ServerProcess for the peer (its venv must be ready), and the model name to request."""
     port = free_port()
+    if spec.prepare_model is not None:
+        model = spec.prepare_model(spec, model)
     argv, env, request_model = spec.command(spec.venv, model, port, threads, served_name)
     server = ServerProcess(spec.name, argv, port, Path(log_dir) / f"{spec.name}.log",
                            ready_path=spec.ready_path, ready_timeout=spec.ready_timeout, env=env)

@@ -1,0 +1,56 @@
+"""Reports: the comparison table's ratios, failures, sweep configs and table, plots."""
+from bench.run import markdown_table
+from bench.spec_sweep import ServerConfig, side_by_side
+from bench.plots import plot_throughput
+
+
+def level(concurrency, agg, user, tau=None):
+    dist = {"mean": 0.1, "p50": 0.1, "p90": 0.2, "p99": 0.3}
+    return {"concurrency": concurrency, "aggregate_tokens_per_s": agg, "per_user_tokens_per_s": user,
+            "ttft_s": dist, "tpot_s": dist, "itl_s": dist, "e2e_s": dist, "completed": 4, "sent": 4,
+            "token_count_source": "usage",
+            "spec_decode": None if tau is None else {"mean_accepted_length": tau}}
+
+
+RESULTS = {
+    "options": {"dataset": "chat", "num_prompts": 4, "seed": 0, "max_tokens": 8, "threads": 1,
+                "verify_overhead": 0.0},
+    "machine": {"date": "today", "host": "here"}, "model": "/m/x.gguf", "roofline": [],
+    "systems": [
+        {"name": "ours", "levels": [level(1, 20.0, 20.0, tau=1.5), level(8, 80.0, 10.0, tau=1.2)]},
+        {"name": "peer", "levels": [level(1, 10.0, 10.0), level(8, 100.0, 12.5)]},
+        {"name": "broken", "levels": [], "error": "ServerFailed: exited with code 1"},
+    ],
+}
+
+
+def test_ratios_are_to_the_reference():
+    table = markdown_table(RESULTS, "ours")
+    assert "| peer | 10.0 | 0.50 | 10.0 | 0.50 |" in table
+    assert "| peer | 100.0 | 1.25 | 12.5 | 1.25 |" in table
+    assert "| ours | 20.0 | 1.00 |" in table and "| 1.50 |" in table
+    assert "`broken`: ServerFailed" in table
+
+
+def test_missing_reference_gives_no_ratio():
+    assert "| peer | 10.0 | - | 10.0 | - |" in markdown_table(RESULTS, "absent")
+
+
+def test_server_config_parsing():
+    assert ServerConfig.parse("k4=--verify-policy static --num-speculative-tokens 4") == ServerConfig(
+        "k4", ("--verify-policy", "static", "--num-speculative-tokens", "4"))
+    assert ServerConfig.parse("--verify-policy=off").flags == ("--verify-policy=off",)
+
+
+def test_sweep_table_side_by_side():
+    records = [{"name": "a", "levels": [level(1, 10.0, 10.0), level(2, 18.0, 9.0, tau=1.3)]},
+               {"name": "b", "levels": [level(1, 12.0, 12.0)]}, {"name": "bad", "levels": [], "error": "x"}]
+    table = side_by_side(records)
+    assert table.splitlines()[0].count("tok/s") == 2  # failed configs have no column
+    assert "| 2 | 9.0 / 18.0 (1.30) | - |" in table
+
+
+def test_plot_is_a_png(tmp_path):
+    series = {s["name"]: s["levels"] for s in RESULTS["systems"] if s["levels"]}
+    path = plot_throughput(series, tmp_path / "t.png", "title")
+    assert path.read_bytes()[:4] == b"\x89PNG"

@@ -3,9 +3,10 @@
 Each system is started as a subprocess on 127.0.0.1, warmed up, loaded at
 each concurrency of the sweep with the same prompts, and stopped before the
 next one starts, so they never compete for the two cores. Results go to
-bench/results/<date>-<host>/: results.json (everything, per request),
-table.md (ratios to the reference system and the machine's roofline), and
-throughput.png / latency.png against concurrency.
+bench/results/<date>-<host>/: results.json (options, machine, summaries),
+table.md (ratios to the reference system and the machine's roofline),
+throughput.png / latency.png against concurrency, and raw/ (git-ignored:
+every request's record, server logs).
 
     python -m bench                       # specserve (off, n-gram adaptive), llama-cpp-python, transformers
     python -m bench --systems specserve,specserve-spec --concurrency 1,2,4,8
@@ -116,7 +117,7 @@ def measure_system(system: System, options: Options, prompts, model: str, out_di
     """Start, load and stop one system; a failure is recorded, not raised."""
     record = {"name": system.name, "peer": system.peer, "flags": list(system.flags), "levels": []}
     try:
-        server, request_model = _server_for(system, options, model, out_dir / "logs", log)
+        server, request_model = _server_for(system, options, model, out_dir / "raw" / "logs", log)
         record["command"] = list(server.command)
         log(f"[{system.name}] starting: {shlex.join(server.command)}")
         with server:
@@ -238,8 +239,27 @@ def _mean_context(level: dict, max_tokens: int) -> int:
     return int(mean_prompt + max_tokens / 2)
 
 
+def split_raw(systems: Sequence[dict]) -> tuple[list[dict], dict]:
+    """Systems without their per-request records, and those records by system."""
+    slim, raw = [], {}
+    for system in systems:
+        levels = [{k: v for k, v in lv.items() if k != "requests"} for lv in system["levels"]]
+        slim.append({**system, "levels": levels})
+        raw[system["name"]] = [{"concurrency": lv["concurrency"], "requests": lv.get("requests", [])}
+                               for lv in system["levels"]]
+    return slim, raw
+
+
+def write_json(out_dir: Path, results: dict, key: str) -> None:
+    """results.json (summaries, small enough to commit) and raw/requests.json (git-ignored)."""
+    slim, raw = split_raw(results[key])
+    (out_dir / "results.json").write_text(json.dumps({**results, key: slim}, indent=1, default=str))
+    (out_dir / "raw").mkdir(exist_ok=True)
+    (out_dir / "raw" / "requests.json").write_text(json.dumps(raw, default=str))
+
+
 def write_outputs(out_dir: Path, results: dict, options: Options) -> None:
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_json(out_dir, results, "systems")
     (out_dir / "table.md").write_text(markdown_table(results, options.reference))
     series = {s["name"]: s["levels"] for s in results["systems"] if s["levels"]}
     title = f"{Path(results['model']).name}, {options.dataset}, {options.max_tokens} tokens"

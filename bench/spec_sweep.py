@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import shlex
 import socket
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Callable, Sequence
 from bench.datasets import DATASETS, load_prompts
 from bench.loadgen import LoadConfig, Target, sweep_concurrency
 from bench.plots import plot_latency, plot_throughput
-from bench.run import RESULTS_DIR, level_record, machine_info
+from bench.run import RESULTS_DIR, level_record, machine_info, write_json
 from bench.servers import ServerFailed, specserve_server
 
 NGRAM = "--speculative-method ngram"
@@ -63,7 +62,7 @@ def sweep_config(config: ServerConfig, model: str | None, prompts, concurrency: 
                  log: Callable[[str], None] = print) -> dict:
     """One server with these flags over the whole sweep; ServerFailed if it won't start."""
     flags = (*config.flags, "--served-model-name", SERVED_NAME)
-    with specserve_server(model, out_dir / "logs", flags, name=config.name, threads=threads) as server:
+    with specserve_server(model, out_dir / "raw" / "logs", flags, name=config.name, threads=threads) as server:
         log(f"[{config.name}] ready: {shlex.join(server.command)}")
         target = Target(config.name, server.base_url, SERVED_NAME, ignore_eos_body={"ignore_eos": True},
                         metrics_path="/metrics")
@@ -151,7 +150,7 @@ def _write(out_dir: Path, records: list[dict], args: dict, log: Callable[[str], 
     log(table)
     data = {"args": {k: v for k, v in args.items() if not callable(v)}, "machine": machine_info(),
             "configs": records}
-    (out_dir / "results.json").write_text(json.dumps(data, indent=1, default=str))
+    write_json(out_dir, data, "configs")
     (out_dir / "table.md").write_text(table + "\n")
     series = {r["name"]: r["levels"] for r in records if r["levels"]}
     if series:

@@ -32,7 +32,12 @@ def comparison(model_dir, tmp_path_factory):
                           warmup_requests=1, threads=1, model=model_dir, out_dir=str(out),
                           skip_bandwidth=True, reference="specserve-spec")
     run.run_comparison(options, log=lambda line: None)
-    return out, json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    raw = json.loads((out / "raw" / "requests.json").read_text())
+    for system in results["systems"]:  # put the per-request records back for the checks
+        for level, raw_level in zip(system["levels"], raw[system["name"]]):
+            level["requests"] = raw_level["requests"]
+    return out, results
 
 
 def test_every_request_of_every_level_completed(comparison):
@@ -69,7 +74,8 @@ def test_outputs_written(comparison):
     assert "## Concurrency 1" in table and "| specserve-spec |" in table
     for name in ("throughput.png", "latency.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert (out / "logs" / "specserve-spec.log").is_file()
+    assert (out / "raw" / "logs" / "specserve-spec.log").is_file()
+    assert "requests" not in json.loads((out / "results.json").read_text())["systems"][0]["levels"][0]
 
 
 def test_roofline_rows_from_measured_levels(comparison, model_dir):

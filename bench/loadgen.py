@@ -211,9 +211,9 @@ class Level:
     """Bookkeeping shared by both modes: prompts in order, records, time bounds."""
 
     def __init__(self, client, target: Target, prompts: Sequence[Prompt], config: LoadConfig,
-                 count_tokens: TokenCounter | None):
+                 count_tokens: TokenCounter | None, first_prompt: int = 0):
         self.client, self.target, self.config = client, target, config
-        self.prompts = [prompts[i % len(prompts)] for i in range(config.num_requests)]
+        self.prompts = [prompts[(first_prompt + i) % len(prompts)] for i in range(config.num_requests)]
         self.count_tokens = count_tokens
         self.results: list[RequestResult] = []
         self.t0 = time.perf_counter()
@@ -260,11 +260,15 @@ class Level:
 
 
 async def run_concurrency(client: httpx.AsyncClient, target: Target, prompts: Sequence[Prompt],
-                          concurrency: int, config: LoadConfig,
-                          count_tokens: TokenCounter | None = None) -> LevelResult:
-    """`concurrency` closed-loop users share `config.num_requests` requests."""
+                          concurrency: int, config: LoadConfig, count_tokens: TokenCounter | None = None,
+                          first_prompt: int = 0) -> LevelResult:
+    """`concurrency` closed-loop users share `config.num_requests` requests.
+
+    Requests take prompts in order from `first_prompt` (cycling), so a sweep
+    can give each level fresh prompts that no prefix cache has seen.
+    """
     before = await scrape_metrics(client, target)
-    level = Level(client, target, prompts, config, count_tokens)
+    level = Level(client, target, prompts, config, count_tokens, first_prompt)
 
     async def user() -> None:
         while level.may_send():
@@ -294,10 +298,10 @@ def poisson_schedule(rate: float, max_requests: int, max_seconds: float, seed: i
 
 async def run_rate(client: httpx.AsyncClient, target: Target, prompts: Sequence[Prompt], rate: float,
                    config: LoadConfig, max_concurrency: int | None = None, seed: int = 0,
-                   count_tokens: TokenCounter | None = None) -> LevelResult:
+                   count_tokens: TokenCounter | None = None, first_prompt: int = 0) -> LevelResult:
     """Open-loop load: requests start at Poisson times whatever the server does."""
     before = await scrape_metrics(client, target)
-    level = Level(client, target, prompts, config, count_tokens)
+    level = Level(client, target, prompts, config, count_tokens, first_prompt)
     gate = asyncio.Semaphore(max_concurrency) if max_concurrency else None
 
     async def gated(prompt: Prompt) -> None:
@@ -321,7 +325,8 @@ async def warm_up(client: httpx.AsyncClient, target: Target, prompts: Sequence[P
     records = []
     for i in range(config.warmup_requests):
         record = RequestResult(ok=False)
-        body = request_body(target, prompts[i % len(prompts)], config, config.warmup_max_tokens)
+        # From the end of the list: the levels start at its beginning.
+        body = request_body(target, prompts[-1 - i % len(prompts)], config, config.warmup_max_tokens)
         try:
             await asyncio.wait_for(send_request(client, target, body, record), config.request_timeout)
         except asyncio.TimeoutError:
@@ -353,10 +358,12 @@ async def sweep_concurrency(target: Target, prompts: Sequence[Prompt], levels: S
         failed = [r.error for r in warm if not r.ok]
         if failed:
             log(f"[{target.name}] warm-up failed: {failed[0]}")
-        out = []
+        out, first_prompt = [], 0
         for concurrency in levels:
             level_config = replace(config, num_requests=max(config.num_requests, min_rounds * concurrency))
-            level = await run_concurrency(client, target, prompts, concurrency, level_config, count_tokens)
+            level = await run_concurrency(client, target, prompts, concurrency, level_config, count_tokens,
+                                          first_prompt)
+            first_prompt += level_config.num_requests
             log(f"[{target.name}] " + describe_level(level))
             out.append(level)
         return out
@@ -370,8 +377,9 @@ async def sweep_rate(target: Target, prompts: Sequence[Prompt], rates: Sequence[
     async with new_client(config) as client:
         await warm_up(client, target, prompts, config)
         out = []
-        for rate in rates:
-            level = await run_rate(client, target, prompts, rate, config, max_concurrency, seed, count_tokens)
+        for i, rate in enumerate(rates):
+            level = await run_rate(client, target, prompts, rate, config, max_concurrency, seed, count_tokens,
+                                   first_prompt=i * config.num_requests)
             log(f"[{target.name}] " + describe_level(level))
             out.append(level)
         return out

@@ -208,3 +208,29 @@ def test_command_line_rate_sweep_writes_json(tmp_path):
     assert [(lv["mode"], lv["value"]) for lv in levels] == [("rate", 20.0), ("rate", 40.0)]
     assert all(lv["summary"]["completed"] == lv["summary"]["sent"] == 5 for lv in levels)
     assert all(len(lv["requests"]) == 5 for lv in levels)
+
+
+def test_sweep_levels_get_fresh_prompts_and_warm_up_first():
+    from bench.loadgen import sweep_concurrency
+
+    seen = []
+
+    async def recording(reader, writer):
+        body = await _read_request(reader)
+        seen.append(body["messages"][0]["content"])
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+                     b'data: {"choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n')
+        await writer.drain()
+        writer.close()
+
+    prompts = chat_prompts()
+    load = LoadConfig(max_tokens=2, num_requests=2, warmup_requests=1)
+
+    async def scenario(target):
+        return await sweep_concurrency(target, prompts, [1, 2], load, log=lambda line: None)
+
+    levels = asyncio.run(_with_server(recording, scenario))
+    assert [lv.summary["sent"] for lv in levels] == [2, 4]  # at least two requests per user
+    texts = [p.messages[0]["content"] for p in prompts]
+    assert seen[0] == texts[-1]  # warm-up from the end
+    assert sorted(seen[1:]) == sorted(texts[:6])  # levels: prompts 0-1, then 2-5

@@ -62,6 +62,8 @@ def load_hf_dir(path: str, dtype: torch.dtype = torch.float32, device: str = "cp
     model.to(dtype=dtype)
     model.load_hf_state_dict(read_safetensors_dir(path))
     model.to(device=device).eval()
+    if model.model.embed_tokens.weight.device.type == "cpu":
+        model.use_column_major_weights()
     return LoadedModel(config=config, model=model, tokenizer=Tokenizer.from_dir(path), path=path)
 
 

@@ -100,3 +100,33 @@ def test_cuda_matches_reference(dtype):
     cuda_meta = AttentionMetadata.build(meta.query_lens, meta.seq_lens_list, meta.block_tables.tolist(), BLOCK_SIZE, "cuda")
     got = paged_attention(query.cuda().to(dtype), k_cache.cuda().to(dtype), v_cache.cuda().to(dtype), cuda_meta, 0.125)
     torch.testing.assert_close(got.float().cpu(), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_flash_path_arguments_and_errors_surface(monkeypatch):
+    """When the flash path is chosen, it gets cumulative key lengths and the
+    block table, and its errors propagate (no silent torch fallback)."""
+    query, k_cache, v_cache, meta = random_batch(*BATCHES["mixed"], 4, 2, 8, torch.float32)
+    seen = {}
+
+    def fake_flash(q, k, v, **kwargs):
+        seen.update(kwargs)
+        return torch.full_like(q, 7.0)
+
+    monkeypatch.setattr(attention, "use_flash_attention", lambda query, meta: True)
+    monkeypatch.setattr(attention, "flash_attn_varlen_func", fake_flash)
+    out = paged_attention(query, k_cache, v_cache, meta, 0.5)
+    assert (out == 7.0).all()
+    assert seen["cu_seqlens_k"].tolist() == [0, 13, 19, 23, 63, 73, 74]
+    assert seen["block_table"] is meta.block_tables and seen["causal"] and seen["softmax_scale"] == 0.5
+
+    def broken_flash(*args, **kwargs):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(attention, "flash_attn_varlen_func", broken_flash)
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        paged_attention(query, k_cache, v_cache, meta, 0.5)
+
+
+def test_flash_eligibility_on_cpu():
+    query, _, _, meta = random_batch(*BATCHES["decode"], 4, 2, 8, torch.float32)
+    assert not attention.use_flash_attention(query, meta)  # CPU tensors always take the torch path

@@ -60,6 +60,7 @@ class RequestState:
         self.num_context = 0  # positions whose target features were absorbed
         self.kv: list[GrowingKV] | None = None  # per head layer
         self.last_out: torch.Tensor | None = None  # EAGLE-3: output at the last context entry [H]
+        self.last_context: torch.Tensor | None = None  # block heads: context vector of the last position [H]
 
 
 class _Batch:
@@ -165,7 +166,9 @@ class HeadDrafter(Drafter):
         """feats [n, A*H]: projected context keys/values, one pass per layer."""
         positions = torch.arange(state.num_context, state.num_context + feats.shape[0],
                                  device=feats.device)[None]
-        kv = self.head.context_kv(self.head.context(feats)[None], positions)
+        ctx = self.head.context(feats)
+        kv = self.head.context_kv(ctx[None], positions)
+        state.last_context = ctx[-1]
         if state.kv is None:
             state.kv = [GrowingKV(k[0]) for k, _ in kv]
         for cache, (k, v) in zip(state.kv, kv):
@@ -200,7 +203,8 @@ class HeadDrafter(Drafter):
         positions = lengths[:, None] + torch.arange(width, device=lengths.device)
         mask = torch.cat([ctx_valid[:, None, :].expand(-1, width, -1),
                           ctx_valid.new_ones(batch.size, width, width)], dim=2)
-        hidden = head.block_forward(head.block_embeddings(anchors), positions, ctx_kv, mask)
+        last_context = torch.stack([s.last_context for s in batch.states])[:, None]  # [R, 1, H]
+        hidden = head.block_forward(head.block_embeddings(anchors, last_context), positions, ctx_kv, mask)
         hidden = hidden[:, head.prediction_rows][:, : batch.longest]  # [R, k, H]
         base = head.logits(hidden)  # [R, k, V]
         prev = anchors[:, 0]

@@ -58,6 +58,10 @@ class HeadConfig:
     num_layers: int = 1
     block_size: int = 7  # drafts per block (gamma); DFlash/DSpark are trained for exactly this
     markov_rank: int = 0  # DSpark only
+    # Block heads: add the last context vector (position a-1) to every block
+    # input, EAGLE-style, so the most recent target state need not be found
+    # by attention first (much faster to train on a CPU budget).
+    inject_last_context: bool = True
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
@@ -412,11 +416,15 @@ class BlockHead(DraftHead):
         cos, sin = self.rotary(positions, ctx.dtype)
         return [layer.self_attn.kv(ctx, cos, sin) for layer in self.layers]
 
-    def block_embeddings(self, anchors: torch.Tensor) -> torch.Tensor:
-        """anchors [B, N] token ids -> [B, N * block_inputs, H] (anchor, masks...) per block."""
+    def block_embeddings(self, anchors: torch.Tensor, last_context: torch.Tensor) -> torch.Tensor:
+        """anchors [B, N] token ids; last_context [B, N, H] (the context vector
+        just before each anchor) -> [B, N * block_inputs, H] (anchor, masks...) per block."""
         anchor = self.embed(anchors)[:, :, None]  # [B, N, 1, H]
         masks = self.mask_embedding.expand(*anchors.shape, self.block_inputs - 1, -1)
-        return torch.cat([anchor, masks], dim=2).flatten(1, 2)
+        rows = torch.cat([anchor, masks], dim=2)
+        if self.config.inject_last_context:
+            rows = rows + last_context[:, :, None]
+        return rows.flatten(1, 2)
 
     def block_forward(self, block_emb, positions, ctx_kv, mask) -> torch.Tensor:
         """block_emb [B, Q, H]; positions [B, Q]; ctx_kv per layer (k, v)
@@ -438,7 +446,8 @@ class BlockHead(DraftHead):
         """
         num_ctx = int(anchors.max())
         ctx_positions = torch.arange(num_ctx, device=tokens.device)
-        ctx_kv = self.context_kv(self.context(feats[:num_ctx])[None], ctx_positions[None])
+        ctx = self.context(feats[:num_ctx])
+        ctx_kv = self.context_kv(ctx[None], ctx_positions[None])
         width, n = self.block_inputs, anchors.shape[0]
         offsets = torch.arange(width, device=tokens.device)
         positions = (anchors[:, None] + offsets).reshape(1, -1)
@@ -446,7 +455,8 @@ class BlockHead(DraftHead):
         sees_context = ctx_positions[None, :] < anchors[block_of_row][:, None]  # [N*W, C]
         same_block = block_of_row[:, None] == block_of_row[None, :]  # [N*W, N*W]
         mask = torch.cat([sees_context, same_block], dim=1)[None]
-        hidden = self.block_forward(self.block_embeddings(tokens[anchors][None]), positions, ctx_kv, mask)
+        inputs = self.block_embeddings(tokens[anchors][None], ctx[anchors - 1][None])
+        hidden = self.block_forward(inputs, positions, ctx_kv, mask)
         return hidden.view(n, width, -1)
 
     def init_from_target(self, model) -> None:

@@ -135,6 +135,10 @@ class StreamRecorder:
     def finish(self, now: float, count_tokens: TokenCounter | None) -> None:
         rec = self.record
         rec.e2e = now - self.sent_at
+        if not self.done and rec.finish_reason is None:
+            # Missing [DONE] alone is tolerated; a stream cut before any
+            # finish_reason is not (llama-cpp-python drops interrupted ones so).
+            raise StreamError("stream ended without a finish_reason or [DONE]")
         if self.usage_tokens is not None:
             rec.output_tokens, rec.token_count_source = self.usage_tokens, "usage"
         elif count_tokens is not None:

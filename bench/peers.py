@@ -73,7 +73,9 @@ def _thread_env(threads: int) -> dict:
 def _llama_cpp_command(venv: Path, model: str, port: int, threads: int, served: str):
     argv = [str(venv / "bin" / "python"), "-m", "llama_cpp.server", "--model", model,
             "--model_alias", served, "--host", "127.0.0.1", "--port", str(port),
-            "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", "4096"]
+            "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", "4096",
+            # By default a new request interrupts the one streaming: queue instead.
+            "--interrupt_requests", "False"]
     return argv, _thread_env(threads), served
 
 

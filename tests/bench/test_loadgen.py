@@ -94,7 +94,7 @@ async def _read_request(reader) -> dict:
     return json.loads(await reader.readexactly(length))
 
 
-def peer_like_handler(tokens: int, delay: float = 0.0):
+def peer_like_handler(tokens: int, delay: float = 0.0, finish: bool = True):
     """Streams `tokens` chunks in odd-sized writes, no usage, no [DONE]; then closes."""
     async def handle(reader, writer):
         body = await _read_request(reader)
@@ -103,6 +103,9 @@ def peer_like_handler(tokens: int, delay: float = 0.0):
         stream = ": hello\n\n" + "".join(
             f'data: {json.dumps({"choices": [{"index": 0, "delta": {"content": f"t{i} "}}]})}\n\n'
             for i in range(n))
+        if finish:  # transformers serve ends so: a finish_reason, then no [DONE]
+            stream += f'data: {json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})}\n\n'
+
         for i in range(0, len(stream), 37):  # split anywhere, even inside lines
             writer.write(stream[i:i + 37].encode())
             await writer.drain()
@@ -157,6 +160,13 @@ def test_peer_without_done_or_usage_counts_chunks():
     assert s["output_tokens"] == 30 and s["token_count_source"] == "chunks"
     assert all(len(r.itl) == 4 for r in level.results)
     assert level.spec_decode is None  # no metrics endpoint
+
+
+def test_a_stream_cut_before_its_end_is_a_failure():
+    level = run_level(peer_like_handler(tokens=3, finish=False))
+    s = level.summary
+    assert s["sent"] == s["failed"] == 6
+    assert any("without a finish_reason" in e for e in s["errors"])
 
 
 def test_rate_mode_sends_every_scheduled_request():
@@ -219,7 +229,7 @@ def test_sweep_levels_get_fresh_prompts_and_warm_up_first():
         body = await _read_request(reader)
         seen.append(body["messages"][0]["content"])
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
-                     b'data: {"choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n')
+                     b'data: {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}]}\n\n')
         await writer.drain()
         writer.close()
 

@@ -173,7 +173,8 @@ async def send_request(client: httpx.AsyncClient, target: Target, body: dict, re
                 record.error = f"HTTP {response.status_code}: {detail[:300]}"
                 return
             await _consume(response, recorder)
-        recorder.finish(time.perf_counter(), count_tokens)
+            ended_at = time.perf_counter()  # before closing the connection
+        recorder.finish(ended_at, count_tokens)
     except (httpx.HTTPError, StreamError) as exc:
         record.error = f"{type(exc).__name__}: {exc}"[:400]
 

@@ -23,6 +23,7 @@ class RequestTextState:
     text: str = ""
     sent_chars: int = 0
     sent_tokens: int = 0
+    cut_by_stop_string: bool = False
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
@@ -76,6 +77,7 @@ class OutputProcessor:
         if not hits:
             return False
         state.text = state.text[: min(hits)]
+        state.cut_by_stop_string = True
         return True
 
     def make_output(self, request: Request, new_token_ids: list[int],
@@ -84,6 +86,9 @@ class OutputProcessor:
         stop string could still be forming."""
         state = self.states[request.request_id]
         finished = request.is_finished
+        if finished and not state.cut_by_stop_string:
+            # A character still incomplete at the end is emitted as decode() would.
+            state.text += state.detokenizer.flush()
         visible = len(state.text) if finished else max(state.sent_chars, len(state.text) - state.holdback)
         delta = state.text[state.sent_chars: visible]
         state.sent_chars = max(state.sent_chars, visible)

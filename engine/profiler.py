@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from engine.models.gguf_loader import cache_root
 from kernels.attention import AttentionMetadata
 from scheduler.load import StepCostModel, probe_sizes
 
@@ -22,14 +23,10 @@ log = logging.getLogger("specserve.profiler")
 CONTEXT_TOKENS = 128  # typical context behind each query token while profiling
 
 
-def default_cache_root() -> str:
-    return os.environ.get("SPECSERVE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "specserve")
-
-
 def profile_cache_path(model_path: str, device: str, dtype: str, max_tokens: int) -> str:
     key = f"{os.path.abspath(model_path)}|{device}|{dtype}|{torch.get_num_threads()}|{max_tokens}|v1"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return os.path.join(default_cache_root(), "profiles", f"step-cost-{digest}.json")
+    return os.path.join(cache_root(), "profiles", f"step-cost-{digest}.json")
 
 
 def load_or_profile(runner, model_path: str, device: str, dtype: str, max_tokens: int,

@@ -30,6 +30,36 @@ def _last_occurrence(tokens: list[int], pattern: list[int], end: int) -> int:
     return -1
 
 
+class NgramIndex:
+    """Latest start of every n-gram (min_n..max_n) of one token sequence,
+    except the n-grams that end at the last token, updated as tokens arrive:
+    O(max_n) per token instead of a scan of the history per step.
+    Finds the same continuation as `find_ngram_continuation`."""
+
+    def __init__(self, min_n: int, max_n: int):
+        self.min_n, self.max_n = min_n, max_n
+        self.tokens: list[int] = []
+        self.latest: dict[int, dict[tuple, int]] = {n: {} for n in range(min_n, max_n + 1)}
+
+    def extend(self, tokens: list[int]) -> None:
+        for token in tokens:
+            self.tokens.append(token)
+            # The n-gram that ended at the previous token is no longer final.
+            last = len(self.tokens) - 2
+            for n in range(self.min_n, self.max_n + 1):
+                start = last - n + 1
+                if start >= 0:
+                    self.latest[n][tuple(self.tokens[start:last + 1])] = start
+
+    def continuation(self, k: int) -> tuple[list[int], int]:
+        total = len(self.tokens)
+        for n in range(min(self.max_n, total - 1), self.min_n - 1, -1):
+            start = self.latest[n].get(tuple(self.tokens[total - n:]))
+            if start is not None:
+                return self.tokens[start + n: start + n + k], n
+        return [], 0
+
+
 class NgramDrafter(Drafter):
     """Prompt lookup over each request's own tokens.
 
@@ -40,14 +70,25 @@ class NgramDrafter(Drafter):
 
     costs_compute = False
 
-    def __init__(self, min_n: int = 1, max_n: int = 4, lookback: int = 4096):
-        self.min_n, self.max_n, self.lookback = min_n, max_n, lookback
+    def __init__(self, min_n: int = 1, max_n: int = 4):
+        self.min_n, self.max_n = min_n, max_n
+        self.indexes: dict[str, NgramIndex] = {}
+
+    def free(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            self.indexes.pop(rid, None)
+
+    def _index(self, request) -> NgramIndex:
+        index = self.indexes.get(request.request_id)
+        if index is None:
+            index = self.indexes[request.request_id] = NgramIndex(self.min_n, self.max_n)
+        index.extend(request.all_token_ids[len(index.tokens):])
+        return index
 
     def propose(self, inputs: list[DraftInput], block_tables=None) -> dict[str, DraftProposal]:
         proposals = {}
         for item in inputs:
-            tokens = item.request.all_token_ids[-self.lookback:]
-            follow, match_len = find_ngram_continuation(tokens, self.min_n, self.max_n, item.max_tokens)
+            follow, match_len = self._index(item.request).continuation(item.max_tokens)
             if follow:
                 base = match_len / (match_len + 1.0)
                 proposals[item.request.request_id] = DraftProposal(

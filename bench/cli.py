@@ -51,8 +51,13 @@ def register(subparsers) -> None:
 
 
 def _register_with_server_cli() -> None:
-    # `python -m server.cli` runs the module as __main__, a second copy of
-    # server.cli: register with whichever copies are loaded.
+    # Import server.cli ourselves: if this module was imported first, its
+    # later import of us is a cached no-op. `python -m server.cli` runs as
+    # __main__, a second copy: register with that one too.
+    try:
+        importlib.import_module("server.cli")
+    except ImportError:
+        return
     for module_name in ("server.cli", "__main__"):
         module = sys.modules.get(module_name)
         if module is not None and hasattr(module, "register_command") and hasattr(module, "Command"):

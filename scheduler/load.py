@@ -18,14 +18,22 @@ class StepCostModel:
     """Step time (seconds) against total query tokens B, at probe sizes.
 
     Between probes the time is interpolated linearly; beyond the last probe
-    it is extrapolated with the last segment's slope. `observe` blends a
-    measured step into the nearest probe (EMA), then re-imposes monotonicity.
+    it is extrapolated with the last segment's slope.
+
+    Online refinement separates two things: a global factor (the whole
+    machine got slower, e.g. another process took a core: every B alike) and
+    the shape of the curve (what the verification policy's decisions depend
+    on, since Theta comparisons are scale-free). Each measured step moves the
+    global factor, and the residual moves only the nearest probe size, so a
+    burst of outside load measured at one B does not bend the shape.
     """
 
     sizes: list[int]
     seconds: list[float]
     ema: float = 0.1
+    local_ema: float = 0.02
     observations: int = 0
+    scale: float = 1.0
     _monotone: list[float] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -51,7 +59,7 @@ class StepCostModel:
         # a running maximum from the left.
         out, high = [], 0.0
         for s in self.seconds:
-            high = max(high, s)
+            high = max(high, s * self.scale)
             out.append(high)
         self._monotone = out
 
@@ -69,13 +77,15 @@ class StepCostModel:
         return 1.0 / self.step_seconds(num_tokens)
 
     def observe(self, num_tokens: int, seconds: float) -> None:
-        """Blend one measured step into the nearest probe size."""
+        """Blend one measured step into the global factor and the shape."""
         if seconds <= 0 or not math.isfinite(seconds):
             return
+        ratio = seconds / self.step_seconds(num_tokens)
+        self.scale *= (1 - self.ema) + self.ema * ratio
+        self._refresh()
+        residual = seconds / self.step_seconds(num_tokens)
         i = min(range(len(self.sizes)), key=lambda j: abs(math.log(self.sizes[j]) - math.log(max(1, num_tokens))))
-        # Scale the measurement to the probe size using the current curve's ratio.
-        scaled = seconds * self.step_seconds(self.sizes[i]) / self.step_seconds(num_tokens)
-        self.seconds[i] = (1 - self.ema) * self.seconds[i] + self.ema * scaled
+        self.seconds[i] *= (1 - self.local_ema) + self.local_ema * residual
         self.observations += 1
         self._refresh()
 
@@ -84,7 +94,7 @@ class StepCostModel:
         return [(b, 1.0 / s) for b, s in zip(self.sizes, self._monotone)]
 
     def to_json(self) -> str:
-        return json.dumps({"sizes": self.sizes, "seconds": self.seconds})
+        return json.dumps({"sizes": self.sizes, "seconds": [s * self.scale for s in self.seconds]})
 
     @classmethod
     def from_json(cls, text: str) -> "StepCostModel":

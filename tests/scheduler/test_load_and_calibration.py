@@ -102,3 +102,12 @@ def test_adaptive_policy_feeds_back_and_trims_draft_length():
 def test_static_policy_caps_at_k_and_budget():
     requests = [make_request("a", [0.5] * 6), make_request("b", [0.5] * 2)]
     assert StaticPolicy(4).choose_lengths(requests, 5) == {"a": 4, "b": 1}
+
+
+def test_outside_load_at_one_size_does_not_bend_the_shape():
+    cost = StepCostModel([1, 8, 16], [0.06, 0.13, 0.16])
+    shape_before = cost.step_seconds(16) / cost.step_seconds(8)
+    for _ in range(50):  # another process slows every step measured at B=8 by 2x
+        cost.observe(8, 0.26)
+    assert cost.step_seconds(8) == pytest.approx(0.26, rel=0.05)
+    assert cost.step_seconds(16) / cost.step_seconds(8) == pytest.approx(shape_before, rel=0.1)

@@ -46,13 +46,14 @@ class Tally:
 
 
 def build_engines(labels: list[str], k: int, policy: str, model: str | None, self_draft_layers: int):
-    """One engine per label ('none', 'ngram', 'self-draft', 'draft-model=PATH'),
-    sharing the target's weights."""
+    """One engine per label METHOD[=DRAFT_PATH][@POLICY] ('none', 'ngram@static',
+    'self-draft', 'draft-model=PATH@adaptive'), sharing the target's weights."""
     loaded = load_model(model, torch.float32, "cpu")
     engines = {}
     for label in labels:
-        method, _, draft = label.partition("=")
-        spec = SpeculativeConfig(method=method, num_speculative_tokens=k, policy=policy,
+        spec_part, _, label_policy = label.partition("@")
+        method, _, draft = spec_part.partition("=")
+        spec = SpeculativeConfig(method=method, num_speculative_tokens=k, policy=label_policy or policy,
                                  draft_model=draft or None, self_draft_layers=self_draft_layers)
         config = EngineConfig(model=loaded.path, cache=CacheConfig(block_size=16, num_blocks=512),
                               scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=256,
@@ -113,11 +114,12 @@ def format_table(results: dict, baseline: str = "none") -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default="code-copy,chat")
-    parser.add_argument("--methods", default="none,ngram,self-draft")
+    parser.add_argument("--methods", default="none,ngram@static,ngram@adaptive,self-draft@static,self-draft@adaptive")
     parser.add_argument("--prompts", type=int, default=6, help="prompts per set")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--k", type=int, default=4, help="--num-speculative-tokens")
-    parser.add_argument("--policy", default="static", help="verification policy of the speculative engines")
+    parser.add_argument("--policy", default="adaptive",
+                        help="verification policy of engines whose label names none (METHOD@POLICY)")
     parser.add_argument("--self-draft-layers", type=int, default=0)
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=1)

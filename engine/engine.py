@@ -124,6 +124,7 @@ class LLMEngine:
 
     # ---- one step ----------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        started = time.perf_counter()
         sched = self.scheduler.schedule()
         if self.drafter:
             self.drafter.free(sched.freed_request_ids)
@@ -137,6 +138,9 @@ class LLMEngine:
         sampled = [r for r, _ in updates if not r.is_finished
                    and r.request_id in runner_out.sampled_token_ids]
         self._propose_drafts(sampled)
+        if self.step_cost is not None:
+            # The whole step, drafting included: what a bigger batch really costs.
+            self.step_cost.observe(sched.total_num_tokens, time.perf_counter() - started)
         return self._emit(updates, runner_out) + self._collect_unscheduled_finished()
 
     def _emit(self, updates, runner_out) -> list[RequestOutput]:
@@ -192,6 +196,8 @@ class LLMEngine:
             return None
         max_draft = self.config.speculative.num_speculative_tokens
         if isinstance(self.verify_policy, AdaptivePolicy) and self.drafter.costs_compute:
+            if not self.verify_policy.should_draft(request.request_id):
+                return None
             max_draft = self.verify_policy.draft_length(request.request_id, max_draft)
         room = min(max_draft,
                    params.max_tokens - request.num_output_tokens - 1,
@@ -209,9 +215,7 @@ class LLMEngine:
         return DraftInput(request, room, gen, hidden)
 
     def _feed_back(self, sched, runner_out) -> None:
-        """Live load and realised acceptance go back to the adaptive policy."""
-        if self.step_cost is not None:
-            self.step_cost.observe(sched.total_num_tokens, runner_out.step_seconds)
+        """Realised acceptance goes back to the adaptive policy."""
         if isinstance(self.verify_policy, AdaptivePolicy):
             for item in sched.scheduled:
                 if item.num_spec_tokens:

@@ -86,6 +86,8 @@ class AdaptivePolicy(VerifyPolicy):
         self.last_length: dict[str, int] = {}
         self._used: dict[str, tuple[list[float], list[float]]] = {}
         self._previous_ranked: list[float] = []
+        # Drafting backoff per request: (steps left to skip, current backoff).
+        self._pause: dict[str, tuple[int, int]] = {}
 
     def choose_lengths(self, candidates: list[Request], budget_left: int,
                        num_emitting: int = 0) -> dict[str, int]:
@@ -101,6 +103,8 @@ class AdaptivePolicy(VerifyPolicy):
         for rid, length in lengths.items():
             self.length_counts[min(length, len(self.length_counts) - 1)] += 1
             self.last_length[rid] = length
+            if length == 0:
+                self._back_off(rid)
         return lengths
 
     def _survivals(self, request: Request) -> list[float]:
@@ -116,6 +120,26 @@ class AdaptivePolicy(VerifyPolicy):
         raw, calibrated = self._used.pop(request_id, ([], []))
         if num_verified and raw:
             self.calibrator.observe(request_id, raw[:num_verified], calibrated[:num_verified], num_accepted)
+        if num_accepted:
+            self._pause.pop(request_id, None)
+        elif num_verified:
+            self._back_off(request_id)
+
+    def _back_off(self, request_id: str) -> None:
+        """Drafts were not worth verifying, or all were rejected: skip
+        drafting for this request for 1, 2, 4 .. 16 steps."""
+        _, backoff = self._pause.get(request_id, (0, 0))
+        backoff = min(16, max(1, 2 * backoff))
+        self._pause[request_id] = (backoff, backoff)
+
+    def should_draft(self, request_id: str) -> bool:
+        """False while the request is in a drafting backoff (for drafters whose
+        drafting costs compute; a skipped step decodes plainly)."""
+        skip, backoff = self._pause.get(request_id, (0, 0))
+        if skip <= 0:
+            return True
+        self._pause[request_id] = (skip - 1, backoff)
+        return False
 
     def draft_length(self, request_id: str, max_draft: int) -> int:
         """Do not draft what will not be verified: one more than last time."""
@@ -125,3 +149,4 @@ class AdaptivePolicy(VerifyPolicy):
         self.calibrator.forget(request_id)
         self.last_length.pop(request_id, None)
         self._used.pop(request_id, None)
+        self._pause.pop(request_id, None)

@@ -111,3 +111,18 @@ def test_outside_load_at_one_size_does_not_bend_the_shape():
         cost.observe(8, 0.26)
     assert cost.step_seconds(8) == pytest.approx(0.26, rel=0.05)
     assert cost.step_seconds(16) / cost.step_seconds(8) == pytest.approx(shape_before, rel=0.1)
+
+
+def test_drafting_backs_off_when_drafts_do_not_pay_and_resumes_on_acceptance():
+    policy = AdaptivePolicy(StepCostModel.linear(0.0, 1.0), max_batched_tokens=64)
+    request = make_request("r", [0.3] * 2)
+    skipped = []
+    for _ in range(40):
+        if policy.should_draft("r"):
+            assert policy.choose_lengths([request], 63, num_emitting=1)["r"] == 0
+            skipped.append(0)
+        else:
+            skipped.append(1)
+    assert sum(skipped) > 30  # backoff grew to 16 steps
+    policy.observe("r", 2, 1)
+    assert policy.should_draft("r")

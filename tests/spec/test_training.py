@@ -236,3 +236,11 @@ def test_sts_on_a_trained_head_lowers_heldout_ece(tiny_target, feature_set):
     before = calibration_report(held_records, BLOCK)["ece_survival"]
     after = calibration_report(held_records, BLOCK, temperatures)["ece_survival"]
     assert after < before, (before, after)
+
+
+def test_sts_keeps_the_previous_temperature_without_evidence():
+    """Nothing ever survives past position 2: STS must not sharpen the
+    later confidences towards 1 to 'fit' all-zero labels."""
+    records = [BlockRecord([0.9, 0.6, 0.6, 0.6], min(i % 3, 2)) for i in range(300)]
+    temperatures = fit_sts(records, BLOCK)
+    assert temperatures[2] == temperatures[3] == temperatures[1]

@@ -18,6 +18,7 @@ import torch
 
 DEFAULT_GRID = torch.logspace(-1.3, 1.3, 53).tolist()  # 0.05 .. 20
 NUM_BINS = 10
+MIN_SURVIVALS = 5  # fewer observed survivals at a position: too little to fit a temperature
 
 
 @dataclass
@@ -84,16 +85,23 @@ def survival_probabilities(logits: torch.Tensor, temperatures: list[float] | Non
     return torch.sigmoid(logits / scale).cumprod(dim=1)
 
 
-def fit_sts(records: list[BlockRecord], block_size: int, grid: list[float] | None = None) -> list[float]:
-    """Sequential Temperature Scaling: one temperature per position, fitted in order."""
+def fit_sts(records: list[BlockRecord], block_size: int, grid: list[float] | None = None,
+            min_survivals: int = MIN_SURVIVALS) -> list[float]:
+    """Sequential Temperature Scaling: one temperature per position, fitted in order.
+
+    A position where fewer than `min_survivals` blocks survived carries too
+    little evidence (any sharpening temperature "fits" all-zero labels and
+    would turn a raw 0.6 into 0.99): it keeps the previous position's.
+    """
     grid = grid or DEFAULT_GRID
     logits, drafted, survived = confidence_logits(records, block_size)
     temperatures: list[float] = []
     prefix = torch.ones(logits.shape[0], dtype=torch.float64)  # prod of scaled c_1..c_{k-1}
     for k in range(block_size):
         rows = drafted[:, k]
-        if not rows.any():
-            temperatures.append(1.0)
+        if int(survived[rows, k].sum()) < min_survivals:
+            temperatures.append(temperatures[-1] if temperatures else 1.0)
+            prefix = prefix * torch.sigmoid(logits[:, k] / temperatures[-1])
             continue
         errors = [expected_calibration_error((prefix * torch.sigmoid(logits[:, k] / t))[rows], survived[rows, k])
                   for t in grid]

@@ -86,8 +86,11 @@ class AdaptivePolicy(VerifyPolicy):
         self.last_length: dict[str, int] = {}
         self._used: dict[str, tuple[list[float], list[float]]] = {}
         self._previous_ranked: list[float] = []
-        # Drafting backoff per request: (steps left to skip, current backoff).
+        # Drafting backoff per request: (steps left to skip, current backoff);
+        # a new request starts from the latest backoff of any request, so a
+        # drafter that never pays stays mostly idle across requests too.
         self._pause: dict[str, tuple[int, int]] = {}
+        self._recent_backoff = 0
 
     def choose_lengths(self, candidates: list[Request], budget_left: int,
                        num_emitting: int = 0) -> dict[str, int]:
@@ -121,7 +124,8 @@ class AdaptivePolicy(VerifyPolicy):
         if num_verified and raw:
             self.calibrator.observe(request_id, raw[:num_verified], calibrated[:num_verified], num_accepted)
         if num_accepted:
-            self._pause.pop(request_id, None)
+            self._pause[request_id] = (0, 0)
+            self._recent_backoff = 0
         elif num_verified:
             self._back_off(request_id)
 
@@ -131,11 +135,14 @@ class AdaptivePolicy(VerifyPolicy):
         _, backoff = self._pause.get(request_id, (0, 0))
         backoff = min(16, max(1, 2 * backoff))
         self._pause[request_id] = (backoff, backoff)
+        self._recent_backoff = backoff
 
     def should_draft(self, request_id: str) -> bool:
         """False while the request is in a drafting backoff (for drafters whose
         drafting costs compute; a skipped step decodes plainly)."""
-        skip, backoff = self._pause.get(request_id, (0, 0))
+        if request_id not in self._pause:
+            self._pause[request_id] = (self._recent_backoff, self._recent_backoff)
+        skip, backoff = self._pause[request_id]
         if skip <= 0:
             return True
         self._pause[request_id] = (skip - 1, backoff)

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from engine.spec.heads import BlockHead, DraftHead, DSparkHead, Eagle3Head, save_head
+from engine.spec.heads import DraftHead, DSparkHead, Eagle3Head, save_head
 from engine.spec.training.features import FeatureSet
 
 STATE_FILE = "train_state.pt"
@@ -313,7 +313,3 @@ def train_head(head: DraftHead, train_set: FeatureSet, config: TrainConfig, out_
                heldout: FeatureSet | None = None, log=print, progress: bool = True) -> TrainHistory:
     """Convenience wrapper: build a Trainer and run it."""
     return Trainer(head, train_set, config, out_dir, heldout, log, progress).run()
-
-
-__all__ = ["BlockHead", "TrainConfig", "Trainer", "train_head", "block_loss", "sample_blocks",
-           "position_weights", "target_distribution"]

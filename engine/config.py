@@ -72,7 +72,8 @@ class SchedulerConfig:
             raise ValueError("max_model_len must be > 1")
 
 
-SPEC_METHODS = ("none", "ngram", "draft-model", "self-draft")
+HEAD_METHODS = ("eagle3", "dflash", "dspark")  # trained heads: --draft-model CHECKPOINT
+SPEC_METHODS = ("none", "ngram", "draft-model", "self-draft") + HEAD_METHODS
 VERIFY_POLICIES = ("off", "static", "adaptive", "adaptive-async")
 
 
@@ -95,8 +96,8 @@ class SpeculativeConfig:
             raise ValueError(f"unknown verification policy {self.policy!r}; choose from {VERIFY_POLICIES}")
         if not 1 <= self.num_speculative_tokens <= 16:
             raise ValueError("num_speculative_tokens must be in [1, 16]")
-        if self.method == "draft-model" and not self.draft_model:
-            raise ValueError("--draft-model PATH is required with --speculative-method draft-model")
+        if self.method in ("draft-model",) + HEAD_METHODS and not self.draft_model:
+            raise ValueError(f"--draft-model PATH is required with --speculative-method {self.method}")
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError("need 1 <= ngram_min <= ngram_max")
 

@@ -85,6 +85,10 @@ class LLMEngine:
         self._drafter = drafter
         self.scheduler.num_lookahead_slots = drafter.num_lookahead_slots if drafter else 0
         self.runner.aux_layers = drafter.aux_layers if drafter else ()
+        if drafter and drafter.aux_layers:
+            # A prefix-cache hit skips the target over cached tokens, so their
+            # hidden states would never reach a drafter that reads them.
+            self.scheduler.block_manager.enable_prefix_caching = False
 
     # ---- requests in -------------------------------------------------------
     def validate_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> None:

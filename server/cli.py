@@ -44,7 +44,7 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 # Imported (when present) before parsing; each registers its own commands.
-COMMAND_MODULES: tuple[str, ...] = ("bench.cli", "engine.spec.cli")
+COMMAND_MODULES: tuple[str, ...] = ("bench.cli", "engine.spec.cli")  # bench, spec-sweep; train-draft, eval-draft
 
 
 def register_command(command: Command) -> Command:
@@ -234,4 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, so that commands registered by other
+    # modules (into `server.cli`, not `__main__`) are seen under `python -m`.
+    from server.cli import main as imported_main
+
+    sys.exit(imported_main())

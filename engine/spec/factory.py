@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.config import EngineConfig
+from engine.config import HEAD_METHODS, EngineConfig
 from engine.models.loader import LoadedModel, load_model
 from engine.spec.base import Drafter
 from engine.spec.draft_model import ModelDrafter
@@ -28,7 +28,20 @@ def build_drafter(config: EngineConfig, target: LoadedModel, num_blocks: int,
         draft = load_model(spec.draft_model, dtype, config.device)
         check_same_vocabulary(target, draft)
         return ModelDrafter(draft.model, draft.config, num_blocks, block_size, k, dtype, config.device)
+    if spec.method in HEAD_METHODS:
+        return load_head_drafter(spec.method, spec.draft_model, target, dtype, config.device)
     raise ValueError(f"speculative method {spec.method!r} is not available")
+
+
+def load_head_drafter(method: str, path: str, target: LoadedModel, dtype, device) -> Drafter:
+    """A trained head; its checkpoint must be of the method asked for."""
+    from engine.spec.head_drafter import HeadDrafter
+
+    drafter = HeadDrafter.from_checkpoint(path, target.model, dtype, device)
+    kind = drafter.head.config.method
+    if kind != method:
+        raise ValueError(f"{path} holds a {kind} head, not {method}")
+    return drafter
 
 
 def check_same_vocabulary(target: LoadedModel, draft: LoadedModel) -> None:

@@ -1,6 +1,8 @@
 """The `specserve` command line: flags, the config they build, the serve path."""
 from __future__ import annotations
 
+import os
+
 import argparse
 import sys
 import types
@@ -150,3 +152,13 @@ def test_broken_command_does_not_break_serve(monkeypatch, capsys):
     assert _serve_args("--port", "9000").port == 9000
     assert cli.main(["broken"]) == 2
     assert "half-written module" in capsys.readouterr().err
+
+
+def test_toolkit_commands_are_registered_under_python_m():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "server.cli", "--help"], capture_output=True,
+                         text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    for command in ("serve", "bench", "spec-sweep", "train-draft", "eval-draft"):
+        assert command in out.stdout, out.stdout + out.stderr

@@ -94,13 +94,7 @@ def make_engine(model_dir):
         scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=512),
         # ngram only so the engine builds a verify policy; the drafter is swapped below.
         speculative=SpeculativeConfig(method="ngram", num_speculative_tokens=BLOCK, policy="static"))
-    engine = LLMEngine(config, step_cost=StepCostModel.flat())
-    # A prefix-cache hit skips the target forward over the cached tokens, so
-    # their hidden states never reach the drafter (which then refuses to
-    # draft from a context with holes). Until the engine stores features with
-    # cached blocks, heads run without prefix caching.
-    engine.scheduler.block_manager.enable_prefix_caching = False
-    return engine
+    return LLMEngine(config, step_cost=StepCostModel.flat())
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -119,3 +113,28 @@ def test_greedy_through_engine_equals_plain_decoding(tiny_dir, tiny_target, meth
     assert engine.drafter.states == {}
     sampled = engine.generate(prompts, SamplingParams(temperature=1.0, max_tokens=12, seed=3))
     assert all(len(out) == 12 or out[-1] in engine.tokenizer.stop_token_ids for out in sampled)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_checkpoint_served_by_method_flag_is_lossless(tmp_path, tiny_dir, tiny_target, method):
+    """--speculative-method METHOD --draft-model CHECKPOINT, adaptive policy,
+    prefix caching switched off by the engine (heads need every token's features)."""
+    from engine.spec.heads import save_head
+
+    save_head(make_drafter(tiny_target, method).head, str(tmp_path / "ckpt"))
+    spec = SpeculativeConfig(method=method, draft_model=str(tmp_path / "ckpt"),
+                             num_speculative_tokens=BLOCK, policy="adaptive")
+    config = EngineConfig(model=str(tiny_dir), cache=CacheConfig(block_size=8, num_blocks=256),
+                          scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64,
+                                                    max_model_len=512), speculative=spec)
+    engine = LLMEngine(config, step_cost=StepCostModel.flat())
+    assert not engine.scheduler.block_manager.enable_prefix_caching
+    prompts = [engine.tokenizer.encode(p) for p in PROMPTS] * 2  # repeats would hit the prefix cache
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    got = engine.generate(prompts, params)
+    engine.drafter = None
+    assert got == engine.generate(prompts, params)
+    wrong = "dspark" if method != "dspark" else "eagle3"
+    with pytest.raises(ValueError, match="holds a"):
+        LLMEngine(EngineConfig(model=str(tiny_dir), speculative=SpeculativeConfig(
+            method=wrong, draft_model=str(tmp_path / "ckpt"), policy="static")))

@@ -10,6 +10,7 @@ import types
 import pytest
 
 from engine.config import EngineConfig
+from engine.config import SpeculativeConfig
 from server import cli
 from tests.server.fake_engine import FakeEngineClient
 
@@ -25,7 +26,8 @@ def test_defaults_follow_the_configs():
     default = EngineConfig(model=None)
     assert config.scheduler == default.scheduler
     assert config.cache == default.cache
-    assert config.speculative == default.speculative
+    # Speculation defaults to the measured-fastest configuration, not the record's "none".
+    assert config.speculative == SpeculativeConfig(method="ngram", num_speculative_tokens=8)
 
 
 def test_flags_build_engine_config():
@@ -162,3 +164,10 @@ def test_toolkit_commands_are_registered_under_python_m():
                          text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     for command in ("serve", "bench", "spec-sweep", "train-draft", "eval-draft"):
         assert command in out.stdout, out.stdout + out.stderr
+
+
+def test_serve_defaults_to_ngram_with_the_adaptive_policy():
+    c = cli.engine_config_from_args(cli.build_parser().parse_args(["serve"]))
+    assert (c.speculative.method, c.speculative.num_speculative_tokens, c.speculative.policy) == (
+        "ngram", 8, "adaptive")
+    assert c.model is None  # the embedded SmolLM2

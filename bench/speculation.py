@@ -46,14 +46,16 @@ class Tally:
 
 
 def build_engines(labels: list[str], k: int, policy: str, model: str | None, self_draft_layers: int):
-    """One engine per label METHOD[=DRAFT_PATH][@POLICY] ('none', 'ngram@static',
+    """One engine per label METHOD[=DRAFT_PATH][@POLICY][:K] ('none', 'ngram@static:4',
     'self-draft', 'draft-model=PATH@adaptive'), sharing the target's weights."""
     loaded = load_model(model, torch.float32, "cpu")
     engines = {}
     for label in labels:
         spec_part, _, label_policy = label.partition("@")
+        label_policy, _, label_k = label_policy.partition(":")
         method, _, draft = spec_part.partition("=")
-        spec = SpeculativeConfig(method=method, num_speculative_tokens=k, policy=label_policy or policy,
+        spec = SpeculativeConfig(method=method, num_speculative_tokens=int(label_k or k),
+                                 policy=label_policy or policy,
                                  draft_model=draft or None, self_draft_layers=self_draft_layers)
         config = EngineConfig(model=loaded.path, cache=CacheConfig(block_size=16, num_blocks=512),
                               scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=256,

@@ -13,7 +13,7 @@ from engine.spec.ngram import NgramDrafter
 def build_drafter(config: EngineConfig, target: LoadedModel, num_blocks: int,
                   dtype: torch.dtype) -> Drafter | None:
     spec = config.speculative
-    if spec.method == "none":
+    if not spec.enabled:  # method none, or --verify-policy off
         return None
     if spec.method == "ngram":
         return NgramDrafter(spec.ngram_min, spec.ngram_max)

@@ -231,3 +231,10 @@ def test_policies_under_a_busy_cost_model_stay_lossless(model_dir, reference, po
     if policy != "static":
         counts = engine.verify_policy.length_counts
         assert sum(counts) > 0
+
+
+def test_verify_policy_off_means_no_speculation(model_dir):
+    engine = make_engine(model_dir, "ngram", policy="off")
+    assert engine.drafter is None and engine.verify_policy is None
+    engine.generate(encode_all(engine)[:2], GREEDY)
+    assert engine.stats.num_drafts == 0

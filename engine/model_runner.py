@@ -6,7 +6,6 @@ with no padding. Logits are computed only for rows that sample.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -113,7 +112,6 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        started = time.perf_counter()
         self.free(sched.freed_request_ids)
         batch = pack_batch(sched.scheduled, self.block_size, self.device)
         hidden, aux = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta,
@@ -124,7 +122,6 @@ class ModelRunner:
             self._accept(batch.sampling, logits, output)
         if self.aux_layers:
             self._stash_hidden(sched.scheduled, batch.offsets, torch.cat(aux, dim=-1), output)
-        output.step_seconds = time.perf_counter() - started
         return output
 
     def _accept(self, sampling: list[ScheduledRequest], logits: torch.Tensor, output: RunnerOutput) -> None:

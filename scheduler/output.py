@@ -74,7 +74,9 @@ class RunnerOutput:
     drafts then one recovered or bonus token; missing for partial prefill
     chunks. `num_accepted[rid]` is how many of the verified drafts survived.
     `next_spec_token_ids` / `next_spec_confidences` are the drafts proposed
-    for the following step.
+    for the following step; update_from_output installs them (empty clears
+    stale drafts). The engine's drafter runs after the update, once stop
+    checks have cut the sequence, and overwrites the drafts it makes.
     """
 
     sampled_token_ids: dict[str, list[int]] = field(default_factory=dict)
@@ -82,4 +84,3 @@ class RunnerOutput:
     num_accepted: dict[str, int] = field(default_factory=dict)
     next_spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
     next_spec_confidences: dict[str, list[float]] = field(default_factory=dict)
-    step_seconds: float = 0.0

@@ -34,32 +34,29 @@ class VerifyPolicy:
         raise NotImplementedError
 
 
-class VerifyAllPolicy(VerifyPolicy):
-    """Verify every proposed draft, first come first served within the budget."""
-
-    def choose_lengths(self, candidates: list[Request], budget_left: int,
-                       num_emitting: int = 0) -> dict[str, int]:
-        lengths = {}
-        for request in candidates:
-            length = min(len(request.spec_token_ids), budget_left)
-            lengths[request.request_id] = length
-            budget_left -= length
-        return lengths
-
-
 class StaticPolicy(VerifyPolicy):
-    """Verify a fixed number k of drafts (fewer when fewer were proposed)."""
+    """Verify a fixed number k of drafts (fewer when fewer were proposed, or
+    the budget runs out), first come first served; k=None verifies all."""
 
-    def __init__(self, k: int):
+    def __init__(self, k: int | None):
         self.k = k
 
     def choose_lengths(self, candidates: list[Request], budget_left: int,
                        num_emitting: int = 0) -> dict[str, int]:
         lengths = {}
         for request in candidates:
-            lengths[request.request_id] = length = max(0, min(self.k, len(request.spec_token_ids), budget_left))
+            proposed = len(request.spec_token_ids)
+            wanted = proposed if self.k is None else min(self.k, proposed)
+            lengths[request.request_id] = length = max(0, min(wanted, budget_left))
             budget_left -= length
         return lengths
+
+
+class VerifyAllPolicy(StaticPolicy):
+    """Verify every proposed draft, first come first served within the budget."""
+
+    def __init__(self):
+        super().__init__(None)
 
 
 class AdaptivePolicy(VerifyPolicy):

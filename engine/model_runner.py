@@ -38,7 +38,7 @@ def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device) -> Pa
         offsets.append(len(tokens))
         request = item.request
         start, real = item.start_position, item.num_query_tokens
-        query = request.all_token_ids[start:start + real] + item.spec_token_ids
+        query = request.token_ids(start, start + real) + item.spec_token_ids
         if item.samples:
             first_row = len(tokens) + real - 1  # the anchor: last real token
             sample_rows.extend(range(first_row, first_row + 1 + item.num_spec_tokens))

@@ -37,7 +37,7 @@ class ModelDrafter(Drafter):
     @torch.inference_mode()
     def propose(self, inputs: list[DraftInput], block_tables: dict[str, list[int]]) -> dict[str, DraftProposal]:
         drafts = {item.request.request_id: _DraftState(item) for item in inputs if item.max_tokens > 0}
-        pending = {rid: state.request.all_token_ids[self.num_computed.get(rid, 0):]
+        pending = {rid: state.request.token_ids(self.num_computed.get(rid, 0))
                    for rid, state in drafts.items()}
         starts = {rid: self.num_computed.get(rid, 0) for rid in drafts}
         for rid, state in drafts.items():

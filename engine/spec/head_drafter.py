@@ -179,7 +179,7 @@ class HeadDrafter(Drafter):
         """Run the head over new context entries (feats_i, token_{i+1}) with
         causal attention over its cached entries; keep the last output."""
         start, n = state.num_context, feats.shape[0]
-        tokens = torch.tensor(request.all_token_ids[start + 1: start + n + 1], device=feats.device)
+        tokens = torch.tensor(request.token_ids(start + 1, start + n + 1), device=feats.device)
         positions = torch.arange(start, start + n, device=feats.device)
         hidden_in = self.head.fuse(feats)
         past_k, past_v = state.kv[0].view() if state.kv else _empty_kv(self.head, feats)

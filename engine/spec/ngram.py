@@ -82,7 +82,7 @@ class NgramDrafter(Drafter):
         index = self.indexes.get(request.request_id)
         if index is None:
             index = self.indexes[request.request_id] = NgramIndex(self.min_n, self.max_n)
-        index.extend(request.all_token_ids[len(index.tokens):])
+        index.extend(request.token_ids(len(index.tokens)))
         return index
 
     def propose(self, inputs: list[DraftInput], block_tables=None) -> dict[str, DraftProposal]:

@@ -126,3 +126,11 @@ def test_drafting_backs_off_when_drafts_do_not_pay_and_resumes_on_acceptance():
     assert sum(skipped) > 30  # backoff grew to 16 steps
     policy.observe("r", 2, 1)
     assert policy.should_draft("r")
+
+
+def test_token_ids_slices_like_all_token_ids():
+    request = Request("r", [1, 2, 3, 4], SamplingParams())
+    request.output_token_ids = [5, 6, 7]
+    for start in range(0, 8):
+        for end in [None] + list(range(start, 9)):
+            assert request.token_ids(start, end) == request.all_token_ids[start:end]

@@ -72,11 +72,6 @@ class SchedulerConfig:
             raise ValueError("max_model_len must be > 1")
 
 
-HEAD_METHODS = ("eagle3", "dflash", "dspark")  # trained heads: --draft-model CHECKPOINT
-SPEC_METHODS = ("none", "ngram", "draft-model", "self-draft") + HEAD_METHODS
-VERIFY_POLICIES = ("off", "static", "adaptive", "adaptive-async")
-
-
 @dataclass(frozen=True)
 class SpeculativeConfig:
     """Which drafter to use and how many tokens it may propose per step."""
@@ -90,14 +85,17 @@ class SpeculativeConfig:
     policy: str = "adaptive"
 
     def __post_init__(self) -> None:
-        if self.method not in SPEC_METHODS:
-            raise ValueError(f"unknown speculative method {self.method!r}; choose from {SPEC_METHODS}")
-        if self.policy not in VERIFY_POLICIES:
-            raise ValueError(f"unknown verification policy {self.policy!r}; choose from {VERIFY_POLICIES}")
+        # The registries are the one list of methods and policies; imported
+        # here, not at module level, because drafters import this module.
+        from engine.spec.registry import NONE, drafter_spec
+        from scheduler.policies import OFF, policy_spec
+
+        if self.policy != OFF:
+            policy_spec(self.policy)  # raises for an unknown name
+        if self.method != NONE and drafter_spec(self.method).needs_draft_model and not self.draft_model:
+            raise ValueError(f"--draft-model PATH is required with --speculative-method {self.method}")
         if not 1 <= self.num_speculative_tokens <= 16:
             raise ValueError("num_speculative_tokens must be in [1, 16]")
-        if self.method in ("draft-model",) + HEAD_METHODS and not self.draft_model:
-            raise ValueError(f"--draft-model PATH is required with --speculative-method {self.method}")
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError("need 1 <= ngram_min <= ngram_max")
 

@@ -1,7 +1,11 @@
-"""The engine loop: take new requests -> schedule -> execute -> update -> emit.
+"""The engine loop: take new requests -> schedule -> execute -> update ->
+draft -> emit.
 
 Synchronous and single-threaded on purpose; `engine/client.py` runs it in a
-background thread and bridges it to asyncio.
+background thread and bridges it to asyncio. The engine wires the rooms
+together and decides nothing itself: the scheduler (with its verification
+policy) decides who runs, who drafts and what is verified; the runner
+computes; the drafter drafts.
 """
 from __future__ import annotations
 
@@ -20,22 +24,31 @@ from engine.profiler import load_or_profile
 from engine.sampler import make_generator
 from engine.spec.base import DraftInput, Drafter
 from engine.spec.factory import build_drafter
-from scheduler.request import Request, RequestStatus, SamplingParams
+from scheduler.drafting import DraftingLimits
 from scheduler.load import StepCostModel
+from scheduler.output import DraftSlot, RunnerOutput, SchedulerOutput
+from scheduler.policies import PolicyContext, VerifyPolicy, build_policy, policy_spec
+from scheduler.request import Request, SamplingParams
 from scheduler.scheduler import Scheduler
-from scheduler.verify_policy import AdaptivePolicy, StaticPolicy, VerifyPolicy
 
 log = logging.getLogger("specserve.engine")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16, "float64": torch.float64}
 
+# Draft sampling gets its own random stream, derived from the request's seed.
+DRAFT_SEED_OFFSET = 7919
+
 
 class LLMEngine:
-    """Owns the model, the scheduler, the drafter and per-request text state."""
+    """Owns the model, the scheduler, the drafter and per-request text state.
+
+    `drafter` replaces the one the config names (tests, the offline
+    evaluator); `step_cost` skips start-up profiling.
+    """
 
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None,
-                 step_cost: StepCostModel | None = None):
+                 step_cost: StepCostModel | None = None, drafter: Drafter | None = None):
         self.config = config
         dtype = DTYPES[config.dtype]
         self.loaded = loaded or load_model(config.model, dtype, config.device)
@@ -43,12 +56,14 @@ class LLMEngine:
         self.model_config = self.loaded.config
         self.max_model_len = min(config.scheduler.max_model_len, self.model_config.max_position_embeddings)
         cache = config.cache
-        self.scheduler = Scheduler(config.scheduler, cache)
         self.runner = ModelRunner(self.loaded.model, self.model_config, cache.num_blocks,
                                   cache.block_size, dtype, config.device)
-        self.drafter = build_drafter(config, self.loaded, cache.num_blocks, dtype)
-        self.step_cost = step_cost
-        self.verify_policy = self._build_verify_policy()
+        self.drafter = drafter or build_drafter(config, self.loaded, cache.num_blocks, dtype)
+        self.verify_policy = self._build_verify_policy(step_cost)
+        self.scheduler = Scheduler(config.scheduler, cache, drafting=self._drafting_limits(),
+                                   verify_policy=self.verify_policy,
+                                   enable_prefix_caching=not (self.drafter and self.drafter.aux_layers))
+        self.runner.aux_layers = self.drafter.aux_layers if self.drafter else ()
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.draft_generators: dict[str, torch.Generator] = {}
@@ -57,38 +72,29 @@ class LLMEngine:
                  cache.num_blocks, cache.block_size,
                  cache.num_tokens * kv_bytes_per_token(self.model_config, dtype) / 2**20)
 
-    def _build_verify_policy(self) -> VerifyPolicy | None:
-        spec = self.config.speculative
+    def _build_verify_policy(self, step_cost: StepCostModel | None) -> VerifyPolicy | None:
         if self.drafter is None:
             return None
-        if spec.policy == "static":
-            policy = StaticPolicy(spec.num_speculative_tokens)
-        else:
-            if self.step_cost is None:
-                self.step_cost = load_or_profile(
-                    self.runner, self.loaded.path, self.config.device, self.config.dtype,
-                    self.config.scheduler.max_num_batched_tokens, self.config.scheduler.max_num_seqs)
-            policy = AdaptivePolicy(self.step_cost, self.config.scheduler.max_num_batched_tokens,
-                                    asynchronous=spec.policy == "adaptive-async",
-                                    max_draft=spec.num_speculative_tokens)
-        self.scheduler.verify_policy = policy
-        return policy
+        spec, limits = self.config.speculative, self.config.scheduler
+        if policy_spec(spec.policy).needs_step_cost and step_cost is None:
+            step_cost = load_or_profile(self.runner, self.loaded.path, self.config.device,
+                                        self.config.dtype, limits.max_num_batched_tokens,
+                                        limits.max_num_seqs)
+        context = PolicyContext(max_draft=spec.num_speculative_tokens,
+                                max_batched_tokens=limits.max_num_batched_tokens, step_cost=step_cost)
+        return build_policy(spec.policy, context)
 
-    @property
-    def drafter(self) -> Drafter | None:
-        return self._drafter
-
-    @drafter.setter
-    def drafter(self, drafter: Drafter | None) -> None:
-        """Installing a drafter also tells the scheduler how far it writes KV
-        ahead and the runner which target layers it reads."""
-        self._drafter = drafter
-        self.scheduler.num_lookahead_slots = drafter.num_lookahead_slots if drafter else 0
-        self.runner.aux_layers = drafter.aux_layers if drafter else ()
-        if drafter and drafter.aux_layers:
-            # A prefix-cache hit skips the target over cached tokens, so their
-            # hidden states would never reach a drafter that reads them.
-            self.scheduler.block_manager.enable_prefix_caching = False
+    def _drafting_limits(self) -> DraftingLimits | None:
+        """The drafter's limits; k is clamped to what it can draft per step."""
+        if self.drafter is None:
+            return None
+        k, most = self.config.speculative.num_speculative_tokens, self.drafter.max_draft_tokens
+        if most is not None and k > most:
+            log.warning("--num-speculative-tokens %d exceeds what %s drafts per step; using %d",
+                        k, self.drafter.name or type(self.drafter).__name__, most)
+            k = most
+        return DraftingLimits(max_tokens=k, num_lookahead_slots=self.drafter.num_lookahead_slots,
+                              costs_compute=self.drafter.costs_compute)
 
     # ---- requests in -------------------------------------------------------
     def validate_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -116,7 +122,7 @@ class LLMEngine:
         self.scheduler.add_request(request)
 
     def abort_request(self, request_id: str) -> bool:
-        """Abort at once: blocks are freed now; runner state at the next step."""
+        """Abort at once: blocks are freed now; drafter state at the next step."""
         if self.requests.pop(request_id, None) is None:
             return False
         self.scheduler.abort_request(request_id)
@@ -131,23 +137,18 @@ class LLMEngine:
         started = time.perf_counter()
         sched = self.scheduler.schedule()
         if self.drafter:
-            self.drafter.free(sched.freed_request_ids)
+            self.drafter.forget(sched.freed_request_ids)
         if sched.is_empty:
-            self.runner.free(sched.freed_request_ids)
             return self._collect_unscheduled_finished()
         runner_out = self.runner.execute(sched)
         updates = self.scheduler.update_from_output(sched, runner_out, self.outputs.check_stop)
         self._record_step(sched, runner_out)
-        self._feed_back(sched, runner_out)
-        sampled = [r for r, _ in updates if not r.is_finished
-                   and r.request_id in runner_out.sampled_token_ids]
-        self._propose_drafts(sampled)
-        if self.step_cost is not None:
-            # The whole step, drafting included: what a bigger batch really costs.
-            self.step_cost.observe(sched.total_num_tokens, time.perf_counter() - started)
+        self._draft(sched, runner_out)
+        # The whole step, drafting included: what a bigger batch really costs.
+        self.scheduler.observe_step_time(sched.total_num_tokens, time.perf_counter() - started)
         return self._emit(updates, runner_out) + self._collect_unscheduled_finished()
 
-    def _emit(self, updates, runner_out) -> list[RequestOutput]:
+    def _emit(self, updates, runner_out: RunnerOutput) -> list[RequestOutput]:
         outputs = []
         for request, new_tokens in updates:
             logprobs = runner_out.logprobs.get(request.request_id)
@@ -171,63 +172,37 @@ class LLMEngine:
     def _forget(self, request_id: str) -> None:
         self.outputs.remove(request_id)
         self.runner.forget(request_id)
-        if isinstance(self.verify_policy, AdaptivePolicy):
-            self.verify_policy.forget(request_id)
         self.draft_generators.pop(request_id, None)
 
     # ---- drafting ----------------------------------------------------------
-    def _propose_drafts(self, requests: list[Request]) -> None:
-        """Draft for the next step; drafts are only made where they can be
-        verified (room left in max_tokens and context, KV slots reserved)."""
+    def _draft(self, sched: SchedulerOutput, runner_out: RunnerOutput) -> None:
+        """The drafter absorbs what the target confirmed, then drafts for the
+        requests the scheduler lets draft; the scheduler installs the drafts."""
         if not self.drafter:
             return
-        inputs = [item for r in requests if (item := self._draft_input(r)) is not None]
-        if not inputs:
-            return
-        tables = {i.request.request_id: self.scheduler.block_manager.get_block_ids(i.request.request_id)
-                  for i in inputs}
-        proposals = self.drafter.propose(inputs, tables)
-        for item in inputs:
-            rid = item.request.request_id
-            proposal = proposals.get(rid)
-            item.request.spec_token_ids = proposal.token_ids if proposal else []
-            item.request.spec_confidences = proposal.confidences if proposal else []
-            self.runner.pending_draft_probs[rid] = proposal.probs if proposal else None
+        sampled = []
+        for item in sched.scheduled:
+            request = item.request
+            if request.is_finished or not request.sampling_params.speculative:
+                continue
+            self.drafter.absorb(request, runner_out.hidden_states.get(request.request_id))
+            if request.request_id in runner_out.sampled_token_ids:
+                sampled.append(request)
+        slots = self.scheduler.draft_slots(sampled)
+        if slots:
+            self.scheduler.install_drafts(self.drafter.propose([self._draft_input(s) for s in slots]))
 
-    def _draft_input(self, request: Request) -> DraftInput | None:
-        params = request.sampling_params
-        if not params.speculative:
-            return None
-        max_draft = self.config.speculative.num_speculative_tokens
-        if isinstance(self.verify_policy, AdaptivePolicy) and self.drafter.costs_compute:
-            if not self.verify_policy.should_draft(request.request_id):
-                return None
-            max_draft = self.verify_policy.draft_length(request.request_id, max_draft)
-        room = min(max_draft,
-                   params.max_tokens - request.num_output_tokens - 1,
-                   self.max_model_len - request.num_tokens - 1)
-        if room <= 0:
-            return None
-        slots = request.num_tokens + self.drafter.num_lookahead_slots
-        if self.scheduler.block_manager.allocate_slots(request.request_id, slots) is None:
-            return None  # no KV room to draft into: decode plainly this step
+    def _draft_input(self, slot: DraftSlot) -> DraftInput:
+        request = slot.request
         gen = self.draft_generators.get(request.request_id)
         if gen is None:
-            seed = None if params.seed is None else params.seed + 7919
-            gen = self.draft_generators[request.request_id] = make_generator(seed, self.config.device)
-        hidden = self.runner.take_hidden(request.request_id) if self.drafter.aux_layers else None
-        return DraftInput(request, room, gen, hidden)
-
-    def _feed_back(self, sched, runner_out) -> None:
-        """Realised acceptance goes back to the adaptive policy."""
-        if isinstance(self.verify_policy, AdaptivePolicy):
-            for item in sched.scheduled:
-                if item.num_spec_tokens:
-                    self.verify_policy.observe(item.request.request_id, item.num_spec_tokens,
-                                               runner_out.num_accepted.get(item.request.request_id, 0))
+            seed = request.sampling_params.seed
+            gen = make_generator(None if seed is None else seed + DRAFT_SEED_OFFSET, self.config.device)
+            self.draft_generators[request.request_id] = gen
+        return DraftInput(request, slot.max_tokens, gen, slot.block_ids)
 
     # ---- statistics --------------------------------------------------------
-    def _record_step(self, sched, runner_out) -> None:
+    def _record_step(self, sched: SchedulerOutput, runner_out: RunnerOutput) -> None:
         stats = self.stats
         stats.num_steps += 1
         for item in sched.scheduled:
@@ -250,19 +225,9 @@ class LLMEngine:
         stats.kv_cache_usage = self.scheduler.kv_usage
         stats.num_preemptions = self.scheduler.num_preemptions
         snapshot = EngineStats(**vars(stats) | {"accepted_per_position": list(stats.accepted_per_position)})
-        if isinstance(self.verify_policy, AdaptivePolicy):
-            self._add_policy_stats(snapshot, self.verify_policy)
+        if self.verify_policy is not None:
+            snapshot.policy = self.verify_policy.stats()
         return snapshot
-
-    @staticmethod
-    def _add_policy_stats(snapshot: EngineStats, policy: AdaptivePolicy) -> None:
-        report = policy.calibrator.report()
-        snapshot.verify_length_counts = list(policy.length_counts)
-        snapshot.calibration_observations = report.observations
-        snapshot.calibration_predicted = report.mean_predicted
-        snapshot.calibration_realised = report.mean_realised
-        snapshot.calibration_error = report.expected_calibration_error
-        snapshot.step_cost_table = policy.cost.table()
 
     # ---- convenience for tests and benchmarks ------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:

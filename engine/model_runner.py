@@ -66,24 +66,22 @@ def row_contexts(item: ScheduledRequest) -> list[RowContext]:
 
 
 class ModelRunner:
-    """Owns the target's KV cache, per-request generators and pending draft
-    distributions; turns one SchedulerOutput into one RunnerOutput."""
+    """Owns the target's KV cache and per-request generators; turns one
+    SchedulerOutput into one RunnerOutput.
+
+    `aux_layers`: target layers whose outputs a drafter reads; their
+    features for the tokens whose KV counts go out in RunnerOutput.hidden_states.
+    """
 
     def __init__(self, model, model_config, num_blocks: int, block_size: int,
-                 dtype: torch.dtype, device: str):
+                 dtype: torch.dtype, device: str, aux_layers: tuple[int, ...] = ()):
         self.model = model
         self.model_config = model_config
         self.block_size = block_size
         self.device = device
         self.kv_caches = allocate_kv_caches(model_config, num_blocks, block_size, dtype, device)
         self.generators: dict[str, torch.Generator] = {}
-        # Draft distributions [k, V] waiting to be verified; absent for
-        # deterministic drafters (one-hot at the drafted token).
-        self.pending_draft_probs: dict[str, torch.Tensor | None] = {}
-        # Target layers a drafter reads, and their outputs for tokens whose KV
-        # was confirmed since the drafter last took them.
-        self.aux_layers: tuple[int, ...] = ()
-        self.pending_hidden: dict[str, list[torch.Tensor]] = {}
+        self.aux_layers = aux_layers
 
     def generator_for(self, request: Request) -> torch.Generator:
         gen = self.generators.get(request.request_id)
@@ -92,27 +90,12 @@ class ModelRunner:
             self.generators[request.request_id] = gen
         return gen
 
-    def free(self, request_ids: list[str]) -> None:
-        """Requests that left the running set lose their pending drafts (the
-        scheduler dropped them); generators survive a preemption."""
-        for rid in request_ids:
-            self.pending_draft_probs.pop(rid, None)
-            self.pending_hidden.pop(rid, None)
-
-    def take_hidden(self, request_id: str) -> torch.Tensor | None:
-        """Target features gathered for the request since the last call."""
-        pieces = self.pending_hidden.pop(request_id, None)
-        return torch.cat(pieces) if pieces else None
-
     def forget(self, request_id: str) -> None:
-        """The request is gone for good."""
+        """The request is gone for good (its generator survives preemption)."""
         self.generators.pop(request_id, None)
-        self.pending_draft_probs.pop(request_id, None)
-        self.pending_hidden.pop(request_id, None)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        self.free(sched.freed_request_ids)
         batch = pack_batch(sched.scheduled, self.block_size, self.device)
         hidden, aux = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta,
                                  aux_layers=self.aux_layers)
@@ -138,7 +121,6 @@ class ModelRunner:
             rid = item.request.request_id
             output.sampled_token_ids[rid] = emitted
             output.num_accepted[rid] = accepted
-            self.pending_draft_probs.pop(rid, None)
             num_top = item.request.sampling_params.logprobs
             if num_top is not None:
                 output.logprobs[rid] = compute_logprobs(
@@ -153,8 +135,7 @@ class ModelRunner:
             if not item.request.sampling_params.speculative:
                 continue
             kept = item.num_query_tokens + output.num_accepted.get(item.request.request_id, 0)
-            self.pending_hidden.setdefault(item.request.request_id, []).append(
-                features[offset: offset + kept].clone())
+            output.hidden_states[item.request.request_id] = features[offset: offset + kept].clone()
 
     def _draft_probs(self, sampling: list[ScheduledRequest], vocab: int) -> torch.Tensor | None:
         """[D, V] draft distributions of the verified drafts; one-hot rows for
@@ -163,12 +144,11 @@ class ModelRunner:
         for item in sampling:
             if not item.num_spec_tokens:
                 continue
-            probs = self.pending_draft_probs.get(item.request.request_id)
+            probs = item.drafts.probs  # [n, V] for exactly the verified drafts
             if probs is None:
                 ids = torch.tensor(item.spec_token_ids, device=self.device)
                 probs = torch.nn.functional.one_hot(ids, vocab).float()
             else:
                 any_probs = True
-                probs = probs[: item.num_spec_tokens]
             pieces.append(probs)
         return torch.cat(pieces) if any_probs else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from scheduler.output import TokenLogprob
+from scheduler.policies import PolicyStats
 
 
 @dataclass
@@ -44,13 +45,8 @@ class EngineStats:
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     accepted_per_position: list[int] = field(default_factory=list)
-    # Load-aware verification (adaptive policy only).
-    verify_length_counts: list[int] = field(default_factory=list)  # index = chosen length
-    calibration_observations: int = 0
-    calibration_predicted: float = 0.0  # mean predicted survival of verified drafts
-    calibration_realised: float = 0.0  # their realised acceptance rate
-    calibration_error: float = 0.0  # expected calibration error
-    step_cost_table: list[tuple[int, float]] = field(default_factory=list)  # (B, SPS)
+    # What the verification policy reports (empty without speculation).
+    policy: PolicyStats = field(default_factory=PolicyStats)
 
     @property
     def mean_accepted_length(self) -> float:

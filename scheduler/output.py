@@ -1,9 +1,28 @@
-"""The two records where the scheduler and the model runner meet (no torch)."""
+"""The records where the scheduler, the model runner and the drafter meet (no torch).
+
+Everything that crosses between them travels here, never in side attributes:
+
+- `DraftBlock`: drafts proposed for one request (tokens, their draft
+  distributions, confidences) until they are verified;
+- `SchedulerOutput` / `ScheduledRequest`: what the runner computes in one step,
+  including the prefix of drafts to verify;
+- `RunnerOutput`: what the step produced (emitted tokens, acceptance counts,
+  logprobs, target features for drafters that read them);
+- `DraftSlot`: a request the scheduler lets draft for the next step, with the
+  room it has and its block table (KV for lookahead already reserved).
+
+Tensors (draft distributions, target features) are carried as opaque values:
+the scheduler only slices them along their first axis.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from scheduler.drafts import NO_DRAFTS, DraftBlock
 from scheduler.request import Request
+
+
 
 
 @dataclass
@@ -11,19 +30,26 @@ class ScheduledRequest:
     """One request's share of a step.
 
     The runner feeds `all_token_ids[start_position : start_position +
-    num_query_tokens]` followed by the first `num_spec_tokens` of
-    `request.spec_token_ids` (the drafts to verify), at positions starting
-    from `start_position`. `num_query_tokens` counts real tokens only (it does
-    not include the drafts). If the real tokens reach the end of the
-    sequence (`samples`), the runner samples: it verifies the drafts and emits
+    num_query_tokens]` followed by `drafts.token_ids` (the drafts to verify),
+    at positions starting from `start_position`. `num_query_tokens` counts
+    real tokens only. If the real tokens reach the end of the sequence
+    (`samples`), the runner samples: it verifies the drafts and emits
     1 + accepted tokens; otherwise this was a partial prefill chunk.
     """
 
     request: Request
     start_position: int
     num_query_tokens: int
-    num_spec_tokens: int
     block_ids: list[int]
+    drafts: DraftBlock = NO_DRAFTS
+
+    @property
+    def num_spec_tokens(self) -> int:
+        return len(self.drafts)
+
+    @property
+    def spec_token_ids(self) -> list[int]:
+        return self.drafts.token_ids
 
     @property
     def num_new_tokens(self) -> int:
@@ -34,10 +60,6 @@ class ScheduledRequest:
     def samples(self) -> bool:
         return self.start_position + self.num_query_tokens == self.request.num_tokens
 
-    @property
-    def spec_token_ids(self) -> list[int]:
-        return self.request.spec_token_ids[: self.num_spec_tokens]
-
 
 @dataclass
 class SchedulerOutput:
@@ -45,7 +67,7 @@ class SchedulerOutput:
 
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     # Requests that left the running set since the last step (finished,
-    # aborted or preempted): runner-side per-request state can be dropped.
+    # aborted or preempted): per-request state elsewhere can be dropped.
     freed_request_ids: list[str] = field(default_factory=list)
 
     @property
@@ -73,14 +95,26 @@ class RunnerOutput:
     `sampled_token_ids[rid]` holds the emitted tokens in order: accepted
     drafts then one recovered or bonus token; missing for partial prefill
     chunks. `num_accepted[rid]` is how many of the verified drafts survived.
-    `next_spec_token_ids` / `next_spec_confidences` are the drafts proposed
-    for the following step; update_from_output installs them (empty clears
-    stale drafts). The engine's drafter runs after the update, once stop
-    checks have cut the sequence, and overwrites the drafts it makes.
+    `hidden_states[rid]` holds the target's features (the drafter's
+    `aux_layers`, concatenated) for the tokens whose KV counts after this
+    step: the real query tokens and the accepted drafts, in order.
     """
 
     sampled_token_ids: dict[str, list[int]] = field(default_factory=dict)
     logprobs: dict[str, list[TokenLogprob]] = field(default_factory=dict)
     num_accepted: dict[str, int] = field(default_factory=dict)
-    next_spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
-    next_spec_confidences: dict[str, list[float]] = field(default_factory=dict)
+    hidden_states: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DraftSlot:
+    """A request that may draft for the next step.
+
+    `max_tokens` bounds the drafts (room left in max_tokens and the context,
+    the drafter's block, the policy's draft length); `block_ids` is the
+    request's block table with the drafter's lookahead KV slots reserved.
+    """
+
+    request: Request
+    max_tokens: int
+    block_ids: list[int]

@@ -2,7 +2,7 @@
 
 One token-count rule drives everything: a request owns `all_token_ids`
 (prompt + output) and `num_computed_tokens` (how many of them already have
-KV in the cache). The scheduler closes the gap; drafts (`spec_token_ids`)
+KV in the cache). The scheduler closes the gap; drafts (`drafts`)
 extend the gap by the tokens the target should verify this step.
 """
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+
+from scheduler.drafts import NO_DRAFTS, DraftBlock
 
 
 class RequestStatus(enum.Enum):
@@ -104,10 +106,8 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
-    # Draft tokens proposed for verification in the next step, and the
-    # drafter's confidence that each survives given the previous ones did.
-    spec_token_ids: list[int] = field(default_factory=list)
-    spec_confidences: list[float] = field(default_factory=list)
+    # Drafts proposed for verification in the next step (empty when none).
+    drafts: DraftBlock = NO_DRAFTS
     status: RequestStatus = RequestStatus.WAITING
     num_preemptions: int = 0
     # Speculation statistics for this request (reported in usage).

@@ -12,13 +12,15 @@ import bisect
 import itertools
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from scheduler.block_manager import BlockManager
-from scheduler.output import RunnerOutput, ScheduledRequest, SchedulerOutput
+from scheduler.drafting import DraftingLimits, draft_room
+from scheduler.drafts import NO_DRAFTS, DraftBlock
+from scheduler.output import DraftSlot, RunnerOutput, ScheduledRequest, SchedulerOutput
+from scheduler.plan import StepPlan, TokenBudget
+from scheduler.policies import VerifyAllPolicy, VerifyPolicy
 from scheduler.request import Request, RequestStatus
-from scheduler.verify_policy import VerifyAllPolicy, VerifyPolicy
 
 StopCheck = Callable[[Request, int], "RequestStatus | None"]
 
@@ -36,55 +38,6 @@ class CacheGeometry(Protocol):
 
     block_size: int
     num_blocks: int
-
-
-class TokenBudget:
-    """Tokens one step may still add to the packed batch."""
-
-    def __init__(self, num_tokens: int):
-        self.left = num_tokens
-
-    def take(self, wanted: int) -> int:
-        granted = max(0, min(wanted, self.left))
-        self.left -= granted
-        return granted
-
-    def give_back(self, num_tokens: int) -> None:
-        self.left += num_tokens
-
-
-@dataclass
-class _Plan:
-    """A tentative share of the step for one request, before blocks are allocated."""
-
-    request: Request
-    num_query_tokens: int
-    num_spec_tokens: int = 0
-    # Slots reserved past the end for a draft model's KV; only worth it when
-    # this step samples, and dropped first when blocks are short.
-    num_lookahead_slots: int = 0
-
-    @property
-    def samples(self) -> bool:
-        request = self.request
-        return request.num_computed_tokens + self.num_query_tokens == request.num_tokens
-
-    @property
-    def num_slots(self) -> int:
-        request = self.request
-        return (request.num_computed_tokens + self.num_query_tokens + self.num_spec_tokens
-                + self.num_lookahead_slots)
-
-    def drop_optional_slots(self, budget: TokenBudget) -> bool:
-        """Give up drafts, else lookahead; False when nothing is left to give up."""
-        if self.num_spec_tokens:
-            budget.give_back(self.num_spec_tokens)
-            self.num_spec_tokens = 0
-            return True
-        if self.num_lookahead_slots:
-            self.num_lookahead_slots = 0
-            return True
-        return False
 
 
 class Scheduler:
@@ -105,12 +58,12 @@ class Scheduler:
     """
 
     def __init__(self, scheduler_config: SchedulerLimits, cache_config: CacheGeometry,
-                 num_lookahead_slots: int = 0, verify_policy: VerifyPolicy | None = None,
+                 drafting: DraftingLimits | None = None, verify_policy: VerifyPolicy | None = None,
                  enable_prefix_caching: bool = True):
         self.config = scheduler_config
         self.block_manager = BlockManager(cache_config.num_blocks, cache_config.block_size,
                                           enable_prefix_caching)
-        self.num_lookahead_slots = num_lookahead_slots
+        self.drafting = drafting
         self.verify_policy = verify_policy or VerifyAllPolicy()
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # kept in arrival order
@@ -155,6 +108,10 @@ class Scheduler:
     def kv_usage(self) -> float:
         return self.block_manager.usage
 
+    @property
+    def num_lookahead_slots(self) -> int:
+        return self.drafting.num_lookahead_slots if self.drafting else 0
+
     # ---- schedule -----------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
@@ -177,7 +134,7 @@ class Scheduler:
                 scheduled += [item] if item else []
         return scheduled
 
-    def _plan_running(self, budget: TokenBudget) -> list[_Plan]:
+    def _plan_running(self, budget: TokenBudget) -> list[StepPlan]:
         plans = []
         for request in self.running:
             num_query = budget.take(request.num_tokens - request.num_computed_tokens)
@@ -186,7 +143,7 @@ class Scheduler:
         self._plan_drafts(plans, budget)
         return plans
 
-    def _plan_drafts(self, plans: list[_Plan], budget: TokenBudget) -> None:
+    def _plan_drafts(self, plans: list[StepPlan], budget: TokenBudget) -> None:
         candidates = [plan for plan in plans if self._can_verify(plan)]
         if not candidates:
             return
@@ -198,24 +155,24 @@ class Scheduler:
             plan.num_spec_tokens = budget.take(self._clamp_drafts(plan.request, wanted))
 
     @staticmethod
-    def _can_verify(plan: _Plan) -> bool:
+    def _can_verify(plan: StepPlan) -> bool:
         request = plan.request
         in_decode = request.num_tokens - request.num_computed_tokens == 1
-        return in_decode and plan.num_query_tokens == 1 and bool(request.spec_token_ids)
+        return in_decode and plan.num_query_tokens == 1 and bool(request.drafts)
 
     def _clamp_drafts(self, request: Request, wanted: int) -> int:
         # Even if every draft and the bonus token are accepted, the sequence
         # must stay within max_model_len.
         room = self.config.max_model_len - request.num_tokens - 1
-        return max(0, min(wanted, len(request.spec_token_ids), room))
+        return max(0, min(wanted, len(request.drafts), room))
 
-    def _new_plan(self, request: Request, num_query_tokens: int) -> _Plan:
-        plan = _Plan(request, num_query_tokens)
+    def _new_plan(self, request: Request, num_query_tokens: int) -> StepPlan:
+        plan = StepPlan(request, num_query_tokens)
         if plan.samples:
             plan.num_lookahead_slots = self.num_lookahead_slots
         return plan
 
-    def _allocate_running(self, plan: _Plan, budget: TokenBudget) -> ScheduledRequest | None:
+    def _allocate_running(self, plan: StepPlan, budget: TokenBudget) -> ScheduledRequest | None:
         while (block_ids := self._allocate(plan, budget)) is None:
             victim = self.running[-1]
             self._preempt(victim)
@@ -223,7 +180,7 @@ class Scheduler:
                 return None
         return self._scheduled(plan, block_ids)
 
-    def _allocate(self, plan: _Plan, budget: TokenBudget) -> list[int] | None:
+    def _allocate(self, plan: StepPlan, budget: TokenBudget) -> list[int] | None:
         """Blocks for the plan, shrinking its optional part until they fit."""
         while True:
             block_ids = self.block_manager.allocate_slots(plan.request.request_id, plan.num_slots)
@@ -231,17 +188,17 @@ class Scheduler:
                 return block_ids
 
     @staticmethod
-    def _scheduled(plan: _Plan, block_ids: list[int]) -> ScheduledRequest:
+    def _scheduled(plan: StepPlan, block_ids: list[int]) -> ScheduledRequest:
         return ScheduledRequest(request=plan.request,
                                 start_position=plan.request.num_computed_tokens,
                                 num_query_tokens=plan.num_query_tokens,
-                                num_spec_tokens=plan.num_spec_tokens, block_ids=block_ids)
+                                block_ids=block_ids, drafts=plan.drafts)
 
     def _preempt(self, request: Request) -> None:
         self._remove_running(request)
         self.block_manager.free(request.request_id)
         request.num_computed_tokens = 0
-        _clear_drafts(request)
+        request.drafts = NO_DRAFTS
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions += 1
@@ -319,7 +276,7 @@ class Scheduler:
         if item.request.is_finished:
             self._finish(item.request)
         elif samples:
-            self._prepare_next_step(item.request, runner_output)
+            self._prepare_next_step(item.request)
         return new_token_ids
 
     def _accept(self, item: ScheduledRequest, runner_output: RunnerOutput,
@@ -333,6 +290,7 @@ class Scheduler:
             request.num_spec_steps += 1
             request.num_draft_tokens += item.num_spec_tokens
             request.num_accepted_tokens += num_accepted
+            self.verify_policy.observe(request.request_id, item.num_spec_tokens, num_accepted)
         return self._append_tokens(request, sampled, check_stop)
 
     def _append_tokens(self, request: Request, sampled: list[int],
@@ -364,20 +322,51 @@ class Scheduler:
             self.block_manager.cache_computed_blocks(
                 request.request_id, request.all_token_ids, num_computed)
 
-    def _prepare_next_step(self, request: Request, runner_output: RunnerOutput) -> None:
-        request_id = request.request_id
+    def _prepare_next_step(self, request: Request) -> None:
         # Release blocks of rejected drafts; keep what the next step needs
-        # anyway, including the draft model's lookahead KV.
-        self.block_manager.trim(request_id, request.num_tokens + self.num_lookahead_slots)
-        request.spec_token_ids = list(runner_output.next_spec_token_ids.get(request_id, ()))
-        request.spec_confidences = list(runner_output.next_spec_confidences.get(request_id, ()))
+        # anyway, including the draft model's lookahead KV. The verified
+        # drafts are spent; new ones come through install_drafts().
+        self.block_manager.trim(request.request_id, request.num_tokens + self.num_lookahead_slots)
+        request.drafts = NO_DRAFTS
+
+    # ---- drafting -----------------------------------------------------------
+
+    def draft_slots(self, requests: list[Request]) -> list[DraftSlot]:
+        """Which of `requests` (running, just sampled) draft for the next step,
+        how many drafts each may propose, with lookahead KV reserved."""
+        if self.drafting is None:
+            return []
+        slots = [self._draft_slot(r) for r in requests if not r.is_finished]
+        return [slot for slot in slots if slot is not None]
+
+    def _draft_slot(self, request: Request) -> DraftSlot | None:
+        room = draft_room(request, self.drafting, self.verify_policy, self.config.max_model_len)
+        if room <= 0:
+            return None
+        block_ids = self.block_manager.allocate_slots(
+            request.request_id, request.num_tokens + self.num_lookahead_slots)
+        if block_ids is None:
+            return None  # no KV room to draft into: decode plainly this step
+        return DraftSlot(request, room, block_ids)
+
+    def install_drafts(self, drafts: dict[str, DraftBlock]) -> None:
+        """Drafts proposed for live requests; verified (a prefix) next step."""
+        for request_id, block in drafts.items():
+            request = self._live.get(request_id)
+            if request is not None and not request.is_finished:
+                request.drafts = block
+
+    def observe_step_time(self, num_tokens: int, seconds: float) -> None:
+        """A whole engine step's wall time, for the policy's live step cost."""
+        self.verify_policy.observe_step(num_tokens, seconds)
 
     # ---- shared helpers -----------------------------------------------------
 
     def _finish(self, request: Request, status: RequestStatus | None = None) -> None:
         if status is not None:
             request.status = status
-        _clear_drafts(request)
+        request.drafts = NO_DRAFTS
+        self.verify_policy.forget(request.request_id)
         self._remove_running(request)
         self.block_manager.free(request.request_id)
         del self._live[request.request_id]
@@ -398,8 +387,3 @@ def _num_accepted(item: ScheduledRequest, sampled: list[int], runner_output: Run
             f"runner emitted {len(sampled)} tokens for {request_id!r} with "
             f"{item.num_spec_tokens} drafts and num_accepted={reported}")
     return num_accepted
-
-
-def _clear_drafts(request: Request) -> None:
-    request.spec_token_ids = []
-    request.spec_confidences = []

@@ -16,14 +16,9 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from engine.config import (
-    SPEC_METHODS,
-    VERIFY_POLICIES,
-    CacheConfig,
-    EngineConfig,
-    SchedulerConfig,
-    SpeculativeConfig,
-)
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+from engine.spec.registry import method_names
+from scheduler.policies import policy_names
 
 API_KEY_ENV = "SPECSERVE_API_KEY"
 SERVE_DEFAULT_METHOD = "ngram"
@@ -115,10 +110,10 @@ def _add_speculative_flags(g: argparse._ArgumentGroup) -> None:
     spec = SpeculativeConfig()
     # Defaults: the fastest lossless configuration measured on the CPU machine
     # (README, "Load-aware verification"): n-gram drafts, up to 8, adaptive.
-    g.add_argument("--speculative-method", default=SERVE_DEFAULT_METHOD, choices=SPEC_METHODS)
+    g.add_argument("--speculative-method", default=SERVE_DEFAULT_METHOD, choices=method_names())
     g.add_argument("--num-speculative-tokens", type=int, default=SERVE_DEFAULT_NUM_SPECULATIVE)
     g.add_argument("--draft-model", default=None, help="draft model path (draft-model method)")
-    g.add_argument("--verify-policy", default=spec.policy, choices=VERIFY_POLICIES,
+    g.add_argument("--verify-policy", default=spec.policy, choices=policy_names(),
                    help="off: no speculation; static: fixed draft length; "
                         "adaptive*: draft and verification lengths from load and confidence")
     g.add_argument("--ngram-min", type=int, default=spec.ngram_min)

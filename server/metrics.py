@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine.outputs import RequestOutput
+from engine.outputs import PolicyStats, RequestOutput
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class EngineStatsCollector(Collector):
                      stats.kv_cache_usage)
         yield _counter("num_preemptions", "Requests preempted", stats.num_preemptions)
         yield from self._spec_metrics(stats)
-        yield from self._verify_metrics(stats)
+        yield from self._verify_metrics(stats.policy)
         yield from _device_metrics(getattr(self._engine, "device", "cpu"))
 
     @staticmethod
@@ -78,29 +78,29 @@ class EngineStatsCollector(Collector):
 
 
     @staticmethod
-    def _verify_metrics(stats: Any) -> Iterator[Metric]:
-        """The load-aware verification policy: what it chose and how well its
-        confidences predicted acceptance, and the step-cost curve it used."""
+    def _verify_metrics(stats: PolicyStats) -> Iterator[Metric]:
+        """The verification policy: what it chose, how well its confidences
+        predicted acceptance, and the step-cost curve it used."""
         lengths = CounterMetricFamily(PREFIX + "spec_verify_length",
                                       "Verification lengths chosen per request and step",
                                       labels=["length"])
-        for length, count in enumerate(getattr(stats, "verify_length_counts", [])):
+        for length, count in enumerate(stats.verify_length_counts):
             lengths.add_metric([str(length)], count)
         yield lengths
         yield _counter("spec_calibration_observations", "Verified draft positions observed",
-                       getattr(stats, "calibration_observations", 0))
+                       stats.calibration_observations)
         yield _gauge("spec_calibration_predicted_acceptance",
                      "Mean predicted survival of verified draft positions",
-                     getattr(stats, "calibration_predicted", 0.0))
+                     stats.calibration_predicted)
         yield _gauge("spec_calibration_realised_acceptance",
                      "Realised acceptance rate of verified draft positions",
-                     getattr(stats, "calibration_realised", 0.0))
+                     stats.calibration_realised)
         yield _gauge("spec_calibration_error", "Expected calibration error of draft confidences",
-                     getattr(stats, "calibration_error", 0.0))
+                     stats.calibration_error)
         sps = GaugeMetricFamily(PREFIX + "step_cost_steps_per_second",
                                 "Target forward steps per second against batch query tokens (SPS(B))",
                                 labels=["batch_tokens"])
-        for batch_tokens, steps_per_second in getattr(stats, "step_cost_table", []):
+        for batch_tokens, steps_per_second in stats.step_cost_table:
             sps.add_metric([str(batch_tokens)], steps_per_second)
         yield sps
 

@@ -1,58 +1,70 @@
-"""The one interface every drafter implements."""
+"""The one interface every drafter implements.
+
+Per engine step, for requests with speculation on:
+1. `absorb(request, hidden)` after the target's forward, for every request
+   that got KV this step (prefill chunks too): the request's tokens now
+   include what was just emitted; `hidden` holds the target's features of
+   the tokens whose KV now counts (None unless the drafter reads
+   `aux_layers`). Only verified tokens ever arrive here, so drafters need no
+   roll-back of state built from absorbed tokens.
+2. `propose(inputs)` for the requests the scheduler lets draft (it decided
+   how many drafts each may propose and reserved lookahead KV).
+3. `forget(request_ids)` when requests leave the running set (finished,
+   aborted or preempted; a preempted request is absorbed again from 0).
+
+Confidence rule (speculation.md §4, enforced by tests for every drafter):
+`DraftBlock.confidences[k]` may depend on the request's context, on drafts
+before position k and on the distribution draft k is drawn from (e.g. its
+largest probability), NEVER on the value of the drawn draft k itself.
+Otherwise whether x_k is verified depends on x_k, and sampling is biased.
+"""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
 
+from scheduler.drafts import DraftBlock
 from scheduler.request import Request
 
 
 @dataclass
-class DraftProposal:
-    """Drafts for one request.
-
-    `probs` is the draft distribution at each drafted position ([k, V]), or
-    None for a deterministic drafter (its distribution is one-hot at the
-    proposed token). `confidences[k]` estimates the probability that draft k
-    survives verification given that drafts before it did.
-    """
-
-    token_ids: list[int]
-    probs: torch.Tensor | None
-    confidences: list[float]
-
-
-@dataclass
 class DraftInput:
-    """What a drafter sees for one request after a verification step.
-
-    `new_hidden` holds the target's hidden states (outputs of the drafter's
-    `aux_layers`, concatenated in that order) for the tokens that got KV
-    since the previous propose() for this request: positions
-    [previous end, request.num_computed_tokens). None when the drafter
-    declares no `aux_layers`. After `free()` (preemption) it restarts at 0.
-    """
+    """One request to draft for: at most `max_tokens` drafts, sampled with
+    `generator`; `block_ids` is its block table (lookahead KV reserved)."""
 
     request: Request
-    max_tokens: int  # upper bound on drafts to propose for this request
+    max_tokens: int
     generator: torch.Generator
-    new_hidden: torch.Tensor | None = None  # [n, len(aux_layers) * H]
+    block_ids: list[int]
 
 
-class Drafter:
+class Drafter(ABC):
     """Proposes draft tokens for a batch of requests; owns its own state."""
 
+    # The --speculative-method name; proposals carry it as their source.
+    name: str = ""
     # Extra KV slots beyond the verified tokens that the drafter writes into.
     num_lookahead_slots: int = 0
     # Target layers whose outputs the drafter reads (EAGLE-3, DFlash, DSpark).
     aux_layers: tuple[int, ...] = ()
     # Whether drafting runs a model (then drafting what will not be verified
-    # wastes time, and the adaptive policy trims the draft length).
+    # wastes time, and the policy's drafting backoff and length apply).
     costs_compute: bool = True
+    # The most drafts one proposal can hold (a block head's block size);
+    # None: as many as asked for.
+    max_draft_tokens: int | None = None
 
-    def propose(self, inputs: list[DraftInput], block_tables: dict[str, list[int]]) -> dict[str, DraftProposal]:
-        raise NotImplementedError
+    @abstractmethod
+    def absorb(self, request: Request, hidden: torch.Tensor | None) -> None:
+        """Take in what the target confirmed for `request` (see module doc).
+        hidden: [n, len(aux_layers) * H] for the n tokens that got KV, or None."""
 
-    def free(self, request_ids: list[str]) -> None:
+    @abstractmethod
+    def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
+        """Drafts per request id; a request without drafts may be left out."""
+
+    @abstractmethod
+    def forget(self, request_ids: list[str]) -> None:
         """Drop per-request state (request finished, aborted or preempted)."""

@@ -11,13 +11,23 @@ from __future__ import annotations
 import torch
 
 from engine.kv_cache import allocate_kv_caches
+from engine.models.loader import LoadedModel, load_model
 from engine.sampler import RowContext, target_probs
-from engine.spec.base import DraftInput, DraftProposal, Drafter
+from engine.spec.base import DraftInput, Drafter
+from engine.spec.registry import DrafterContext, register_drafter
 from kernels.attention import AttentionMetadata
+from scheduler.drafts import DraftBlock
 
 
 class ModelDrafter(Drafter):
-    """Drafts with `model` (its first `num_layers` layers when given)."""
+    """Drafts with `model` (its first `num_layers` layers when given).
+
+    Confidence of draft k is the largest probability of the draft model's
+    distribution at that position: a property of the distribution the draft
+    is drawn from, not of the drawn token (speculation.md §4).
+    """
+
+    name = "draft-model"
 
     def __init__(self, model, model_config, num_blocks: int, block_size: int, max_draft: int,
                  dtype: torch.dtype, device: str, num_layers: int | None = None):
@@ -30,13 +40,18 @@ class ModelDrafter(Drafter):
                                             num_layers=num_layers)
         self.num_computed: dict[str, int] = {}  # tokens whose KV in our cache is real
 
-    def free(self, request_ids: list[str]) -> None:
+    def absorb(self, request, hidden=None) -> None:
+        """Nothing to do now: the next propose() re-feeds the tokens confirmed
+        since this drafter's KV was last real (its roll-back)."""
+
+    def forget(self, request_ids: list[str]) -> None:
         for rid in request_ids:
             self.num_computed.pop(rid, None)
 
     @torch.inference_mode()
-    def propose(self, inputs: list[DraftInput], block_tables: dict[str, list[int]]) -> dict[str, DraftProposal]:
+    def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
         drafts = {item.request.request_id: _DraftState(item) for item in inputs if item.max_tokens > 0}
+        block_tables = {item.request.request_id: item.block_ids for item in inputs}
         pending = {rid: state.request.token_ids(self.num_computed.get(rid, 0))
                    for rid, state in drafts.items()}
         starts = {rid: self.num_computed.get(rid, 0) for rid in drafts}
@@ -49,7 +64,7 @@ class ModelDrafter(Drafter):
             for rid in order:
                 starts[rid] += len(pending[rid])
             pending = {rid: [drafts[rid].token_ids[-1]] for rid in order if not drafts[rid].done}
-        return {rid: state.proposal() for rid, state in drafts.items()}
+        return {rid: state.proposal(self.name) for rid, state in drafts.items()}
 
     def _forward(self, order, pending, starts, block_tables) -> torch.Tensor:
         """One packed forward; returns the logits of each request's last row."""
@@ -73,14 +88,16 @@ class ModelDrafter(Drafter):
         under the request's own sampling transforms."""
         rows = [drafts[rid].row_context() for rid in order]
         probs = target_probs(logits, rows)
-        raw = torch.softmax(logits.float(), dim=-1)
+        # The draft model's own belief, before the request's transforms
+        # (those make greedy rows one-hot).
+        peak = torch.softmax(logits.float(), dim=-1).amax(dim=-1)
         for i, rid in enumerate(order):
             state = drafts[rid]
             if state.request.sampling_params.greedy:
                 token = int(torch.argmax(probs[i]))
             else:
                 token = int(torch.multinomial(probs[i], 1, generator=state.generator))
-            state.add(token, probs[i], float(raw[i, token]))
+            state.add(token, probs[i], float(peak[i]))
 
 
 class _DraftState:
@@ -107,5 +124,38 @@ class _DraftState:
         self.probs.append(probs)
         self.confidences.append(confidence)
 
-    def proposal(self) -> DraftProposal:
-        return DraftProposal(self.token_ids, torch.stack(self.probs), self.confidences)
+    def proposal(self, source: str) -> DraftBlock:
+        return DraftBlock(self.token_ids, self.confidences, torch.stack(self.probs), source)
+
+
+@register_drafter("draft-model", needs_draft_model=True,
+                  help="a smaller model with the target's tokenizer (--draft-model DIR)")
+def _build_draft_model(context: DrafterContext) -> Drafter:
+    config = context.config
+    draft = load_model(config.speculative.draft_model, context.dtype, config.device)
+    check_same_vocabulary(context.target, draft)
+    return ModelDrafter(draft.model, draft.config, context.num_blocks, config.cache.block_size,
+                        config.speculative.num_speculative_tokens, context.dtype, config.device)
+
+
+@register_drafter("self-draft", help="the target's first layers with its final norm and LM head")
+def _build_self_draft(context: DrafterContext) -> Drafter:
+    config, target = context.config, context.target
+    layers = config.speculative.self_draft_layers or max(1, target.config.num_layers // 3)
+    if layers >= target.config.num_layers:
+        raise ValueError("self-draft needs fewer layers than the target has")
+    drafter = ModelDrafter(target.model, target.config, context.num_blocks, config.cache.block_size,
+                           config.speculative.num_speculative_tokens, context.dtype, config.device,
+                           num_layers=layers)
+    drafter.name = "self-draft"
+    return drafter
+
+
+def check_same_vocabulary(target: LoadedModel, draft: LoadedModel) -> None:
+    """A draft model must share the target's tokenizer: token ids are compared."""
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise ValueError(f"draft model vocabulary ({draft.config.vocab_size}) differs from the "
+                         f"target's ({target.config.vocab_size})")
+    probe = "Hello, world! 123 def f(x): return x"
+    if draft.tokenizer.encode(probe) != target.tokenizer.encode(probe):
+        raise ValueError("draft model tokenizer differs from the target's")

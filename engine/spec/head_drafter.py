@@ -20,8 +20,10 @@ import math
 import torch
 
 from engine.sampler import RowContext, target_probs
-from engine.spec.base import DraftInput, DraftProposal, Drafter
-from engine.spec.heads import BlockHead, DraftHead, DSparkHead, Eagle3Head, load_head
+from engine.spec.base import DraftInput, Drafter
+from engine.spec.heads import METHODS, BlockHead, DraftHead, DSparkHead, Eagle3Head, load_head
+from engine.spec.registry import DrafterContext, register_drafter
+from scheduler.drafts import DraftBlock
 
 class GrowingKV:
     """Keys and values of one layer for one request, appended in place
@@ -66,7 +68,8 @@ class RequestState:
 class _Batch:
     """Drafts being built for the requests of one propose() call."""
 
-    def __init__(self, items: list[DraftInput], states: list[RequestState]):
+    def __init__(self, items: list[DraftInput], states: list[RequestState], source: str):
+        self.source = source
         self.items, self.states = items, states
         self.tokens: list[list[int]] = [[] for _ in items]
         self.probs: list[list[torch.Tensor]] = [[] for _ in items]
@@ -92,8 +95,8 @@ class _Batch:
             self.probs[index].append(probs)
             self.confidences[index].append(confidence)
 
-    def proposals(self) -> dict[str, DraftProposal]:
-        return {item.request.request_id: DraftProposal(tokens, torch.stack(probs), confidences)
+    def proposals(self) -> dict[str, DraftBlock]:
+        return {item.request.request_id: DraftBlock(tokens, confidences, torch.stack(probs), self.source)
                 for item, tokens, probs, confidences in zip(self.items, self.tokens, self.probs, self.confidences)
                 if tokens}
 
@@ -101,9 +104,11 @@ class _Batch:
 class HeadDrafter(Drafter):
     """Drafts with a trained EAGLE-3, DFlash or DSpark head.
 
-    Confidences: DSpark's confidence head; for EAGLE-3 and DFlash the head's
-    untransformed probability of the drafted token. Either is then scaled
-    per position by the checkpoint's STS temperatures, if calibrated.
+    Confidences: DSpark's confidence head (built from the block state and
+    the previous draft); for EAGLE-3 and DFlash the largest probability of
+    the head's untransformed distribution at that position, never the
+    probability of the drawn token (speculation.md §4). Either is then
+    scaled per position by the checkpoint's STS temperatures, if calibrated.
     """
 
     num_lookahead_slots = 0  # the head keeps its own state; no target KV slots
@@ -116,24 +121,35 @@ class HeadDrafter(Drafter):
         self.block_size = head.config.block_size
         self.temperatures = head.config.calibration
         self.states: dict[str, RequestState] = {}
+        self.pending_hidden: dict[str, list[torch.Tensor]] = {}  # absorbed, not yet folded in
         self.dtype = head.norm.weight.dtype
+        self.name = head.config.method
+        self.max_draft_tokens = head.config.block_size
 
     @classmethod
     def from_checkpoint(cls, path: str, target_model, dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu") -> "HeadDrafter":
         return cls(load_head(path, target_model, dtype, device))
 
-    def free(self, request_ids: list[str]) -> None:
+    def absorb(self, request, hidden: torch.Tensor | None) -> None:
+        """Keep the new features; they are folded into the request's state
+        when it next drafts (one pass over all new positions)."""
+        if hidden is None:
+            raise RuntimeError(f"request {request.request_id}: {self.name} drafting needs target features")
+        self.pending_hidden.setdefault(request.request_id, []).append(hidden)
+
+    def forget(self, request_ids: list[str]) -> None:
         for rid in request_ids:
             self.states.pop(rid, None)
+            self.pending_hidden.pop(rid, None)
 
     @torch.inference_mode()
-    def propose(self, inputs: list[DraftInput], block_tables=None) -> dict[str, DraftProposal]:
+    def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
         items = [item for item in inputs if item.max_tokens > 0]
         if not items:
             return {}
         states = [self._absorb_checked(item) for item in items]
-        batch = _Batch(items, states)
+        batch = _Batch(items, states, self.name)
         if isinstance(self.head, Eagle3Head):
             self._draft_eagle3(batch)
         else:
@@ -145,7 +161,8 @@ class HeadDrafter(Drafter):
         """Fold the request's new target features into its state."""
         request = item.request
         state = self.states.setdefault(request.request_id, RequestState())
-        new = item.new_hidden
+        pieces = self.pending_hidden.pop(request.request_id, None)
+        new = torch.cat(pieces) if pieces else None
         n = 0 if new is None else new.shape[0]
         if state.num_context + n != request.num_computed_tokens:
             raise RuntimeError(
@@ -249,7 +266,7 @@ class HeadDrafter(Drafter):
                 token = int(torch.argmax(probs[i]))
             else:
                 token = int(torch.multinomial(probs[i], 1, generator=item.generator))
-            c = float(raw[i, token]) if confidence is None else float(confidence[i])
+            c = float(raw[i].max()) if confidence is None else float(confidence[i])
             batch.add(i, token, probs[i], self._calibrated(c, k))
             tokens.append(token)
         return torch.tensor(tokens, device=logits.device)
@@ -295,3 +312,18 @@ def _padded_context(states: list[RequestState], num_layers: int):
             k[i, : k_i.shape[0]], v[i, : v_i.shape[0]] = k_i, v_i
         layers.append((k, v))
     return layers, valid
+
+
+def _build_head_drafter(context: DrafterContext) -> Drafter:
+    """A trained head; its checkpoint must be of the method asked for."""
+    config = context.config
+    method, path = config.speculative.method, config.speculative.draft_model
+    drafter = HeadDrafter.from_checkpoint(path, context.target.model, context.dtype, config.device)
+    if drafter.name != method:
+        raise ValueError(f"{path} holds a {drafter.name} head, not {method}")
+    return drafter
+
+
+for _method in METHODS:
+    register_drafter(_method, needs_draft_model=True,
+                     help=f"a trained {_method} head (--draft-model CHECKPOINT_DIR)")(_build_head_drafter)

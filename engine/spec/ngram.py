@@ -2,7 +2,9 @@
 the request's own recent suffix (prompt and output). No weights."""
 from __future__ import annotations
 
-from engine.spec.base import DraftInput, DraftProposal, Drafter
+from engine.spec.base import DraftInput, Drafter
+from engine.spec.registry import DrafterContext, register_drafter
+from scheduler.drafts import DraftBlock
 
 
 def find_ngram_continuation(tokens: list[int], min_n: int, max_n: int, k: int) -> tuple[list[int], int]:
@@ -65,32 +67,41 @@ class NgramDrafter(Drafter):
 
     Confidence grows with the match length (a longer match is likelier to
     continue) and decays with the distance into the draft; the load-aware
-    scheduler recalibrates it from realised acceptance.
+    scheduler recalibrates it from realised acceptance. Drafts are
+    deterministic, so the confidence never depends on a drawn token.
     """
 
+    name = "ngram"
     costs_compute = False
 
     def __init__(self, min_n: int = 1, max_n: int = 4):
         self.min_n, self.max_n = min_n, max_n
         self.indexes: dict[str, NgramIndex] = {}
 
-    def free(self, request_ids: list[str]) -> None:
-        for rid in request_ids:
-            self.indexes.pop(rid, None)
-
-    def _index(self, request) -> NgramIndex:
+    def absorb(self, request, hidden=None) -> None:
         index = self.indexes.get(request.request_id)
         if index is None:
             index = self.indexes[request.request_id] = NgramIndex(self.min_n, self.max_n)
         index.extend(request.token_ids(len(index.tokens)))
-        return index
 
-    def propose(self, inputs: list[DraftInput], block_tables=None) -> dict[str, DraftProposal]:
+    def forget(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            self.indexes.pop(rid, None)
+
+    def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
         proposals = {}
         for item in inputs:
-            follow, match_len = self._index(item.request).continuation(item.max_tokens)
+            self.absorb(item.request)  # tokens emitted after the last absorb
+            index = self.indexes[item.request.request_id]
+            follow, match_len = index.continuation(item.max_tokens)
             if follow:
                 base = match_len / (match_len + 1.0)
-                proposals[item.request.request_id] = DraftProposal(
-                    follow, None, [base * 0.9 ** i for i in range(len(follow))])
+                proposals[item.request.request_id] = DraftBlock(
+                    follow, [base * 0.9 ** i for i in range(len(follow))], None, self.name)
         return proposals
+
+
+@register_drafter("ngram", help="prompt lookup over the request's own tokens (no weights)")
+def _build_ngram(context: DrafterContext) -> Drafter:
+    spec = context.config.speculative
+    return NgramDrafter(spec.ngram_min, spec.ngram_max)

@@ -14,7 +14,8 @@ import torch
 
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from engine.engine import LLMEngine
-from engine.spec.base import DraftProposal, Drafter
+from engine.spec.base import Drafter
+from scheduler.drafts import DraftBlock
 from scheduler.load import StepCostModel
 from scheduler.request import SamplingParams
 from tests.tiny_model import make_tiny_model_dir
@@ -68,42 +69,53 @@ def reference(model_dir):
     return [engine.generate([p], GREEDY)[0] for p in encode_all(engine)]
 
 
-class OracleDrafter(Drafter):
+class StatelessDrafter(Drafter):
+    """A test drafter that keeps no per-request state."""
+
+    def absorb(self, request, hidden):
+        pass
+
+    def forget(self, request_ids):
+        pass
+
+
+class OracleDrafter(StatelessDrafter):
     """Proposes the target's own greedy continuation (everything accepted)."""
 
     def __init__(self, references: dict[tuple, list[int]]):
         self.references = references
 
-    def propose(self, inputs, block_tables=None):
+    def propose(self, inputs):
         out = {}
         for item in inputs:
             req = item.request
             ref = self.references[tuple(req.prompt_token_ids)]
             follow = ref[req.num_output_tokens: req.num_output_tokens + item.max_tokens]
             if follow:
-                out[req.request_id] = DraftProposal(follow, None, [0.9] * len(follow))
+                out[req.request_id] = DraftBlock(follow, [0.9] * len(follow))
         return out
 
 
-class RandomDrafter(Drafter):
+class RandomDrafter(StatelessDrafter):
     """Adversarial: random tokens with random draft distributions."""
 
     def __init__(self, vocab: int, seed: int = 0):
         self.vocab, self.rng = vocab, random.Random(seed)
 
-    def propose(self, inputs, block_tables=None):
+    def propose(self, inputs):
         out = {}
         for item in inputs:
             k = self.rng.randint(1, item.max_tokens)
             tokens = [self.rng.randrange(self.vocab) for _ in range(k)]
             probs = torch.softmax(torch.randn(k, self.vocab) * 3, dim=-1)
-            out[item.request.request_id] = DraftProposal(tokens, probs, [0.5] * k)
+            out[item.request.request_id] = DraftBlock(tokens, [0.5] * k, probs)
         return out
 
 
 def with_drafter(engine, drafter):
-    engine.drafter = drafter
-    return engine
+    """An engine like `engine` (same weights and config) drafting with `drafter`."""
+    return LLMEngine(engine.config, loaded=engine.loaded, step_cost=StepCostModel.flat(),
+                     drafter=drafter)
 
 
 @pytest.mark.parametrize("method", ["ngram", "self-draft", "draft-model"])
@@ -121,7 +133,7 @@ def test_greedy_drafters_equal_plain_decoding_alone_and_batched(model_dir, draft
 def test_oracle_drafter_accepts_everything_and_matches(model_dir, reference):
     engine = make_engine(model_dir, "ngram", k=5)
     prompts = encode_all(engine)
-    with_drafter(engine, OracleDrafter({tuple(p): r for p, r in zip(prompts, reference)}))
+    engine = with_drafter(engine, OracleDrafter({tuple(p): r for p, r in zip(prompts, reference)}))
     assert engine.generate(prompts, GREEDY) == reference
     stats = engine.stats
     assert stats.num_accepted_tokens == stats.num_draft_tokens > 0
@@ -131,7 +143,7 @@ def test_oracle_drafter_accepts_everything_and_matches(model_dir, reference):
 
 def test_random_drafter_is_rejected_but_output_unchanged(model_dir, reference):
     engine = make_engine(model_dir, "ngram", k=6)
-    with_drafter(engine, RandomDrafter(engine.model_config.vocab_size))
+    engine = with_drafter(engine, RandomDrafter(engine.model_config.vocab_size))
     assert engine.generate(encode_all(engine), GREEDY) == reference
     assert engine.stats.num_draft_tokens > 0
 
@@ -153,7 +165,7 @@ def test_tight_kv_cache_preempts_and_still_matches(model_dir, reference):
 def test_max_tokens_inside_an_accepted_block_cuts_exactly(model_dir, reference):
     engine = make_engine(model_dir, "ngram", k=6)
     prompts = encode_all(engine)
-    with_drafter(engine, OracleDrafter({tuple(p): r for p, r in zip(prompts, reference)}))
+    engine = with_drafter(engine, OracleDrafter({tuple(p): r for p, r in zip(prompts, reference)}))
     for max_tokens in (1, 2, 5, 7):
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
         assert engine.generate(prompts, params) == [r[:max_tokens] for r in reference]
@@ -162,7 +174,7 @@ def test_max_tokens_inside_an_accepted_block_cuts_exactly(model_dir, reference):
 def test_stop_string_inside_an_accepted_block(model_dir, reference):
     engine = make_engine(model_dir, "ngram", k=6)
     prompts = encode_all(engine)
-    with_drafter(engine, OracleDrafter({tuple(p): r for p, r in zip(prompts, reference)}))
+    engine = with_drafter(engine, OracleDrafter({tuple(p): r for p, r in zip(prompts, reference)}))
     tok = engine.tokenizer
     full_text = tok.decode(reference[0])
     stop = full_text[len(full_text) // 2: len(full_text) // 2 + 2]
@@ -229,7 +241,7 @@ def test_policies_under_a_busy_cost_model_stay_lossless(model_dir, reference, po
                          cost=StepCostModel.linear(0.01, 0.004))
     assert engine.generate(encode_all(engine), GREEDY) == reference
     if policy != "static":
-        counts = engine.verify_policy.length_counts
+        counts = engine.verify_policy.stats().verify_length_counts
         assert sum(counts) > 0
 
 

@@ -8,7 +8,8 @@ import pytest
 from scheduler.calibration import ConfidenceCalibrator
 from scheduler.load import StepCostModel, probe_sizes
 from scheduler.request import Request, SamplingParams
-from scheduler.verify_policy import AdaptivePolicy, StaticPolicy
+from scheduler.drafts import DraftBlock
+from scheduler.policies import AdaptivePolicy, StaticPolicy
 
 
 def test_step_cost_is_monotone_and_interpolates():
@@ -70,8 +71,7 @@ def test_calibrated_predictions_beat_raw_confidences():
 
 def make_request(rid: str, confidences: list[float]) -> Request:
     request = Request(rid, [1, 2, 3], SamplingParams(temperature=0.0))
-    request.spec_token_ids = list(range(len(confidences)))
-    request.spec_confidences = list(confidences)
+    request.drafts = DraftBlock(list(range(len(confidences))), list(confidences))
     return request
 
 
@@ -84,7 +84,7 @@ def test_adaptive_policy_long_when_idle_short_when_busy():
     assert lengths["sure"] >= 3 and lengths["unsure"] == 0
     swamped = AdaptivePolicy(StepCostModel.linear(0.0, 1.0), max_batched_tokens=64)
     assert swamped.choose_lengths(requests, 62, num_emitting=2) == {"sure": 0, "unsure": 0}
-    assert sum(busy.length_counts) == 2
+    assert sum(busy.lengths.counts) == 2
 
 
 def test_adaptive_policy_feeds_back_and_trims_draft_length():

@@ -15,10 +15,12 @@ import sys
 import pytest
 
 from engine.config import CacheConfig, SchedulerConfig
+from scheduler.drafting import DraftingLimits
+from scheduler.drafts import DraftBlock
 from scheduler.output import RunnerOutput, SchedulerOutput
 from scheduler.request import Request, RequestStatus, SamplingParams
 from scheduler.scheduler import Scheduler
-from scheduler.verify_policy import VerifyAllPolicy, VerifyPolicy
+from scheduler.policies import VerifyAllPolicy
 
 VOCAB = 50
 EOS = 0
@@ -53,10 +55,13 @@ def make_request(rid: str, prompt: list[int], max_tokens: int = 8, eos: int | No
 
 
 def make_scheduler(num_blocks=64, block_size=4, max_seqs=8, budget=64, max_model_len=512,
-                   **kwargs) -> Scheduler:
+                   num_lookahead_slots=0, **kwargs) -> Scheduler:
+    drafting = DraftingLimits(max_tokens=16, num_lookahead_slots=num_lookahead_slots,
+                              costs_compute=False)
     return Scheduler(SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget,
                                      max_model_len=max_model_len),
-                     CacheConfig(block_size=block_size, num_blocks=num_blocks), **kwargs)
+                     CacheConfig(block_size=block_size, num_blocks=num_blocks),
+                     drafting=drafting, **kwargs)
 
 
 class FakeRunner:
@@ -111,14 +116,23 @@ class FakeRunner:
         rid = item.request.request_id
         result.sampled_token_ids[rid] = emitted
         result.num_accepted[rid] = len(emitted) - 1
-        drafts = self._propose(base + emitted)
-        if drafts:
-            result.next_spec_token_ids[rid] = drafts
-            result.next_spec_confidences[rid] = [0.5] * len(drafts)
 
-    def _propose(self, tokens: list[int]) -> list[int]:
+    def draft(self, scheduler: Scheduler, result: RunnerOutput) -> None:
+        """The engine's drafting turn: the scheduler says who may draft and
+        how much; drafts of random quality are installed."""
+        sampled = [scheduler._live[rid] for rid in result.sampled_token_ids if rid in scheduler._live]
+        proposals = {}
+        for slot in scheduler.draft_slots(sampled):
+            assert len(slot.block_ids) * self.block_size >= (
+                slot.request.num_tokens + scheduler.num_lookahead_slots)
+            drafts = self._propose(slot.request.all_token_ids, slot.max_tokens)
+            if drafts:
+                proposals[slot.request.request_id] = DraftBlock(drafts, [0.5] * len(drafts))
+        scheduler.install_drafts(proposals)
+
+    def _propose(self, tokens: list[int], room: int) -> list[int]:
         drafts = []
-        for _ in range(self.rng.randint(0, self.max_drafts)):
+        for _ in range(min(room, self.rng.randint(0, self.max_drafts))):
             right = next_token(tokens + drafts)
             good = self.rng.random() < self.accept_prob
             drafts.append(right if good else (right + 1) % VOCAB)
@@ -138,7 +152,7 @@ def check_invariants(scheduler: Scheduler, output: SchedulerOutput) -> None:
         assert num_blocks * scheduler.block_manager.block_size >= request.num_computed_tokens
     for request in scheduler.waiting:
         assert not scheduler.block_manager.has_blocks(request.request_id)
-        assert request.num_computed_tokens == 0 and not request.spec_token_ids
+        assert request.num_computed_tokens == 0 and not request.drafts
 
 
 def drive(scheduler: Scheduler, runner: FakeRunner, max_steps: int = 5000,
@@ -153,6 +167,7 @@ def drive(scheduler: Scheduler, runner: FakeRunner, max_steps: int = 5000,
         if between_steps:
             between_steps(step, output)
         scheduler.update_from_output(output, result, check_stop)
+        runner.draft(scheduler, result)
         scheduler.block_manager.check_integrity()
     raise AssertionError("requests did not finish")
 
@@ -160,7 +175,9 @@ def drive(scheduler: Scheduler, runner: FakeRunner, max_steps: int = 5000,
 def step(scheduler, runner):
     output = scheduler.schedule()
     check_invariants(scheduler, output)
-    updates = scheduler.update_from_output(output, runner.execute(output), check_stop)
+    result = runner.execute(output)
+    updates = scheduler.update_from_output(output, result, check_stop)
+    runner.draft(scheduler, result)
     scheduler.block_manager.check_integrity()
     return output, updates
 
@@ -332,10 +349,11 @@ def prefilled_with_drafts(drafts: list[int], **kwargs) -> tuple[Scheduler, Reque
         output = scheduler.schedule()
         result = RunnerOutput()
         if output.scheduled[0].samples:
-            result = RunnerOutput(sampled_token_ids={"a": [7]}, num_accepted={"a": 0},
-                                  next_spec_token_ids={"a": drafts},
-                                  next_spec_confidences={"a": [0.9] * len(drafts)})
+            result = RunnerOutput(sampled_token_ids={"a": [7]}, num_accepted={"a": 0})
         scheduler.update_from_output(output, result, check_stop)
+    (slot,) = scheduler.draft_slots([request])
+    assert slot.max_tokens >= len(drafts)
+    scheduler.install_drafts({"a": DraftBlock(drafts, [0.9] * len(drafts))})
     return scheduler, request
 
 
@@ -358,7 +376,7 @@ def test_all_drafts_rejected_rolls_back_kv_and_blocks():
     assert len(scheduler.block_manager.get_block_ids("a")) == 2
     assert (request.num_spec_steps, request.num_draft_tokens, request.num_accepted_tokens) == \
         (1, 3, 0)
-    assert request.spec_token_ids == [] and request.spec_confidences == []
+    assert not request.drafts
 
 
 def test_partly_accepted_drafts_advance_computed_tokens():
@@ -427,7 +445,7 @@ def test_drafts_dropped_before_anyone_is_preempted():
     assert scheduler.num_preemptions == 0
 
 
-class GreedyPolicy(VerifyPolicy):
+class GreedyPolicy(VerifyAllPolicy):
     """Asks for more than allowed, to check the scheduler's clamping."""
 
     def choose_lengths(self, candidates, budget_left, num_emitting=0):
@@ -444,7 +462,7 @@ def test_policy_answer_is_clamped_to_drafts_and_budget():
 def test_verify_all_policy_caps_by_budget_in_order():
     requests = [make_request(f"r{i}", [1]) for i in range(3)]
     for request in requests:
-        request.spec_token_ids = [1, 2, 3]
+        request.drafts = DraftBlock([1, 2, 3], [0.5] * 3)
     assert VerifyAllPolicy().choose_lengths(requests, 5) == {"r0": 3, "r1": 2, "r2": 0}
 
 
@@ -528,7 +546,7 @@ def test_random_soak(seed):
 
 
 def test_scheduler_package_imports_no_torch_nor_engine():
-    code = ("import sys, scheduler.scheduler, scheduler.block_manager, scheduler.verify_policy;"
+    code = ("import sys, scheduler.scheduler, scheduler.block_manager, scheduler.policies;"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'engine', 'server')];"
             "assert not bad, bad")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -150,11 +150,11 @@ def test_verification_policy_metrics_from_the_real_engine(http, engine_client):
     lengths = families["specserve:spec_verify_length"]
     assert lengths.type == "counter"
     chosen = {int(s.labels["length"]): s.value for s in lengths.samples if s.name.endswith("_total")}
-    assert sum(chosen.values()) == sum(stats.verify_length_counts) > 0
-    assert _value(families["specserve:spec_calibration_observations"], "_total") == stats.calibration_observations
+    assert sum(chosen.values()) == sum(stats.policy.verify_length_counts) > 0
+    assert _value(families["specserve:spec_calibration_observations"], "_total") == stats.policy.calibration_observations
     assert 0 <= _value(families["specserve:spec_calibration_error"]) <= 1
     assert (_value(families["specserve:spec_calibration_realised_acceptance"])
-            == stats.calibration_realised)
+            == stats.policy.calibration_realised)
     sps = families["specserve:step_cost_steps_per_second"]
-    assert [int(s.labels["batch_tokens"]) for s in sps.samples] == [b for b, _ in stats.step_cost_table]
+    assert [int(s.labels["batch_tokens"]) for s in sps.samples] == [b for b, _ in stats.policy.step_cost_table]
     assert all(s.value > 0 for s in sps.samples)

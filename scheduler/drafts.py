@@ -1,0 +1,41 @@
+"""Drafts proposed for one request, awaiting verification (no torch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DraftBlock:
+    """Drafts for one request, awaiting verification.
+
+    `probs` is the draft distribution at each drafted position (the engine's
+    [k, V] tensor), or None for a deterministic drafter (one-hot at each
+    draft). `confidences[k]` estimates the probability that draft k survives
+    given that drafts before it did; by the contract (speculation.md §4) it
+    may depend on what precedes position k and on the distribution x_k is
+    drawn from, never on the value of x_k itself. `source` names the drafter
+    that proposed the block.
+    """
+
+    token_ids: list[int] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    probs: Any = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.confidences) != len(self.token_ids):
+            raise ValueError(f"{len(self.token_ids)} drafts with {len(self.confidences)} confidences")
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def prefix(self, length: int) -> "DraftBlock":
+        """The first `length` drafts (what is verified when l = length)."""
+        if length >= len(self.token_ids):
+            return self
+        probs = None if self.probs is None else self.probs[:length]
+        return DraftBlock(self.token_ids[:length], self.confidences[:length], probs, self.source)
+
+
+NO_DRAFTS = DraftBlock()

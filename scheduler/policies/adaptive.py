@@ -1,0 +1,144 @@
+"""Confidence-aware, load-aware verification (speculation.md §4)."""
+from __future__ import annotations
+
+from scheduler.admission import (best_budget, greedy_prefix_admission, ranked_positions,
+                                 survivals_from_confidences, top_k_admission)
+from scheduler.calibration import ConfidenceCalibrator
+from scheduler.load import StepCostModel
+from scheduler.policies.base import LengthHistogram, PolicyContext, PolicyStats, VerifyPolicy
+from scheduler.policies.registry import register_policy
+from scheduler.request import Request
+
+MAX_BACKOFF_STEPS = 16
+
+
+class AdaptivePolicy(VerifyPolicy):
+    """Survivals come from calibrated confidences; the step cost SPS(B) from
+    the live cost model. Synchronous mode: greedy admission with the early
+    stop. Asynchronous mode: the total budget K is a global search over LAST
+    step's survivals, then this step admits the top-K fresh survivals.
+
+    The batch's base comes from the scheduler's plan: B0 = tokens of the
+    running requests already planned this step, tau0 = one emitted token per
+    sampling request.
+    """
+
+    def __init__(self, cost: StepCostModel, max_batched_tokens: int,
+                 calibrator: ConfidenceCalibrator | None = None, asynchronous: bool = False,
+                 max_draft: int = 16):
+        self.cost = cost
+        self.max_batched_tokens = max_batched_tokens
+        self.calibrator = calibrator or ConfidenceCalibrator(max_positions=max_draft)
+        self.asynchronous = asynchronous
+        self.lengths = LengthHistogram(max_draft)
+        self.last_length: dict[str, int] = {}
+        self._used: dict[str, tuple[list[float], list[float]]] = {}
+        self._previous_ranked: list[float] = []
+        self.backoff = DraftingBackoff()
+
+    def choose_lengths(self, candidates: list[Request], budget_left: int,
+                       num_emitting: int = 0) -> dict[str, int]:
+        survivals = {r.request_id: self._survivals(r) for r in candidates}
+        base_tokens = max(1, self.max_batched_tokens - budget_left)
+        base_tau = float(max(num_emitting, len(candidates)))
+        if self.asynchronous:
+            budget = best_budget(self._previous_ranked, base_tokens, base_tau, self.cost, budget_left)
+            self._previous_ranked = [a for a, _, _ in ranked_positions(survivals)]
+            lengths = top_k_admission(survivals, budget)
+        else:
+            lengths = greedy_prefix_admission(survivals, base_tokens, base_tau, self.cost, budget_left)
+        self.lengths.record(lengths)
+        for rid, length in lengths.items():
+            self.last_length[rid] = length
+            if length == 0:
+                self.backoff.failed(rid)
+        return lengths
+
+    def _survivals(self, request: Request) -> list[float]:
+        raw = list(request.drafts.confidences)
+        calibrated = self.calibrator.calibrate(request.request_id, raw)
+        self._used[request.request_id] = (raw, calibrated)
+        return survivals_from_confidences(calibrated)
+
+    def observe(self, request_id: str, num_verified: int, num_accepted: int) -> None:
+        """Feed back one verification's outcome into the calibration."""
+        raw, calibrated = self._used.pop(request_id, ([], []))
+        if num_verified and raw:
+            self.calibrator.observe(request_id, raw[:num_verified], calibrated[:num_verified], num_accepted)
+        if num_accepted:
+            self.backoff.paid(request_id)
+        elif num_verified:
+            self.backoff.failed(request_id)
+
+    def observe_step(self, num_tokens: int, seconds: float) -> None:
+        self.cost.observe(num_tokens, seconds)
+
+    def should_draft(self, request_id: str) -> bool:
+        return self.backoff.should_draft(request_id)
+
+    def draft_length(self, request_id: str, max_draft: int) -> int:
+        """Do not draft what will not be verified: one more than last time."""
+        return max(1, min(max_draft, self.last_length.get(request_id, max_draft) + 1))
+
+    def forget(self, request_id: str) -> None:
+        self.calibrator.forget(request_id)
+        self.last_length.pop(request_id, None)
+        self._used.pop(request_id, None)
+        self.backoff.forget(request_id)
+
+    def stats(self) -> PolicyStats:
+        report = self.calibrator.report()
+        return PolicyStats(verify_length_counts=list(self.lengths.counts),
+                           calibration_observations=report.observations,
+                           calibration_predicted=report.mean_predicted,
+                           calibration_realised=report.mean_realised,
+                           calibration_error=report.expected_calibration_error,
+                           step_cost_table=self.cost.table())
+
+
+class DraftingBackoff:
+    """Skip drafting for 1, 2, 4 .. 16 steps after drafts were not worth
+    verifying or were all rejected; reset when a draft is accepted.
+
+    A new request starts from the latest backoff of any request, so a
+    drafter that never pays stays mostly idle across requests too.
+    """
+
+    def __init__(self):
+        self._pause: dict[str, tuple[int, int]] = {}  # request -> (steps left to skip, backoff)
+        self._recent = 0
+
+    def failed(self, request_id: str) -> None:
+        _, backoff = self._pause.get(request_id, (0, 0))
+        backoff = min(MAX_BACKOFF_STEPS, max(1, 2 * backoff))
+        self._pause[request_id] = (backoff, backoff)
+        self._recent = backoff
+
+    def paid(self, request_id: str) -> None:
+        self._pause[request_id] = (0, 0)
+        self._recent = 0
+
+    def should_draft(self, request_id: str) -> bool:
+        if request_id not in self._pause:
+            self._pause[request_id] = (self._recent, self._recent)
+        skip, backoff = self._pause[request_id]
+        if skip <= 0:
+            return True
+        self._pause[request_id] = (skip - 1, backoff)
+        return False
+
+    def forget(self, request_id: str) -> None:
+        self._pause.pop(request_id, None)
+
+
+@register_policy("adaptive", needs_step_cost=True,
+                 help="verify what pays given live load and calibrated confidences (greedy admission)")
+def _build_adaptive(context: PolicyContext) -> VerifyPolicy:
+    return AdaptivePolicy(context.step_cost, context.max_batched_tokens, max_draft=context.max_draft)
+
+
+@register_policy("adaptive-async", needs_step_cost=True,
+                 help="budget from last step's confidences, top-K fresh survivals admitted")
+def _build_adaptive_async(context: PolicyContext) -> VerifyPolicy:
+    return AdaptivePolicy(context.step_cost, context.max_batched_tokens, asynchronous=True,
+                          max_draft=context.max_draft)

@@ -21,7 +21,8 @@ class ModelConfig:
     rope_scaling: dict | None = None
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
-    attention_bias: bool = False  # Qwen2 has q/k/v biases
+    attention_bias: bool = False  # biases on the q/k/v projections
+    attention_output_bias: bool = False  # a bias on o_proj too (Llama's attention_bias; not Qwen2)
     qk_norm: bool = False  # Qwen3 normalises q and k per head
     bos_token_id: int | None = None
     eos_token_id: int | None = None

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.models.registry import register_architecture
 from kernels.attention import AttentionMetadata, paged_attention, write_kv
 
 
@@ -166,9 +167,7 @@ class LlamaAttention(nn.Module):
         self.kv_size = config.num_kv_heads * config.head_dim
         self.scale = config.head_dim**-0.5
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
-        # Qwen2 biases only q/k/v; Llama and Qwen3 put attention_bias on o_proj too.
-        o_bias = config.attention_bias and config.architecture != "qwen2"
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.attention_output_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
@@ -342,8 +341,8 @@ def _hf_layer_names(config: ModelConfig) -> list[str]:
     names += [f"self_attn.{p}.weight" for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
     if config.attention_bias:
         names += [f"self_attn.{p}.bias" for p in ("q_proj", "k_proj", "v_proj")]
-        if config.architecture != "qwen2":
-            names.append("self_attn.o_proj.bias")
+    if config.attention_output_bias:
+        names.append("self_attn.o_proj.bias")
     if config.qk_norm:
         names += ["self_attn.q_norm.weight", "self_attn.k_norm.weight"]
     return names
@@ -361,3 +360,11 @@ def fuse_hf_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig)
         parts = [f"{prefix}mlp.{p}.weight" for p in ("gate_proj", "up_proj")]
         fused[f"{prefix}mlp.gate_up_proj.weight"] = torch.cat([fused.pop(p) for p in parts])
     return fused
+
+
+def _llama(config_json: dict) -> dict:
+    bias = bool(config_json.get("attention_bias", False))
+    return {"attention_bias": bias, "attention_output_bias": bias}
+
+
+register_architecture("llama", LlamaForCausalLM, _llama)

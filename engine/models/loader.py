@@ -14,10 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from engine.config import ModelConfig
-from engine.models.llama import LlamaForCausalLM
+from engine.models.registry import architecture
 from engine.tokenizer import Tokenizer
-
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
 
 @dataclass
@@ -25,7 +23,7 @@ class LoadedModel:
     """A ready model with its config and tokenizer."""
 
     config: ModelConfig
-    model: LlamaForCausalLM
+    model: torch.nn.Module  # the architecture's module (engine/models/llama.py)
     tokenizer: Tokenizer
     path: str  # the directory weights were read from (the converted cache dir for GGUF)
 
@@ -58,7 +56,7 @@ def load_hf_dir(path: str, dtype: torch.dtype = torch.float32, device: str = "cp
     """HF layout: config.json, *.safetensors (sharded too), tokenizer files."""
     config = model_config_from_hf(_read_config(path))
     with torch.device("meta"):  # no random init: every weight is about to be replaced
-        model = LlamaForCausalLM(config)
+        model = architecture(config.architecture).model_class(config)
     model.to(dtype=dtype)
     model.load_hf_state_dict(read_safetensors_dir(path))
     model.to(device=device).eval()
@@ -96,8 +94,7 @@ def model_config_from_hf(config_json: dict) -> ModelConfig:
     """HF config.json (transformers 4.x or 5.x style) -> ModelConfig."""
     c = config_json
     model_type = c.get("model_type", "llama")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"model_type {model_type!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}")
+    family = architecture(model_type)  # raises for an unsupported model_type
     _reject_unsupported_features(c)
     num_heads = c["num_attention_heads"]
     rope_theta, rope_scaling = _rope_settings(c)
@@ -114,12 +111,10 @@ def model_config_from_hf(config_json: dict) -> ModelConfig:
         rope_scaling=rope_scaling,
         max_position_embeddings=c.get("max_position_embeddings", 2048),
         tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
-        # Qwen2 always has q/k/v biases; its config does not say so.
-        attention_bias=True if model_type == "qwen2" else bool(c.get("attention_bias", False)),
-        qk_norm=model_type == "qwen3",
         bos_token_id=_first_id(c.get("bos_token_id")),
         eos_token_id=_first_id(c.get("eos_token_id")),
         architecture=model_type,
+        **family.adapt_config(c),
     )
 
 

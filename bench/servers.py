@@ -117,8 +117,8 @@ class ServerProcess:
 
 def specserve_command(model: str | None, port: int, extra_args: Sequence[str] = (),
                       python: str = sys.executable) -> list[str]:
-    """`python -m server.cli serve ...` on 127.0.0.1, with extra flags appended."""
-    cmd = [python, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    """`python -m cli serve ...` on 127.0.0.1, with extra flags appended."""
+    cmd = [python, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if model:
         cmd += ["--model", model]
     return cmd + list(extra_args)

@@ -26,7 +26,7 @@ def test_builtin_methods_are_registered_once():
 
 
 def test_cli_choices_come_from_the_registries():
-    from server.cli import build_parser
+    from cli.main import build_parser
 
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]
     actions = {a.dest: a for a in serve._actions}

@@ -10,7 +10,8 @@ import httpx
 import pytest
 import yaml
 
-from server import cli
+from cli import main as cli_main
+from cli import serve as cli
 from tests.server.fake_engine import FakeEngineClient
 from tests.server.helpers import live_server
 
@@ -45,7 +46,7 @@ def _one(stage, instruction):
 
 
 def _parse_serve(args: list[str]):
-    return cli.build_parser().parse_args(["serve", *args])
+    return cli_main.build_parser().parse_args(["serve", *args])
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_dockerfile_runs_the_cli(stages, target):
 
 def test_console_script_points_at_main():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["specserve"] == "server.cli:main"
+    assert project["scripts"]["specserve"] == "cli.main:main"
 
 
 def test_compose(stages):

@@ -1,7 +1,7 @@
 """Our engine (speculation off) against transformers' greedy `generate` on
 the same weights, single stream and 8 streams, interleaved in one run.
 
-    python -m bench.vs_transformers --threads 1 --max-tokens 128 --rounds 3
+    python -m tools.vs_transformers --threads 1 --max-tokens 128 --rounds 3
 
 Both read the converted copy of the default GGUF (HF layout), so the
 weights are identical; both decode greedily with the stop token ignored, so

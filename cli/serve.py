@@ -1,20 +1,11 @@
-"""The `specserve` command line.
-
-Subcommands live in a small registry so that other parts of the project
-(benchmarks, draft training) can add theirs without touching `serve`: a
-module listed in COMMAND_MODULES calls `register_command` when imported.
-"""
+"""`specserve serve`: flags -> EngineConfig -> engine client -> app -> uvicorn."""
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from engine.spec.registry import method_names
@@ -26,51 +17,6 @@ SERVE_DEFAULT_NUM_SPECULATIVE = 8
 DEFAULT_PORT = 8000
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-
-
-@dataclass(frozen=True)
-class Command:
-    """A subcommand: its name, one-line help, flag declarations and runner."""
-
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int | None]
-
-
-COMMANDS: dict[str, Command] = {}
-
-# Imported (when present) before parsing; each registers its own commands.
-COMMAND_MODULES: tuple[str, ...] = ("bench.cli", "engine.spec.cli")  # bench, spec-sweep; train-draft, eval-draft
-
-
-def register_command(command: Command) -> Command:
-    """Add a subcommand; the last registration of a name wins."""
-    COMMANDS[command.name] = command
-    return command
-
-
-def _load_command_modules() -> None:
-    # A broken optional module must not take `serve` down with it.
-    for name in COMMAND_MODULES:
-        try:
-            if importlib.util.find_spec(name) is not None:
-                importlib.import_module(name)
-        except ModuleNotFoundError:  # its parent package is absent
-            continue
-        except Exception as exc:  # noqa: BLE001 - reported, then ignored
-            print(f"specserve: skipping commands from {name}: {exc!r}", file=sys.stderr)
-
-
-def _unavailable(name: str, exc: Exception) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        print(f"specserve {name}: unavailable: {exc!r}", file=sys.stderr)
-        return 2
-
-    return run
-
-
-# ------------------------------------------------------------------ serve
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -199,42 +145,3 @@ def run_serve(args: argparse.Namespace) -> int:
     app = create_app(client, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
-
-
-register_command(Command("serve", "Run the OpenAI-compatible HTTP server",
-                         add_serve_arguments, run_serve))
-
-
-# ------------------------------------------------------------------ entry
-
-
-def build_parser() -> argparse.ArgumentParser:
-    _load_command_modules()
-    parser = argparse.ArgumentParser(prog="specserve", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in COMMANDS.values():
-        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
-        try:
-            command.add_arguments(sub)
-        except Exception as exc:  # noqa: BLE001 - fails only if that command is run
-            sub.set_defaults(_run=_unavailable(command.name, exc))
-            continue
-        sub.set_defaults(_run=command.run)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "_run", None) is None:
-        parser.print_help(sys.stderr)
-        return 2
-    return int(args._run(args) or 0)
-
-
-if __name__ == "__main__":
-    # Run the imported module's main, so that commands registered by other
-    # modules (into `server.cli`, not `__main__`) are seen under `python -m`.
-    from server.cli import main as imported_main
-
-    sys.exit(imported_main())

@@ -32,7 +32,7 @@ def served(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "SPECSERVE_API_KEY": "k3y", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--model", model, "--host", "127.0.0.1",
+        [sys.executable, "-m", "cli", "serve", "--model", model, "--host", "127.0.0.1",
          "--port", str(port), "--device", "cpu", "--threads", "1", "--max-model-len", "256",
          "--served-model-name", "tiny", "--speculative-method", "ngram",
          "--log-level", "warning"], cwd=ROOT, env=env)

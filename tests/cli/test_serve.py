@@ -1,4 +1,4 @@
-"""The `specserve` command line: flags, the config they build, the serve path."""
+"""`specserve serve`: flags, the config they build, the serve path."""
 from __future__ import annotations
 
 import os
@@ -11,12 +11,13 @@ import pytest
 
 from engine.config import EngineConfig
 from engine.config import SpeculativeConfig
-from server import cli
+from cli import main as cli_main
+from cli import serve as cli
 from tests.server.fake_engine import FakeEngineClient
 
 
 def _serve_args(*argv: str) -> argparse.Namespace:
-    return cli.build_parser().parse_args(["serve", *argv])
+    return cli_main.build_parser().parse_args(["serve", *argv])
 
 
 def test_defaults_follow_the_configs():
@@ -60,8 +61,8 @@ def test_bad_flags_exit(argv, capsys):
 
 
 def test_inconsistent_flags_are_reported_not_raised(capsys):
-    code = cli.main(["serve", "--model", "/m", "--device", "cpu",
-                     "--speculative-method", "draft-model"])
+    code = cli_main.main(["serve", "--model", "/m", "--device", "cpu",
+                          "--speculative-method", "draft-model"])
     assert code == 2
     assert "--draft-model" in capsys.readouterr().err
 
@@ -72,47 +73,10 @@ def test_api_key_from_env(monkeypatch):
     assert _serve_args("--api-key", "flag").api_key == "flag"
 
 
-def test_no_command_prints_help(capsys):
-    assert cli.main([]) == 2
-    assert "serve" in capsys.readouterr().err
-
-
 def test_default_threads():
     assert cli.default_threads(1) == 1
     assert cli.default_threads(2) == 1
     assert cli.default_threads(16) == 8
-
-
-def test_registry_adds_subcommands(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
-    seen = {}
-
-    def add(p):
-        p.add_argument("--rounds", type=int, default=1)
-
-    def run(args):
-        seen["rounds"] = args.rounds
-        return 0
-
-    cli.register_command(cli.Command("hello", "say hello", add, run))
-    assert cli.main(["hello", "--rounds", "3"]) == 0 and seen == {"rounds": 3}
-
-
-def test_command_modules_are_loaded(monkeypatch):
-    module = types.ModuleType("fake_cmds")
-    module_name = "tests_server_fake_cmds"
-    monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
-    monkeypatch.setattr(cli, "COMMAND_MODULES", (module_name, "no_such_package.cli"))
-
-    def load(name):
-        assert name == module_name
-        cli.register_command(cli.Command("extra", "x", lambda p: None, lambda a: 0))
-        return module
-
-    monkeypatch.setattr(cli.importlib.util, "find_spec",
-                        lambda name: object() if name == module_name else None)
-    monkeypatch.setattr(cli.importlib, "import_module", load)
-    assert "extra" in cli.build_parser().parse_args(["extra"]).command
 
 
 def test_serve_wires_client_app_and_uvicorn(monkeypatch):
@@ -132,7 +96,7 @@ def test_serve_wires_client_app_and_uvicorn(monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", types.SimpleNamespace(run=run))
     monkeypatch.setattr(cli, "_set_threads", lambda threads, device: calls.setdefault(
         "threads", (threads, device)))
-    code = cli.main(["serve", "--model", "/m", "--device", "cpu", "--port", "9123",
+    code = cli_main.main(["serve", "--model", "/m", "--device", "cpu", "--port", "9123",
                      "--host", "127.0.0.1", "--api-key", "k", "--max-body-bytes", "4096",
                      "--threads", "3", "--log-level", "warning"])
     assert code == 0
@@ -144,30 +108,8 @@ def test_serve_wires_client_app_and_uvicorn(monkeypatch):
     assert any(getattr(m, "kwargs", {}).get("max_bytes") == 4096 for m in app.user_middleware)
 
 
-def test_broken_command_does_not_break_serve(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
-
-    def explode(p):
-        raise ImportError("half-written module")
-
-    cli.register_command(cli.Command("broken", "x", explode, lambda a: 0))
-    assert _serve_args("--port", "9000").port == 9000
-    assert cli.main(["broken"]) == 2
-    assert "half-written module" in capsys.readouterr().err
-
-
-def test_toolkit_commands_are_registered_under_python_m():
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-m", "server.cli", "--help"], capture_output=True,
-                         text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    for command in ("serve", "bench", "spec-sweep", "train-draft", "eval-draft"):
-        assert command in out.stdout, out.stdout + out.stderr
-
-
 def test_serve_defaults_to_ngram_with_the_adaptive_policy():
-    c = cli.engine_config_from_args(cli.build_parser().parse_args(["serve"]))
+    c = cli.engine_config_from_args(_serve_args())
     assert (c.speculative.method, c.speculative.num_speculative_tokens, c.speculative.policy) == (
         "ngram", 8, "adaptive")
     assert c.model is None  # the embedded SmolLM2

@@ -1,6 +1,6 @@
 """Speculation off vs drafters, in-process, side by side in one run.
 
-    python -m bench.speculation --sets code-copy,chat --methods none,ngram,self-draft
+    python -m tools.speculation --sets code-copy,chat --methods none,ngram,self-draft
 
 For every prompt the configured engines run one after another (interleaved,
 so machine noise hits them alike); each reports single-stream output

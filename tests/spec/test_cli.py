@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from engine.spec.heads import read_head_config
+from engine.spec.heads.checkpoint import read_head_config
 from engine.spec.training.cli import main
 
 

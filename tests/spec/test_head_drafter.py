@@ -9,7 +9,9 @@ from engine.config import CacheConfig, EngineConfig, SchedulerConfig, Speculativ
 from engine.engine import LLMEngine
 from engine.spec.base import DraftInput
 from engine.spec.head_drafter import HeadDrafter
-from engine.spec.heads import METHODS, HeadConfig, build_head
+from engine.spec.heads.config import HeadConfig
+from engine.spec.heads.registry import HEAD_METHODS as METHODS
+from engine.spec.training.recipes import build_head
 from scheduler.load import StepCostModel
 from scheduler.request import Request, SamplingParams
 from tests.spec.conftest import target_features
@@ -119,7 +121,7 @@ def test_greedy_through_engine_equals_plain_decoding(tiny_dir, tiny_target, meth
 def test_checkpoint_served_by_method_flag_is_lossless(tmp_path, tiny_dir, tiny_target, method):
     """--speculative-method METHOD --draft-model CHECKPOINT, adaptive policy,
     prefix caching switched off by the engine (heads need every token's features)."""
-    from engine.spec.heads import save_head
+    from engine.spec.heads.checkpoint import save_head
 
     save_head(make_drafter(tiny_target, method).head, str(tmp_path / "ckpt"))
     spec = SpeculativeConfig(method=method, draft_model=str(tmp_path / "ckpt"),

@@ -9,8 +9,13 @@ import torch
 
 from engine.spec.base import DraftInput
 from engine.spec.head_drafter import HeadDrafter
-from engine.spec.heads import (HEAD_CLASSES, METHODS, DSparkHead, HeadConfig, build_head, load_head,
-                               read_head_config, save_head)
+from engine.spec.heads.checkpoint import load_head, read_head_config, save_head
+from engine.spec.heads.config import HeadConfig
+from engine.spec.heads.dspark import DSparkHead
+from engine.spec.heads.registry import HEAD_METHODS as METHODS, head_class
+from engine.spec.training.blocks import blocks_for_anchors
+from engine.spec.training.recipes import build_head
+from engine.spec.training.ttt import ttt_forward
 from scheduler.request import Request, SamplingParams
 from tests.spec.conftest import target_features
 
@@ -34,10 +39,10 @@ def test_forward_shapes(tiny_target, method):
     hidden = tiny_target.config.hidden_size
     anchors = torch.tensor([3, 17, 30])
     if method == "eagle3":
-        outputs = head.ttt_forward(feats, tokens, anchors - 1, BLOCK)
+        outputs = ttt_forward(head, feats, tokens, anchors - 1, BLOCK)
         assert len(outputs) == BLOCK and all(o.shape == (3, hidden) for o in outputs)
     else:
-        out = head.blocks_for_anchors(feats, tokens, anchors)
+        out = blocks_for_anchors(head, feats, tokens, anchors)
         assert out.shape == (3, head.block_inputs, hidden)
         assert head.block_inputs == (BLOCK + 1 if method == "dflash" else BLOCK)
         logits = head.logits(out[:, head.prediction_rows])
@@ -93,7 +98,7 @@ def test_block_training_pass_matches_serving(tiny_target, method):
     feats, _ = target_features(tiny_target, tokens, head.config.aux_layers)
     anchors = torch.tensor([7, 21, 33])
     with torch.no_grad():
-        hidden = head.blocks_for_anchors(feats, tokens, anchors)[:, head.prediction_rows]
+        hidden = blocks_for_anchors(head, feats, tokens, anchors)[:, head.prediction_rows]
         base = head.logits(hidden)
     for row, anchor in enumerate(anchors.tolist()):
         proposal = drafter_probs(head, feats, tokens, anchor)
@@ -115,7 +120,7 @@ def test_eagle3_training_time_test_matches_serving(tiny_target):
     forced = torch.cat([tokens[: anchor + 1], torch.tensor(proposal.token_ids)])
     forced_feats = torch.cat([feats[:anchor], torch.zeros(forced.shape[0] - anchor, feats.shape[1])])
     with torch.no_grad():
-        outputs = head.ttt_forward(forced_feats, forced, torch.tensor([anchor - 1]), BLOCK)
+        outputs = ttt_forward(head, forced_feats, forced, torch.tensor([anchor - 1]), BLOCK)
     for k, out in enumerate(outputs):
         torch.testing.assert_close(proposal.probs[k], torch.softmax(head.logits(out[0]), -1),
                                    atol=1e-5, rtol=1e-4)
@@ -129,6 +134,6 @@ def test_default_sizes_for_smollm2_fit_the_budget():
     for method in METHODS:
         config = HeadConfig.for_target(method, smol)
         with torch.device("meta"):
-            params = HEAD_CLASSES[method](config).num_own_parameters()
+            params = head_class(method)(config).num_own_parameters()
         assert params * 2 <= 25 * 2**20, (method, params)
     assert HeadConfig.for_target("eagle3", smol).aux_layers == (2, 15, 27)

@@ -12,7 +12,9 @@ import torch
 
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.engine import LLMEngine
-from engine.spec.heads import METHODS, HeadConfig, build_head
+from engine.spec.heads.config import HeadConfig
+from engine.spec.heads.registry import HEAD_METHODS as METHODS
+from engine.spec.training.recipes import build_head
 from engine.spec.training import features as features_module
 from engine.spec.training.calibrate import (BlockRecord, auroc, calibration_report,
                                            expected_calibration_error, fit_sts)

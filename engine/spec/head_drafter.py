@@ -37,7 +37,6 @@ class HeadDrafter(Drafter):
             raise ValueError("HeadDrafter needs a head attached to its target (attach_target)")
         self.head = head.eval()
         self.aux_layers = tuple(head.config.aux_layers)
-        self.block_size = head.config.block_size
         self.temperatures = head.config.calibration
         self.states: dict[str, RequestState] = {}
         self.dtype = head.norm.weight.dtype

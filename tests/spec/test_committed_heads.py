@@ -10,6 +10,7 @@ from engine.config import CacheConfig, EngineConfig, SchedulerConfig, Speculativ
 from engine.engine import LLMEngine
 from engine.models.default import default_model_path
 from engine.models.loader import load_model
+from engine.spec.heads.registry import HEAD_METHODS
 from scheduler.load import StepCostModel
 from scheduler.request import SamplingParams
 
@@ -27,7 +28,7 @@ def smollm2():
     return load_model(None)
 
 
-@pytest.mark.parametrize("method", ["eagle3", "dflash", "dspark"])
+@pytest.mark.parametrize("method", HEAD_METHODS)
 def test_committed_head_is_lossless_on_smollm2(smollm2, method):
     checkpoint = os.path.join(ROOT, "checkpoints", f"{method}-smollm2")
     assert os.path.getsize(os.path.join(checkpoint, "model.safetensors")) <= 25 * 2**20

@@ -10,7 +10,7 @@ from engine.engine import LLMEngine
 from engine.spec.base import DraftInput
 from engine.spec.head_drafter import HeadDrafter
 from engine.spec.heads.config import HeadConfig
-from engine.spec.heads.registry import HEAD_METHODS as METHODS
+from engine.spec.heads.registry import HEAD_METHODS
 from engine.spec.training.recipes import build_head
 from scheduler.load import StepCostModel
 from scheduler.request import Request, SamplingParams
@@ -32,7 +32,7 @@ def draft_input(rid, tokens, feats, anchor, params, max_tokens=BLOCK, seed=0):
     return DraftInput(request, max_tokens, torch.Generator().manual_seed(seed), feats[:anchor])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", HEAD_METHODS)
 def test_proposals_have_valid_distributions_and_confidences(tiny_target, method):
     drafter = make_drafter(tiny_target, method, calibration=[1.0, 2.0, 0.5, 1.0, 1.0])
     tokens = torch.randint(3, 500, (30,), generator=torch.Generator().manual_seed(1))
@@ -99,7 +99,7 @@ def make_engine(model_dir):
     return LLMEngine(config, step_cost=StepCostModel.flat())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", HEAD_METHODS)
 def test_greedy_through_engine_equals_plain_decoding(tiny_dir, tiny_target, method):
     engine = make_engine(tiny_dir)
     prompts = [engine.tokenizer.encode(p) for p in PROMPTS]
@@ -117,7 +117,7 @@ def test_greedy_through_engine_equals_plain_decoding(tiny_dir, tiny_target, meth
     assert all(len(out) == 12 or out[-1] in engine.tokenizer.stop_token_ids for out in sampled)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", HEAD_METHODS)
 def test_checkpoint_served_by_method_flag_is_lossless(tmp_path, tiny_dir, tiny_target, method):
     """--speculative-method METHOD --draft-model CHECKPOINT, adaptive policy,
     prefix caching switched off by the engine (heads need every token's features)."""

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from engine.config import ModelConfig
-from engine.spec.heads.registry import HEAD_METHODS, head_class
+from engine.spec.heads.registry import head_class
 
 FORMAT_VERSION = 1
 
@@ -46,8 +46,7 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         self.aux_layers = tuple(int(i) for i in self.aux_layers)
-        if self.method not in HEAD_METHODS:
-            raise ValueError(f"unknown draft head method {self.method!r}; choose from {HEAD_METHODS}")
+        family = head_class(self.method)  # ValueError for a method no family registered
         if not self.aux_layers or any(not 0 <= i < self.target_num_layers for i in self.aux_layers):
             raise ValueError(f"aux_layers {self.aux_layers} must be non-empty layers of the target")
         if not 1 <= self.block_size <= 16 or self.num_layers < 1:
@@ -56,7 +55,7 @@ class HeadConfig:
             raise ValueError("calibration needs one temperature per draft position")
         if self.format_version != FORMAT_VERSION:
             raise ValueError(f"head checkpoint format {self.format_version} is not {FORMAT_VERSION}")
-        head_class(self.method).check_config(self)
+        family.check_config(self)
 
     @property
     def feature_size(self) -> int:

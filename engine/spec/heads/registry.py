@@ -20,6 +20,6 @@ HEAD_METHODS: tuple[str, ...] = tuple(HEAD_FAMILIES)
 def head_class(method: str) -> type:
     """The DraftHead subclass registered for `method`."""
     if method not in HEAD_FAMILIES:
-        raise ValueError(f"unknown draft head method {method!r}; choose from {HEAD_METHODS}")
+        raise ValueError(f"unknown draft head method {method!r}; choose from {tuple(HEAD_FAMILIES)}")
     module, name = HEAD_FAMILIES[method].split(":")
     return getattr(importlib.import_module(module), name)

@@ -4,8 +4,9 @@ The engine's runner hands each request the target's hidden states of the
 tokens that got KV since the previous propose() (`DraftInput.new_hidden`,
 the head's `aux_layers` concatenated). The drafter turns them into its own
 per-request context once, and keeps it until free(): how is the head
-family's business (`DraftHead.absorb`: projected context keys/values per
-layer for the block heads, the head's own KV cache for EAGLE-3). Only
+family's business (`DraftHead.absorb_context`: projected context
+keys/values per layer for the block heads, the head's own KV cache for
+EAGLE-3). Only
 verified tokens ever reach that state (the runner sends features of
 accepted tokens only), so speculative state lives inside one propose()
 call and needs no roll-back. Drafting itself is the family's `draft`
@@ -74,6 +75,6 @@ class HeadDrafter(Drafter):
             raise RuntimeError(f"request {request.request_id}: drafting needs features of every token "
                                f"but the last ({request.num_computed_tokens} of {request.num_tokens})")
         if n:
-            self.head.absorb(state, request, new.to(self.dtype))
+            self.head.absorb_context(state, request, new.to(self.dtype))
             state.num_context += n
         return state

@@ -31,7 +31,7 @@ class DraftHead(nn.Module):
         """Raise ValueError for settings this family cannot use."""
 
     # ---- serving: each family implements these two ----------------------------
-    def absorb(self, state: RequestState, request, feats: torch.Tensor) -> None:
+    def absorb_context(self, state: RequestState, request, feats: torch.Tensor) -> None:
         """Fold the target features of positions [state.num_context, +n) into
         the request's state (feats [n, A*H]); the caller advances num_context."""
         raise NotImplementedError

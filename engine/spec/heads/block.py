@@ -97,7 +97,7 @@ class BlockHead(DraftHead):
         return h
 
     # ---- serving ---------------------------------------------------------------
-    def absorb(self, state: RequestState, request, feats: torch.Tensor) -> None:
+    def absorb_context(self, state: RequestState, request, feats: torch.Tensor) -> None:
         """feats [n, A*H]: projected context keys/values, one pass per layer."""
         positions = torch.arange(state.num_context, state.num_context + feats.shape[0],
                                  device=feats.device)[None]

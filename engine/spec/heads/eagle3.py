@@ -63,7 +63,7 @@ class Eagle3Head(DraftHead):
         return h + self.mlp(self.post_attention_layernorm(h))
 
     # ---- serving ---------------------------------------------------------------
-    def absorb(self, state: RequestState, request, feats: torch.Tensor) -> None:
+    def absorb_context(self, state: RequestState, request, feats: torch.Tensor) -> None:
         """Run the head over new context entries (feats_i, token_{i+1}) with
         causal attention over its cached entries; keep the last output."""
         start, n = state.num_context, feats.shape[0]

@@ -21,7 +21,7 @@ from engine.models.loader import LoadedModel, load_model
 from engine.output_processor import OutputProcessor
 from engine.outputs import EngineStats, RequestOutput
 from engine.profiler import load_or_profile
-from engine.sampler import make_generator
+from engine.sampler import draft_generator
 from engine.spec.base import DraftInput, Drafter
 from engine.spec.factory import build_drafter
 from scheduler.drafting import DraftingLimits
@@ -35,9 +35,6 @@ log = logging.getLogger("specserve.engine")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16, "float64": torch.float64}
-
-# Draft sampling gets its own random stream, derived from the request's seed.
-DRAFT_SEED_OFFSET = 7919
 
 
 class LLMEngine:
@@ -196,8 +193,7 @@ class LLMEngine:
         request = slot.request
         gen = self.draft_generators.get(request.request_id)
         if gen is None:
-            seed = request.sampling_params.seed
-            gen = make_generator(None if seed is None else seed + DRAFT_SEED_OFFSET, self.config.device)
+            gen = draft_generator(request.sampling_params.seed, self.config.device)
             self.draft_generators[request.request_id] = gen
         return DraftInput(request, slot.max_tokens, gen, slot.block_ids)
 

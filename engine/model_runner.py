@@ -58,11 +58,8 @@ def row_contexts(item: ScheduledRequest) -> list[RowContext]:
     """Sampling context of the anchor row and each draft row: row j sees the
     output so far plus drafts 1..j, exactly what plain decoding would see if
     those drafts are accepted."""
-    request = item.request
     drafts = item.spec_token_ids
-    return [RowContext(request.sampling_params, request.prompt_token_ids,
-                       request.output_token_ids + drafts[:j])
-            for j in range(len(drafts) + 1)]
+    return [RowContext.for_request(item.request, drafts[:j]) for j in range(len(drafts) + 1)]
 
 
 class ModelRunner:

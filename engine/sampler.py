@@ -29,7 +29,12 @@ from dataclasses import dataclass
 import torch
 
 from scheduler.output import TokenLogprob
-from scheduler.request import SamplingParams
+from scheduler.request import Request, SamplingParams
+
+# Draft generators are seeded apart from the request's own sampling
+# generator (a prime offset), so draft and target random streams never
+# coincide for a seeded request.
+DRAFT_SEED_OFFSET = 7919
 
 
 def make_generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator:
@@ -47,6 +52,13 @@ def make_generator(seed: int | None, device: str | torch.device = "cpu") -> torc
     return generator
 
 
+def draft_generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator a drafter samples a request's drafts with: seeded from
+    the request's seed (offset from its sampling generator), or from OS
+    entropy for an unseeded request."""
+    return make_generator(None if seed is None else seed + DRAFT_SEED_OFFSET, device)
+
+
 @dataclass
 class RowContext:
     """What the sampling transforms of one logits row depend on."""
@@ -56,6 +68,14 @@ class RowContext:
     # Output so far INCLUDING any draft tokens that precede this row's
     # position, so that penalties at a verify row see the drafts before it.
     output_token_ids: list[int]
+
+    @classmethod
+    def for_request(cls, request: Request, drafted_tokens: list[int]) -> "RowContext":
+        """The context of the row that follows `drafted_tokens` (the drafts
+        before it): exactly what plain decoding would see at that position
+        if those drafts are accepted."""
+        return cls(request.sampling_params, request.prompt_token_ids,
+                   request.output_token_ids + drafted_tokens)
 
 
 def target_probs(logits: torch.Tensor, rows: list[RowContext]) -> torch.Tensor:

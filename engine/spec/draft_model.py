@@ -116,8 +116,7 @@ class _DraftState:
         return len(self.token_ids) >= self.limit
 
     def row_context(self) -> RowContext:
-        req = self.request
-        return RowContext(req.sampling_params, req.prompt_token_ids, req.output_token_ids + self.token_ids)
+        return RowContext.for_request(self.request, self.token_ids)
 
     def add(self, token: int, probs: torch.Tensor, confidence: float) -> None:
         self.token_ids.append(token)

@@ -1,5 +1,5 @@
 """Speculative methods by name: adding one is a new module that registers
-its drafter plus one import line in engine/spec/__init__.py."""
+its drafter plus one import line in engine/spec/builtin.py."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -45,13 +45,13 @@ def register_drafter(name: str, *, needs_draft_model: bool = False, help: str = 
 
 def method_names() -> tuple[str, ...]:
     """Every accepted --speculative-method value, `none` first."""
-    import engine.spec  # noqa: F401  (registers the built-in drafters)
+    import engine.spec.builtin  # noqa: F401  (registers the built-in drafters)
 
-    return (NONE, *DRAFTERS)
+    return (NONE, *sorted(DRAFTERS))
 
 
 def drafter_spec(name: str) -> DrafterSpec:
-    import engine.spec  # noqa: F401  (registers the built-in drafters)
+    import engine.spec.builtin  # noqa: F401  (registers the built-in drafters)
 
     try:
         return DRAFTERS[name]

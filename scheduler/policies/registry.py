@@ -36,7 +36,7 @@ def register_policy(name: str, *, needs_step_cost: bool, help: str):
 
 def policy_names() -> tuple[str, ...]:
     """Every accepted --verify-policy value, `off` first."""
-    return (OFF, *POLICIES)
+    return (OFF, *sorted(POLICIES))
 
 
 def policy_spec(name: str) -> PolicySpec:

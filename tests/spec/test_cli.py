@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from engine.spec.heads import read_head_config
+from engine.spec.heads.checkpoint import read_head_config
 from engine.spec.training.cli import main
 
 
@@ -44,3 +44,31 @@ def test_train_then_eval_draft(tiny_dir, tmp_path, capsys, mtbench_available):
     results = json.loads((tmp_path / "eval.json").read_text())["results"]
     assert set(results) == {"temperature=0", "temperature=1"}
     assert all(r["tau"] >= 1.0 for r in results.values())
+
+
+def test_eval_draft_reports_tau_and_calibration(tiny_dir, tiny_target, tmp_path, capsys, monkeypatch):
+    """eval-draft on a saved head, with prompts from a stand-in source (the
+    data packages are optional): one entry per temperature, the report's
+    fields, and calibrated figures when the checkpoint is calibrated."""
+    from engine.spec.heads.checkpoint import save_head
+    from engine.spec.training import data
+    from engine.spec.training.data import Prompt
+    from tests.spec.conftest import make_head
+
+    head = make_head("dspark", tiny_target, 3)
+    head.config.calibration = [1.0, 1.5, 2.0]
+    save_head(head, str(tmp_path / "head"))
+    prompts = [Prompt("toy", f"toy/{i}", f"Tell me about fox {i}.") for i in range(3)]
+    monkeypatch.setattr(data, "load_prompts", lambda spec, split=None: prompts)
+    args = ["eval-draft", "--draft-model", str(tmp_path / "head"), "--target", str(tiny_dir), "--data", "toy:3",
+            "--block-size", "3", "--max-new-tokens", "8", "--temperatures", "0", "1", "--batch", "2",
+            "--report", str(tmp_path / "eval.json"), "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert (report["method"], report["prompts"], report["block_size"]) == ("dspark", 3, 3)
+    for result in report["results"].values():
+        assert result["steps"] > 0 and 1.0 <= result["tau"] <= 4.0
+        assert {"emitted", "accepted_per_position", "ece_survival", "auroc_conditional", "calibrated",
+                "seconds"} <= set(result)
+    assert set(report["results"]) == {"temperature=0", "temperature=1"}

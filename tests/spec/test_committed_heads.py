@@ -2,6 +2,8 @@
 serve losslessly through their --speculative-method flag."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import os
 
 import pytest
@@ -10,6 +12,7 @@ from engine.config import CacheConfig, EngineConfig, SchedulerConfig, Speculativ
 from engine.engine import LLMEngine
 from engine.models.default import default_model_path
 from engine.models.loader import load_model
+from engine.spec.heads.registry import HEAD_METHODS
 from scheduler.load import StepCostModel
 from scheduler.request import SamplingParams
 
@@ -27,7 +30,7 @@ def smollm2():
     return load_model(None)
 
 
-@pytest.mark.parametrize("method", ["eagle3", "dflash", "dspark"])
+@pytest.mark.parametrize("method", HEAD_METHODS)
 def test_committed_head_is_lossless_on_smollm2(smollm2, method):
     checkpoint = os.path.join(ROOT, "checkpoints", f"{method}-smollm2")
     assert os.path.getsize(os.path.join(checkpoint, "model.safetensors")) <= 25 * 2**20
@@ -42,5 +45,5 @@ def test_committed_head_is_lossless_on_smollm2(smollm2, method):
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     speculative = engine.generate([prompt], params)[0]
     assert engine.stats.num_draft_tokens > 0
-    engine.drafter = None
-    assert speculative == engine.generate([prompt], params)[0]
+    plain = LLMEngine(replace(config, speculative=SpeculativeConfig()), loaded=smollm2)
+    assert speculative == plain.generate([prompt], params)[0]

@@ -9,10 +9,12 @@ from engine.config import CacheConfig, EngineConfig, SchedulerConfig, Speculativ
 from engine.engine import LLMEngine
 from engine.spec.base import DraftInput
 from engine.spec.head_drafter import HeadDrafter
-from engine.spec.heads import METHODS, HeadConfig, build_head
+from engine.spec.heads.config import HeadConfig
+from engine.spec.heads.registry import HEAD_METHODS
+from engine.spec.training.recipes import build_head
 from scheduler.load import StepCostModel
 from scheduler.request import Request, SamplingParams
-from tests.spec.conftest import target_features
+from tests.spec.conftest import absorb_and_propose, target_features
 
 BLOCK = 5
 PROMPTS = ["def add(a, b):\n    return a + b\n\ndef add(a, b):", "Hello", "The quick brown fox jumps over"]
@@ -24,22 +26,26 @@ def make_drafter(loaded, method, seed=0, calibration=None):
     return HeadDrafter(build_head(config, loaded.model))
 
 
-def draft_input(rid, tokens, feats, anchor, params, max_tokens=BLOCK, seed=0):
+def request_at(rid, tokens, anchor, params):
+    """A request whose last token is tokens[anchor], with KV for the ones before."""
     request = Request(rid, tokens[: anchor + 1].tolist(), params)
     request.num_computed_tokens = anchor
-    return DraftInput(request, max_tokens, torch.Generator().manual_seed(seed), feats[:anchor])
+    return request
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", HEAD_METHODS)
 def test_proposals_have_valid_distributions_and_confidences(tiny_target, method):
     drafter = make_drafter(tiny_target, method, calibration=[1.0, 2.0, 0.5, 1.0, 1.0])
     tokens = torch.randint(3, 500, (30,), generator=torch.Generator().manual_seed(1))
     feats, _ = target_features(tiny_target, tokens, drafter.aux_layers)
     params = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, top_k=20),
               SamplingParams(temperature=1.0, top_p=0.9, repetition_penalty=1.3)]
-    inputs = [draft_input(f"r{i}", tokens, feats, 10 + 5 * i, p, max_tokens=BLOCK - i)
-              for i, p in enumerate(params)]
-    proposals = drafter.propose(inputs, {})
+    inputs = []
+    for i, p in enumerate(params):
+        request = request_at(f"r{i}", tokens, 10 + 5 * i, p)
+        drafter.absorb(request, feats[: 10 + 5 * i])
+        inputs.append(DraftInput(request, BLOCK - i, torch.Generator().manual_seed(0), []))
+    proposals = drafter.propose(inputs)
     for i, p in enumerate(params):
         proposal = proposals[f"r{i}"]
         k = BLOCK - i
@@ -56,55 +62,51 @@ def test_proposals_have_valid_distributions_and_confidences(tiny_target, method)
         assert all(0.0 <= c <= 1.0 for c in proposal.confidences)
 
 
-def test_state_grows_with_features_and_is_freed(tiny_target):
+def test_state_grows_with_features_and_is_forgotten(tiny_target):
     drafter = make_drafter(tiny_target, "dspark")
     tokens = torch.randint(3, 500, (30,), generator=torch.Generator().manual_seed(2))
     feats, _ = target_features(tiny_target, tokens, drafter.aux_layers)
     greedy = SamplingParams(temperature=0.0)
-    first = draft_input("a", tokens, feats, 10, greedy)
-    drafter.propose([first], {})
+    absorb_and_propose(drafter, request_at("a", tokens, 10, greedy), feats[:10], BLOCK)
     assert drafter.states["a"].num_context == 10
     # Three more tokens got KV: only their features arrive.
-    request = Request("a", tokens[:14].tolist(), greedy)
-    request.num_computed_tokens = 13
-    drafter.propose([DraftInput(request, BLOCK, torch.Generator(), feats[10:13])], {})
+    request = request_at("a", tokens, 13, greedy)
+    absorb_and_propose(drafter, request, feats[10:13], BLOCK)
     assert drafter.states["a"].num_context == 13
     # Incremental state gives the same drafts as starting from scratch.
     fresh = make_drafter(tiny_target, "dspark")
-    again = fresh.propose([draft_input("a", tokens, feats, 13, greedy)], {})["a"]
-    assert drafter.propose([DraftInput(request, BLOCK, torch.Generator(), None)], {})["a"].token_ids \
-        == again.token_ids
-    drafter.free(["a"])
-    assert "a" not in drafter.states
+    again = absorb_and_propose(fresh, request_at("a", tokens, 13, greedy), feats[:13], BLOCK)["a"]
+    assert absorb_and_propose(drafter, request, None, BLOCK)["a"].token_ids == again.token_ids
+    drafter.forget(["a"])
+    assert "a" not in drafter.states and "a" not in drafter.pending_hidden
 
 
 def test_missing_features_fail_loudly(tiny_target):
     drafter = make_drafter(tiny_target, "eagle3")
     tokens = torch.randint(3, 500, (20,))
     feats, _ = target_features(tiny_target, tokens, drafter.aux_layers)
-    item = draft_input("a", tokens, feats, 10, SamplingParams(temperature=0.0))
-    item.new_hidden = feats[:7]
+    request = request_at("a", tokens, 10, SamplingParams(temperature=0.0))
     with pytest.raises(RuntimeError, match="features"):
-        drafter.propose([item], {})
+        absorb_and_propose(drafter, request, feats[:7], BLOCK)
+    with pytest.raises(RuntimeError, match="features"):
+        drafter.absorb(request, None)
 
 
-def make_engine(model_dir):
+def make_engine(model_dir, loaded=None, drafter=None):
     config = EngineConfig(
         model=str(model_dir), dtype="float32", cache=CacheConfig(block_size=8, num_blocks=256),
         scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=512),
-        # ngram only so the engine builds a verify policy; the drafter is swapped below.
-        speculative=SpeculativeConfig(method="ngram", num_speculative_tokens=BLOCK, policy="static"))
-    return LLMEngine(config, step_cost=StepCostModel.flat())
+        speculative=SpeculativeConfig(num_speculative_tokens=BLOCK, policy="static"))
+    return LLMEngine(config, loaded=loaded, step_cost=StepCostModel.flat(), drafter=drafter)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", HEAD_METHODS)
 def test_greedy_through_engine_equals_plain_decoding(tiny_dir, tiny_target, method):
-    engine = make_engine(tiny_dir)
-    prompts = [engine.tokenizer.encode(p) for p in PROMPTS]
+    plain_engine = make_engine(tiny_dir)
+    prompts = [plain_engine.tokenizer.encode(p) for p in PROMPTS]
     params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
-    engine.drafter = None
-    plain = engine.generate(prompts, params)
-    engine.drafter = make_drafter(engine.loaded, method)
+    plain = plain_engine.generate(prompts, params)
+    engine = make_engine(tiny_dir, plain_engine.loaded, make_drafter(plain_engine.loaded, method))
     alone = [engine.generate([p], params)[0] for p in prompts]
     batched = engine.generate(prompts, params)
     assert alone == plain and batched == plain
@@ -115,11 +117,11 @@ def test_greedy_through_engine_equals_plain_decoding(tiny_dir, tiny_target, meth
     assert all(len(out) == 12 or out[-1] in engine.tokenizer.stop_token_ids for out in sampled)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", HEAD_METHODS)
 def test_checkpoint_served_by_method_flag_is_lossless(tmp_path, tiny_dir, tiny_target, method):
     """--speculative-method METHOD --draft-model CHECKPOINT, adaptive policy,
     prefix caching switched off by the engine (heads need every token's features)."""
-    from engine.spec.heads import save_head
+    from engine.spec.heads.checkpoint import save_head
 
     save_head(make_drafter(tiny_target, method).head, str(tmp_path / "ckpt"))
     spec = SpeculativeConfig(method=method, draft_model=str(tmp_path / "ckpt"),
@@ -132,8 +134,7 @@ def test_checkpoint_served_by_method_flag_is_lossless(tmp_path, tiny_dir, tiny_t
     prompts = [engine.tokenizer.encode(p) for p in PROMPTS] * 2  # repeats would hit the prefix cache
     params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
     got = engine.generate(prompts, params)
-    engine.drafter = None
-    assert got == engine.generate(prompts, params)
+    assert got == make_engine(tiny_dir, engine.loaded).generate(prompts, params)
     wrong = "dspark" if method != "dspark" else "eagle3"
     with pytest.raises(ValueError, match="holds a"):
         LLMEngine(EngineConfig(model=str(tiny_dir), speculative=SpeculativeConfig(

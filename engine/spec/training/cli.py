@@ -8,8 +8,9 @@ STS calibration on held-out prompts -> a deployable head in --out
 is reused by later runs.
 
 eval-draft: real speculative decoding with the head on held-out prompts at
-each requested temperature; tau (block size fixed, scheduler off), ECE and
-AUROC of the confidences, raw and calibrated.
+each requested temperature, through the server's engine; tau (block size
+fixed, every draft verified), ECE and AUROC of the confidences, raw and
+calibrated.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import time
 
 import torch
 
-from engine.spec.heads import METHODS, HeadConfig, build_head, load_head, save_head
+from engine.spec.heads.checkpoint import load_head, save_head
+from engine.spec.heads.config import HeadConfig
+from engine.spec.heads.registry import HEAD_METHODS
 
 log = logging.getLogger("specserve.train_draft")
 
@@ -29,7 +32,7 @@ log = logging.getLogger("specserve.train_draft")
 # ---------------------------------------------------------------- arguments
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", required=True, choices=HEAD_METHODS)
     p.add_argument("--target", default=None, help="target model (HF dir or .gguf; default: bundled SmolLM2)")
     p.add_argument("--out", required=True, help="output directory of the trained head")
     p.add_argument("--work-dir", default=None, help="cache for responses and features (default OUT/data)")
@@ -160,15 +163,12 @@ def _generate(engine, prompts, work: str, name: str, args, temperature: float | 
 
 
 def _engine_for(loaded, batch: int, max_len: int):
-    from engine.config import CacheConfig, EngineConfig, SchedulerConfig
-    from engine.engine import LLMEngine
+    from engine.config import CacheConfig, SchedulerConfig
+    from engine.spec.training.generate import engine_for
 
     blocks = batch * (max_len // 16 + 2) + 16
-    config = EngineConfig(model=str(loaded.path), dtype=_dtype_name(loaded),
-                          cache=CacheConfig(block_size=16, num_blocks=blocks),
-                          scheduler=SchedulerConfig(max_num_seqs=batch, max_num_batched_tokens=2048,
-                                                    max_model_len=max_len + 1))
-    return LLMEngine(config, loaded=loaded)
+    return engine_for(loaded, CacheConfig(block_size=16, num_blocks=blocks),
+                      SchedulerConfig(max_num_seqs=batch, max_num_batched_tokens=2048, max_model_len=max_len + 1))
 
 
 def _head_config(args, loaded) -> HeadConfig:
@@ -190,6 +190,8 @@ def _feature_dir(work: str, config: HeadConfig) -> str:
 
 def _build_head(config: HeadConfig, loaded, out: str):
     """A fresh head; the Trainer restores its weights from train_state.pt when resuming."""
+    from engine.spec.training.recipes import build_head
+
     head = build_head(config, loaded.model)
     log.info("%s head: %.2fM parameters of its own (%.1f MB in float16)", config.method,
              head.num_own_parameters() / 1e6, head.num_own_parameters() * 2 / 1e6)
@@ -253,10 +255,9 @@ def _decode_in_batches(loaded, head, prompts, params, args):
     from engine.spec.training.evaluate import SpecResult, speculative_decode
 
     total = SpecResult()
-    stops = loaded.tokenizer.stop_token_ids
     for start in range(0, len(prompts), args.batch):
         total.merge(speculative_decode(loaded, head, prompts[start: start + args.batch], params,
-                                       block_size=args.block_size, seed=args.seed + start, stop_token_ids=stops))
+                                       block_size=args.block_size, seed=args.seed + start))
     return total
 
 
@@ -272,10 +273,6 @@ def _load_target(path):
     from engine.models.loader import load_model
 
     return load_model(path, torch.float32, "cpu")
-
-
-def _dtype_name(loaded) -> str:
-    return str(next(loaded.model.parameters()).dtype).replace("torch.", "")
 
 
 def _write_json(path: str, data: dict) -> None:

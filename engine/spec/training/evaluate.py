@@ -9,28 +9,27 @@ Two ways to get it, both through the real HeadDrafter:
   the target's choice at every position is then the next token, so a draft
   is accepted iff it matches it, and the emitted stream is the sequence
   itself. Needs no target forward (cheap enough to run during training).
-- `speculative_decode`: real decoding, any temperature: one packed target
-  forward per step over [anchor, drafts] for every request, acceptance by
-  engine/spec/rejection.py against the target's distributions under the
-  request's sampling transforms, the drafter fed the hidden states of
-  accepted tokens only (what the engine's runner does).
+- `speculative_decode`: real decoding, any temperature, through the
+  server's own engine (LLMEngine: scheduler, runner step, rejection
+  sampling, hidden states of accepted tokens to the drafter) with the
+  static policy at the block size; the records come from the engine's
+  per-request speculation counters, so the offline figure is the server's.
 Both return the per-step confidence records that calibrate.py scores.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from engine.kv_cache import allocate_kv_caches
-from engine.sampler import RowContext, make_generator, target_probs
-from engine.spec.base import DraftInput
+from engine.config import CacheConfig, SchedulerConfig, SpeculativeConfig
+from engine.spec.base import DraftInput, Drafter
 from engine.spec.head_drafter import HeadDrafter
-from engine.spec.heads import DraftHead
-from engine.spec.rejection import rejection_sample
+from engine.spec.heads.base import DraftHead
 from engine.spec.training.calibrate import BlockRecord, calibration_report
 from engine.spec.training.features import FeatureSet
-from kernels.attention import AttentionMetadata
+from engine.spec.training.generate import engine_for
+from scheduler.drafts import DraftBlock
 from scheduler.request import Request, SamplingParams
 
 KV_BLOCK = 16
@@ -95,13 +94,15 @@ class _Walk:
     def done(self) -> bool:
         return self.pos >= len(self.tokens) - 1
 
-    def draft_input(self, block_size: int, params: SamplingParams) -> DraftInput:
+    def draft_input(self, drafter: Drafter, block_size: int, params: SamplingParams) -> DraftInput:
+        """The request as the engine would show it, after `drafter` absorbed
+        the features of the tokens confirmed since last time."""
         request = Request(self.rid, self.tokens[: self.prompt_len], params)
         request.output_token_ids = self.tokens[self.prompt_len: self.pos + 1]
         request.num_computed_tokens = self.pos
-        hidden = self.aux[self.fed: self.pos].float()
+        drafter.absorb(request, self.aux[self.fed: self.pos].float())
         self.fed = self.pos
-        return DraftInput(request, self.room(block_size), torch.Generator().manual_seed(0), hidden)
+        return DraftInput(request, self.room(block_size), torch.Generator().manual_seed(0), [])
 
     def room(self, block_size: int) -> int:
         """Drafts allowed now. Like the engine, keep one token for the
@@ -138,8 +139,8 @@ def teacher_forced_simulation(head: DraftHead, features: FeatureSet, block_size:
 def _simulate(drafter: HeadDrafter, walks: list[_Walk], block_size: int, params, result: SpecResult) -> None:
     active = [w for w in walks if not w.done]
     while active:
-        inputs = [w.draft_input(block_size, params) for w in active if w.room(block_size) > 0]
-        proposals = drafter.propose(inputs, {})
+        inputs = [w.draft_input(drafter, block_size, params) for w in active if w.room(block_size) > 0]
+        proposals = drafter.propose(inputs)
         for walk in active:
             proposal = proposals.get(walk.rid)
             drafts = proposal.token_ids if proposal else []
@@ -147,132 +148,86 @@ def _simulate(drafter: HeadDrafter, walks: list[_Walk], block_size: int, params,
             if drafts:
                 result.record(proposal.confidences, accepted, accepted + 1)
         active = [w for w in active if not w.done]
-    drafter.free([w.rid for w in walks])
+    drafter.forget([w.rid for w in walks])
 
 
-# ---------------------------------------------------------------- real decoding
+# ---------------------------------------------------------------- real decoding (the server's step)
 
-class _Decoding:
-    """One request in the evaluation decoder: its KV blocks, drafts and the
-    features of tokens that got KV but have not reached the drafter yet."""
+class _RecordingDrafter(Drafter):
+    """Passes proposals through and keeps their confidences until the
+    engine step that verifies them (the next one) has run."""
 
-    def __init__(self, rid: str, prompt: list[int], params: SamplingParams, blocks: list[int], seed: int):
-        self.request = Request(rid, list(prompt), params)
-        self.blocks = blocks
-        self.target_generator = make_generator(seed)
-        self.draft_generator = make_generator(seed + 7919)
-        self.drafts: list[int] = []
-        self.draft_probs: torch.Tensor | None = None
-        self.confidences: list[float] = []
-        self.pending: list[torch.Tensor] = []
-        self.finished = False
+    def __init__(self, inner: Drafter):
+        self.inner = inner
+        for name in ("name", "aux_layers", "num_lookahead_slots", "costs_compute", "max_draft_tokens"):
+            setattr(self, name, getattr(inner, name))
+        self.proposed: dict[str, list[float]] = {}
 
-    def query(self) -> list[int]:
-        r = self.request
-        return r.all_token_ids[r.num_computed_tokens:] + self.drafts
+    def absorb(self, request, hidden) -> None:
+        self.inner.absorb(request, hidden)
+
+    def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
+        proposals = self.inner.propose(inputs)
+        self.proposed.update({rid: list(p.confidences) for rid, p in proposals.items()})
+        return proposals
+
+    def forget(self, request_ids: list[str]) -> None:
+        self.inner.forget(request_ids)
+
+    def take(self) -> dict[str, list[float]]:
+        """Confidences of the drafts the next engine step will verify."""
+        proposed, self.proposed = self.proposed, {}
+        return proposed
 
 
 @torch.no_grad()
 def speculative_decode(loaded, head: DraftHead, prompts: list[list[int]], params: SamplingParams,
-                       block_size: int | None = None, seed: int = 0, stop_token_ids=()) -> SpecResult:
-    """Decode `prompts` with the head drafting and the target verifying all
-    of `block_size` drafts per step; returns tau and the confidence records."""
-    decoder = _Decoder(loaded, raw_drafter(head), block_size or head.config.block_size, set(stop_token_ids))
-    requests = decoder.admit(prompts, params, seed)
-    while active := [r for r in requests if not r.finished]:
-        decoder.verify(active)
-        decoder.draft([r for r in active if not r.finished])
-    decoder.drafter.free([r.request.request_id for r in requests])
-    return decoder.result
+                       block_size: int | None = None, seed: int = 0) -> SpecResult:
+    """Decode `prompts` through LLMEngine, the head drafting and every one of
+    `block_size` drafts verified per step (static policy): tau and the
+    confidence records of what the server does. Request i samples with
+    seed `seed + i` (its drafts with the engine's draft seed from it) and
+    stops where the server would (max_tokens, stop tokens, EOS)."""
+    block_size = block_size or head.config.block_size
+    drafter = _RecordingDrafter(raw_drafter(head))
+    engine = _evaluation_engine(loaded, drafter, prompts, params.max_tokens, block_size)
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"eval{i}", prompt, replace(params, seed=seed + i))
+    result, counts = SpecResult(), {}
+    while engine.has_unfinished():
+        verified = drafter.take()
+        for output in engine.step():
+            _record_verification(result, output, verified, counts)
+    return result
 
 
-class _Decoder:
-    """A minimal speculative decoding loop (no scheduler): all requests run
-    together, each verifies every draft it has."""
+def _evaluation_engine(loaded, drafter: Drafter, prompts: list[list[int]], max_tokens: int,
+                       block_size: int):
+    """An engine with room for every request at once (no preemption, no
+    chunked prefill, no draft cut by the token budget) that verifies every
+    draft: static policy at `block_size`."""
+    per_request = [len(p) + max_tokens + block_size + 1 for p in prompts]
+    scheduler = SchedulerConfig(max_num_seqs=len(prompts), max_model_len=max(per_request),
+                                max_num_batched_tokens=sum(len(p) + block_size + 1 for p in prompts))
+    cache = CacheConfig(block_size=KV_BLOCK, num_blocks=sum(n // KV_BLOCK + 2 for n in per_request))
+    # The in-memory head (which may not be saved anywhere) is handed to the
+    # engine directly, so the config names no method.
+    speculative = SpeculativeConfig(method="none", num_speculative_tokens=block_size, policy="static")
+    return engine_for(loaded, cache, scheduler, speculative, drafter=drafter)
 
-    def __init__(self, loaded, drafter: HeadDrafter, block_size: int, stops: set[int]):
-        self.model, self.config = loaded.model, loaded.config
-        self.drafter, self.block_size, self.stops = drafter, block_size, stops
-        self.dtype = next(loaded.model.parameters()).dtype
-        self.result = SpecResult()
-        self.caches = None
 
-    def admit(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[_Decoding]:
-        """Give each prompt its own contiguous KV blocks (room for the output and a block of drafts)."""
-        sizes = [(len(p) + params.max_tokens + self.block_size + KV_BLOCK) // KV_BLOCK + 1 for p in prompts]
-        self.caches = allocate_kv_caches(self.config, sum(sizes), KV_BLOCK, self.dtype, "cpu")
-        requests, first = [], 0
-        for i, (prompt, size) in enumerate(zip(prompts, sizes)):
-            requests.append(_Decoding(f"eval{i}", prompt, params, list(range(first, first + size)), seed + i))
-            first += size
-        return requests
-
-    def verify(self, active: list[_Decoding]) -> None:
-        """One packed target forward over every request's new tokens and drafts."""
-        queries = [r.query() for r in active]
-        starts = [r.request.num_computed_tokens for r in active]
-        lengths = [len(q) for q in queries]
-        meta = AttentionMetadata.build(lengths, [s + n for s, n in zip(starts, lengths)],
-                                       [r.blocks for r in active], KV_BLOCK, "cpu")
-        ids = torch.tensor([t for q in queries for t in q])
-        positions = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lengths)])
-        final, aux = self.model(ids, positions, self.caches, meta, aux_layers=self.drafter.aux_layers)
-        features = torch.cat(aux, dim=-1)
-        rows = self._sample_rows(active, lengths)
-        probs = target_probs(self.model.compute_logits(final[rows]), self._row_contexts(active))
-        drafts = torch.tensor([t for r in active for t in r.drafts], dtype=torch.long)
-        draft_probs = torch.cat([r.draft_probs for r in active if r.drafts]) if drafts.numel() else None
-        outcome = rejection_sample(drafts, draft_probs, probs, [len(r.drafts) for r in active],
-                                   [r.target_generator for r in active])
-        offsets = [0] + torch.tensor(lengths).cumsum(0).tolist()
-        for r, emitted, accepted, offset in zip(active, outcome.emitted_token_ids, outcome.num_accepted, offsets):
-            kept = len(r.query()) - len(r.drafts) + accepted  # real tokens + accepted drafts got KV
-            r.pending.append(features[offset: offset + kept])
-            if r.drafts:
-                self.result.record(r.confidences, accepted, accepted + 1)
-            self._append(r, emitted, kept)
-
-    @staticmethod
-    def _sample_rows(active: list[_Decoding], lengths: list[int]) -> list[int]:
-        """Packed rows of each request's last real token and its drafts."""
-        rows, offset = [], 0
-        for r, n in zip(active, lengths):
-            first = offset + n - len(r.drafts) - 1
-            rows.extend(range(first, first + len(r.drafts) + 1))
-            offset += n
-        return rows
-
-    @staticmethod
-    def _row_contexts(active: list[_Decoding]) -> list[RowContext]:
-        """Row j of a request sees its output plus drafts 1..j (as the runner does)."""
-        return [RowContext(r.request.sampling_params, r.request.prompt_token_ids,
-                           r.request.output_token_ids + r.drafts[:j])
-                for r in active for j in range(len(r.drafts) + 1)]
-
-    def _append(self, r: _Decoding, emitted: list[int], kept: int) -> None:
-        """Advance the request: emitted tokens, up to max_tokens or a stop token."""
-        request = r.request
-        request.num_computed_tokens += kept
-        for token in emitted:
-            request.append_output_token(token)
-            if token in self.stops or request.num_output_tokens >= request.sampling_params.max_tokens:
-                r.finished = True
-                break
-        r.drafts, r.draft_probs, r.confidences = [], None, []
-
-    def draft(self, active: list[_Decoding]) -> None:
-        """Drafts for the next step; features reach the drafter only here."""
-        inputs = []
-        for r in active:
-            request = r.request
-            room = min(self.block_size, request.sampling_params.max_tokens - request.num_output_tokens - 1)
-            if room <= 0:
-                continue
-            hidden = torch.cat(r.pending)
-            r.pending = []
-            inputs.append(DraftInput(request, room, r.draft_generator, hidden))
-        proposals = self.drafter.propose(inputs, {}) if inputs else {}
-        for r in active:
-            proposal = proposals.get(r.request.request_id)
-            if proposal is not None:
-                r.drafts, r.draft_probs, r.confidences = proposal.token_ids, proposal.probs, proposal.confidences
+def _record_verification(result: SpecResult, output, verified: dict[str, list[float]],
+                         counts: dict[str, tuple[int, int, int]]) -> None:
+    """Turn the engine's cumulative per-request speculation counters into
+    this step's verification record (at most one per request per step)."""
+    rid = output.request_id
+    now = (output.num_spec_steps, output.num_draft_tokens, output.num_accepted_tokens)
+    steps, drafted, accepted = (a - b for a, b in zip(now, counts.get(rid, (0, 0, 0))))
+    counts[rid] = now
+    if steps == 0:
+        return
+    confidences = verified.get(rid, [])
+    if steps != 1 or len(confidences) < drafted:
+        raise RuntimeError(f"request {rid}: {steps} verifications of {drafted} drafts in one step, "
+                           f"{len(confidences)} drafts proposed")
+    result.record(confidences[:drafted], accepted, accepted + 1)

@@ -15,9 +15,10 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from scheduler.request import SamplingParams
-
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+from engine.engine import LLMEngine
 from engine.spec.training.data import Prompt, chat_prompt_ids
+from scheduler.request import SamplingParams
 
 
 @dataclass
@@ -57,6 +58,17 @@ def encode_prompts(tokenizer, prompts: list[Prompt], max_prompt_tokens: int) -> 
     """Chat-formatted ids of each prompt; prompts longer than the limit are dropped."""
     encoded = [(p, chat_prompt_ids(tokenizer, p)) for p in prompts]
     return [(p, ids) for p, ids in encoded if len(ids) <= max_prompt_tokens]
+
+
+def engine_for(loaded, cache: CacheConfig, scheduler: SchedulerConfig,
+               speculative: SpeculativeConfig | None = None, drafter=None) -> LLMEngine:
+    """An LLMEngine over an already loaded target, in the target's dtype and
+    on its device; `drafter` overrides the one the config names."""
+    parameter = next(loaded.model.parameters())
+    config = EngineConfig(model=str(loaded.path), dtype=str(parameter.dtype).removeprefix("torch."),
+                          device=str(parameter.device), cache=cache, scheduler=scheduler,
+                          speculative=speculative or SpeculativeConfig())
+    return LLMEngine(config, loaded=loaded, drafter=drafter)
 
 
 def generate_responses(engine, prompts: list[Prompt], out_path: str, max_tokens: int = 256,

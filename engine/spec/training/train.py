@@ -9,12 +9,10 @@ k of it is compared with
   here from cached final hidden states, only for the sampled rows,
 with weight w_k = exp(-(k-1)/gamma) (design/speculation.md s.3).
 
-Losses per method:
-- EAGLE-3: CE, with the training-time test (ttt_forward feeds the head's own
-  outputs back for gamma steps).
-- DFlash: CE over the block predicted in one pass.
-- DSpark: 0.1 * CE + 0.9 * ||p_d - p_t||_1 + 1.0 * BCE(c_k, 1 - 0.5 * ||p_d - p_t||_1),
-  with the Markov term fed the previous ground-truth token.
+Per family (recipes.py): EAGLE-3 runs the training-time test (ttt.py feeds
+the head's own outputs back for gamma steps), DFlash and DSpark predict the
+block in one pass (blocks.py); the losses are in losses.py (CE; DSpark adds
+the distance to p_t and its confidence head's BCE).
 
 Resumable: `train_state.pt` in the output directory holds the head's
 float32 weights, the optimizer, the data-order random state and the step.
@@ -30,8 +28,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from engine.spec.heads import DraftHead, DSparkHead, Eagle3Head, save_head
+from engine.spec.heads.base import DraftHead
+from engine.spec.heads.checkpoint import save_head
 from engine.spec.training.features import FeatureSet
+from engine.spec.training.losses import LossInputs
+from engine.spec.training.recipes import recipe_for
 
 STATE_FILE = "train_state.pt"
 
@@ -95,12 +96,7 @@ def sample_blocks(features: FeatureSet, index: int, num_anchors: int, block_size
 def block_hidden(head: DraftHead, features: FeatureSet, blocks: BlockTargets) -> torch.Tensor:
     """The head's pre-norm hidden state for every block position: [N, gamma, H]."""
     feats = features.aux[blocks.sequence].float()
-    tokens = features.tokens[blocks.sequence]
-    if isinstance(head, Eagle3Head):
-        steps = head.ttt_forward(feats, tokens, blocks.anchors - 1, head.config.block_size)
-        return torch.stack(steps, dim=1)
-    hidden = head.blocks_for_anchors(feats, tokens, blocks.anchors)
-    return hidden[:, head.prediction_rows]
+    return recipe_for(head).hidden(head, feats, features.tokens[blocks.sequence], blocks.anchors)
 
 
 @torch.no_grad()
@@ -113,28 +109,16 @@ def block_loss(head: DraftHead, features: FeatureSet, blocks: BlockTargets,
                weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Weighted loss SUM over the valid positions of one sequence's blocks
     (the caller divides by the step's total weight), and summed metrics."""
-    hidden = block_hidden(head, features, blocks)[blocks.valid]  # [M, H]
-    prev = blocks.prev_tokens[blocks.valid]
-    w = weights.expand_as(blocks.valid)[blocks.valid]
+    recipe = recipe_for(head)
+    relabel = features.relabel[blocks.sequence]
     rows = blocks.target_rows[blocks.valid]
-    needs_target = isinstance(head, DSparkHead) or features.relabel[blocks.sequence]
-    p_t = target_distribution(head, features.final[blocks.sequence][rows]) if needs_target else None
-    labels = p_t.argmax(-1) if features.relabel[blocks.sequence] else blocks.labels[blocks.valid]
-    logits = head.logits(hidden)
-    if isinstance(head, DSparkHead):
-        logits = logits + head.markov_bias(prev)
-    log_p = torch.log_softmax(logits, dim=-1)
-    ce = -log_p.gather(1, labels[:, None]).squeeze(1)
-    metrics = {"ce": float((w * ce).detach().sum()), "top1": float((w * (logits.argmax(-1) == labels)).sum()),
-               "weight": float(w.sum()), "positions": int(w.numel())}
-    if not isinstance(head, DSparkHead):
-        return (w * ce).sum(), metrics
-    l1 = (log_p.exp() - p_t).abs().sum(-1)
-    accept_target = (1 - 0.5 * l1).detach().clamp(0, 1)  # the analytic acceptance rate
-    bce = F.binary_cross_entropy_with_logits(head.confidence_logit(hidden, prev), accept_target, reduction="none")
-    metrics.update(l1=float((w * l1).detach().sum()), bce=float((w * bce).detach().sum()),
-                   accept=float((w * accept_target).sum()))
-    return (w * (0.1 * ce + 0.9 * l1 + 1.0 * bce)).sum(), metrics
+    p_t = target_distribution(head, features.final[blocks.sequence][rows]) \
+        if recipe.needs_target or relabel else None
+    inputs = LossInputs(hidden=block_hidden(head, features, blocks)[blocks.valid],
+                        prev_tokens=blocks.prev_tokens[blocks.valid],
+                        labels=p_t.argmax(-1) if relabel else blocks.labels[blocks.valid],
+                        weights=weights.expand_as(blocks.valid)[blocks.valid], target_probs=p_t)
+    return recipe.loss(head, inputs)
 
 
 # ---------------------------------------------------------------- the loop
@@ -308,8 +292,3 @@ def _means(sums: dict, total_weight: float) -> dict:
     """Weighted sums -> weighted means (counts stay counts)."""
     return {k: (v if k == "positions" else v / total_weight) for k, v in sums.items() if k != "weight"}
 
-
-def train_head(head: DraftHead, train_set: FeatureSet, config: TrainConfig, out_dir: str | None = None,
-               heldout: FeatureSet | None = None, log=print, progress: bool = True) -> TrainHistory:
-    """Convenience wrapper: build a Trainer and run it."""
-    return Trainer(head, train_set, config, out_dir, heldout, log, progress).run()

@@ -1,0 +1,66 @@
+"""Head checkpoints: config.json plus model.safetensors (the head's own
+weights only; the shared embedding and LM head come from the target)."""
+from __future__ import annotations
+
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.config import ModelConfig
+from engine.spec.heads.base import DraftHead
+from engine.spec.heads.config import HeadConfig
+from engine.spec.heads.registry import head_class
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_head(head: DraftHead, directory: str, dtype: torch.dtype = torch.float16) -> int:
+    """Write config.json and model.safetensors (own weights only, `dtype`);
+    returns the weight file's size in bytes."""
+    os.makedirs(directory, exist_ok=True)
+    tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in head.state_dict().items()}
+    weights = os.path.join(directory, WEIGHTS_FILE)
+    _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"method": head.config.method}))
+    _atomic_write(os.path.join(directory, CONFIG_FILE),
+                  lambda tmp: open(tmp, "w", encoding="utf-8").write(head.config.to_json()))
+    return os.path.getsize(weights)
+
+
+def _atomic_write(path: str, write) -> None:
+    """Write to a temporary name and rename: an interrupted save never leaves half a file."""
+    tmp = path + ".tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def read_head_config(directory: str) -> HeadConfig:
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory} is not a draft head checkpoint (no {CONFIG_FILE})")
+    with open(path, encoding="utf-8") as f:
+        return HeadConfig.from_json(f.read())
+
+
+def load_head(directory: str, target_model, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu") -> DraftHead:
+    """Load a head checkpoint and attach it to `target_model` (strict weights)."""
+    config = read_head_config(directory)
+    _check_target_matches(config, target_model.config)
+    head = head_class(config.method)(config)
+    state = load_file(os.path.join(directory, WEIGHTS_FILE))
+    head.load_state_dict(state, strict=True)
+    head.to(dtype=dtype, device=device).eval()
+    head.attach_target(target_model)
+    return head
+
+
+def _check_target_matches(config: HeadConfig, target: ModelConfig) -> None:
+    mismatches = [(name, mine, theirs) for name, mine, theirs in (
+        ("vocab_size", config.vocab_size, target.vocab_size),
+        ("hidden_size", config.hidden_size, target.hidden_size),
+        ("num_layers", config.target_num_layers, target.num_layers),
+    ) if mine != theirs]
+    if mismatches:
+        raise ValueError(f"draft head was trained for another target: {mismatches} (head, target)")

@@ -1,0 +1,155 @@
+"""What a HeadDrafter keeps per request, and the batch a head drafts into.
+
+Every draft is sampled from `probs[k]`, the head's distribution after the
+request's own sampling transforms (engine.sampler.target_probs with the
+drafts before it counted as output), so rejection sampling stays exact.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from engine.sampler import RowContext, target_probs
+from engine.spec.base import DraftInput
+from scheduler.drafts import DraftBlock
+
+
+class GrowingKV:
+    """Keys and values of one layer for one request, appended in place
+    (capacity doubles, so appending n entries costs O(n) amortised)."""
+
+    def __init__(self, like: torch.Tensor):  # like: [n, kvh, hd]
+        self.length = 0
+        self.keys = like.new_empty((0, *like.shape[1:]))
+        self.values = like.new_empty((0, *like.shape[1:]))
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [n, kvh, hd]."""
+        need = self.length + k.shape[0]
+        if need > self.keys.shape[0]:
+            capacity = max(need, 2 * self.keys.shape[0], 64)
+            self.keys = _grow(self.keys, capacity, self.length)
+            self.values = _grow(self.values, capacity, self.length)
+        self.keys[self.length:need] = k
+        self.values[self.length:need] = v
+        self.length = need
+
+    def view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[: self.length], self.values[: self.length]
+
+
+def _grow(buffer: torch.Tensor, capacity: int, used: int) -> torch.Tensor:
+    bigger = buffer.new_empty((capacity, *buffer.shape[1:]))
+    bigger[:used] = buffer[:used]
+    return bigger
+
+
+class RequestState:
+    """What the drafter keeps for one request between steps."""
+
+    def __init__(self):
+        self.num_context = 0  # positions whose target features were absorbed
+        self.kv: list[GrowingKV] | None = None  # per head layer
+        # The family's summary of the last absorbed position [H]: EAGLE-3's
+        # output there, a block head's context vector.
+        self.last: torch.Tensor | None = None
+
+    def append_kv(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Per head layer (k, v), each [n, kvh, hd]."""
+        if self.kv is None:
+            self.kv = [GrowingKV(k) for k, _ in layers]
+        for cache, (k, v) in zip(self.kv, layers):
+            cache.append(k, v)
+
+
+def padded_context(states: list[RequestState], num_layers: int):
+    """Per layer (k, v) [R, Cmax, kvh, hd] padded with zeros, and valid [R, Cmax] bool."""
+    lengths = [s.num_context for s in states]
+    longest = max(lengths)
+    like = states[0].kv[0].keys
+    valid = torch.zeros(len(states), longest, dtype=torch.bool, device=like.device)
+    for i, n in enumerate(lengths):
+        valid[i, :n] = True
+    layers = []
+    for layer in range(num_layers):
+        k = like.new_zeros((len(states), longest, *like.shape[1:]))
+        v = torch.zeros_like(k)
+        for i, state in enumerate(states):
+            k_i, v_i = state.kv[layer].view()
+            k[i, : k_i.shape[0]], v[i, : v_i.shape[0]] = k_i, v_i
+        layers.append((k, v))
+    return layers, valid
+
+
+class DraftBatch:
+    """Drafts being built for the requests of one propose() call.
+
+    Confidences: a confidence head's output where the family has one, else
+    the largest probability of the head's untransformed distribution at
+    that position (never the drawn token's probability: speculation.md §4);
+    either is then scaled per position by the STS `temperatures`, if given.
+    """
+
+    def __init__(self, items: list[DraftInput], states: list[RequestState],
+                 temperatures: list[float] | None = None, source: str = ""):
+        self.items, self.states, self.temperatures = items, states, temperatures
+        self.source = source
+        self.tokens: list[list[int]] = [[] for _ in items]
+        self.probs: list[list[torch.Tensor]] = [[] for _ in items]
+        self.confidences: list[list[float]] = [[] for _ in items]
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+    @property
+    def longest(self) -> int:
+        return max(item.max_tokens for item in self.items)
+
+    def row_contexts(self) -> list[RowContext]:
+        """Sampling context of each request's next draft position."""
+        return [RowContext.for_request(item.request, drafted) for item, drafted in zip(self.items, self.tokens)]
+
+    def sample(self, k: int, logits: torch.Tensor, confidence: torch.Tensor | None) -> torch.Tensor:
+        """Sample draft k for every request from its transformed distribution.
+
+        logits [R, V] float32; confidence [R] from a confidence head, or
+        None to use the peak of the head's raw distribution. Returns the
+        drafted tokens [R] long.
+        """
+        probs = target_probs(logits, self.row_contexts())
+        if confidence is None:
+            confidence = torch.softmax(logits, dim=-1).amax(dim=-1)
+        tokens = []
+        for i, item in enumerate(self.items):
+            if item.request.sampling_params.greedy:
+                token = int(torch.argmax(probs[i]))
+            else:
+                token = int(torch.multinomial(probs[i], 1, generator=item.generator))
+            self._add(i, token, probs[i], self._calibrated(float(confidence[i]), k))
+            tokens.append(token)
+        return torch.tensor(tokens, device=logits.device)
+
+    def _add(self, index: int, token: int, probs: torch.Tensor, confidence: float) -> None:
+        if len(self.tokens[index]) < self.items[index].max_tokens:
+            self.tokens[index].append(token)
+            self.probs[index].append(probs)
+            self.confidences[index].append(confidence)
+
+    def _calibrated(self, confidence: float, k: int) -> float:
+        """Sequential Temperature Scaling: sigmoid(logit(c) / T_k)."""
+        if not self.temperatures:
+            return confidence
+        return scale_confidence(confidence, self.temperatures[k])
+
+    def proposals(self) -> dict[str, DraftBlock]:
+        return {item.request.request_id: DraftBlock(tokens, confidences, torch.stack(probs), self.source)
+                for item, tokens, probs, confidences in zip(self.items, self.tokens, self.probs, self.confidences)
+                if tokens}
+
+
+def scale_confidence(confidence: float, temperature: float) -> float:
+    """sigmoid(logit(c) / T), with c clipped away from 0 and 1."""
+    c = min(max(confidence, 1e-6), 1 - 1e-6)
+    return 1.0 / (1.0 + math.exp(-math.log(c / (1 - c)) / temperature))

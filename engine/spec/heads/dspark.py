@@ -1,0 +1,57 @@
+"""DSpark: the block backbone plus a Markov head and a confidence head."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.spec.heads.block import BlockHead
+from engine.spec.heads.config import HeadConfig
+
+
+class DSparkHead(BlockHead):
+    """DSpark: the anchor row predicts draft 1; a Markov head and a
+    confidence head act sequentially on top of the parallel backbone.
+
+    p_k(v) = softmax(U_k(v) + W1[x_{k-1}] @ W2[:, v]),
+    c_k = sigmoid(w . [norm(h_k) ; W1[x_{k-1}]] + b).
+    """
+
+    config_defaults = {"num_layers": 2, "markov_rank": 32}  # rank 32 keeps it near 25 MB on SmolLM2
+
+    def __init__(self, config: HeadConfig):
+        super().__init__(config)
+        r = config.markov_rank
+        self.markov_in = nn.Embedding(config.vocab_size, r)  # W1: V x r
+        self.markov_out = nn.Parameter(torch.zeros(r, config.vocab_size))  # W2: r x V, starts as no bias
+        nn.init.normal_(self.markov_in.weight, std=0.02)
+        self.confidence = nn.Linear(config.hidden_size + r, 1)
+        nn.init.zeros_(self.confidence.weight)
+        nn.init.zeros_(self.confidence.bias)
+
+    @classmethod
+    def check_config(cls, config: HeadConfig) -> None:
+        if config.markov_rank < 1:
+            raise ValueError("dspark needs markov_rank >= 1")
+
+    @property
+    def block_inputs(self) -> int:
+        return self.config.block_size
+
+    @property
+    def prediction_rows(self) -> slice:
+        return slice(0, self.config.block_size)
+
+    def markov_bias(self, prev_tokens: torch.Tensor) -> torch.Tensor:
+        """prev_tokens [...] -> bigram logits [..., V] float32."""
+        return (self.markov_in(prev_tokens) @ self.markov_out).float()
+
+    def sequential_logits(self, logits: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
+        return logits + self.markov_bias(prev_tokens)
+
+    def draft_confidence(self, hidden: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.confidence_logit(hidden, prev_tokens))
+
+    def confidence_logit(self, hidden: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
+        """hidden [..., H] pre-norm; prev_tokens [...] -> [...] (sigmoid gives c_k)."""
+        features = torch.cat([self.norm(hidden), self.markov_in(prev_tokens)], dim=-1)
+        return self.confidence(features).squeeze(-1).float()

@@ -1,0 +1,60 @@
+"""Per-request drafting state and the draft batch (engine/spec/heads/drafting.py),
+with the sampler helpers it and the engine share."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.sampler import DRAFT_SEED_OFFSET, RowContext, draft_generator, make_generator
+from engine.spec.base import DraftInput
+from engine.spec.heads.drafting import DraftBatch, GrowingKV, RequestState, scale_confidence
+from scheduler.request import Request, SamplingParams
+
+
+def test_growing_kv_keeps_every_entry_across_regrowth():
+    cache = GrowingKV(torch.zeros(1, 2, 3))
+    pieces = [torch.randn(n, 2, 3) for n in (5, 70, 1, 200)]
+    for piece in pieces:
+        cache.append(piece, -piece)
+    keys, values = cache.view()
+    assert torch.equal(keys, torch.cat(pieces)) and torch.equal(values, -torch.cat(pieces))
+
+
+def test_row_context_counts_earlier_drafts_as_output():
+    params = SamplingParams(temperature=1.0, repetition_penalty=1.5)
+    request = Request("r", [1, 2, 3], params)
+    request.output_token_ids = [4]
+    assert RowContext.for_request(request, [7, 8]) == RowContext(params, [1, 2, 3], [4, 7, 8])
+    assert request.output_token_ids == [4]  # the request itself is untouched
+    batch = DraftBatch([DraftInput(request, 3, torch.Generator(), [])], [RequestState()])
+    batch.tokens[0] = [9]
+    assert batch.row_contexts() == [RowContext(params, [1, 2, 3], [4, 9])]
+
+
+def test_batch_samples_under_each_requests_transforms_and_caps_its_drafts():
+    greedy = Request("g", [1], SamplingParams(temperature=0.0))
+    top1 = Request("t", [1], SamplingParams(temperature=1.0, top_k=1))
+    items = [DraftInput(greedy, 1, torch.Generator(), []), DraftInput(top1, 2, torch.Generator(), [])]
+    batch = DraftBatch(items, [RequestState(), RequestState()], temperatures=[1.0, 2.0])
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
+    for k in range(2):
+        assert batch.sample(k, logits, None).tolist() == [1, 0]
+    proposals = batch.proposals()
+    assert proposals["g"].token_ids == [1] and proposals["t"].token_ids == [0, 0]
+    raw = torch.softmax(logits[1], -1)[0].item()
+    assert proposals["t"].confidences == pytest.approx([raw, scale_confidence(raw, 2.0)])
+    torch.testing.assert_close(proposals["t"].probs, torch.tensor([[1.0, 0.0, 0.0]] * 2))
+
+
+def test_scale_confidence():
+    assert scale_confidence(0.8, 1.0) == pytest.approx(0.8)
+    assert 0.5 < scale_confidence(0.8, 3.0) < 0.8 < scale_confidence(0.8, 0.5)
+    assert 0 < scale_confidence(0.0, 2.0) < scale_confidence(1.0, 2.0) < 1
+
+
+def test_draft_generator_is_offset_from_the_sampling_seed():
+    assert torch.equal(torch.rand(4, generator=draft_generator(5)),
+                       torch.rand(4, generator=make_generator(5 + DRAFT_SEED_OFFSET)))
+    assert not torch.equal(torch.rand(4, generator=draft_generator(5)), torch.rand(4, generator=make_generator(5)))
+    assert not torch.equal(torch.rand(4, generator=draft_generator(None)),
+                           torch.rand(4, generator=draft_generator(None)))

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine.outputs import RequestOutput
+from engine.interface import EngineClient
+from engine.outputs import EngineStats, RequestOutput
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ _TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 2
 class EngineStatsCollector(Collector):
     """Exports the engine's gauges and speculative counters on each scrape."""
 
-    def __init__(self, engine_client: Any):
+    def __init__(self, engine_client: EngineClient):
         self._engine = engine_client
 
     def describe(self) -> list[Metric]:
@@ -42,7 +43,7 @@ class EngineStatsCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        healthy = bool(getattr(self._engine, "is_healthy", False))
+        healthy = bool(self._engine.is_healthy)
         yield _gauge("engine_healthy", "1 if the engine loop is running", float(healthy))
         try:
             stats = self._engine.stats()
@@ -56,10 +57,10 @@ class EngineStatsCollector(Collector):
         yield _counter("num_preemptions", "Requests preempted", stats.num_preemptions)
         yield from self._spec_metrics(stats)
         yield from self._verify_metrics(stats)
-        yield from _device_metrics(getattr(self._engine, "device", "cpu"))
+        yield from _device_metrics(self._engine.device)
 
     @staticmethod
-    def _spec_metrics(stats: Any) -> Iterator[Metric]:
+    def _spec_metrics(stats: EngineStats) -> Iterator[Metric]:
         yield _counter("spec_decode_num_drafts", "Verification steps with drafts",
                        stats.num_drafts)
         yield _counter("spec_decode_num_draft_tokens", "Draft tokens proposed",
@@ -78,29 +79,29 @@ class EngineStatsCollector(Collector):
 
 
     @staticmethod
-    def _verify_metrics(stats: Any) -> Iterator[Metric]:
+    def _verify_metrics(stats: EngineStats) -> Iterator[Metric]:
         """The load-aware verification policy: what it chose and how well its
         confidences predicted acceptance, and the step-cost curve it used."""
         lengths = CounterMetricFamily(PREFIX + "spec_verify_length",
                                       "Verification lengths chosen per request and step",
                                       labels=["length"])
-        for length, count in enumerate(getattr(stats, "verify_length_counts", [])):
+        for length, count in enumerate(stats.verify_length_counts):
             lengths.add_metric([str(length)], count)
         yield lengths
         yield _counter("spec_calibration_observations", "Verified draft positions observed",
-                       getattr(stats, "calibration_observations", 0))
+                       stats.calibration_observations)
         yield _gauge("spec_calibration_predicted_acceptance",
                      "Mean predicted survival of verified draft positions",
-                     getattr(stats, "calibration_predicted", 0.0))
+                     stats.calibration_predicted)
         yield _gauge("spec_calibration_realised_acceptance",
                      "Realised acceptance rate of verified draft positions",
-                     getattr(stats, "calibration_realised", 0.0))
+                     stats.calibration_realised)
         yield _gauge("spec_calibration_error", "Expected calibration error of draft confidences",
-                     getattr(stats, "calibration_error", 0.0))
+                     stats.calibration_error)
         sps = GaugeMetricFamily(PREFIX + "step_cost_steps_per_second",
                                 "Target forward steps per second against batch query tokens (SPS(B))",
                                 labels=["batch_tokens"])
-        for batch_tokens, steps_per_second in getattr(stats, "step_cost_table", []):
+        for batch_tokens, steps_per_second in stats.step_cost_table:
             sps.add_metric([str(batch_tokens)], steps_per_second)
         yield sps
 
@@ -132,7 +133,7 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 class ServerMetrics:
     """The per-app registry and the request-level metrics serving observes."""
 
-    def __init__(self, engine_client: Any):
+    def __init__(self, engine_client: EngineClient):
         self.registry = CollectorRegistry()
         r = self.registry
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds",

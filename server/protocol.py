@@ -2,8 +2,11 @@
 
 Requests are strict so that `"temperature": false` or `"n": "2"` is a 400
 rather than silently coerced; unknown fields are ignored because official
-clients send some we do not use. Streaming chunks are framed in serving.py;
-their types here document the shape and let tests validate it.
+clients send some we do not use. Responses and streamed chunks are built
+from the models below (server/rendering.py) and dumped as they are: fields
+are explicit nulls as in OpenAI's API, except those made with `_omit_if_none()`,
+which OpenAI leaves out. A chunk's `usage` is left out by the caller unless
+`stream_options.include_usage` asked for it.
 """
 from __future__ import annotations
 
@@ -13,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 FinishReason = Literal["stop", "length", "abort"]
+
+
+
+def _omit_if_none() -> Any:
+    """A response field that OpenAI omits, rather than sends as null, when unset."""
+    return Field(None, exclude_if=lambda value: value is None)
 
 
 class _Request(BaseModel):
@@ -56,7 +65,7 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class _GenerationRequest(_Request):
+class GenerationRequest(_Request):
     """Fields shared by chat and text completions (OpenAI + vLLM extras)."""
 
     model: str | None = None
@@ -81,7 +90,7 @@ class _GenerationRequest(_Request):
     speculative: bool = True
 
 
-class ChatCompletionRequest(_GenerationRequest):
+class ChatCompletionRequest(GenerationRequest):
     """POST /v1/chat/completions body."""
 
     messages: list[ChatMessage] = Field(min_length=1)
@@ -90,7 +99,7 @@ class ChatCompletionRequest(_GenerationRequest):
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
-class CompletionRequest(_GenerationRequest):
+class CompletionRequest(GenerationRequest):
     """POST /v1/completions body; prompt is text, texts, token ids or lists of ids."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
@@ -116,7 +125,7 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    speculative: SpeculativeUsage | None = None
+    speculative: SpeculativeUsage | None = _omit_if_none()
 
 
 class TopLogprob(BaseModel):
@@ -178,8 +187,8 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     """Increment of a streamed chat choice (role only in the first chunk)."""
 
-    role: Literal["assistant"] | None = None
-    content: str | None = None
+    role: Literal["assistant"] | None = _omit_if_none()
+    content: str | None = _omit_if_none()
 
 
 class ChatChunkChoice(BaseModel):

@@ -4,24 +4,18 @@ Requests are strict so that `"temperature": false` or `"n": "2"` is a 400
 rather than silently coerced; unknown fields are ignored because official
 clients send some we do not use. Responses and streamed chunks are built
 from the models below (server/rendering.py) and dumped as they are: fields
-are explicit nulls as in OpenAI's API, except those made with `_omit_if_none()`,
-which OpenAI leaves out. A chunk's `usage` is left out by the caller unless
+are explicit nulls as in OpenAI's API, except those a model lists in
+`_OMIT_IF_NONE`, which OpenAI leaves out. A chunk's `usage` is left out by the caller unless
 `stream_options.include_usage` asked for it.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 FinishReason = Literal["stop", "length", "abort"]
-
-
-
-def _omit_if_none() -> Any:
-    """A response field that OpenAI omits, rather than sends as null, when unset."""
-    return Field(None, exclude_if=lambda value: value is None)
 
 
 class _Request(BaseModel):
@@ -110,6 +104,22 @@ class CompletionRequest(GenerationRequest):
 # ---------------------------------------------------------------- responses
 
 
+class _OmitsNone(BaseModel):
+    """A response part whose `_OMIT_IF_NONE` fields are left out, not sent as null."""
+
+    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ()
+
+    # Field(exclude_if=...) would say this per field, but needs pydantic >= 2.12.
+    # No return annotation: one would replace the model's schema in /openapi.json.
+    @model_serializer(mode="wrap")
+    def _leave_out_nones(self, handler: Any):
+        data = handler(self)
+        for name in self._OMIT_IF_NONE:
+            if name in data and data[name] is None:
+                del data[name]
+        return data
+
+
 class SpeculativeUsage(BaseModel):
     """Speculation figures for one response (present only if speculation ran)."""
 
@@ -119,13 +129,15 @@ class SpeculativeUsage(BaseModel):
     mean_accepted_length: float
 
 
-class Usage(BaseModel):
+class Usage(_OmitsNone):
     """Token accounting; prompt tokens are counted once per prompt, not per choice."""
+
+    _OMIT_IF_NONE = ("speculative",)
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    speculative: SpeculativeUsage | None = _omit_if_none()
+    speculative: SpeculativeUsage | None = None
 
 
 class TopLogprob(BaseModel):
@@ -184,11 +196,13 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
-class DeltaMessage(BaseModel):
+class DeltaMessage(_OmitsNone):
     """Increment of a streamed chat choice (role only in the first chunk)."""
 
-    role: Literal["assistant"] | None = _omit_if_none()
-    content: str | None = _omit_if_none()
+    _OMIT_IF_NONE = ("role", "content")
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -74,10 +74,11 @@ class RequestValidator:
         limit = self._budget(requested, len(ids), "messages", param)
         k = (body.top_logprobs or 0) if body.logprobs else None
         params = self._sampling_params(body, limit, k)
+        # The rules the engine used to apply itself come last, in its order.
         if not ids:
             raise errors.bad_request("the chat template produced an empty prompt", "messages")
         self._check_kv_fit(ids, "messages")
-        self._check_ids(ids, "messages")
+        self._check_vocabulary(ids, "messages")
         return ValidatedRequest([ValidatedPrompt(ids, "", limit)], params, body.n)
 
     def completion(self, body: CompletionRequest) -> ValidatedRequest:
@@ -122,12 +123,12 @@ class RequestValidator:
         tokenizer = self.engine.tokenizer
         if isinstance(prompt, str):
             ids = tokenizer.encode(prompt, add_special_tokens=False)
-            self._check_ids(ids, "prompt")
+            self._check_vocabulary(ids, "prompt")
             return ids, prompt
-        self._check_ids(prompt, "prompt")  # before decoding: out-of-range ids would not decode
+        self._check_vocabulary(prompt, "prompt")  # first: out-of-range ids do not decode
         return list(prompt), tokenizer.decode(prompt)
 
-    def _check_ids(self, ids: list[int], prompt_param: str) -> None:
+    def _check_vocabulary(self, ids: list[int], prompt_param: str) -> None:
         vocab = self.engine.vocab_size
         if any(not 0 <= t < vocab for t in ids):
             raise errors.bad_request(f"prompt token ids must be in [0, {vocab})", prompt_param)

@@ -5,6 +5,7 @@ import pytest
 
 from engine.outputs import RequestOutput
 from scheduler.output import TokenLogprob
+from server.protocol import DeltaMessage, Usage
 from server.rendering import (
     ChatRenderer,
     ChoiceState,
@@ -145,3 +146,11 @@ def test_empty_increment_makes_no_chunk():
     for renderer in (ChatRenderer(TOKENS, True), CompletionRenderer(TOKENS, None, False)):
         assert renderer.increment(ChoiceState(0), _out("", [])) == []
     assert CompletionRenderer(TOKENS, None, echo=False).opening(ChoiceState(0)) is None
+
+
+@pytest.mark.parametrize("model, fields", [(Usage, {"prompt_tokens", "completion_tokens",
+                                                    "total_tokens", "speculative"}),
+                                           (DeltaMessage, {"role", "content"})])
+def test_omitting_nones_keeps_the_documented_schema(model, fields):
+    # /openapi.json documents these models; leaving out nulls must not blank them.
+    assert set(model.model_json_schema(mode="serialization")["properties"]) == fields

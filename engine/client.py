@@ -51,13 +51,19 @@ class _Sink:
 
 
 class AsyncEngineClient:
-    """Async front of an LLMEngine running in a background thread."""
+    """Async front of an LLMEngine running in a background thread.
+
+    Implements `engine.interface.EngineClient`, the surface the server uses.
+    """
 
     def __init__(self, engine: LLMEngine, served_model_name: str | None = None):
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.model_name = served_model_name or _default_name(engine)
         self.max_model_len = engine.max_model_len
+        # Ids must index the model's embedding and be decodable by the tokenizer.
+        self.vocab_size = min(engine.model_config.vocab_size, engine.tokenizer.vocab_size)
+        self.kv_cache_tokens = engine.config.cache.num_tokens
         self.device = engine.config.device
         self.max_waiting = engine.config.scheduler.max_waiting
         self._commands: queue.Queue = queue.Queue()
@@ -97,9 +103,12 @@ class AsyncEngineClient:
     # ---- requests ----------------------------------------------------------
     async def generate(self, request_id: str, prompt_token_ids: list[int],
                        params: SamplingParams) -> AsyncIterator[RequestOutput]:
-        """Stream RequestOutputs; leaving early aborts the request."""
+        """Stream RequestOutputs; leaving early aborts the request.
+
+        The prompt is not validated here: the server checks it against
+        `max_model_len`, `vocab_size` and `kv_cache_tokens` on the way in.
+        """
         self._check_alive()
-        self.engine.validate_prompt(prompt_token_ids, params)
         sink = self._admit(request_id)
         self._commands.put(_Add(request_id, list(prompt_token_ids), params, sink))
         finished = False

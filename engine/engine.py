@@ -95,7 +95,9 @@ class LLMEngine:
 
     # ---- requests in -------------------------------------------------------
     def validate_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Raise ValueError for a prompt the engine can never serve."""
+        """Raise ValueError for a prompt the engine can never serve. The HTTP
+        path checks these rules once, in server/validation.py; direct callers
+        (generate) check here."""
         if not prompt_token_ids:
             raise ValueError("the prompt is empty")
         if len(prompt_token_ids) >= self.max_model_len:
@@ -108,9 +110,9 @@ class LLMEngine:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary")
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Queue a prompt already validated (validate_prompt's rules)."""
         if request_id in self.requests:
             raise ValueError(f"duplicate request id {request_id!r}")
-        self.validate_prompt(prompt_token_ids, params)
         request = Request(request_id, list(prompt_token_ids), params,
                           eos_token_id=self.tokenizer.eos_token_id)
         self.requests[request_id] = request
@@ -232,6 +234,7 @@ class LLMEngine:
         ids = [f"gen-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
         results: dict[str, list[int]] = {rid: [] for rid in ids}
         for rid, prompt, p in zip(ids, prompts, params_list):
+            self.validate_prompt(prompt, p)
             self.add_request(rid, prompt, p)
         while any(rid in self.requests for rid in ids):
             for out in self.step():

@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from engine.interface import EngineClient
 from server import errors
 from server.metrics import ServerMetrics
 from server.routes import router
@@ -84,7 +85,7 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replay
 
 
-def create_app(engine_client: Any, *, api_key: str | None = None,
+def create_app(engine_client: EngineClient, *, api_key: str | None = None,
                max_body_bytes: int = 1 << 20) -> FastAPI:
     """Build the OpenAI-compatible app around a (not yet started) engine client."""
 

@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine.outputs import EngineDeadError, QueueFullError
+
 logger = logging.getLogger(__name__)
 
 # OpenAI's error "type" per status; unlisted 4xx are invalid requests.
@@ -89,6 +91,20 @@ def engine_dead() -> APIError:
 def internal_error() -> APIError:
     # Deliberately generic: details go to the log, never to the client.
     return APIError(500, "Internal server error.", code="internal_error")
+
+
+def from_engine_error(exc: BaseException) -> APIError:
+    """The status for an exception raised while running engine requests."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, QueueFullError):
+        return queue_full()
+    if isinstance(exc, EngineDeadError):
+        return engine_dead()
+    if isinstance(exc, ValueError):  # the engine's verdict on this request; may name a param
+        return bad_request(str(exc), getattr(exc, "param", None))
+    logger.error("engine request failed", exc_info=exc)
+    return internal_error()
 
 
 # Shown in the OpenAPI schema of every generation route.

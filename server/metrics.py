@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine.outputs import PolicyStats, RequestOutput
+from engine.interface import EngineClient
+from engine.outputs import EngineStats, PolicyStats, RequestOutput
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ _TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 2
 class EngineStatsCollector(Collector):
     """Exports the engine's gauges and speculative counters on each scrape."""
 
-    def __init__(self, engine_client: Any):
+    def __init__(self, engine_client: EngineClient):
         self._engine = engine_client
 
     def describe(self) -> list[Metric]:
@@ -42,7 +43,7 @@ class EngineStatsCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        healthy = bool(getattr(self._engine, "is_healthy", False))
+        healthy = bool(self._engine.is_healthy)
         yield _gauge("engine_healthy", "1 if the engine loop is running", float(healthy))
         try:
             stats = self._engine.stats()
@@ -56,10 +57,10 @@ class EngineStatsCollector(Collector):
         yield _counter("num_preemptions", "Requests preempted", stats.num_preemptions)
         yield from self._spec_metrics(stats)
         yield from self._verify_metrics(stats.policy)
-        yield from _device_metrics(getattr(self._engine, "device", "cpu"))
+        yield from _device_metrics(self._engine.device)
 
     @staticmethod
-    def _spec_metrics(stats: Any) -> Iterator[Metric]:
+    def _spec_metrics(stats: EngineStats) -> Iterator[Metric]:
         yield _counter("spec_decode_num_drafts", "Verification steps with drafts",
                        stats.num_drafts)
         yield _counter("spec_decode_num_draft_tokens", "Draft tokens proposed",
@@ -132,7 +133,7 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 class ServerMetrics:
     """The per-app registry and the request-level metrics serving observes."""
 
-    def __init__(self, engine_client: Any):
+    def __init__(self, engine_client: EngineClient):
         self.registry = CollectorRegistry()
         r = self.registry
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds",

@@ -2,14 +2,17 @@
 
 Requests are strict so that `"temperature": false` or `"n": "2"` is a 400
 rather than silently coerced; unknown fields are ignored because official
-clients send some we do not use. Streaming chunks are framed in serving.py;
-their types here document the shape and let tests validate it.
+clients send some we do not use. Responses and streamed chunks are built
+from the models below (server/rendering.py) and dumped as they are: fields
+are explicit nulls as in OpenAI's API, except those a model lists in
+`_OMIT_IF_NONE`, which OpenAI leaves out. A chunk's `usage` is left out by the caller unless
+`stream_options.include_usage` asked for it.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 FinishReason = Literal["stop", "length", "abort"]
@@ -56,7 +59,7 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class _GenerationRequest(_Request):
+class GenerationRequest(_Request):
     """Fields shared by chat and text completions (OpenAI + vLLM extras)."""
 
     model: str | None = None
@@ -81,7 +84,7 @@ class _GenerationRequest(_Request):
     speculative: bool = True
 
 
-class ChatCompletionRequest(_GenerationRequest):
+class ChatCompletionRequest(GenerationRequest):
     """POST /v1/chat/completions body."""
 
     messages: list[ChatMessage] = Field(min_length=1)
@@ -90,7 +93,7 @@ class ChatCompletionRequest(_GenerationRequest):
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
-class CompletionRequest(_GenerationRequest):
+class CompletionRequest(GenerationRequest):
     """POST /v1/completions body; prompt is text, texts, token ids or lists of ids."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
@@ -99,6 +102,22 @@ class CompletionRequest(_GenerationRequest):
 
 
 # ---------------------------------------------------------------- responses
+
+
+class _OmitsNone(BaseModel):
+    """A response part whose `_OMIT_IF_NONE` fields are left out, not sent as null."""
+
+    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ()
+
+    # Field(exclude_if=...) would say this per field, but needs pydantic >= 2.12.
+    # No return annotation: one would replace the model's schema in /openapi.json.
+    @model_serializer(mode="wrap")
+    def _leave_out_nones(self, handler: Any):
+        data = handler(self)
+        for name in self._OMIT_IF_NONE:
+            if name in data and data[name] is None:
+                del data[name]
+        return data
 
 
 class SpeculativeUsage(BaseModel):
@@ -110,8 +129,10 @@ class SpeculativeUsage(BaseModel):
     mean_accepted_length: float
 
 
-class Usage(BaseModel):
+class Usage(_OmitsNone):
     """Token accounting; prompt tokens are counted once per prompt, not per choice."""
+
+    _OMIT_IF_NONE = ("speculative",)
 
     prompt_tokens: int
     completion_tokens: int
@@ -175,8 +196,10 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
-class DeltaMessage(BaseModel):
+class DeltaMessage(_OmitsNone):
     """Increment of a streamed chat choice (role only in the first chunk)."""
+
+    _OMIT_IF_NONE = ("role", "content")
 
     role: Literal["assistant"] | None = None
     content: str | None = None

@@ -1,4 +1,4 @@
-"""A small stand-in for engine.client.AsyncEngineClient (same interface).
+"""A small stand-in for engine.client.AsyncEngineClient (an EngineClient too).
 
 Tokens are UTF-8 bytes shifted by 3 (ids 0-2 are pad/bos/eos). Generation
 is echo-like: output token j is prompt token (offset + j) mod len(prompt),
@@ -73,14 +73,18 @@ class _StopMatcher:
 
 
 class FakeEngineClient:
-    """Echo-like engine with the AsyncEngineClient interface, for server tests."""
+    """Echo-like engine implementing engine.interface.EngineClient, for server tests."""
 
     def __init__(self, *, model_name: str = "fake-model", max_model_len: int = 512,
                  step_delay: float = 0.002, queue_full: bool = False, dead: bool = False,
-                 fail_after: int | None = None, spec_tokens: int = 2):
+                 fail_after: int | None = None, spec_tokens: int = 2,
+                 kv_cache_tokens: int = 8192):
         self.tokenizer = FakeTokenizer()
         self.model_name = model_name
         self.max_model_len = max_model_len
+        self.vocab_size = len(self.tokenizer)
+        self.kv_cache_tokens = kv_cache_tokens  # not modelled: only checked on the way in
+        self.device = "cpu"
         self.step_delay = step_delay
         self.queue_full = queue_full
         self.dead = dead

@@ -1,0 +1,197 @@
+"""Validation: a chat or completion request -> prompt token ids + SamplingParams.
+
+This is the one place a prompt is checked on its way to the engine: the
+engine's limits (`max_model_len`, `vocab_size`, `kv_cache_tokens` of the
+EngineClient) are applied here, once, so that every 400 names the request
+parameter at fault (`messages` or `prompt`, `max_tokens`, ...). Shape and
+type errors were already caught by the strict pydantic models in protocol.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.interface import EngineClient
+from scheduler.request import InvalidSamplingParams, SamplingParams
+from server import errors
+from server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, GenerationRequest
+
+# SamplingParams fields a request may leave unset (None keeps their default).
+_OPTIONAL_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
+                      "frequency_penalty", "repetition_penalty")
+
+
+@dataclass(frozen=True)
+class ValidatedPrompt:
+    """One prompt the engine can serve: its ids, its text (for echo) and its
+    output budget (max_tokens, or whatever context it leaves)."""
+
+    token_ids: list[int]
+    text: str
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class ValidatedRequest:
+    """A request ready to fan out: prompts, shared sampling parameters, `n`."""
+
+    prompts: list[ValidatedPrompt]
+    params: SamplingParams
+    n: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Usage counts each prompt once, however many choices it has."""
+        return sum(len(p.token_ids) for p in self.prompts)
+
+
+class RequestValidator:
+    """Checks requests against the served model and the engine's limits."""
+
+    def __init__(self, engine: EngineClient):
+        self.engine = engine
+
+    def check_model(self, model: str | None) -> None:
+        """404 for a model name other than the served one (None means "any")."""
+        if model is not None and model != self.engine.model_name:
+            raise errors.model_not_found(model)
+
+    def check_common(self, body: GenerationRequest) -> None:
+        """Checks shared by both endpoints that need no tokenization."""
+        self.check_model(body.model)
+        if body.stream_options is not None and not body.stream:
+            raise errors.bad_request("stream_options is only allowed when stream is true",
+                                     "stream_options")
+
+    def chat(self, body: ChatCompletionRequest) -> ValidatedRequest:
+        """Template and tokenize the messages; check them and the options."""
+        if body.top_logprobs is not None and not body.logprobs:
+            raise errors.bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
+        ids = self._chat_prompt(body.messages)
+        requested, param = ((body.max_completion_tokens, "max_completion_tokens")
+                            if body.max_completion_tokens is not None
+                            else (body.max_tokens, "max_tokens"))
+        limit = self._budget(requested, len(ids), "messages", param)
+        k = (body.top_logprobs or 0) if body.logprobs else None
+        params = self._sampling_params(body, limit, k)
+        # The rules the engine used to apply itself come last, in its order.
+        if not ids:
+            raise errors.bad_request("the chat template produced an empty prompt", "messages")
+        self._check_kv_fit(ids, "messages")
+        self._check_vocabulary(ids, "messages")
+        return ValidatedRequest([ValidatedPrompt(ids, "", limit)], params, body.n)
+
+    def completion(self, body: CompletionRequest) -> ValidatedRequest:
+        """Normalise the prompt forms to token ids; check them and the options."""
+        if body.echo and body.logprobs is not None:
+            raise errors.bad_request("echo together with logprobs is not supported", "echo")
+        pairs = self._completion_prompts(body.prompt)
+        # Every prompt must fit; without max_tokens each fills its own context.
+        limits = [self._budget(body.max_tokens, len(ids), "prompt", "max_tokens")
+                  for ids, _ in pairs]
+        params = self._sampling_params(body, min(limits), body.logprobs)
+        for ids, _ in pairs:
+            self._check_kv_fit(ids, "prompt")
+        prompts = [ValidatedPrompt(ids, text, limit) for (ids, text), limit in zip(pairs, limits)]
+        return ValidatedRequest(prompts, params, body.n)
+
+    # -- prompts
+
+    def _chat_prompt(self, messages: list[ChatMessage]) -> list[int]:
+        turns = [_template_turn(m) for m in messages]
+        tokenizer = self.engine.tokenizer
+        try:
+            text = tokenizer.apply_chat_template(turns, add_generation_prompt=True)
+        except ValueError as exc:
+            raise errors.bad_request(f"Cannot apply the chat template: {exc}", "messages")
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    def _completion_prompts(self, prompt: Any) -> list[tuple[list[int], str]]:
+        """The four prompt forms -> (token ids, text) pairs, none empty."""
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not prompt:
+            raise errors.bad_request("prompt must not be empty", "prompt")
+        if isinstance(prompt[0], int):
+            prompt = [prompt]
+        pairs = [self._one_prompt(p) for p in prompt]
+        if any(not ids for ids, _ in pairs):
+            raise errors.bad_request("prompt must not be empty", "prompt")
+        return pairs
+
+    def _one_prompt(self, prompt: str | list[int]) -> tuple[list[int], str]:
+        tokenizer = self.engine.tokenizer
+        if isinstance(prompt, str):
+            ids = tokenizer.encode(prompt, add_special_tokens=False)
+            self._check_vocabulary(ids, "prompt")
+            return ids, prompt
+        self._check_vocabulary(prompt, "prompt")  # first: out-of-range ids do not decode
+        return list(prompt), tokenizer.decode(prompt)
+
+    def _check_vocabulary(self, ids: list[int], prompt_param: str) -> None:
+        vocab = self.engine.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise errors.bad_request(f"prompt token ids must be in [0, {vocab})", prompt_param)
+
+    # -- lengths
+
+    def _budget(self, requested: int | None, prompt_len: int, prompt_param: str,
+                param: str) -> int:
+        """The output budget: `requested`, or all the context the prompt leaves."""
+        context = self.engine.max_model_len
+        room = context - prompt_len
+        if room < 1:
+            raise errors.bad_request(
+                f"This model's maximum context length is {context} tokens, but the prompt "
+                f"has {prompt_len} tokens, leaving no room to generate.", prompt_param)
+        if requested is None:
+            return room
+        if requested > room:
+            raise errors.bad_request(
+                f"This model's maximum context length is {context} tokens. However, you "
+                f"requested {prompt_len + requested} tokens ({prompt_len} in the prompt, "
+                f"{requested} for the completion).", param)
+        return requested
+
+    def _check_kv_fit(self, ids: list[int], prompt_param: str) -> None:
+        # The KV cache may be smaller than the context (--kv-cache-tokens);
+        # a prompt it cannot hold would wait forever.
+        capacity = self.engine.kv_cache_tokens
+        if len(ids) + 1 > capacity:
+            raise errors.bad_request(
+                f"the prompt does not fit in the KV cache: it has {len(ids)} tokens, the "
+                f"cache holds {capacity}, with at least one for the output", prompt_param)
+
+    # -- sampling
+
+    @staticmethod
+    def _sampling_params(body: GenerationRequest, max_tokens: int,
+                         logprobs: int | None) -> SamplingParams:
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
+        if any(not s for s in stop):
+            raise errors.bad_request("stop strings must not be empty", "stop")
+        kwargs: dict[str, Any] = {
+            "max_tokens": max_tokens, "stop": tuple(stop), "logprobs": logprobs,
+            "stop_token_ids": tuple(body.stop_token_ids or ()), "ignore_eos": body.ignore_eos,
+            "seed": body.seed, "speculative": body.speculative,
+        }
+        for name in _OPTIONAL_SAMPLING:
+            value = getattr(body, name)
+            if value is not None:  # None keeps SamplingParams' (OpenAI's) default
+                kwargs[name] = value
+        try:
+            return SamplingParams(**kwargs)
+        except InvalidSamplingParams as exc:
+            raise errors.bad_request(str(exc), exc.param)
+
+
+def _template_turn(message: ChatMessage) -> dict[str, Any]:
+    # Templates know system/user/assistant/tool; "developer" is OpenAI's new
+    # name for the system role.
+    role = "system" if message.role == "developer" else message.role
+    turn: dict[str, Any] = {"role": role, "content": message.text()}
+    if message.name is not None:
+        turn["name"] = message.name
+    if message.tool_call_id is not None:
+        turn["tool_call_id"] = message.tool_call_id
+    return turn

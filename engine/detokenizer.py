@@ -47,10 +47,6 @@ class IncrementalDetokenizer:
         self.text += delta
         return delta
 
-    def add_tokens(self, token_ids: list[int]) -> str:
-        """Several tokens at once (accepted drafts); returns their joint delta."""
-        return "".join(self.add_token(t) for t in token_ids)
-
     def flush(self) -> str:
         """At the end of generation: emit what was held back, even if incomplete."""
         prefix_text = self._decode(self._prefix_offset, self._read_offset)

@@ -6,7 +6,7 @@ speculative block cuts the output exactly where plain decoding would.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.detokenizer import IncrementalDetokenizer
 from engine.outputs import RequestOutput
@@ -22,9 +22,7 @@ class RequestTextState:
     stop_strings: tuple[str, ...]
     text: str = ""
     sent_chars: int = 0
-    sent_tokens: int = 0
     cut_by_stop_string: bool = False
-    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def holdback(self) -> int:
@@ -92,7 +90,6 @@ class OutputProcessor:
         visible = len(state.text) if finished else max(state.sent_chars, len(state.text) - state.holdback)
         delta = state.text[state.sent_chars: visible]
         state.sent_chars = max(state.sent_chars, visible)
-        state.sent_tokens += len(new_token_ids)
         return RequestOutput(
             request_id=request.request_id,
             new_token_ids=list(new_token_ids),

@@ -64,6 +64,7 @@ def create_app(engine_client: EngineClient, *, api_key: str | None = None,
     metrics = ServerMetrics(engine_client)
     app.state.engine = engine_client
     app.state.api_key = api_key
+    app.state.on_engine_dead = on_engine_dead
     app.state.metrics = metrics
     app.state.serving = OpenAIServing(engine_client, metrics, limits)
     app.include_router(router)

@@ -7,6 +7,8 @@ models cannot say:
   body, or the final `data: [DONE]`; described per event with OpenAPI 3.2's
   `itemSchema` (the whole body is a string to 3.1 readers);
 - the per-server limits (`--max-prompts-per-request`) on `prompt` lists;
+- the OpenAI fields we refuse (server/unsupported.py), with the no-op
+  values that are accepted;
 - the bearer-key security scheme when an API key is set.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from server import unsupported
 from server.errors import ErrorResponse
 from server.limits import RequestLimits
 from server.protocol import ChatCompletionChunk, CompletionResponse
@@ -34,7 +37,11 @@ def install_openapi(app: FastAPI, limits: RequestLimits, secured: bool) -> None:
                               description=app.description, routes=app.routes)
             for path, chunk_model in STREAMS.items():
                 _document_stream(doc, path, chunk_model)
-            _limit_prompt_lists(doc["components"]["schemas"]["CompletionRequest"], limits)
+            schemas = doc["components"]["schemas"]
+            _limit_prompt_lists(schemas["CompletionRequest"], limits)
+            unsupported.document(schemas["ChatCompletionRequest"], unsupported.GENERATION)
+            unsupported.document(schemas["CompletionRequest"], unsupported.COMPLETION)
+            unsupported.document(schemas["ChatMessage"], unsupported.MESSAGE)
             if secured:
                 _document_bearer_key(doc)
             app.openapi_schema = doc
@@ -44,12 +51,13 @@ def install_openapi(app: FastAPI, limits: RequestLimits, secured: bool) -> None:
 
 
 def sse_event_schema(chunk_model: type[BaseModel]) -> dict[str, Any]:
-    """One event of a stream: `data` is a JSON chunk, an error body, or [DONE]."""
+    """One event of a stream: its `data` is `[DONE]`, or JSON: a chunk or an error body."""
     json_data = {"contentMediaType": "application/json",
-                 "contentSchema": {"oneOf": [{"$ref": _REF.format(model=chunk_model.__name__)},
+                 "contentSchema": {"anyOf": [{"$ref": _REF.format(model=chunk_model.__name__)},
                                              {"$ref": _REF.format(model="ErrorResponse")}]}}
     return {"type": "object", "required": ["data"],
-            "properties": {"data": {"oneOf": [{"const": "[DONE]"}, json_data]}}}
+            "properties": {"data": {"type": "string", "if": {"const": "[DONE]"},
+                                    "else": json_data}}}
 
 
 def _document_stream(doc: dict[str, Any], path: str, chunk_model: type[BaseModel]) -> None:
@@ -60,10 +68,7 @@ def _document_stream(doc: dict[str, Any], path: str, chunk_model: type[BaseModel
     ok["description"] = (f"JSON body; with stream=true Server-Sent Events: `data: <{name}>` "
                          "events, then `data: [DONE]` (an error after the headers were sent "
                          "comes as one `data: <ErrorResponse>` event)")
-    ok["content"]["text/event-stream"] = {
-        "schema": {"type": "string", "description": "the event stream as text"},
-        "itemSchema": sse_event_schema(chunk_model),
-    }
+    ok["content"]["text/event-stream"] = {"itemSchema": sse_event_schema(chunk_model)}
 
 
 def _add_component(doc: dict[str, Any], model: type[BaseModel]) -> None:

@@ -23,6 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -43,10 +44,22 @@ MAX_STOP_TOKEN_IDS = 64  # ours (a vLLM extension without a limit of its own)
 MAX_LOGPROBS = 20  # OpenAI's top_logprobs limit
 MAX_REPETITION_PENALTY = 2.0  # ours: beyond it the penalty only garbles text
 
+def _integral_float(value: Any) -> Any:
+    # In JSON (and JSON Schema) 2.0 is the integer 2; 2.5 and "2" stay errors.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def integer(**bounds: int) -> Any:
+    """An integer field: strict (no "2", no true), but 2.0 is 2 as in JSON.
+    The bounds go before the validator, or they vanish from the JSON schema."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral_float)]
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_STRING_CHARS)]
-TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+TokenId = integer(ge=0, le=INT32_MAX)
 NonEmptyText = Annotated[str, StringConstraints(min_length=1)]
 
 
@@ -147,19 +160,19 @@ class GenerationRequest(_Request):
     """
 
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: integer(ge=1) | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=MAX_N)
+    n: integer(ge=1, le=MAX_N) = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
-    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    seed: integer(ge=INT64_MIN, le=INT64_MAX) | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     user: str | None = None
     # vLLM extensions.
-    top_k: int | None = Field(None, ge=-1, le=INT32_MAX, description="0 or -1: no top-k")
+    top_k: integer(ge=-1, le=INT32_MAX) | None = Field(None, description="0 or -1: no top-k")
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=MAX_REPETITION_PENALTY)
     ignore_eos: bool = False
@@ -204,9 +217,9 @@ class ChatCompletionRequest(GenerationRequest):
     model_config = ConfigDict(json_schema_extra=_chat_schema)
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: integer(ge=1) | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: integer(ge=0, le=MAX_LOGPROBS) | None = None
 
 
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
@@ -223,7 +236,7 @@ class CompletionRequest(GenerationRequest):
 
     prompt: (NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)] | TokenIds
              | Annotated[list[TokenIds], Field(min_length=1)])
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    logprobs: integer(ge=0, le=MAX_LOGPROBS) | None = None
     echo: bool = False
 
 

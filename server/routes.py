@@ -24,7 +24,7 @@ def _serving(request: Request) -> OpenAIServing:
 
 
 # Streamed responses; server/openapi.py adds the schema of their events.
-_STREAMS = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+_STREAMS = {200: {"content": {"text/event-stream": {}}}}
 
 
 # The API key is checked by server/middleware.py, before the body is read.

@@ -6,10 +6,12 @@ models cannot say:
   (the ChatCompletionChunk / CompletionResponse schema), an in-band error
   body, or the final `data: [DONE]`; described per event with OpenAPI 3.2's
   `itemSchema` (the whole body is a string to 3.1 readers);
-- the per-server limits (`--max-prompts-per-request`) on `prompt` lists;
+- the per-server limits: `--max-prompts-per-request` on `prompt` lists,
+  `--max-choices-per-request` on `n`;
 - the OpenAI fields we refuse (server/unsupported.py), with the no-op
   values that are accepted;
-- the bearer-key security scheme when an API key is set.
+- the bearer-key security scheme when an API key is set;
+- exact integer bounds (FastAPI's copy of the request schemas has floats).
 """
 from __future__ import annotations
 
@@ -22,7 +24,12 @@ from pydantic import BaseModel
 from server import unsupported
 from server.errors import ErrorResponse
 from server.limits import RequestLimits
-from server.protocol import ChatCompletionChunk, CompletionResponse
+from server.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    CompletionRequest,
+    CompletionResponse,
+)
 
 _REF = "#/components/schemas/{model}"
 STREAMS = {"/v1/chat/completions": ChatCompletionChunk, "/v1/completions": CompletionResponse}
@@ -37,8 +44,12 @@ def install_openapi(app: FastAPI, limits: RequestLimits, secured: bool) -> None:
                               description=app.description, routes=app.routes)
             for path, chunk_model in STREAMS.items():
                 _document_stream(doc, path, chunk_model)
+            for model in (ChatCompletionRequest, CompletionRequest):
+                _add_component(doc, model, replace=True)
             schemas = doc["components"]["schemas"]
             _limit_prompt_lists(schemas["CompletionRequest"], limits)
+            for name in ("ChatCompletionRequest", "CompletionRequest"):
+                _limit_choices(schemas[name], limits)
             unsupported.document(schemas["ChatCompletionRequest"], unsupported.GENERATION)
             unsupported.document(schemas["CompletionRequest"], unsupported.COMPLETION)
             unsupported.document(schemas["ChatMessage"], unsupported.MESSAGE)
@@ -71,12 +82,15 @@ def _document_stream(doc: dict[str, Any], path: str, chunk_model: type[BaseModel
     ok["content"]["text/event-stream"] = {"itemSchema": sse_event_schema(chunk_model)}
 
 
-def _add_component(doc: dict[str, Any], model: type[BaseModel]) -> None:
+def _add_component(doc: dict[str, Any], model: type[BaseModel], replace: bool = False) -> None:
+    """The model's schema as pydantic writes it. `replace`: over FastAPI's
+    copy, which turns integer bounds into floats (int64's maximum becomes
+    2**63, a seed the server refuses)."""
     schemas = doc["components"]["schemas"]
     schema = model.model_json_schema(ref_template=_REF)
     for name, definition in schema.pop("$defs", {}).items():
-        schemas.setdefault(name, definition)
-    schemas.setdefault(model.__name__, schema)
+        schemas[name] = definition if replace else schemas.get(name, definition)
+    schemas[model.__name__] = schema if replace else schemas.get(model.__name__, schema)
 
 
 def _limit_prompt_lists(schema: dict[str, Any], limits: RequestLimits) -> None:
@@ -86,6 +100,13 @@ def _limit_prompt_lists(schema: dict[str, Any], limits: RequestLimits) -> None:
         items = alternative.get("items", {})
         if alternative.get("type") == "array" and items.get("type") in ("string", "array"):
             alternative["maxItems"] = limits.max_prompts
+
+
+def _limit_choices(schema: dict[str, Any], limits: RequestLimits) -> None:
+    """n <= --max-choices-per-request (prompts x n is checked too; no schema can say it)."""
+    for alternative in schema["properties"]["n"]["anyOf"]:
+        if alternative.get("type") == "integer":
+            alternative["maximum"] = min(alternative["maximum"], limits.max_choices)
 
 
 def _document_bearer_key(doc: dict[str, Any]) -> None:

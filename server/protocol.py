@@ -32,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from server.request_schema import chat_schema, completion_schema, nullable_optionals
+
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -75,36 +77,9 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def _nullable_optionals(schema: dict[str, Any], model: type) -> None:
-    """An explicit null means "default" for every optional field (see
-    `_null_means_default`), so the document lets every optional field be null."""
-    required = set(schema.get("required", ()))
-    for name, prop in schema.get("properties", {}).items():
-        if name in required or _allows_null(prop):
-            continue
-        schema["properties"][name] = {"anyOf": [_without_meta(prop), {"type": "null"}],
-                                      **_meta(prop)}
-
-
-_META_KEYS = ("title", "description", "default")
-
-
-def _meta(prop: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in prop.items() if k in _META_KEYS}
-
-
-def _without_meta(prop: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in prop.items() if k not in _META_KEYS}
-
-
-def _allows_null(prop: dict[str, Any]) -> bool:
-    return prop.get("type") == "null" or any(
-        alt.get("type") == "null" for alt in prop.get("anyOf", ()))
-
-
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False,
-                              json_schema_extra=_nullable_optionals)
+                              json_schema_extra=nullable_optionals)
 
     @model_validator(mode="before")
     @classmethod
@@ -181,40 +156,10 @@ class GenerationRequest(_Request):
     speculative: bool = True
 
 
-def _requires(field: str, condition: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
-    """JSON Schema: when `field` is set (not null) and matches `condition`, `then` applies."""
-    return {"if": {"properties": {field: condition}, "required": [field]}, "then": then}
-
-
-def _chat_schema(schema: dict[str, Any], model: type) -> None:
-    _nullable_optionals(schema, model)
-    schema["allOf"] = [
-        # top_logprobs needs logprobs: true (as in OpenAI's API).
-        _requires("top_logprobs", {"type": "integer"},
-                  {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]}),
-        _STREAM_OPTIONS_NEED_STREAM,
-    ]
-
-
-def _completion_schema(schema: dict[str, Any], model: type) -> None:
-    _nullable_optionals(schema, model)
-    schema["allOf"] = [
-        # echo=true with logprobs would need prompt logprobs, which we do not compute.
-        _requires("logprobs", {"type": "integer"},
-                  {"not": {"properties": {"echo": {"const": True}}, "required": ["echo"]}}),
-        _STREAM_OPTIONS_NEED_STREAM,
-    ]
-
-
-_STREAM_OPTIONS_NEED_STREAM = _requires(
-    "stream_options", {"type": "object"},
-    {"properties": {"stream": {"const": True}}, "required": ["stream"]})
-
-
 class ChatCompletionRequest(GenerationRequest):
     """POST /v1/chat/completions body."""
 
-    model_config = ConfigDict(json_schema_extra=_chat_schema)
+    model_config = ConfigDict(json_schema_extra=chat_schema)
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: integer(ge=1) | None = None
@@ -232,7 +177,7 @@ class CompletionRequest(GenerationRequest):
     (--max-prompts-per-request); the served document states it.
     """
 
-    model_config = ConfigDict(json_schema_extra=_completion_schema)
+    model_config = ConfigDict(json_schema_extra=completion_schema)
 
     prompt: (NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)] | TokenIds
              | Annotated[list[TokenIds], Field(min_length=1)])

@@ -52,15 +52,21 @@ def greedy(seed: int | None = None, max_tokens: int = 16) -> SamplingParams:
 
 
 def run_all(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]]):
-    """Add every request at once, step until done: (tokens by id, failures by id)."""
+    """Add every request at once, step until done: (tokens by id, failures by id).
+
+    A request ends exactly once: with a finishing output or with a failure."""
     for rid, (prompt, params) in requests.items():
         engine.add_request(rid, prompt, params)
     tokens: dict[str, list[int]] = {rid: [] for rid in requests}
-    failures = {}
+    failures, finished = {}, set()
     while engine.has_unfinished():
         for out in engine.step():
+            assert out.request_id not in failures and out.request_id not in finished
             tokens[out.request_id].extend(out.new_token_ids)
+            if out.finished:
+                finished.add(out.request_id)
         failures |= {f.request_id: f for f in engine.take_failures()}
+    assert finished.isdisjoint(failures) and finished | set(failures) == set(requests)
     return tokens, failures
 
 

@@ -98,6 +98,7 @@ class FakeEngineClient:
         self.stopped = False
         self.running: set[str] = set()
         self.submitted: list[tuple[str, list[int], SamplingParams]] = []
+        self.attempted: list[str] = []  # every generate() started, admitted or not
         self.aborted: list[str] = []
         self._stats = EngineStats()
 
@@ -127,6 +128,7 @@ class FakeEngineClient:
 
     async def generate(self, request_id: str, prompt_token_ids: list[int],
                        params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        self.attempted.append(request_id)
         if self.dead:
             raise EngineDeadError("engine loop is dead")
         if self.queue_full:

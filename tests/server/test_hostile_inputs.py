@@ -69,7 +69,7 @@ def test_huge_prompt_list_times_n_is_refused_before_any_work():
         assert time.monotonic() - started < 2.0  # was 23 s and +1.7 GB
         assert_error(http.post(COMPLETIONS, json={**body, "prompt": ["x"] * 100, "n": 2}), 400,
                      param="n")
-        assert engine.submitted == []
+        assert engine.attempted == []
         assert http.get("/health").status_code == 200
 
 
@@ -94,7 +94,7 @@ def test_a_request_that_cannot_be_admitted_whole_is_429_before_any_job():
     with live_server(engine) as srv, httpx.Client(base_url=srv.url) as http:
         r = http.post(COMPLETIONS, json={"prompt": ["a", "b"], "n": 3, "max_tokens": 1})
         assert_error(r, 429)
-        assert engine.submitted == []
+        assert engine.attempted == []  # refused whole: no job was ever started
 
 
 # -------------------------------------------- 4. lone surrogates, keep-alive

@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: 
 from server.limits import RequestLimits  # noqa: E402
 from tests.server.helpers import LiveServer, live_server  # noqa: E402
 
-EXAMPLES = {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 60}
+EXAMPLES = {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 100}
 # Request fields whose 400 can depend on the model rather than on the schema
 # (and, for completions, n: prompts x n against --max-choices-per-request).
 MODEL_DEPENDENT = {"max_tokens", "max_completion_tokens", "messages", "prompt", "stop_token_ids"}

@@ -29,6 +29,8 @@ COMMANDS: tuple[Command, ...] = (
             "run_serve"),
     Command("bench", "Benchmark specserve against peers (llama-cpp-python, transformers serve)",
             "bench.run"),
+    Command("soak", "N streams for M minutes with disconnects: errors, RSS, KV at the end",
+            "bench.soak"),
     Command("spec-sweep", "Concurrency sweep of specserve under several server configurations",
             "bench.spec_sweep"),
     Command("train-draft", "Train an EAGLE-3 / DFlash / DSpark draft head",

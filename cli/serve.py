@@ -1,4 +1,9 @@
-"""`specserve serve`: flags -> EngineConfig -> engine client -> app -> uvicorn."""
+"""`specserve serve`: flags -> EngineConfig -> engine client -> app -> uvicorn.
+
+The process exits with status 1 when the engine dies (an error it cannot
+attribute to one request), after failing the requests in flight, so that
+Kubernetes, compose's `restart:` policy or systemd restart it.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +11,25 @@ import logging
 import math
 import os
 import sys
+import threading
 
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from engine.spec.registry import method_names
 from scheduler.policies import policy_names
+from server.limits import RequestLimits
+from server.protocol import (
+    MAX_LOGPROBS,
+    MAX_N,
+    MAX_REPETITION_PENALTY,
+    MAX_STOP_STRING_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+)
+from server.validation import MIN_SAMPLING_TEMPERATURE
 
 API_KEY_ENV = "SPECSERVE_API_KEY"
+METRICS_API_KEY_ENV = "SPECSERVE_METRICS_API_KEY"
+GRACEFUL_SHUTDOWN_S = 5  # after the engine died: open streams already got their error
 SERVE_DEFAULT_METHOD = "ngram"
 SERVE_DEFAULT_NUM_SPECULATIVE = 8
 DEFAULT_PORT = 8000
@@ -25,6 +43,17 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     _add_batching_flags(p.add_argument_group("batching and memory"))
     _add_speculative_flags(p.add_argument_group("speculative decoding"))
     _add_http_flags(p.add_argument_group("HTTP"))
+    _add_limit_flags(p.add_argument_group("request limits", _FIXED_LIMITS))
+
+
+_FIXED_LIMITS = (
+    f"Fixed (OpenAI's where OpenAI has them): n <= {MAX_N}, temperature in [0, 2] "
+    f"(below {MIN_SAMPLING_TEMPERATURE:g} it is greedy), top_p in (0, 1], presence and "
+    f"frequency penalties in [-2, 2], repetition_penalty in (0, {MAX_REPETITION_PENALTY:g}], "
+    f"min_p in [0, 1], seed a 64-bit signed int, up to {MAX_STOP_STRINGS} stop strings of "
+    f"1-{MAX_STOP_STRING_CHARS} characters, up to {MAX_STOP_TOKEN_IDS} stop_token_ids, "
+    f"logprobs/top_logprobs <= {MAX_LOGPROBS}. Unimplemented OpenAI fields (logit_bias, "
+    "response_format, tools, ...) get a 400 naming them.")
 
 
 def _add_model_flags(g: argparse._ArgumentGroup) -> None:
@@ -46,7 +75,8 @@ def _add_batching_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--max-num-batched-tokens", type=int, default=sched.max_num_batched_tokens)
     g.add_argument("--max-model-len", type=int, default=sched.max_model_len)
     g.add_argument("--max-waiting", type=int, default=sched.max_waiting,
-                   help="waiting-queue length beyond which requests get 429")
+                   help="requests that may wait beyond a full batch (--max-num-seqs); "
+                        "more in flight at once get 429")
     g.add_argument("--block-size", type=int, default=cache.block_size)
     g.add_argument("--kv-cache-tokens", type=int, default=None,
                    help=f"KV cache capacity in tokens (default: {cache.num_tokens})")
@@ -73,8 +103,32 @@ def _add_http_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--port", type=int, default=DEFAULT_PORT)
     g.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"require `Authorization: Bearer KEY` on /v1 (env {API_KEY_ENV})")
-    g.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    g.add_argument("--metrics-api-key", default=os.environ.get(METRICS_API_KEY_ENV),
+                   help=f"require `Authorization: Bearer KEY` on /metrics "
+                        f"(env {METRICS_API_KEY_ENV}; default: /metrics is open)")
+    g.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                   help="larger request bodies get 413 before they are parsed")
     g.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+
+
+def _add_limit_flags(g: argparse._ArgumentGroup) -> None:
+    limits = RequestLimits()
+    g.add_argument("--max-prompts-per-request", type=int, default=limits.max_prompts,
+                   help="prompts in one completions request (a list of prompts)")
+    g.add_argument("--max-choices-per-request", type=int, default=limits.max_choices,
+                   help="engine requests one HTTP request may fan out to (prompts x n); "
+                        "at most --max-num-seqs + --max-waiting")
+
+
+def request_limits_from_args(args: argparse.Namespace) -> RequestLimits:
+    """The per-request limits; ValueError if one request could never be admitted."""
+    limits = RequestLimits(max_prompts=args.max_prompts_per_request,
+                           max_choices=args.max_choices_per_request)
+    capacity = args.max_num_seqs + args.max_waiting
+    if limits.max_choices > capacity:
+        raise ValueError(f"--max-choices-per-request {limits.max_choices} exceeds what the "
+                         f"engine admits at once (--max-num-seqs + --max-waiting = {capacity})")
+    return limits
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -133,6 +187,7 @@ def run_serve(args: argparse.Namespace) -> int:
         args.model = _resolve_model(args.model)
         args.device = _resolve_device(args.device)
         config = engine_config_from_args(args)
+        limits = request_limits_from_args(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"specserve serve: error: {exc}", file=sys.stderr)
         return 2
@@ -142,6 +197,24 @@ def run_serve(args: argparse.Namespace) -> int:
     from server.app import create_app
 
     client = AsyncEngineClient.from_config(config)
-    app = create_app(client, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    engine_died = threading.Event()
+
+    def stop_server() -> None:  # called by the app's watchdog, on the event loop
+        engine_died.set()
+        server.should_exit = True
+
+    app = create_app(client, api_key=args.api_key, metrics_api_key=args.metrics_api_key,
+                     max_body_bytes=args.max_body_bytes, limits=limits,
+                     on_engine_dead=stop_server)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                           log_level=args.log_level,
+                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # SIGINT: a clean stop, as uvicorn.run treats it
+        pass
+    if engine_died.is_set():
+        print("specserve serve: the inference engine died; exiting with status 1 so that "
+              "the supervisor restarts the server", file=sys.stderr)
+        return 1
     return 0

@@ -4,6 +4,16 @@ The engine runs in one background thread (torch releases the GIL during
 compute). Commands reach it through a thread-safe queue; outputs come back
 to each request's asyncio.Queue via `loop.call_soon_threadsafe`. All engine
 state is touched only by that thread.
+
+Failures: a request the engine failed (engine/isolation.py) gets a
+RequestFailedError and the others go on. An exception that escapes a step
+means the engine cannot go on: every request in flight gets EngineDeadError
+(a 503), `is_healthy` turns false for good, and the server exits so that a
+supervisor restarts it (server/app.py watches `is_healthy`).
+
+Admission is counted on live state: at most `max_num_seqs + max_waiting`
+requests in flight (submitted and not yet finished), a count kept under a
+lock as requests come and go, never a snapshot from the last step.
 """
 from __future__ import annotations
 
@@ -17,7 +27,13 @@ from dataclasses import dataclass
 
 from engine.config import EngineConfig
 from engine.engine import LLMEngine
-from engine.outputs import EngineDeadError, EngineStats, QueueFullError, RequestOutput
+from engine.outputs import (
+    EngineDeadError,
+    EngineStats,
+    QueueFullError,
+    RequestFailedError,
+    RequestOutput,
+)
 from scheduler.request import SamplingParams
 
 log = logging.getLogger("specserve.client")
@@ -66,6 +82,8 @@ class AsyncEngineClient:
         self.kv_cache_tokens = engine.config.cache.num_tokens
         self.device = engine.config.device
         self.max_waiting = engine.config.scheduler.max_waiting
+        # The batch takes max_num_seqs; beyond it max_waiting may queue.
+        self.capacity = engine.config.scheduler.max_num_seqs + self.max_waiting
         self._commands: queue.Queue = queue.Queue()
         self._sinks: dict[str, _Sink] = {}
         self._in_flight = 0  # submitted, not yet finished (for admission control)
@@ -133,11 +151,19 @@ class AsyncEngineClient:
         if self._thread is None:
             raise EngineDeadError("the engine is not running")
 
+    def check_capacity(self, num_requests: int) -> None:
+        with self._lock:
+            self._check_room(num_requests)
+
+    def _check_room(self, num_requests: int) -> None:
+        if self._in_flight + num_requests > self.capacity:
+            raise QueueFullError(
+                f"{self._in_flight} requests are in flight; the batch and the waiting queue "
+                f"hold {self.capacity}")
+
     def _admit(self, request_id: str) -> _Sink:
         with self._lock:
-            waiting = self._in_flight - self._stats.num_running
-            if waiting >= self.max_waiting:
-                raise QueueFullError(f"{waiting} requests are already waiting")
+            self._check_room(1)
             if request_id in self._sinks:
                 raise ValueError(f"duplicate request id {request_id!r}")
             sink = _Sink(asyncio.get_running_loop())
@@ -157,9 +183,10 @@ class AsyncEngineClient:
                 self._drain_commands(block=not self.engine.has_unfinished())
                 if self.engine.has_unfinished():
                     self._deliver(self.engine.step())
+                self._report_failures()
                 self._stats = self.engine.snapshot_stats()
         except BaseException as exc:  # noqa: BLE001 - the loop must report any crash
-            log.exception("engine loop crashed")
+            log.critical("engine loop crashed; failing every request in flight", exc_info=exc)
             self._dead = exc
             self._fail_all(EngineDeadError(f"the engine stopped after an error: {exc!r}"))
 
@@ -181,14 +208,23 @@ class AsyncEngineClient:
             return
         try:
             self.engine.add_request(command.request_id, command.prompt_token_ids, command.params)
-        except ValueError as exc:  # a bad request must not stop the engine
+        except ValueError as exc:  # the engine's verdict on a bad request: a 400
             command.sink.put(exc)
+        except Exception as exc:  # noqa: BLE001 - fails this request, not the engine
+            log.error("adding request %s failed", command.request_id, exc_info=exc)
+            command.sink.put(RequestFailedError(command.request_id, "add", exc))
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
             sink = self._sinks.get(out.request_id)
             if sink is not None:
                 sink.put(out)
+
+    def _report_failures(self) -> None:
+        for failure in self.engine.take_failures():
+            sink = self._sinks.get(failure.request_id)
+            if sink is not None:
+                sink.put(failure.as_error())
 
     def _fail_all(self, exc: BaseException) -> None:
         for sink in list(self._sinks.values()):

@@ -6,15 +6,21 @@ background thread and bridges it to asyncio. The engine wires the rooms
 together and decides nothing itself: the scheduler (with its verification
 policy) decides who runs, who drafts and what is verified; the runner
 computes; the drafter drafts.
+
+Errors are isolated per request (engine/isolation.py): an error tied to one
+request fails that request (`take_failures`) and the step goes on; an
+exception that escapes `step()` means the engine cannot go on.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 import torch
 
 from engine.config import EngineConfig
+from engine.isolation import FailureIsolation, RequestFailure
 from engine.kv_cache import kv_bytes_per_token
 from engine.model_runner import ModelRunner
 from engine.models.loader import LoadedModel, load_model
@@ -28,7 +34,7 @@ from scheduler.drafting import DraftingLimits
 from scheduler.load import StepCostModel
 from scheduler.output import DraftSlot, RunnerOutput, SchedulerOutput
 from scheduler.policies import PolicyContext, VerifyPolicy, build_policy, policy_spec
-from scheduler.request import Request, SamplingParams
+from scheduler.request import Request, RequestStatus, SamplingParams
 from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("specserve.engine")
@@ -64,6 +70,7 @@ class LLMEngine:
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.draft_generators: dict[str, torch.Generator] = {}
+        self.isolation = FailureIsolation(self._drop_failed)
         self.stats = EngineStats(accepted_per_position=[0] * config.speculative.num_speculative_tokens)
         log.info("engine ready: %s, %d KV blocks x %d tokens (%.1f MiB)", self.loaded.path,
                  cache.num_blocks, cache.block_size,
@@ -110,15 +117,20 @@ class LLMEngine:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary")
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Queue a prompt already validated (validate_prompt's rules)."""
+        """Queue a prompt already validated (validate_prompt's rules). If this
+        raises, nothing of the request is left behind."""
         if request_id in self.requests:
             raise ValueError(f"duplicate request id {request_id!r}")
         request = Request(request_id, list(prompt_token_ids), params,
                           eos_token_id=self.tokenizer.eos_token_id)
         self.requests[request_id] = request
+        try:
+            self.outputs.add_request(request)
+            self.scheduler.add_request(request)
+        except BaseException:
+            self._drop_failed(request_id)
+            raise
         self.stats.prompt_tokens += len(prompt_token_ids)
-        self.outputs.add_request(request)
-        self.scheduler.add_request(request)
 
     def abort_request(self, request_id: str) -> bool:
         """Abort at once: blocks are freed now; drafter state at the next step."""
@@ -131,6 +143,17 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def take_failures(self) -> list[RequestFailure]:
+        """Requests failed since the last call; each gets no more outputs."""
+        return self.isolation.take_failures()
+
+    def _drop_failed(self, request_id: str) -> None:
+        """Remove a failed request: its KV is freed now, the drafter's state
+        at the next step (the scheduler lists it as freed)."""
+        self.requests.pop(request_id, None)
+        self.scheduler.abort_request(request_id)
+        self._forget(request_id)
+
     # ---- one step ----------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         started = time.perf_counter()
@@ -139,33 +162,58 @@ class LLMEngine:
             self.drafter.forget(sched.freed_request_ids)
         if sched.is_empty:
             return self._collect_unscheduled_finished()
-        runner_out = self.runner.execute(sched)
-        updates = self.scheduler.update_from_output(sched, runner_out, self.outputs.check_stop)
+        runner_out = self._execute(sched)
+        updates = self.scheduler.update_from_output(sched, runner_out, self._check_stop)
         self._record_step(sched, runner_out)
         self._draft(sched, runner_out)
         # The whole step, drafting included: what a bigger batch really costs.
         self.scheduler.observe_step_time(sched.total_num_tokens, time.perf_counter() - started)
         return self._emit(updates, runner_out) + self._collect_unscheduled_finished()
 
+    def _execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        """The target forward; if the batch fails, each request alone (the
+        scheduler has committed nothing yet, so a rerun is the same step)."""
+        return self.isolation.batched(
+            "forward", sched.scheduled, lambda item: item.request.request_id,
+            lambda items: self.runner.execute(dataclasses.replace(sched, scheduled=list(items))),
+            _merge_runner_outputs)
+
+    def _check_stop(self, request: Request, token_id: int) -> RequestStatus | None:
+        """The stop check, isolated: if it raises, the request fails and the
+        scheduler finishes it (as aborted, freeing its KV) like any stop."""
+        try:
+            return self.outputs.check_stop(request, token_id)
+        except Exception as exc:  # noqa: BLE001 - fails this request only
+            self.isolation.fail(request.request_id, "stop check", exc, drop=False)
+            return RequestStatus.FINISHED_ABORTED
+
     def _emit(self, updates, runner_out: RunnerOutput) -> list[RequestOutput]:
         outputs = []
         for request, new_tokens in updates:
+            if self.isolation.has_failed(request.request_id):
+                self._drop_failed(request.request_id)  # it gets an error, not an output
+                continue
             logprobs = runner_out.logprobs.get(request.request_id)
             if logprobs is not None:
                 logprobs = logprobs[: len(new_tokens)]
-            outputs.append(self.outputs.make_output(request, new_tokens, logprobs))
+            self._append_output(outputs, request, new_tokens, logprobs)
+        return outputs
+
+    def _append_output(self, outputs: list[RequestOutput], request: Request, new_tokens: list[int],
+                       logprobs) -> None:
+        ok, out = self.isolation.attempt(request.request_id, "output", self.outputs.make_output,
+                                         request, new_tokens, logprobs)
+        if ok:
+            outputs.append(out)
             if request.is_finished:
                 self.requests.pop(request.request_id, None)
                 self._forget(request.request_id)
-        return outputs
 
     def _collect_unscheduled_finished(self) -> list[RequestOutput]:
         """Requests the scheduler finished on its own (e.g. could never fit)."""
-        done = [r for r in self.requests.values() if r.is_finished]
-        outputs = [self.outputs.make_output(r, [], None) for r in done]
-        for r in done:
-            self.requests.pop(r.request_id, None)
-            self._forget(r.request_id)
+        outputs: list[RequestOutput] = []
+        for request in [r for r in self.requests.values() if r.is_finished]:
+            self._append_output(outputs, request, [], None)
         return outputs
 
     def _forget(self, request_id: str) -> None:
@@ -184,12 +232,26 @@ class LLMEngine:
             request = item.request
             if request.is_finished or not request.sampling_params.speculative:
                 continue
-            self.drafter.absorb(request, runner_out.hidden_states.get(request.request_id))
-            if request.request_id in runner_out.sampled_token_ids:
+            absorbed, _ = self.isolation.attempt(
+                request.request_id, "drafting", self.drafter.absorb, request,
+                runner_out.hidden_states.get(request.request_id))
+            if absorbed and request.request_id in runner_out.sampled_token_ids:
                 sampled.append(request)
         slots = self.scheduler.draft_slots(sampled)
         if slots:
-            self.scheduler.install_drafts(self.drafter.propose([self._draft_input(s) for s in slots]))
+            self.scheduler.install_drafts(self._propose(slots))
+
+    def _propose(self, slots: list[DraftSlot]) -> dict:
+        """The drafter's proposals, isolated per request like the forward."""
+        inputs = []
+        for slot in slots:
+            ok, draft_input = self.isolation.attempt(slot.request.request_id, "drafting",
+                                                     self._draft_input, slot)
+            if ok:
+                inputs.append(draft_input)
+        return self.isolation.batched(
+            "drafting", inputs, lambda draft_input: draft_input.request.request_id,
+            self.drafter.propose, lambda proposals: {k: v for p in proposals for k, v in p.items()})
 
     def _draft_input(self, slot: DraftSlot) -> DraftInput:
         request = slot.request
@@ -240,4 +302,17 @@ class LLMEngine:
             for out in self.step():
                 if out.request_id in results:
                     results[out.request_id].extend(out.new_token_ids)
+            for failure in self.take_failures():
+                for rid in ids:
+                    self.abort_request(rid)
+                raise failure.as_error() from failure.error
         return [results[rid] for rid in ids]
+
+
+def _merge_runner_outputs(outputs: list[RunnerOutput]) -> RunnerOutput:
+    """One RunnerOutput from those of requests run one by one (disjoint ids)."""
+    merged = RunnerOutput()
+    for out in outputs:
+        for field in dataclasses.fields(RunnerOutput):  # every field is a dict by request id
+            getattr(merged, field.name).update(getattr(out, field.name))
+    return merged

@@ -28,6 +28,12 @@ class PromptTokenizer(Protocol):
     def apply_chat_template(self, messages: list[dict],
                             add_generation_prompt: bool = True) -> str: ...
 
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """The templated conversation as ids; special-token text inside
+        message content stays text (only the template's markers are control
+        tokens)."""
+        ...
+
 
 @runtime_checkable
 class EngineClient(Protocol):
@@ -60,3 +66,9 @@ class EngineClient(Protocol):
         ...
 
     async def abort(self, request_id: str) -> None: ...
+
+    def check_capacity(self, num_requests: int) -> None:
+        """Raise QueueFullError unless `num_requests` more requests can be
+        admitted now: one HTTP request's choices are admitted all or none,
+        before any of them is submitted."""
+        ...

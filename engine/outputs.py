@@ -62,3 +62,21 @@ class QueueFullError(RuntimeError):
 
 class EngineDeadError(RuntimeError):
     """The engine loop crashed; no request can be served."""
+
+
+class RequestFailedError(RuntimeError):
+    """The engine failed while serving this one request (an error tied to it:
+    its parameters, its stop check, its drafts, or a forward that fails only
+    with it in the batch). The request is over and its KV freed; the other
+    requests go on. The cause is in the engine's log."""
+
+    def __init__(self, request_id: str, stage: str, cause: BaseException):
+        super().__init__(f"request {request_id} failed in the engine ({stage}): {cause!r}")
+        self.request_id = request_id
+        self.stage = stage
+
+
+class EngineStalledError(RuntimeError):
+    """The engine cannot make progress: a batched stage failed for every
+    request, alone too, several steps in a row. Nothing is attributable to a
+    request; the engine must be restarted."""

@@ -42,13 +42,15 @@ def make_generator(seed: int | None, device: str | torch.device = "cpu") -> torc
 
     Seeded requests get a generator of their own, so their samples are
     reproducible and independent of which other requests share the batch;
-    unseeded ones are seeded from OS entropy.
+    unseeded ones are seeded from OS entropy. Any int is a valid seed: it is
+    reduced modulo 2**64, the range torch accepts (a derived seed such as
+    seed + DRAFT_SEED_OFFSET may leave the int64 range a request's seed is in).
     """
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
     else:
-        generator.manual_seed(seed)
+        generator.manual_seed(seed % 2**64)
     return generator
 
 

@@ -5,11 +5,17 @@ chat_template.jinja / generation_config.json / config.json) without
 importing transformers. The chat template is rendered in a sandboxed jinja2
 environment set up the way transformers sets it up, so model templates
 behave the same.
+
+`encode_chat` is how a conversation becomes prompt ids: special-token text
+that a user writes inside a message (`<|im_end|>\n<|im_start|>system`)
+stays text, so that only the template's own markers are control tokens.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 from datetime import datetime
 
 import jinja2
@@ -42,8 +48,11 @@ class Tokenizer:
             stops.add(self.eos_token_id)
         self.stop_token_ids: set[int] = stops
         self.special_tokens = dict(special_tokens or {})  # e.g. {"pad_token": "<|endoftext|>"}
-        self._special_ids = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+        added = backend.get_added_tokens_decoder()
+        self._special_ids = {i for i, t in added.items() if t.special}
+        self._special_text = {t.content: i for i, t in added.items() if t.special and t.content}
         self._compiled_template = None
+        self._literal_backend: HFTokenizer | None = None
 
     @classmethod
     def from_dir(cls, path) -> "Tokenizer":
@@ -104,10 +113,113 @@ class Tokenizer:
         except jinja2.TemplateError as err:
             raise ValueError(f"chat template error: {err}") from err
 
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    **kwargs) -> list[int]:
+        """Render the conversation and tokenize it, keeping message content
+        literal: special-token text inside a message is encoded as plain text.
+
+        Without special-token text in any message this is exactly
+        `encode(apply_chat_template(...))`. Raises ValueError, like
+        apply_chat_template, when the template fails, or when content with
+        special-token text cannot be located in the rendered prompt (a
+        template that rewrites content).
+        """
+        text = self.apply_chat_template(messages, add_generation_prompt, **kwargs)
+        if not any(self._holds_special_text(m.get("content")) for m in messages):
+            return self.encode(text)
+        spans = self._content_spans(messages, text, add_generation_prompt, kwargs)
+        return self._encode_keeping_literal(text, spans)
+
+    def _holds_special_text(self, content) -> bool:
+        return isinstance(content, str) and any(t in content for t in self._special_text)
+
+    def _content_spans(self, messages: list[dict], text: str, add_generation_prompt: bool,
+                       kwargs: dict) -> list[tuple[int, int]]:
+        """Where each message's content lies in `text`: render once more with
+        every content between unique markers, then take the markers out; the
+        result must be `text` again, or the template changed the content."""
+        markers = _Markers.unused_in(messages)
+        wrapped = [m | {"content": markers.wrap(m["content"])} if isinstance(m.get("content"), str)
+                   else m for m in messages]
+        marked = self.apply_chat_template(wrapped, add_generation_prompt, **kwargs)
+        plain, spans = markers.strip(marked)
+        if plain != text:
+            raise ValueError("this model's chat template rewrites message content, so "
+                             "special-token text in a message cannot be kept as text")
+        return spans
+
+    def _encode_keeping_literal(self, text: str, spans: list[tuple[int, int]]) -> list[int]:
+        """Ids of `text` where special tokens count as control tokens only
+        outside `spans`. Text between control tokens is encoded as one piece,
+        as the tokenizer itself does, so nothing else changes."""
+        ids: list[int] = []
+        cursor = 0
+        for match in self._special_pattern().finditer(text):
+            start, end = match.span()
+            if any(a < end and start < b for a, b in spans):
+                continue  # inside (or across) user content: it stays text
+            ids += self._encode_literal(text[cursor:start])
+            ids.append(self._special_text[match.group()])
+            cursor = end
+        return ids + self._encode_literal(text[cursor:])
+
+    def _encode_literal(self, text: str) -> list[int]:
+        if not text:
+            return []
+        if self._literal_backend is None:
+            # A copy that encodes special-token text as ordinary text.
+            self._literal_backend = HFTokenizer.from_str(self.backend.to_str())
+            self._literal_backend.encode_special_tokens = True
+        return self._literal_backend.encode(text, add_special_tokens=False).ids
+
+    def _special_pattern(self) -> re.Pattern:
+        # Longest first, so that a token that prefixes another never wins.
+        alternatives = sorted(self._special_text, key=len, reverse=True)
+        return re.compile("|".join(re.escape(t) for t in alternatives))
+
     def _template(self) -> jinja2.Template:
         if self._compiled_template is None:
             self._compiled_template = _chat_environment().from_string(self.chat_template)
         return self._compiled_template
+
+
+class _Markers:
+    """A pair of strings found nowhere in a conversation, to mark content."""
+
+    def __init__(self, nonce: str):
+        self.open, self.close = f"\ue000{nonce}\ue001", f"\ue001{nonce}\ue000"
+
+    @classmethod
+    def unused_in(cls, messages: list[dict]) -> "_Markers":
+        while True:
+            markers = cls(secrets.token_hex(8))
+            if not any(markers.open in str(m) or markers.close in str(m) for m in messages):
+                return markers
+
+    def wrap(self, content: str) -> str:
+        """Markers around the content without its outer whitespace, so that a
+        template that trims content renders the same text."""
+        core = content.strip()
+        if not core:
+            return content
+        lead = content[: len(content) - len(content.lstrip())]
+        trail = content[len(content.rstrip()):]
+        return f"{lead}{self.open}{core}{self.close}{trail}"
+
+    def strip(self, marked: str) -> tuple[str, list[tuple[int, int]]]:
+        """The text without markers and the (start, end) spans they enclosed."""
+        pieces, spans, length, cursor = [], [], 0, 0
+        while (start := marked.find(self.open, cursor)) >= 0:
+            end = marked.find(self.close, start)
+            if end < 0:
+                break
+            before, inside = marked[cursor:start], marked[start + len(self.open): end]
+            pieces += [before, inside]
+            spans.append((length + len(before), length + len(before) + len(inside)))
+            length += len(before) + len(inside)
+            cursor = end + len(self.close)
+        pieces.append(marked[cursor:])
+        return "".join(pieces), spans
 
 
 class _GenerationTagExtension(Extension):

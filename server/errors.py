@@ -3,6 +3,12 @@
 Every failure the server reports, from a bad temperature to a crashed
 engine, leaves as `{"error": {"message", "type", "param", "code"}}` with a
 fitting HTTP status, so OpenAI clients raise their usual exception classes.
+
+Unexpected exceptions are turned into a 500 by `UnexpectedErrors`, an ASGI
+middleware, rather than by an exception handler for `Exception`: Starlette
+re-raises after such a handler, and uvicorn then drops the keep-alive
+connection without `Connection: close`, which breaks the client's next
+pooled request.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.outputs import EngineDeadError, QueueFullError
+from engine.outputs import EngineDeadError, QueueFullError, RequestFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +80,11 @@ def bad_request(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, param=param, code="invalid_value" if param else None)
 
 
+def not_supported(param: str) -> APIError:
+    return APIError(400, f"{param} is not supported yet by this server; leave it out.",
+                    param=param, code="unsupported_parameter")
+
+
 def model_not_found(model: str) -> APIError:
     return APIError(404, f"The model `{model}` does not exist.", param="model",
                     code="model_not_found")
@@ -93,6 +104,12 @@ def internal_error() -> APIError:
     return APIError(500, "Internal server error.", code="internal_error")
 
 
+def request_failed() -> APIError:
+    # The engine failed this request only (the cause is in the server log).
+    return APIError(500, "The engine failed while generating this request; other requests "
+                         "are unaffected.", code="engine_request_failed")
+
+
 def from_engine_error(exc: BaseException) -> APIError:
     """The status for an exception raised while running engine requests."""
     if isinstance(exc, APIError):
@@ -101,6 +118,8 @@ def from_engine_error(exc: BaseException) -> APIError:
         return queue_full()
     if isinstance(exc, EngineDeadError):
         return engine_dead()
+    if isinstance(exc, RequestFailedError):
+        return request_failed()
     if isinstance(exc, ValueError):  # the engine's verdict on this request; may name a param
         return bad_request(str(exc), getattr(exc, "param", None))
     logger.error("engine request failed", exc_info=exc)
@@ -119,19 +138,37 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# pydantic names union branches in error locations ("str", "list[constrained-str]");
+# they are no part of the field's name.
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
 def _validation_param(loc: tuple) -> str | None:
     """`("body", "messages", 0, "role")` -> `"messages.0.role"`."""
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in loc if p != "body" and not _is_union_tag(p)]
     return ".".join(parts) or None
 
 
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (not part.isidentifier() or part in _TYPE_TAGS)
+
+
+def _relevance(error: dict) -> tuple[int, bool]:
+    """Deeper first; at equal depth, a bad value over a wrong type (a wrong
+    type is what every branch but the meant one reports)."""
+    return len(error.get("loc", ())), not str(error.get("type", "")).endswith("_type")
+
+
 def validation_error(exc: RequestValidationError) -> APIError:
-    """Map pydantic's first complaint to a 400, naming the offending field."""
+    """Map pydantic's complaint to a 400, naming the offending field. Of a
+    union's complaints (one per branch) the most relevant is the one about
+    the branch the value was meant for (`stop: ["x", ""]`: the list's item 1)."""
     errors = exc.errors()
     if not errors:
         return bad_request("Invalid request body.")
-    first = errors[0]
-    if first.get("type") == "json_invalid":
+    first = max(errors, key=_relevance)
+    if any(e.get("type") == "json_invalid" for e in errors):
+        first = next(e for e in errors if e.get("type") == "json_invalid")
         detail = (first.get("ctx") or {}).get("error", "")
         return APIError(400, f"Malformed JSON body: {detail}".rstrip(": "), code="invalid_json")
     if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
@@ -157,9 +194,31 @@ async def _on_http_exception(_: Request, exc: StarletteHTTPException) -> JSONRes
                         headers=getattr(exc, "headers", None))
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return internal_error().response()
+class UnexpectedErrors:
+    """ASGI middleware: any other exception becomes a 500 with an OpenAI body,
+    and the connection stays usable. An exception after the response started
+    (a stream) propagates, so that the server closes the broken response."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await internal_error().response()(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -167,4 +226,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
-    app.add_exception_handler(Exception, _on_unexpected)
+    app.add_middleware(UnexpectedErrors)

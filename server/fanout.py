@@ -35,9 +35,15 @@ class Job:
     prompt_text: str = ""
 
 
+def choice_seed(seed: int, choice: int) -> int:
+    """seed + choice, wrapped into the signed 64-bit range a seed is in."""
+    return (seed + choice + 2**63) % 2**64 - 2**63
+
+
 def make_jobs(base_id: str, prompts: Sequence[ValidatedPrompt], params: SamplingParams,
               n: int) -> list[Job]:
-    """One job per (prompt, choice); choice i of a prompt gets seed + i.
+    """One job per (prompt, choice); choice i of a prompt gets seed + i
+    (wrapped: the largest int64 seed's next choice gets the smallest).
 
     Choice indexes run prompt by prompt (prompt p, choice i -> p * n + i),
     as in OpenAI's batched completions.
@@ -46,7 +52,7 @@ def make_jobs(base_id: str, prompts: Sequence[ValidatedPrompt], params: Sampling
     for p, prompt in enumerate(prompts):
         for i in range(n):
             index = p * n + i
-            seed = None if params.seed is None else params.seed + i
+            seed = None if params.seed is None else choice_seed(params.seed, i)
             job_params = dataclasses.replace(params, max_tokens=prompt.max_tokens, seed=seed)
             jobs.append(Job(index, f"{base_id}-{index}", prompt.token_ids, job_params,
                             prompt.text))

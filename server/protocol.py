@@ -1,25 +1,85 @@
 """OpenAI-shaped request and response types (pydantic v2, strict).
 
 Requests are strict so that `"temperature": false` or `"n": "2"` is a 400
-rather than silently coerced; unknown fields are ignored because official
-clients send some we do not use. Responses and streamed chunks are built
-from the models below (server/rendering.py) and dumped as they are: fields
-are explicit nulls as in OpenAI's API, except those a model lists in
-`_OMIT_IF_NONE`, which OpenAI leaves out. A chunk's `usage` is left out by the caller unless
+rather than silently coerced, and every field is range-checked here, at the
+protocol boundary: OpenAI's limits where OpenAI has them (temperature 0-2,
+up to 4 stop strings, a 64-bit signed seed, n up to 128), explicit limits
+of ours elsewhere (constants below; the per-server ones are in
+server/limits.py). Non-finite numbers (`NaN`, `Infinity`, which Python's
+JSON parser accepts) and strings with lone UTF-16 surrogates are rejected.
+Unknown fields are kept (`model_extra`) so that server/unsupported.py can
+refuse the OpenAI fields we do not implement instead of ignoring them.
+
+Responses and streamed chunks are built from the models below
+(server/rendering.py) and dumped as they are: fields are explicit nulls as
+in OpenAI's API, except those a model lists in `_OMIT_IF_NONE`, which
+OpenAI leaves out. A chunk's `usage` is left out by the caller unless
 `stream_options.include_usage` asked for it.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import re
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from server.request_schema import chat_schema, completion_schema, nullable_optionals
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 FinishReason = Literal["stop", "length", "abort"]
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT32_MAX = 2**31 - 1
+MAX_N = 128  # OpenAI's limit on choices per prompt
+MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_STOP_STRING_CHARS = 256  # ours: long stop strings slow every decoding step
+MAX_STOP_TOKEN_IDS = 64  # ours (a vLLM extension without a limit of its own)
+MAX_LOGPROBS = 20  # OpenAI's top_logprobs limit
+MAX_REPETITION_PENALTY = 2.0  # ours: beyond it the penalty only garbles text
+
+def _integral_float(value: Any) -> Any:
+    # In JSON (and JSON Schema) 2.0 is the integer 2; 2.5 and "2" stay errors.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def integer(**bounds: int) -> Any:
+    """An integer field: strict (no "2", no true), but 2.0 is 2 as in JSON.
+    The bounds go before the validator, or they vanish from the JSON schema."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral_float)]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_STRING_CHARS)]
+TokenId = integer(ge=0, le=INT32_MAX)
+NonEmptyText = Annotated[str, StringConstraints(min_length=1)]
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """True if any string in `value` holds a lone UTF-16 surrogate (from a
+    `\\ud800` JSON escape): such text cannot be encoded, tokenized or echoed."""
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, (list, tuple)):
+        return any(_has_lone_surrogate(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    return False
+
 
 class _Request(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False,
+                              json_schema_extra=nullable_optionals)
 
     @model_validator(mode="before")
     @classmethod
@@ -28,6 +88,13 @@ class _Request(BaseModel):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None}
         return data
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        if _has_lone_surrogate(value):
+            raise ValueError("text must be valid Unicode (it holds a lone UTF-16 surrogate)")
+        return value
 
 
 class TextPart(_Request):
@@ -60,26 +127,31 @@ class StreamOptions(_Request):
 
 
 class GenerationRequest(_Request):
-    """Fields shared by chat and text completions (OpenAI + vLLM extras)."""
+    """Fields shared by chat and text completions (OpenAI + vLLM extras).
+
+    OpenAI fields that would change the output but are not implemented
+    (logit_bias, response_format, tools, ...) are refused with a 400 naming
+    them: see server/unsupported.py.
+    """
 
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int = Field(1, ge=1, le=128)
+    max_tokens: integer(ge=1) | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: integer(ge=1, le=MAX_N) = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    seed: integer(ge=INT64_MIN, le=INT64_MAX) | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     user: str | None = None
     # vLLM extensions.
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
+    top_k: integer(ge=-1, le=INT32_MAX) | None = Field(None, description="0 or -1: no top-k")
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=MAX_REPETITION_PENALTY)
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     # specserve: set false to opt this request out of speculative decoding.
     speculative: bool = True
 
@@ -87,17 +159,29 @@ class GenerationRequest(_Request):
 class ChatCompletionRequest(GenerationRequest):
     """POST /v1/chat/completions body."""
 
+    model_config = ConfigDict(json_schema_extra=chat_schema)
+
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: integer(ge=1) | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: integer(ge=0, le=MAX_LOGPROBS) | None = None
+
+
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 
 
 class CompletionRequest(GenerationRequest):
-    """POST /v1/completions body; prompt is text, texts, token ids or lists of ids."""
+    """POST /v1/completions body; prompt is text, texts, token ids or lists of ids.
 
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = Field(None, ge=0, le=20)
+    How many prompts one request may hold is a server limit
+    (--max-prompts-per-request); the served document states it.
+    """
+
+    model_config = ConfigDict(json_schema_extra=completion_schema)
+
+    prompt: (NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)] | TokenIds
+             | Annotated[list[TokenIds], Field(min_length=1)])
+    logprobs: integer(ge=0, le=MAX_LOGPROBS) | None = None
     echo: bool = False
 
 

@@ -1,16 +1,13 @@
 """HTTP endpoints. Thin on purpose: serving.py owns the protocol."""
 from __future__ import annotations
 
-import hmac
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from server import errors
 from server.errors import ERROR_RESPONSES, ErrorResponse
 from server.protocol import (
-    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
@@ -26,36 +23,22 @@ def _serving(request: Request) -> OpenAIServing:
     return request.app.state.serving
 
 
-async def require_api_key(request: Request) -> None:
-    """401 unless the bearer token matches the configured key (if any)."""
-    expected = request.app.state.api_key
-    if not expected:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                             expected.encode()):
-        raise errors.APIError(401, "Invalid or missing API key (Authorization: Bearer ...).",
-                              code="invalid_api_key")
+# Streamed responses; server/openapi.py adds the schema of their events.
+_STREAMS = {200: {"content": {"text/event-stream": {}}}}
 
 
-def _stream_doc(chunk_model: type) -> dict:
-    name = chunk_model.__name__
-    return {200: {"description": f"JSON body, or with stream=true Server-Sent Events: "
-                                 f"`data: <{name}>` lines ending with `data: [DONE]`",
-                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
-
-
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+# The API key is checked by server/middleware.py, before the body is read.
+v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 
 @v1.post("/chat/completions", response_model=ChatCompletionResponse,
-         responses=_stream_doc(ChatCompletionChunk))
+         responses=_STREAMS)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     return await _serving(request).chat(body, request)
 
 
 @v1.post("/completions", response_model=CompletionResponse,
-         responses=_stream_doc(CompletionResponse))
+         responses=_STREAMS)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     return await _serving(request).completion(body, request)
 
@@ -83,7 +66,9 @@ async def health(request: Request) -> Response:
 
 @ops.get("/metrics", response_class=Response,
          responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
-                          "description": "Prometheus text exposition"}})
+                          "description": "Prometheus text exposition"},
+                    401: {"model": ErrorResponse,
+                          "description": "Missing or wrong metrics key (when one is set)"}})
 async def metrics(request: Request) -> Response:
     body = request.app.state.metrics.exposition()
     return Response(body, media_type=CONTENT_TYPE_LATEST)

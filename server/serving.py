@@ -16,8 +16,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from engine.interface import EngineClient
+from engine.outputs import QueueFullError
 from server import errors
 from server.fanout import Fanout, Job, make_jobs
+from server.limits import RequestLimits
 from server.metrics import ServerMetrics
 from server.protocol import (
     ChatCompletionRequest,
@@ -43,10 +45,11 @@ from server.validation import RequestValidator, ValidatedRequest
 class OpenAIServing:
     """Implements the OpenAI endpoints over an EngineClient."""
 
-    def __init__(self, engine: EngineClient, metrics: ServerMetrics):
+    def __init__(self, engine: EngineClient, metrics: ServerMetrics,
+                 limits: RequestLimits | None = None):
         self.engine = engine
         self.metrics = metrics
-        self.validator = RequestValidator(engine)
+        self.validator = RequestValidator(engine, limits)
         self._token_text = TokenText(engine.tokenizer)
 
     @property
@@ -54,6 +57,9 @@ class OpenAIServing:
         return self.engine.model_name
 
     def models(self) -> ModelList:
+        # A dead engine serves nothing: /v1/models agrees with /health.
+        if not self.engine.is_healthy:
+            raise errors.engine_dead()
         card = ModelCard(id=self.model_name, created=int(time.time()),
                          max_model_len=self.engine.max_model_len)
         return ModelList(data=[card])
@@ -82,6 +88,7 @@ class OpenAIServing:
     async def _respond(self, request: Request, body: GenerationRequest, id_prefix: str,
                        validated: ValidatedRequest, renderer: Renderer) -> Response:
         head = ResponseHead(id=f"{id_prefix}-{uuid.uuid4().hex}", model=self.model_name)
+        self._check_capacity(len(validated.prompts) * validated.n)
         jobs = make_jobs(head.id, validated.prompts, validated.params, validated.n)
         fanout = Fanout(self.engine, jobs, self.metrics)
         prompt_tokens = validated.prompt_tokens
@@ -103,6 +110,13 @@ class OpenAIServing:
             raise
         await fanout.close()
         return JSONResponse(result)
+
+    def _check_capacity(self, num_choices: int) -> None:
+        """All choices are admitted or none, before any job or task exists."""
+        try:
+            self.engine.check_capacity(num_choices)
+        except QueueFullError as exc:
+            raise errors.from_engine_error(exc) from exc
 
     @staticmethod
     async def _collect(fanout: Fanout, head: ResponseHead, jobs: list[Job], renderer: Renderer,

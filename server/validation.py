@@ -9,16 +9,22 @@ type errors were already caught by the strict pydantic models in protocol.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from engine.interface import EngineClient
 from scheduler.request import InvalidSamplingParams, SamplingParams
 from server import errors
+from server.limits import RequestLimits
 from server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, GenerationRequest
+from server.unsupported import check_unsupported
 
 # SamplingParams fields a request may leave unset (None keeps their default).
 _OPTIONAL_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
                       "frequency_penalty", "repetition_penalty")
+
+# Below this a temperature is greedy decoding: dividing logits by it would
+# overflow float32 (1e-50 makes every probability NaN). vLLM uses the same bound.
+MIN_SAMPLING_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,9 @@ class ValidatedRequest:
 class RequestValidator:
     """Checks requests against the served model and the engine's limits."""
 
-    def __init__(self, engine: EngineClient):
+    def __init__(self, engine: EngineClient, limits: RequestLimits | None = None):
         self.engine = engine
+        self.limits = limits or RequestLimits()
 
     def check_model(self, model: str | None) -> None:
         """404 for a model name other than the served one (None means "any")."""
@@ -59,9 +66,25 @@ class RequestValidator:
     def check_common(self, body: GenerationRequest) -> None:
         """Checks shared by both endpoints that need no tokenization."""
         self.check_model(body.model)
+        check_unsupported(body, completion=isinstance(body, CompletionRequest))
         if body.stream_options is not None and not body.stream:
             raise errors.bad_request("stream_options is only allowed when stream is true",
                                      "stream_options")
+        self._check_choices(1 if isinstance(body, ChatCompletionRequest)
+                            else _num_prompts(body.prompt), body)
+
+    def _check_choices(self, num_prompts: int, body: GenerationRequest) -> None:
+        """The fan-out limits: prompts per request, and prompts x n."""
+        limits = self.limits
+        if num_prompts > limits.max_prompts:
+            raise errors.bad_request(
+                f"prompt holds {num_prompts} prompts; this server takes at most "
+                f"{limits.max_prompts} per request", "prompt")
+        if num_prompts * body.n > limits.max_choices:
+            raise errors.bad_request(
+                f"this request asks for {num_prompts * body.n} completions ({num_prompts} "
+                f"prompt(s) x n={body.n}); this server makes at most {limits.max_choices} "
+                "per request", "n")
 
     def chat(self, body: ChatCompletionRequest) -> ValidatedRequest:
         """Template and tokenize the messages; check them and the options."""
@@ -98,13 +121,13 @@ class RequestValidator:
     # -- prompts
 
     def _chat_prompt(self, messages: list[ChatMessage]) -> list[int]:
+        # encode_chat keeps special-token text inside message content as text:
+        # only the template's own markers become control tokens.
         turns = [_template_turn(m) for m in messages]
-        tokenizer = self.engine.tokenizer
         try:
-            text = tokenizer.apply_chat_template(turns, add_generation_prompt=True)
+            return self.engine.tokenizer.encode_chat(turns, add_generation_prompt=True)
         except ValueError as exc:
             raise errors.bad_request(f"Cannot apply the chat template: {exc}", "messages")
-        return tokenizer.encode(text, add_special_tokens=False)
 
     def _completion_prompts(self, prompt: Any) -> list[tuple[list[int], str]]:
         """The four prompt forms -> (token ids, text) pairs, none empty."""
@@ -128,10 +151,11 @@ class RequestValidator:
         self._check_vocabulary(prompt, "prompt")  # first: out-of-range ids do not decode
         return list(prompt), tokenizer.decode(prompt)
 
-    def _check_vocabulary(self, ids: list[int], prompt_param: str) -> None:
+    def _check_vocabulary(self, ids: Sequence[int], param: str) -> None:
         vocab = self.engine.vocab_size
         if any(not 0 <= t < vocab for t in ids):
-            raise errors.bad_request(f"prompt token ids must be in [0, {vocab})", prompt_param)
+            what = "prompt token ids" if param in ("prompt", "messages") else param
+            raise errors.bad_request(f"{what} must be in [0, {vocab})", param)
 
     # -- lengths
 
@@ -164,12 +188,10 @@ class RequestValidator:
 
     # -- sampling
 
-    @staticmethod
-    def _sampling_params(body: GenerationRequest, max_tokens: int,
+    def _sampling_params(self, body: GenerationRequest, max_tokens: int,
                          logprobs: int | None) -> SamplingParams:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
-        if any(not s for s in stop):
-            raise errors.bad_request("stop strings must not be empty", "stop")
+        self._check_vocabulary(body.stop_token_ids or (), "stop_token_ids")
         kwargs: dict[str, Any] = {
             "max_tokens": max_tokens, "stop": tuple(stop), "logprobs": logprobs,
             "stop_token_ids": tuple(body.stop_token_ids or ()), "ignore_eos": body.ignore_eos,
@@ -179,10 +201,19 @@ class RequestValidator:
             value = getattr(body, name)
             if value is not None:  # None keeps SamplingParams' (OpenAI's) default
                 kwargs[name] = value
+        if kwargs.get("temperature", 1.0) < MIN_SAMPLING_TEMPERATURE:
+            kwargs["temperature"] = 0.0
         try:
             return SamplingParams(**kwargs)
         except InvalidSamplingParams as exc:
             raise errors.bad_request(str(exc), exc.param)
+
+
+def _num_prompts(prompt: Any) -> int:
+    """How many prompts a completions `prompt` holds (a list of ids is one)."""
+    if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int):
+        return 1
+    return len(prompt)
 
 
 def _template_turn(message: ChatMessage) -> dict[str, Any]:

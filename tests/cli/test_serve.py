@@ -79,33 +79,84 @@ def test_default_threads():
     assert cli.default_threads(16) == 8
 
 
-def test_serve_wires_client_app_and_uvicorn(monkeypatch):
-    fake = FakeEngineClient()
-    calls = {}
+class _FakeUvicorn:
+    """Records what run_serve hands uvicorn; `run` calls `during_run` if set."""
+
+    def __init__(self, calls: dict, during_run=None):
+        self.calls, self.during_run = calls, during_run
+        outer = self
+
+        class Config:
+            def __init__(self, app, **kw):
+                calls["app"], calls["uvicorn"] = app, kw
+
+        class Server:
+            def __init__(self, config):
+                self.should_exit = False
+
+            def run(self):
+                if outer.during_run:
+                    outer.during_run(calls["app"])
+                calls["should_exit"] = self.should_exit
+
+        self.Config, self.Server = Config, Server
+
+
+def _patch_serve(monkeypatch, fake_engine, calls, during_run=None):
+    import engine.client
 
     def from_config(config):
         calls["config"] = config
-        return fake
-
-    def run(app, **kw):
-        calls["app"], calls["uvicorn"] = app, kw
-
-    import engine.client
+        return fake_engine
 
     monkeypatch.setattr(engine.client.AsyncEngineClient, "from_config", staticmethod(from_config))
-    monkeypatch.setitem(sys.modules, "uvicorn", types.SimpleNamespace(run=run))
+    monkeypatch.setitem(sys.modules, "uvicorn", _FakeUvicorn(calls, during_run))
     monkeypatch.setattr(cli, "_set_threads", lambda threads, device: calls.setdefault(
         "threads", (threads, device)))
+
+
+def test_serve_wires_client_app_and_uvicorn(monkeypatch):
+    fake, calls = FakeEngineClient(), {}
+    _patch_serve(monkeypatch, fake, calls)
     code = cli_main.main(["serve", "--model", "/m", "--device", "cpu", "--port", "9123",
-                     "--host", "127.0.0.1", "--api-key", "k", "--max-body-bytes", "4096",
-                     "--threads", "3", "--log-level", "warning"])
+                          "--host", "127.0.0.1", "--api-key", "k", "--max-body-bytes", "4096",
+                          "--threads", "3", "--log-level", "warning",
+                          "--max-prompts-per-request", "5", "--max-choices-per-request", "9"])
     assert code == 0
     assert calls["config"].model == "/m" and calls["config"].device == "cpu"
     assert calls["threads"] == (3, "cpu")
-    assert calls["uvicorn"] == {"host": "127.0.0.1", "port": 9123, "log_level": "warning"}
+    assert calls["uvicorn"] == {"host": "127.0.0.1", "port": 9123, "log_level": "warning",
+                                "timeout_graceful_shutdown": cli.GRACEFUL_SHUTDOWN_S}
     app = calls["app"]
     assert app.state.engine is fake and app.state.api_key == "k"
     assert any(getattr(m, "kwargs", {}).get("max_bytes") == 4096 for m in app.user_middleware)
+    limits = app.state.serving.validator.limits
+    assert (limits.max_prompts, limits.max_choices) == (5, 9)
+
+
+def test_serve_exits_1_when_the_engine_dies(monkeypatch, capsys):
+    """The app's watchdog stops uvicorn when the engine dies; the exit status is 1."""
+    fake, calls = FakeEngineClient(), {}
+
+    def engine_dies_while_serving(app):
+        import asyncio
+
+        from server.app import watch_engine
+
+        fake.dead = True
+        asyncio.run(watch_engine(fake, app.state.on_engine_dead, interval_s=0.01))
+
+    _patch_serve(monkeypatch, fake, calls, engine_dies_while_serving)
+    assert cli_main.main(["serve", "--model", "/m", "--device", "cpu"]) == 1
+    assert calls["should_exit"] is True
+    assert "engine died" in capsys.readouterr().err
+
+
+def test_choices_limit_must_fit_the_engine(capsys):
+    args = _serve_args("--max-num-seqs", "4", "--max-waiting", "4",
+                       "--max-choices-per-request", "9")
+    with pytest.raises(ValueError, match="exceeds"):
+        cli.request_limits_from_args(args)
 
 
 def test_serve_defaults_to_ngram_with_the_adaptive_policy():

@@ -78,3 +78,50 @@ def test_exits_cleanly_on_sigint(served):
     proc, _ = served
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0
+
+
+# Runs `specserve serve` with LLMEngine.step patched to raise once a request
+# with the poison seed is in the engine: an error no request explains.
+_DYING_SERVER = """
+import sys
+from engine.engine import LLMEngine
+from cli.main import main
+
+step = LLMEngine.step
+
+def dying_step(self):
+    if any(r.sampling_params.seed == 424242 for r in self.requests.values()):
+        raise RuntimeError("injected engine fault")
+    return step(self)
+
+LLMEngine.step = dying_step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_exits_1_soon_after_the_engine_dies(tmp_path_factory):
+    model = make_tiny_model_dir(tmp_path_factory.mktemp("tiny-dying"))
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("logs") / "serve.log", "w+")  # a pipe could fill up
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DYING_SERVER, "serve", "--model", model, "--host", "127.0.0.1",
+         "--port", str(port), "--device", "cpu", "--threads", "1", "--max-model-len", "256",
+         "--log-level", "warning"], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(proc, url)
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        assert httpx.post(url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+        failed_at = time.monotonic()
+        r = httpx.post(url + "/v1/chat/completions", json=body | {"seed": 424242}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+        assert proc.wait(timeout=30) == 1
+        assert time.monotonic() - failed_at < 15
+        log.seek(0)
+        assert "engine died" in log.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -1,10 +1,12 @@
 """Server test fixtures: a real uvicorn server in a thread, per test module.
 
-`engine_client` is the one switch between the fake engine and the real one:
-tests that only check protocol shapes use it and run against either; exact
-values are asserted only when `is_fake`. Tests that need a particular
-failure (full queue, dead engine) build their own FakeEngineClient and serve
-it with `helpers.live_server`.
+`engine_client` is the one switch between the fake engine and the real one.
+By default it is the real engine; a module whose tests also assert exact,
+predictable values (`if is_fake:`) runs them against both engines by
+overriding it with `both_engines` (`engine_client = both_engines`), so that
+those branches really run. Tests that need a particular failure (full
+queue, dead engine) build their own FakeEngineClient and serve it with
+`helpers.live_server`.
 """
 from __future__ import annotations
 
@@ -13,14 +15,13 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.server.fake_engine import FakeEngineClient  # noqa: F401 (is_fake)
+from tests.server.fake_engine import FakeEngineClient
 from tests.server.helpers import LiveServer, live_server
 
 
-@pytest.fixture(scope="module")
-def engine_client(tmp_path_factory) -> Any:
+def real_engine_client(tmp_path_factory) -> Any:
     """The REAL engine (tiny random model, n-gram speculation with the
-    adaptive policy) behind the shared server of a test module."""
+    adaptive policy)."""
     from engine.client import AsyncEngineClient
     from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
     from engine.engine import LLMEngine
@@ -34,6 +35,20 @@ def engine_client(tmp_path_factory) -> Any:
         scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=256, max_model_len=512),
         speculative=SpeculativeConfig(method="ngram", num_speculative_tokens=4, policy="adaptive"))
     return AsyncEngineClient(LLMEngine(config, step_cost=StepCostModel.flat()), config.served_model_name)
+
+
+@pytest.fixture(scope="module")
+def engine_client(tmp_path_factory) -> Any:
+    """The real engine behind the shared server of a test module."""
+    return real_engine_client(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=["real", "fake"])
+def both_engines(request, tmp_path_factory) -> Any:
+    """The real engine, then the echo-like fake (whose outputs are exact)."""
+    if request.param == "fake":
+        return FakeEngineClient(model_name="tiny-test-model")
+    return real_engine_client(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

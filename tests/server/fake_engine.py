@@ -47,6 +47,10 @@ class FakeTokenizer:
             parts.append("<|im_start|>assistant\n")
         return "".join(parts)
 
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        # Byte-level: this tokenizer has no special tokens for content to forge.
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt))
+
 
 class _StopMatcher:
     """Incremental stop-string handling: holds back text that may start a stop."""
@@ -94,6 +98,7 @@ class FakeEngineClient:
         self.stopped = False
         self.running: set[str] = set()
         self.submitted: list[tuple[str, list[int], SamplingParams]] = []
+        self.attempted: list[str] = []  # every generate() started, admitted or not
         self.aborted: list[str] = []
         self._stats = EngineStats()
 
@@ -112,6 +117,10 @@ class FakeEngineClient:
         self._stats.kv_cache_usage = min(1.0, len(self.running) / 8)
         return self._stats
 
+    def check_capacity(self, num_requests: int) -> None:
+        if self.queue_full:
+            raise QueueFullError("waiting queue full")
+
     async def abort(self, request_id: str) -> None:
         if request_id in self.running:
             self.running.discard(request_id)
@@ -119,6 +128,7 @@ class FakeEngineClient:
 
     async def generate(self, request_id: str, prompt_token_ids: list[int],
                        params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        self.attempted.append(request_id)
         if self.dead:
             raise EngineDeadError("engine loop is dead")
         if self.queue_full:

@@ -87,8 +87,15 @@ def test_compose(stages):
     assert f"{PORT}:{PORT}" in app["ports"]
     args = _parse_serve(app["command"])
     assert args.port == PORT
-    assert "SPECSERVE_API_KEY" in app["environment"]
+    assert {"SPECSERVE_API_KEY", "SPECSERVE_METRICS_API_KEY"} <= set(app["environment"])
     assert any("/health" in part for part in app["healthcheck"]["test"])
+    # The server exits non-zero when its engine dies: a restart policy must bring it back,
+    # and the opt-in autoheal service restarts the containers it labels when unhealthy.
+    assert app["restart"] in ("always", "unless-stopped", "on-failure")
+    autoheal = services["autoheal"]
+    assert autoheal["profiles"] == ["autoheal"]
+    label = autoheal["environment"]["AUTOHEAL_CONTAINER_LABEL"]
+    assert app["labels"][label] == "true"
     prom = services["prometheus"]
     mounts = [v.split(":") for v in prom["volumes"]]
     config_src = next(src for src, dst, *_ in mounts if dst == "/etc/prometheus/prometheus.yml")
@@ -123,6 +130,9 @@ def test_kubernetes_manifests():
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     args = _parse_serve(container["args"])
     assert ports["http"] == args.port == PORT
+    env = {e["name"] for e in container["env"]}
+    assert {"SPECSERVE_API_KEY", "SPECSERVE_METRICS_API_KEY"} <= env
+    assert pod["spec"].get("restartPolicy", "Always") == "Always"  # an exit restarts it
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         get = container[probe]["httpGet"]
         assert get["path"] == "/health" and ports.get(get["port"], get["port"]) == PORT

@@ -34,7 +34,7 @@ def _chat(**kw):
     (_chat(n=True), "n"),
     (_chat(n="2"), "n"),
     (_chat(max_tokens=0), "max_tokens"),
-    (_chat(max_tokens=2.0), "max_tokens"),
+    (_chat(max_tokens=2.5), "max_tokens"),
     (_chat(stream="yes"), "stream"),
     (_chat(presence_penalty=3), "presence_penalty"),
     (_chat(repetition_penalty=0), "repetition_penalty"),

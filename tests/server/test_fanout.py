@@ -7,8 +7,9 @@ import pytest
 
 from engine.outputs import QueueFullError
 from scheduler.request import SamplingParams
-from server.fanout import Fanout, make_jobs
+from server.fanout import Fanout, choice_seed, make_jobs
 from server.metrics import ServerMetrics
+from server.protocol import INT64_MAX, INT64_MIN
 from server.validation import ValidatedPrompt
 from tests.server.fake_engine import FakeEngineClient
 
@@ -106,3 +107,13 @@ def test_prime_raises_the_engine_error_before_any_output():
 
     with pytest.raises(QueueFullError):
         asyncio.run(run())
+
+
+@pytest.mark.parametrize("seed", [INT64_MAX, INT64_MAX - 1, INT64_MIN, -1])
+def test_choice_seeds_wrap_within_int64(seed):
+    """seed + choice must stay a valid int64 seed for whatever keys noise on it."""
+    jobs = make_jobs("cmpl-x", PROMPTS[:1], SamplingParams(seed=seed), 4)
+    seeds = [job.params.seed for job in jobs]
+    assert all(INT64_MIN <= s <= INT64_MAX for s in seeds)
+    assert len(set(seeds)) == 4 and seeds[0] == seed
+    assert choice_seed(INT64_MAX, 1) == INT64_MIN

@@ -5,6 +5,14 @@ from __future__ import annotations
 import openai
 import pytest
 
+
+@pytest.fixture(scope="module")
+def engine_client(both_engines):
+    """Both engines: exact values are asserted against the fake (`if is_fake:`),
+    shapes against both."""
+    return both_engines
+
+
 MESSAGES = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "hello world"}]
 

@@ -16,6 +16,14 @@ from server.sse import ClientDisconnected, SSEResponse, run_until_disconnect, ss
 from tests.server.fake_engine import FakeEngineClient
 from tests.server.helpers import live_server, parse_sse, wait_until
 
+
+@pytest.fixture(scope="module")
+def engine_client(both_engines):
+    """Both engines: exact values are asserted against the fake (`if is_fake:`),
+    shapes against both."""
+    return both_engines
+
+
 MESSAGES = [{"role": "user", "content": "Tell me a story"}]
 
 

@@ -188,3 +188,48 @@ def _tokenizer_config() -> dict:
 def _write_json(path: str, name: str, data: dict) -> None:
     with open(os.path.join(path, name), "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
+
+
+# --- a model over a handful of tokens (statistical tests) --------------------
+
+def make_tiny_vocab_model_dir(
+    path,
+    words: tuple[str, ...] = ("a",),
+    hidden_size: int = 32,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    seed: int = 0,
+    perturb: float = 0.0,
+    perturb_seed: int = 1,
+    embedding_std: float = 1.0,
+) -> str:
+    """A tiny random model whose vocabulary is the ChatML specials plus `words`
+    (a WordLevel tokenizer: ids 0-2 are the specials, then the words).
+
+    With 4 tokens the joint distribution of a few output tokens has few
+    cells, so it can be computed exactly and estimated by sampling.
+    `embedding_std` sets how peaked the distributions are (the tied LM head
+    is the embedding). `perturb > 0` adds Gaussian noise of that standard
+    deviation to every weight: with the same `seed`, a slightly perturbed
+    copy of the model, i.e. a draft model that agrees with it often.
+    """
+    path = str(path)
+    os.makedirs(path, exist_ok=True)
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[0]))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    config = _hf_config(tokenizer, hidden_size, num_layers, num_heads, num_kv_heads, "llama", True,
+                        {"max_position_embeddings": 256})
+    weights = _random_weights(config, seed)
+    weights["model.embed_tokens.weight"] *= embedding_std / 0.2
+    if perturb:
+        gen = torch.Generator().manual_seed(perturb_seed)
+        weights = {k: (w + torch.randn(w.shape, generator=gen) * perturb).contiguous() for k, w in weights.items()}
+    _write_json(path, "config.json", config)
+    save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save(os.path.join(path, "tokenizer.json"))
+    _write_json(path, "tokenizer_config.json", _tokenizer_config())
+    _write_json(path, "generation_config.json", {"eos_token_id": [2], "bos_token_id": 1})
+    return path

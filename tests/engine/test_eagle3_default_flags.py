@@ -15,9 +15,8 @@ from cli.main import build_parser
 from cli.serve import engine_config_from_args
 from engine.config import SpeculativeConfig
 from engine.engine import LLMEngine
-from engine.models.default import default_model_path
-from engine.models.loader import load_model
 from scheduler.request import SamplingParams
+from tests.spec.test_committed_heads import smollm2  # noqa: F401 (fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECKPOINT = os.path.join(ROOT, "checkpoints", "eagle3-smollm2")
@@ -27,15 +26,6 @@ pytestmark = pytest.mark.slow
 QUESTIONS = ["def fib(n):", "Name three colours of the rainbow."]
 PARAMS = [SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True),
           SamplingParams(temperature=0.8, top_p=0.95, seed=1234, max_tokens=24, ignore_eos=True)]
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    try:
-        default_model_path()
-    except FileNotFoundError as exc:
-        pytest.skip(f"default model not installed: {exc}")
-    return load_model(None)
 
 
 def test_eagle3_with_default_flags_is_lossless(smollm2):

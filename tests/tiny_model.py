@@ -215,9 +215,10 @@ def make_tiny_vocab_model_dir(
     With 4 tokens the joint distribution of a few output tokens has few
     cells, so it can be computed exactly and estimated by sampling.
     `embedding_std` sets how peaked the distributions are (the tied LM head
-    is the embedding; the default 0.07 keeps them flat). `perturb > 0` adds Gaussian noise of that standard
-    deviation to every weight: with the same `seed`, a slightly perturbed
-    copy of the model, i.e. a draft model that agrees with it often.
+    is the embedding; the default 0.07 keeps them flat). `perturb > 0`
+    adds Gaussian noise of that standard deviation to every weight: with
+    the same `seed`, a perturbed copy of the model, i.e. a draft model that
+    agrees with it often.
     """
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[0]))

@@ -184,3 +184,20 @@ def test_seeded_plain_decoding_has_the_target_distribution(vocab_target):
         outputs = serve(engine, [list(setting.prompt)] * len(params), params, window=256)
         fit = goodness_of_fit(cell_counts(outputs), exact_distribution(vocab_target, setting))
         assert fit.power >= 0.9 and not fit.rejects, f"{setting.name}: {fit}"
+
+
+def test_the_agreement_formula_of_the_benchmark_matches_seeded_sampling():
+    """bench/seeded_acceptance.py prices the seeded rule with a closed form of
+    P(both Gumbel argmaxes agree); seeded sampling must agree that often."""
+    from bench.seeded_acceptance import gumbel_agreement, rejection_acceptance
+
+    p, q = random_distributions(1, 6, seed=8).double(), random_distributions(1, 6, seed=9).double() ** 3
+    q = q / q.sum()
+    agreement, remainder = gumbel_agreement(p, q)
+    n = 100_000
+    target = gumbel.seeded_tokens(p.repeat(n, 1), list(range(n)), [0] * n)
+    draft = gumbel.seeded_tokens(q.repeat(n, 1), list(range(n)), [0] * n)
+    observed = float((target == draft).double().mean())
+    assert abs(float(remainder)) < 1e-12  # every token was summed
+    assert abs(observed - float(agreement)) < 5 * (0.25 / n) ** 0.5
+    assert float(agreement) < float(rejection_acceptance(p, q))  # the price of coupling by noise

@@ -187,9 +187,9 @@ def test_seeded_plain_decoding_has_the_target_distribution(vocab_target):
 
 
 def test_the_agreement_formula_of_the_benchmark_matches_seeded_sampling():
-    """bench/seeded_acceptance.py prices the seeded rule with a closed form of
+    """tools/seeded_acceptance.py prices the seeded rule with a closed form of
     P(both Gumbel argmaxes agree); seeded sampling must agree that often."""
-    from bench.seeded_acceptance import gumbel_agreement, rejection_acceptance
+    from tools.seeded_acceptance import gumbel_agreement, rejection_acceptance
 
     p, q = random_distributions(1, 6, seed=8).double(), random_distributions(1, 6, seed=9).double() ** 3
     q = q / q.sum()

@@ -2,7 +2,7 @@
 requests) against the Gumbel-max coupling (seeded requests, engine/gumbel.py),
 on the same draft and target distributions.
 
-    python -m bench.seeded_acceptance --methods eagle3,dflash,dspark --temperatures 0.8,1.0
+    python -m tools.seeded_acceptance --methods eagle3,dflash,dspark --temperatures 0.8,1.0
 
 The engine serves the prompts unseeded (static policy: every draft is
 verified) and, at every verified position k, takes the target distribution

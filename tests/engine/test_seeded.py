@@ -24,7 +24,7 @@ from engine.spec.heads.registry import HEAD_METHODS
 from engine.spec.rejection import coupled_verify, rejection_sample, verify_drafts
 from scheduler.request import SamplingParams
 from tests.engine.lossless_harness import (  # noqa: F401 (fixtures)
-    ALPHA, FILTERED, PLAIN, SETTINGS, cell_counts, chi2_sf, draft_models, engine_config, exact_distribution,
+    ALPHA, SETTINGS, cell_counts, chi2_sf, draft_models, engine_config, exact_distribution,
     goodness_of_fit, head_checkpoints, knee_cost, serve, vocab_draft_dir, vocab_target, vocab_target_dir)
 
 METHODS = ("ngram", "draft-model", "self-draft", *HEAD_METHODS)

@@ -12,7 +12,7 @@ import torch
 
 from engine.kv_cache import allocate_kv_caches
 from engine.sampler import RowContext, compute_logprobs, make_generator, target_probs
-from engine.spec.rejection import rejection_sample
+from engine.spec.rejection import AcceptanceResult, verify_drafts
 from kernels.attention import AttentionMetadata
 from scheduler.output import RunnerOutput, ScheduledRequest, SchedulerOutput
 from scheduler.request import Request
@@ -106,13 +106,7 @@ class ModelRunner:
 
     def _accept(self, sampling: list[ScheduledRequest], logits: torch.Tensor, output: RunnerOutput) -> None:
         """Verify drafts (or plain-sample) for every sampling request."""
-        rows = [ctx for item in sampling for ctx in row_contexts(item)]
-        probs = target_probs(logits, rows)
-        num_draft = [item.num_spec_tokens for item in sampling]
-        draft_ids = torch.tensor([t for item in sampling for t in item.spec_token_ids],
-                                 dtype=torch.long, device=self.device)
-        result = rejection_sample(draft_ids, self._draft_probs(sampling, logits.shape[-1]),
-                                  probs, num_draft, [self.generator_for(i.request) for i in sampling])
+        result = self._verify(sampling, logits)
         row = 0
         for item, emitted, accepted in zip(sampling, result.emitted_token_ids, result.num_accepted):
             rid = item.request.request_id
@@ -124,6 +118,19 @@ class ModelRunner:
                     logits[row:row + len(emitted)], torch.tensor(emitted, device=self.device),
                     [num_top] * len(emitted))
             row += item.num_spec_tokens + 1
+
+    def _verify(self, sampling: list[ScheduledRequest], logits: torch.Tensor) -> AcceptanceResult:
+        """Seeded requests follow the Gumbel-max rule (the same tokens with
+        speculation on or off); the others rejection sampling."""
+        probs = target_probs(logits, [ctx for item in sampling for ctx in row_contexts(item)])
+        draft_ids = torch.tensor([t for item in sampling for t in item.spec_token_ids],
+                                 dtype=torch.long, device=self.device)
+        requests = [item.request for item in sampling]
+        seeds = [r.sampling_params.seed for r in requests]
+        generators = [self.generator_for(r) if seed is None else None for r, seed in zip(requests, seeds)]
+        return verify_drafts(draft_ids, self._draft_probs(sampling, logits.shape[-1]), probs,
+                             [item.num_spec_tokens for item in sampling], generators, seeds,
+                             [r.num_output_tokens for r in requests])
 
     def _stash_hidden(self, scheduled, offsets, features: torch.Tensor, output: RunnerOutput) -> None:
         """Keep the features of real query tokens and accepted drafts: exactly

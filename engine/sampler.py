@@ -31,21 +31,20 @@ import torch
 from scheduler.output import TokenLogprob
 from scheduler.request import Request, SamplingParams
 
-# Draft generators are seeded apart from the request's own sampling
-# generator (a prime offset), so draft and target random streams never
-# coincide for a seeded request.
+# Seeded sampled requests sample and draft by Gumbel-max with noise keyed by
+# (seed, output position, token) (engine/gumbel.py), not by these generators;
+# a seeded draft generator is still seeded apart from the sampling one (a
+# prime offset) for drafters that draw anything else at random.
 DRAFT_SEED_OFFSET = 7919
 
 
 def make_generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator:
-    """A per-request random generator.
-
-    Seeded requests get a generator of their own, so their samples are
-    reproducible and independent of which other requests share the batch;
-    unseeded ones are seeded from OS entropy. Any int is a valid seed: it is
-    reduced modulo 2**64, the range torch accepts (a derived seed such as
-    seed + DRAFT_SEED_OFFSET may leave the int64 range a request's seed is in).
-    """
+    """A per-request random generator, for rejection sampling of unseeded
+    requests (seeded from OS entropy); seeded requests sample by the
+    Gumbel-max rule instead (engine/gumbel.py). A given seed still gives a
+    reproducible generator. Any int is a valid seed: it is reduced modulo
+    2**64, the range torch accepts (a derived seed such as seed +
+    DRAFT_SEED_OFFSET may leave the int64 range a request's seed is in)."""
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
@@ -55,9 +54,10 @@ def make_generator(seed: int | None, device: str | torch.device = "cpu") -> torc
 
 
 def draft_generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator:
-    """The generator a drafter samples a request's drafts with: seeded from
-    the request's seed (offset from its sampling generator), or from OS
-    entropy for an unseeded request."""
+    """The generator a drafter samples an unseeded request's drafts with
+    (from OS entropy); for a seed, one offset from its sampling generator.
+    Drafters draw seeded requests' drafts with the Gumbel noise instead
+    (engine/spec/draw.py)."""
     return make_generator(None if seed is None else seed + DRAFT_SEED_OFFSET, device)
 
 

@@ -79,17 +79,22 @@ def make_tiny_model_dir(
     `overrides` go into config.json (e.g. rope_scaling, head_dim,
     intermediate_size, attention_bias, max_position_embeddings).
     """
-    path = str(path)
-    os.makedirs(path, exist_ok=True)
     tokenizer = Tokenizer.from_str(train_tiny_tokenizer(vocab_size))
     config = _hf_config(
         tokenizer, hidden_size, num_layers, num_heads, num_kv_heads, architecture, tie_word_embeddings, overrides
     )
+    return _write_model_dir(path, config, _random_weights(config, seed), tokenizer, eos_token_ids=[2, 0])
+
+
+def _write_model_dir(path, config: dict, weights: dict[str, torch.Tensor], tokenizer, eos_token_ids: list[int]) -> str:
+    """config.json, model.safetensors, tokenizer files and generation_config.json into `path`."""
+    path = str(path)
+    os.makedirs(path, exist_ok=True)
     _write_json(path, "config.json", config)
-    save_file(_random_weights(config, seed), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save(os.path.join(path, "tokenizer.json"))
     _write_json(path, "tokenizer_config.json", _tokenizer_config())
-    _write_json(path, "generation_config.json", {"eos_token_id": [2, 0], "bos_token_id": 1})
+    _write_json(path, "generation_config.json", {"eos_token_id": eos_token_ids, "bos_token_id": 1})
     return path
 
 
@@ -188,3 +193,42 @@ def _tokenizer_config() -> dict:
 def _write_json(path: str, name: str, data: dict) -> None:
     with open(os.path.join(path, name), "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
+
+
+# --- a model over a handful of tokens (statistical tests) --------------------
+
+def make_tiny_vocab_model_dir(
+    path,
+    words: tuple[str, ...] = ("a",),
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    seed: int = 0,
+    perturb: float = 0.0,
+    perturb_seed: int = 1,
+    embedding_std: float = 0.07,
+) -> str:
+    """A tiny random model whose vocabulary is the ChatML specials plus `words`
+    (a WordLevel tokenizer: ids 0-2 are the specials, then the words).
+
+    With 4 tokens the joint distribution of a few output tokens has few
+    cells, so it can be computed exactly and estimated by sampling.
+    `embedding_std` sets how peaked the distributions are (the tied LM head
+    is the embedding; the default 0.07 keeps them flat). `perturb > 0`
+    adds Gaussian noise of that standard deviation to every weight: with
+    the same `seed`, a perturbed copy of the model, i.e. a draft model that
+    agrees with it often.
+    """
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[0]))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    config = _hf_config(tokenizer, hidden_size, num_layers, num_heads, num_kv_heads, "llama", True,
+                        {"max_position_embeddings": 256})
+    weights = _random_weights(config, seed)
+    weights["model.embed_tokens.weight"] *= embedding_std / 0.2
+    if perturb:
+        gen = torch.Generator().manual_seed(perturb_seed)
+        weights = {k: (w + torch.randn(w.shape, generator=gen) * perturb).contiguous() for k, w in weights.items()}
+    return _write_model_dir(path, config, weights, tokenizer, eos_token_ids=[2])

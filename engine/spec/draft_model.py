@@ -14,6 +14,7 @@ from engine.kv_cache import allocate_kv_caches
 from engine.models.loader import LoadedModel, load_model
 from engine.sampler import RowContext, target_probs
 from engine.spec.base import DraftInput, Drafter
+from engine.spec.draw import draw_drafts
 from engine.spec.registry import DrafterContext, register_drafter
 from kernels.attention import AttentionMetadata
 from scheduler.drafts import DraftBlock
@@ -84,29 +85,25 @@ class ModelDrafter(Drafter):
         return self.model.compute_logits(hidden[last_rows])
 
     def _extend(self, order, logits: torch.Tensor, drafts) -> None:
-        """Sample one draft token per request from the draft distribution
-        under the request's own sampling transforms."""
-        rows = [drafts[rid].row_context() for rid in order]
-        probs = target_probs(logits, rows)
+        """Draw one draft token per request from the draft distribution
+        under the request's own sampling transforms (engine/spec/draw.py)."""
+        states = [drafts[rid] for rid in order]
+        probs = target_probs(logits, [state.row_context() for state in states])
         # The draft model's own belief, before the request's transforms
         # (those make greedy rows one-hot).
-        peak = torch.softmax(logits.float(), dim=-1).amax(dim=-1)
-        for i, rid in enumerate(order):
-            state = drafts[rid]
-            if state.request.sampling_params.greedy:
-                token = int(torch.argmax(probs[i]))
-            else:
-                token = int(torch.multinomial(probs[i], 1, generator=state.generator))
-            state.add(token, probs[i], float(peak[i]))
+        peak = torch.softmax(logits.float(), dim=-1).amax(dim=-1).tolist()
+        tokens = draw_drafts(probs, [state.item for state in states], [len(state.token_ids) for state in states])
+        for i, state in enumerate(states):
+            state.add(tokens[i], probs[i], peak[i])
 
 
 class _DraftState:
     """Tokens, distributions and confidences drafted so far for one request."""
 
     def __init__(self, item: DraftInput):
+        self.item = item
         self.request = item.request
         self.limit = item.max_tokens
-        self.generator = item.generator
         self.token_ids: list[int] = []
         self.probs: list[torch.Tensor] = []
         self.confidences: list[float] = []

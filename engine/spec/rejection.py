@@ -16,6 +16,14 @@ that left one token) draws nothing: its result does not depend on
 randomness, and with a one-hot target the rule above is exactly greedy
 matching (accept while the draft is the argmax, then emit the argmax).
 
+Seeded requests take another rule (`verify_drafts` dispatches): the
+Gumbel-max rule of engine/gumbel.py, under which every row emits the token
+argmax(log p_t + g) with noise keyed by (seed, output position, token). A
+draft is accepted iff it equals its row's token, the first mismatch emits
+that token, and after all accepted drafts the bonus row's token follows.
+Each emitted token is then exactly what plain decoding with the same seed
+emits at that position, whatever was drafted or verified.
+
 Degenerate residual. max(0, p_t - p_d) sums to the probability of rejecting
 at that position; if it is all zero then p_t == p_d and a rejection happens
 with probability zero in exact arithmetic, so what we emit there cannot
@@ -28,6 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from engine.gumbel import seeded_tokens
 
 
 @dataclass
@@ -94,6 +104,89 @@ def rejection_sample_reference(
         num_accepted.append(len(tokens) - 1)
         draft_start, row_start = draft_start + n, row_start + n + 1
     return AcceptanceResult(emitted, num_accepted)
+
+
+def verify_drafts(
+    draft_token_ids: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    target_probs: torch.Tensor,
+    num_draft: list[int],
+    generators: list[torch.Generator | None],
+    seeds: list[int | None],
+    first_positions: list[int],
+) -> AcceptanceResult:
+    """Acceptance for a batch mixing seeded and unseeded requests: seeded
+    ones by the Gumbel-max rule (`coupled_verify`), the others by
+    `rejection_sample` (generators[r] is used only for those).
+
+    Arguments as for `rejection_sample`, plus per request its seed (or None)
+    and first_positions[r], the output position its first row emits (its
+    number of output tokens so far).
+    """
+    seeded = [r for r, seed in enumerate(seeds) if seed is not None]
+    if not seeded:
+        return rejection_sample(draft_token_ids, draft_probs, target_probs, num_draft, generators)
+    unseeded = [r for r, seed in enumerate(seeds) if seed is None]
+    slices = _RequestSlices(num_draft, target_probs.device)
+    drafts, _, rows = slices.select(seeded, draft_token_ids, None, target_probs)
+    parts = [(seeded, coupled_verify(drafts, rows, [num_draft[r] for r in seeded],
+                                     [seeds[r] for r in seeded], [first_positions[r] for r in seeded]))]
+    if unseeded:
+        drafts, probs, rows = slices.select(unseeded, draft_token_ids, draft_probs, target_probs)
+        parts.append((unseeded, rejection_sample(drafts, probs, rows, [num_draft[r] for r in unseeded],
+                                                 [generators[r] for r in unseeded])))
+    return _merge(parts, len(num_draft))
+
+
+def coupled_verify(draft_token_ids: torch.Tensor, target_probs: torch.Tensor, num_draft: list[int],
+                   seeds: list[int], first_positions: list[int]) -> AcceptanceResult:
+    """The Gumbel-max rule for seeded requests (module docstring).
+
+    draft_token_ids [D]; target_probs [D + R, V] laid out as for
+    `rejection_sample`; seeds[r] and first_positions[r] key request r's
+    noise, row j of request r standing for output position first_positions[r] + j.
+    """
+    layout = _Layout(num_draft, target_probs.device)
+    row_seeds = [seed for seed, n in zip(seeds, num_draft) for _ in range(n + 1)]
+    row_positions = [first + j for first, n in zip(first_positions, num_draft) for j in range(n + 1)]
+    tokens = seeded_tokens(target_probs, row_seeds, row_positions)  # [D + R]
+    drafts = draft_token_ids.to(target_probs.device)
+    num_accepted = _count_leading_accepts(drafts == tokens[layout.verify_rows], layout)
+    final_tokens = tokens[layout.first_row + num_accepted]
+    return _assemble(drafts.tolist(), num_accepted.tolist(), final_tokens.tolist(), num_draft)
+
+
+class _RequestSlices:
+    """Where each request's drafts and rows sit, to split a packed batch by request."""
+
+    def __init__(self, num_draft: list[int], device: torch.device):
+        self.device = device
+        self.draft_ranges, self.row_ranges = [], []
+        draft_start = row_start = 0
+        for n in num_draft:
+            self.draft_ranges.append(range(draft_start, draft_start + n))
+            self.row_ranges.append(range(row_start, row_start + n + 1))
+            draft_start, row_start = draft_start + n, row_start + n + 1
+
+    def select(self, requests: list[int], draft_token_ids, draft_probs, target_probs):
+        """The packed drafts, draft distributions (or None) and target rows of `requests`."""
+        drafts = self._index([self.draft_ranges[r] for r in requests])
+        rows = self._index([self.row_ranges[r] for r in requests])
+        probs = None if draft_probs is None else draft_probs[drafts.to(draft_probs.device)]
+        return draft_token_ids[drafts.to(draft_token_ids.device)], probs, target_probs[rows]
+
+    def _index(self, ranges: list[range]) -> torch.Tensor:
+        return torch.tensor([i for span in ranges for i in span], dtype=torch.long, device=self.device)
+
+
+def _merge(parts: list[tuple[list[int], AcceptanceResult]], num_requests: int) -> AcceptanceResult:
+    """Results of sub-batches (request indices, result) back in batch order."""
+    emitted: list[list[int]] = [[] for _ in range(num_requests)]
+    accepted = [0] * num_requests
+    for requests, result in parts:
+        for r, tokens, count in zip(requests, result.emitted_token_ids, result.num_accepted):
+            emitted[r], accepted[r] = tokens, count
+    return AcceptanceResult(emitted, accepted)
 
 
 # --- the two rules both implementations share ---------------------------------

@@ -1,14 +1,22 @@
-"""The contract's counterexample (speculation.md §4): with confidences that
-depend on the drafted tokens, a global search over fresh survivals biases the
-output, the early-stop greedy admission does not.
+"""The contract's counterexamples (speculation.md §4): verification must not
+depend on the value of the draft being verified.
 
-Target (0.7, 0.3) at the first position, draft (0.5, 0.5), c_1 = 0.8 and
-c_2 = 1 if x_1 == 0 else 0, SPS(1..3) = 1.0, 0.5, 0.45. Global search gives
-P(first token = 0) = 0.85; greedy admission keeps 0.7.
+1. Global search over fresh survivals. Target (0.7, 0.3) at the first
+   position, draft (0.5, 0.5), c_1 = 0.8 and c_2 = 1 if x_1 == 0 else 0,
+   SPS(1..3) = 1.0, 0.5, 0.45: global search verifies x_1 only when x_1 = 0
+   and gives P(first token = 0) = 0.85. Greedy admission with the early stop
+   keeps 0.7; under the cost SPS(1..3) = 1.0, 0.6, 0.45 it verifies x_1
+   always and x_2 when x_1 = 0 (checked, so the case is not vacuous).
+2. A confidence of the drawn token (the bug of issue 10). Target (0.7, 0.3),
+   draft (0.8, 0.2), SPS(1..2) = 1.0, 0.6: with c_1 = q(x_1), greedy
+   admission verifies x_1 only when x_1 = 0 and gives P(0) = 0.84; with
+   c_1 = max q = 0.8 (the rule: the peak of the distribution x_1 is drawn
+   from) it verifies x_1 always and keeps 0.7.
 """
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import torch
 
@@ -18,38 +26,74 @@ from scheduler.admission import (global_search_admission, greedy_prefix_admissio
 from scheduler.load import StepCostModel
 
 TARGET = torch.tensor([0.7, 0.3])
-DRAFT = torch.tensor([0.5, 0.5])
-COST = StepCostModel([1, 2, 3], [1.0, 2.0, 1 / 0.45])
 TRIALS = 20000
+# SPS(1..3) = 1.0, 0.5, 0.45: verifying x_1 alone never pays, x_1 and x_2 together may.
+GLOBAL_COUNTEREXAMPLE_COST = StepCostModel([1, 2, 3], [1.0, 2.0, 1 / 0.45])
+# SPS(1..3) = 1.0, 0.6, 0.45: verifying x_1 at survival 0.8 pays (1.8 * 0.6 > 1).
+PAYING_COST = StepCostModel([1, 2, 3], [1.0, 1 / 0.6, 1 / 0.45])
 
 
-def first_token_frequency(policy, seed: int = 0) -> float:
+def confidences_depending_on_the_next_token(x, q):
+    """c_1 fixed; c_2 depends on x_1 (allowed: it precedes position 2)."""
+    return [0.8, 1.0 if x[0] == 0 else 0.0]
+
+
+def confidence_of_the_drawn_token(x, q):
+    """c_k = q(x_k): forbidden."""
+    return [float(q[x[0]]), float(q[x[1]])]
+
+
+def peak_confidence(x, q):
+    """c_k = max q: allowed."""
+    return [float(q.max())] * 2
+
+
+def first_token_frequency(policy, cost, draft, confidence, seed: int = 0) -> tuple[float, Counter]:
+    """P(first emitted token = 0) over TRIALS, and how often each length was verified."""
     gen = torch.Generator().manual_seed(seed)
-    zeros = 0
-    for _ in range(TRIALS):
-        x = torch.multinomial(DRAFT, 2, replacement=True, generator=gen).tolist()
-        confidences = [0.8, 1.0 if x[0] == 0 else 0.0]
-        length = policy({"r": survivals_from_confidences(confidences)}, 1, 1.0, COST, 2)["r"]
-        # Positions past the first have a point-mass target so only x_1 matters.
-        target = torch.stack([TARGET, torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])])[: length + 1]
-        result = rejection_sample(torch.tensor(x[:length], dtype=torch.long), DRAFT.repeat(length, 1) if length else None,
-                                  target, [length], [gen])
-        zeros += result.emitted_token_ids[0][0] == 0
-    return zeros / TRIALS
+    drafts = torch.multinomial(draft, 2 * TRIALS, replacement=True, generator=gen).reshape(TRIALS, 2)
+    lengths = [policy({"r": survivals_from_confidences(confidence(x, draft))}, 1, 1.0, cost, 2)["r"]
+               for x in drafts.tolist()]
+    # Positions past the first have a point-mass target so only x_1 matters.
+    rows = torch.stack([TARGET, torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])])
+    verified = torch.cat([drafts[i, :n] for i, n in enumerate(lengths)])
+    result = rejection_sample(verified, draft.repeat(verified.shape[0], 1),
+                              torch.cat([rows[: n + 1] for n in lengths]), lengths, [gen] * TRIALS)
+    zeros = sum(tokens[0] == 0 for tokens in result.emitted_token_ids)
+    return zeros / TRIALS, Counter(lengths)
 
 
 def within(p_hat: float, p: float, sigmas: float = 5.0) -> bool:
     return abs(p_hat - p) <= sigmas * math.sqrt(p * (1 - p) / TRIALS)
 
 
+UNIFORM_DRAFT = torch.tensor([0.5, 0.5])
+PEAKED_DRAFT = torch.tensor([0.8, 0.2])
+
+
 def test_greedy_admission_keeps_the_target_distribution():
-    assert within(first_token_frequency(greedy_prefix_admission), 0.7)
+    freq, lengths = first_token_frequency(greedy_prefix_admission, PAYING_COST, UNIFORM_DRAFT,
+                                          confidences_depending_on_the_next_token)
+    assert lengths[0] == 0 and lengths[1] > 0 and lengths[2] > 0  # it speculates, at two lengths
+    assert within(freq, 0.7)
 
 
 def test_global_search_on_fresh_confidences_is_biased():
-    freq = first_token_frequency(global_search_admission)
+    freq, lengths = first_token_frequency(global_search_admission, GLOBAL_COUNTEREXAMPLE_COST, UNIFORM_DRAFT,
+                                          confidences_depending_on_the_next_token)
+    assert lengths[0] > 0 and lengths[2] > 0
     assert within(freq, 0.85)
     assert not within(freq, 0.7)
+
+
+def test_a_confidence_of_the_drawn_token_is_biased_and_the_peak_is_not():
+    freq, lengths = first_token_frequency(greedy_prefix_admission, PAYING_COST, PEAKED_DRAFT,
+                                          confidence_of_the_drawn_token)
+    assert lengths[0] > 0 and lengths[1] + lengths[2] > 0
+    assert within(freq, 0.84) and not within(freq, 0.7)
+    freq, lengths = first_token_frequency(greedy_prefix_admission, PAYING_COST, PEAKED_DRAFT, peak_confidence)
+    assert lengths[0] == 0
+    assert within(freq, 0.7)
 
 
 def test_flat_cost_verifies_long_prefixes_steep_cost_only_confident_ones():

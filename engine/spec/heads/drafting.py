@@ -12,6 +12,7 @@ import torch
 
 from engine.sampler import RowContext, target_probs
 from engine.spec.base import DraftInput
+from engine.spec.draw import draw_drafts
 from scheduler.drafts import DraftBlock
 
 
@@ -121,14 +122,10 @@ class DraftBatch:
         probs = target_probs(logits, self.row_contexts())
         if confidence is None:
             confidence = torch.softmax(logits, dim=-1).amax(dim=-1)
-        tokens = []
-        for i, item in enumerate(self.items):
-            if item.request.sampling_params.greedy:
-                token = int(torch.argmax(probs[i]))
-            else:
-                token = int(torch.multinomial(probs[i], 1, generator=item.generator))
-            self._add(i, token, probs[i], self._calibrated(float(confidence[i]), k))
-            tokens.append(token)
+        confidence = confidence.tolist()
+        tokens = draw_drafts(probs, self.items, [len(drafted) for drafted in self.tokens])
+        for i, token in enumerate(tokens):
+            self._add(i, token, probs[i], self._calibrated(confidence[i], k))
         return torch.tensor(tokens, device=logits.device)
 
     def _add(self, index: int, token: int, probs: torch.Tensor, confidence: float) -> None:

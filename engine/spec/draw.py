@@ -1,0 +1,36 @@
+"""How a drafter draws one draft token from its (transformed) distribution.
+
+The draw follows the request's own rule, so drafts agree with what the
+target will emit as often as possible:
+- greedy: the argmax;
+- seeded: the Gumbel-max token with the request's own noise at the output
+  position the draft stands for (engine/gumbel.py), the same noise the
+  target's verification uses there, so draft and target are coupled;
+- otherwise a sample from the request's draft generator (then rejection
+  sampling corrects for the draft distribution).
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.gumbel import seeded_tokens
+from engine.spec.base import DraftInput
+
+
+def draw_drafts(probs: torch.Tensor, inputs: list[DraftInput], num_drafted: list[int]) -> list[int]:
+    """probs [R, V]: row i is the distribution of inputs[i]'s next draft,
+    which follows num_drafted[i] earlier drafts. Returns one token per row."""
+    tokens = probs.argmax(dim=-1).tolist()
+    seeded = [i for i, item in enumerate(inputs)
+              if not item.request.sampling_params.greedy and item.request.sampling_params.seed is not None]
+    if seeded:
+        index = torch.tensor(seeded, device=probs.device)
+        drawn = seeded_tokens(probs[index], [inputs[i].request.sampling_params.seed for i in seeded],
+                              [inputs[i].request.num_output_tokens + num_drafted[i] for i in seeded])
+        for i, token in zip(seeded, drawn.tolist()):
+            tokens[i] = token
+    for i, item in enumerate(inputs):
+        params = item.request.sampling_params
+        if not params.greedy and params.seed is None:
+            tokens[i] = int(torch.multinomial(probs[i], 1, generator=item.generator))
+    return tokens

@@ -161,14 +161,14 @@ class LLMEngine:
         if self.drafter:
             self.drafter.forget(sched.freed_request_ids)
         if sched.is_empty:
-            return self._collect_unscheduled_finished()
+            return self._collect_unscheduled_finished(sched.freed_request_ids)
         runner_out = self._execute(sched)
         updates = self.scheduler.update_from_output(sched, runner_out, self._check_stop)
         self._record_step(sched, runner_out)
         self._draft(sched, runner_out)
         # The whole step, drafting included: what a bigger batch really costs.
         self.scheduler.observe_step_time(sched.total_num_tokens, time.perf_counter() - started)
-        return self._emit(updates, runner_out) + self._collect_unscheduled_finished()
+        return self._emit(updates, runner_out) + self._collect_unscheduled_finished(sched.freed_request_ids)
 
     def _execute(self, sched: SchedulerOutput) -> RunnerOutput:
         """The target forward; if the batch fails, each request alone (the
@@ -209,11 +209,14 @@ class LLMEngine:
                 self.requests.pop(request.request_id, None)
                 self._forget(request.request_id)
 
-    def _collect_unscheduled_finished(self) -> list[RequestOutput]:
-        """Requests the scheduler finished on its own (e.g. could never fit)."""
+    def _collect_unscheduled_finished(self, freed_request_ids: list[str]) -> list[RequestOutput]:
+        """Requests the scheduler finished on its own (e.g. could never fit):
+        they are among the step's freed ids and still held here."""
         outputs: list[RequestOutput] = []
-        for request in [r for r in self.requests.values() if r.is_finished]:
-            self._append_output(outputs, request, [], None)
+        for rid in freed_request_ids:
+            request = self.requests.get(rid)
+            if request is not None and request.is_finished:
+                self._append_output(outputs, request, [], None)
         return outputs
 
     def _forget(self, request_id: str) -> None:

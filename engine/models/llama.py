@@ -17,7 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.models.inference_kernels import Linear, install_inference_kernels
 from kernels.attention import AttentionMetadata, paged_attention, write_kv
+
+# RoPE cos/sin are computed for this many positions at a time and kept: a
+# position's values then never depend on which other positions a batch
+# holds (vector and scalar cos/sin differ in the last bit), and a forward
+# only gathers them.
+ROPE_TABLE_BLOCK = 256
 
 
 class RMSNorm(nn.Module):
@@ -49,17 +56,44 @@ class RotaryEmbedding:
         self.max_position_embeddings = config.max_position_embeddings
         self.inv_freq, self.attention_factor = rope_inv_freq(config)
         self._on_device: dict[str, torch.Tensor] = {}
+        self._tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (cos, sin) [N, D]
 
-    def __call__(self, positions: torch.Tensor, dtype: torch.dtype):
-        """positions [T] -> (cos, sin), each [T, 1, head_dim] in `dtype`."""
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype, max_position: int | None = None):
+        """positions [T] -> (cos, sin), each [T, 1, head_dim] in `dtype`.
+
+        `max_position` (the largest position, when the caller knows it on
+        the host) spares a device sync.
+        """
+        if max_position is None:
+            max_position = int(positions.max()) if positions.numel() else 0
+        cos, sin = self._table(positions.device, max_position + 1)
+        cos, sin = cos.index_select(0, positions).unsqueeze(1), sin.index_select(0, positions).unsqueeze(1)
+        return cos.to(dtype), sin.to(dtype)
+
+    def _table(self, device, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 cos/sin for positions [0, >= length), grown a block at a
+        time; rows once computed are never recomputed."""
+        key = str(device)
+        cos, sin = self._tables.get(key, (None, None))
+        have = 0 if cos is None else cos.shape[0]
+        if have >= length:
+            return cos, sin
+        blocks = [self._compute(torch.arange(start, start + ROPE_TABLE_BLOCK, device=device))
+                  for start in range(have, length, ROPE_TABLE_BLOCK)]
+        new_cos = torch.cat(([cos] if cos is not None else []) + [c for c, _ in blocks])
+        new_sin = torch.cat(([sin] if sin is not None else []) + [s for _, s in blocks])
+        self._tables[key] = (new_cos, new_sin)
+        return new_cos, new_sin
+
+    def _compute(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [N] -> float32 (cos, sin), each [N, head_dim]."""
         if self.rope_type == "dynamic":
-            inv_freq = self._dynamic_inv_freq(positions)  # [T, D/2], per token
+            inv_freq = self._dynamic_inv_freq(positions)  # [N, D/2], per token
         else:
             inv_freq = self._inv_freq_on(positions.device)  # [D/2]
-        freqs = positions.float().unsqueeze(-1) * inv_freq  # [T, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
-        cos, sin = emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
-        return cos.to(dtype), sin.to(dtype)
+        freqs = positions.float().unsqueeze(-1) * inv_freq  # [N, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
 
     def _inv_freq_on(self, device) -> torch.Tensor:
         key = str(device)
@@ -165,14 +199,15 @@ class LlamaAttention(nn.Module):
         self.q_size = config.num_heads * config.head_dim
         self.kv_size = config.num_kv_heads * config.head_dim
         self.scale = config.head_dim**-0.5
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
+        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
         # Qwen2 biases only q/k/v; Llama and Qwen3 put attention_bias on o_proj too.
         o_bias = config.attention_bias and config.architecture != "qwen2"
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, bias=o_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
         self.qk_norm = config.qk_norm
+        self.batch_invariant = False  # set by install_inference_kernels through the model
 
     def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]; writes this step's K/V into kv_cache."""
@@ -183,10 +218,12 @@ class LlamaAttention(nn.Module):
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # Rotated in float32 (cos/sin are float32), rounded once to the model dtype.
+        q, k = apply_rope(q.float(), cos, sin).to(x.dtype), apply_rope(k.float(), cos, sin).to(x.dtype)
         k_cache, v_cache = kv_cache
         write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
-        out = paged_attention(q, k_cache, v_cache, meta, self.scale)  # [T, H, D]
+        out = paged_attention(q, k_cache, v_cache, meta, self.scale,
+                              batch_invariant=self.batch_invariant)  # [T, H, D]
         return self.o_proj(out.reshape(tokens, self.q_size))
 
 
@@ -196,8 +233,8 @@ class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden]
         gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
@@ -237,8 +274,11 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.model = LlamaModel(config)
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rotary = RotaryEmbedding(config)
+        self.head_kernel = None  # PackedLinear for compute_logits, once installed
+        self.batch_invariant = False
+        self.kernel_description = "torch"
 
     @torch.no_grad()
     def forward(
@@ -257,7 +297,7 @@ class LlamaForCausalLM(nn.Module):
         """
         layers = self._layers_to_run(num_layers, len(kv_caches), aux_layers)
         h = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary(positions, h.dtype)
+        cos, sin = self.rotary(positions, torch.float32, max_position=meta.max_seq_len - 1)
         aux: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(layers):
             h = layer(h, cos, sin, kv_caches[index], meta)
@@ -278,8 +318,22 @@ class LlamaForCausalLM(nn.Module):
     @torch.no_grad()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> logits [N, vocab] float32."""
-        weight = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        if self.head_kernel is not None:
+            return self.head_kernel(hidden).float()
+        return F.linear(hidden, self.lm_head_weight()).float()
+
+    def lm_head_weight(self) -> torch.Tensor:
+        """[vocab, hidden]: the LM head, or the embedding table when tied."""
+        return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+
+    def use_inference_kernels(self, batch_invariant: bool = True) -> None:
+        """Pack the weights for the fastest kernels of their dtype; in
+        batch-invariant mode a token's logits are bitwise the same whatever
+        batch computes it (kernels.invariant_attention, kernels.linear).
+        Call again after changing weights or to switch the mode."""
+        self.kernel_description = install_inference_kernels(self, batch_invariant)
+        for layer in self.model.layers:
+            layer.self_attn.batch_invariant = batch_invariant
 
     def use_column_major_weights(self) -> None:
         """Store each [out, in] matrix as the transpose of a contiguous [in, out]

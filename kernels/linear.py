@@ -6,8 +6,9 @@ Two CPU kernels:
   (`mkldnn._reorder_linear_weight`), then `mkldnn._linear_pointwise`, the
   path inductor's CPU freezing takes. With AMX or AVX512-BF16 it is the fast
   bfloat16 path (no per-call weight packing, flat cost in the row count).
-- "dense": `F.linear` on the weight as it is (a column-major weight on CPU,
-  see LlamaForCausalLM.use_column_major_weights): the float32 fast path.
+- "dense": `F.linear` on a column-major weight on CPU (MKL then multiplies
+  without packing it per call; a row-major float32 weight also changes
+  kernels at 7-16 rows, which no tiling below hides): the float32 fast path.
 
 A GEMM library may sum a row's products in another order when the row count
 changes: one row takes a gemv kernel, and some kernels switch blocking at a
@@ -65,7 +66,10 @@ class PackedLinear:
         self.kernel, self.tiling = kernel, tiling
         self.out_features, self.in_features = weight.shape
         self.bias = bias
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, None) if kernel == "onednn" else weight
+        if kernel == "onednn":
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        else:
+            self.weight = column_major(weight) if weight.device.type == "cpu" else weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
         rows = x.reshape(-1, self.in_features)
@@ -87,6 +91,11 @@ class PackedLinear:
         if self.kernel == "onednn":
             return torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")
         return F.linear(rows, self.weight, self.bias)
+
+
+def column_major(weight: torch.Tensor) -> torch.Tensor:
+    """[out, in] as the transpose of a contiguous [in, out] (no copy if it is already)."""
+    return weight if weight.t().is_contiguous() else weight.t().contiguous().t()
 
 
 def probe_row_counts(max_rows: int) -> list[int]:

@@ -59,14 +59,14 @@ def profile_step_cost(runner, max_tokens: int, max_seqs: int, time_budget_s: flo
     num_blocks = runner.kv_caches[0][0].shape[0]
     batches = {}
     for size in probe_sizes(max_tokens):
-        batch = _decode_shaped_batch(size, max_seqs, runner.block_size, num_blocks, runner.device)
+        batch = decode_shaped_batch(size, max_seqs, runner.block_size, num_blocks, runner.device)
         if batch is None:
             break
         batches[size] = batch
     best: dict[int, float] = {}
     for _ in range(passes):
         for size, batch in batches.items():
-            best[size] = min(best.get(size, float("inf")), _time_forward(runner, *batch))
+            best[size] = min(best.get(size, float("inf")), time_forward(runner, *batch))
             if time.perf_counter() - started > time_budget_s:
                 break
     sizes = sorted(best)
@@ -74,7 +74,7 @@ def profile_step_cost(runner, max_tokens: int, max_seqs: int, time_budget_s: flo
     return StepCostModel(sizes, [best[b] for b in sizes])
 
 
-def _decode_shaped_batch(num_tokens: int, max_seqs: int, block_size: int, num_blocks: int, device):
+def decode_shaped_batch(num_tokens: int, max_seqs: int, block_size: int, num_blocks: int, device):
     """`num_tokens` query tokens spread over up to `max_seqs` requests, each
     behind CONTEXT_TOKENS of (garbage, never read by anyone else) context."""
     num_seqs = max(1, min(num_tokens, max_seqs))
@@ -90,7 +90,7 @@ def _decode_shaped_batch(num_tokens: int, max_seqs: int, block_size: int, num_bl
     return tokens, positions, meta
 
 
-def _time_forward(runner, tokens, positions, meta) -> float:
+def time_forward(runner, tokens, positions, meta) -> float:
     begin = time.perf_counter()
     hidden, _ = runner.model(tokens, positions, runner.kv_caches, meta)
     runner.model.compute_logits(hidden)  # verification needs logits at every query row

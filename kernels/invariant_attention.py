@@ -54,9 +54,10 @@ class _Tile:
 
     token_index: torch.Tensor  # [n] rows of the packed batch computed here
     pad_index: torch.Tensor | None  # [n] their rows in the padded [G*Qm]; None: identity
+    groups: int  # G
     rows: int  # Qm
-    block_tables: torch.Tensor  # [G, NC*C/bs] long, padded with block 0
-    visible: torch.Tensor  # [G, NC, Qm*g, C] bool, key position <= row position
+    block_ids: torch.Tensor  # [G*NC*C/bs] long: each request's chunks, padded with block 0
+    hidden: torch.Tensor  # [G, NC, Qm*g, C] bool: key position > row position
 
 
 def invariant_paged_attention(
@@ -82,63 +83,66 @@ def invariant_paged_attention(
 
 def _tile_attention(query, k_cache, v_cache, tile: _Tile, scale: float) -> torch.Tensor:
     """query [n, H, D] (the tile's rows) -> [n, H, D]."""
-    groups, rows = tile.block_tables.shape[0], tile.rows
     num_heads, head_dim = query.shape[1], query.shape[2]
-    q = query.float() * scale
+    q = query.float()
     if tile.pad_index is not None:
-        padded = q.new_zeros(groups * rows, num_heads, head_dim)
+        padded = q.new_zeros(tile.groups * tile.rows, num_heads, head_dim)
         padded[tile.pad_index] = q
         q = padded
-    keys = _gather_chunks(k_cache, tile.block_tables)  # [G, L, Hkv, D] float32
-    values = _gather_chunks(v_cache, tile.block_tables)
-    out = chunked_softmax_attention(q.view(groups, rows, num_heads, head_dim), keys, values, tile.visible)
-    out = out.reshape(groups * rows, num_heads, head_dim)
-    if tile.pad_index is not None:
-        out = out[tile.pad_index]
-    return out.to(query.dtype)
+    chunk = tile.hidden.shape[-1]
+    keys = _gather_chunks(k_cache, tile.block_ids, chunk)  # [G*NC, C, Hkv, D] float32
+    values = _gather_chunks(v_cache, tile.block_ids, chunk)
+    out = chunked_softmax_attention(q.view(tile.groups, tile.rows, num_heads, head_dim), keys, values,
+                                    tile.hidden, scale, query.dtype)
+    out = out.view(tile.groups * tile.rows, num_heads, head_dim)
+    return out if tile.pad_index is None else out[tile.pad_index]
 
 
 def chunked_softmax_attention(
-    q: torch.Tensor,  # [G, Qm, H, D] float32, already scaled
-    keys: torch.Tensor,  # [G, NC*C, Hkv, D] float32
-    values: torch.Tensor,  # [G, NC*C, Hkv, D] float32
-    visible: torch.Tensor,  # [G, NC, Qm*g, C] bool
-) -> torch.Tensor:  # [G, Qm, H, D] float32
+    q: torch.Tensor,  # [G, Qm, H, D] float32
+    keys: torch.Tensor,  # [G*NC, C, Hkv, D] float32, request-major
+    values: torch.Tensor,  # [G*NC, C, Hkv, D] float32
+    hidden: torch.Tensor,  # [G, NC, Qm*g, C] bool, True: masked
+    scale: float,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:  # [G, Qm, H, D] in out_dtype
     """Softmax attention with keys in fixed chunks combined in chunk order."""
     groups, rows, num_heads, head_dim = q.shape
-    num_kv_heads, (num_chunks, chunk) = keys.shape[2], (visible.shape[1], visible.shape[3])
-    g = num_heads // num_kv_heads
-    batch = groups * num_chunks  # one GEMM per (request, key chunk)
-    # Row r*g + i under kv head h is query row r, head h*g + i; every chunk
-    # of a request sees the same query rows.
-    q = q.view(groups, rows, num_kv_heads, g, head_dim).permute(2, 0, 1, 3, 4)
-    q = q.reshape(num_kv_heads, groups, 1, rows * g, head_dim).expand(-1, -1, num_chunks, -1, -1)
-    q = q.reshape(num_kv_heads, batch, rows * g, head_dim)
+    batch, chunk, num_kv_heads = keys.shape[:3]  # one GEMM per (request, key chunk)
+    num_chunks, g = batch // groups, num_heads // num_kv_heads
+    # Row r*g + i under kv head h is query row r, head h*g + i; every chunk of
+    # a request sees the same query rows (broadcast in this one copy).
+    shape = (num_kv_heads, groups, num_chunks, rows, g, head_dim)
+    qx = q.new_empty(shape)
+    torch.mul(q.view(groups, 1, rows, num_kv_heads, g, head_dim).permute(3, 0, 1, 2, 4, 5).expand(shape),
+              scale, out=qx)
+    qx = qx.view(num_kv_heads, batch, rows * g, head_dim)
     scores = q.new_empty(num_kv_heads, batch, rows * g, chunk)
-    for h in range(num_kv_heads):  # per kv head: the cache slices are plain strided matrices
-        torch.bmm(q[h], keys[:, :, h].reshape(batch, chunk, head_dim).transpose(1, 2), out=scores[h])
-    scores = scores.view(num_kv_heads, groups, num_chunks, rows * g, chunk)
-    scores.masked_fill_(~visible, float("-inf"))
-    row_max = scores.amax(dim=(2, 4), keepdim=True)  # exact in any order
-    probs = scores.sub_(row_max).exp_()
-    # cumsum is a sequential scan: its last entry adds the chunks in order.
-    denom = probs.sum(dim=-1).cumsum(dim=2)[:, :, -1]  # [Hkv, G, Qm*g]
-    partial = probs.new_empty(num_kv_heads, batch, rows * g, head_dim)
+    for h in range(num_kv_heads):  # per kv head: its cache slice is a plain strided matrix
+        torch.bmm(qx[h], keys[:, :, h].transpose(1, 2), out=scores[h])
+    scores = scores.view(num_kv_heads, groups, num_chunks, rows * g, chunk).masked_fill_(hidden, float("-inf"))
+    probs = scores.sub_(scores.amax(dim=(2, 4), keepdim=True)).exp_()  # the max is exact in any order
+    denom = probs.sum(dim=-1)  # [Hkv, G, NC, Qm*g]
+    partial = q.new_empty(num_kv_heads, batch, rows * g, head_dim)
     probs = probs.view(num_kv_heads, batch, rows * g, chunk)
     for h in range(num_kv_heads):
-        torch.bmm(probs[h], values[:, :, h].reshape(batch, chunk, head_dim), out=partial[h])
-    numer = partial.view(num_kv_heads, groups, num_chunks, rows * g, head_dim).cumsum(dim=2)[:, :, -1]
-    out = numer / denom.unsqueeze(-1)  # [Hkv, G, Qm*g, D]
-    return out.view(num_kv_heads, groups, rows, g, head_dim).permute(1, 2, 0, 3, 4).reshape(
-        groups, rows, num_heads, head_dim)
+        torch.bmm(probs[h], values[:, :, h], out=partial[h])
+    numer = partial.view(num_kv_heads, groups, num_chunks, rows * g, head_dim)
+    if num_chunks > 1:  # cumsum is a sequential scan: its last entry adds the chunks in order
+        numer, denom = numer.cumsum(dim=2)[:, :, -1], denom.cumsum(dim=2)[:, :, -1]
+    else:  # the scan of one chunk is that chunk, exactly
+        numer, denom = numer[:, :, 0], denom[:, :, 0]
+    out = q.new_empty(groups, rows, num_kv_heads, g, head_dim, dtype=out_dtype)
+    torch.div(numer.view(num_kv_heads, groups, rows, g, head_dim),
+              denom.view(num_kv_heads, groups, rows, g, 1), out=out.permute(2, 0, 1, 3, 4))
+    return out.view(groups, rows, num_heads, head_dim)
 
 
-def _gather_chunks(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
-    """[num_blocks, bs, Hkv, D] x [G, nblk] -> [G, nblk*bs, Hkv, D] float32."""
-    g, nblk = block_tables.shape
+def _gather_chunks(cache: torch.Tensor, block_ids: torch.Tensor, chunk: int) -> torch.Tensor:
+    """[num_blocks, bs, Hkv, D] x [n] -> [n*bs/C, C, Hkv, D] float32."""
     _, bs, hkv, d = cache.shape
-    gathered = cache.index_select(0, block_tables.reshape(-1)).view(g, nblk * bs, hkv, d)
-    return gathered.float()
+    gathered = cache.index_select(0, block_ids)
+    return gathered.view(-1, chunk, hkv, d).float()
 
 
 # ---------------------------------------------------------------- planning
@@ -196,22 +200,23 @@ def _make_tile(members, meta: AttentionMetadata, group: int, device) -> _Tile:
     return _Tile(
         token_index=torch.tensor(token_rows, dtype=torch.long, device=device),
         pad_index=torch.tensor(pad_rows, dtype=torch.long, device=device),
+        groups=len(members),
         rows=rows,
-        block_tables=torch.tensor(tables, dtype=torch.long, device=device),
-        visible=_visibility(positions, group, num_chunks, chunk, device),
+        block_ids=torch.tensor(tables, dtype=torch.long, device=device).view(-1),
+        hidden=_hidden_keys(positions, group, num_chunks, chunk, device),
     )
 
 
-def _visibility(positions: list[list[int]], group: int, num_chunks: int, chunk: int, device) -> torch.Tensor:
-    """[G, NC, Qm*g, C] bool: key position c*C + i <= the row's position."""
+def _hidden_keys(positions: list[list[int]], group: int, num_chunks: int, chunk: int, device) -> torch.Tensor:
+    """[G, NC, Qm*g, C] bool: key position c*C + i is after the row's position."""
     pos = torch.tensor(positions, dtype=torch.long, device=device)  # [G, Qm]
     pos = pos.repeat_interleave(group, dim=1)  # [G, Qm*g]
     keys = torch.arange(num_chunks * chunk, device=device).view(num_chunks, 1, chunk)
-    return keys.unsqueeze(0) <= pos.view(pos.shape[0], 1, -1, 1)
+    return keys.unsqueeze(0) > pos.view(pos.shape[0], 1, -1, 1)
 
 
 def _is_identity(tile: _Tile, num_tokens: int) -> bool:
     """One tile holding every token in order, with no padding rows."""
-    n = tile.block_tables.shape[0] * tile.rows
+    n = tile.groups * tile.rows
     return n == num_tokens and tile.token_index.tolist() == list(range(n)) and \
         tile.pad_index.tolist() == list(range(n))

@@ -12,10 +12,13 @@ Two CPU kernels:
 
 A GEMM library may sum a row's products in another order when the row count
 changes: one row takes a gemv kernel, and some kernels switch blocking at a
-size threshold. `RowTiling` removes both: batches are cut into calls of at
-most `max_rows` rows and a call never has fewer than `min_rows` (a single row
-is padded with a zero row). `verify_row_invariance` measures that this is
-enough on the machine at hand instead of assuming it.
+size threshold or split a long reduction. A `KernelChoice` removes those
+causes: batches are cut into calls of at most `max_rows` rows, a call never
+has fewer than `min_rows` (a single row is padded with a zero row), and a
+long input dimension may be cut into pieces of at most `k_chunk` whose
+partial products are added in a fixed order. `row_invariance_failures`
+measures whether a choice is enough on the machine at hand instead of
+assuming it.
 """
 from __future__ import annotations
 
@@ -39,13 +42,27 @@ class RowTiling:
 
 # One call per batch: the fastest, and rows depend on the batch.
 FREE = RowTiling()
-# Decoder layers: measured row-invariant for 2..512 rows on AVX-512 (oneDNN
-# bf16 and MKL float32) and for 1..256 on AMX bf16; one row takes gemv.
-INVARIANT_LAYERS = RowTiling(min_rows=2, max_rows=256)
-# LM head (vocabulary-wide): on AMX two elements change from 64 rows on.
-INVARIANT_HEAD = RowTiling(min_rows=2, max_rows=32)
 
 KERNELS = ("onednn", "dense")
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """A kernel, how rows are tiled for it, and the longest input piece."""
+
+    kernel: str
+    tiling: RowTiling = FREE
+    k_chunk: int | None = None  # None: the whole input dimension in one product
+
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise ValueError(f"unknown linear kernel {self.kernel!r}; choose from {KERNELS}")
+        if self.k_chunk is not None and self.k_chunk < 1:
+            raise ValueError("k_chunk must be positive")
+
+    def __str__(self) -> str:
+        tiles = f"rows {self.tiling.min_rows}..{self.tiling.max_rows or 'any'}"
+        return self.kernel + f" ({tiles}" + (f", k<={self.k_chunk})" if self.k_chunk else ")")
 
 
 def onednn_available(weight: torch.Tensor) -> bool:
@@ -55,21 +72,22 @@ def onednn_available(weight: torch.Tensor) -> bool:
 
 
 class PackedLinear:
-    """y = x W^T + b through one kernel, with the weight packed for it once."""
+    """y = x W^T + b as the KernelChoice says, with the weight packed once."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str,
-                 tiling: RowTiling = FREE):
-        if kernel not in KERNELS:
-            raise ValueError(f"unknown linear kernel {kernel!r}; choose from {KERNELS}")
-        if kernel == "onednn" and not onednn_available(weight):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, choice: KernelChoice):
+        if choice.kernel == "onednn" and not onednn_available(weight):
             raise ValueError(f"oneDNN cannot pack a {weight.dtype} weight on {weight.device}")
-        self.kernel, self.tiling = kernel, tiling
+        self.choice, self.kernel, self.tiling = choice, choice.kernel, choice.tiling
         self.out_features, self.in_features = weight.shape
         self.bias = bias
-        if kernel == "onednn":
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
-        else:
-            self.weight = column_major(weight) if weight.device.type == "cpu" else weight
+        self.bounds = _even_pieces(self.in_features, choice.k_chunk)
+        self.pieces = [self._pack(weight[:, a:b]) for a, b in self.bounds]
+        self.weight = self.pieces[0]
+
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "onednn":
+            return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
+        return column_major(weight) if weight.device.type == "cpu" else weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
         rows = x.reshape(-1, self.in_features)
@@ -88,9 +106,24 @@ class PackedLinear:
         return self._apply(rows)
 
     def _apply(self, rows: torch.Tensor) -> torch.Tensor:
+        if len(self.pieces) == 1:
+            return self._product(rows, self.pieces[0], self.bias)
+        out = self._product(rows[:, self.bounds[0][0]:self.bounds[0][1]], self.pieces[0], None)
+        for (a, b), piece in zip(self.bounds[1:], self.pieces[1:]):  # partial sums in a fixed order
+            out.add_(self._product(rows[:, a:b], piece, None))
+        return out if self.bias is None else out.add_(self.bias)
+
+    def _product(self, rows, weight, bias) -> torch.Tensor:
         if self.kernel == "onednn":
-            return torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")
-        return F.linear(rows, self.weight, self.bias)
+            return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+        return F.linear(rows, weight, bias)
+
+
+def _even_pieces(size: int, chunk: int | None) -> list[tuple[int, int]]:
+    """[0, size) in the fewest near-equal pieces of at most `chunk`."""
+    count = 1 if chunk is None else -(-size // chunk)
+    edges = [size * i // count for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def column_major(weight: torch.Tensor) -> torch.Tensor:
@@ -105,24 +138,35 @@ def probe_row_counts(max_rows: int) -> list[int]:
     return sorted(c for c in counts if c <= max_rows)
 
 
+# Elements compared per probe at least. A different summation order moves a
+# float32 sum by an ulp or so; in bfloat16 the output rounding hides most of
+# that, and only about one element in 10^4-10^5 shows it.
+PROBE_MIN_ELEMENTS = 2_000_000
+PROBE_MAX_DRAWS = 8
+
+
 @torch.inference_mode()
 def row_invariance_failures(linear: PackedLinear, max_rows: int, dtype: torch.dtype,
-                            solo_rows: int = 40, seed: int = 0) -> list[int]:
+                            seed: int = 0, first_only: bool = False) -> list[int]:
     """Batch sizes (of probe_row_counts) where some row's output differs
     bitwise from computing that row alone; [] when the kernel is invariant.
 
-    Rows are random; the first `solo_rows` of each batch are checked (each
-    solo call is a separate GEMM, so checking every row would cost a GEMM
-    per row).
+    Every row of every batch is compared, over fresh random draws until
+    PROBE_MIN_ELEMENTS outputs were compared. `first_only` stops at the
+    first failing size.
     """
-    device = linear.weight.device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     counts = probe_row_counts(max_rows)
-    x = torch.randn(max(counts), linear.in_features, generator=gen).to(device=device, dtype=dtype)
-    solo = [linear(x[r:r + 1]) for r in range(min(solo_rows, x.shape[0]))]
-    failures = []
-    for count in counts:
-        out = linear(x[:count])
-        if any(not torch.equal(out[r:r + 1], solo[r]) for r in range(min(count, len(solo)))):
-            failures.append(count)
-    return failures
+    per_draw = sum(counts) * linear.out_features
+    draws = min(PROBE_MAX_DRAWS, -(-PROBE_MIN_ELEMENTS // per_draw))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    failures: list[int] = []
+    for _ in range(draws):
+        x = torch.randn(max(counts), linear.in_features, generator=gen)
+        x = x.to(device=linear.weight.device, dtype=dtype)
+        solo = torch.cat([linear(x[r:r + 1]) for r in range(x.shape[0])])
+        for count in counts:
+            if count not in failures and not torch.equal(linear(x[:count]), solo[:count]):
+                failures.append(count)
+                if first_only:
+                    return failures
+    return sorted(failures)

@@ -1,12 +1,13 @@
 """Which kernel runs each linear layer of a loaded model, and in which mode.
 
 `install_inference_kernels(model, batch_invariant)` packs every linear
-weight once for the fastest kernel measured for its dtype (bench/results/
-*-bf16/README.md) and, in batch-invariant mode, tiles the rows so that a
-token's logits do not depend on the batch it is computed in. Before using a
-tiling it probes it on this machine (kernels.linear.row_invariance_failures)
-and falls back to the next kernel in the preference list when a probe fails;
-when none passes it raises rather than serve a mode it cannot keep.
+weight once for the fastest kernel measured for its dtype and, in
+batch-invariant mode, tiles rows (and, where it helps, the input dimension)
+so that a token's logits do not depend on the batch it is computed in.
+Each invariant choice is probed on this machine first
+(kernels.linear.row_invariance_failures); a failing probe moves on to the
+next choice, and when none passes the model refuses to load rather than
+serve a mode it cannot keep.
 """
 from __future__ import annotations
 
@@ -16,23 +17,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.linear import (FREE, INVARIANT_HEAD, INVARIANT_LAYERS, PackedLinear, RowTiling,
-                            onednn_available, row_invariance_failures)
+from kernels.linear import FREE, KernelChoice, PackedLinear, RowTiling, onednn_available, row_invariance_failures
 
 log = logging.getLogger("specserve.kernels")
 
-# Fastest first, measured with one thread (bench/linear_kernels.py): bf16
-# only pays through oneDNN's prepacked path; for float32 MKL's F.linear on a
-# column-major weight wins below ~32 rows, oneDNN wins on the wide LM head.
-PREFERENCE = {
-    (torch.bfloat16, "layer"): ("onednn", "dense"),
-    (torch.bfloat16, "head"): ("onednn", "dense"),
-    (torch.float32, "layer"): ("dense", "onednn"),
-    (torch.float32, "head"): ("onednn", "dense"),
+# Rows per call in invariant mode. Layers: oneDNN bf16 on AMX keeps rows
+# invariant up to 256; LM head (vocabulary-wide): two elements change from
+# 64 rows on there. (bench/results/*-bf16/README.md has the measurements.)
+LAYER_ROWS, HEAD_ROWS = 256, 32
+# oneDNN float32 sums a single row like a batch only up to 1024 inputs.
+ONEDNN_FP32_K_CHUNK = 1024
+
+
+def _choices(kernel: str, max_rows: int, k_chunk: int | None = None) -> tuple[KernelChoice, ...]:
+    """Unpadded single rows first (cheaper decode), then rows padded to two."""
+    return tuple(KernelChoice(kernel, RowTiling(min_rows, max_rows), k_chunk) for min_rows in (1, 2))
+
+
+# Invariant mode, fastest first (one thread, SmolLM2 shapes): bf16 pays only
+# through oneDNN's prepacked path; float32 decode is cheapest with oneDNN
+# (one row without padding), MKL's F.linear needs a padded second row.
+INVARIANT_PREFERENCE = {
+    (torch.bfloat16, "layer"): _choices("onednn", LAYER_ROWS) + _choices("dense", LAYER_ROWS)[1:],
+    (torch.bfloat16, "head"): _choices("onednn", HEAD_ROWS) + _choices("dense", HEAD_ROWS)[1:],
+    (torch.float32, "layer"): _choices("onednn", LAYER_ROWS, ONEDNN_FP32_K_CHUNK)[:1]
+    + _choices("dense", LAYER_ROWS)[1:] + _choices("onednn", LAYER_ROWS)[1:],
+    (torch.float32, "head"): _choices("onednn", HEAD_ROWS, ONEDNN_FP32_K_CHUNK)[:1]
+    + _choices("onednn", HEAD_ROWS)[1:] + _choices("dense", HEAD_ROWS)[1:],
+}
+# Free mode: one call per batch with the fastest kernel (MKL's gemv is the
+# quickest float32 single row).
+FREE_PREFERENCE = {
+    (torch.bfloat16, "layer"): KernelChoice("onednn"),
+    (torch.bfloat16, "head"): KernelChoice("onednn"),
+    (torch.float32, "layer"): KernelChoice("dense"),
+    (torch.float32, "head"): KernelChoice("onednn"),
 }
 
-# (out, in, dtype, device, kernel, tiling) -> probe passed; a model loaded
-# twice (draft and target, tests) is probed once.
+# (out, in, dtype, device, choice) -> probe passed; a model loaded twice
+# (draft and target, tests) is probed once.
 _PROBED: dict[tuple, bool] = {}
 
 
@@ -52,22 +75,19 @@ def install_inference_kernels(model, batch_invariant: bool) -> str:
     """Pack the linears of `model` (a LlamaForCausalLM) and set its mode;
     returns a short description (it keys the step-cost profile cache)."""
     linears = [m for m in model.modules() if isinstance(m, Linear)]
-    layer_kernels = {_install(m, "layer", batch_invariant) for m in linears}
+    for module in linears:
+        module.kernel = _choose(module.weight.data, _bias(module), "layer", batch_invariant)
     head_weight = model.lm_head_weight()
     model.head_kernel = _choose(head_weight, None, "head", batch_invariant)
     model.batch_invariant = batch_invariant
     if batch_invariant and head_weight.device.type != "cpu":
         log.warning("batch-invariant kernels are verified on CPU only; on %s the linear and GEMM "
                     "kernels may still change a token's logits with the batch", head_weight.device)
-    description = (f"{str(head_weight.dtype).removeprefix('torch.')}/layers={'+'.join(sorted(layer_kernels))}"
-                   f"/head={model.head_kernel.kernel}/{'invariant' if batch_invariant else 'free'}")
+    layers = sorted({str(m.kernel.choice) for m in linears})
+    description = (f"{str(head_weight.dtype).removeprefix('torch.')}/layers={'+'.join(layers)}"
+                   f"/head={model.head_kernel.choice}/{'invariant' if batch_invariant else 'free'}")
     log.info("inference kernels: %s", description)
     return description
-
-
-def _install(module: Linear, role: str, batch_invariant: bool) -> str:
-    module.kernel = _choose(module.weight.data, _bias(module), role, batch_invariant)
-    return module.kernel.kernel
 
 
 def _bias(module: nn.Linear) -> torch.Tensor | None:
@@ -75,28 +95,33 @@ def _bias(module: nn.Linear) -> torch.Tensor | None:
 
 
 def _choose(weight: torch.Tensor, bias, role: str, batch_invariant: bool) -> PackedLinear:
-    """The first preferred kernel (that can run here and, in invariant mode,
-    passes the probe) for this weight."""
-    tiling = (INVARIANT_HEAD if role == "head" else INVARIANT_LAYERS) if batch_invariant else FREE
-    candidates = [k for k in PREFERENCE.get((weight.dtype, role), ("dense",))
-                  if k != "onednn" or onednn_available(weight)]
-    if weight.device.type != "cpu" or not batch_invariant:
-        return PackedLinear(weight, bias, candidates[0], tiling)
-    for kernel in candidates:
-        linear = PackedLinear(weight, bias, kernel, tiling)
-        if _passes_probe(linear, weight, tiling):
+    """The first choice that runs here and, in invariant mode, passes the probe."""
+    key = (weight.dtype, role)
+    if weight.device.type != "cpu":  # cuBLAS: tiled as on CPU when asked, unverified (see the warning)
+        rows = HEAD_ROWS if role == "head" else LAYER_ROWS
+        return PackedLinear(weight, bias, KernelChoice("dense", RowTiling(2, rows) if batch_invariant else FREE))
+    if not batch_invariant:
+        choice = FREE_PREFERENCE.get(key, KernelChoice("dense"))
+        usable = choice.kernel != "onednn" or onednn_available(weight)
+        return PackedLinear(weight, bias, choice if usable else KernelChoice("dense"))
+    candidates = [c for c in INVARIANT_PREFERENCE.get(key, _choices("dense", LAYER_ROWS)[1:])
+                  if c.kernel != "onednn" or onednn_available(weight)]
+    for choice in candidates:
+        linear = PackedLinear(weight, bias, choice)
+        if _passes_probe(linear, weight):
             return linear
     raise RuntimeError(
         f"no linear kernel is batch-invariant for a {tuple(weight.shape)} {weight.dtype} weight on "
-        f"this machine (tried {candidates} with {tiling}); run with --no-batch-invariant")
+        f"this machine (tried {', '.join(map(str, candidates))}); run with --no-batch-invariant")
 
 
-def _passes_probe(linear: PackedLinear, weight: torch.Tensor, tiling: RowTiling) -> bool:
-    key = (*weight.shape, weight.dtype, str(weight.device), linear.kernel, tiling)
+def _passes_probe(linear: PackedLinear, weight: torch.Tensor) -> bool:
+    key = (*weight.shape, weight.dtype, str(weight.device), linear.choice)
     if key not in _PROBED:
-        failures = row_invariance_failures(linear, (tiling.max_rows or 256) + 1, weight.dtype)
+        failures = row_invariance_failures(linear, (linear.tiling.max_rows or LAYER_ROWS) + 1, weight.dtype,
+                                           first_only=True)
         if failures:
-            log.info("%s kernel for %s %s is not row-invariant at %s rows", linear.kernel,
-                     tuple(weight.shape), weight.dtype, failures)
+            log.info("%s for a %s %s weight is not row-invariant (first at %d rows)", linear.choice,
+                     tuple(weight.shape), weight.dtype, failures[0])
         _PROBED[key] = not failures
     return _PROBED[key]

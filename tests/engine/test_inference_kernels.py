@@ -5,7 +5,7 @@ import torch
 
 from engine.models import inference_kernels
 from engine.models.loader import load_model
-from kernels.linear import FREE, INVARIANT_HEAD, INVARIANT_LAYERS, onednn_available
+from kernels.linear import FREE, onednn_available, row_invariance_failures
 from tests.tiny_model import make_tiny_model_dir
 
 
@@ -19,15 +19,14 @@ def linears(model):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_load_installs_preferred_invariant_kernels(model_dir, dtype):
+def test_load_installs_probed_invariant_kernels(model_dir, dtype):
     model = load_model(model_dir, dtype).model
-    layer_pref, head_pref = (inference_kernels.PREFERENCE[(dtype, role)][0] for role in ("layer", "head"))
-    onednn = onednn_available(torch.empty(1, dtype=dtype))
-    for m in linears(model):
-        assert m.kernel.kernel == (layer_pref if onednn else "dense")
-        assert m.kernel.tiling == INVARIANT_LAYERS
-    assert model.head_kernel.tiling == INVARIANT_HEAD
-    assert model.head_kernel.kernel == (head_pref if onednn else "dense")
+    for role, kernels in (("layer", [m.kernel for m in linears(model)]), ("head", [model.head_kernel])):
+        preference = inference_kernels.INVARIANT_PREFERENCE[(dtype, role)]
+        for kernel in kernels:
+            assert kernel.choice in preference
+            assert row_invariance_failures(kernel, kernel.tiling.max_rows + 1, dtype) == []
+    assert model.batch_invariant and model.kernel_description.endswith("/invariant")
 
 
 def test_switching_modes_changes_tiling_not_results_much(model_dir):
@@ -39,19 +38,17 @@ def test_switching_modes_changes_tiling_not_results_much(model_dir):
     torch.testing.assert_close(model.compute_logits(x), invariant, atol=1e-5, rtol=1e-5)
 
 
-def test_a_failing_probe_moves_to_the_next_kernel(model_dir, monkeypatch):
-    if not onednn_available(torch.empty(1)):
-        pytest.skip("needs oneDNN for a second kernel")
+def test_a_failing_probe_moves_to_the_next_choice(model_dir, monkeypatch):
     monkeypatch.setattr(inference_kernels, "_PROBED", {})
     monkeypatch.setattr(inference_kernels, "row_invariance_failures",
-                        lambda linear, *_: [7] if linear.kernel == "dense" else [])
+                        lambda linear, *_, **__: [] if linear.choice.tiling.min_rows == 2 else [1])
     model = load_model(model_dir).model
-    assert {m.kernel.kernel for m in linears(model)} == {"onednn"}
+    assert {m.kernel.tiling.min_rows for m in linears(model)} == {2}
 
 
 def test_no_invariant_kernel_refuses_to_start(model_dir, monkeypatch):
     monkeypatch.setattr(inference_kernels, "_PROBED", {})
-    monkeypatch.setattr(inference_kernels, "row_invariance_failures", lambda *_: [2])
+    monkeypatch.setattr(inference_kernels, "row_invariance_failures", lambda *_, **__: [2])
     with pytest.raises(RuntimeError, match="--no-batch-invariant"):
         load_model(model_dir)
 

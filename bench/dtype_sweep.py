@@ -104,26 +104,39 @@ def agreement(texts: dict, reference: dict) -> dict:
 # ------------------------------------------------------------ one server
 
 
-def run_config(config: Config, args, out_dir: Path, log: Callable[[str], None]) -> dict:
-    record = {"name": config.name, "mode": config.mode, "speculative": config.speculative,
-              "flags": list(config.flags), "checkout": str(config.checkout),
-              "commit": _commit(config.checkout), "load_before": os.getloadavg()}
+def run_rounds(configs: Sequence[Config], args, out_dir: Path, log: Callable[[str], None]) -> list[dict]:
+    """Every config once per round, in reverse order on odd rounds, so slow
+    spells of a shared machine spread over the configs; texts in round one."""
+    records = {c.name: {"name": c.name, "mode": c.mode, "speculative": c.speculative, "flags": list(c.flags),
+                        "checkout": str(c.checkout), "commit": _commit(c.checkout), "rounds": [], "texts": {}}
+               for c in configs}
+    for r in range(args.rounds):
+        for config in (configs if r % 2 == 0 else list(reversed(configs))):
+            records[config.name]["rounds"].append(run_config(config, args, out_dir, log, records[config.name]))
+    return list(records.values())
+
+
+def run_config(config: Config, args, out_dir: Path, log: Callable[[str], None], record: dict) -> dict:
+    """One server: the load levels of each prompt set (and the greedy texts
+    the first time); returns this round's levels."""
     load = LoadConfig(max_tokens=args.max_tokens, num_requests=args.requests_per_level,
                       max_seconds=args.max_seconds, drain_seconds=args.max_seconds)
+    this_round = {"load_before": os.getloadavg(), "levels": {}}
     with start_server(config, args.model, out_dir / "raw" / "logs") as server:
         log(f"[{config.name}] ready in {server.ready_seconds:.0f} s: {shlex.join(server.command)}")
         target = Target(config.name, server.base_url, SERVED_NAME, ignore_eos_body={"ignore_eos": True},
                         metrics_path="/metrics")
-        record["levels"], record["texts"] = {}, {}
         for dataset in args.datasets:
             prompts = load_prompts(dataset, args.num_prompts, args.seed)
             levels = asyncio.run(sweep_concurrency(target, prompts, args.concurrency, load, log=log))
-            record["levels"][dataset] = [level_record(lv) for lv in levels]
+            this_round["levels"][dataset] = [level_record(lv) for lv in levels]
+            if f"{dataset}@1" in record["texts"]:
+                continue  # the greedy texts are taken in the first round only
             for c in (1, 8):
                 record["texts"][f"{dataset}@{c}"] = asyncio.run(
                     greedy_texts(server.base_url, prompts, args.max_tokens, c))
-    record["load_after"] = os.getloadavg()
-    return record
+    this_round["load_after"] = os.getloadavg()
+    return this_round
 
 
 def _commit(checkout: Path) -> str | None:
@@ -137,18 +150,52 @@ def _commit(checkout: Path) -> str | None:
 # ------------------------------------------------------------ reports
 
 
+def best_levels(record: dict) -> dict:
+    """(dataset, concurrency) -> best per-user and aggregate tok/s over the
+    rounds, and how far the rounds' per-user figures spread."""
+    out: dict = {}
+    for rnd in record["rounds"]:
+        for dataset, levels in rnd["levels"].items():
+            for lv in levels:
+                entry = out.setdefault((dataset, lv["concurrency"]), {"user": [], "agg": [], "tau": []})
+                entry["user"].append(lv["per_user_tokens_per_s"] or 0.0)
+                entry["agg"].append(lv["aggregate_tokens_per_s"] or 0.0)
+                entry["tau"].append((lv.get("spec_decode") or {}).get("mean_accepted_length"))
+    return {k: {"user": max(v["user"]), "agg": max(v["agg"]), "tau": v["tau"][0],
+                "spread": (max(v["user"]) - min(v["user"])) / max(min(v["user"]), 1e-9)}
+            for k, v in out.items()}
+
+
 def e2e_table(records: Sequence[dict], datasets: Sequence[str]) -> str:
-    """Rows: configs; per dataset and concurrency: per-user / aggregate tok/s."""
-    levels = sorted({lv["concurrency"] for r in records for d in datasets for lv in r["levels"].get(d, [])})
+    """Rows: configs; per dataset and concurrency: best per-user / aggregate
+    tok/s over the rounds (their per-user spread in brackets)."""
+    best = {r["name"]: best_levels(r) for r in records}
+    levels = sorted({c for b in best.values() for (_, c) in b})
     head = "| config | " + " | ".join(f"{d} c={c:g} user / agg tok/s" for d in datasets for c in levels) + " |"
     lines = [head, "|---|" + "---|" * (len(datasets) * len(levels))]
     for r in records:
         cells = []
         for d in datasets:
             for c in levels:
-                lv = next((x for x in r["levels"].get(d, []) if x["concurrency"] == c), None)
-                cells.append("-" if lv is None else
-                             f"{lv['per_user_tokens_per_s'] or 0:.1f} / {lv['aggregate_tokens_per_s'] or 0:.1f}")
+                e = best[r["name"]].get((d, c))
+                cells.append("-" if e is None else f"{e['user']:.1f} / {e['agg']:.1f} ({e['spread']:.0%})")
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratio_table(records: Sequence[dict], datasets: Sequence[str], reference: str) -> str:
+    """Each config's best single-stream per-user and 8-stream aggregate tok/s
+    over the reference config's (same prompt set)."""
+    best = {r["name"]: best_levels(r) for r in records}
+    if reference not in best:
+        return f"(no {reference} config)"
+    cols = [(d, c, key) for d in datasets for c, key in ((1, "user"), (8, "agg"))]
+    lines = ["| config | " + " | ".join(f"{d} c={c} {k}" for d, c, k in cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in records:
+        cells = []
+        for d, c, key in cols:
+            mine, ref = best[r["name"]].get((d, c)), best[reference].get((d, c))
+            cells.append("-" if not mine or not ref else f"{mine[key] / ref[key]:.2f}x")
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -170,7 +217,12 @@ def agreement_table(records: Sequence[dict], num_prompts: int) -> str:
 def write(out_dir: Path, result: dict, log: Callable[[str], None]) -> None:
     (out_dir / "results.json").write_text(json.dumps(result, indent=1))
     tables = ["## Step cost (ms, best of passes)", result["step_costs"]["table"],
-              "## End to end", e2e_table(result["configs"], result["args"]["datasets"]),
+              "## End to end (best of rounds; per-user spread between rounds)",
+              e2e_table(result["configs"], result["args"]["datasets"]),
+              "## Over today's float32, speculation off",
+              ratio_table(result["configs"], result["args"]["datasets"], "today-float32-plain"),
+              "## Over today's float32 with n-gram + adaptive",
+              ratio_table(result["configs"], result["args"]["datasets"], "today-float32-ngram"),
               "## Greedy agreement with the same mode's plain solo outputs",
               agreement_table(result["configs"], result["args"]["num_prompts"])]
     (out_dir / "table.md").write_text("\n\n".join(tables) + "\n")
@@ -192,6 +244,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests-per-level", type=int, default=8)
     p.add_argument("--max-seconds", type=float, default=240.0)
     p.add_argument("--passes", type=int, default=5, help="step-cost passes (best of)")
+    p.add_argument("--rounds", type=int, default=2, help="end-to-end rounds (best of)")
     p.add_argument("--skip-e2e", action="store_true")
     p.add_argument("--out-dir", required=True)
 
@@ -209,7 +262,7 @@ def run_from_args(args: argparse.Namespace, log: Callable[[str], None] = print) 
     result["step_costs"] = step_costs.run(args.model, modes, args.passes, log=log)
     log(result["step_costs"]["table"])
     baseline = Path(args.baseline_checkout) if args.baseline_checkout else None
-    result["configs"] = [] if args.skip_e2e else [run_config(c, args, out_dir, log) for c in configs(baseline)]
+    result["configs"] = [] if args.skip_e2e else run_rounds(configs(baseline), args, out_dir, log)
     result["load_after"] = os.getloadavg()
     write(out_dir, result, log)
     return 0

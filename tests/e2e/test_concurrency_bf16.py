@@ -34,26 +34,28 @@ def model_dir(tmp_path_factory):
                                num_kv_heads=2, seed=9)
 
 
+def streams(url: str, concurrently: bool) -> list[str]:
+    """Every topic's greedy stream: one after another, or all sixteen at once."""
+    async def scenario():
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        if concurrently:
+            return list(await asyncio.gather(*(one_stream(client, t) for t in TOPICS)))
+        return [await one_stream(client, t) for t in TOPICS]
+    return asyncio.run(scenario())
+
+
 @pytest.fixture(scope="module")
 def solo_plain(model_dir):
     """Speculation off, one stream at a time: the reference."""
     with live_server(make_client(model_dir, "none", "off")) as srv:
-        async def scenario():
-            client = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
-            return [await one_stream(client, t) for t in TOPICS]
-        return asyncio.run(scenario())
+        return streams(srv.url, concurrently=False)
 
 
 @pytest.mark.parametrize("method,policy", [("none", "off"), ("ngram", "adaptive"), ("ngram", "static"),
                                            ("self-draft", "adaptive")])
 def test_16_concurrent_bf16_streams_equal_plain_solo_runs(model_dir, solo_plain, method, policy):
     with live_server(make_client(model_dir, method, policy)) as srv:
-        async def scenario():
-            client = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
-            solo = [await one_stream(client, t) for t in TOPICS]
-            together = await asyncio.gather(*(one_stream(client, t) for t in TOPICS))
-            return solo, together
-        solo, together = asyncio.run(scenario())
+        solo, together = streams(srv.url, concurrently=False), streams(srv.url, concurrently=True)
     assert all(solo_plain)
     assert solo == solo_plain
     assert together == solo_plain

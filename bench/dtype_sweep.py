@@ -5,6 +5,9 @@
 2. End to end over HTTP: each server configuration (dtype, kernel mode,
    speculation off or n-gram + adaptive) serves the chat and code-copy
    prompt sets at concurrency 1 and 8 with the load generator.
+   Besides wall-clock tok/s, each level records the server process's CPU
+   seconds (/proc): tokens per CPU second is what an idle core would give,
+   the figure to compare on a machine other jobs are loading.
 3. Greedy agreement: the same prompts once more, one at a time and eight at
    once; each output is compared with its dtype/mode's plain output one at a
    time (speculation and batching must not change a token).
@@ -24,7 +27,7 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,7 +36,8 @@ import torch
 
 from bench import step_costs
 from bench.datasets import load_prompts
-from bench.loadgen import LoadConfig, Target, sweep_concurrency
+from bench.dtype_report import agreement_table, e2e_table, ratio_table
+from bench.loadgen import LoadConfig, Target, describe_level, new_client, run_concurrency, warm_up
 from bench.run import level_record, machine_info
 from bench.servers import REPO_ROOT, ServerProcess, free_port, specserve_command
 
@@ -95,12 +99,6 @@ async def greedy_texts(base_url: str, prompts, max_tokens: int, concurrency: int
         return list(await asyncio.gather(*(one(p) for p in prompts)))
 
 
-def agreement(texts: dict, reference: dict) -> dict:
-    """Per prompt set and concurrency: outputs equal to the plain solo ones."""
-    return {key: sum(a == b for a, b in zip(outs, reference[key.split("@")[0] + "@1"]))
-            for key, outs in texts.items()}
-
-
 # ------------------------------------------------------------ one server
 
 
@@ -128,8 +126,8 @@ def run_config(config: Config, args, out_dir: Path, log: Callable[[str], None], 
                         metrics_path="/metrics")
         for dataset in args.datasets:
             prompts = load_prompts(dataset, args.num_prompts, args.seed)
-            levels = asyncio.run(sweep_concurrency(target, prompts, args.concurrency, load, log=log))
-            this_round["levels"][dataset] = [level_record(lv) for lv in levels]
+            this_round["levels"][dataset] = asyncio.run(
+                measure_levels(server, target, prompts, args.concurrency, load, log))
             if f"{dataset}@1" in record["texts"]:
                 continue  # the greedy texts are taken in the first round only
             for c in (1, 8):
@@ -137,6 +135,34 @@ def run_config(config: Config, args, out_dir: Path, log: Callable[[str], None], 
                     greedy_texts(server.base_url, prompts, args.max_tokens, c))
     this_round["load_after"] = os.getloadavg()
     return this_round
+
+
+async def measure_levels(server: ServerProcess, target: Target, prompts, levels: Sequence[int],
+                         load: LoadConfig, log: Callable[[str], None]) -> list[dict]:
+    """Warm up, then each concurrency level (at least two requests per user)
+    with the server's CPU seconds spent on it."""
+    async with new_client(load, max(levels) * 2) as client:
+        await warm_up(client, target, prompts, load)
+        out, first_prompt = [], 0
+        for concurrency in levels:
+            level_load = replace(load, num_requests=max(load.num_requests, 2 * concurrency))
+            before = process_cpu_seconds(server.process.pid)
+            level = await run_concurrency(client, target, prompts, concurrency, level_load,
+                                          first_prompt=first_prompt)
+            record = level_record(level)
+            record["server_cpu_s"] = process_cpu_seconds(server.process.pid) - before
+            record["tokens_per_cpu_s"] = record["output_tokens"] / max(record["server_cpu_s"], 1e-9)
+            first_prompt += level_load.num_requests
+            log(f"[{target.name}] {describe_level(level)}  tok/CPU-s={record['tokens_per_cpu_s']:.1f}")
+            out.append(record)
+    return out
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all its threads."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after the command name
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _commit(checkout: Path) -> str | None:
@@ -150,73 +176,11 @@ def _commit(checkout: Path) -> str | None:
 # ------------------------------------------------------------ reports
 
 
-def best_levels(record: dict) -> dict:
-    """(dataset, concurrency) -> best per-user and aggregate tok/s over the
-    rounds, and how far the rounds' per-user figures spread."""
-    out: dict = {}
-    for rnd in record["rounds"]:
-        for dataset, levels in rnd["levels"].items():
-            for lv in levels:
-                entry = out.setdefault((dataset, lv["concurrency"]), {"user": [], "agg": [], "tau": []})
-                entry["user"].append(lv["per_user_tokens_per_s"] or 0.0)
-                entry["agg"].append(lv["aggregate_tokens_per_s"] or 0.0)
-                entry["tau"].append((lv.get("spec_decode") or {}).get("mean_accepted_length"))
-    return {k: {"user": max(v["user"]), "agg": max(v["agg"]), "tau": v["tau"][0],
-                "spread": (max(v["user"]) - min(v["user"])) / max(min(v["user"]), 1e-9)}
-            for k, v in out.items()}
-
-
-def e2e_table(records: Sequence[dict], datasets: Sequence[str]) -> str:
-    """Rows: configs; per dataset and concurrency: best per-user / aggregate
-    tok/s over the rounds (their per-user spread in brackets)."""
-    best = {r["name"]: best_levels(r) for r in records}
-    levels = sorted({c for b in best.values() for (_, c) in b})
-    head = "| config | " + " | ".join(f"{d} c={c:g} user / agg tok/s" for d in datasets for c in levels) + " |"
-    lines = [head, "|---|" + "---|" * (len(datasets) * len(levels))]
-    for r in records:
-        cells = []
-        for d in datasets:
-            for c in levels:
-                e = best[r["name"]].get((d, c))
-                cells.append("-" if e is None else f"{e['user']:.1f} / {e['agg']:.1f} ({e['spread']:.0%})")
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def ratio_table(records: Sequence[dict], datasets: Sequence[str], reference: str) -> str:
-    """Each config's best single-stream per-user and 8-stream aggregate tok/s
-    over the reference config's (same prompt set)."""
-    best = {r["name"]: best_levels(r) for r in records}
-    if reference not in best:
-        return f"(no {reference} config)"
-    cols = [(d, c, key) for d in datasets for c, key in ((1, "user"), (8, "agg"))]
-    lines = ["| config | " + " | ".join(f"{d} c={c} {k}" for d, c, k in cols) + " |", "|---|" + "---|" * len(cols)]
-    for r in records:
-        cells = []
-        for d, c, key in cols:
-            mine, ref = best[r["name"]].get((d, c)), best[reference].get((d, c))
-            cells.append("-" if not mine or not ref else f"{mine[key] / ref[key]:.2f}x")
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def agreement_table(records: Sequence[dict], num_prompts: int) -> str:
-    """Greedy outputs equal to the same mode's plain outputs one at a time."""
-    plain = {r["mode"]: r["texts"] for r in records if not r["speculative"]}
-    keys = sorted({k for r in records for k in r["texts"]})
-    lines = ["| config | " + " | ".join(f"{k} equal / {num_prompts}" for k in keys) + " |",
-             "|---|" + "---|" * len(keys)]
-    for r in records:
-        if r["mode"] not in plain:
-            continue
-        counts = agreement(r["texts"], plain[r["mode"]])
-        lines.append(f"| {r['name']} | " + " | ".join(str(counts[k]) for k in keys) + " |")
-    return "\n".join(lines)
-
-
 def write(out_dir: Path, result: dict, log: Callable[[str], None]) -> None:
     (out_dir / "results.json").write_text(json.dumps(result, indent=1))
-    tables = ["## Step cost (ms, best of passes)", result["step_costs"]["table"],
+    tables = ["## Step cost: thread CPU ms, best of passes (ratio to the one-token step)",
+              result["step_costs"]["table"],
+              "## Step cost: wall ms, best of passes", result["step_costs"]["wall_table"],
               "## End to end (best of rounds; per-user spread between rounds)",
               e2e_table(result["configs"], result["args"]["datasets"]),
               "## Over today's float32, speculation off",

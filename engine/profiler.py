@@ -66,7 +66,7 @@ def profile_step_cost(runner, max_tokens: int, max_seqs: int, time_budget_s: flo
     best: dict[int, float] = {}
     for _ in range(passes):
         for size, batch in batches.items():
-            best[size] = min(best.get(size, float("inf")), time_forward(runner, *batch))
+            best[size] = min(best.get(size, float("inf")), _time_forward(runner, *batch))
             if time.perf_counter() - started > time_budget_s:
                 break
     sizes = sorted(best)
@@ -90,7 +90,7 @@ def decode_shaped_batch(num_tokens: int, max_seqs: int, block_size: int, num_blo
     return tokens, positions, meta
 
 
-def time_forward(runner, tokens, positions, meta) -> float:
+def _time_forward(runner, tokens, positions, meta) -> float:
     begin = time.perf_counter()
     hidden, _ = runner.model(tokens, positions, runner.kv_caches, meta)
     runner.model.compute_logits(hidden)  # verification needs logits at every query row

@@ -29,21 +29,23 @@ LAYER_ROWS, HEAD_ROWS = 256, 32
 ONEDNN_FP32_K_CHUNK = 1024
 
 
-def _choices(kernel: str, max_rows: int, k_chunk: int | None = None) -> tuple[KernelChoice, ...]:
-    """Unpadded single rows first (cheaper decode), then rows padded to two."""
-    return tuple(KernelChoice(kernel, RowTiling(min_rows, max_rows), k_chunk) for min_rows in (1, 2))
+def _choice(kernel: str, min_rows: int, max_rows: int, k_chunk: int | None = None) -> KernelChoice:
+    return KernelChoice(kernel, RowTiling(min_rows, max_rows), k_chunk)
 
 
-# Invariant mode, fastest first (one thread, SmolLM2 shapes): bf16 pays only
-# through oneDNN's prepacked path; float32 decode is cheapest with oneDNN
-# (one row without padding), MKL's F.linear needs a padded second row.
+# Invariant mode, fastest first (one thread, SmolLM2 shapes). A single row
+# unpadded is the cheaper decode where the kernel allows it, else it is
+# padded to two rows. bf16 pays only through oneDNN's prepacked path; for
+# float32 decode oneDNN (one row unpadded) beats MKL's F.linear padded.
 INVARIANT_PREFERENCE = {
-    (torch.bfloat16, "layer"): _choices("onednn", LAYER_ROWS) + _choices("dense", LAYER_ROWS)[1:],
-    (torch.bfloat16, "head"): _choices("onednn", HEAD_ROWS) + _choices("dense", HEAD_ROWS)[1:],
-    (torch.float32, "layer"): _choices("onednn", LAYER_ROWS, ONEDNN_FP32_K_CHUNK)[:1]
-    + _choices("dense", LAYER_ROWS)[1:] + _choices("onednn", LAYER_ROWS)[1:],
-    (torch.float32, "head"): _choices("onednn", HEAD_ROWS, ONEDNN_FP32_K_CHUNK)[:1]
-    + _choices("onednn", HEAD_ROWS)[1:] + _choices("dense", HEAD_ROWS)[1:],
+    (torch.bfloat16, "layer"): (_choice("onednn", 1, LAYER_ROWS), _choice("onednn", 2, LAYER_ROWS),
+                                _choice("dense", 2, LAYER_ROWS)),
+    (torch.bfloat16, "head"): (_choice("onednn", 1, HEAD_ROWS), _choice("onednn", 2, HEAD_ROWS),
+                               _choice("dense", 2, HEAD_ROWS)),
+    (torch.float32, "layer"): (_choice("onednn", 1, LAYER_ROWS, ONEDNN_FP32_K_CHUNK),
+                               _choice("dense", 2, LAYER_ROWS), _choice("onednn", 2, LAYER_ROWS)),
+    (torch.float32, "head"): (_choice("onednn", 1, HEAD_ROWS, ONEDNN_FP32_K_CHUNK),
+                              _choice("onednn", 2, HEAD_ROWS), _choice("dense", 2, HEAD_ROWS)),
 }
 # Free mode: one call per batch with the fastest kernel (MKL's gemv is the
 # quickest float32 single row).
@@ -104,7 +106,7 @@ def _choose(weight: torch.Tensor, bias, role: str, batch_invariant: bool) -> Pac
         choice = FREE_PREFERENCE.get(key, KernelChoice("dense"))
         usable = choice.kernel != "onednn" or onednn_available(weight)
         return PackedLinear(weight, bias, choice if usable else KernelChoice("dense"))
-    candidates = [c for c in INVARIANT_PREFERENCE.get(key, _choices("dense", LAYER_ROWS)[1:])
+    candidates = [c for c in INVARIANT_PREFERENCE.get(key, (_choice("dense", 2, LAYER_ROWS),))
                   if c.kernel != "onednn" or onednn_available(weight)]
     for choice in candidates:
         linear = PackedLinear(weight, bias, choice)

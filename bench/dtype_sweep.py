@@ -177,7 +177,10 @@ def _commit(checkout: Path) -> str | None:
 
 
 def write(out_dir: Path, result: dict, log: Callable[[str], None]) -> None:
-    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+    """results.json without per-request records (those go to raw/, git-ignored), table.md."""
+    (out_dir / "raw").mkdir(parents=True, exist_ok=True)
+    (out_dir / "raw" / "results-full.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "results.json").write_text(json.dumps(without_requests(result), indent=1))
     tables = ["## Step cost: thread CPU ms, best of passes (ratio to the one-token step)",
               result["step_costs"]["table"],
               "## Step cost: wall ms, best of passes", result["step_costs"]["wall_table"],
@@ -192,6 +195,17 @@ def write(out_dir: Path, result: dict, log: Callable[[str], None]) -> None:
     (out_dir / "table.md").write_text("\n\n".join(tables) + "\n")
     log("\n\n".join(tables))
     log(f"wrote {out_dir}")
+
+
+def without_requests(result: dict) -> dict:
+    """A copy whose levels keep their summaries but not every request."""
+    slim = json.loads(json.dumps(result))
+    for config in slim.get("configs", []):
+        for rnd in config["rounds"]:
+            for levels in rnd["levels"].values():
+                for level in levels:
+                    level.pop("requests", None)
+    return slim
 
 
 # ------------------------------------------------------------ command line

@@ -33,7 +33,7 @@ GRACEFUL_SHUTDOWN_S = 5  # after the engine died: open streams already got their
 SERVE_DEFAULT_METHOD = "ngram"
 SERVE_DEFAULT_NUM_SPECULATIVE = 8
 DEFAULT_PORT = 8000
-DTYPES = ("float32", "float16", "bfloat16", "float64")
+DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -61,7 +61,10 @@ def _add_model_flags(g: argparse._ArgumentGroup) -> None:
                    help="HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)")
     g.add_argument("--served-model-name", default=None,
                    help="name clients pass as `model` (default: the model's file/dir name)")
-    g.add_argument("--dtype", default="float32", choices=DTYPES)
+    g.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="auto: bfloat16 on CPUs with AMX/AVX512-BF16 and on CUDA, else float32")
+    g.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=True,
+                   help="bitwise batch-independent logits, so speculation stays lossless in bf16")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     g.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: half the cores, at least 1; "
@@ -145,7 +148,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         ngram_max=args.ngram_max, self_draft_layers=args.self_draft_layers)
     return EngineConfig(model=args.model, dtype=args.dtype, device=args.device, cache=cache,
                         scheduler=scheduler, speculative=speculative,
-                        served_model_name=args.served_model_name, seed=args.seed)
+                        served_model_name=args.served_model_name, seed=args.seed,
+                        batch_invariant=args.batch_invariant)
 
 
 def _resolve_model(model: str | None) -> str:

@@ -106,14 +106,17 @@ class EngineConfig:
     """Everything the engine needs to start."""
 
     model: str
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: bfloat16 where the hardware has fast bf16, else float32 (engine/device.py)
     device: str = "cpu"
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     served_model_name: str | None = None
     seed: int = 0
+    # A token's logits do not depend on the batch computing it (bitwise), so
+    # speculation stays lossless in any dtype; off trades that for speed.
+    batch_invariant: bool = True
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "float16", "bfloat16", "float64"):
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16", "float64"):
             raise ValueError(f"unsupported dtype {self.dtype!r}")

@@ -20,6 +20,7 @@ import time
 import torch
 
 from engine.config import EngineConfig
+from engine.device import resolve_dtype
 from engine.isolation import FailureIsolation, RequestFailure
 from engine.kv_cache import kv_bytes_per_token
 from engine.model_runner import ModelRunner
@@ -39,9 +40,6 @@ from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("specserve.engine")
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16,
-          "bfloat16": torch.bfloat16, "float64": torch.float64}
-
 
 class LLMEngine:
     """Owns the model, the scheduler, the drafter and per-request text state.
@@ -53,8 +51,10 @@ class LLMEngine:
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None,
                  step_cost: StepCostModel | None = None, drafter: Drafter | None = None):
         self.config = config
-        dtype = DTYPES[config.dtype]
+        dtype = resolve_dtype(config.dtype, config.device)
         self.loaded = loaded or load_model(config.model, dtype, config.device)
+        if self.loaded.model.batch_invariant != config.batch_invariant:
+            self.loaded.model.use_inference_kernels(config.batch_invariant)
         self.tokenizer = self.loaded.tokenizer
         self.model_config = self.loaded.config
         self.max_model_len = min(config.scheduler.max_model_len, self.model_config.max_position_embeddings)

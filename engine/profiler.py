@@ -2,7 +2,8 @@
 
 Runs real forwards of decode-shaped batches (many requests, few query tokens
 each, a short context) for each probe size, and caches the result per
-model, device, dtype and thread count so later starts skip it.
+model, device, dtype, kernels (batch-invariant or not) and thread count so
+later starts skip it.
 """
 from __future__ import annotations
 
@@ -23,15 +24,19 @@ log = logging.getLogger("specserve.profiler")
 CONTEXT_TOKENS = 128  # typical context behind each query token while profiling
 
 
-def profile_cache_path(model_path: str, device: str, dtype: str, max_tokens: int) -> str:
-    key = f"{os.path.abspath(model_path)}|{device}|{dtype}|{torch.get_num_threads()}|{max_tokens}|v2"
+def profile_cache_path(model_path: str, device: str, dtype: str, max_tokens: int,
+                       kernels: str = "") -> str:
+    """`kernels`: the model's kernel description (its resolved dtype, which
+    kernels run the linears, batch-invariant or free): each has its own curve."""
+    key = f"{os.path.abspath(model_path)}|{device}|{dtype}|{kernels}|{torch.get_num_threads()}|{max_tokens}|v3"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(cache_root(), "profiles", f"step-cost-{digest}.json")
 
 
 def load_or_profile(runner, model_path: str, device: str, dtype: str, max_tokens: int,
                     max_seqs: int, time_budget_s: float = 20.0) -> StepCostModel:
-    path = profile_cache_path(model_path, device, dtype, max_tokens)
+    kernels = getattr(runner.model, "kernel_description", "")
+    path = profile_cache_path(model_path, device, dtype, max_tokens, kernels)
     if os.path.exists(path):
         with open(path) as f:
             return StepCostModel.from_json(f.read())
@@ -54,7 +59,7 @@ def profile_step_cost(runner, max_tokens: int, max_seqs: int, time_budget_s: flo
     num_blocks = runner.kv_caches[0][0].shape[0]
     batches = {}
     for size in probe_sizes(max_tokens):
-        batch = _decode_shaped_batch(size, max_seqs, runner.block_size, num_blocks, runner.device)
+        batch = decode_shaped_batch(size, max_seqs, runner.block_size, num_blocks, runner.device)
         if batch is None:
             break
         batches[size] = batch
@@ -69,7 +74,7 @@ def profile_step_cost(runner, max_tokens: int, max_seqs: int, time_budget_s: flo
     return StepCostModel(sizes, [best[b] for b in sizes])
 
 
-def _decode_shaped_batch(num_tokens: int, max_seqs: int, block_size: int, num_blocks: int, device):
+def decode_shaped_batch(num_tokens: int, max_seqs: int, block_size: int, num_blocks: int, device):
     """`num_tokens` query tokens spread over up to `max_seqs` requests, each
     behind CONTEXT_TOKENS of (garbage, never read by anyone else) context."""
     num_seqs = max(1, min(num_tokens, max_seqs))

@@ -10,7 +10,10 @@ Two implementations share one contract:
   installed and the cache geometry suits it;
 - a torch path everywhere else: short queries (decode, speculative
   verification) go through one padded, masked SDPA call; long prefills go
-  one request at a time.
+  one request at a time;
+- with `batch_invariant=True` (and no flash-attn), the chunked path of
+  kernels/invariant_attention.py, whose per-token result does not depend on
+  the batch (SDPA's does).
 `reference_attention` is the slow, obviously correct oracle for tests.
 """
 from __future__ import annotations
@@ -20,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from kernels.invariant_attention import invariant_paged_attention
 
 # Requests with at most this many query tokens are batched in one padded
 # SDPA call; longer ones (prefill chunks) run one by one, so the padding
@@ -127,6 +132,7 @@ def paged_attention(
     v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
     meta: AttentionMetadata,
     scale: float,
+    batch_invariant: bool = False,
 ) -> torch.Tensor:  # [T, H, D]
     """Causal attention of each query token over its request's cached context.
 
@@ -135,6 +141,8 @@ def paged_attention(
     """
     if use_flash_attention(query, meta):
         return _flash_paged_attention(query, k_cache, v_cache, meta, scale)
+    if batch_invariant:
+        return invariant_paged_attention(query, k_cache, v_cache, meta, scale)
     return torch_paged_attention(query, k_cache, v_cache, meta, scale)
 
 

@@ -19,7 +19,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "engine": ({"engine", "scheduler", "kernels"}, {"fastapi", "uvicorn", "starlette"}),
     "server": ({"server", "engine", "scheduler"}, set()),
     "bench": ({"bench", "cli"}, set()),
-    "tools": ({"tools", "engine", "scheduler", "bench"}, set()),
+    "tools": ({"tools", "engine", "scheduler", "kernels", "bench"}, set()),
     "cli": (OURS - {"tests"}, set()),
 }
 

@@ -10,14 +10,14 @@ three and two); `load_hf_state_dict` maps the HF parameter names onto them.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.models.inference_kernels import Linear, install_inference_kernels
 from engine.models.registry import register_architecture
+from engine.models.rope import RotaryEmbedding, apply_rope, rope_inv_freq, rotate_half  # noqa: F401 (re-exported)
 from kernels.attention import AttentionMetadata, paged_attention, write_kv
 
 
@@ -35,127 +35,6 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-class RotaryEmbedding:
-    """RoPE cos/sin for arbitrary positions, with HF's rope_scaling variants.
-
-    Not an nn.Module: the frequencies are derived from the config, never
-    loaded, so they stay out of the state dict and off the meta device.
-    """
-
-    def __init__(self, config: ModelConfig):
-        self.head_dim = config.head_dim
-        self.base = config.rope_theta
-        self.scaling = dict(config.rope_scaling or {})
-        self.rope_type = self.scaling.get("rope_type", self.scaling.get("type", "default"))
-        self.max_position_embeddings = config.max_position_embeddings
-        self.inv_freq, self.attention_factor = rope_inv_freq(config)
-        self._on_device: dict[str, torch.Tensor] = {}
-
-    def __call__(self, positions: torch.Tensor, dtype: torch.dtype):
-        """positions [T] -> (cos, sin), each [T, 1, head_dim] in `dtype`."""
-        if self.rope_type == "dynamic":
-            inv_freq = self._dynamic_inv_freq(positions)  # [T, D/2], per token
-        else:
-            inv_freq = self._inv_freq_on(positions.device)  # [D/2]
-        freqs = positions.float().unsqueeze(-1) * inv_freq  # [T, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
-        cos, sin = emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
-        return cos.to(dtype), sin.to(dtype)
-
-    def _inv_freq_on(self, device) -> torch.Tensor:
-        key = str(device)
-        if key not in self._on_device:
-            self._on_device[key] = self.inv_freq.to(device)
-        return self._on_device[key]
-
-    def _dynamic_inv_freq(self, positions: torch.Tensor) -> torch.Tensor:
-        """Dynamic NTK, per token: each key is rotated with the base of its own
-        position, so cached keys never need re-rotation. Within
-        max_position_embeddings this equals plain RoPE (as HF does)."""
-        dim, factor = self.head_dim, float(self.scaling["factor"])
-        seq_len = (positions.double() + 1).clamp(min=self.max_position_embeddings)
-        base = self.base * ((factor * seq_len / self.max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
-        exponents = torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim
-        return (1.0 / base.unsqueeze(-1) ** exponents).float()
-
-
-def rope_inv_freq(config: ModelConfig) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies [head_dim/2] and the cos/sin scale, per rope_type."""
-    scaling = dict(config.rope_scaling or {})
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    dim, base = config.head_dim, config.rope_theta
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
-    if rope_type in ("default", "dynamic"):
-        return inv_freq, 1.0
-    if rope_type == "linear":
-        return inv_freq / float(scaling["factor"]), 1.0
-    if rope_type == "llama3":
-        return _llama3_inv_freq(inv_freq, scaling), 1.0
-    if rope_type == "yarn":
-        return _yarn_inv_freq(config, scaling)
-    raise NotImplementedError(f"rope_type {rope_type!r} is not supported")
-
-
-def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
-    """Llama 3.1: stretch low frequencies by `factor`, keep high ones, blend between."""
-    factor = float(scaling["factor"])
-    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
-    old_context = float(scaling["original_max_position_embeddings"])
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
-    smooth = (old_context / wavelen - low) / (high - low)
-    blended = (1 - smooth) * scaled / factor + smooth * scaled
-    is_medium = ~(wavelen < old_context / high) & ~(wavelen > old_context / low)
-    return torch.where(is_medium, blended, scaled)
-
-
-def _yarn_inv_freq(config: ModelConfig, scaling: dict) -> tuple[torch.Tensor, float]:
-    """YaRN: interpolate low frequencies, extrapolate high ones, ramp between."""
-    dim, base = config.head_dim, config.rope_theta
-    original = scaling.get("original_max_position_embeddings") or config.max_position_embeddings
-    factor = scaling.get("factor") or config.max_position_embeddings / original
-    attention_factor = scaling.get("attention_factor")
-    if attention_factor is None:
-        attention_factor = _yarn_mscale(factor, scaling.get("mscale"), scaling.get("mscale_all_dim"))
-    low, high = _yarn_correction_range(scaling, dim, base, original)
-    pos_freqs = base ** (torch.arange(0, dim, 2, device="cpu").float() / dim)
-    width = high - low if high != low else 0.001  # avoid a zero-width ramp
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / width).clamp(0, 1)
-    extrapolation_weight = 1 - ramp
-    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (1.0 / pos_freqs) * extrapolation_weight
-    return inv_freq, float(attention_factor)
-
-
-def _yarn_mscale(factor: float, mscale, mscale_all_dim) -> float:
-    def get(scale, m=1.0):
-        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
-
-    if mscale and mscale_all_dim:
-        return get(factor, mscale) / get(factor, mscale_all_dim)
-    return get(factor)
-
-
-def _yarn_correction_range(scaling: dict, dim: int, base: float, original: int) -> tuple[float, float]:
-    def correction_dim(rotations):
-        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
-
-    low = correction_dim(scaling.get("beta_fast") or 32)
-    high = correction_dim(scaling.get("beta_slow") or 1)
-    if scaling.get("truncate", True):
-        low, high = math.floor(low), math.ceil(high)
-    return max(low, 0), min(high, dim - 1)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, D], cos/sin [T, 1, D] (HF's non-interleaved layout)."""
-    return x * cos + rotate_half(x) * sin
-
-
 class LlamaAttention(nn.Module):
     """Self-attention with fused QKV, GQA, optional biases and per-head q/k norm."""
 
@@ -166,12 +45,13 @@ class LlamaAttention(nn.Module):
         self.q_size = config.num_heads * config.head_dim
         self.kv_size = config.num_kv_heads * config.head_dim
         self.scale = config.head_dim**-0.5
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.attention_output_bias)
+        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, bias=config.attention_output_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
         self.qk_norm = config.qk_norm
+        self.batch_invariant = False  # set by install_inference_kernels through the model
 
     def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]; writes this step's K/V into kv_cache."""
@@ -182,10 +62,12 @@ class LlamaAttention(nn.Module):
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # Rotated in float32 (cos/sin are float32), rounded once to the model dtype.
+        q, k = apply_rope(q.float(), cos, sin).to(x.dtype), apply_rope(k.float(), cos, sin).to(x.dtype)
         k_cache, v_cache = kv_cache
         write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
-        out = paged_attention(q, k_cache, v_cache, meta, self.scale)  # [T, H, D]
+        out = paged_attention(q, k_cache, v_cache, meta, self.scale,
+                              batch_invariant=self.batch_invariant)  # [T, H, D]
         return self.o_proj(out.reshape(tokens, self.q_size))
 
 
@@ -195,8 +77,8 @@ class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden]
         gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
@@ -236,8 +118,11 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.model = LlamaModel(config)
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rotary = RotaryEmbedding(config)
+        self.head_kernel = None  # PackedLinear for compute_logits, once installed
+        self.batch_invariant = False
+        self.kernel_description = "torch"
 
     @torch.no_grad()
     def forward(
@@ -256,7 +141,7 @@ class LlamaForCausalLM(nn.Module):
         """
         layers = self._layers_to_run(num_layers, len(kv_caches), aux_layers)
         h = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary(positions, h.dtype)
+        cos, sin = self.rotary(positions, torch.float32, max_position=meta.max_seq_len - 1)
         aux: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(layers):
             h = layer(h, cos, sin, kv_caches[index], meta)
@@ -277,8 +162,22 @@ class LlamaForCausalLM(nn.Module):
     @torch.no_grad()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> logits [N, vocab] float32."""
-        weight = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        if self.head_kernel is not None:
+            return self.head_kernel(hidden).float()
+        return F.linear(hidden, self.lm_head_weight()).float()
+
+    def lm_head_weight(self) -> torch.Tensor:
+        """[vocab, hidden]: the LM head, or the embedding table when tied."""
+        return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+
+    def use_inference_kernels(self, batch_invariant: bool = True) -> None:
+        """Pack the weights for the fastest kernels of their dtype; in
+        batch-invariant mode a token's logits are bitwise the same whatever
+        batch computes it (kernels.invariant_attention, kernels.linear).
+        Call again after changing weights or to switch the mode."""
+        self.kernel_description = install_inference_kernels(self, batch_invariant)
+        for layer in self.model.layers:
+            layer.self_attn.batch_invariant = batch_invariant
 
     def use_column_major_weights(self) -> None:
         """Store each [out, in] matrix as the transpose of a contiguous [in, out]

@@ -62,6 +62,7 @@ def load_hf_dir(path: str, dtype: torch.dtype = torch.float32, device: str = "cp
     model.to(device=device).eval()
     if model.model.embed_tokens.weight.device.type == "cpu":
         model.use_column_major_weights()
+    model.use_inference_kernels(batch_invariant=True)  # the engine may switch it off
     return LoadedModel(config=config, model=model, tokenizer=Tokenizer.from_dir(path), path=path)
 
 

@@ -1,0 +1,222 @@
+"""Batch-invariant attention over the paged KV cache (plain torch ops).
+
+A query token's output must be bitwise the same whether it is decoded
+alone, verified as one row of a draft block, or computed in a packed batch
+beside other requests. SDPA's CPU kernel cannot promise that: it picks its
+split sizes from the lengths in the batch, and its vector loops end in
+scalar tails whose position moves with the length. Here every reduction a
+row takes part in has a shape fixed by the row's own context:
+
+- keys are cut into chunks of `key_chunk_size` positions at absolute
+  offsets (chunk c = positions [c*C, (c+1)*C)), whatever the batch;
+- scores against one chunk are a GEMM whose reduction runs over head_dim;
+  the per-chunk sums (row sums of exp, probabilities times values) run over
+  exactly C keys, with keys past the row's position at weight exactly 0;
+- chunks are combined in chunk order by a sequential scan (`cumsum`), so
+  chunks a row does not reach (padding up to the batch's longest context)
+  add exact zeros; the softmax max is exact in any order;
+- all math is in float32, and C is a multiple of 64 floats so elementwise
+  kernels never fall into their scalar tail (vector and scalar `exp` may
+  differ in the last bit);
+- no GEMM runs with a single row (one row takes a gemv path that sums in
+  another order): such a query is padded to two.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # kernels.attention imports this module
+    from kernels.attention import AttentionMetadata
+
+# Keys per chunk is a multiple of this; 64 floats are whole AVX-512 vector pairs.
+CHUNK_MULTIPLE = 64
+# Rows of a long request (prefill chunk) per call; bounds the score tensor.
+QUERY_TILE = 128
+# Requests with at most this many query tokens (decode, verification) share
+# one padded tile; longer ones (prefill chunks) get tiles of their own.
+SHARED_TILE_MAX_QUERY = 16
+# GEMMs with one row use a different kernel (gemv) than with two or more.
+MIN_GEMM_ROWS = 2
+
+
+def key_chunk_size(block_size: int) -> int:
+    """Chunks hold whole cache blocks and whole vector pairs."""
+    return block_size * CHUNK_MULTIPLE // math.gcd(block_size, CHUNK_MULTIPLE)
+
+
+@dataclass
+class _Tile:
+    """Query rows of some requests, padded to [G, Qm], with their key blocks."""
+
+    token_index: torch.Tensor  # [n] rows of the packed batch computed here
+    pad_index: torch.Tensor | None  # [n] their rows in the padded [G*Qm]; None: identity
+    groups: int  # G
+    rows: int  # Qm
+    block_ids: torch.Tensor  # [G*NC*C/bs] long: each request's chunks, padded with block 0
+    hidden: torch.Tensor  # [G, NC, Qm*g, C] bool: key position > row position
+
+
+def invariant_paged_attention(
+    query: torch.Tensor,  # [T, H, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:  # [T, H, D], query's dtype
+    """Causal attention of each query token over its request's cached context,
+    with a reduction order that depends only on the token's own position."""
+    if meta.num_tokens != query.shape[0]:
+        raise ValueError(f"metadata describes {meta.num_tokens} tokens, query has {query.shape[0]}")
+    group = query.shape[1] // k_cache.shape[2]
+    tiles = _get_tiles(meta, group, query.device)
+    if len(tiles) == 1 and tiles[0].pad_index is None:
+        return _tile_attention(query, k_cache, v_cache, tiles[0], scale)
+    out = torch.empty_like(query)
+    for tile in tiles:
+        out[tile.token_index] = _tile_attention(query[tile.token_index], k_cache, v_cache, tile, scale)
+    return out
+
+
+def _tile_attention(query, k_cache, v_cache, tile: _Tile, scale: float) -> torch.Tensor:
+    """query [n, H, D] (the tile's rows) -> [n, H, D]."""
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    q = query.float()
+    if tile.pad_index is not None:
+        padded = q.new_zeros(tile.groups * tile.rows, num_heads, head_dim)
+        padded[tile.pad_index] = q
+        q = padded
+    chunk = tile.hidden.shape[-1]
+    keys = _gather_chunks(k_cache, tile.block_ids, chunk)  # [G*NC, C, Hkv, D] float32
+    values = _gather_chunks(v_cache, tile.block_ids, chunk)
+    out = chunked_softmax_attention(q.view(tile.groups, tile.rows, num_heads, head_dim), keys, values,
+                                    tile.hidden, scale, query.dtype)
+    out = out.view(tile.groups * tile.rows, num_heads, head_dim)
+    return out if tile.pad_index is None else out[tile.pad_index]
+
+
+def chunked_softmax_attention(
+    q: torch.Tensor,  # [G, Qm, H, D] float32
+    keys: torch.Tensor,  # [G*NC, C, Hkv, D] float32, request-major
+    values: torch.Tensor,  # [G*NC, C, Hkv, D] float32
+    hidden: torch.Tensor,  # [G, NC, Qm*g, C] bool, True: masked
+    scale: float,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:  # [G, Qm, H, D] in out_dtype
+    """Softmax attention with keys in fixed chunks combined in chunk order."""
+    groups, rows, num_heads, head_dim = q.shape
+    batch, chunk, num_kv_heads = keys.shape[:3]  # one GEMM per (request, key chunk)
+    num_chunks, g = batch // groups, num_heads // num_kv_heads
+    # Row r*g + i under kv head h is query row r, head h*g + i; every chunk of
+    # a request sees the same query rows (broadcast in this one copy).
+    shape = (num_kv_heads, groups, num_chunks, rows, g, head_dim)
+    qx = q.new_empty(shape)
+    torch.mul(q.view(groups, 1, rows, num_kv_heads, g, head_dim).permute(3, 0, 1, 2, 4, 5).expand(shape),
+              scale, out=qx)
+    qx = qx.view(num_kv_heads, batch, rows * g, head_dim)
+    scores = q.new_empty(num_kv_heads, batch, rows * g, chunk)
+    for h in range(num_kv_heads):  # per kv head: its cache slice is a plain strided matrix
+        torch.bmm(qx[h], keys[:, :, h].transpose(1, 2), out=scores[h])
+    scores = scores.view(num_kv_heads, groups, num_chunks, rows * g, chunk).masked_fill_(hidden, float("-inf"))
+    probs = scores.sub_(scores.amax(dim=(2, 4), keepdim=True)).exp_()  # the max is exact in any order
+    denom = probs.sum(dim=-1)  # [Hkv, G, NC, Qm*g]
+    partial = q.new_empty(num_kv_heads, batch, rows * g, head_dim)
+    probs = probs.view(num_kv_heads, batch, rows * g, chunk)
+    for h in range(num_kv_heads):
+        torch.bmm(probs[h], values[:, :, h], out=partial[h])
+    numer = partial.view(num_kv_heads, groups, num_chunks, rows * g, head_dim)
+    if num_chunks > 1:  # cumsum is a sequential scan: its last entry adds the chunks in order
+        numer, denom = numer.cumsum(dim=2)[:, :, -1], denom.cumsum(dim=2)[:, :, -1]
+    else:  # the scan of one chunk is that chunk, exactly
+        numer, denom = numer[:, :, 0], denom[:, :, 0]
+    out = q.new_empty(groups, rows, num_kv_heads, g, head_dim, dtype=out_dtype)
+    torch.div(numer.view(num_kv_heads, groups, rows, g, head_dim),
+              denom.view(num_kv_heads, groups, rows, g, 1), out=out.permute(2, 0, 1, 3, 4))
+    return out.view(groups, rows, num_heads, head_dim)
+
+
+def _gather_chunks(cache: torch.Tensor, block_ids: torch.Tensor, chunk: int) -> torch.Tensor:
+    """[num_blocks, bs, Hkv, D] x [n] -> [n*bs/C, C, Hkv, D] float32."""
+    _, bs, hkv, d = cache.shape
+    gathered = cache.index_select(0, block_ids)
+    return gathered.view(-1, chunk, hkv, d).float()
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _get_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
+    key = ("invariant_tiles", group, str(device))
+    if key not in meta._plan_cache:
+        meta._plan_cache[key] = _build_tiles(meta, group, device)
+    return meta._plan_cache[key]
+
+
+def _build_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
+    """Short requests (decode, verification) padded into one tile; long ones
+    (prefill chunks) in tiles of QUERY_TILE rows each."""
+    starts = [0]
+    for q in meta.query_lens:
+        starts.append(starts[-1] + q)
+    short = [r for r, q in enumerate(meta.query_lens) if q <= SHARED_TILE_MAX_QUERY]
+    tiles = []
+    if short:
+        members = []
+        for r in short:
+            first = meta.seq_lens_list[r] - meta.query_lens[r]
+            members.append((r, list(range(starts[r], starts[r + 1])), first))
+        tiles.append(_make_tile(members, meta, group, device))
+    for r, q_len in enumerate(meta.query_lens):
+        if q_len <= SHARED_TILE_MAX_QUERY:
+            continue
+        first = meta.seq_lens_list[r] - q_len
+        for offset in range(0, q_len, QUERY_TILE):
+            rows = list(range(starts[r] + offset, min(starts[r] + offset + QUERY_TILE, starts[r + 1])))
+            tiles.append(_make_tile([(r, rows, first + offset)], meta, group, device))
+    if len(tiles) == 1 and tiles[0].pad_index is not None and _is_identity(tiles[0], meta.num_tokens):
+        tiles[0].pad_index = None
+    return tiles
+
+
+def _make_tile(members, meta: AttentionMetadata, group: int, device) -> _Tile:
+    """members: (request, packed rows, position of the first row) each."""
+    rows = max(len(m[1]) for m in members)
+    rows = max(rows, -(-MIN_GEMM_ROWS // group))
+    chunk = key_chunk_size(meta.block_size)
+    last_positions = [first + len(token_rows) - 1 for _, token_rows, first in members]
+    num_chunks = -(-(max(last_positions) + 1) // chunk)
+    blocks_per_chunk = chunk // meta.block_size
+    tables, positions, token_rows, pad_rows = [], [], [], []
+    for g, (r, member_rows, first) in enumerate(members):
+        table = meta.block_tables[r].tolist()[: -(-meta.seq_lens_list[r] // meta.block_size)]
+        tables.append((table + [0] * (num_chunks * blocks_per_chunk))[: num_chunks * blocks_per_chunk])
+        # Padding rows repeat the last real position: never an empty softmax.
+        positions.append([first + min(j, len(member_rows) - 1) for j in range(rows)])
+        token_rows.extend(member_rows)
+        pad_rows.extend(g * rows + j for j in range(len(member_rows)))
+    return _Tile(
+        token_index=torch.tensor(token_rows, dtype=torch.long, device=device),
+        pad_index=torch.tensor(pad_rows, dtype=torch.long, device=device),
+        groups=len(members),
+        rows=rows,
+        block_ids=torch.tensor(tables, dtype=torch.long, device=device).view(-1),
+        hidden=_hidden_keys(positions, group, num_chunks, chunk, device),
+    )
+
+
+def _hidden_keys(positions: list[list[int]], group: int, num_chunks: int, chunk: int, device) -> torch.Tensor:
+    """[G, NC, Qm*g, C] bool: key position c*C + i is after the row's position."""
+    pos = torch.tensor(positions, dtype=torch.long, device=device)  # [G, Qm]
+    pos = pos.repeat_interleave(group, dim=1)  # [G, Qm*g]
+    keys = torch.arange(num_chunks * chunk, device=device).view(num_chunks, 1, chunk)
+    return keys.unsqueeze(0) > pos.view(pos.shape[0], 1, -1, 1)
+
+
+def _is_identity(tile: _Tile, num_tokens: int) -> bool:
+    """One tile holding every token in order, with no padding rows."""
+    n = tile.groups * tile.rows
+    return n == num_tokens and tile.token_index.tolist() == list(range(n)) and \
+        tile.pad_index.tolist() == list(range(n))

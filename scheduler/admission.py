@@ -3,11 +3,40 @@
 `survivals[r]` lists a_{r,1..k} = prod_{i<=j} c_{r,i}, the calibrated
 probability that draft j of request r survives verification. Verifying one
 more token adds 1 to the batch (B) and a_{r,j} to the expected emitted
-tokens (tau). The objective is Theta = tau * SPS(B) (speculation.md §4).
+tokens (tau). The objective is Theta = tau * SPS(B) (speculation.md §4);
+the load-aware base (B0, tau0, the loaded cost, the KV room) comes from
+`StepBase` (see `AdaptivePolicy` for the rule).
+
+A draft that would need KV the step cannot spare closes its request: the
+request's later drafts are skipped, the walk goes on with other requests.
+That stays non-anticipating: whether (r, j) is admitted still depends only
+on the positions ranked above it, none of which depends on draft x_{r,j}.
 """
 from __future__ import annotations
 
-from scheduler.load import StepCostModel
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from scheduler.load import KvRoom, KvTally
+
+
+class StepCost(Protocol):
+    """What admission reads of a step-cost model: steps per second at B tokens."""
+
+    def sps(self, num_tokens: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class StepBase:
+    """Everything one step's drafts are weighed against: the batch before
+    drafts (B0 tokens, tau0), the cost, the budget and the KV room. It is
+    built from the load alone, before any survival is read."""
+
+    tokens: int
+    tau: float
+    cost: StepCost
+    max_extra: int
+    kv: KvRoom = field(default_factory=KvRoom)
 
 
 def ranked_positions(survivals: dict[str, list[float]]) -> list[tuple[float, int, str]]:
@@ -19,9 +48,10 @@ def ranked_positions(survivals: dict[str, list[float]]) -> list[tuple[float, int
 
 
 def greedy_prefix_admission(survivals: dict[str, list[float]], base_tokens: int, base_tau: float,
-                            cost: StepCostModel, max_extra: int) -> dict[str, int]:
+                            cost: StepCost, max_extra: int, kv: KvRoom | None = None) -> dict[str, int]:
     """Admit positions in survival order while Theta improves; STOP at the
-    first that does not.
+    first that does not. A position that does not fit in `kv` closes its
+    request (see the module docstring).
 
     The early stop keeps verification non-anticipating: whether position j of
     a request is verified is decided before any survival that depends on
@@ -30,7 +60,7 @@ def greedy_prefix_admission(survivals: dict[str, list[float]], base_tokens: int,
     lengths = dict.fromkeys(survivals, 0)
     tokens, tau = base_tokens, base_tau
     best = tau * cost.sps(tokens)
-    for a, j, rid in ranked_positions(survivals)[:max(0, max_extra)]:
+    for a, j, rid in _fitting_positions(survivals, max_extra, kv):
         theta = (tau + a) * cost.sps(tokens + 1)
         if theta <= best:
             break
@@ -39,8 +69,28 @@ def greedy_prefix_admission(survivals: dict[str, list[float]], base_tokens: int,
     return lengths
 
 
+def _fitting_positions(survivals: dict[str, list[float]], max_extra: int, kv: KvRoom | None):
+    """Ranked positions that fit the KV room, at most `max_extra` of them;
+    a position that does not fit closes its request. The caller may stop
+    early: blocks are counted as positions are handed out."""
+    tally, closed, handed = KvTally(kv or KvRoom()), set(), 0
+    for a, j, rid in ranked_positions(survivals):
+        if handed >= max_extra:
+            return
+        if rid in closed or not tally.admit(rid, j):
+            closed.add(rid)
+            continue
+        handed += 1
+        yield a, j, rid
+
+
+def admit_from_base(survivals: dict[str, list[float]], base: StepBase) -> dict[str, int]:
+    """Greedy prefix admission against a load-aware base."""
+    return greedy_prefix_admission(survivals, base.tokens, base.tau, base.cost, base.max_extra, base.kv)
+
+
 def best_budget(ranked_values: list[float], base_tokens: int, base_tau: float,
-                cost: StepCostModel, max_extra: int) -> int:
+                cost: StepCost, max_extra: int) -> int:
     """Global search: the number K of top-ranked positions maximising Theta.
 
     Looks past local dips of a jagged SPS curve, so it may only be fed
@@ -56,17 +106,19 @@ def best_budget(ranked_values: list[float], base_tokens: int, base_tau: float,
     return best_k
 
 
-def top_k_admission(survivals: dict[str, list[float]], budget: int) -> dict[str, int]:
-    """Admit the `budget` highest fresh survivals (the asynchronous variant:
-    `budget` was fixed from last step's survivals, before these drafts existed)."""
+def top_k_admission(survivals: dict[str, list[float]], budget: int,
+                    kv: KvRoom | None = None) -> dict[str, int]:
+    """Admit the `budget` highest fresh survivals that fit in `kv` (the
+    asynchronous variant: `budget` was fixed from last step's survivals,
+    before these drafts existed)."""
     lengths = dict.fromkeys(survivals, 0)
-    for a, j, rid in ranked_positions(survivals)[:max(0, budget)]:
+    for _, j, rid in _fitting_positions(survivals, budget, kv):
         lengths[rid] = j
     return lengths
 
 
 def global_search_admission(survivals: dict[str, list[float]], base_tokens: int, base_tau: float,
-                            cost: StepCostModel, max_extra: int) -> dict[str, int]:
+                            cost: StepCost, max_extra: int) -> dict[str, int]:
     """Global search over FRESH survivals. Biased (anticipating): kept only as
     the counterexample the tests show failing; never used for serving."""
     ranked = ranked_positions(survivals)

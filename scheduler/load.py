@@ -210,13 +210,16 @@ class LoadSignal:
 
     `num_stalled`: users present who get no token this step whatever is
     verified (queued, mid-prefill, or left out of the budget): each of them
-    waits as long as the step lasts. `kv_pressure`: the cache is too full
-    for any draft (`kv` is then `KvRoom.none()`).
+    waits as long as the step lasts. `arrival_rate`: requests per second of
+    late (those arriving during the step wait for its end too).
+    `kv_pressure`: the cache is too full for any draft (`kv` is then
+    `KvRoom.none()`).
     """
 
     num_stalled: int = 0
     num_waiting: int = 0
     oldest_wait_s: float = 0.0
+    arrival_rate: float = 0.0
     kv: KvRoom = field(default_factory=KvRoom)
     kv_pressure: bool = False
     device: DeviceCounters | None = None
@@ -267,6 +270,7 @@ class LoadStats:
     # The last step's signal.
     num_stalled: int = 0
     oldest_wait_s: float = 0.0
+    arrival_rate: float = 0.0
     kv_spare_blocks: int = 0
     kv_pressure: bool = False
     busy: float = 0.0

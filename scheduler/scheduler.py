@@ -89,6 +89,7 @@ class Scheduler:
         self._live[request.request_id] = request
         self._arrival[request.request_id] = next(self._arrival_counter)
         self.waiting.append(request)
+        self.load.arrived(request)
 
     def abort_request(self, request_id: str) -> bool:
         """Finish a live request as aborted and free its blocks now."""

@@ -6,6 +6,7 @@ looked at; `account` records where the step's budget went.
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from scheduler.block_manager import BlockManager
@@ -14,6 +15,8 @@ from scheduler.plan import StepPlan
 from scheduler.request import Request
 
 CounterSource = Callable[[], "DeviceCounters | None"]
+RECENT_ARRIVALS = 16  # the arrival rate is measured over this many arrivals
+MIN_RATE_WINDOW_S = 1.0  # a burst counts as arriving over at least this long
 
 
 class StepLoad:
@@ -30,6 +33,18 @@ class StepLoad:
         self.device_counters = device_counters or (lambda: None)
         self.clock = clock
         self.stats = LoadStats()
+        self._arrivals: deque[float] = deque(maxlen=RECENT_ARRIVALS)
+
+    def arrived(self, request: Request) -> None:
+        """A request joined the queue (a preempted one coming back is no arrival)."""
+        self._arrivals.append(request.arrival_time)
+
+    def arrival_rate(self, now: float) -> float:
+        """Requests per second over the recent arrivals, up to now: a pause
+        in arrivals lowers it at once."""
+        if len(self._arrivals) < 2:
+            return 0.0
+        return (len(self._arrivals) - 1) / max(MIN_RATE_WINDOW_S, now - self._arrivals[0])
 
     def signal(self, plans: list[StepPlan], candidates: list[StepPlan], running: Sequence[Request],
                waiting: Sequence[Request], kv_back_off: bool) -> LoadSignal:
@@ -40,9 +55,11 @@ class StepLoad:
         # have to be preempted for them.
         spare = self.block_manager.num_free_blocks - len(running)
         pressure = kv_back_off or spare < 0
-        oldest = self.clock() - waiting[0].arrival_time if waiting else 0.0
+        now = self.clock()
+        oldest = now - waiting[0].arrival_time if waiting else 0.0
         load = LoadSignal(num_stalled=len(running) + len(waiting) - num_emitting,
                           num_waiting=len(waiting), oldest_wait_s=max(0.0, oldest),
+                          arrival_rate=self.arrival_rate(now),
                           kv=KvRoom.none() if pressure else self._kv_room(candidates, spare),
                           kv_pressure=pressure, device=self.device_counters())
         self._record(load, max(0, spare), drafts_ready=bool(candidates))
@@ -58,6 +75,7 @@ class StepLoad:
     def _record(self, load: LoadSignal, spare_blocks: int, drafts_ready: bool) -> None:
         stats = self.stats
         stats.num_stalled, stats.oldest_wait_s = load.num_stalled, load.oldest_wait_s
+        stats.arrival_rate = load.arrival_rate
         stats.kv_spare_blocks, stats.kv_pressure = spare_blocks, load.kv_pressure
         stats.busy, stats.device = load.busy, load.device
         stats.kv_backoff_steps += load.kv_pressure and drafts_ready

@@ -124,6 +124,8 @@ def _load_metrics(load: LoadStats) -> Iterator[Metric]:
                  load.oldest_wait_s)
     yield _gauge("policy_stalled_requests", "Requests present that got no token in the last step",
                  load.num_stalled)
+    yield _gauge("policy_arrival_rate", "Requests per second over the recent arrivals",
+                 load.arrival_rate)
     yield _gauge("policy_kv_spare_blocks",
                  "KV blocks drafts could take beyond one growth block per running request",
                  load.kv_spare_blocks)

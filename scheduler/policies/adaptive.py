@@ -29,10 +29,12 @@ class AdaptivePolicy(VerifyPolicy):
     - tau = sum over requests that emit this step (decoders and admissions
       whose prompt completes) of 1 + sum_{j<=l_r} a_{r,j}.
     - W = users present who get no token this step (queued, mid-prefill,
-      left out of the budget). A longer step delays each of them as much as
-      it delays a decoder's next token, so each weighs one token in tau:
-      draft (r, j) is admitted only while a_{r,j} / (tau + W) beats the
-      relative step-time increase 1 - SPS_load(B+1) / SPS_load(B).
+      left out of the budget), plus lambda * T_load(B0): the users expected
+      to arrive while the step runs (lambda from recent arrivals), who wait
+      for its end. A longer step delays each of them as much as it delays
+      a decoder's next token, so each weighs one token in tau: draft (r, j)
+      is admitted only while a_{r,j} / (tau + W) beats the relative
+      step-time increase 1 - SPS_load(B+1) / SPS_load(B).
     - SPS_load(B) = 1 / (T(B) + u * s * B): T the live curve, u the share of
       the machine others hold (NVML other-process utilisation on CUDA,
       run-queue wait on CPU), s the curve's saturated seconds per token.
@@ -46,8 +48,8 @@ class AdaptivePolicy(VerifyPolicy):
       blocks, or the step preempted, no draft is verified: speculation
       backs off before any preemption is due.
 
-    Non-anticipating: B0, tau0, W, u, the budget and the KV room are fixed
-    (`step_base`) before any survival is read, and the greedy walk with its
+    Non-anticipating: B0, tau0, W, lambda, u, the budget and the KV room
+    are fixed (`step_base`) before any survival is read, and the greedy walk with its
     early stop decides position j from positions ranked above it only.
     """
 
@@ -84,9 +86,9 @@ class AdaptivePolicy(VerifyPolicy):
     def step_base(self, budget_left: int, num_emitting: int, load: LoadSignal) -> StepBase:
         """B0, tau0 + W, the loaded cost, the budget and the KV room: what
         this step's drafts are weighed against, from the load alone."""
-        return StepBase(tokens=max(1, self.max_batched_tokens - budget_left),
-                        tau=float(num_emitting + load.num_stalled),
-                        cost=LoadedStepCost(self.cost, load.busy),
+        tokens, cost = max(1, self.max_batched_tokens - budget_left), LoadedStepCost(self.cost, load.busy)
+        arriving = load.arrival_rate * cost.step_seconds(tokens)
+        return StepBase(tokens=tokens, tau=num_emitting + load.num_stalled + arriving, cost=cost,
                         max_extra=budget_left, kv=load.kv)
 
     def _survivals(self, request: Request) -> list[float]:

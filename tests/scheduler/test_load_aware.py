@@ -132,6 +132,31 @@ def test_more_users_waiting_means_fewer_drafts():
     assert totals[0] >= 4 and totals[-1] == 0
 
 
+def test_users_arriving_during_the_step_count_too():
+    totals = []
+    for rate in (0.0, 10.0, 100.0, 1000.0):  # requests/s; a step here takes 0.05-0.2 s
+        policy = AdaptivePolicy(StepCostModel(*map(list, CPU_COST)), max_batched_tokens=64)
+        lengths = policy.choose_lengths(confident_and_not(), 62, 2, LoadSignal(arrival_rate=rate))
+        totals.append(sum(lengths.values()))
+    assert totals == sorted(totals, reverse=True) and totals[0] > totals[-1] == 0
+
+
+def test_arrival_rate_over_recent_arrivals_and_pauses():
+    now = [0.0]
+    scheduler = scheduler_with(clock=lambda: now[0])
+    for i in range(5):  # one request every 0.5 s
+        request = make_request(f"r{i}", [1, 2])
+        request.arrival_time = 0.5 * i
+        scheduler.add_request(request)
+    now[0] = 2.0
+    assert scheduler.load.arrival_rate(now[0]) == pytest.approx(4 / 2.0)
+    assert scheduler.load.arrival_rate(10.0) == pytest.approx(4 / 10.0)  # a pause lowers it
+    burst = scheduler_with(clock=lambda: 0.0)
+    for i in range(3):
+        burst.add_request(make_request(f"b{i}", [1]))
+    assert burst.load.arrival_rate(burst.waiting[0].arrival_time) == pytest.approx(2.0)  # over >= 1 s
+
+
 def test_a_busy_machine_makes_every_token_cost():
     # Flat up to 32 tokens: on an idle machine drafts ride on capacity nobody uses.
     cost = StepCostModel([1, 32, 64], [0.05, 0.05, 0.45])

@@ -26,7 +26,7 @@ def value(families, name, **labels):
 
 def test_budget_split_queue_age_kv_room_and_busy_are_exported():
     load = LoadStats(prefill_tokens=120, decode_tokens=40, draft_tokens=33, kv_backoff_steps=2,
-                     num_stalled=5, oldest_wait_s=1.5, kv_spare_blocks=17, kv_pressure=True, busy=0.4,
+                     num_stalled=5, oldest_wait_s=1.5, arrival_rate=0.75, kv_spare_blocks=17, kv_pressure=True, busy=0.4,
                      device=DeviceCounters(gpu_other_utilization=0.4, cpu_wait_fraction=0.1))
     families = scrape(load)
     assert value(families, "scheduled_tokens", kind="prefill") == ("counter", 120)
@@ -35,6 +35,7 @@ def test_budget_split_queue_age_kv_room_and_busy_are_exported():
     assert value(families, "spec_kv_backoff_steps") == ("counter", 2)
     assert value(families, "queue_oldest_wait_seconds") == ("gauge", 1.5)
     assert value(families, "policy_stalled_requests") == ("gauge", 5)
+    assert value(families, "policy_arrival_rate") == ("gauge", 0.75)
     assert value(families, "policy_kv_spare_blocks") == ("gauge", 17)
     assert value(families, "policy_kv_pressure") == ("gauge", 1.0)
     assert value(families, "policy_machine_busy") == ("gauge", 0.4)

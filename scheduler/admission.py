@@ -26,6 +26,48 @@ class StepCost(Protocol):
     def sps(self, num_tokens: int) -> float: ...
 
 
+class SecondsCost(Protocol):
+    """A step-cost model in seconds (StepCostModel, LoadedStepCost)."""
+
+    def step_seconds(self, num_tokens: int) -> float: ...
+
+
+class FeltStepCost:
+    """SPS as the step's decoders feel it when the step also carries prefill.
+
+    An accepted draft saves its request one decode step, T(B0_dec + k) (k
+    drafts admitted so far); the draft stretches THIS step, for everyone in
+    it, by T(B0 + k + 1) - T(B0 + k). The felt step time starts at the
+    decode step's and grows by that stretch relative to a decode step:
+
+        T_felt(k + 1) = T_felt(k) * (1 + (T(B0+k+1) - T(B0+k)) / T(B0_dec+k))
+
+    so Theta's greedy test on tau / T_felt admits draft (r, j) iff
+    a_{r,j} * T(B0_dec + k) > tau * (T(B0+k+1) - T(B0+k)). Without prefill
+    (B0_dec = B0) the product telescopes: T_felt(k) = T(B0 + k), plain SPS.
+    A long prefill step makes an extra token look cheap next to the step,
+    but it delays every user in it (the admitted ones' first tokens too) by
+    the same seconds for a gain worth one short decode step.
+    """
+
+    def __init__(self, cost: SecondsCost, base_tokens: int, decode_tokens: int):
+        self.cost = cost
+        self.base_tokens = base_tokens
+        self.decode_tokens = max(1, min(decode_tokens, base_tokens))
+        self._felt = [cost.step_seconds(self.decode_tokens)]  # T_felt(0), T_felt(1), ...
+
+    def step_seconds(self, num_tokens: int) -> float:
+        extra = max(0, num_tokens - self.base_tokens)
+        while len(self._felt) <= extra:
+            k = len(self._felt) - 1
+            stretch = self.cost.step_seconds(self.base_tokens + k + 1) - self.cost.step_seconds(self.base_tokens + k)
+            self._felt.append(self._felt[k] * (1 + stretch / self.cost.step_seconds(self.decode_tokens + k)))
+        return self._felt[extra]
+
+    def sps(self, num_tokens: int) -> float:
+        return 1.0 / self.step_seconds(num_tokens)
+
+
 @dataclass(frozen=True)
 class StepBase:
     """Everything one step's drafts are weighed against: the batch before

@@ -220,6 +220,7 @@ class LoadSignal:
     num_waiting: int = 0
     oldest_wait_s: float = 0.0
     arrival_rate: float = 0.0
+    num_prefill_tokens: int = 0  # of this step's tokens, those not of requests in decode
     kv: KvRoom = field(default_factory=KvRoom)
     kv_pressure: bool = False
     device: DeviceCounters | None = None

@@ -60,6 +60,7 @@ class StepLoad:
         load = LoadSignal(num_stalled=len(running) + len(waiting) - num_emitting,
                           num_waiting=len(waiting), oldest_wait_s=max(0.0, oldest),
                           arrival_rate=self.arrival_rate(now),
+                          num_prefill_tokens=sum(p.num_query_tokens for p in plans if not _in_decode(p)),
                           kv=KvRoom.none() if pressure else self._kv_room(candidates, spare),
                           kv_pressure=pressure, device=self.device_counters())
         self._record(load, max(0, spare), drafts_ready=bool(candidates))
@@ -84,9 +85,13 @@ class StepLoad:
         """Budget given to prefill, to decoding and to drafts."""
         stats = self.stats
         for plan in plans:
-            in_decode = plan.num_query_tokens == 1 and plan.samples and plan.request.num_output_tokens
-            if in_decode:
+            if _in_decode(plan):
                 stats.decode_tokens += 1
             else:
                 stats.prefill_tokens += plan.num_query_tokens
             stats.draft_tokens += plan.num_spec_tokens
+
+
+def _in_decode(plan: StepPlan) -> bool:
+    """Its one real token is the last one sampled (not a prompt or recomputed token)."""
+    return plan.num_query_tokens == 1 and plan.samples and plan.request.num_output_tokens > 0

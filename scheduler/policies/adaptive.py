@@ -1,8 +1,8 @@
 """Confidence-aware, load-aware verification (speculation.md §4)."""
 from __future__ import annotations
 
-from scheduler.admission import (StepBase, admit_from_base, best_budget, ranked_positions,
-                                 survivals_from_confidences, top_k_admission)
+from scheduler.admission import (FeltStepCost, StepBase, admit_from_base, best_budget,
+                                 ranked_positions, survivals_from_confidences, top_k_admission)
 from scheduler.calibration import ConfidenceCalibrator
 from scheduler.load import IDLE, LoadedStepCost, LoadSignal, StepCostModel
 from scheduler.policies.base import LengthHistogram, PolicyContext, PolicyStats, VerifyPolicy
@@ -21,11 +21,12 @@ class AdaptivePolicy(VerifyPolicy):
     Load-aware rule, in speculation.md §4 terms. The objective counts every
     user on the server, not only the R requests that decode:
 
-        Theta_load = (tau + W) * SPS_load(B)
+        Theta_load = (tau + W) * SPS_felt(B)
 
     - B = B0 + sum_r l_r, where B0 holds every token already in the step:
       running requests' decode and prefill tokens AND the prefill of the
-      requests admitted this step (the scheduler admits before it asks).
+      requests admitted this step (the scheduler admits before it asks);
+      B0_dec of them belong to requests in decode.
     - tau = sum over requests that emit this step (decoders and admissions
       whose prompt completes) of 1 + sum_{j<=l_r} a_{r,j}.
     - W = users present who get no token this step (queued, mid-prefill,
@@ -33,12 +34,19 @@ class AdaptivePolicy(VerifyPolicy):
       to arrive while the step runs (lambda from recent arrivals), who wait
       for its end. A longer step delays each of them as much as it delays
       a decoder's next token, so each weighs one token in tau: draft (r, j)
-      is admitted only while a_{r,j} / (tau + W) beats the relative
-      step-time increase 1 - SPS_load(B+1) / SPS_load(B).
-    - SPS_load(B) = 1 / (T(B) + u * s * B): T the live curve, u the share of
-      the machine others hold (NVML other-process utilisation on CUDA,
-      run-queue wait on CPU), s the curve's saturated seconds per token.
-      A busy machine makes every token cost, so only confident drafts pass.
+      is admitted only while its gain beats (tau + W) times the seconds it
+      adds (next point).
+    - T_load(B) = T(B) + u * s * B: T the live curve, u the share of the
+      machine others hold (NVML other-process utilisation on CUDA, run-queue
+      wait on CPU), s the curve's saturated seconds per token. A busy
+      machine makes every token cost, so only confident drafts pass.
+    - SPS_felt: an accepted draft saves its request one DECODE step,
+      T_load(B0_dec + k), while it stretches this step by T_load(B+1) -
+      T_load(B) for everyone in it (admissions' first tokens too). So the
+      greedy test reads a_{r,j} * T_load(B0_dec + k) > (tau + W) *
+      (T_load(B+1) - T_load(B)) (admission.FeltStepCost); with no prefill
+      in the step, SPS_felt = SPS_load and, with W = 0 and u = 0, this is
+      §4's Theta test exactly.
     - Budget: drafts get only what admissions left. A budget token a
       waiting request can use is worth a whole token of its work, a draft at
       most a_{r,j} <= 1, so the queue always outbids the drafts.
@@ -88,7 +96,8 @@ class AdaptivePolicy(VerifyPolicy):
         this step's drafts are weighed against, from the load alone."""
         tokens, cost = max(1, self.max_batched_tokens - budget_left), LoadedStepCost(self.cost, load.busy)
         arriving = load.arrival_rate * cost.step_seconds(tokens)
-        return StepBase(tokens=tokens, tau=num_emitting + load.num_stalled + arriving, cost=cost,
+        felt = FeltStepCost(cost, tokens, tokens - load.num_prefill_tokens)
+        return StepBase(tokens=tokens, tau=num_emitting + load.num_stalled + arriving, cost=felt,
                         max_extra=budget_left, kv=load.kv)
 
     def _survivals(self, request: Request) -> list[float]:

@@ -97,6 +97,7 @@ def test_the_base_includes_admitted_prefill_and_counts_stalled_users():
     budget_left, num_emitting, load = policy.seen
     assert budget_left == 64 - 2 - 10  # B0 = 12 holds c's prefill
     assert num_emitting == 3 and load.num_stalled == 2 and load.num_waiting == 2
+    assert load.num_prefill_tokens == 10  # c's prompt; a's and b's tokens are decode
 
 
 def test_queue_age_is_the_oldest_waiting_request():
@@ -130,6 +131,31 @@ def test_more_users_waiting_means_fewer_drafts():
         totals.append(sum(lengths.values()))
     assert totals == sorted(totals, reverse=True)
     assert totals[0] >= 4 and totals[-1] == 0
+
+
+def test_a_step_carrying_prefill_prices_drafts_against_a_decode_step():
+    """Next to a long prefill step an extra token looks cheap, but it delays
+    everyone in the step by the same seconds for a gain worth one short
+    decode step: fewer drafts than Theta against the whole step would take."""
+    cost = StepCostModel(*map(list, CPU_COST))
+    chosen = {}
+    for prefill in (0, 300):  # the same 302 tokens in the step; 300 of them prefill or not
+        policy = AdaptivePolicy(copy.deepcopy(cost), max_batched_tokens=302 + 62)
+        lengths = policy.choose_lengths(confident_and_not(), 62, 2, LoadSignal(num_prefill_tokens=prefill))
+        chosen[prefill] = sum(lengths.values())
+    assert chosen[300] < chosen[0]
+
+
+def test_felt_cost_is_the_plain_cost_without_prefill():
+    from scheduler.admission import FeltStepCost
+    cost = StepCostModel(*map(list, CPU_COST))
+    felt = FeltStepCost(cost, base_tokens=5, decode_tokens=5)
+    for tokens in range(5, 80):
+        assert felt.step_seconds(tokens) == pytest.approx(cost.step_seconds(tokens), rel=1e-9)
+    carrying = FeltStepCost(cost, base_tokens=305, decode_tokens=5)
+    assert carrying.step_seconds(305) == pytest.approx(cost.step_seconds(5))
+    stretch = cost.step_seconds(306) - cost.step_seconds(305)
+    assert carrying.step_seconds(306) == pytest.approx(cost.step_seconds(5) + stretch)
 
 
 def test_users_arriving_during_the_step_count_too():

@@ -179,15 +179,13 @@ def test_sampler_reads_in_the_background_and_stops_when_closed():
 
 
 def test_sampler_thread_ends_with_its_sampler():
-    before = len(sampler_threads())
     sampler = DeviceSampler(CountingSource(), interval_s=0.01).start()
-    assert len(sampler_threads()) == before + 1
+    thread = sampler._thread
+    assert thread in sampler_threads() and thread.is_alive()
     del sampler
     gc.collect()
-    deadline = time.monotonic() + 5
-    while len(sampler_threads()) > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(sampler_threads()) == before
+    thread.join(5)
+    assert not thread.is_alive()
 
 
 def test_sampler_without_source_reads_nothing():

@@ -16,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from dataclasses import replace
 
 import torch
 
 from engine.config import EngineConfig
 from engine.device import resolve_dtype
+from engine.device_stats import DeviceSampler, source_for_device
 from engine.isolation import FailureIsolation, RequestFailure
 from engine.kv_cache import kv_bytes_per_token
 from engine.model_runner import ModelRunner
@@ -63,9 +65,12 @@ class LLMEngine:
                                   cache.block_size, dtype, config.device)
         self.drafter = drafter or build_drafter(config, self.loaded, cache.num_blocks, dtype)
         self.verify_policy = self._build_verify_policy(step_cost)
+        # Machine counters for the scheduler's load signal, read off the step loop.
+        self.device_sampler = DeviceSampler(source_for_device(config.device)).start()
         self.scheduler = Scheduler(config.scheduler, cache, drafting=self._drafting_limits(),
                                    verify_policy=self.verify_policy,
-                                   enable_prefix_caching=not (self.drafter and self.drafter.aux_layers))
+                                   enable_prefix_caching=not (self.drafter and self.drafter.aux_layers),
+                                   device_counters=self.device_sampler.latest)
         self.runner.aux_layers = self.drafter.aux_layers if self.drafter else ()
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
@@ -290,6 +295,7 @@ class LLMEngine:
         snapshot = EngineStats(**vars(stats) | {"accepted_per_position": list(stats.accepted_per_position)})
         if self.verify_policy is not None:
             snapshot.policy = self.verify_policy.stats()
+        snapshot.load = replace(self.scheduler.load.stats)
         return snapshot
 
     # ---- convenience for tests and benchmarks ------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scheduler.load import LoadStats
 from scheduler.output import TokenLogprob
 from scheduler.policies import PolicyStats
 
@@ -47,6 +48,8 @@ class EngineStats:
     accepted_per_position: list[int] = field(default_factory=list)
     # What the verification policy reports (empty without speculation).
     policy: PolicyStats = field(default_factory=PolicyStats)
+    # The load the scheduler saw and where the step budget went.
+    load: LoadStats = field(default_factory=LoadStats)
 
     @property
     def mean_accepted_length(self) -> float:

@@ -1,7 +1,7 @@
 """A step in the making: the token budget and each request's tentative share."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scheduler.drafts import NO_DRAFTS, DraftBlock
 from scheduler.request import Request
@@ -18,9 +18,6 @@ class TokenBudget:
         self.left -= granted
         return granted
 
-    def give_back(self, num_tokens: int) -> None:
-        self.left += num_tokens
-
 
 @dataclass
 class StepPlan:
@@ -32,11 +29,26 @@ class StepPlan:
     # Slots reserved past the end for a draft model's KV; only worth it when
     # this step samples, and dropped first when blocks are short.
     num_lookahead_slots: int = 0
+    block_ids: list[int] = field(default_factory=list)  # the table once allocated
 
     @property
     def samples(self) -> bool:
         request = self.request
         return request.num_computed_tokens + self.num_query_tokens == request.num_tokens
+
+    @property
+    def can_verify(self) -> bool:
+        """In decode (its only real token is the last sampled one), with drafts."""
+        request = self.request
+        in_decode = request.num_tokens - request.num_computed_tokens == 1
+        return in_decode and self.num_query_tokens == 1 and bool(request.drafts)
+
+    def draft_cap(self, wanted: int, max_model_len: int) -> int:
+        """`wanted` drafts cut to those proposed and to the context: even if
+        every draft and the bonus token are accepted, the sequence must stay
+        within max_model_len."""
+        room = max_model_len - self.request.num_tokens - 1
+        return max(0, min(wanted, len(self.request.drafts), room))
 
     @property
     def num_slots(self) -> int:
@@ -49,12 +61,9 @@ class StepPlan:
         """The drafts this step verifies: a prefix of the request's."""
         return self.request.drafts.prefix(self.num_spec_tokens) if self.num_spec_tokens else NO_DRAFTS
 
-    def drop_optional_slots(self, budget: TokenBudget) -> bool:
-        """Give up drafts, else lookahead; False when nothing is left to give up."""
-        if self.num_spec_tokens:
-            budget.give_back(self.num_spec_tokens)
-            self.num_spec_tokens = 0
-            return True
+    def drop_optional_slots(self) -> bool:
+        """Give up the lookahead slots; False when there are none. (Drafts
+        are planned after allocation, within the KV room: never dropped.)"""
         if self.num_lookahead_slots:
             self.num_lookahead_slots = 0
             return True

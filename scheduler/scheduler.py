@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -17,10 +18,12 @@ from typing import Protocol
 from scheduler.block_manager import BlockManager
 from scheduler.drafting import DraftingLimits, draft_room
 from scheduler.drafts import NO_DRAFTS, DraftBlock
+from scheduler.load import KvTally
 from scheduler.output import DraftSlot, RunnerOutput, ScheduledRequest, SchedulerOutput
 from scheduler.plan import StepPlan, TokenBudget
 from scheduler.policies import VerifyAllPolicy, VerifyPolicy
 from scheduler.request import Request, RequestStatus
+from scheduler.step_load import CounterSource, StepLoad
 
 StopCheck = Callable[[Request, int], "RequestStatus | None"]
 
@@ -47,9 +50,11 @@ class Scheduler:
     in FIFO order while the token budget, `max_num_seqs` and free KV blocks
     allow. When blocks run out, the most recently arrived running request is
     preempted (its KV dropped, recomputed later) and goes back to the front
-    of the queue. Verifying drafts and reserving lookahead slots are optional:
-    both are given up before anyone is preempted, so a request's table may
-    lack the lookahead (whoever drafts must check).
+    of the queue. Lookahead slots are optional: given up before anyone is
+    preempted, so a request's table may lack them (whoever drafts must check).
+    Drafts come last, within the budget and KV room nobody else needs, as
+    the policy chooses against the step's LoadSignal (scheduler.step_load;
+    `device_counters()` gives the latest reading of a background sampler).
 
     A waiting request that could never fit (too long for max_model_len or
     for the whole cache, e.g. after growing while it was preempted) is
@@ -59,7 +64,8 @@ class Scheduler:
 
     def __init__(self, scheduler_config: SchedulerLimits, cache_config: CacheGeometry,
                  drafting: DraftingLimits | None = None, verify_policy: VerifyPolicy | None = None,
-                 enable_prefix_caching: bool = True):
+                 enable_prefix_caching: bool = True, device_counters: CounterSource | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.config = scheduler_config
         self.block_manager = BlockManager(cache_config.num_blocks, cache_config.block_size,
                                           enable_prefix_caching)
@@ -72,6 +78,7 @@ class Scheduler:
         self._arrival: dict[str, int] = {}
         self._arrival_counter = itertools.count()
         self._freed_ids: list[str] = []
+        self.load = StepLoad(self.block_manager, device_counters, clock)
 
     # ---- requests in and out ------------------------------------------------
 
@@ -82,6 +89,7 @@ class Scheduler:
         self._live[request.request_id] = request
         self._arrival[request.request_id] = next(self._arrival_counter)
         self.waiting.append(request)
+        self.load.arrived(request)
 
     def abort_request(self, request_id: str) -> bool:
         """Finish a live request as aborted and free its blocks now."""
@@ -115,24 +123,30 @@ class Scheduler:
     # ---- schedule -----------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
+        """Running requests' real tokens first, then admissions, then drafts:
+        drafts take only the budget and KV blocks nobody else needs."""
         budget = TokenBudget(self.config.max_num_batched_tokens)
         preemptions_before = self.num_preemptions
-        scheduled = self._schedule_running(budget)
+        plans = self._schedule_running(budget)
+        preempted = self.num_preemptions != preemptions_before
+        head_refused = False
         # Admitting right after a preemption would only take back the blocks
         # just freed for the running requests, and thrash.
-        if self.num_preemptions == preemptions_before:
-            scheduled += self._schedule_waiting(budget)
+        if not preempted:
+            admitted, head_refused = self._schedule_waiting(budget)
+            plans += admitted
+        self._plan_drafts(plans, budget, kv_back_off=preempted or head_refused)
+        self.load.account(plans)
         freed, self._freed_ids = self._freed_ids, []
-        return SchedulerOutput(scheduled=scheduled, freed_request_ids=freed)
+        return SchedulerOutput(scheduled=[self._scheduled(p) for p in plans], freed_request_ids=freed)
 
-    def _schedule_running(self, budget: TokenBudget) -> list[ScheduledRequest]:
-        scheduled = []
+    def _schedule_running(self, budget: TokenBudget) -> list[StepPlan]:
+        allocated = []
         for plan in self._plan_running(budget):
             # An earlier plan may have preempted this request to get blocks.
-            if plan.request.status is RequestStatus.RUNNING:
-                item = self._allocate_running(plan, budget)
-                scheduled += [item] if item else []
-        return scheduled
+            if plan.request.status is RequestStatus.RUNNING and self._allocate_running(plan):
+                allocated.append(plan)
+        return allocated
 
     def _plan_running(self, budget: TokenBudget) -> list[StepPlan]:
         plans = []
@@ -140,31 +154,30 @@ class Scheduler:
             num_query = budget.take(request.num_tokens - request.num_computed_tokens)
             if num_query:
                 plans.append(self._new_plan(request, num_query))
-        self._plan_drafts(plans, budget)
         return plans
 
-    def _plan_drafts(self, plans: list[StepPlan], budget: TokenBudget) -> None:
-        candidates = [plan for plan in plans if self._can_verify(plan)]
+    def _plan_drafts(self, plans: list[StepPlan], budget: TokenBudget, kv_back_off: bool) -> None:
+        candidates = [plan for plan in plans if plan.can_verify]
+        load = self.load.signal(plans, candidates, self.running, self.waiting, kv_back_off)
         if not candidates:
             return
         num_emitting = sum(1 for plan in plans if plan.samples)
         lengths = self.verify_policy.choose_lengths([p.request for p in candidates], budget.left,
-                                                    num_emitting=num_emitting)
+                                                    num_emitting=num_emitting, load=load)
+        tally = KvTally(load.kv)
         for plan in candidates:
-            wanted = lengths.get(plan.request.request_id, 0)
-            plan.num_spec_tokens = budget.take(self._clamp_drafts(plan.request, wanted))
+            rid = plan.request.request_id
+            wanted = min(plan.draft_cap(lengths.get(rid, 0), self.config.max_model_len), budget.left)
+            self._grant_drafts(plan, tally.take_prefix(rid, wanted), budget)
 
-    @staticmethod
-    def _can_verify(plan: StepPlan) -> bool:
-        request = plan.request
-        in_decode = request.num_tokens - request.num_computed_tokens == 1
-        return in_decode and plan.num_query_tokens == 1 and bool(request.drafts)
-
-    def _clamp_drafts(self, request: Request, wanted: int) -> int:
-        # Even if every draft and the bonus token are accepted, the sequence
-        # must stay within max_model_len.
-        room = self.config.max_model_len - request.num_tokens - 1
-        return max(0, min(wanted, len(request.drafts), room))
+    def _grant_drafts(self, plan: StepPlan, num_drafts: int, budget: TokenBudget) -> None:
+        if not num_drafts:
+            return
+        plan.num_spec_tokens = budget.take(num_drafts)
+        block_ids = self.block_manager.allocate_slots(plan.request.request_id, plan.num_slots)
+        if block_ids is None:  # the KV room said it fits: a bookkeeping bug
+            raise AssertionError(f"{plan.request.request_id}: drafts inside the KV room found no blocks")
+        plan.block_ids = block_ids
 
     def _new_plan(self, request: Request, num_query_tokens: int) -> StepPlan:
         plan = StepPlan(request, num_query_tokens)
@@ -172,27 +185,30 @@ class Scheduler:
             plan.num_lookahead_slots = self.num_lookahead_slots
         return plan
 
-    def _allocate_running(self, plan: StepPlan, budget: TokenBudget) -> ScheduledRequest | None:
-        while (block_ids := self._allocate(plan, budget)) is None:
+    def _allocate_running(self, plan: StepPlan) -> bool:
+        while not self._allocate(plan):
             victim = self.running[-1]
             self._preempt(victim)
             if victim is plan.request:
-                return None
-        return self._scheduled(plan, block_ids)
+                return False
+        return True
 
-    def _allocate(self, plan: StepPlan, budget: TokenBudget) -> list[int] | None:
+    def _allocate(self, plan: StepPlan) -> bool:
         """Blocks for the plan, shrinking its optional part until they fit."""
         while True:
             block_ids = self.block_manager.allocate_slots(plan.request.request_id, plan.num_slots)
-            if block_ids is not None or not plan.drop_optional_slots(budget):
-                return block_ids
+            if block_ids is not None:
+                plan.block_ids = block_ids
+                return True
+            if not plan.drop_optional_slots():
+                return False
 
     @staticmethod
-    def _scheduled(plan: StepPlan, block_ids: list[int]) -> ScheduledRequest:
+    def _scheduled(plan: StepPlan) -> ScheduledRequest:
         return ScheduledRequest(request=plan.request,
                                 start_position=plan.request.num_computed_tokens,
                                 num_query_tokens=plan.num_query_tokens,
-                                block_ids=block_ids, drafts=plan.drafts)
+                                block_ids=plan.block_ids, drafts=plan.drafts)
 
     def _preempt(self, request: Request) -> None:
         self._remove_running(request)
@@ -205,18 +221,19 @@ class Scheduler:
         self.waiting.appendleft(request)
         self._freed_ids.append(request.request_id)
 
-    def _schedule_waiting(self, budget: TokenBudget) -> list[ScheduledRequest]:
-        scheduled = []
+    def _schedule_waiting(self, budget: TokenBudget) -> tuple[list[StepPlan], bool]:
+        """Admit in FIFO order; also whether the head was refused for lack of KV blocks."""
+        admitted = []
         while self.waiting and budget.left and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
             if not self._can_ever_fit(request):
                 self._finish_never_fitting(self.waiting.popleft())
                 continue
-            item = self._admit(request, budget)
-            if item is None:
-                break
-            scheduled.append(item)
-        return scheduled
+            plan = self._admit(request, budget)
+            if plan is None:
+                return admitted, True
+            admitted.append(plan)
+        return admitted, False
 
     def _can_ever_fit(self, request: Request) -> bool:
         """False when even an empty cache could not hold the request's next step."""
@@ -225,14 +242,13 @@ class Scheduler:
         needed = self.block_manager.num_blocks_for(request.num_tokens)
         return needed <= self.block_manager.num_blocks
 
-    def _admit(self, request: Request, budget: TokenBudget) -> ScheduledRequest | None:
+    def _admit(self, request: Request, budget: TokenBudget) -> StepPlan | None:
         request_id = request.request_id
         request.num_computed_tokens = self.block_manager.match_prefix(
             request_id, request.all_token_ids)
         plan = self._new_plan(request, min(request.num_tokens - request.num_computed_tokens,
                                            budget.left))
-        block_ids = self._allocate(plan, budget)
-        if block_ids is None:
+        if not self._allocate(plan):
             self.block_manager.free(request_id)
             request.num_computed_tokens = 0
             return None
@@ -240,7 +256,7 @@ class Scheduler:
         self.waiting.popleft()
         request.status = RequestStatus.RUNNING
         bisect.insort(self.running, request, key=self._arrival_of)
-        return self._scheduled(plan, block_ids)
+        return plan
 
     def _arrival_of(self, request: Request) -> int:
         return self._arrival[request.request_id]

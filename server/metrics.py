@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from engine.interface import EngineClient
 from engine.outputs import EngineStats, PolicyStats, RequestOutput
+from scheduler.load import LoadStats
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class EngineStatsCollector(Collector):
         yield _counter("num_preemptions", "Requests preempted", stats.num_preemptions)
         yield from self._spec_metrics(stats)
         yield from self._verify_metrics(stats.policy)
+        yield from _load_metrics(stats.load)
         yield from _device_metrics(self._engine.device)
 
     @staticmethod
@@ -106,6 +108,48 @@ class EngineStatsCollector(Collector):
         yield sps
 
 
+def _load_metrics(load: LoadStats) -> Iterator[Metric]:
+    """Where the step budget went, and the load the verification policy saw
+    at the last step (queue, KV room, the machine's other tenants)."""
+    tokens = CounterMetricFamily(PREFIX + "scheduled_tokens",
+                                 "Step budget given to prompt (and recomputed) tokens, "
+                                 "decoded tokens and verified drafts", labels=["kind"])
+    for kind, count in (("prefill", load.prefill_tokens), ("decode", load.decode_tokens),
+                        ("draft", load.draft_tokens)):
+        tokens.add_metric([kind], count)
+    yield tokens
+    yield _counter("spec_kv_backoff_steps", "Steps where KV pressure left drafts unverified",
+                   load.kv_backoff_steps)
+    yield _gauge("queue_oldest_wait_seconds", "Age of the oldest waiting request at the last step",
+                 load.oldest_wait_s)
+    yield _gauge("policy_stalled_requests", "Requests present that got no token in the last step",
+                 load.num_stalled)
+    yield _gauge("policy_arrival_rate", "Requests per second over the recent arrivals",
+                 load.arrival_rate)
+    yield _gauge("policy_kv_spare_blocks",
+                 "KV blocks drafts could take beyond one growth block per running request",
+                 load.kv_spare_blocks)
+    yield _gauge("policy_kv_pressure", "1 if KV pressure stopped all drafts at the last step",
+                 float(load.kv_pressure))
+    yield _gauge("policy_machine_busy", "Share of the machine other processes held, as priced",
+                 load.busy)
+    yield from _sampled_device_metrics(load)
+
+
+def _sampled_device_metrics(load: LoadStats) -> Iterator[Metric]:
+    """The background sampler's counters the policy read (absent when unknown)."""
+    device = load.device
+    if device is None:
+        return
+    if device.gpu_other_utilization is not None:
+        yield _gauge("gpu_other_utilization_perc", "GPU time (0-1) other processes' kernels ran",
+                     device.gpu_other_utilization)
+    if device.cpu_wait_fraction is not None:
+        yield _gauge("cpu_runqueue_wait_fraction",
+                     "Share of runnable time the server's threads waited for a CPU",
+                     device.cpu_wait_fraction)
+
+
 def _device_metrics(device: str) -> Iterator[Metric]:
     """GPU utilisation and memory from NVML, on CUDA only."""
     from engine.device_stats import read_device_stats
@@ -120,6 +164,9 @@ def _device_metrics(device: str) -> Iterator[Metric]:
     yield _gauge("gpu_utilization_perc", "GPU utilisation (0-1) from NVML", reading.utilization)
     yield _gauge("gpu_memory_used_bytes", "GPU memory in use, from NVML", reading.memory_used)
     yield _gauge("gpu_memory_total_bytes", "GPU memory in all, from NVML", reading.memory_total)
+    if reading.sm_clock_mhz is not None:
+        yield _gauge("gpu_sm_clock_mhz", "GPU SM clock now, from NVML", reading.sm_clock_mhz)
+        yield _gauge("gpu_max_sm_clock_mhz", "GPU SM clock at most, from NVML", reading.max_sm_clock_mhz)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

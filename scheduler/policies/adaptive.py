@@ -1,10 +1,10 @@
 """Confidence-aware, load-aware verification (speculation.md §4)."""
 from __future__ import annotations
 
-from scheduler.admission import (best_budget, greedy_prefix_admission, ranked_positions,
-                                 survivals_from_confidences, top_k_admission)
+from scheduler.admission import (FeltStepCost, StepBase, admit_from_base, best_budget,
+                                 ranked_positions, survivals_from_confidences, top_k_admission)
 from scheduler.calibration import ConfidenceCalibrator
-from scheduler.load import StepCostModel
+from scheduler.load import IDLE, LoadedStepCost, LoadSignal, StepCostModel
 from scheduler.policies.base import LengthHistogram, PolicyContext, PolicyStats, VerifyPolicy
 from scheduler.policies.registry import register_policy
 from scheduler.request import Request
@@ -18,9 +18,47 @@ class AdaptivePolicy(VerifyPolicy):
     stop. Asynchronous mode: the total budget K is a global search over LAST
     step's survivals, then this step admits the top-K fresh survivals.
 
-    The batch's base comes from the scheduler's plan: B0 = tokens of the
-    running requests already planned this step, tau0 = one emitted token per
-    sampling request.
+    Load-aware rule, in speculation.md §4 terms. The objective counts every
+    user on the server, not only the R requests that decode:
+
+        Theta_load = (tau + W) * SPS_felt(B)
+
+    - B = B0 + sum_r l_r, where B0 holds every token already in the step:
+      running requests' decode and prefill tokens AND the prefill of the
+      requests admitted this step (the scheduler admits before it asks);
+      B0_dec of them belong to requests in decode.
+    - tau = sum over requests that emit this step (decoders and admissions
+      whose prompt completes) of 1 + sum_{j<=l_r} a_{r,j}.
+    - W = users present who get no token this step (queued, mid-prefill,
+      left out of the budget), plus lambda * T_load(B0): the users expected
+      to arrive while the step runs (lambda from recent arrivals), who wait
+      for its end. A longer step delays each of them as much as it delays
+      a decoder's next token, so each weighs one token in tau: draft (r, j)
+      is admitted only while its gain beats (tau + W) times the seconds it
+      adds (next point).
+    - T_load(B) = T(B) + u * s * B: T the live curve, u the share of the
+      machine others hold (NVML other-process utilisation on CUDA, run-queue
+      wait on CPU), s the curve's saturated seconds per token. A busy
+      machine makes every token cost, so only confident drafts pass.
+    - SPS_felt: an accepted draft saves its request one DECODE step,
+      T_load(B0_dec + k), while it stretches this step by T_load(B+1) -
+      T_load(B) for everyone in it (admissions' first tokens too). So the
+      greedy test reads a_{r,j} * T_load(B0_dec + k) > (tau + W) *
+      (T_load(B+1) - T_load(B)) (admission.FeltStepCost); with no prefill
+      in the step, SPS_felt = SPS_load and, with W = 0 and u = 0, this is
+      §4's Theta test exactly.
+    - Budget: drafts get only what admissions left. A budget token a
+      waiting request can use is worth a whole token of its work, a draft at
+      most a_{r,j} <= 1, so the queue always outbids the drafts.
+    - Blocks: drafts fit in the KV room (slots in blocks a request holds,
+      and the blocks spare beyond one growth block per running request).
+      When the cache is fuller than that, or the queue's head waits for
+      blocks, or the step preempted, no draft is verified: speculation
+      backs off before any preemption is due.
+
+    Non-anticipating: B0, tau0, W, lambda, u, the budget and the KV room
+    are fixed (`step_base`) before any survival is read, and the greedy walk with its
+    early stop decides position j from positions ranked above it only.
     """
 
     def __init__(self, cost: StepCostModel, max_batched_tokens: int,
@@ -36,23 +74,31 @@ class AdaptivePolicy(VerifyPolicy):
         self._previous_ranked: list[float] = []
         self.backoff = DraftingBackoff()
 
-    def choose_lengths(self, candidates: list[Request], budget_left: int,
-                       num_emitting: int = 0) -> dict[str, int]:
+    def choose_lengths(self, candidates: list[Request], budget_left: int, num_emitting: int = 0,
+                       load: LoadSignal = IDLE) -> dict[str, int]:
+        base = self.step_base(budget_left, max(num_emitting, len(candidates)), load)
         survivals = {r.request_id: self._survivals(r) for r in candidates}
-        base_tokens = max(1, self.max_batched_tokens - budget_left)
-        base_tau = float(max(num_emitting, len(candidates)))
         if self.asynchronous:
-            budget = best_budget(self._previous_ranked, base_tokens, base_tau, self.cost, budget_left)
+            budget = best_budget(self._previous_ranked, base.tokens, base.tau, base.cost, base.max_extra)
             self._previous_ranked = [a for a, _, _ in ranked_positions(survivals)]
-            lengths = top_k_admission(survivals, budget)
+            lengths = top_k_admission(survivals, budget, base.kv)
         else:
-            lengths = greedy_prefix_admission(survivals, base_tokens, base_tau, self.cost, budget_left)
+            lengths = admit_from_base(survivals, base)
         self.lengths.record(lengths)
         for rid, length in lengths.items():
             self.last_length[rid] = length
             if length == 0:
                 self.backoff.failed(rid)
         return lengths
+
+    def step_base(self, budget_left: int, num_emitting: int, load: LoadSignal) -> StepBase:
+        """B0, tau0 + W, the loaded cost, the budget and the KV room: what
+        this step's drafts are weighed against, from the load alone."""
+        tokens, cost = max(1, self.max_batched_tokens - budget_left), LoadedStepCost(self.cost, load.busy)
+        arriving = load.arrival_rate * cost.step_seconds(tokens)
+        felt = FeltStepCost(cost, tokens, tokens - load.num_prefill_tokens)
+        return StepBase(tokens=tokens, tau=num_emitting + load.num_stalled + arriving, cost=felt,
+                        max_extra=budget_left, kv=load.kv)
 
     def _survivals(self, request: Request) -> list[float]:
         raw = list(request.drafts.confidences)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-from scheduler.load import StepCostModel
+from scheduler.load import IDLE, LoadSignal, StepCostModel
 from scheduler.request import Request
 
 
@@ -39,26 +39,31 @@ class VerifyPolicy(ABC):
     `forget` when a request leaves for good. The engine never asks which
     policy it holds.
 
-    Contract of `choose_lengths(candidates, budget_left, num_emitting)`:
+    Contract of `choose_lengths(candidates, budget_left, num_emitting, load)`:
     - `candidates`: running requests in decode (their only real token this
       step is the last sampled one) holding drafts in `request.drafts`,
       in packed-batch order.
-    - `budget_left`: how many draft tokens the step can still take in total.
+    - `budget_left`: how many draft tokens the step can still take in total
+      (the scheduler has already admitted waiting requests with the rest).
     - `num_emitting`: requests in this step that emit a token whatever is
-      verified (every sampling request, candidates included).
+      verified (every sampling request, candidates and admissions included).
+    - `load`: the rest of what the scheduler knows (scheduler.load.LoadSignal:
+      users left waiting, the KV room drafts may use, the machine counters).
     - returns `{request_id: l}` with `0 <= l <= len(request.drafts)` and the
       sum of all `l` at most `budget_left`; a missing id means `l = 0`. Each
       request verifies its first `l` drafts (a prefix).
     - losslessness: whether draft position k is verified must not depend on
       the value of draft token k itself (speculation.md §4), only on
       confidences of earlier positions, load and budget.
-    The scheduler clamps the answer to these bounds again, so a policy bug
-    costs speed, never correctness of the bookkeeping.
+    The scheduler clamps the answer to these bounds and to `load.kv` again,
+    in packed order, so a policy bug costs speed, never correctness of the
+    bookkeeping nor a preemption. (A policy that already respects `load.kv`
+    is never clamped: its own order of decisions stands.)
     """
 
     @abstractmethod
-    def choose_lengths(self, candidates: list[Request], budget_left: int,
-                       num_emitting: int = 0) -> dict[str, int]:
+    def choose_lengths(self, candidates: list[Request], budget_left: int, num_emitting: int = 0,
+                       load: LoadSignal = IDLE) -> dict[str, int]:
         """Verification length per candidate (see the class docstring)."""
 
     @abstractmethod

@@ -1,6 +1,7 @@
 """Fixed draft lengths: verify up to k drafts per request, first come first served."""
 from __future__ import annotations
 
+from scheduler.load import IDLE, LoadSignal
 from scheduler.policies.base import LengthHistogram, PolicyContext, PolicyStats, VerifyPolicy
 from scheduler.policies.registry import register_policy
 from scheduler.request import Request
@@ -9,14 +10,16 @@ from scheduler.request import Request
 class StaticPolicy(VerifyPolicy):
     """Verify a fixed number k of drafts (fewer when fewer were proposed, or
     the budget runs out); k=None verifies all. Load and confidences are
-    ignored, so a seeded request's verification lengths never change."""
+    ignored; the scheduler still gives admissions the budget first and cuts
+    drafts to the KV room, so a seeded request's verification lengths stay
+    fixed only while the server has room."""
 
     def __init__(self, k: int | None, max_length: int = 16):
         self.k = k
         self.lengths = LengthHistogram(max(k or 0, max_length))
 
-    def choose_lengths(self, candidates: list[Request], budget_left: int,
-                       num_emitting: int = 0) -> dict[str, int]:
+    def choose_lengths(self, candidates: list[Request], budget_left: int, num_emitting: int = 0,
+                       load: LoadSignal = IDLE) -> dict[str, int]:
         lengths = {}
         for request in candidates:
             proposed = len(request.drafts)

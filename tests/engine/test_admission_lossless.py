@@ -23,7 +23,8 @@ import torch
 from engine.spec.rejection import rejection_sample
 from scheduler.admission import (global_search_admission, greedy_prefix_admission,
                                  survivals_from_confidences, top_k_admission, best_budget)
-from scheduler.load import StepCostModel
+from scheduler.load import DeviceCounters, KvRoom, LoadSignal, StepCostModel
+from scheduler.policies import AdaptivePolicy
 
 TARGET = torch.tensor([0.7, 0.3])
 TRIALS = 20000
@@ -121,3 +122,30 @@ def test_async_budget_then_top_k():
     assert k == 2
     fresh = {"a": [0.5, 0.4], "b": [0.95]}
     assert top_k_admission(fresh, k) == {"a": 1, "b": 1}
+
+
+# ---- the same with the load signal (users waiting, a busy machine, a KV room) ----
+
+LOADED_COST = StepCostModel([1, 2, 3], [1.0, 1 / 0.7, 1 / 0.6])
+LOAD = LoadSignal(num_stalled=1, kv=KvRoom(block_size=4, spare_blocks=0, free_slots={"r": 2}),
+                  device=DeviceCounters(gpu_other_utilization=0.1))
+
+
+def with_load(admission):
+    """`admission` run against the adaptive policy's load-aware base for LOAD."""
+    def decide(survivals, base_tokens, base_tau, cost, max_extra):
+        policy = AdaptivePolicy(LOADED_COST, max_batched_tokens=max_extra + base_tokens)
+        base = policy.step_base(max_extra, int(base_tau), LOAD)
+        return admission(survivals, base.tokens, base.tau, base.cost, base.max_extra,
+                         **({"kv": base.kv} if admission is greedy_prefix_admission else {}))
+    return decide
+
+
+def test_load_aware_greedy_admission_keeps_the_target_distribution():
+    assert within(first_token_frequency(with_load(greedy_prefix_admission), LOADED_COST, UNIFORM_DRAFT,
+                                   confidences_depending_on_the_next_token)[0], 0.7)
+
+
+def test_the_loaded_setting_is_one_where_anticipating_would_show():
+    assert not within(first_token_frequency(with_load(global_search_admission), LOADED_COST, UNIFORM_DRAFT,
+                                   confidences_depending_on_the_next_token)[0], 0.7)

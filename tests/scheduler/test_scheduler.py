@@ -448,7 +448,7 @@ def test_drafts_dropped_before_anyone_is_preempted():
 class GreedyPolicy(VerifyAllPolicy):
     """Asks for more than allowed, to check the scheduler's clamping."""
 
-    def choose_lengths(self, candidates, budget_left, num_emitting=0):
+    def choose_lengths(self, candidates, budget_left, num_emitting=0, load=None):
         return {r.request_id: 99 for r in candidates}
 
 

@@ -146,8 +146,12 @@ class DraftingBackoff:
     """Skip drafting for 1, 2, 4 .. 16 steps after drafts were not worth
     verifying or were all rejected; reset when a draft is accepted.
 
-    A new request starts from the latest backoff of any request, so a
-    drafter that never pays stays mostly idle across requests too.
+    A new request drafts on its first chance but inherits the latest backoff
+    level, so one failure pauses it as long as the last failing request was
+    paused: a drafter that never pays stays mostly idle across requests too,
+    while a short request still gets one try (inheriting the pause itself
+    would let short requests finish before it ends, so none would ever draft
+    again and nothing could reset the level).
     """
 
     def __init__(self):
@@ -166,7 +170,7 @@ class DraftingBackoff:
 
     def should_draft(self, request_id: str) -> bool:
         if request_id not in self._pause:
-            self._pause[request_id] = (self._recent, self._recent)
+            self._pause[request_id] = (0, self._recent)
         skip, backoff = self._pause[request_id]
         if skip <= 0:
             return True

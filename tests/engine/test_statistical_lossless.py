@@ -44,9 +44,8 @@ EXACT = [SamplingParams(temperature=0.0, max_tokens=OUTPUT_LEN, ignore_eos=True)
     SamplingParams(temperature=1.0, top_p=0.9, seed=seed, max_tokens=OUTPUT_LEN, ignore_eos=True)
     for seed in (7, 8, 9, 10)]
 # Long requests mixed in (unrecorded), as in real traffic: they keep drafting
-# while the short recorded requests come and go. (A new request starts with
-# the drafting backoff of the latest verification outcome; with only 4-token
-# requests a streak of failures could pause drafting for good.)
+# while the short recorded requests come and go, so the drafting backoff
+# level they inherit follows real verification outcomes.
 BACKGROUND = SamplingParams(temperature=1.0, max_tokens=40, ignore_eos=True)
 
 

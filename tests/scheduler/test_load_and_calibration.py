@@ -10,6 +10,7 @@ from scheduler.load import StepCostModel, probe_sizes
 from scheduler.request import Request, SamplingParams
 from scheduler.drafts import DraftBlock
 from scheduler.policies import AdaptivePolicy, StaticPolicy
+from scheduler.policies.adaptive import DraftingBackoff
 
 
 def test_step_cost_is_monotone_and_interpolates():
@@ -126,6 +127,26 @@ def test_drafting_backs_off_when_drafts_do_not_pay_and_resumes_on_acceptance():
     assert sum(skipped) > 30  # backoff grew to 16 steps
     policy.observe("r", 2, 1)
     assert policy.should_draft("r")
+
+
+def test_short_requests_keep_trying_after_a_streak_of_failures():
+    """Each new request drafts on its first step even after every earlier
+    one failed (a pause it inherited could outlive it, and then nothing would
+    ever draft again); after failing it pauses as long as the latest one did."""
+    backoff = DraftingBackoff()
+    for step in range(8):  # failing streak of one long request
+        if backoff.should_draft("long"):
+            backoff.failed("long")
+    for name in ["short-1", "short-2", "short-3"]:  # two-step requests
+        assert backoff.should_draft(name)
+        backoff.failed(name)
+        assert not backoff.should_draft(name)
+        backoff.forget(name)
+    assert backoff.should_draft("short-4")
+    backoff.paid("short-4")  # an acceptance resets the level for newcomers
+    assert backoff.should_draft("short-5")
+    backoff.failed("short-5")
+    assert [backoff.should_draft("short-5") for _ in range(2)] == [False, True]  # a one-step pause
 
 
 def test_token_ids_slices_like_all_token_ids():

@@ -57,6 +57,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--gen-temperature", type=float, default=0.0)
     g.add_argument("--gen-batch", type=int, default=16)
+    g.add_argument("--gen-threads", type=int, default=1, help="torch threads while regenerating responses")
     g.add_argument("--max-prompt-tokens", type=int, default=512)
     g.add_argument("--max-len", type=int, default=1024, help="tokens per training sequence")
     g.add_argument("--top-k", type=int, default=20, help="target log-probs kept per token (soft labels)")

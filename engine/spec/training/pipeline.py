@@ -62,21 +62,35 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
 def prepare_data(args, loaded, work: str, aux_layers) -> TrainingData:
     """Responses, conversations and features for every role (cached in `work`)."""
     engine = engine_for_generation(loaded, args)
+    threads = torch.get_num_threads()
+    # Decoding is latency-bound: on a shared CPU a second thread mostly waits
+    # for the busy other core (facts.md), so generation runs on one.
+    torch.set_num_threads(args.gen_threads)
     train_samples = _train_samples(args, loaded, engine, work)
     heldout_prompts = load_prompts(args.heldout_data, split="test")
     heldout = _generate(engine, heldout_prompts, work, "heldout", args, temperature=0.0)
+    eval_samples = {name: _generate(engine, prompts, work, f"eval-{name}", args, 0.0)
+                    for name, prompts in _eval_prompts(args).items()}
+    torch.set_num_threads(threads)
     features = lambda name, samples: collect_features(  # noqa: E731
         loaded, samples, aux_layers, os.path.join(work, f"features-{name}"), max_len=args.max_len,
         top_k=args.top_k, progress=not args.no_progress)
     data = TrainingData(features("train", train_samples), features("heldout", heldout),
                         heldout_prompts=[p for p in heldout_prompts if p.id in {s.id for s in heldout}])
-    for name, count in parse_sources(args.eval_data) if args.eval_data else []:
-        prompts = load_prompts(f"{name}:{count}" if count else name, split="test" if name == "sharegpt" else None)
-        data.eval_sets[name] = features(f"eval-{name}", _generate(engine, prompts, work, f"eval-{name}", args, 0.0))
+    for name, samples in eval_samples.items():
+        data.eval_sets[name] = features(f"eval-{name}", samples)
     log.info("features: %d train sequences (%d tokens, %d trained), %d held-out, eval sets %s",
              len(data.train), data.train.num_tokens, data.train.num_trainable_tokens, len(data.heldout),
              {k: len(v) for k, v in data.eval_sets.items()})
     return data
+
+
+def _eval_prompts(args) -> dict[str, list[Prompt]]:
+    """Evaluation-only sets: MT-Bench and HumanEval are never trained on, so
+    any of their prompts will do; ShareGPT's come from the test split."""
+    sources = parse_sources(args.eval_data) if args.eval_data else []
+    return {name: load_prompts(f"{name}:{count}" if count else name, split="test" if name == "sharegpt" else None)
+            for name, count in sources}
 
 
 def engine_for_generation(loaded, args):

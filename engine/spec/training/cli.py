@@ -139,7 +139,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.prepare_only:
         print(json.dumps({"train_sequences": len(data.train), "train_tokens": data.train.num_tokens,
                           "trained_tokens": data.train.num_trainable_tokens, "heldout": len(data.heldout),
-                          "data_seconds": round(data_seconds, 1), **vocab}, indent=2))
+                          "data_seconds": round(data_seconds, 1),
+                          **{k: v for k, v in vocab.items() if k != "ids"}}, indent=2))
         return 0
     head = _build_head(config, loaded, vocab.get("ids"))
     precision = args.precision if args.precision != "auto" else ("bf16" if native_bf16(args.device) else "fp32")

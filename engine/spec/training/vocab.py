@@ -8,9 +8,13 @@ position whose target token is outside can never be drafted right, so
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
-from engine.spec.training.features import FeatureSet
+from engine.spec.training.features import FeatureSet, load_features
+
+COUNTS_FILE = "target-choice-counts.pt"
 
 
 def target_choice_counts(features: FeatureSet, vocab_size: int) -> torch.Tensor:
@@ -20,6 +24,17 @@ def target_choice_counts(features: FeatureSet, vocab_size: int) -> torch.Tensor:
     for i in range(len(features)):
         counts += torch.bincount(_trained_choices(features, i), minlength=vocab_size)
     return counts
+
+
+def cached_choice_counts(directories: list[str], vocab_size: int) -> torch.Tensor:
+    """target_choice_counts summed over feature directories, each cached in it."""
+    total = torch.zeros(vocab_size, dtype=torch.long)
+    for directory in directories:
+        path = os.path.join(directory, COUNTS_FILE)
+        if not os.path.exists(path):
+            torch.save(target_choice_counts(load_features(directory), vocab_size), path)
+        total += torch.load(path)
+    return total
 
 
 def _trained_choices(features: FeatureSet, index: int) -> torch.Tensor:

@@ -56,6 +56,14 @@ train_draft() {  # THREADS OUT ARGS...: run the CLI from a fresh snapshot
 }
 
 data() {  # responses, conversations, features, draft vocabulary
+  # Two processes: the conversations' features (no decoding) while the
+  # other one regenerates responses and extracts theirs; then one pass that
+  # finds everything cached and picks the draft vocabulary.
+  train_draft "$DATA_THREADS" "$RUN/data-conversations" --method dspark --prepare-only \
+    --data "" --heldout-data "" --eval-data "" &
+  local conversations=$!
+  train_draft "$DATA_THREADS" "$RUN/data-responses" --method dspark --prepare-only --conversations 0
+  wait "$conversations"
   train_draft "$DATA_THREADS" "$RUN/data-only" --method dspark --prepare-only
 }
 

@@ -21,7 +21,7 @@ import torch
 from engine.models.loader import load_model
 from engine.spec.heads.config import HeadConfig
 from engine.spec.training.evaluate import teacher_forced_simulation
-from engine.spec.training.features import load_features
+from engine.spec.training.features import FeatureSet, load_features
 from engine.spec.training.recipes import build_head
 from engine.spec.training.train import TrainConfig, Trainer
 from engine.spec.training.vocab import coverage, draft_vocabulary, target_choice_counts
@@ -38,9 +38,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     loaded = load_model(None)
-    train = load_features(os.path.join(args.work_dir, "features-train"))
+    directories = sorted(glob.glob(os.path.join(args.work_dir, "features-*")))
+    train = FeatureSet.concat([load_features(d) for d in directories if "features-train" in d])
     sets = {os.path.basename(d).removeprefix("features-").removeprefix("eval-"): load_features(d)
-            for d in sorted(glob.glob(os.path.join(args.work_dir, "features-*"))) if not d.endswith("-train")}
+            for d in directories if "features-train" not in d}
     counts = target_choice_counts(train, loaded.config.vocab_size)
     report = {"method": args.method, "train_sequences": len(train), "train_tokens": train.num_trainable_tokens,
               "budget_anchors": args.train_tokens, "runs": []}

@@ -8,7 +8,9 @@
 #   engine/spec/training/scripts/smollm2-heads.sh data  [RUN_DIR]   # only the data
 #   engine/spec/training/scripts/smollm2-heads.sh train METHOD [RUN_DIR]
 #
-# RUN_DIR defaults to runs/heads-smollm2 (git-ignored). Each stage runs the
+# RUN_DIR defaults to runs/heads-smollm2 (git-ignored). A running job reads
+# this file as it goes: replace it (write a new file, then rename), never
+# edit it in place. Each stage runs the
 # code of the branch's HEAD commit at the time it starts, exported to
 # RUN_DIR/code-SHA (so edits to the work tree never change a running job);
 # the log says which. Environment: PYTHON (interpreter), DATA_PACKAGES (a
@@ -35,12 +37,15 @@ TRAIN_ARGS=(
   --eval-every 250 --eval-sequences 12 --checkpoint-every 50 --calibration-tokens 128
 )
 
-snapshot() {  # export HEAD's tree once; print its directory
-  local sha dir
+snapshot() {  # export HEAD's tree once (atomically: stages may start together); print its directory
+  local sha dir tmp
   sha=$(git -C "$REPO" rev-parse --short=12 HEAD)
   dir="$RUN/code-$sha"
   if [ ! -d "$dir" ]; then
-    mkdir -p "$dir.tmp" && git -C "$REPO" archive "$sha" | tar -x -C "$dir.tmp" && mv "$dir.tmp" "$dir"
+    mkdir -p "$RUN"
+    tmp=$(mktemp -d "$dir.XXXXXX")
+    git -C "$REPO" archive "$sha" | tar -x -C "$tmp"
+    mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"  # another stage got there first
   fi
   echo "$dir"
 }

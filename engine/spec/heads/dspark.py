@@ -17,7 +17,9 @@ class DSparkHead(BlockHead):
 
     With a draft vocabulary of Vd tokens, v ranges over it, W2 is r x Vd
     and W1 has Vd + 1 rows: the last is shared by every previous token
-    outside the draft vocabulary (only the anchor can be one).
+    outside the draft vocabulary (only the anchor can be one). Rank 0
+    switches the Markov head off (an ablation): no bigram term, and the
+    confidence head sees norm(h_k) alone.
     """
 
     config_defaults = {"num_layers": 2, "markov_rank": 32}  # rank 32 keeps it near 25 MB on SmolLM2
@@ -34,8 +36,8 @@ class DSparkHead(BlockHead):
 
     @classmethod
     def check_config(cls, config: HeadConfig) -> None:
-        if config.markov_rank < 1:
-            raise ValueError("dspark needs markov_rank >= 1")
+        if config.markov_rank < 0:
+            raise ValueError("dspark needs markov_rank >= 0 (0: no Markov head, an ablation)")
 
     @property
     def block_inputs(self) -> int:

@@ -66,7 +66,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", type=int, default=7)
     g.add_argument("--layers", type=int, default=None, help="draft layers (default 1 for eagle3, 2 otherwise)")
     g.add_argument("--aux-layers", default=None, help="comma-separated target layers (default low,mid,high)")
-    g.add_argument("--markov-rank", type=int, default=None)
+    g.add_argument("--markov-rank", type=int, default=None, help="DSpark's Markov head rank (0: off, an ablation)")
     g.add_argument("--intermediate-size", type=int, default=None)
     g.add_argument("--draft-vocab", type=int, default=0,
                    help="draft vocabulary: the N tokens the target picks most often in the training "
@@ -194,7 +194,7 @@ def _head_config(args, loaded) -> HeadConfig:
         overrides["num_layers"] = args.layers
     if args.aux_layers:
         overrides["aux_layers"] = tuple(int(x) for x in args.aux_layers.split(","))
-    if args.markov_rank:
+    if args.markov_rank is not None:  # 0 is meaningful: no Markov head
         overrides["markov_rank"] = args.markov_rank
     if args.intermediate_size:
         overrides["intermediate_size"] = args.intermediate_size

@@ -31,7 +31,9 @@ class HeadDrafter(Drafter):
     the previous draft); for EAGLE-3 and DFlash the largest probability of
     the head's untransformed distribution at that position, never the
     probability of the drawn token (speculation.md §4). Either is then
-    scaled per position by the checkpoint's STS temperatures, if calibrated.
+    scaled per position by the checkpoint's STS temperatures, if calibrated:
+    the set fitted at temperature 0 for greedy requests, the one fitted
+    nearest to the request's temperature for sampled ones.
     """
 
     num_lookahead_slots = 0  # the head keeps its own state; no target KV slots
@@ -43,10 +45,10 @@ class HeadDrafter(Drafter):
         self.name = head.config.method
         self.aux_layers = tuple(head.config.aux_layers)
         self.max_draft_tokens = head.config.block_size
-        self.temperatures = head.config.calibration
+        self.calibration = head.config.calibration  # None: raw confidences
         self.states: dict[str, RequestState] = {}
         self.pending_hidden: dict[str, list[torch.Tensor]] = {}  # absorbed, not yet folded in
-        self.dtype = head.norm.weight.dtype
+        self.dtype, self.device = head.norm.weight.dtype, head.norm.weight.device
 
     @classmethod
     def from_checkpoint(cls, path: str, target_model, dtype: torch.dtype = torch.float32,
@@ -71,7 +73,7 @@ class HeadDrafter(Drafter):
         if not items:
             return {}
         states = [self._absorb_checked(item) for item in items]
-        batch = DraftBatch(items, states, self.temperatures, self.name)
+        batch = DraftBatch(items, states, self.calibration, self.name)
         self.head.draft(batch)
         return batch.proposals()
 
@@ -90,7 +92,7 @@ class HeadDrafter(Drafter):
             raise RuntimeError(f"request {request.request_id}: drafting needs features of every token "
                                f"but the last ({request.num_computed_tokens} of {request.num_tokens})")
         if n:
-            self.head.absorb_context(state, request, new.to(self.dtype))
+            self.head.absorb_context(state, request, new.to(self.device, self.dtype))
             state.num_context += n
         return state
 

@@ -102,8 +102,9 @@ def head_checkpoints(vocab_target, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def draft_models(vocab_draft_dir, head_checkpoints) -> dict[str, str]:
-    """--draft-model of every method that needs one."""
-    return {"draft-model": vocab_draft_dir, **head_checkpoints}
+    """--draft-model of every method that needs one (the hybrid drafts from
+    a DSpark head beside n-gram)."""
+    return {"draft-model": vocab_draft_dir, **head_checkpoints, "hybrid": head_checkpoints["dspark"]}
 
 
 def engine_config(target, method: str, policy: str, draft_model: str | None, num_speculative_tokens: int,

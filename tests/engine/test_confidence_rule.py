@@ -25,8 +25,8 @@ from tests.engine.lossless_harness import (  # noqa: F401 (fixtures)
     FILTERED, HEAD_BLOCK, PLAIN, DrawnTokenConfidence, draft_models, engine_config, head_checkpoints,
     sequence_features, vocab_draft_dir, vocab_target, vocab_target_dir)
 
-METHODS = ("ngram", "draft-model", "self-draft", *HEAD_METHODS)
-SAMPLED = ("draft-model", "self-draft", *HEAD_METHODS)  # drafters whose drafts are random
+METHODS = ("ngram", "draft-model", "self-draft", *HEAD_METHODS, "hybrid")
+SAMPLED = ("draft-model", "self-draft", *HEAD_METHODS, "hybrid")  # drafters whose drafts are random
 TRIALS = 150
 NUM_BLOCKS = 64
 

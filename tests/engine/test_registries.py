@@ -20,9 +20,9 @@ from tests.tiny_model import make_tiny_model_dir
 def test_builtin_methods_are_registered_once():
     names = method_names()
     assert names[0] == NONE and len(set(names)) == len(names)
-    assert {"ngram", "draft-model", "self-draft", "eagle3", "dflash", "dspark"} == set(DRAFTERS)
+    assert {"ngram", "draft-model", "self-draft", "eagle3", "dflash", "dspark", "hybrid"} == set(DRAFTERS)
     assert {n for n in DRAFTERS if drafter_spec(n).needs_draft_model} == {
-        "draft-model", "eagle3", "dflash", "dspark"}
+        "draft-model", "eagle3", "dflash", "dspark", "hybrid"}
 
 
 def test_cli_choices_come_from_the_registries():

@@ -35,6 +35,10 @@ from tests.engine.lossless_harness import (  # noqa: F401 (fixtures)
 
 METHODS = ("ngram", "draft-model", "self-draft", *HEAD_METHODS)
 POLICIES = ("static", "adaptive", "adaptive-async")
+# The hybrid under the static policy only: its online calibration learns
+# that a random head's drafts are rarely accepted, and the adaptive policies
+# then verify too few drafts (139 in 7000 requests) for the test to have power.
+SETTINGS = [(method, policy) for method in METHODS for policy in POLICIES] + [("hybrid", "static")]
 PER_SETTING = 3500
 MAX_NUM_SEQS = 128
 KNEE = MAX_NUM_SEQS + 16
@@ -87,8 +91,7 @@ def assert_speculation_happened(engine: LLMEngine, policy: str, num_requests: in
         assert len(chosen) >= 2, f"verification lengths did not vary: {counts}"
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method, policy", SETTINGS)
 def test_sampling_through_the_engine_is_lossless(vocab_target, draft_models, exact_outputs, deterministic_streams,
                                                  method, policy):
     engine = make_engine(vocab_target, method, policy, draft_models.get(method))

@@ -60,3 +60,40 @@ def test_sts_keeps_the_previous_temperature_without_evidence():
     records = [BlockRecord([0.9, 0.6, 0.6, 0.6], min(i % 3, 2)) for i in range(300)]
     temperatures = fit_sts(records, BLOCK)
     assert temperatures[2] == temperatures[3] == temperatures[1]
+
+
+def test_head_drafter_uses_the_set_fitted_for_the_requests_temperature(tiny_target):
+    """Greedy requests get the T=0 temperatures, sampled ones the T=1 set."""
+    from engine.spec.heads.drafting import scale_confidence
+    from tests.spec.conftest import absorb_and_propose, random_sequence, target_features
+    from tests.spec.test_head_drafter import make_drafter, request_at
+    from scheduler.request import SamplingParams
+
+    sets = {"0": [0.5, 0.5, 0.5, 0.5, 0.5], "1": [3.0, 3.0, 3.0, 3.0, 3.0]}
+    tokens = random_sequence(30, seed=6)
+    raw_drafter = make_drafter(tiny_target, "eagle3")
+    feats, _ = target_features(tiny_target, tokens, raw_drafter.aux_layers)
+    for temperature, key in ((0.0, "0"), (1.0, "1"), (0.8, "1"), (0.2, "0")):
+        params = SamplingParams(temperature=temperature, seed=1)
+        raw = absorb_and_propose(make_drafter(tiny_target, "eagle3"), request_at("r", tokens, 12, params),
+                                 feats[:12], 5)["r"]
+        scaled = absorb_and_propose(make_drafter(tiny_target, "eagle3", calibration=sets),
+                                    request_at("r", tokens, 12, params), feats[:12], 5)["r"]
+        assert scaled.token_ids == raw.token_ids
+        assert scaled.confidences == pytest.approx([scale_confidence(c, sets[key][0]) for c in raw.confidences])
+
+
+def test_sts_is_fitted_per_temperature_and_checked_out_of_sample(tiny_target, feature_set):
+    from engine.spec.training.calibrate import calibrate_per_temperature
+    from engine.spec.training.data import Prompt
+    from tests.spec.conftest import make_head, split
+
+    _, held = split(feature_set)
+    head = make_head("dspark", tiny_target, 3)
+    prompts = [Prompt("toy", f"toy/{i}", f"Tell me about fox {i}.") for i in range(4)]
+    report = calibrate_per_temperature(head, held, tiny_target, prompts, max_tokens=10)
+    assert set(head.config.calibration) == {"0", "1"}
+    assert all(len(t) == 3 for t in head.config.calibration.values())
+    for key in ("T=0", "T=1"):
+        assert {"check_raw", "check_sts", "tau_fit_half", "tau_check_half"} <= set(report[key])
+        assert report[key]["check_sts"]["blocks"] > 0 and report[key]["tau_check_half"] >= 1.0

@@ -29,11 +29,15 @@ def test_train_then_eval_draft(tiny_dir, tmp_path, capsys, mtbench_available):
             "--checkpoint-every", "2", *common]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["steps"] == 4 and report["heldout_greedy_tau"] >= 1.0
+    assert report["steps"] == 4 and report["final_greedy_tau"]["heldout"] >= 1.0
+    assert set(report["T=0"]) >= {"check_raw", "check_sts"} and report["T=1"]["tau_check_half"] >= 1.0
     config = read_head_config(str(out))
-    assert config.method == "dspark" and len(config.calibration) == 3
-    assert sorted(os.listdir(out)) == ["best", "config.json", "data", "model.safetensors", "report.json",
-                                       "train_state.pt"]
+    assert config.method == "dspark" and set(config.calibration) == {"0", "1"}
+    assert all(len(temperatures) == 3 for temperatures in config.calibration.values())
+    assert sorted(os.listdir(out)) == ["best", "config.json", "data", "log.jsonl", "model.safetensors",
+                                       "report.json", "train_state.pt"]
+    evals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals if e["event"] == "eval"] == [2, 4]
     # A second run finds everything cached and its training already done.
     assert main(args) == 0
     assert json.loads((out / "report.json").read_text())["steps"] == 4

@@ -35,7 +35,7 @@ def test_batch_samples_under_each_requests_transforms_and_caps_its_drafts():
     greedy = Request("g", [1], SamplingParams(temperature=0.0))
     top1 = Request("t", [1], SamplingParams(temperature=1.0, top_k=1))
     items = [DraftInput(greedy, 1, torch.Generator(), []), DraftInput(top1, 2, torch.Generator(), [])]
-    batch = DraftBatch(items, [RequestState(), RequestState()], temperatures=[1.0, 2.0])
+    batch = DraftBatch(items, [RequestState(), RequestState()], calibration=[1.0, 2.0])
     logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
     for k in range(2):
         assert batch.sample(k, logits, None).tolist() == [1, 0]

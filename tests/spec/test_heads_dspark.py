@@ -49,4 +49,25 @@ def test_confidences_come_from_the_confidence_head(tiny_target):
 
 def test_needs_a_markov_rank(tiny_target):
     with pytest.raises(ValueError, match="markov_rank"):
-        HeadConfig.for_target("dspark", tiny_target.config, markov_rank=0)
+        HeadConfig.for_target("dspark", tiny_target.config, markov_rank=-1)
+
+
+def test_markov_head_off_is_an_ablation_that_saves_and_serves(tiny_target, tmp_path):
+    """Rank 0: no bigram term (logits are the backbone's), confidences from
+    norm(h) alone; the checkpoint round-trips."""
+    from engine.spec.heads.checkpoint import load_head, save_head
+    from engine.spec.training.recipes import build_head
+
+    config = HeadConfig.for_target("dspark", tiny_target.config, block_size=BLOCK, markov_rank=0)
+    head = build_head(config, tiny_target.model)
+    prev = torch.tensor([3, 9])
+    logits = torch.randn(2, tiny_target.config.vocab_size)
+    assert torch.equal(head.sequential_logits(logits, prev), logits)
+    save_head(head, str(tmp_path / "ckpt"))
+    again = load_head(str(tmp_path / "ckpt"), tiny_target.model)
+    hidden = torch.randn(2, tiny_target.config.hidden_size)
+    torch.testing.assert_close(again.confidence_logit(hidden, prev), head.confidence_logit(hidden, prev).half().float(),
+                               atol=1e-2, rtol=1e-2)
+    tokens = random_sequence()
+    feats, _ = target_features(tiny_target, tokens, config.aux_layers)
+    assert len(serve_one(again, feats, tokens, 20, BLOCK).token_ids) == BLOCK

@@ -1,5 +1,17 @@
 """What every draft head has, and the two routines each family supplies
-for serving (absorb context, draft a batch)."""
+for serving (absorb context, draft a batch).
+
+Draft vocabulary (HeadConfig.draft_vocab_size > 0, as in EAGLE-3): the
+head's LM head is the target's restricted to `draft_ids`, the most
+frequent target tokens of its training data, which makes each draft
+step's LM head and softmax a fraction of the target's. The head's own
+logits (`logits`) live in that compact space; `expand_logits` scatters
+them back to the target's ids with -inf elsewhere, so the distribution a
+draft is sampled from (and verified against) is a full-vocabulary one
+that is exactly zero off the draft vocabulary: rejection sampling stays
+exact. `to_draft_ids` maps target ids into the compact space (tokens
+outside it map to `output_size`, one past the end).
+"""
 from __future__ import annotations
 
 import torch
@@ -25,6 +37,11 @@ class DraftHead(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = Rotary(config)
         self.shared: SharedWeights | None = None
+        if config.draft_vocab_size:
+            self.register_buffer("draft_ids", torch.arange(config.draft_vocab_size))
+            self.register_load_state_dict_post_hook(lambda module, _: module._refresh_vocab())
+        self._lm_head: dict[torch.dtype, torch.Tensor] = {}  # the (restricted) LM head per dtype
+        self._vocab_index: torch.Tensor | None = None  # target id -> draft index
 
     @classmethod
     def check_config(cls, config: HeadConfig) -> None:
@@ -42,8 +59,9 @@ class DraftHead(nn.Module):
         raise NotImplementedError
 
     def sequential_logits(self, logits: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
-        """Draft logits [..., V] given the previous token of each position
-        [...]: the base logits, unless the family adds a term that depends on it."""
+        """Draft logits [..., output_size] given the previous token (a target
+        id) of each position [...]: the base logits, unless the family adds a
+        term that depends on it."""
         return logits
 
     # ---- shared weights ------------------------------------------------------
@@ -55,6 +73,57 @@ class DraftHead(nn.Module):
             raise ValueError(f"target embedding/LM head {tuple(shared.lm_head.shape)} do not match "
                              f"the head's (vocab, hidden) {expected}")
         self.shared = shared
+        self._refresh_vocab()
+
+    def set_draft_vocab(self, ids: torch.Tensor) -> None:
+        """Restrict the head's output to target ids `ids` ([draft_vocab_size], distinct)."""
+        if not self.config.draft_vocab_size or ids.shape != self.draft_ids.shape:
+            raise ValueError(f"this head has a draft vocabulary of {self.config.draft_vocab_size}, "
+                             f"got {tuple(ids.shape)} ids")
+        if ids.unique().numel() != ids.numel() or int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
+            raise ValueError("draft vocabulary ids must be distinct target ids")
+        self.draft_ids.copy_(ids)
+        self._refresh_vocab()
+
+    def _refresh_vocab(self) -> None:
+        self._lm_head.clear()
+        self._vocab_index = None
+        if self.shared is None or not self.config.draft_vocab_size:
+            return
+        ids = self.draft_ids.to(self.shared.lm_head.device)
+        index = torch.full((self.config.vocab_size,), len(ids), dtype=torch.long, device=ids.device)
+        index[ids] = torch.arange(len(ids), device=ids.device)
+        self._vocab_index = index
+
+    @property
+    def output_size(self) -> int:
+        return self.config.output_size
+
+    def to_draft_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Target ids [...] -> draft-vocabulary indices [...] (output_size
+        for a token outside it); the identity without a draft vocabulary."""
+        if not self.config.draft_vocab_size:
+            return tokens
+        self._require_shared()
+        return self._vocab_index[tokens]
+
+    def expand_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary logits [..., output_size] -> target-vocabulary
+        logits [..., V], -inf off the draft vocabulary."""
+        if not self.config.draft_vocab_size:
+            return logits
+        full = logits.new_full((*logits.shape[:-1], self.config.vocab_size), float("-inf"))
+        full[..., self.draft_ids] = logits
+        return full
+
+    def lm_head_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The frozen (restricted) LM head [output_size, H] in `dtype`, cached."""
+        if dtype not in self._lm_head:
+            weight = self._require_shared().lm_head
+            if self.config.draft_vocab_size:
+                weight = weight[self.draft_ids.to(weight.device)]
+            self._lm_head[dtype] = weight.to(dtype)
+        return self._lm_head[dtype]
 
     def _require_shared(self) -> SharedWeights:
         if self.shared is None:
@@ -66,9 +135,19 @@ class DraftHead(nn.Module):
         return F.embedding(tokens, self._require_shared().embed).to(self.norm.weight.dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [..., H] (pre-norm) -> [..., V] float32 through the frozen LM head."""
+        """hidden [..., H] (pre-norm) -> [..., output_size] float32 through
+        the frozen (restricted) LM head. Under autocast the matrix product
+        runs in the autocast dtype, with a cached copy of the LM head."""
         normed = self.norm(hidden)
-        return F.linear(normed, self._require_shared().lm_head.to(normed.dtype)).float()
+        dtype = _autocast_dtype(normed) or normed.dtype
+        return F.linear(normed.to(dtype), self.lm_head_weight(dtype)).float()
 
     def num_own_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None

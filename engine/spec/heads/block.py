@@ -117,8 +117,8 @@ class BlockHead(DraftHead):
         last_context = torch.stack([s.last for s in batch.states])[:, None]  # [R, 1, H]
         hidden = self.block_forward(self.block_embeddings(anchors, last_context), positions, ctx_kv, mask)
         hidden = hidden[:, self.prediction_rows][:, : batch.longest]  # [R, k, H]
-        base = self.logits(hidden)  # [R, k, V]
+        base = self.logits(hidden)  # [R, k, output_size]
         prev = anchors[:, 0]
         for k in range(hidden.shape[1]):
-            logits = self.sequential_logits(base[:, k], prev)
+            logits = self.expand_logits(self.sequential_logits(base[:, k], prev))
             prev = batch.sample(k, logits, self.draft_confidence(hidden[:, k], prev))

@@ -17,10 +17,11 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 def save_head(head: DraftHead, directory: str, dtype: torch.dtype = torch.float16) -> int:
-    """Write config.json and model.safetensors (own weights only, `dtype`);
-    returns the weight file's size in bytes."""
+    """Write config.json and model.safetensors (own weights only, floats
+    in `dtype`); returns the weight file's size in bytes."""
     os.makedirs(directory, exist_ok=True)
-    tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in head.state_dict().items()}
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu()
+               for k, v in head.state_dict().items()}  # integer buffers (draft_ids) stay exact
     weights = os.path.join(directory, WEIGHTS_FILE)
     _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"method": head.config.method}))
     _atomic_write(os.path.join(directory, CONFIG_FILE),

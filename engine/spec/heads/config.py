@@ -29,6 +29,10 @@ class HeadConfig:
     num_layers: int = 1
     block_size: int = 7  # drafts per block (gamma); DFlash/DSpark are trained for exactly this
     markov_rank: int = 0  # DSpark only
+    # Draft vocabulary: the head's LM head covers only this many target
+    # tokens (the most frequent in its training data; ids in the weights
+    # file as `draft_ids`). 0 = the target's whole vocabulary.
+    draft_vocab_size: int = 0
     # Block heads: add the last context vector (position a-1) to every block
     # input, EAGLE-style, so the most recent target state need not be found
     # by attention first (much faster to train on a CPU budget).
@@ -38,8 +42,10 @@ class HeadConfig:
     rope_scaling: dict | None = None
     max_position_embeddings: int = 2048
     # Sequential Temperature Scaling, one temperature per draft position
-    # (engine/spec/training/calibrate.py); None = raw confidences.
-    calibration: list[float] | None = None
+    # (engine/spec/training/calibrate.py), fitted per sampling temperature:
+    # {"0": [...], "1": [...]} (greedy requests use "0", sampled ones the
+    # nearest other key); a plain list serves every temperature; None = raw.
+    calibration: dict[str, list[float]] | list[float] | None = None
     target: str = ""  # informational: what it was trained against
     training: dict = field(default_factory=dict)  # informational: how
     format_version: int = FORMAT_VERSION
@@ -51,8 +57,11 @@ class HeadConfig:
             raise ValueError(f"aux_layers {self.aux_layers} must be non-empty layers of the target")
         if not 1 <= self.block_size <= 16 or self.num_layers < 1:
             raise ValueError("need 1 <= block_size <= 16 and num_layers >= 1")
-        if self.calibration is not None and len(self.calibration) != self.block_size:
-            raise ValueError("calibration needs one temperature per draft position")
+        for temperatures in calibration_sets(self.calibration).values():
+            if len(temperatures) != self.block_size:
+                raise ValueError("calibration needs one temperature per draft position")
+        if not 0 <= self.draft_vocab_size <= self.vocab_size:
+            raise ValueError(f"draft_vocab_size must be in [0, {self.vocab_size}]")
         if self.format_version != FORMAT_VERSION:
             raise ValueError(f"head checkpoint format {self.format_version} is not {FORMAT_VERSION}")
         family.check_config(self)
@@ -60,6 +69,15 @@ class HeadConfig:
     @property
     def feature_size(self) -> int:
         return len(self.aux_layers) * self.hidden_size
+
+    @property
+    def output_size(self) -> int:
+        """Size of the head's own distribution (its draft vocabulary)."""
+        return self.draft_vocab_size or self.vocab_size
+
+    def calibration_for(self, temperature: float) -> list[float] | None:
+        """The STS temperatures fitted nearest to `temperature` (greedy = 0)."""
+        return calibration_for(self.calibration, temperature)
 
     @classmethod
     def for_target(cls, method: str, target_config: ModelConfig, **overrides) -> "HeadConfig":
@@ -104,6 +122,26 @@ class HeadConfig:
             rms_norm_eps=self.rms_norm_eps, rope_theta=self.rope_theta,
             rope_scaling=self.rope_scaling, max_position_embeddings=self.max_position_embeddings,
         )
+
+
+def calibration_for(calibration, temperature: float) -> list[float] | None:
+    """From a HeadConfig.calibration value: the set fitted nearest to
+    `temperature` (a plain list serves every temperature; None: raw)."""
+    if calibration is None or isinstance(calibration, list):
+        return calibration
+    return calibration[min(calibration, key=lambda key: abs(float(key) - temperature))]
+
+
+def calibration_sets(calibration) -> dict[str, list[float]]:
+    """HeadConfig.calibration as {temperature key: temperatures}; a plain
+    list (one set for every temperature) becomes {"*": list}."""
+    if calibration is None:
+        return {}
+    if isinstance(calibration, list):
+        return {"*": calibration}
+    for key in calibration:
+        float(key)  # ValueError for a key that is not a temperature
+    return dict(calibration)
 
 
 @dataclass

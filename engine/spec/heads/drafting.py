@@ -13,6 +13,7 @@ import torch
 from engine.sampler import RowContext, target_probs
 from engine.spec.base import DraftInput
 from engine.spec.draw import draw_drafts
+from engine.spec.heads.config import calibration_for
 from scheduler.drafts import DraftBlock
 
 
@@ -89,12 +90,15 @@ class DraftBatch:
     Confidences: a confidence head's output where the family has one, else
     the largest probability of the head's untransformed distribution at
     that position (never the drawn token's probability: speculation.md §4);
-    either is then scaled per position by the STS `temperatures`, if given.
+    either is then scaled per position by the STS temperatures fitted for
+    the request's sampling temperature (`calibration`, a
+    HeadConfig.calibration value), if given.
     """
 
     def __init__(self, items: list[DraftInput], states: list[RequestState],
-                 temperatures: list[float] | None = None, source: str = ""):
-        self.items, self.states, self.temperatures = items, states, temperatures
+                 calibration: dict[str, list[float]] | list[float] | None = None, source: str = ""):
+        self.items, self.states = items, states
+        self.temperatures = [calibration_for(calibration, _sampling_temperature(item)) for item in items]
         self.source = source
         self.tokens: list[list[int]] = [[] for _ in items]
         self.probs: list[list[torch.Tensor]] = [[] for _ in items]
@@ -125,7 +129,7 @@ class DraftBatch:
         confidence = confidence.tolist()
         tokens = draw_drafts(probs, self.items, [len(drafted) for drafted in self.tokens])
         for i, token in enumerate(tokens):
-            self._add(i, token, probs[i], self._calibrated(confidence[i], k))
+            self._add(i, token, probs[i], self._calibrated(confidence[i], i, k))
         return torch.tensor(tokens, device=logits.device)
 
     def _add(self, index: int, token: int, probs: torch.Tensor, confidence: float) -> None:
@@ -134,16 +138,22 @@ class DraftBatch:
             self.probs[index].append(probs)
             self.confidences[index].append(confidence)
 
-    def _calibrated(self, confidence: float, k: int) -> float:
+    def _calibrated(self, confidence: float, row: int, k: int) -> float:
         """Sequential Temperature Scaling: sigmoid(logit(c) / T_k)."""
-        if not self.temperatures:
+        temperatures = self.temperatures[row]
+        if not temperatures:
             return confidence
-        return scale_confidence(confidence, self.temperatures[k])
+        return scale_confidence(confidence, temperatures[k])
 
     def proposals(self) -> dict[str, DraftBlock]:
         return {item.request.request_id: DraftBlock(tokens, confidences, torch.stack(probs), self.source)
                 for item, tokens, probs, confidences in zip(self.items, self.tokens, self.probs, self.confidences)
                 if tokens}
+
+
+def _sampling_temperature(item: DraftInput) -> float:
+    params = item.request.sampling_params
+    return 0.0 if params.greedy else params.temperature
 
 
 def scale_confidence(confidence: float, temperature: float) -> float:

@@ -14,15 +14,21 @@ class DSparkHead(BlockHead):
 
     p_k(v) = softmax(U_k(v) + W1[x_{k-1}] @ W2[:, v]),
     c_k = sigmoid(w . [norm(h_k) ; W1[x_{k-1}]] + b).
+
+    With a draft vocabulary of Vd tokens, v ranges over it, W2 is r x Vd
+    and W1 has Vd + 1 rows: the last is shared by every previous token
+    outside the draft vocabulary (only the anchor can be one). Rank 0
+    switches the Markov head off (an ablation): no bigram term, and the
+    confidence head sees norm(h_k) alone.
     """
 
     config_defaults = {"num_layers": 2, "markov_rank": 32}  # rank 32 keeps it near 25 MB on SmolLM2
 
     def __init__(self, config: HeadConfig):
         super().__init__(config)
-        r = config.markov_rank
-        self.markov_in = nn.Embedding(config.vocab_size, r)  # W1: V x r
-        self.markov_out = nn.Parameter(torch.zeros(r, config.vocab_size))  # W2: r x V, starts as no bias
+        r, out = config.markov_rank, config.output_size
+        self.markov_in = nn.Embedding(out + (1 if config.draft_vocab_size else 0), r)  # W1
+        self.markov_out = nn.Parameter(torch.zeros(r, out))  # W2, starts as no bias
         nn.init.normal_(self.markov_in.weight, std=0.02)
         self.confidence = nn.Linear(config.hidden_size + r, 1)
         nn.init.zeros_(self.confidence.weight)
@@ -30,8 +36,8 @@ class DSparkHead(BlockHead):
 
     @classmethod
     def check_config(cls, config: HeadConfig) -> None:
-        if config.markov_rank < 1:
-            raise ValueError("dspark needs markov_rank >= 1")
+        if config.markov_rank < 0:
+            raise ValueError("dspark needs markov_rank >= 0 (0: no Markov head, an ablation)")
 
     @property
     def block_inputs(self) -> int:
@@ -42,8 +48,8 @@ class DSparkHead(BlockHead):
         return slice(0, self.config.block_size)
 
     def markov_bias(self, prev_tokens: torch.Tensor) -> torch.Tensor:
-        """prev_tokens [...] -> bigram logits [..., V] float32."""
-        return (self.markov_in(prev_tokens) @ self.markov_out).float()
+        """prev_tokens [...] target ids -> bigram logits [..., output_size] float32."""
+        return (self.markov_in(self.to_draft_ids(prev_tokens)) @ self.markov_out).float()
 
     def sequential_logits(self, logits: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
         return logits + self.markov_bias(prev_tokens)
@@ -53,5 +59,5 @@ class DSparkHead(BlockHead):
 
     def confidence_logit(self, hidden: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
         """hidden [..., H] pre-norm; prev_tokens [...] -> [...] (sigmoid gives c_k)."""
-        features = torch.cat([self.norm(hidden), self.markov_in(prev_tokens)], dim=-1)
+        features = torch.cat([self.norm(hidden), self.markov_in(self.to_draft_ids(prev_tokens))], dim=-1)
         return self.confidence(features).squeeze(-1).float()

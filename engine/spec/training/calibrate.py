@@ -9,6 +9,8 @@ against the observed survival, with T_1..T_{k-1} already fixed.
 
 A block record holds the raw confidences of the drafts it proposed and how
 many of them were accepted; survival of position j is `j <= num_accepted`.
+Greedy and sampled decoding accept differently, so each gets its own set
+(`calibrate_per_temperature`).
 """
 from __future__ import annotations
 
@@ -130,3 +132,44 @@ def calibration_report(records: list[BlockRecord], block_size: int,
         "mean_survival_predicted": float(survival[drafted].mean()) if drafted.any() else float("nan"),
         "mean_survival_observed": float(survived[drafted].double().mean()) if drafted.any() else float("nan"),
     }
+
+
+def calibrate_per_temperature(head, heldout, loaded, prompts, max_tokens: int, seed: int = 0) -> dict:
+    """Fit STS separately for greedy and sampled requests and store both
+    in `head.config.calibration` ({"0": ..., "1": ...}; HeadDrafter picks
+    by the request's temperature).
+
+    T=0: teacher-forced greedy walks over the held-out greedy responses
+    (exact); T=1: real speculative decoding of the held-out prompts at
+    temperature 1 (the head's raw confidences, every draft verified).
+    Each is fitted on one half of the sequences (prompts) and checked on
+    the other (out of sample: `check_raw` vs `check_sts`), then refitted
+    on all of them for the checkpoint.
+    """
+    from engine.spec.training.data import chat_prompt_ids
+    from engine.spec.training.evaluate import speculative_decode, teacher_forced_simulation
+    from scheduler.request import SamplingParams
+
+    block = head.config.block_size
+    runs = {"0": [teacher_forced_simulation(head, heldout.subset(part)) for part in _halves(len(heldout))]}
+    ids = [chat_prompt_ids(loaded.tokenizer, p) for p in prompts]
+    if len(ids) >= 2:
+        params = SamplingParams(temperature=1.0, max_tokens=max_tokens)
+        runs["1"] = [speculative_decode(loaded, head, [ids[i] for i in part], params, seed=seed)
+                     for part in _halves(len(ids))]
+    report, calibration = {}, {}
+    for key, (fit, check) in runs.items():
+        temperatures = fit_sts(fit.records, block)
+        report[f"T={key}"] = {"tau_fit_half": fit.tau, "tau_check_half": check.tau,
+                              "check_raw": calibration_report(check.records, block),
+                              "check_sts": calibration_report(check.records, block, temperatures),
+                              "temperatures_fit_half": temperatures}
+        calibration[key] = fit_sts(fit.records + check.records, block)
+    head.config.calibration = calibration
+    report["sts_temperatures"] = calibration
+    return report
+
+
+def _halves(n: int) -> tuple[list[int], list[int]]:
+    """Even and odd indices (interleaved, so both halves mix the sources)."""
+    return list(range(0, n, 2)), list(range(1, n, 2))

@@ -1,11 +1,14 @@
 """`specserve train-draft` and `specserve eval-draft`.
 
-train-draft: prompts -> the target's responses (through LLMEngine) ->
-cached hidden states -> training (resumable, seeded, progress bars) ->
-STS calibration on held-out prompts -> a deployable head in --out
-(config.json + model.safetensors, shared weights excluded) and a report
-(report.json). Intermediate data lives in --work-dir (default OUT/data) and
-is reused by later runs.
+train-draft: data (pipeline.py: the target's regenerated responses and
+teacher-forced ShareGPT conversations -> cached target features) -> a
+draft vocabulary -> training (resumable, seeded, progress bars, held-out
+tau over time in OUT/log.jsonl) -> STS calibration fitted per sampling
+temperature on held-out data -> a deployable head in --out (config.json +
+model.safetensors, shared weights excluded) and a report (report.json).
+Intermediate data lives in --work-dir (default OUT/data) and is reused by
+later runs (`--prepare-only` stops after it). Rerunning a finished run
+recalibrates and re-reports.
 
 eval-draft: real speculative decoding with the head on held-out prompts at
 each requested temperature, through the server's engine; tau (block size
@@ -36,32 +39,54 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=None, help="target model (HF dir or .gguf; default: bundled SmolLM2)")
     p.add_argument("--out", required=True, help="output directory of the trained head")
     p.add_argument("--work-dir", default=None, help="cache for responses and features (default OUT/data)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="the target's dtype for responses and features (serve the head in the same); "
+                        "auto: bfloat16 where the device multiplies it natively")
+    p.add_argument("--device", default="cpu", help="torch device for the target and training (cpu, cuda)")
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="sharegpt:400", help="training prompts, e.g. sharegpt:400,humaneval:40")
-    g.add_argument("--heldout-data", default="sharegpt:16,humaneval:8",
-                   help="held-out prompts (test split of the same sources)")
+    g.add_argument("--data", default="sharegpt:400", help="prompts whose responses the target regenerates, "
+                   "e.g. sharegpt:400 (train split); empty for none")
+    g.add_argument("--conversations", type=int, default=0,
+                   help="ShareGPT train-split conversations teacher-forced as they are (all turns)")
+    g.add_argument("--heldout-data", default="sharegpt:16", help="held-out prompts (test split): best/ and STS")
+    g.add_argument("--eval-data", default="", help="evaluation-only sets logged during training, "
+                   "e.g. mtbench:24,humaneval:24 (never trained on)")
     g.add_argument("--responses", default="target", choices=("target", "dataset"),
                    help="target: regenerate with the target (default); dataset: ShareGPT replies, "
                         "labels from the target's argmax")
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--gen-temperature", type=float, default=0.0)
     g.add_argument("--gen-batch", type=int, default=16)
+    g.add_argument("--gen-threads", type=int, default=1, help="torch threads while regenerating responses")
     g.add_argument("--max-prompt-tokens", type=int, default=512)
     g.add_argument("--max-len", type=int, default=1024, help="tokens per training sequence")
+    g.add_argument("--top-k", type=int, default=20, help="target log-probs kept per token (soft labels)")
+    g.add_argument("--prepare-only", action="store_true", help="stop once the data is cached")
     g = p.add_argument_group("head")
     g.add_argument("--block-size", type=int, default=7)
     g.add_argument("--layers", type=int, default=None, help="draft layers (default 1 for eagle3, 2 otherwise)")
     g.add_argument("--aux-layers", default=None, help="comma-separated target layers (default low,mid,high)")
-    g.add_argument("--markov-rank", type=int, default=None)
+    g.add_argument("--markov-rank", type=int, default=None, help="DSpark's Markov head rank (0: off, an ablation)")
     g.add_argument("--intermediate-size", type=int, default=None)
+    g.add_argument("--draft-vocab", type=int, default=0,
+                   help="draft vocabulary: the N tokens the target picks most often in the training "
+                        "data (0: the whole vocabulary)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=1000)
-    g.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes")
+    g.add_argument("--train-tokens", type=int, default=None,
+                   help="budget in training tokens (anchors: one per block); sets --steps")
+    g.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
     g.add_argument("--lr", type=float, default=5e-4)
     g.add_argument("--sequences-per-step", type=int, default=4)
     g.add_argument("--anchors", type=int, default=16, help="blocks per sequence per step")
+    g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="bf16: autocast (float32 master weights); auto: bf16 where native")
+    g.add_argument("--dspark-loss-weights", default="0.1,0.9,1.0", help="DSpark CE,L1,BCE weights (ablations)")
     g.add_argument("--eval-every", type=int, default=100)
+    g.add_argument("--eval-sequences", type=int, default=16, help="sequences per set per evaluation")
     g.add_argument("--checkpoint-every", type=int, default=50)
+    g.add_argument("--calibration-tokens", type=int, default=128,
+                   help="tokens per held-out prompt decoded at T=1 to fit the sampled STS set")
     _add_common(p)
 
 
@@ -75,6 +100,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=512)
     p.add_argument("--batch", type=int, default=8, help="requests decoded together")
     p.add_argument("--report", default=None, help="write the JSON report here too")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="the target's dtype (the one the head was trained with)")
+    p.add_argument("--device", default="cpu")
     _add_common(p)
 
 
@@ -97,128 +125,111 @@ def register(subparsers) -> None:
 # ---------------------------------------------------------------- train-draft
 
 def run_train(args: argparse.Namespace) -> int:
-    from engine.spec.training.features import collect_features
+    from engine.spec.training.pipeline import native_bf16, prepare_data, resolve_dtype
     from engine.spec.training.train import TrainConfig, Trainer
 
     _setup(args)
-    loaded = _load_target(args.target)
+    loaded = _load_target(args.target, resolve_dtype(args.dtype, args.device), args.device)
     work = args.work_dir or os.path.join(args.out, "data")
     config = _head_config(args, loaded)
-    samples, heldout_ids = _training_samples(args, loaded, work)
     started = time.perf_counter()
-    features = collect_features(loaded, samples, config.aux_layers, _feature_dir(work, config),
-                                max_len=args.max_len, progress=not args.no_progress)
-    feature_seconds = time.perf_counter() - started
-    heldout, train_set = features.split_by(lambda sid: sid in heldout_ids)
-    log.info("features: %d train sequences (%d response tokens), %d held-out",
-             len(train_set), train_set.num_response_tokens, len(heldout))
-    head = _build_head(config, loaded, args.out)
-    train_config = TrainConfig(steps=args.steps, max_minutes=args.max_minutes, lr=args.lr,
-                               sequences_per_step=args.sequences_per_step, anchors_per_sequence=args.anchors,
-                               seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                               eval_sequences=len(heldout))
-    trainer = Trainer(head, train_set, train_config, args.out, heldout, log=log.info, progress=not args.no_progress)
+    data = prepare_data(args, loaded, work, config.aux_layers)
+    data_seconds = time.perf_counter() - started
+    vocab = _draft_vocab(args, loaded, data, work)
+    if args.prepare_only:
+        print(json.dumps({"train_sequences": len(data.train), "train_tokens": data.train.num_tokens,
+                          "trained_tokens": data.train.num_trainable_tokens, "heldout": len(data.heldout),
+                          "data_seconds": round(data_seconds, 1),
+                          **{k: v for k, v in vocab.items() if k != "ids"}}, indent=2))
+        return 0
+    head = _build_head(config, loaded, vocab.get("ids"))
+    precision = args.precision if args.precision != "auto" else ("bf16" if native_bf16(args.device) else "fp32")
+    train_config = TrainConfig(
+        steps=_steps(args), max_minutes=args.max_minutes, lr=args.lr, sequences_per_step=args.sequences_per_step,
+        anchors_per_sequence=args.anchors, seed=args.seed, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every, eval_sequences=args.eval_sequences, precision=precision,
+        device=args.device, dspark_weights=tuple(float(x) for x in args.dspark_loss_weights.split(",")))
+    trainer = Trainer(head, data.train, train_config, args.out, {"heldout": data.heldout, **data.eval_sets},
+                      log=log.info, progress=not args.no_progress)
     history = trainer.run()
-    report = _calibrate_and_report(head, heldout, args.out)
-    report.update(train_sequences=len(train_set), train_response_tokens=train_set.num_response_tokens,
-                  heldout_sequences=len(heldout), feature_seconds=round(feature_seconds, 1),
-                  train_seconds=round(trainer.elapsed, 1), steps=trainer.step,
-                  parameters=head.num_own_parameters(), history=history.evals,
+    report = _calibrate_and_report(head, data, loaded, args)
+    report.update(train_sequences=len(data.train), train_tokens_available=data.train.num_trainable_tokens,
+                  heldout_sequences=len(data.heldout), data_seconds=round(data_seconds, 1),
+                  train_seconds=round(trainer.elapsed, 1), steps=trainer.step, anchors=trainer.anchors_seen,
+                  predicted_positions=trainer.positions_seen,
+                  anchors_per_second=round(trainer.anchors_seen / max(trainer.elapsed, 1e-9), 1),
+                  precision=precision, parameters=head.num_own_parameters(),
+                  draft_vocab={k: v for k, v in vocab.items() if k != "ids"}, history=history.evals,
                   final_metrics=history.steps[-1] if history.steps else None)
     _write_json(os.path.join(args.out, "report.json"), report)
     print(json.dumps({k: v for k, v in report.items() if k not in ("history",)}, indent=2, default=str))
     return 0
 
 
-def _training_samples(args, loaded, work: str):
-    """(all samples: train then held-out, ids of the held-out ones)."""
-    from engine.spec.training.data import load_prompts
-    from engine.spec.training.generate import dataset_samples
-
-    train_prompts = load_prompts(args.data, split="train")
-    heldout_prompts = load_prompts(args.heldout_data, split="test")
-    engine = None
-    if args.responses == "target":
-        engine = _engine_for(loaded, args.gen_batch, args.max_prompt_tokens + args.max_new_tokens)
-        train = _generate(engine, train_prompts, work, "train", args)
-    else:
-        train = dataset_samples(loaded.tokenizer, train_prompts, args.max_new_tokens, args.max_prompt_tokens)
-    # Held-out responses are always the target's own greedy output: greedy
-    # tau by teacher forcing is then exact.
-    engine = engine or _engine_for(loaded, args.gen_batch, args.max_prompt_tokens + args.max_new_tokens)
-    heldout = _generate(engine, heldout_prompts, work, "heldout", args, temperature=0.0)
-    return train + heldout, {s.id for s in heldout}
+def _steps(args) -> int:
+    if args.train_tokens is None:
+        return args.steps
+    return -(-args.train_tokens // (args.sequences_per_step * args.anchors))
 
 
-def _generate(engine, prompts, work: str, name: str, args, temperature: float | None = None):
-    from engine.spec.training.generate import generate_responses
+def _draft_vocab(args, loaded, data, work: str) -> dict:
+    """The draft vocabulary (counts cached in each training feature
+    directory) and its coverage of the held-out and evaluation sets."""
+    from engine.spec.training.vocab import cached_choice_counts, coverage, draft_vocabulary
 
-    temperature = args.gen_temperature if temperature is None else temperature
-    path = os.path.join(work, f"responses-{name}-t{temperature:g}-n{args.max_new_tokens}.jsonl")
-    wanted = {p.id for p in prompts}
-    samples = generate_responses(engine, prompts, path, max_tokens=args.max_new_tokens, temperature=temperature,
-                                 seed=args.seed, batch_size=args.gen_batch,
-                                 max_prompt_tokens=args.max_prompt_tokens, progress=not args.no_progress)
-    return [s for s in samples if s.id in wanted]
-
-
-def _engine_for(loaded, batch: int, max_len: int):
-    from engine.config import CacheConfig, SchedulerConfig
-    from engine.spec.training.generate import engine_for
-
-    blocks = batch * (max_len // 16 + 2) + 16
-    return engine_for(loaded, CacheConfig(block_size=16, num_blocks=blocks),
-                      SchedulerConfig(max_num_seqs=batch, max_num_batched_tokens=2048, max_model_len=max_len + 1))
+    if not args.draft_vocab or not data.train_dirs:
+        return {}
+    ids = draft_vocabulary(cached_choice_counts(data.train_dirs, loaded.config.vocab_size), args.draft_vocab)
+    sets = {"heldout": data.heldout, **data.eval_sets}
+    report = {"size": args.draft_vocab, "coverage": {name: round(coverage(s, ids, loaded.config.vocab_size), 4)
+                                                     for name, s in sets.items()}}
+    log.info("draft vocabulary of %d tokens covers %s of the target's choices", args.draft_vocab,
+             report["coverage"])
+    return report | {"ids": ids}
 
 
 def _head_config(args, loaded) -> HeadConfig:
-    overrides = {"block_size": args.block_size, "target": str(loaded.path)}
+    overrides = {"block_size": args.block_size, "target": str(loaded.path), "draft_vocab_size": args.draft_vocab}
     if args.layers:
         overrides["num_layers"] = args.layers
     if args.aux_layers:
         overrides["aux_layers"] = tuple(int(x) for x in args.aux_layers.split(","))
-    if args.markov_rank:
+    if args.markov_rank is not None:  # 0 is meaningful: no Markov head
         overrides["markov_rank"] = args.markov_rank
     if args.intermediate_size:
         overrides["intermediate_size"] = args.intermediate_size
     return HeadConfig.for_target(args.method, loaded.config, **overrides)
 
 
-def _feature_dir(work: str, config: HeadConfig) -> str:
-    return os.path.join(work, "features-" + "-".join(str(i) for i in config.aux_layers))
-
-
-def _build_head(config: HeadConfig, loaded, out: str):
+def _build_head(config: HeadConfig, loaded, draft_ids):
     """A fresh head; the Trainer restores its weights from train_state.pt when resuming."""
     from engine.spec.training.recipes import build_head
 
     head = build_head(config, loaded.model)
+    if draft_ids is not None:
+        head.set_draft_vocab(draft_ids)
     log.info("%s head: %.2fM parameters of its own (%.1f MB in float16)", config.method,
              head.num_own_parameters() / 1e6, head.num_own_parameters() * 2 / 1e6)
     return head
 
 
-def _calibrate_and_report(head, heldout, out: str) -> dict:
-    """Fit STS on held-out blocks (even records), report ECE on the odd ones,
-    then store temperatures fitted on all of them in the checkpoint."""
-    from engine.spec.training.calibrate import calibration_report, fit_sts
+def _calibrate_and_report(head, data, loaded, args) -> dict:
+    """STS per sampling temperature (engine/spec/training/calibrate.py
+    `calibrate_per_temperature`), greedy tau of the final head per set,
+    and the head saved with its calibration."""
+    from engine.spec.training.calibrate import calibrate_per_temperature
     from engine.spec.training.evaluate import teacher_forced_simulation
 
-    if len(heldout) == 0:
+    if len(data.heldout) == 0:
         log.warning("no held-out sequences: the head stays uncalibrated")
-        save_head(head, out)
+        save_head(head, args.out)
         return {}
-    block = head.config.block_size
-    result = teacher_forced_simulation(head, heldout)
-    fit, check = result.records[0::2], result.records[1::2]
-    split_temperatures = fit_sts(fit, block)
-    head.config.calibration = fit_sts(result.records, block)
-    save_head(head, out)
-    return {"heldout_greedy_tau": result.tau, "heldout_steps": result.num_steps,
-            "accepted_per_position": result.accepted_per_position,
-            "calibration_check_raw": calibration_report(check, block),
-            "calibration_check_sts": calibration_report(check, block, split_temperatures),
-            "sts_temperatures": head.config.calibration}
+    report = calibrate_per_temperature(head, data.heldout, loaded, data.heldout_prompts,
+                                       args.calibration_tokens, args.seed)
+    report["final_greedy_tau"] = {name: teacher_forced_simulation(head, s).tau
+                                  for name, s in {"heldout": data.heldout, **data.eval_sets}.items()}
+    save_head(head, args.out)
+    return report
 
 
 # ---------------------------------------------------------------- eval-draft
@@ -228,8 +239,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from scheduler.request import SamplingParams
 
     _setup(args)
-    loaded = _load_target(args.target)
-    head = load_head(args.draft_model, loaded.model, dtype=next(loaded.model.parameters()).dtype)
+    loaded = _load_target(args.target, _resolve(args.dtype, args.device), args.device)
+    head = load_head(args.draft_model, loaded.model, next(loaded.model.parameters()).dtype, args.device)
     prompts = [ids for p in load_prompts(args.data, split="test")
                if len(ids := chat_prompt_ids(loaded.tokenizer, p)) <= args.max_prompt_tokens]
     report = {"draft_model": args.draft_model, "method": head.config.method, "prompts": len(prompts),
@@ -239,8 +250,9 @@ def run_eval(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         result = _decode_in_batches(loaded, head, prompts, params, args)
         entry = result.summary(args.block_size)
-        if head.config.calibration and args.block_size == head.config.block_size:
-            entry["calibrated"] = result.summary(args.block_size, head.config.calibration)
+        temperatures = head.config.calibration_for(temperature)
+        if temperatures and args.block_size == head.config.block_size:
+            entry["calibrated"] = result.summary(args.block_size, temperatures)
             entry["calibrated"].pop("accepted_per_position", None)
         entry["seconds"] = round(time.perf_counter() - started, 1)
         report["results"][f"temperature={temperature:g}"] = entry
@@ -269,10 +281,16 @@ def _setup(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
 
-def _load_target(path):
+def _load_target(path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     from engine.models.loader import load_model
 
-    return load_model(path, torch.float32, "cpu")
+    return load_model(path, dtype, device)
+
+
+def _resolve(dtype: str, device: str) -> torch.dtype:
+    from engine.spec.training.pipeline import resolve_dtype
+
+    return resolve_dtype(dtype, device)
 
 
 def _write_json(path: str, data: dict) -> None:

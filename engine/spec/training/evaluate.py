@@ -75,7 +75,7 @@ class SpecResult:
 def raw_drafter(head: DraftHead) -> HeadDrafter:
     """A drafter reporting uncalibrated confidences (what calibration fits)."""
     drafter = HeadDrafter(head)
-    drafter.temperatures = None
+    drafter.calibration = None
     return drafter
 
 
@@ -122,15 +122,17 @@ class _Walk:
 @torch.no_grad()
 def teacher_forced_simulation(head: DraftHead, features: FeatureSet, block_size: int | None = None,
                               batch: int = 16) -> SpecResult:
-    """Greedy speculative decoding along cached sequences (see module doc)."""
+    """Greedy speculative decoding along cached sequences (see module doc),
+    from the first trained token to the end (the sequences must be the
+    target's own greedy responses, one per sequence)."""
     block_size = block_size or head.config.block_size
     features = features.select_layers(head.config.aux_layers)
     was_training = head.training
     head.eval()
     result, params = SpecResult(), SamplingParams(temperature=0.0, max_tokens=1 << 20)
     for start in range(0, len(features), batch):
-        walks = [_Walk(f"seq{i}", features.tokens[i], features.aux[i], features.prompt_lens[i])
-                 for i in range(start, min(start + batch, len(features)))]
+        sequences = [features.sequence(i) for i in range(start, min(start + batch, len(features)))]
+        walks = [_Walk(f"seq{i}", seq.tokens, seq.aux, seq.first_trainable) for i, seq in enumerate(sequences)]
         _simulate(raw_drafter(head), walks, block_size, params, result)
     head.train(was_training)
     return result

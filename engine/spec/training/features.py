@@ -1,68 +1,138 @@
-"""Target hidden states for training, computed once and cached on disk.
+"""Target states for training, computed once and cached on disk in shards
+that are read lazily (a few million tokens do not fit in memory).
 
-One teacher-forced pass of the target over every (prompt + response)
-sequence collects the outputs of the chosen `aux_layers` (the drafter's
-input) and the final normed hidden state (from which training recomputes
-the target distribution p_t = softmax(LM_head(final)) only at the
-positions it samples). The LM head is skipped in this pass: over a 49k
-vocabulary it is most of the cost, and the labels are already known.
+One teacher-forced pass of the target (engine/spec/training/prefill.py)
+over every sequence gives, per token, the outputs of the heads'
+`aux_layers` (their input) and the target's top-k next-token
+log-probabilities (the soft labels; the full 49k-vocabulary distribution
+is never stored or recomputed in training).
 
-On disk: safetensors shards (float16) plus `features.json` with the
-fingerprint of what was computed (target, layers, sequences). A rerun with
-the same fingerprint loads the cache; an interrupted run resumes after the
-last complete shard; a cache holding a superset of the layers is reused.
+On disk: safetensors shards plus `features.json`, which holds the
+fingerprint of what was computed (target, dtype, layers, k, sequences)
+and each shard's sequence ids, lengths and trained-token counts. Per
+token a shard stores aux (float16, A*H values), tokens (int32), top-k ids
+(int32) and log-probs (float32), and whether the token is trained on (an
+assistant token); per sequence, whether its labels come from the target's
+argmax (`relabel`: text the target did not write). About 3.6 KB per token
+for SmolLM2's three aux layers.
+
+A rerun with the same fingerprint reuses the cache; an interrupted run
+resumes after the last complete shard; a cache holding a superset of the
+layers serves a head that needs fewer.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from engine.kv_cache import allocate_kv_caches
 from engine.spec.training.generate import Sample, _progress
-from kernels.attention import AttentionMetadata
+from engine.spec.training.prefill import teacher_forced_states
 
 INDEX = "features.json"
-KV_BLOCK = 16
+FORMAT = 2
+DEFAULT_TOP_K = 20
+MAX_BATCH_SEQUENCES = 64
 
 
 @dataclass
+class SequenceFeatures:
+    """One cached sequence (CPU tensors): tokens [T] long, aux [T, A*H]
+    float16, topk_ids [T, k] long and topk_logprobs [T, k] float32 (row i:
+    the target's distribution of token i+1), trainable [T] bool (token i
+    is trained on as a prediction), relabel (labels = the target's argmax)."""
+
+    id: str
+    tokens: torch.Tensor
+    aux: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_logprobs: torch.Tensor
+    trainable: torch.Tensor
+    relabel: bool
+
+    @property
+    def first_trainable(self) -> int:
+        """Index of the first trained token (the end of the first prompt)."""
+        hits = self.trainable.nonzero()
+        return int(hits[0]) if hits.numel() else self.tokens.shape[0]
+
+
+@dataclass(frozen=True)
+class _SequenceRef:
+    shard: str  # path of the shard file
+    row: int
+    start: int
+    end: int
+    id: str
+    num_trainable: int
+
+
 class FeatureSet:
-    """Cached target states of a list of sequences (all tensors on CPU).
+    """A lazy view over cached sequences (of one or several feature
+    directories); `sequence(i)` reads one from disk."""
 
-    Per sequence i: tokens[i] [T] long, aux[i] [T, A*H] and final[i] [T, H]
-    (float16), prompt_lens[i] (loss only on response tokens), relabel[i]
-    (the response is not the target's own: labels come from its argmax).
-    """
-
-    aux_layers: tuple[int, ...]
-    hidden_size: int
-    ids: list[str] = field(default_factory=list)
-    tokens: list[torch.Tensor] = field(default_factory=list)
-    aux: list[torch.Tensor] = field(default_factory=list)
-    final: list[torch.Tensor] = field(default_factory=list)
-    prompt_lens: list[int] = field(default_factory=list)
-    relabel: list[bool] = field(default_factory=list)
+    def __init__(self, aux_layers: tuple[int, ...], hidden_size: int, refs: list[_SequenceRef],
+                 columns: torch.Tensor | None = None):
+        self.aux_layers, self.hidden_size = tuple(aux_layers), hidden_size
+        self.refs, self.columns = refs, columns
+        self._handles: dict[str, object] = {}
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.refs)
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.refs]
 
     @property
     def num_tokens(self) -> int:
-        return sum(t.shape[0] for t in self.tokens)
+        return sum(r.end - r.start for r in self.refs)
 
     @property
-    def num_response_tokens(self) -> int:
-        return sum(t.shape[0] - p for t, p in zip(self.tokens, self.prompt_lens))
+    def num_trainable_tokens(self) -> int:
+        return sum(r.num_trainable for r in self.refs)
+
+    def sequence(self, index: int) -> SequenceFeatures:
+        ref = self.refs[index]
+        handle = self._handle(ref.shard)
+        rows = slice(ref.start, ref.end)
+        aux = handle.get_slice("aux")[rows]
+        if self.columns is not None:
+            aux = aux[:, self.columns]
+        return SequenceFeatures(
+            ref.id, handle.get_slice("tokens")[rows].long(), aux, handle.get_slice("topk_ids")[rows].long(),
+            handle.get_slice("topk_logprobs")[rows], handle.get_slice("trainable")[rows].bool(),
+            bool(handle.get_slice("relabel")[ref.row: ref.row + 1][0]))
+
+    def _handle(self, shard: str):
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(shard, framework="pt")
+        return self._handles[shard]
 
     def subset(self, indices: list[int]) -> "FeatureSet":
-        pick = lambda values: [values[i] for i in indices]  # noqa: E731
-        return FeatureSet(self.aux_layers, self.hidden_size, pick(self.ids), pick(self.tokens),
-                          pick(self.aux), pick(self.final), pick(self.prompt_lens), pick(self.relabel))
+        return FeatureSet(self.aux_layers, self.hidden_size, [self.refs[i] for i in indices], self.columns)
+
+    @staticmethod
+    def concat(sets: list["FeatureSet"]) -> "FeatureSet":
+        """The sequences of several sets (same layers), in order."""
+        sets = [s for s in sets if len(s)]
+        if not sets:
+            raise ValueError("no sequences to concatenate")
+        first = sets[0]
+        if any(s.aux_layers != first.aux_layers or s.columns is not None for s in sets):
+            raise ValueError("concatenated feature sets need the same aux layers, unselected")
+        return FeatureSet(first.aux_layers, first.hidden_size, [r for s in sets for r in s.refs])
+
+    def split_by(self, predicate) -> tuple["FeatureSet", "FeatureSet"]:
+        """(sequences whose id satisfies predicate, the others)."""
+        yes = [i for i, ref in enumerate(self.refs) if predicate(ref.id)]
+        no = [i for i, ref in enumerate(self.refs) if not predicate(ref.id)]
+        return self.subset(yes), self.subset(no)
 
     def select_layers(self, aux_layers: tuple[int, ...]) -> "FeatureSet":
         """The same sequences with only `aux_layers` (in that order) in aux."""
@@ -73,69 +143,59 @@ class FeatureSet:
         if missing:
             raise ValueError(f"cached features lack layers {sorted(missing)} (have {self.aux_layers})")
         h = self.hidden_size
-        cols = torch.cat([torch.arange(self.aux_layers.index(i) * h, (self.aux_layers.index(i) + 1) * h)
-                          for i in aux_layers])
-        return FeatureSet(aux_layers, h, self.ids, self.tokens, [a[:, cols] for a in self.aux],
-                          self.final, self.prompt_lens, self.relabel)
-
-    def split_by(self, predicate) -> tuple["FeatureSet", "FeatureSet"]:
-        """(sequences whose id satisfies predicate, the others)."""
-        yes = [i for i, sid in enumerate(self.ids) if predicate(sid)]
-        no = [i for i, sid in enumerate(self.ids) if not predicate(sid)]
-        return self.subset(yes), self.subset(no)
+        columns = torch.cat([torch.arange(self.aux_layers.index(i) * h, (self.aux_layers.index(i) + 1) * h)
+                             for i in aux_layers])
+        if self.columns is not None:
+            columns = self.columns[columns]
+        return FeatureSet(aux_layers, h, self.refs, columns)
 
 
-def fingerprint(target_path: str, aux_layers, samples: list[Sample], max_len: int) -> str:
-    digest = hashlib.sha1(f"{target_path}|{list(aux_layers)}|{max_len}".encode())
+# ---------------------------------------------------------------- computing
+
+def fingerprint(loaded, aux_layers, samples: list[Sample], max_len: int, top_k: int) -> str:
+    dtype = next(loaded.model.parameters()).dtype
+    digest = hashlib.sha1(f"{FORMAT}|{loaded.path}|{dtype}|{list(aux_layers)}|{max_len}|{top_k}".encode())
     for s in samples:
-        digest.update(f"{s.id}:{len(s.prompt_ids)}:{s.tokens[:max_len]}".encode())
+        digest.update(f"{s.id}:{s.kind}:{s.spans(max_len)}:{s.tokens[:max_len]}".encode())
     return digest.hexdigest()
 
 
 def collect_features(loaded, samples: list[Sample], aux_layers, out_dir: str, max_len: int = 1024,
-                     batch_tokens: int = 2048, shard_tokens: int = 65536,
+                     batch_tokens: int = 2048, shard_tokens: int = 65536, top_k: int = DEFAULT_TOP_K,
                      progress: bool = True) -> FeatureSet:
-    """Compute (or load from `out_dir`) the features of `samples`."""
+    """Compute (or find in `out_dir`) the features of `samples`."""
     aux_layers = tuple(aux_layers)
-    key = fingerprint(str(loaded.path), aux_layers, samples, max_len)
+    key = fingerprint(loaded, aux_layers, samples, max_len, top_k)
     index = _read_index(out_dir)
     if index and index.get("complete") and index["fingerprint"] == key:
         return load_features(out_dir)
     if not index or index["fingerprint"] != key:
-        index = {"fingerprint": key, "aux_layers": list(aux_layers), "hidden_size": loaded.config.hidden_size,
-                 "shards": [], "num_sequences": 0, "complete": False}
+        index = {"fingerprint": key, "format": FORMAT, "aux_layers": list(aux_layers),
+                 "hidden_size": loaded.config.hidden_size, "top_k": top_k, "shards": [],
+                 "num_sequences": 0, "complete": False}
         _write_index(out_dir, index)
-    _compute_remaining(loaded, samples, aux_layers, out_dir, index, max_len, batch_tokens, shard_tokens, progress)
+    _compute_remaining(loaded, samples, out_dir, index, max_len, batch_tokens, shard_tokens, progress)
     return load_features(out_dir)
 
 
-def _compute_remaining(loaded, samples, aux_layers, out_dir, index, max_len, batch_tokens, shard_tokens, progress):
+def _compute_remaining(loaded, samples, out_dir, index, max_len, batch_tokens, shard_tokens, progress):
     todo = samples[index["num_sequences"]:]
     bar = _progress(len(todo), "features", progress)
-    caches = allocate_kv_caches(loaded.config, _blocks_for(max(batch_tokens, max_len)), KV_BLOCK,
-                                next(loaded.model.parameters()).dtype, "cpu")
-    shard: list[tuple[Sample, list[int], torch.Tensor, torch.Tensor]] = []
+    aux_layers, top_k = tuple(index["aux_layers"]), index["top_k"]
+    shard: list[tuple[Sample, list[int], object]] = []
     for batch in _batches(todo, max_len, batch_tokens):
         sequences = [s.tokens[:max_len] for s in batch]
-        for sample, seq, (aux, final) in zip(batch, sequences, _forward(loaded, sequences, aux_layers, caches)):
-            shard.append((sample, seq, aux, final))
+        states = teacher_forced_states(loaded.model, sequences, aux_layers, top_k)
+        shard.extend(zip(batch, sequences, states))
         bar.update(len(batch), sum(len(s) for s in sequences))
-        if sum(len(seq) for _, seq, _, _ in shard) >= shard_tokens:
-            _write_shard(out_dir, index, shard)
+        if sum(len(seq) for _, seq, _ in shard) >= shard_tokens:
+            _write_shard(out_dir, index, shard, max_len)
             shard = []
     if shard:
-        _write_shard(out_dir, index, shard)
+        _write_shard(out_dir, index, shard, max_len)
     index["complete"] = True
     _write_index(out_dir, index)
     bar.close()
-
-
-MAX_BATCH_SEQUENCES = 64
-
-
-def _blocks_for(num_tokens: int) -> int:
-    # Each sequence rounds up to whole blocks: one extra block per sequence.
-    return num_tokens // KV_BLOCK + MAX_BATCH_SEQUENCES + 1
 
 
 def _batches(samples: list[Sample], max_len: int, batch_tokens: int):
@@ -151,68 +211,54 @@ def _batches(samples: list[Sample], max_len: int, batch_tokens: int):
         yield batch
 
 
-@torch.inference_mode()
-def _forward(loaded, sequences: list[list[int]], aux_layers, caches):
-    """One packed teacher-forced forward, no LM head: per sequence
-    (aux [T, A*H] float16, final [T, H] float16)."""
-    lengths = [len(s) for s in sequences]
-    tables, next_block = [], 0
-    for n in lengths:
-        count = (n + KV_BLOCK - 1) // KV_BLOCK
-        tables.append(list(range(next_block, next_block + count)))
-        next_block += count
-    if next_block > caches[0][0].shape[0]:
-        raise ValueError(f"a feature batch needs {next_block} KV blocks, only {caches[0][0].shape[0]} allocated")
-    meta = AttentionMetadata.build(lengths, lengths, tables, KV_BLOCK, "cpu")
-    ids = torch.tensor([t for s in sequences for t in s], dtype=torch.long)
-    positions = torch.cat([torch.arange(n) for n in lengths])
-    final, aux = loaded.model(ids, positions, caches, meta, aux_layers=aux_layers)
-    aux = torch.cat(aux, dim=-1).half()
-    return list(zip(aux.split(lengths), final.half().split(lengths)))
+def _trainable_mask(sample: Sample, length: int, max_len: int) -> torch.Tensor:
+    mask = torch.zeros(length, dtype=torch.uint8)
+    for start, end in sample.spans(max_len):
+        mask[start:end] = 1
+    mask[0] = 0  # the first token has no context to be predicted from
+    return mask
 
 
-def _write_shard(out_dir: str, index: dict, shard) -> None:
-    lengths = [len(seq) for _, seq, _, _ in shard]
-    offsets = torch.tensor([0] + lengths).cumsum(0)
+def _write_shard(out_dir: str, index: dict, shard, max_len: int) -> None:
+    lengths = [len(seq) for _, seq, _ in shard]
+    masks = [_trainable_mask(s, n, max_len) for (s, _, _), n in zip(shard, lengths)]
+    aux = torch.cat([st.aux.float().cpu() for _, _, st in shard]).half()
+    if not torch.isfinite(aux).all():
+        raise OverflowError("target features overflow float16; store them in a wider type")
     tensors = {
-        "tokens": torch.tensor([t for _, seq, _, _ in shard for t in seq], dtype=torch.int32),
-        "aux": torch.cat([aux for _, _, aux, _ in shard]).contiguous(),
-        "final": torch.cat([final for _, _, _, final in shard]).contiguous(),
-        "offsets": offsets,
-        "prompt_lens": torch.tensor([min(len(s.prompt_ids), n) for (s, _, _, _), n in zip(shard, lengths)],
-                                    dtype=torch.int32),
-        "relabel": torch.tensor([s.kind != "target" for s, _, _, _ in shard], dtype=torch.uint8),
+        "tokens": torch.tensor([t for _, seq, _ in shard for t in seq], dtype=torch.int32),
+        "aux": aux.contiguous(),
+        "topk_ids": torch.cat([st.topk_ids for _, _, st in shard]).to(torch.int32).cpu().contiguous(),
+        "topk_logprobs": torch.cat([st.topk_logprobs for _, _, st in shard]).float().cpu().contiguous(),
+        "trainable": torch.cat(masks),
+        "relabel": torch.tensor([s.kind != "target" for s, _, _ in shard], dtype=torch.uint8),
     }
     name = f"features-{len(index['shards']):05d}.safetensors"
     tmp = os.path.join(out_dir, name + ".tmp")
     save_file(tensors, tmp)
     os.replace(tmp, os.path.join(out_dir, name))
-    index["shards"].append({"file": name, "ids": [s.id for s, _, _, _ in shard]})
+    index["shards"].append({"file": name, "ids": [s.id for s, _, _ in shard], "lengths": lengths,
+                            "trainable": [int(m.sum()) for m in masks]})
     index["num_sequences"] += len(shard)
     _write_index(out_dir, index)
 
 
+# ---------------------------------------------------------------- reading
+
 def load_features(out_dir: str) -> FeatureSet:
-    """Read every shard listed in the index."""
+    """A lazy view over every shard listed in the index."""
     index = _read_index(out_dir)
     if not index:
         raise FileNotFoundError(f"no {INDEX} in {out_dir}")
-    features = FeatureSet(tuple(index["aux_layers"]), index["hidden_size"])
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{out_dir} holds features of format {index.get('format')}, not {FORMAT}: recompute")
+    refs = []
     for shard in index["shards"]:
-        _append_shard(features, load_file(os.path.join(out_dir, shard["file"])), shard["ids"])
-    return features
-
-
-def _append_shard(features: FeatureSet, tensors: dict, ids: list[str]) -> None:
-    offsets = tensors["offsets"].tolist()
-    for i, sid in enumerate(ids):
-        start, end = offsets[i], offsets[i + 1]
-        features.ids.append(sid)
-        features.tokens.append(tensors["tokens"][start:end].long())
-        features.aux.append(tensors["aux"][start:end])
-        features.final.append(tensors["final"][start:end])
-        features.prompt_lens.append(int(tensors["prompt_lens"][i]))
-        features.relabel.append(bool(tensors["relabel"][i]))
+        start = 0
+        for row, (sid, length, trained) in enumerate(zip(shard["ids"], shard["lengths"], shard["trainable"])):
+            refs.append(_SequenceRef(os.path.join(out_dir, shard["file"]), row, start, start + length, sid, trained))
+            start += length
+    return FeatureSet(tuple(index["aux_layers"]), index["hidden_size"], refs)
 
 
 def _read_index(out_dir: str) -> dict | None:

@@ -1,24 +1,27 @@
-"""Training loops for the three heads over cached target features.
-
-Every method is trained on blocks: sample anchors a in the response of a
-sequence; the block of anchor a predicts tokens a+1..a+gamma, and position
-k of it is compared with
-- the label x*_k = token_{a+k} (or the target's argmax there when the
-  sequence is not the target's own text),
-- the target distribution p_t,k = softmax(LM_head(final_{a+k-1})), computed
-  here from cached final hidden states, only for the sampled rows,
-with weight w_k = exp(-(k-1)/gamma) (design/speculation.md s.3).
+"""The training loop for the three heads over cached target features.
 
 Per family (recipes.py): EAGLE-3 runs the training-time test (ttt.py feeds
 the head's own outputs back for gamma steps), DFlash and DSpark predict the
-block in one pass (blocks.py); the losses are in losses.py (CE; DSpark adds
-the distance to p_t and its confidence head's BCE).
+block in one pass (blocks.py); blocks and losses: batches.py, losses.py.
 
-Resumable: `train_state.pt` in the output directory holds the head's
-float32 weights, the optimizer, the data-order random state and the step.
+Budget: `TrainConfig.steps` optimizer steps of `sequences_per_step` x
+`anchors_per_sequence` blocks; the number of anchors trained on (one per
+block: a token of text whose next gamma tokens the head predicts) is the
+budget in training tokens, reported with the predicted positions.
+Precision: `bf16` runs the forward and backward under bfloat16 autocast
+(master weights and optimizer in float32), `fp32` does not. Device: any
+torch device (features are read from disk on the CPU and moved per step).
+
+Resumable exactly: `train_state.pt` in the output directory holds the
+head's float32 weights, the optimizer, the data-order random state, the
+step and the counters. Held-out greedy tau (teacher-forced simulation)
+per evaluation set goes to `log.jsonl` in the output directory over time;
+the best head on the first set is saved to `best/`.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import random
@@ -26,15 +29,16 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from engine.spec.heads.base import DraftHead
 from engine.spec.heads.checkpoint import save_head
+from engine.spec.training.batches import BlockTargets, block_loss, position_weights, sample_blocks
 from engine.spec.training.features import FeatureSet
-from engine.spec.training.losses import LossInputs
-from engine.spec.training.recipes import recipe_for
+from engine.spec.training.losses import DSPARK_WEIGHTS
 
 STATE_FILE = "train_state.pt"
+LOG_FILE = "log.jsonl"
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -42,7 +46,7 @@ class TrainConfig:
     """Optimisation settings (the head's own shape lives in HeadConfig)."""
 
     steps: int = 1000
-    max_minutes: float | None = None  # stop (with a checkpoint) after this wall time
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much training time
     sequences_per_step: int = 4
     anchors_per_sequence: int = 16
     lr: float = 5e-4
@@ -54,74 +58,18 @@ class TrainConfig:
     checkpoint_every: int = 50
     eval_every: int = 0  # held-out greedy tau every N steps (0 = only at the end)
     eval_sequences: int = 16
+    precision: str = "fp32"
+    device: str = "cpu"
+    dspark_weights: tuple[float, float, float] = DSPARK_WEIGHTS
 
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
 
-@dataclass
-class BlockTargets:
-    """Index bookkeeping for the blocks of one sequence (no tensors of size V).
+    @property
+    def anchors_per_step(self) -> int:
+        return self.sequences_per_step * self.anchors_per_sequence
 
-    anchors [N]; labels, prev_tokens, target_rows [N, gamma] long; valid
-    [N, gamma] bool (prediction inside the sequence and in the response).
-    """
-
-    sequence: int
-    anchors: torch.Tensor
-    labels: torch.Tensor
-    prev_tokens: torch.Tensor
-    target_rows: torch.Tensor
-    valid: torch.Tensor
-
-
-def position_weights(block_size: int) -> torch.Tensor:
-    """w_k = exp(-(k-1)/gamma) for k = 1..gamma: [gamma]."""
-    return torch.exp(-torch.arange(block_size, dtype=torch.float32) / block_size)
-
-
-def sample_blocks(features: FeatureSet, index: int, num_anchors: int, block_size: int,
-                  rng: random.Random) -> BlockTargets | None:
-    """Random anchors in the response of sequence `index` (None if it has no room)."""
-    tokens = features.tokens[index]
-    length, first = tokens.shape[0], max(1, features.prompt_lens[index])
-    candidates = range(first, length - 1)  # the anchor needs a next token to predict
-    if len(candidates) == 0:
-        return None
-    anchors = torch.tensor(sorted(rng.sample(candidates, min(num_anchors, len(candidates)))))
-    offsets = torch.arange(1, block_size + 1)
-    label_pos = anchors[:, None] + offsets  # [N, gamma]
-    valid = label_pos < length
-    label_pos = label_pos.clamp(max=length - 1)
-    return BlockTargets(index, anchors, tokens[label_pos], tokens[label_pos - 1], label_pos - 1, valid)
-
-
-def block_hidden(head: DraftHead, features: FeatureSet, blocks: BlockTargets) -> torch.Tensor:
-    """The head's pre-norm hidden state for every block position: [N, gamma, H]."""
-    feats = features.aux[blocks.sequence].float()
-    return recipe_for(head).hidden(head, feats, features.tokens[blocks.sequence], blocks.anchors)
-
-
-@torch.no_grad()
-def target_distribution(head: DraftHead, final_rows: torch.Tensor) -> torch.Tensor:
-    """p_t from cached final normed hidden states: [M, H] -> [M, V] float32."""
-    return torch.softmax(F.linear(final_rows.float(), head.shared.lm_head.float()), dim=-1)
-
-
-def block_loss(head: DraftHead, features: FeatureSet, blocks: BlockTargets,
-               weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Weighted loss SUM over the valid positions of one sequence's blocks
-    (the caller divides by the step's total weight), and summed metrics."""
-    recipe = recipe_for(head)
-    relabel = features.relabel[blocks.sequence]
-    rows = blocks.target_rows[blocks.valid]
-    p_t = target_distribution(head, features.final[blocks.sequence][rows]) \
-        if recipe.needs_target or relabel else None
-    inputs = LossInputs(hidden=block_hidden(head, features, blocks)[blocks.valid],
-                        prev_tokens=blocks.prev_tokens[blocks.valid],
-                        labels=p_t.argmax(-1) if relabel else blocks.labels[blocks.valid],
-                        weights=weights.expand_as(blocks.valid)[blocks.valid], target_probs=p_t)
-    return recipe.loss(head, inputs)
-
-
-# ---------------------------------------------------------------- the loop
 
 @dataclass
 class TrainHistory:
@@ -132,19 +80,25 @@ class TrainHistory:
 
 
 class Trainer:
-    """Runs optimisation steps on one head; checkpoints and resumes itself."""
+    """Runs optimisation steps on one head; checkpoints and resumes itself.
+
+    `heldout` is a FeatureSet of held-out greedy responses, or a dict of
+    named sets (the first one picks `best/`; the others are only logged).
+    """
 
     def __init__(self, head: DraftHead, train_set: FeatureSet, config: TrainConfig, out_dir: str | None = None,
-                 heldout: FeatureSet | None = None, log=print, progress: bool = True):
-        self.head, self.train_set, self.config = head, train_set.select_layers(head.config.aux_layers), config
-        self.heldout = heldout.select_layers(head.config.aux_layers) if heldout is not None else None
+                 heldout: FeatureSet | dict[str, FeatureSet] | None = None, log=print, progress: bool = True):
+        self.head, self.config = head.to(config.device), config
+        self.train_set = train_set.select_layers(head.config.aux_layers)
+        sets = heldout if isinstance(heldout, dict) else ({"heldout": heldout} if heldout is not None else {})
+        self.eval_sets = {name: s.select_layers(head.config.aux_layers) for name, s in sets.items() if len(s)}
         self.out_dir, self.log, self.progress = out_dir, log, progress
         self.weights = position_weights(head.config.block_size)
         params = [p for p in head.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.rng = random.Random(config.seed)
-        self.step = 0
-        self.elapsed = 0.0
+        self.step, self.elapsed, self.eval_seconds = 0, 0.0, 0.0
+        self.anchors_seen = self.positions_seen = 0
         self.best_tau: float | None = None
         self.history = TrainHistory()
         torch.manual_seed(config.seed)
@@ -169,7 +123,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         for b in blocks:  # one backward per sequence keeps [positions, V] tensors small
-            loss, metrics = block_loss(self.head, self.train_set, b, self.weights)
+            with self._autocast():
+                loss, metrics = block_loss(self.head, b, self.weights, self._device, self.config.dspark_weights)
             (loss / total_weight).backward()
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for key, value in metrics.items():
@@ -179,16 +134,27 @@ class Trainer:
             group["lr"] = self.learning_rate(self.step)
         self.optimizer.step()
         self.step += 1
-        return _means(sums, total_weight) | {"grad_norm": float(grad_norm), "step": self.step}
+        self.anchors_seen += sum(b.anchors.numel() for b in blocks)
+        self.positions_seen += sum(b.num_positions for b in blocks)
+        return _means(sums, total_weight) | {"grad_norm": float(grad_norm), "step": self.step,
+                                             "anchors": self.anchors_seen}
+
+    @property
+    def _device(self) -> torch.device:
+        return torch.device(self.config.device)
+
+    def _autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(self._device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _sample_step_blocks(self) -> list[BlockTargets]:
         blocks: list[BlockTargets] = []
         attempts = 0
         while len(blocks) < self.config.sequences_per_step and attempts < 100 * self.config.sequences_per_step:
             attempts += 1
-            index = self.rng.randrange(len(self.train_set))
-            b = sample_blocks(self.train_set, index, self.config.anchors_per_sequence,
-                              self.head.config.block_size, self.rng)
+            seq = self.train_set.sequence(self.rng.randrange(len(self.train_set)))
+            b = sample_blocks(seq, self.config.anchors_per_sequence, self.head.config.block_size, self.rng)
             if b is not None and bool(b.valid.any()):
                 blocks.append(b)
         if not blocks:
@@ -197,13 +163,13 @@ class Trainer:
 
     # ---- the loop ----
     def run(self) -> TrainHistory:
-        """Train until `steps` (or `max_minutes`), checkpointing on the way."""
+        """Train until `steps` (or `max_minutes` of training), checkpointing on the way."""
         self.resume()
         bar = self._bar()
-        started = time.perf_counter() - self.elapsed
         while self.step < self.config.steps:
+            started = time.perf_counter()
             metrics = self.train_step()
-            self.elapsed = time.perf_counter() - started
+            self.elapsed += time.perf_counter() - started
             self.history.steps.append(metrics | {"seconds": round(self.elapsed, 1)})
             self._report(bar, metrics)
             if self.config.eval_every and self.step % self.config.eval_every == 0:
@@ -211,60 +177,81 @@ class Trainer:
             if self.step % self.config.checkpoint_every == 0:
                 self.save()
             if self.config.max_minutes is not None and self.elapsed > 60 * self.config.max_minutes:
-                self.log(f"stopping at step {self.step}: {self.config.max_minutes} min reached")
+                self.log(f"stopping at step {self.step}: {self.config.max_minutes} min of training reached")
                 break
         if bar is not None:
             bar.close()
-        if self.heldout is not None and (not self.history.evals or self.history.evals[-1]["step"] != self.step):
+        if self.eval_sets and (not self.history.evals or self.history.evals[-1]["step"] != self.step):
             self.evaluate()
         self.save()
         return self.history
 
     def evaluate(self) -> dict:
-        """Held-out greedy tau (teacher-forced simulation, exact for greedy targets)."""
+        """Greedy tau per evaluation set (teacher-forced simulation, exact
+        for greedy targets), logged to log.jsonl; the first set picks best/."""
         from engine.spec.training.evaluate import teacher_forced_simulation
 
-        if self.heldout is None or len(self.heldout) == 0:
+        if not self.eval_sets:
             return {}
-        subset = self.heldout.subset(list(range(min(self.config.eval_sequences, len(self.heldout)))))
-        result = teacher_forced_simulation(self.head, subset)
-        entry = {"step": self.step, "tau": result.tau, "seconds": round(self.elapsed, 1)}
+        started = time.perf_counter()
+        taus = {}
+        for name, features in self.eval_sets.items():
+            subset = features.subset(list(range(min(self.config.eval_sequences, len(features)))))
+            taus[name] = teacher_forced_simulation(self.head, subset).tau
+        self.eval_seconds += time.perf_counter() - started
+        entry = {"step": self.step, "anchors": self.anchors_seen, "positions": self.positions_seen,
+                 "tau": taus, "train_seconds": round(self.elapsed, 1), "eval_seconds": round(self.eval_seconds, 1)}
         self.history.evals.append(entry)
-        self.log(f"step {self.step}: held-out greedy tau {result.tau:.3f} over {result.num_steps} steps")
-        if self.out_dir and (self.best_tau is None or result.tau > self.best_tau):
-            self.best_tau = result.tau
+        self._append_log(entry | {"event": "eval"})
+        self.log(f"step {self.step} ({self.anchors_seen} anchors): greedy tau "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in taus.items()))
+        first = next(iter(taus.values()))
+        if self.out_dir and (self.best_tau is None or first > self.best_tau):
+            self.best_tau = first
             save_head(self.head, os.path.join(self.out_dir, "best"))
         return entry
+
+    def _append_log(self, entry: dict) -> None:
+        if self.out_dir:
+            os.makedirs(self.out_dir, exist_ok=True)
+            with open(os.path.join(self.out_dir, LOG_FILE), "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry | {"time": round(time.time(), 1)}) + "\n")
 
     # ---- checkpoints ----
     def save(self) -> None:
         """Deployable head (fp16, shared weights excluded) + resumable state."""
         if not self.out_dir:
             return
-        self.head.config.training = {"steps": self.step, "seconds": round(self.elapsed, 1),
+        self.head.config.training = {"steps": self.step, "anchors": self.anchors_seen,
+                                     "positions": self.positions_seen, "train_seconds": round(self.elapsed, 1),
                                      "config": asdict(self.config), "best_heldout_tau": self.best_tau}
         save_head(self.head, self.out_dir)
-        state = {"step": self.step, "elapsed": self.elapsed, "head": self.head.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "rng": self.rng.getstate(),
-                 "torch_rng": torch.get_rng_state(), "history": asdict(self.history),
+        state = {"step": self.step, "elapsed": self.elapsed, "eval_seconds": self.eval_seconds,
+                 "anchors": self.anchors_seen, "positions": self.positions_seen,
+                 "head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(), "history": asdict(self.history),
                  "best_tau": self.best_tau, "method": self.head.config.method}
         tmp = os.path.join(self.out_dir, STATE_FILE + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, os.path.join(self.out_dir, STATE_FILE))
+        self._append_log({"event": "checkpoint", "step": self.step, "anchors": self.anchors_seen,
+                          "train_seconds": round(self.elapsed, 1)} | _last_metrics(self.history))
 
     def resume(self) -> bool:
         """Continue from `train_state.pt` in out_dir if there is one."""
         path = os.path.join(self.out_dir, STATE_FILE) if self.out_dir else None
         if not path or not os.path.exists(path):
             return False
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location=self._device)
         if state["method"] != self.head.config.method:
             raise ValueError(f"{path} holds a {state['method']} run, not {self.head.config.method}")
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         self.step, self.elapsed, self.best_tau = state["step"], state["elapsed"], state["best_tau"]
+        self.eval_seconds = state.get("eval_seconds", 0.0)
+        self.anchors_seen, self.positions_seen = state.get("anchors", 0), state.get("positions", 0)
         self.history = TrainHistory(**state["history"])
         self.log(f"resumed from {path} at step {self.step}")
         return True
@@ -292,3 +279,9 @@ def _means(sums: dict, total_weight: float) -> dict:
     """Weighted sums -> weighted means (counts stay counts)."""
     return {k: (v if k == "positions" else v / total_weight) for k, v in sums.items() if k != "weight"}
 
+
+def _last_metrics(history: TrainHistory, window: int = 50) -> dict:
+    """Means of the last `window` steps' metrics (for the log)."""
+    recent = history.steps[-window:]
+    keys = ("loss", "ce", "top1", "l1", "accept", "covered")
+    return {k: round(sum(s[k] for s in recent) / len(recent), 4) for k in keys if recent and k in recent[0]}

@@ -1,0 +1,210 @@
+"""Hybrid drafting: n-gram and a trained head for the same requests, the
+more promising proposal chosen per request and step.
+
+Copying (code edits, quoting the prompt) is where prompt lookup wins with
+long accepted runs; free text is where a head wins. Per request and step
+the hybrid compares the expected number of accepted drafts of the two
+proposals and hands the scheduler the winner's block, with calibrated
+confidences, as one set: `DraftBlock.source` names the drafter chosen.
+
+Losslessness (speculation.md s.4): the choice must not depend on the
+values the head draws. A rule reading the head's second confidence (which
+depends on its first draft) or its drafted tokens would pick the head's
+block more often when its first draft came out one way than another, and
+bias sampled output exactly like a confidence that reads x_k. So the
+choice uses only what is known before the head draws:
+- the n-gram block (deterministic: a function of the context) and its
+  calibrated confidences;
+- the head's FIRST confidence (from the context alone: peak probability
+  or DSpark's confidence head at the anchor), calibrated;
+- the head's historical acceptance per draft position (past steps).
+Expected accepted drafts: n-gram sum_j prod_{i<=j} c_i; head
+c_1 * (1 + sum_{j>=2} prod_{2<=i<=j} s_i) with s_i the head's historical
+conditional acceptance at position i. Ties go to n-gram (it costs no
+compute). When n-gram's expectation beats what the head could reach even
+with c_1 = 1, the head is not run at all for that request.
+
+Confidences are recalibrated online per source (scheduler.calibration's
+per-position, per-bin map, from realised acceptance read off the
+request's counters at the next absorb): n-gram's raw confidences are a
+heuristic of match length, and the head's STS fit may drift in serving.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.spec.base import DraftInput, Drafter
+from engine.spec.head_drafter import HeadDrafter
+from engine.spec.ngram import NgramDrafter
+from engine.spec.registry import DrafterContext, register_drafter
+from scheduler.calibration import ConfidenceCalibrator
+from scheduler.drafts import DraftBlock
+
+
+@dataclass
+class PositionRates:
+    """Historical conditional acceptance per draft position (Beta mean with
+    a weak prior at `prior_mean`)."""
+
+    prior_mean: float = 0.5
+    prior_strength: float = 2.0
+    trials: list[float] = field(default_factory=list)
+    accepted: list[float] = field(default_factory=list)
+
+    def rate(self, position: int) -> float:
+        if position >= len(self.trials):
+            return self.prior_mean
+        return (self.accepted[position] + self.prior_mean * self.prior_strength) / \
+            (self.trials[position] + self.prior_strength)
+
+    def observe(self, num_verified: int, num_accepted: int) -> None:
+        """Positions 0..num_accepted-1 survived; position num_accepted (if
+        verified) was rejected; later ones were not reached."""
+        for position in range(min(num_verified, num_accepted + 1)):
+            while len(self.trials) <= position:
+                self.trials.append(0.0)
+                self.accepted.append(0.0)
+            self.trials[position] += 1.0
+            self.accepted[position] += 1.0 if position < num_accepted else 0.0
+
+
+@dataclass
+class _Pending:
+    """What was proposed for a request, until its verification is seen."""
+
+    source: str
+    raw: list[float]
+    calibrated: list[float]
+    counters: tuple[int, int, int]  # the request's (spec steps, drafts verified, accepted) at proposal
+
+
+def expected_accepted(confidences: list[float]) -> float:
+    """sum_j prod_{i<=j} c_i: expected accepted drafts of a block."""
+    total, survival = 0.0, 1.0
+    for c in confidences:
+        survival *= c
+        total += survival
+    return total
+
+
+class HybridDrafter(Drafter):
+    """n-gram and head proposals per request; the one with the larger
+    expected accepted length, judged before the head draws (module doc)."""
+
+    name = "hybrid"
+    costs_compute = True
+    num_lookahead_slots = 0
+
+    def __init__(self, head: HeadDrafter, ngram: NgramDrafter):
+        self.head, self.ngram = head, ngram
+        self.aux_layers = head.aux_layers
+        self.max_draft_tokens = head.max_draft_tokens
+        self.head_source = head.name
+        self.calibrators = {ngram.name: ConfidenceCalibrator(), head.name: ConfidenceCalibrator()}
+        self.head_rates = PositionRates()
+        self.pending: dict[str, _Pending] = {}
+        self.choices = {ngram.name: 0, head.name: 0}  # proposals handed out per source
+
+    # ---- the Drafter interface ----
+    def absorb(self, request, hidden) -> None:
+        self._observe_verification(request)
+        self.head.absorb(request, hidden)
+        self.ngram.absorb(request)
+
+    def forget(self, request_ids: list[str]) -> None:
+        self.head.forget(request_ids)
+        self.ngram.forget(request_ids)
+        for rid in request_ids:
+            self.pending.pop(rid, None)
+            for calibrator in self.calibrators.values():
+                calibrator.forget(rid)
+
+    def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
+        items = [item for item in inputs if item.max_tokens > 0]
+        raw: dict[tuple[str, str], list[float]] = {}
+        ngram = self._calibrated(self.ngram.propose(items), raw)
+        need_head = [item for item in items if self._head_could_win(item, ngram.get(item.request.request_id))]
+        head = self._calibrated(self.head.propose(need_head), raw)
+        proposals = {}
+        for item in items:
+            rid = item.request.request_id
+            chosen = choose(ngram.get(rid), head.get(rid), self.head_rates, item.max_tokens)
+            if chosen is not None:
+                self._remember(item.request, chosen, raw[rid, chosen.source])
+                proposals[rid] = chosen
+        return proposals
+
+    # ---- choice and calibration ----
+    def _head_could_win(self, item: DraftInput, ngram_block: DraftBlock | None) -> bool:
+        """Whether the head's proposal could beat n-gram's even with c_1 = 1
+        (pre-draw information only); if not, the head is not run."""
+        if ngram_block is None:
+            return True
+        longest = min(item.max_tokens, self.max_draft_tokens or item.max_tokens)
+        return head_expectation(1.0, self.head_rates, longest) > expected_accepted(ngram_block.confidences)
+
+    def _calibrated(self, blocks: dict[str, DraftBlock], raw: dict) -> dict[str, DraftBlock]:
+        """Blocks with confidences mapped by their source's online calibrator;
+        the raw ones go to `raw[rid, source]` (observed after verification)."""
+        out = {}
+        for rid, block in blocks.items():
+            raw[rid, block.source] = list(block.confidences)
+            calibrated = self.calibrators[block.source].calibrate(rid, block.confidences)
+            out[rid] = DraftBlock(block.token_ids, calibrated, block.probs, block.source)
+        return out
+
+    def _remember(self, request, block: DraftBlock, raw: list[float]) -> None:
+        counters = (request.num_spec_steps, request.num_draft_tokens, request.num_accepted_tokens)
+        self.pending[request.request_id] = _Pending(block.source, raw, block.confidences, counters)
+        self.choices[block.source] += 1
+
+    def _observe_verification(self, request) -> None:
+        """If the last proposal for `request` was verified since, record how
+        it fared (the scheduler's counters say how many drafts it verified
+        and how many were accepted)."""
+        pending = self.pending.get(request.request_id)
+        if pending is None:
+            return
+        steps, verified, accepted = (now - then for now, then in zip(
+            (request.num_spec_steps, request.num_draft_tokens, request.num_accepted_tokens), pending.counters))
+        if steps == 0:
+            return  # not verified yet (a step that did not verify it, e.g. a prefill chunk)
+        del self.pending[request.request_id]
+        if verified == 0:
+            return
+        self.calibrators[pending.source].observe(request.request_id, pending.raw[:verified],
+                                                 pending.calibrated[:verified], accepted)
+        if pending.source == self.head_source:
+            self.head_rates.observe(verified, accepted)
+
+    def stats(self) -> dict:
+        return {"chosen": dict(self.choices), "head_position_rates": [round(self.head_rates.rate(i), 3)
+                                                                      for i in range(len(self.head_rates.trials))]}
+
+
+def head_expectation(first_confidence: float, rates: PositionRates, max_tokens: int) -> float:
+    """c_1 * (1 + sum_{j>=2} prod_{2<=i<=j} s_i): the head's expected
+    accepted drafts from its first confidence and its history alone."""
+    return first_confidence * (1.0 + expected_accepted([rates.rate(i) for i in range(1, max_tokens)]))
+
+
+def choose(ngram: DraftBlock | None, head: DraftBlock | None, rates: PositionRates,
+           max_tokens: int) -> DraftBlock | None:
+    """The block to verify: the larger expected accepted length; reads of
+    the head's block only its FIRST confidence (module doc)."""
+    if head is None or not head.token_ids:
+        return ngram
+    if ngram is None:
+        return head
+    head_score = head_expectation(head.confidences[0], rates, min(max_tokens, len(head.token_ids)))
+    return head if head_score > expected_accepted(ngram.confidences) else ngram
+
+
+@register_drafter("hybrid", needs_draft_model=True,
+                  help="n-gram and a trained head (--draft-model CHECKPOINT_DIR), the more promising "
+                       "proposal per request and step")
+def _build_hybrid(context: DrafterContext) -> Drafter:
+    config = context.config
+    spec = config.speculative
+    head = HeadDrafter.from_checkpoint(spec.draft_model, context.target.model, context.dtype, config.device)
+    return HybridDrafter(head, NgramDrafter(spec.ngram_min, spec.ngram_max))

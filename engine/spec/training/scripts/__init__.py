@@ -1,0 +1,1 @@
+"""Run scripts and measurement scripts of the draft-head toolkit."""

@@ -1,0 +1,48 @@
+"""Held-out greedy tau against training tokens, one line per head and set,
+from the `log.jsonl` files the trainer writes (needs matplotlib).
+
+  python -m engine.spec.training.scripts.plot_tau runs/heads-smollm2/{eagle3,dflash,dspark} \\
+      --out docs/draft-heads-tau.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def read_evals(run_dir: str) -> list[dict]:
+    """The evaluation entries of one run's log.jsonl, in order."""
+    with open(os.path.join(run_dir, "log.jsonl"), encoding="utf-8") as f:
+        return [entry for entry in map(json.loads, f) if entry.get("event") == "eval"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="training output directories (each with log.jsonl)")
+    p.add_argument("--out", required=True, help="PNG to write")
+    args = p.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = {os.path.basename(os.path.normpath(run)): read_evals(run) for run in args.runs}
+    sets = sorted({name for entries in evals.values() for e in entries for name in e["tau"]})
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], sets):
+        for head, entries in evals.items():
+            points = [(e["anchors"], e["tau"][name]) for e in entries if name in e["tau"]]
+            ax.plot([a for a, _ in points], [t for _, t in points], marker="o", markersize=3, label=head)
+        ax.set_title(f"{name}: greedy tau, block 7")
+        ax.set_xlabel("training tokens (anchors)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("tau (teacher-forced)")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

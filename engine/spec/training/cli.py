@@ -28,6 +28,7 @@ import torch
 from engine.spec.heads.checkpoint import load_head, save_head
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.registry import HEAD_METHODS
+from engine.spec.training.evaluate import EVAL_DRAFTERS
 
 log = logging.getLogger("specserve.train_draft")
 
@@ -103,6 +104,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="the target's dtype (the one the head was trained with)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--drafter", default="head", choices=EVAL_DRAFTERS,
+                   help="the head alone, n-gram alone, or the hybrid of both (as --speculative-method hybrid)")
     _add_common(p)
 
 
@@ -243,7 +246,8 @@ def run_eval(args: argparse.Namespace) -> int:
     head = load_head(args.draft_model, loaded.model, next(loaded.model.parameters()).dtype, args.device)
     prompts = [ids for p in load_prompts(args.data, split="test")
                if len(ids := chat_prompt_ids(loaded.tokenizer, p)) <= args.max_prompt_tokens]
-    report = {"draft_model": args.draft_model, "method": head.config.method, "prompts": len(prompts),
+    report = {"draft_model": args.draft_model, "method": head.config.method, "drafter": args.drafter,
+              "prompts": len(prompts),
               "block_size": args.block_size, "max_new_tokens": args.max_new_tokens, "results": {}}
     for temperature in args.temperatures:
         params = SamplingParams(temperature=temperature, max_tokens=args.max_new_tokens, seed=args.seed)
@@ -251,12 +255,13 @@ def run_eval(args: argparse.Namespace) -> int:
         result = _decode_in_batches(loaded, head, prompts, params, args)
         entry = result.summary(args.block_size)
         temperatures = head.config.calibration_for(temperature)
-        if temperatures and args.block_size == head.config.block_size:
+        if temperatures and args.block_size == head.config.block_size and args.drafter == "head":
             entry["calibrated"] = result.summary(args.block_size, temperatures)
             entry["calibrated"].pop("accepted_per_position", None)
         entry["seconds"] = round(time.perf_counter() - started, 1)
         report["results"][f"temperature={temperature:g}"] = entry
-        log.info("T=%g: tau %.3f over %d steps", temperature, result.tau, result.num_steps)
+        log.info("T=%g: tau %.3f over %d verification steps, %.3f tokens per decode step (%d without drafts)",
+                 temperature, result.tau, result.num_steps, result.tokens_per_step, result.num_plain_steps)
     print(json.dumps(report, indent=2, default=str))
     if args.report:
         _write_json(args.report, report)
@@ -269,7 +274,8 @@ def _decode_in_batches(loaded, head, prompts, params, args):
     total = SpecResult()
     for start in range(0, len(prompts), args.batch):
         total.merge(speculative_decode(loaded, head, prompts[start: start + args.batch], params,
-                                       block_size=args.block_size, seed=args.seed + start))
+                                       block_size=args.block_size, seed=args.seed + start,
+                                       drafter=args.drafter))
     return total
 
 

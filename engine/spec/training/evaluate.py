@@ -26,6 +26,8 @@ from engine.config import CacheConfig, SchedulerConfig, SpeculativeConfig
 from engine.spec.base import DraftInput, Drafter
 from engine.spec.head_drafter import HeadDrafter
 from engine.spec.heads.base import DraftHead
+from engine.spec.hybrid import HybridDrafter
+from engine.spec.ngram import NgramDrafter
 from engine.spec.training.calibrate import BlockRecord, calibration_report
 from engine.spec.training.features import FeatureSet
 from engine.spec.training.generate import engine_for
@@ -41,12 +43,20 @@ class SpecResult:
 
     num_steps: int = 0  # verification steps that had drafts
     num_emitted: int = 0  # tokens emitted by those steps (accepted + recovered/bonus)
+    num_plain_steps: int = 0  # decode steps without drafts (one token each; n-gram found no match)
     records: list[BlockRecord] = field(default_factory=list)
     accepted_per_position: list[int] = field(default_factory=list)
 
     @property
     def tau(self) -> float:
         return self.num_emitted / self.num_steps if self.num_steps else float("nan")
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens per decode step, plain steps included: what a drafter that
+        sometimes proposes nothing (n-gram, hybrid) buys per target forward."""
+        steps = self.num_steps + self.num_plain_steps
+        return (self.num_emitted + self.num_plain_steps) / steps if steps else float("nan")
 
     def record(self, confidences: list[float], num_accepted: int, emitted: int) -> None:
         self.num_steps += 1
@@ -57,7 +67,12 @@ class SpecResult:
         for k in range(num_accepted):
             self.accepted_per_position[k] += 1
 
+    def record_plain_step(self) -> None:
+        """A decode step that verified nothing: one token, as plain decoding."""
+        self.num_plain_steps += 1
+
     def merge(self, other: "SpecResult") -> None:
+        self.num_plain_steps += other.num_plain_steps
         self.num_steps += other.num_steps
         self.num_emitted += other.num_emitted
         self.records.extend(other.records)
@@ -68,8 +83,25 @@ class SpecResult:
 
     def summary(self, block_size: int, temperatures: list[float] | None = None) -> dict:
         return {"tau": self.tau, "steps": self.num_steps, "emitted": self.num_emitted,
+                "plain_steps": self.num_plain_steps, "tokens_per_step": self.tokens_per_step,
                 "accepted_per_position": self.accepted_per_position,
                 **calibration_report(self.records, block_size, temperatures)}
+
+
+EVAL_DRAFTERS = ("head", "hybrid", "ngram")
+
+
+def evaluation_drafter(head: DraftHead, kind: str) -> Drafter:
+    """What eval-draft measures: the head alone with raw confidences (what
+    STS is fitted to), n-gram alone, or the hybrid of both as served (the
+    head's STS calibration in place, n-gram at its serving defaults)."""
+    if kind == "head":
+        return raw_drafter(head)
+    if kind == "ngram":
+        return NgramDrafter()
+    if kind == "hybrid":
+        return HybridDrafter(HeadDrafter(head), NgramDrafter())
+    raise ValueError(f"unknown drafter {kind!r}; choose from {', '.join(EVAL_DRAFTERS)}")
 
 
 def raw_drafter(head: DraftHead) -> HeadDrafter:
@@ -184,14 +216,16 @@ class _RecordingDrafter(Drafter):
 
 @torch.no_grad()
 def speculative_decode(loaded, head: DraftHead, prompts: list[list[int]], params: SamplingParams,
-                       block_size: int | None = None, seed: int = 0) -> SpecResult:
+                       block_size: int | None = None, seed: int = 0, drafter: str = "head") -> SpecResult:
     """Decode `prompts` through LLMEngine, the head drafting and every one of
     `block_size` drafts verified per step (static policy): tau and the
     confidence records of what the server does. Request i samples with
     seed `seed + i` (its drafts with the engine's draft seed from it) and
-    stops where the server would (max_tokens, stop tokens, EOS)."""
+    stops where the server would (max_tokens, stop tokens, EOS). `drafter`
+    picks what drafts (`evaluation_drafter`); decode steps in which it
+    proposed nothing count in `tokens_per_step`, not in tau."""
     block_size = block_size or head.config.block_size
-    drafter = _RecordingDrafter(raw_drafter(head))
+    drafter = _RecordingDrafter(evaluation_drafter(head, drafter))
     engine = _evaluation_engine(loaded, drafter, prompts, params.max_tokens, block_size)
     for i, prompt in enumerate(prompts):
         engine.add_request(f"eval{i}", prompt, replace(params, seed=seed + i))
@@ -225,8 +259,11 @@ def _record_verification(result: SpecResult, output, verified: dict[str, list[fl
     rid = output.request_id
     now = (output.num_spec_steps, output.num_draft_tokens, output.num_accepted_tokens)
     steps, drafted, accepted = (a - b for a, b in zip(now, counts.get(rid, (0, 0, 0))))
+    seen = rid in counts
     counts[rid] = now
     if steps == 0:
+        if seen and output.new_token_ids:  # a decode step without drafts (the first output is prefill's)
+            result.record_plain_step()
         return
     confidences = verified.get(rid, [])
     if steps != 1 or len(confidences) < drafted:

@@ -9,7 +9,9 @@
 #   engine/spec/training/scripts/smollm2-heads-eval.sh [RUN_DIR] [HEADS...]
 #
 # Environment: PYTHON, DATA_PACKAGES (as smollm2-heads.sh), PROMPTS (per set,
-# default 8), MAX_NEW_TOKENS (default 96). A report that exists is skipped.
+# default 8), MAX_NEW_TOKENS (default 96), COMPARE (1: also n-gram and the
+# hybrid with the last head named; 0: heads only). A report that exists is
+# skipped.
 set -euo pipefail
 
 REPO=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
@@ -47,6 +49,7 @@ for head in "${HEADS[@]}"; do
   done
 done
 # n-gram alone and the hybrid with the last head named (DSpark by default).
+[ "${COMPARE:-1}" = 1 ] || exit 0
 last=${HEADS[-1]}
 for set in "${SETS[@]}"; do
   evaluate "$RUN/$last" ngram "$set" "$RUN/eval/ngram-$set.json"

@@ -6,6 +6,7 @@
 
 const KEY_STORAGE = "specserve.apiKey";
 const CHART_STEPS = 80; // steps the chart shows (the most recent)
+const MIN_CHART_SLOTS = 24; // a short reply's bars do not fill the whole width
 const $ = (id) => document.getElementById(id);
 
 const session = { messages: [], steps: [], controller: null };
@@ -182,7 +183,7 @@ function tokenSpan(token, text) {
   span.dataset.source = token.source;
   span.textContent = text;
   const t = token.trace;
-  span.title = token.drafter
+  span.dataset.tip = token.drafter
     ? `${token.source}: block drafted by ${token.drafter} (step ${token.step}: ` +
       `${t.accepted} of ${t.verified} drafts accepted)`
     : `${token.source}: no drafts verified (step ${token.step})`;
@@ -254,10 +255,10 @@ function drawChart() {
   ctx.clearRect(0, 0, W, H);
   canvas.dataset.steps = String(session.steps.length);
   const left = Math.max(4, ...steps.map((s) => Math.max(s.verified, s.batch_size, s.queue)));
-  const right = Math.max(1, ...steps.map((s) => s.step_ms));
+  const right = stepMsScale(steps);
   axes(ctx, pad, plotW, plotH, left, right);
-  const slot = plotW / CHART_STEPS;
-  const y = (v, top) => pad.t + plotH - (v / top) * plotH;
+  const slot = plotW / Math.max(MIN_CHART_SLOTS, steps.length);
+  const y = (v, top) => pad.t + plotH - (Math.min(v, top) / top) * plotH;
   steps.forEach((s, i) => {
     const x = pad.l + i * slot + 1, w = Math.max(1, slot - 2);
     ctx.fillStyle = "#cfd3d8";
@@ -273,6 +274,15 @@ function drawChart() {
   showStats();
 }
 
+// The right axis' top: a prompt's prefill step can take many decode steps'
+// time; clipping it at 4x the median keeps the decode steps readable.
+function stepMsScale(steps) {
+  const sorted = steps.map((s) => s.step_ms).sort((a, b) => a - b);
+  if (!sorted.length) return 1;
+  const median = sorted[Math.floor(sorted.length / 2)];
+  return Math.max(1, Math.min(sorted[sorted.length - 1], 4 * median));
+}
+
 function axes(ctx, pad, plotW, plotH, left, right) {
   ctx.strokeStyle = "#d8dadd";
   ctx.fillStyle = "#6b7280";
@@ -285,7 +295,8 @@ function axes(ctx, pad, plotW, plotH, left, right) {
     ctx.textAlign = "left"; ctx.fillText(fmt(f * right), pad.l + plotW + 4, yy + 4);
   }
   ctx.textAlign = "center";
-  ctx.fillText(`last ${CHART_STEPS} steps of this page's replies`, pad.l + plotW / 2, pad.t + plotH + 16);
+  ctx.fillText(`engine steps of this page's replies (the last ${CHART_STEPS})`, pad.l + plotW / 2,
+               pad.t + plotH + 16);
 }
 
 function polyline(ctx, points, color) {
@@ -330,6 +341,22 @@ function fmt(x) {
   return Number.isInteger(x) ? String(x) : x.toFixed(x < 10 ? 1 : 0);
 }
 
+// A token's tooltip: where its block came from (drawn by the page rather than
+// a title attribute, so it shows at once, and in screenshots).
+function showTip(event) {
+  const tip = $("tip");
+  const span = event.target.closest && event.target.closest("span.tok[data-tip]");
+  if (!span || !$("log").contains(span)) {
+    tip.hidden = true;
+    return;
+  }
+  tip.textContent = span.dataset.tip;
+  const box = span.getBoundingClientRect();
+  tip.style.left = `${window.scrollX + box.left}px`;
+  tip.style.top = `${window.scrollY + box.bottom + 6}px`;
+  tip.hidden = false;
+}
+
 // ---- wiring ------------------------------------------------------------------
 
 function init() {
@@ -344,6 +371,8 @@ function init() {
   });
   $("stop").addEventListener("click", () => session.controller && session.controller.abort());
   $("clear").addEventListener("click", clearChat);
+  $("log").addEventListener("mouseover", showTip);
+  $("log").addEventListener("mouseleave", () => { $("tip").hidden = true; });
   drawChart();
   refreshModels();
 }

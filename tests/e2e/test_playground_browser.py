@@ -88,7 +88,9 @@ def test_streams_coloured_tokens_and_draws_the_chart(server, page, tmp_path):
     sources = set(spans.evaluate_all("els => els.map(e => e.dataset.source)"))
     assert len(sources) >= 2 and sources <= {"accepted", "corrected", "bonus", "plain"}, sources
     drafted = page.locator(".msg.assistant span.tok[data-drafter='ngram']")
-    assert drafted.count() > 0 and "ngram" in drafted.first.get_attribute("title")
+    assert drafted.count() > 0
+    drafted.first.hover()
+    assert "drafted by ngram" in page.locator("#tip").inner_text()
     text = page.locator(".msg.assistant .body").inner_text()
     assert text.strip()
     assert int(meta.inner_text().split()[0]) >= spans.count()  # "N tokens: ..."

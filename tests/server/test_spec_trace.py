@@ -8,6 +8,9 @@ import json
 
 import pytest
 
+from engine.outputs import EngineStats, RequestOutput
+from engine.trace import StepLoad, StepTrace
+from server.spec_trace import trace_extension
 from tests.server.helpers import assert_error, parse_sse
 
 # Repetitive text: the n-gram drafter finds matches in it, and the tiny
@@ -115,3 +118,24 @@ def test_the_served_schema_documents_the_extension(http):
     options = schema["components"]["schemas"]["SpecserveOptions"]
     assert options["additionalProperties"] is False
     assert "trace" in options["properties"]
+
+
+def _output(trace):
+    return RequestOutput(request_id="r", new_token_ids=[5, 6], new_text="ab", finished=False,
+                         finish_reason=None, num_prompt_tokens=3, num_output_tokens=2, trace=trace)
+
+
+def test_extension_of_one_output():
+    load = StepLoad(num_requests=3, num_tokens=9, num_waiting=2, step_ms=20.0)
+    stats = EngineStats(kv_cache_usage=0.25)
+    assert trace_extension(0, _output(None), stats) is None
+    corrected = trace_extension(1, _output(StepTrace(4, 1, "ngram", load, ("a", "b"))), stats)
+    assert corrected == {
+        "index": 1, "verified": 4, "accepted": 1,
+        "tokens": [{"text": "a", "source": "accepted", "drafter": "ngram"},
+                   {"text": "b", "source": "corrected", "drafter": "ngram"}],
+        "load": {"batch_size": 3, "batched_tokens": 9, "queue": 2, "step_ms": 20.0, "sps": 50.0,
+                 "kv_cache_usage": 0.25}}
+    plain = trace_extension(0, _output(StepTrace(0, 0, "", load, ("a", "b"))), stats)
+    assert [t["source"] for t in plain["tokens"]] == ["plain", "plain"]
+    assert {t["drafter"] for t in plain["tokens"]} == {None}

@@ -220,7 +220,8 @@ async function send(event) {
     if (error.name !== "AbortError") explain(error);
   } finally {
     reply.render();
-    session.messages.push({ role: "assistant", content: reply.content });
+    // A reply cleared away while it streamed is no longer part of the conversation.
+    if ($("log").contains(reply.element)) session.messages.push({ role: "assistant", content: reply.content });
     session.controller = null;
     setBusy(false);
   }

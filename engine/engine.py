@@ -33,6 +33,7 @@ from engine.profiler import load_or_profile
 from engine.sampler import draft_generator
 from engine.spec.base import DraftInput, Drafter
 from engine.spec.factory import build_drafter
+from engine.trace import StepLoad, StepTrace, step_traces
 from scheduler.drafting import DraftingLimits
 from scheduler.load import StepCostModel
 from scheduler.output import DraftSlot, RunnerOutput, SchedulerOutput
@@ -172,8 +173,12 @@ class LLMEngine:
         self._record_step(sched, runner_out)
         self._draft(sched, runner_out)
         # The whole step, drafting included: what a bigger batch really costs.
-        self.scheduler.observe_step_time(sched.total_num_tokens, time.perf_counter() - started)
-        return self._emit(updates, runner_out) + self._collect_unscheduled_finished(sched.freed_request_ids)
+        seconds = time.perf_counter() - started
+        self.scheduler.observe_step_time(sched.total_num_tokens, seconds)
+        load = StepLoad(len(sched.scheduled), sched.total_num_tokens, self.scheduler.num_waiting,
+                        seconds * 1000)
+        traces = step_traces(sched, runner_out, load)
+        return self._emit(updates, runner_out, traces) + self._collect_unscheduled_finished(sched.freed_request_ids)
 
     def _execute(self, sched: SchedulerOutput) -> RunnerOutput:
         """The target forward; if the batch fails, each request alone (the
@@ -192,7 +197,8 @@ class LLMEngine:
             self.isolation.fail(request.request_id, "stop check", exc, drop=False)
             return RequestStatus.FINISHED_ABORTED
 
-    def _emit(self, updates, runner_out: RunnerOutput) -> list[RequestOutput]:
+    def _emit(self, updates, runner_out: RunnerOutput,
+              traces: dict[str, StepTrace]) -> list[RequestOutput]:
         outputs = []
         for request, new_tokens in updates:
             if self.isolation.has_failed(request.request_id):
@@ -201,13 +207,14 @@ class LLMEngine:
             logprobs = runner_out.logprobs.get(request.request_id)
             if logprobs is not None:
                 logprobs = logprobs[: len(new_tokens)]
-            self._append_output(outputs, request, new_tokens, logprobs)
+            self._append_output(outputs, request, new_tokens, logprobs,
+                                traces.get(request.request_id))
         return outputs
 
     def _append_output(self, outputs: list[RequestOutput], request: Request, new_tokens: list[int],
-                       logprobs) -> None:
+                       logprobs, trace: StepTrace | None = None) -> None:
         ok, out = self.isolation.attempt(request.request_id, "output", self.outputs.make_output,
-                                         request, new_tokens, logprobs)
+                                         request, new_tokens, logprobs, trace)
         if ok:
             outputs.append(out)
             if request.is_finished:

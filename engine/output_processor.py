@@ -6,10 +6,11 @@ speculative block cuts the output exactly where plain decoding would.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from engine.detokenizer import IncrementalDetokenizer
 from engine.outputs import RequestOutput
+from engine.trace import StepTrace
 from scheduler.output import TokenLogprob
 from scheduler.request import Request, RequestStatus
 
@@ -23,6 +24,8 @@ class RequestTextState:
     text: str = ""
     sent_chars: int = 0
     cut_by_stop_string: bool = False
+    # The text each token added since the last output (its trace's token_texts).
+    token_texts: list[str] = field(default_factory=list)
 
     @property
     def holdback(self) -> int:
@@ -52,9 +55,8 @@ class OutputProcessor:
         """Called after `token_id` was appended to the request's output."""
         params = request.sampling_params
         state = self.states[request.request_id]
-        if token_id in params.stop_token_ids:
-            return RequestStatus.FINISHED_STOPPED
-        if not params.ignore_eos and token_id in self.eos_ids:
+        if token_id in params.stop_token_ids or (not params.ignore_eos and token_id in self.eos_ids):
+            state.token_texts.append("")  # a stop token adds no text
             return RequestStatus.FINISHED_STOPPED
         if self._append_text_and_find_stop(state, token_id):
             return RequestStatus.FINISHED_STOPPED
@@ -66,7 +68,9 @@ class OutputProcessor:
 
     def _append_text_and_find_stop(self, state: RequestTextState, token_id: int) -> bool:
         previous_len = len(state.text)
-        state.text += state.detokenizer.add_token(token_id)
+        piece = state.detokenizer.add_token(token_id)
+        state.text += piece
+        state.token_texts.append(piece)
         if not state.stop_strings:
             return False
         # Only a stop string that ends in the new text can be new.
@@ -79,14 +83,22 @@ class OutputProcessor:
         return True
 
     def make_output(self, request: Request, new_token_ids: list[int],
-                    logprobs: list[TokenLogprob] | None) -> RequestOutput:
+                    logprobs: list[TokenLogprob] | None,
+                    trace: StepTrace | None = None) -> RequestOutput:
         """The increment since the last output, with text held back while a
-        stop string could still be forming."""
+        stop string could still be forming; `trace` (the step's, if it
+        sampled) gets the new tokens' texts."""
         state = self.states[request.request_id]
         finished = request.is_finished
         if finished and not state.cut_by_stop_string:
             # A character still incomplete at the end is emitted as decode() would.
-            state.text += state.detokenizer.flush()
+            tail = state.detokenizer.flush()
+            state.text += tail
+            if tail and state.token_texts:
+                state.token_texts[-1] += tail
+        texts, state.token_texts = tuple(state.token_texts), []
+        if trace is not None:
+            trace = replace(trace, token_texts=texts)
         visible = len(state.text) if finished else max(state.sent_chars, len(state.text) - state.holdback)
         delta = state.text[state.sent_chars: visible]
         state.sent_chars = max(state.sent_chars, visible)
@@ -102,4 +114,5 @@ class OutputProcessor:
             num_spec_steps=request.num_spec_steps,
             num_draft_tokens=request.num_draft_tokens,
             num_accepted_tokens=request.num_accepted_tokens,
+            trace=trace,
         )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.trace import StepTrace
 from scheduler.load import LoadStats
 from scheduler.output import TokenLogprob
 from scheduler.policies import PolicyStats
@@ -13,7 +14,9 @@ class RequestOutput:
     """The increment one request gained in one engine step.
 
     `new_text` is the detokenized delta (stop strings already cut out);
-    `finish_reason` is 'stop', 'length' or 'abort' once finished.
+    `finish_reason` is 'stop', 'length' or 'abort' once finished. `trace`
+    says how the new tokens were produced and under what load (None for an
+    output that no sampling step made, e.g. a request finished unscheduled).
     """
 
     request_id: str
@@ -28,6 +31,7 @@ class RequestOutput:
     num_spec_steps: int = 0
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
+    trace: StepTrace | None = None
 
 
 @dataclass

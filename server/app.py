@@ -24,6 +24,7 @@ from server.limits import RequestLimits
 from server.metrics import ServerMetrics
 from server.middleware import BearerAuth, BodySizeLimit
 from server.openapi import install_openapi
+from server.playground import install_playground
 from server.routes import router
 from server.serving import OpenAIServing
 
@@ -68,6 +69,7 @@ def create_app(engine_client: EngineClient, *, api_key: str | None = None,
     app.state.metrics = metrics
     app.state.serving = OpenAIServing(engine_client, metrics, limits)
     app.include_router(router)
+    install_playground(app)
     errors.install_error_handlers(app)
     # Added last = outermost: the key is checked first, then the body size.
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)

@@ -126,6 +126,18 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class SpecserveOptions(_Request):
+    """`specserve`: options of ours that no OpenAI client sends. Unknown keys
+    here are a 400 (a typo must not silently turn an option off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trace: bool = Field(False, description=(
+        "Stream how each token was produced (accepted draft, corrected, bonus, "
+        "plain), by which drafter, and the engine's load, in an extra top-level "
+        "`specserve` key of each chunk. Needs `stream: true`."))
+
+
 class GenerationRequest(_Request):
     """Fields shared by chat and text completions (OpenAI + vLLM extras).
 
@@ -154,6 +166,7 @@ class GenerationRequest(_Request):
     stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     # specserve: set false to opt this request out of speculative decoding.
     speculative: bool = True
+    specserve: SpecserveOptions | None = None
 
 
 class ChatCompletionRequest(GenerationRequest):

@@ -50,6 +50,7 @@ def chat_schema(schema: dict[str, Any], model: type) -> None:
         _requires("top_logprobs", {"type": "integer"},
                   {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]}),
         _STREAM_OPTIONS_NEED_STREAM,
+        _TRACE_NEEDS_STREAM,
     ]
 
 
@@ -60,9 +61,14 @@ def completion_schema(schema: dict[str, Any], model: type) -> None:
         _requires("logprobs", {"type": "integer"},
                   {"not": {"properties": {"echo": {"const": True}}, "required": ["echo"]}}),
         _STREAM_OPTIONS_NEED_STREAM,
+        _TRACE_NEEDS_STREAM,
     ]
 
 
 _STREAM_OPTIONS_NEED_STREAM = _requires(
     "stream_options", {"type": "object"},
+    {"properties": {"stream": {"const": True}}, "required": ["stream"]})
+
+_TRACE_NEEDS_STREAM = _requires(
+    "specserve", {"type": "object", "properties": {"trace": {"const": True}}, "required": ["trace"]},
     {"properties": {"stream": {"const": True}}, "required": ["stream"]})

@@ -38,6 +38,7 @@ from server.rendering import (
     TokenText,
     usage,
 )
+from server.spec_trace import trace_extension
 from server.sse import ClientDisconnected, SSEResponse, run_until_disconnect, sse
 from server.validation import RequestValidator, ValidatedRequest
 
@@ -96,7 +97,9 @@ class OpenAIServing:
             if body.stream:
                 await run_until_disconnect(request, fanout.prime())
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
-                events = self._events(fanout, head, jobs, renderer, prompt_tokens, include_usage)
+                tracing = bool(body.specserve and body.specserve.trace)
+                events = self._events(fanout, head, jobs, renderer, prompt_tokens, include_usage,
+                                      tracing)
                 return SSEResponse(events, on_close=fanout.close)
             result = await run_until_disconnect(
                 request, self._collect(fanout, head, jobs, renderer, prompt_tokens))
@@ -127,15 +130,18 @@ class OpenAIServing:
             renderer.fold(states[index], out)
         return renderer.response(head, states, prompt_tokens).model_dump()
 
-    @staticmethod
-    async def _events(fanout: Fanout, head: ResponseHead, jobs: list[Job], renderer: Renderer,
-                      prompt_tokens: int, include_usage: bool) -> AsyncIterator[str]:
+    async def _events(self, fanout: Fanout, head: ResponseHead, jobs: list[Job],
+                      renderer: Renderer, prompt_tokens: int, include_usage: bool,
+                      tracing: bool = False) -> AsyncIterator[str]:
         # OpenAI sends `"usage": null` in every chunk only when include_usage asked for
         # the final usage chunk; otherwise chunks have no usage key at all.
         leave_out = None if include_usage else {"usage"}
 
-        def event(choices: list, usage_: Usage | None = None) -> str:
-            return sse(renderer.chunk(head, choices, usage_).model_dump(exclude=leave_out))
+        def event(choices: list, usage_: Usage | None = None, trace: dict | None = None) -> str:
+            chunk = renderer.chunk(head, choices, usage_).model_dump(exclude=leave_out)
+            if trace is not None:
+                chunk["specserve"] = trace  # the opt-in extension (server/spec_trace.py)
+            return sse(chunk)
 
         states = _states(jobs)
         try:
@@ -144,8 +150,12 @@ class OpenAIServing:
                 if opening is not None:
                     yield event([opening])
             async for index, out in fanout.outputs():
-                for choice in renderer.increment(states[index], out):
-                    yield event([choice])
+                choices = renderer.increment(states[index], out)
+                trace = trace_extension(index, out, self.engine.stats()) if tracing else None
+                if trace is not None and not choices:
+                    yield event([], trace=trace)  # tokens that added no visible text yet
+                for number, choice in enumerate(choices):
+                    yield event([choice], trace=trace if number == 0 else None)
             if include_usage:
                 yield event([], usage(states, prompt_tokens))
             yield sse("[DONE]")

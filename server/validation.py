@@ -70,6 +70,9 @@ class RequestValidator:
         if body.stream_options is not None and not body.stream:
             raise errors.bad_request("stream_options is only allowed when stream is true",
                                      "stream_options")
+        if body.specserve is not None and body.specserve.trace and not body.stream:
+            raise errors.bad_request("specserve.trace is only allowed when stream is true",
+                                     "specserve.trace")
         self._check_choices(1 if isinstance(body, ChatCompletionRequest)
                             else _num_prompts(body.prompt), body)
 

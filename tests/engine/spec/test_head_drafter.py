@@ -14,7 +14,7 @@ from engine.spec.heads.registry import HEAD_METHODS
 from engine.spec.training.recipes import build_head
 from scheduler.load import StepCostModel
 from scheduler.request import Request, SamplingParams
-from tests.spec.conftest import absorb_and_propose, target_features
+from tests.engine.spec.conftest import absorb_and_propose, target_features
 
 BLOCK = 5
 PROMPTS = ["def add(a, b):\n    return a + b\n\ndef add(a, b):", "Hello", "The quick brown fox jumps over"]

@@ -3,6 +3,7 @@ refused, and the committed checkpoints' layout still matching the classes."""
 from __future__ import annotations
 
 import os
+import pathlib
 
 import pytest
 import torch
@@ -10,10 +11,10 @@ from safetensors import safe_open
 
 from engine.spec.heads.checkpoint import load_head, read_head_config, save_head
 from engine.spec.heads.registry import HEAD_METHODS, head_class
-from tests.spec.conftest import make_head
+from tests.engine.spec.conftest import make_head
 
 BLOCK = 4
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = str(pathlib.Path(__file__).resolve().parents[4])  # the repository root
 
 
 @pytest.mark.parametrize("method", HEAD_METHODS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import os
+import pathlib
 
 import pytest
 
@@ -16,7 +17,7 @@ from engine.spec.heads.registry import HEAD_METHODS
 from scheduler.load import StepCostModel
 from scheduler.request import SamplingParams
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = str(pathlib.Path(__file__).resolve().parents[4])  # the repository root
 
 pytestmark = pytest.mark.slow
 

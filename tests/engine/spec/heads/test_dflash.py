@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from engine.spec.training.blocks import blocks_for_anchors
-from tests.spec.conftest import check_block_pass_matches_serving, make_head, random_sequence, target_features
+from tests.engine.spec.conftest import check_block_pass_matches_serving, make_head, random_sequence, target_features
 
 BLOCK = 4
 

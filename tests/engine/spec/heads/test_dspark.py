@@ -7,7 +7,7 @@ import torch
 
 from engine.spec.heads.config import HeadConfig
 from engine.spec.training.blocks import blocks_for_anchors
-from tests.spec.conftest import (check_block_pass_matches_serving, make_head, random_sequence, serve_one,
+from tests.engine.spec.conftest import (check_block_pass_matches_serving, make_head, random_sequence, serve_one,
                                  target_features)
 
 BLOCK = 4

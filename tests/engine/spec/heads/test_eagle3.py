@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from engine.spec.training.ttt import ttt_forward
-from tests.spec.conftest import make_head, random_sequence, serve_one, target_features
+from tests.engine.spec.conftest import make_head, random_sequence, serve_one, target_features
 
 BLOCK = 4
 

@@ -3,6 +3,7 @@ is one module plus one registration line."""
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from engine.spec.heads.checkpoint import load_head, save_head
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.dflash import DFlashHead
 from engine.spec.training.recipes import build_head
-from tests.spec.conftest import random_sequence, serve_one, target_features
+from tests.engine.spec.conftest import random_sequence, serve_one, target_features
 
 
 def test_every_head_family_is_a_speculative_method_needing_a_checkpoint():
@@ -46,7 +47,7 @@ def test_every_registered_family_is_a_draft_head():
 def test_reading_the_registry_does_not_import_torch():
     code = ("import sys, engine.config, engine.spec.heads.registry; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = str(pathlib.Path(__file__).resolve().parents[4])  # the repository root
     env = dict(os.environ, PYTHONPATH=root)
     assert subprocess.run([sys.executable, "-c", code], cwd=root, env=env).returncode == 0
 

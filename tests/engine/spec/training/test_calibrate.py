@@ -7,7 +7,7 @@ import torch
 from engine.spec.training.calibrate import (BlockRecord, auroc, calibration_report,
                                            expected_calibration_error, fit_sts)
 from engine.spec.training.evaluate import teacher_forced_simulation
-from tests.spec.conftest import make_trainer, split
+from tests.engine.spec.conftest import make_trainer, split
 
 BLOCK = 4
 

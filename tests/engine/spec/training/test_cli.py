@@ -53,7 +53,7 @@ def test_eval_draft_reports_tau_and_calibration(tiny_dir, tiny_target, tmp_path,
     from engine.spec.heads.checkpoint import save_head
     from engine.spec.training import data
     from engine.spec.training.data import Prompt
-    from tests.spec.conftest import make_head
+    from tests.engine.spec.conftest import make_head
 
     head = make_head("dspark", tiny_target, 3)
     head.config.calibration = [1.0, 1.5, 2.0]

@@ -15,7 +15,7 @@ from engine.spec.training.evaluate import (SpecResult, _record_verification, spe
 from engine.spec.training.features import collect_features
 from engine.spec.training.generate import Sample
 from scheduler.request import SamplingParams
-from tests.spec.conftest import make_head
+from tests.engine.spec.conftest import make_head
 
 BLOCK = 4
 

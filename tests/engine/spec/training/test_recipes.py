@@ -12,7 +12,7 @@ from engine.spec.heads.dspark import DSparkHead
 from engine.spec.heads.eagle3 import Eagle3Head
 from engine.spec.training.blocks import INITIAL_OUTPUT_SCALE
 from engine.spec.training.recipes import RECIPES, recipe_for
-from tests.spec.conftest import make_head
+from tests.engine.spec.conftest import make_head
 
 
 def test_recipes_resolve_through_the_class_hierarchy(tiny_target):

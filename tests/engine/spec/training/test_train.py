@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.spec.heads.registry import HEAD_METHODS
-from tests.spec.conftest import make_trainer
+from tests.engine.spec.conftest import make_trainer
 
 BLOCK = 4
 

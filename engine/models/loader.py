@@ -99,7 +99,7 @@ def model_config_from_hf(config_json: dict) -> ModelConfig:
     _reject_unsupported_features(c)
     num_heads = c["num_attention_heads"]
     rope_theta, rope_scaling = _rope_settings(c)
-    return ModelConfig(
+    fields = dict(
         vocab_size=c["vocab_size"],
         hidden_size=c["hidden_size"],
         intermediate_size=c["intermediate_size"],
@@ -115,8 +115,9 @@ def model_config_from_hf(config_json: dict) -> ModelConfig:
         bos_token_id=_first_id(c.get("bos_token_id")),
         eos_token_id=_first_id(c.get("eos_token_id")),
         architecture=model_type,
-        **family.adapt_config(c),
     )
+    fields.update(family.adapt_config(c))  # the family's quirks override the generic reading
+    return ModelConfig(**fields)
 
 
 def _reject_unsupported_features(c: dict) -> None:

@@ -112,8 +112,6 @@ def model_config_from_hf(config_json: dict) -> ModelConfig:
         rope_scaling=rope_scaling,
         max_position_embeddings=c.get("max_position_embeddings", 2048),
         tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
-        bos_token_id=_first_id(c.get("bos_token_id")),
-        eos_token_id=_first_id(c.get("eos_token_id")),
         architecture=model_type,
     )
     fields.update(family.adapt_config(c))  # the family's quirks override the generic reading
@@ -145,9 +143,3 @@ def _rope_settings(c: dict) -> tuple[float, dict | None]:
     scaling["rope_type"] = scaling.get("rope_type") or scaling.pop("type", "default")
     scaling.pop("type", None)
     return theta, (None if scaling["rope_type"] == "default" else scaling)
-
-
-def _first_id(value) -> int | None:
-    if isinstance(value, list):
-        return value[0] if value else None
-    return value

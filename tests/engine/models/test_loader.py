@@ -88,7 +88,7 @@ def test_model_config_from_hf_styles():
     modern = model_config_from_hf({**base, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}})
     assert legacy == modern
     assert legacy.rope_scaling == {"rope_type": "linear", "factor": 2.0} and legacy.rope_theta == 5e5
-    assert (legacy.num_kv_heads, legacy.head_dim, legacy.eos_token_id) == (2, 4, 3)
+    assert (legacy.num_kv_heads, legacy.head_dim) == (2, 4)
     plain = model_config_from_hf({**base, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}})
     assert plain.rope_scaling is None
     qwen2 = model_config_from_hf({**base, "model_type": "qwen2"})

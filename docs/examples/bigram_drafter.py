@@ -43,8 +43,7 @@ class BigramDrafter(Drafter):
         return proposals
 
     def _chain(self, request, length: int) -> list[int]:
-        table, drafts = self.followers[request.request_id], []
-        token = request.token_ids(request.num_tokens - 1)[0]  # the latest token
+        table, token, drafts = self.followers[request.request_id], request.last_token_id, []
         while len(drafts) < length and token in table:
             token = table[token]
             drafts.append(token)

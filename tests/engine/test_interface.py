@@ -15,7 +15,14 @@ import pytest
 from engine.client import AsyncEngineClient
 from engine.interface import EngineClient, PromptTokenizer
 from engine.tokenizer import Tokenizer
+from tests.server.conftest import real_engine_client
 from tests.server.fake_engine import FakeEngineClient, FakeTokenizer
+
+
+@pytest.fixture(scope="module")
+def engine_client(tmp_path_factory):
+    """The real engine client (not started: only its surface is read)."""
+    return real_engine_client(tmp_path_factory)
 
 
 def _methods(protocol: type) -> dict[str, typing.Any]:

@@ -12,18 +12,6 @@ MIRRORED_ROOMS = ("engine", "scheduler", "kernels", "server")
 # Test folders that cut across packages: end-to-end runs and the
 # documentation's examples.
 CROSS_CUTTING = {"e2e", "docs"}
-# Modules still without a test file of their own (each is exercised by
-# other tests today); the list only shrinks.
-PENDING: set[str] = {
-    "server/limits.py",
-    "server/middleware.py",
-    "server/openapi.py",
-    "server/protocol.py",
-    "server/request_schema.py",
-    "server/routes.py",
-    "server/serving.py",
-    "server/unsupported.py",
-}
 
 
 def mirrored_test(module: str) -> str:
@@ -59,9 +47,8 @@ def stray_test_folders(root: str) -> list[str]:
 
 
 def test_every_module_has_a_test_file_named_after_it():
-    missing = set(modules_without_tests(ROOT))
-    assert sorted(missing - PENDING) == [], "add: " + ", ".join(mirrored_test(m) for m in sorted(missing - PENDING))
-    assert sorted(PENDING - missing) == [], "these have tests now; drop them from PENDING"
+    missing = modules_without_tests(ROOT)
+    assert missing == [], "add: " + ", ".join(mirrored_test(m) for m in missing)
 
 
 def test_every_test_folder_matches_a_package():

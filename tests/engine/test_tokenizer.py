@@ -88,7 +88,7 @@ def test_missing_template_raises_clear_error(tmp_path):
 
 def stream(tok, ids, **kwargs):
     """Feed ids one by one; return the deltas and the detokenizer."""
-    detok = IncrementalDetokenizer(tok, prompt_token_ids=[1, 5, 6], **kwargs)
+    detok = IncrementalDetokenizer(tok, **kwargs)
     return [detok.add_token(i) for i in ids], detok
 
 

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
 
 
 # ------------------------------------------------------------ bandwidth

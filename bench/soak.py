@@ -26,7 +26,7 @@ from typing import Sequence
 
 import httpx
 
-from bench.loadgen import parse_metrics
+from bench.scrape import parse_metrics
 from bench.servers import specserve_server
 from bench.sse import SSEParser
 

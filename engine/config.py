@@ -24,8 +24,6 @@ class ModelConfig:
     attention_bias: bool = False  # biases on the q/k/v projections
     attention_output_bias: bool = False  # a bias on o_proj too (Llama's attention_bias; not Qwen2)
     qk_norm: bool = False  # Qwen3 normalises q and k per head
-    bos_token_id: int | None = None
-    eos_token_id: int | None = None
     architecture: str = "llama"
 
     def __post_init__(self) -> None:

@@ -22,11 +22,8 @@ class IncrementalDetokenizer:
     trailing incomplete character, if any.
     """
 
-    def __init__(self, tokenizer: Tokenizer, prompt_token_ids: list[int], skip_special_tokens: bool = True):
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
         self.tokenizer = tokenizer
-        # Kept for callers (e.g. stop-string checks); decoding covers the
-        # output only, so the text is exactly decode(output ids).
-        self.prompt_token_ids = list(prompt_token_ids)
         self.skip_special_tokens = skip_special_tokens
         self.output_ids: list[int] = []
         self.text = ""

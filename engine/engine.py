@@ -62,9 +62,10 @@ class LLMEngine:
         self.model_config = self.loaded.config
         self.max_model_len = min(config.scheduler.max_model_len, self.model_config.max_position_embeddings)
         cache = config.cache
-        self.runner = ModelRunner(self.loaded.model, self.model_config, cache.num_blocks,
-                                  cache.block_size, dtype, config.device)
         self.drafter = drafter or build_drafter(config, self.loaded, cache.num_blocks, dtype)
+        self.runner = ModelRunner(self.loaded.model, self.model_config, cache.num_blocks,
+                                  cache.block_size, dtype, config.device,
+                                  aux_layers=self.drafter.aux_layers if self.drafter else ())
         self.verify_policy = self._build_verify_policy(step_cost)
         # Machine counters for the scheduler's load signal, read off the step loop.
         self.device_sampler = DeviceSampler(source_for_device(config.device)).start()
@@ -72,7 +73,6 @@ class LLMEngine:
                                    verify_policy=self.verify_policy,
                                    enable_prefix_caching=not (self.drafter and self.drafter.aux_layers),
                                    device_counters=self.device_sampler.latest)
-        self.runner.aux_layers = self.drafter.aux_layers if self.drafter else ()
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.draft_generators: dict[str, torch.Generator] = {}

@@ -42,8 +42,3 @@ def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
     """Bytes of K and V that one token occupies across all layers."""
     element = torch.empty((), dtype=dtype).element_size()
     return 2 * config.num_layers * config.num_kv_heads * config.head_dim * element
-
-
-def num_blocks_for_budget(config: ModelConfig, dtype: torch.dtype, block_size: int, budget_bytes: int) -> int:
-    """How many blocks fit in `budget_bytes` of KV memory."""
-    return max(0, budget_bytes // (kv_bytes_per_token(config, dtype) * block_size))

@@ -45,7 +45,7 @@ class OutputProcessor:
         self.states: dict[str, RequestTextState] = {}
 
     def add_request(self, request: Request) -> None:
-        detok = IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids)
+        detok = IncrementalDetokenizer(self.tokenizer)
         self.states[request.request_id] = RequestTextState(detok, request.sampling_params.stop)
 
     def remove(self, request_id: str) -> None:

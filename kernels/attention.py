@@ -18,7 +18,6 @@ Two implementations share one contract:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -330,8 +329,3 @@ def reference_attention(
             out[t] = torch.einsum("hk,khd->hd", scores.softmax(dim=-1), values[:visible])
             t += 1
     return out
-
-
-def default_scale(head_dim: int) -> float:
-    """The usual 1/sqrt(head_dim) softmax scale."""
-    return 1.0 / math.sqrt(head_dim)

@@ -74,3 +74,15 @@ def test_every_room_has_a_rule():
 ])
 def test_the_checker_catches_forbidden_imports(room, line):
     assert violations(room, line)
+
+
+def test_the_documentation_examples_import_only_the_rooms_they_extend():
+    # docs/examples/*.py are the files docs/extending.md tells a newcomer to
+    # add to engine/, scheduler/ or server/: they may import only what those rooms may.
+    allowed = RULES["server"][0] | RULES["engine"][0]
+    examples = os.path.join(ROOT, "docs", "examples")
+    for name in sorted(os.listdir(examples)):
+        if name.endswith(".py"):
+            with open(os.path.join(examples, name), encoding="utf-8") as f:
+                imported = imported_packages(f.read())
+            assert not {p for p in imported if p in OURS} - allowed, name

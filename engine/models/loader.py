@@ -99,7 +99,7 @@ def model_config_from_hf(config_json: dict) -> ModelConfig:
     _reject_unsupported_features(c)
     num_heads = c["num_attention_heads"]
     rope_theta, rope_scaling = _rope_settings(c)
-    return ModelConfig(
+    fields = dict(
         vocab_size=c["vocab_size"],
         hidden_size=c["hidden_size"],
         intermediate_size=c["intermediate_size"],
@@ -112,11 +112,10 @@ def model_config_from_hf(config_json: dict) -> ModelConfig:
         rope_scaling=rope_scaling,
         max_position_embeddings=c.get("max_position_embeddings", 2048),
         tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
-        bos_token_id=_first_id(c.get("bos_token_id")),
-        eos_token_id=_first_id(c.get("eos_token_id")),
         architecture=model_type,
-        **family.adapt_config(c),
     )
+    fields.update(family.adapt_config(c))  # the family's quirks override the generic reading
+    return ModelConfig(**fields)
 
 
 def _reject_unsupported_features(c: dict) -> None:
@@ -144,9 +143,3 @@ def _rope_settings(c: dict) -> tuple[float, dict | None]:
     scaling["rope_type"] = scaling.get("rope_type") or scaling.pop("type", "default")
     scaling.pop("type", None)
     return theta, (None if scaling["rope_type"] == "default" else scaling)
-
-
-def _first_id(value) -> int | None:
-    if isinstance(value, list):
-        return value[0] if value else None
-    return value

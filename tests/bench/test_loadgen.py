@@ -10,8 +10,9 @@ import json
 import pytest
 
 from bench.datasets import chat_prompts
-from bench.loadgen import (LoadConfig, StreamRecorder, Target, parse_metrics, poisson_schedule, request_body,
-                           run_concurrency, run_rate, spec_decode_summary)
+from bench.loadgen import LoadConfig, poisson_schedule, request_body, run_concurrency, run_rate
+from bench.scrape import parse_metrics, spec_decode_summary
+from bench.stream import StreamRecorder, Target
 from bench.sse import SSEEvent
 from bench.stats import RequestResult
 

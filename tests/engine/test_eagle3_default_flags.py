@@ -16,7 +16,7 @@ from cli.serve import engine_config_from_args
 from engine.config import SpeculativeConfig
 from engine.engine import LLMEngine
 from scheduler.request import SamplingParams
-from tests.spec.test_committed_heads import smollm2  # noqa: F401 (fixture)
+from tests.engine.spec.heads.test_committed_heads import smollm2  # noqa: F401 (fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECKPOINT = os.path.join(ROOT, "checkpoints", "eagle3-smollm2")

@@ -1,0 +1,50 @@
+"""The heads committed under checkpoints/ load onto the default model and
+serve losslessly through their --speculative-method flag."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import os
+import pathlib
+
+import pytest
+
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+from engine.engine import LLMEngine
+from engine.models.default import default_model_path
+from engine.models.loader import load_model
+from engine.spec.heads.registry import HEAD_METHODS
+from scheduler.load import StepCostModel
+from scheduler.request import SamplingParams
+
+ROOT = str(pathlib.Path(__file__).resolve().parents[4])  # the repository root
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    try:
+        default_model_path()
+    except FileNotFoundError as exc:
+        pytest.skip(f"default model not installed: {exc}")
+    return load_model(None)
+
+
+@pytest.mark.parametrize("method", HEAD_METHODS)
+def test_committed_head_is_lossless_on_smollm2(smollm2, method):
+    checkpoint = os.path.join(ROOT, "checkpoints", f"{method}-smollm2")
+    assert os.path.getsize(os.path.join(checkpoint, "model.safetensors")) <= 25 * 2**20
+    spec = SpeculativeConfig(method=method, draft_model=checkpoint, num_speculative_tokens=7,
+                             policy="static")
+    config = EngineConfig(model=smollm2.path, cache=CacheConfig(num_blocks=128),
+                          scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=256),
+                          speculative=spec)
+    engine = LLMEngine(config, loaded=smollm2, step_cost=StepCostModel.flat())
+    tok = engine.tokenizer
+    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "def fib(n):"}]))
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    speculative = engine.generate([prompt], params)[0]
+    assert engine.stats.num_draft_tokens > 0
+    plain = LLMEngine(replace(config, speculative=SpeculativeConfig()), loaded=smollm2)
+    assert speculative == plain.generate([prompt], params)[0]

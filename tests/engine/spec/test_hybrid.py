@@ -1,0 +1,124 @@
+"""The hybrid drafter: lossless greedy decoding through the engine, and a
+choice that reads only what is known before the head draws."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+from engine.engine import LLMEngine
+from engine.spec.base import DraftInput
+from engine.spec.hybrid import HybridDrafter, PositionRates, choose, expected_accepted
+from engine.spec.ngram import NgramDrafter
+from engine.spec.heads.registry import HEAD_METHODS
+from scheduler.drafts import DraftBlock
+from scheduler.load import StepCostModel
+from scheduler.request import Request, SamplingParams
+from tests.engine.spec.test_head_drafter import BLOCK, make_drafter, make_engine
+
+COPY = "def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return a + b\n\ndef add(a, b):"
+PROMPTS = [COPY, "Hello", "The quick brown fox jumps over the lazy dog. The quick brown fox", "Once upon"]
+
+
+def hybrid_for(loaded, method):
+    return HybridDrafter(make_drafter(loaded, method), NgramDrafter(1, 4))
+
+
+@pytest.mark.parametrize("method", HEAD_METHODS)
+def test_greedy_hybrid_equals_plain_decoding_alone_and_sixteen_at_once(tiny_dir, tiny_target, method):
+    plain_engine = make_engine(tiny_dir)
+    tok = plain_engine.tokenizer
+    prompts = [tok.encode(p) for p in PROMPTS]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    plain = plain_engine.generate(prompts, params)
+    hybrid = hybrid_for(plain_engine.loaded, method)
+    engine = make_engine(tiny_dir, plain_engine.loaded, hybrid)
+    assert [engine.generate([p], params)[0] for p in prompts] == plain
+    engine.step()  # finished requests are reported freed at the next schedule
+    config = EngineConfig(model=str(tiny_dir), dtype="float32", cache=CacheConfig(block_size=8, num_blocks=512),
+                          scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=256, max_model_len=512),
+                          speculative=SpeculativeConfig(num_speculative_tokens=BLOCK, policy="static"))
+    wide = LLMEngine(config, loaded=plain_engine.loaded, step_cost=StepCostModel.flat(), drafter=hybrid)
+    assert wide.generate(prompts * 4, params) == plain * 4
+    # Both drafters were chosen (the copy prompt for n-gram, free text for the head) and verified.
+    assert hybrid.choices["ngram"] > 0 and hybrid.choices[method] > 0
+    assert sum(hybrid.head_rates.trials) > 0
+    wide.step()
+    assert hybrid.pending == {} and hybrid.head.states == {}
+
+
+def test_served_by_method_flag(tmp_path, tiny_dir, tiny_target):
+    """--speculative-method hybrid --draft-model CHECKPOINT, adaptive policy."""
+    from engine.spec.heads.checkpoint import save_head
+
+    save_head(make_drafter(tiny_target, "dspark").head, str(tmp_path / "ckpt"))
+    spec = SpeculativeConfig(method="hybrid", draft_model=str(tmp_path / "ckpt"), num_speculative_tokens=BLOCK)
+    config = EngineConfig(model=str(tiny_dir), cache=CacheConfig(block_size=8, num_blocks=256),
+                          scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=512),
+                          speculative=spec)
+    engine = LLMEngine(config, step_cost=StepCostModel.flat())
+    assert isinstance(engine.drafter, HybridDrafter) and engine.drafter.aux_layers
+    prompts = [engine.tokenizer.encode(p) for p in PROMPTS]
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    assert engine.generate(prompts, params) == make_engine(tiny_dir, engine.loaded).generate(prompts, params)
+    with pytest.raises(ValueError, match="draft-model"):
+        SpeculativeConfig(method="hybrid")
+
+
+class _StubHead:
+    """A head drafter whose block is given: first confidence fixed, the
+    drawn tokens and later confidences varied by the test."""
+
+    name, aux_layers, max_draft_tokens = "dspark", (1,), BLOCK
+
+    def __init__(self):
+        self.block = None
+        self.calls = 0
+
+    def propose(self, inputs):
+        self.calls += 1
+        return {item.request.request_id: self.block for item in inputs}
+
+    def absorb(self, request, hidden):
+        pass
+
+    def forget(self, request_ids):
+        pass
+
+
+def test_choice_reads_only_the_heads_first_confidence():
+    """Whatever the head drew (tokens, and the confidences after the first,
+    which depend on them), the same source is chosen: otherwise sampled
+    output is biased (speculation.md s.4). Fails for a rule that reads them."""
+    rng = random.Random(0)
+    request = Request("r", [5, 6, 7, 5, 6], SamplingParams(temperature=1.0))
+    chosen_sources = set()
+    for trial in range(200):
+        head = _StubHead()
+        hybrid = HybridDrafter(head, NgramDrafter(1, 4))
+        hybrid.head_rates = PositionRates(trials=[50.0] * BLOCK, accepted=[rng.uniform(5, 45) for _ in range(BLOCK)])
+        first = rng.uniform(0.05, 0.95)
+        picks = set()
+        for _ in range(6):  # six different draws of the same first-position distribution
+            tokens = [rng.randrange(100) for _ in range(BLOCK)]
+            head.block = DraftBlock(tokens, [first] + [rng.uniform(0.0, 1.0) for _ in range(BLOCK - 1)],
+                                    torch.ones(BLOCK, 100) / 100, "dspark")
+            item = DraftInput(request, BLOCK, torch.Generator(), [])
+            proposal = hybrid.propose([item]).get("r")
+            picks.add(proposal.source if proposal else None)
+            hybrid.pending.clear()
+        assert len(picks) == 1, (trial, picks)
+        chosen_sources |= picks
+    assert chosen_sources == {"ngram", "dspark"}  # the case is not trivial
+
+
+def test_choice_prefers_the_larger_expected_acceptance():
+    rates = PositionRates(trials=[10.0] * 4, accepted=[8.0, 5.0, 5.0, 5.0])
+    ngram = DraftBlock([1, 2, 3], [0.9, 0.9, 0.9], None, "ngram")
+    weak, strong = (DraftBlock([4, 5, 6, 7], [c, 0.1, 0.1, 0.1], None, "dspark") for c in (0.2, 0.99))
+    assert expected_accepted(ngram.confidences) == pytest.approx(0.9 + 0.81 + 0.729)
+    assert choose(ngram, weak, rates, 4) is ngram
+    assert choose(ngram, strong, PositionRates(trials=[10.0] * 4, accepted=[10.0] * 4), 4) is strong
+    assert choose(None, weak, rates, 4) is weak and choose(ngram, None, rates, 4) is ngram

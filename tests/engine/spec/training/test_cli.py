@@ -1,0 +1,78 @@
+"""train-draft and eval-draft from the command line, on the tiny target."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from engine.spec.heads.checkpoint import read_head_config
+from engine.spec.training.cli import main
+
+
+@pytest.fixture(scope="module")
+def mtbench_available():
+    from engine.spec.training.data import mtbench_prompts
+
+    try:
+        mtbench_prompts()
+    except FileNotFoundError as missing:
+        pytest.skip(f"MT-Bench data not installed: {missing}")
+
+
+def test_train_then_eval_draft(tiny_dir, tmp_path, capsys, mtbench_available):
+    out = tmp_path / "head"
+    common = ["--target", str(tiny_dir), "--no-progress", "--threads", "1"]
+    args = ["train-draft", "--method", "dspark", "--out", str(out), "--data", "mtbench:6",
+            "--heldout-data", "mtbench:2", "--max-new-tokens", "12", "--block-size", "3",
+            "--steps", "4", "--sequences-per-step", "2", "--anchors", "4", "--eval-every", "2",
+            "--checkpoint-every", "2", *common]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 4 and report["final_greedy_tau"]["heldout"] >= 1.0
+    assert set(report["T=0"]) >= {"check_raw", "check_sts"} and report["T=1"]["tau_check_half"] >= 1.0
+    config = read_head_config(str(out))
+    assert config.method == "dspark" and set(config.calibration) == {"0", "1"}
+    assert all(len(temperatures) == 3 for temperatures in config.calibration.values())
+    assert sorted(os.listdir(out)) == ["best", "config.json", "data", "log.jsonl", "model.safetensors",
+                                       "report.json", "train_state.pt"]
+    evals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals if e["event"] == "eval"] == [2, 4]
+    # A second run finds everything cached and its training already done.
+    assert main(args) == 0
+    assert json.loads((out / "report.json").read_text())["steps"] == 4
+    capsys.readouterr()
+    assert main(["eval-draft", "--draft-model", str(out), "--data", "mtbench:2", "--block-size", "3",
+                 "--max-new-tokens", "8", "--temperatures", "0", "1", "--report", str(tmp_path / "eval.json"),
+                 *common]) == 0
+    results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert set(results) == {"temperature=0", "temperature=1"}
+    assert all(r["tau"] >= 1.0 for r in results.values())
+
+
+def test_eval_draft_reports_tau_and_calibration(tiny_dir, tiny_target, tmp_path, capsys, monkeypatch):
+    """eval-draft on a saved head, with prompts from a stand-in source (the
+    data packages are optional): one entry per temperature, the report's
+    fields, and calibrated figures when the checkpoint is calibrated."""
+    from engine.spec.heads.checkpoint import save_head
+    from engine.spec.training import data
+    from engine.spec.training.data import Prompt
+    from tests.engine.spec.conftest import make_head
+
+    head = make_head("dspark", tiny_target, 3)
+    head.config.calibration = [1.0, 1.5, 2.0]
+    save_head(head, str(tmp_path / "head"))
+    prompts = [Prompt("toy", f"toy/{i}", f"Tell me about fox {i}.") for i in range(3)]
+    monkeypatch.setattr(data, "load_prompts", lambda spec, split=None: prompts)
+    args = ["eval-draft", "--draft-model", str(tmp_path / "head"), "--target", str(tiny_dir), "--data", "toy:3",
+            "--block-size", "3", "--max-new-tokens", "8", "--temperatures", "0", "1", "--batch", "2",
+            "--report", str(tmp_path / "eval.json"), "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert (report["method"], report["prompts"], report["block_size"]) == ("dspark", 3, 3)
+    for result in report["results"].values():
+        assert result["steps"] > 0 and 1.0 <= result["tau"] <= 4.0
+        assert {"emitted", "accepted_per_position", "ece_survival", "auroc_conditional", "calibrated",
+                "seconds"} <= set(result)
+    assert set(report["results"]) == {"temperature=0", "temperature=1"}

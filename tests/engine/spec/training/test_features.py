@@ -1,0 +1,103 @@
+"""Cached target features: the teacher-forced pass matches the serving
+forward, shards round-trip and resume, and conversations train only on
+the assistant's turns."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.spec.training import features as features_module
+from engine.spec.training.data import Conversation
+from engine.spec.training.features import collect_features, load_features
+from engine.spec.training.generate import conversation_sample
+from engine.spec.training.prefill import teacher_forced_states
+from tests.engine.spec.conftest import random_sequence, target_features
+
+
+def test_teacher_forced_pass_matches_the_serving_forward(tiny_target):
+    """Several packed sequences in one pass give each one's aux states and
+    top-k distribution as the serving forward computes them alone."""
+    sequences = [random_sequence(40, seed=1), random_sequence(17, seed=2), random_sequence(33, seed=3)]
+    states = teacher_forced_states(tiny_target.model, [s.tolist() for s in sequences], (1, 3), top_k=5)
+    for seq, state in zip(sequences, states):
+        aux, final = target_features(tiny_target, seq, (1, 3))
+        torch.testing.assert_close(state.aux, aux, atol=1e-4, rtol=1e-4)
+        logprobs = torch.log_softmax(tiny_target.model.compute_logits(final), -1)
+        top = logprobs.topk(5, -1)
+        torch.testing.assert_close(state.topk_logprobs, top.values, atol=1e-4, rtol=1e-4)
+        assert torch.equal(state.topk_ids[:, 0], top.indices[:, 0])
+
+
+def test_shards_round_trip(tiny_target, samples, feature_set):
+    assert len(feature_set) == len(samples)
+    assert feature_set.num_tokens == sum(len(s.tokens) for s in samples)
+    assert feature_set.num_trainable_tokens == sum(len(s.response_ids) for s in samples)
+    seq, sample = feature_set.sequence(2), samples[2]
+    assert seq.id == sample.id and seq.tokens.tolist() == sample.tokens and not seq.relabel
+    assert seq.aux.shape == (len(sample.tokens), 3 * tiny_target.config.hidden_size)
+    assert seq.aux.dtype == torch.float16 and seq.topk_ids.shape == (len(sample.tokens), 20)
+    assert seq.trainable.tolist() == [False] * len(sample.prompt_ids) + [True] * len(sample.response_ids)
+    assert seq.first_trainable == len(sample.prompt_ids)
+    # The cached top-1 is the target's greedy choice: its own greedy response.
+    start = len(sample.prompt_ids)
+    assert seq.topk_ids[start - 1:-1, 0].tolist() == sample.response_ids
+    two = feature_set.select_layers((3, 1))
+    h = tiny_target.config.hidden_size
+    assert torch.equal(two.sequence(2).aux, torch.cat([seq.aux[:, 2 * h:], seq.aux[:, :h]], 1))
+    assert torch.equal(two.select_layers((1,)).sequence(2).aux, seq.aux[:, :h])
+
+
+def test_features_are_reused_and_resume_after_the_last_shard(tiny_target, samples, feature_set, feature_dir,
+                                                             tmp_path, monkeypatch):
+    monkeypatch.setattr(features_module, "teacher_forced_states", lambda *a, **k: pytest.fail("recomputed"))
+    again = collect_features(tiny_target, samples, (1, 2, 3), feature_dir, progress=False)
+    assert torch.equal(again.sequence(5).aux, feature_set.sequence(5).aux)
+    monkeypatch.undo()
+    # Interrupted after the first shards: a rerun computes only the rest.
+    calls = []
+    real = features_module.teacher_forced_states
+
+    def counting(model, sequences, *rest):
+        calls.append(len(sequences))
+        if sum(calls) > 8:
+            raise KeyboardInterrupt
+        return real(model, sequences, *rest)
+
+    monkeypatch.setattr(features_module, "teacher_forced_states", counting)
+    out = str(tmp_path / "features")
+    with pytest.raises(KeyboardInterrupt):
+        collect_features(tiny_target, samples, (1, 2, 3), out, batch_tokens=60, shard_tokens=100, progress=False)
+    done = len(load_features(out))
+    assert 0 < done < len(samples)
+    calls.clear()
+    monkeypatch.setattr(features_module, "teacher_forced_states", real)
+    resumed = collect_features(tiny_target, samples, (1, 2, 3), out, batch_tokens=60, shard_tokens=100,
+                               progress=False)
+    assert resumed.ids == feature_set.ids
+    for i in (0, done, len(samples) - 1):
+        torch.testing.assert_close(resumed.sequence(i).aux.float(), feature_set.sequence(i).aux.float(),
+                                   atol=2e-3, rtol=2e-3)
+
+
+def test_conversation_trains_on_assistant_turns_only(tiny_target):
+    tok = tiny_target.tokenizer
+    messages = [{"role": "user", "content": "Hello there fox"}, {"role": "assistant", "content": "Hi, the dog."},
+                {"role": "user", "content": "More please"}, {"role": "assistant", "content": "The quick fox."}]
+    sample = conversation_sample(tok, Conversation("sharegpt/x", messages), max_len=1000)
+    assert sample.tokens == tok.encode(tok.apply_chat_template(messages, add_generation_prompt=False))
+    assert sample.kind == "dataset" and len(sample.spans()) == 2
+    trained = [tok.decode(sample.tokens[a:b], skip_special_tokens=False) for a, b in sample.spans()]
+    # The message as the template renders it: content, end-of-turn marker, newline.
+    assert trained == ["Hi, the dog.<|im_end|>\n", "The quick fox.<|im_end|>\n"]
+    cut = conversation_sample(tok, Conversation("sharegpt/x", messages), max_len=sample.spans()[1][0] + 2)
+    assert cut.spans() == [sample.spans()[0], (sample.spans()[1][0], sample.spans()[1][0] + 2)]
+    assert conversation_sample(tok, Conversation("sharegpt/x", messages), max_len=3) is None
+
+
+def test_sets_of_several_directories_concatenate(feature_set):
+    first, second = feature_set.subset([0, 1]), feature_set.subset([5])
+    joined = type(feature_set).concat([first, second])
+    assert joined.ids == [feature_set.ids[i] for i in (0, 1, 5)]
+    assert torch.equal(joined.sequence(2).aux, feature_set.sequence(5).aux)
+    with pytest.raises(ValueError, match="same aux layers"):
+        type(feature_set).concat([first, second.select_layers((1,))])

@@ -1,0 +1,54 @@
+"""scheduler/policies/adaptive.py: verify what pays at the current load,
+and back off drafting that never pays."""
+from __future__ import annotations
+
+from scheduler.drafts import DraftBlock
+from scheduler.load import LoadSignal, StepCostModel
+from scheduler.policies.adaptive import MAX_BACKOFF_STEPS, AdaptivePolicy, DraftingBackoff
+from scheduler.request import Request, SamplingParams
+
+STEEP = StepCostModel.linear(base=0.01, per_token=0.004, max_tokens=64)
+
+
+def with_drafts(rid, confidences):
+    request = Request(rid, [1], SamplingParams())
+    request.drafts = DraftBlock(list(range(len(confidences))), list(confidences))
+    return request
+
+
+def test_confident_drafts_are_verified_unconfident_ones_not():
+    policy = AdaptivePolicy(STEEP, max_batched_tokens=64, max_draft=4)
+    lengths = policy.choose_lengths([with_drafts("a", [0.95, 0.95, 0.05, 0.05])], budget_left=63)
+    assert lengths == {"a": 2}
+
+
+def test_waiting_users_make_drafts_dearer():
+    idle = AdaptivePolicy(STEEP, max_batched_tokens=64, max_draft=4)
+    busy = AdaptivePolicy(STEEP, max_batched_tokens=64, max_draft=4)
+    candidates = [with_drafts("a", [0.6] * 4)]
+    relaxed = idle.choose_lengths(candidates, budget_left=63)["a"]
+    pressed = busy.choose_lengths(candidates, budget_left=63, load=LoadSignal(num_stalled=30))["a"]
+    assert pressed < relaxed
+
+
+def test_draft_length_follows_the_last_verified_length():
+    policy = AdaptivePolicy(StepCostModel.flat(), max_batched_tokens=64, max_draft=8)
+    assert policy.draft_length("a", 8) == 8  # nothing known yet
+    policy.choose_lengths([with_drafts("a", [0.9, 0.9])], budget_left=63)
+    assert policy.draft_length("a", 8) == 3
+    policy.forget("a")
+    assert policy.draft_length("a", 8) == 8
+
+
+def test_backoff_doubles_up_to_a_cap_and_resets_on_acceptance():
+    backoff = DraftingBackoff()
+    skipped = []
+    for _ in range(6):
+        backoff.failed("a")
+        skips = 0
+        while not backoff.should_draft("a"):
+            skips += 1
+        skipped.append(skips)
+    assert skipped == [1, 2, 4, 8, 16, 16] and MAX_BACKOFF_STEPS == 16
+    backoff.paid("a")
+    assert backoff.should_draft("a")

@@ -3,6 +3,10 @@
 Every scheduled request contributes its query tokens (a prefill chunk, one
 decode token, or the anchor plus the drafts to verify) to ONE packed forward
 with no padding. Logits are computed only for rows that sample.
+
+Host synchronisation: nothing in the forward reads device values; the
+step's results (accepted counts, final tokens, logprobs) come back to the
+host in one packed transfer (engine/transfer.py).
 """
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from engine.kv_cache import allocate_kv_caches
-from engine.sampler import RowContext, compute_logprobs, make_generator, target_probs
-from engine.spec.rejection import AcceptanceResult, verify_drafts
+from engine.sampler import RowContext, logprob_tensors, make_generator, target_probs, token_logprob
+from engine.spec.rejection import DeviceAcceptance, verify_drafts_on_device
+from engine.transfer import fetch
 from kernels.attention import AttentionMetadata
 from scheduler.output import RunnerOutput, ScheduledRequest, SchedulerOutput
 from scheduler.request import Request
@@ -105,32 +110,60 @@ class ModelRunner:
         return output
 
     def _accept(self, sampling: list[ScheduledRequest], logits: torch.Tensor, output: RunnerOutput) -> None:
-        """Verify drafts (or plain-sample) for every sampling request."""
-        result = self._verify(sampling, logits)
-        row = 0
-        for item, emitted, accepted in zip(sampling, result.emitted_token_ids, result.num_accepted):
-            rid = item.request.request_id
+        """Verify drafts (or plain-sample) for every sampling request; the
+        results reach the host in one transfer."""
+        acceptance = self._verify(sampling, logits)
+        tensors = {"num_accepted": acceptance.num_accepted, "final": acceptance.final_tokens}
+        wanted = [i for i, item in enumerate(sampling) if item.request.sampling_params.logprobs is not None]
+        if wanted:
+            tensors.update(self._logprob_tensors(sampling, wanted, logits, acceptance))
+        host = fetch(tensors)
+        logprob_row = 0
+        for i, item in enumerate(sampling):
+            rid, accepted = item.request.request_id, host["num_accepted"][i]
+            emitted = item.spec_token_ids[:accepted] + [host["final"][i]]
             output.sampled_token_ids[rid] = emitted
             output.num_accepted[rid] = accepted
             num_top = item.request.sampling_params.logprobs
             if num_top is not None:
-                output.logprobs[rid] = compute_logprobs(
-                    logits[row:row + len(emitted)], torch.tensor(emitted, device=self.device),
-                    [num_top] * len(emitted))
-            row += item.num_spec_tokens + 1
+                output.logprobs[rid] = [token_logprob(host, logprob_row + j, num_top) for j in range(len(emitted))]
+                logprob_row += item.num_spec_tokens + 1
 
-    def _verify(self, sampling: list[ScheduledRequest], logits: torch.Tensor) -> AcceptanceResult:
+    def _logprob_tensors(self, sampling, wanted: list[int], logits: torch.Tensor,
+                         acceptance: DeviceAcceptance) -> dict[str, torch.Tensor]:
+        """Logprobs of every row of the requests in `wanted`, each row's token
+        being what it emits if it is reached: its draft, or the final token at
+        row num_accepted (rows past it are dropped on the host)."""
+        rows, tokens, final_rows = [], [], []
+        first = 0
+        for i, item in enumerate(sampling):
+            if i in wanted:
+                final_rows.append(len(rows))
+                rows.extend(range(first, first + item.num_spec_tokens + 1))
+                tokens.extend(item.spec_token_ids + [0])
+            first += item.num_spec_tokens + 1
+        index = torch.tensor(wanted, dtype=torch.long, device=logits.device)
+        row_tokens = torch.tensor(tokens, dtype=torch.long, device=logits.device)
+        final_at = torch.tensor(final_rows, dtype=torch.long, device=logits.device) + acceptance.num_accepted[index]
+        row_tokens[final_at] = acceptance.final_tokens[index]
+        count = max(sampling[i].request.sampling_params.logprobs for i in wanted)
+        return logprob_tensors(logits[torch.tensor(rows, device=logits.device)], row_tokens, count)
+
+    def _verify(self, sampling: list[ScheduledRequest], logits: torch.Tensor) -> DeviceAcceptance:
         """Seeded requests follow the Gumbel-max rule (the same tokens with
-        speculation on or off); the others rejection sampling."""
+        speculation on or off); the others rejection sampling. Greedy
+        requests draw no random numbers (decided here, not by reading the
+        probabilities back)."""
         probs = target_probs(logits, [ctx for item in sampling for ctx in row_contexts(item)])
         draft_ids = torch.tensor([t for item in sampling for t in item.spec_token_ids],
                                  dtype=torch.long, device=self.device)
         requests = [item.request for item in sampling]
         seeds = [r.sampling_params.seed for r in requests]
         generators = [self.generator_for(r) if seed is None else None for r, seed in zip(requests, seeds)]
-        return verify_drafts(draft_ids, self._draft_probs(sampling, logits.shape[-1]), probs,
-                             [item.num_spec_tokens for item in sampling], generators, seeds,
-                             [r.num_output_tokens for r in requests])
+        return verify_drafts_on_device(draft_ids, self._draft_probs(sampling, logits.shape[-1]), probs,
+                                       [item.num_spec_tokens for item in sampling], generators, seeds,
+                                       [r.num_output_tokens for r in requests],
+                                       needs_draws=[not r.sampling_params.greedy for r in requests])
 
     def _stash_hidden(self, scheduled, offsets, features: torch.Tensor, output: RunnerOutput) -> None:
         """Keep the features of real query tokens and accepted drafts: exactly

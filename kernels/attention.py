@@ -53,6 +53,8 @@ class AttentionMetadata:
     max_query_len: int
     max_seq_len: int
     block_size: int
+    # The block tables as host lists (planning reads them without a device sync).
+    block_tables_list: list[list[int]] = field(default_factory=list)
     # Derived tensors (masks, gather indices) built on first use and shared
     # by all layers of one forward.
     _plan_cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -84,6 +86,7 @@ class AttentionMetadata:
             max_query_len=max(query_lens, default=0),
             max_seq_len=max(seq_lens, default=0),
             block_size=block_size,
+            block_tables_list=[list(b) for b in block_tables],
         )
 
     @property

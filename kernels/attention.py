@@ -6,8 +6,11 @@ tokens. Request r contributes `query_lens[r]` tokens, which are the LAST
 values live in fixed-size blocks of the cache named by `block_tables[r]`.
 
 Two implementations share one contract:
-- `flash_attn_varlen_func` with a block table, on CUDA when flash-attn is
-  installed and the cache geometry suits it;
+- on CUDA, the Triton kernel of kernels/triton_paged_attention.py (any
+  power-of-two block size, batch-invariant) when triton is installed;
+  without `batch_invariant`, `flash_attn_varlen_func` with a block table
+  first when flash-attn is installed and the cache geometry suits it
+  (pages of a multiple of 256 tokens);
 - a torch path everywhere else: short queries (decode, speculative
   verification) go through one padded, masked SDPA call; long prefills go
   one request at a time;
@@ -15,10 +18,14 @@ Two implementations share one contract:
   kernels/invariant_attention.py, whose per-token result does not depend on
   the batch (SDPA's does).
 `reference_attention` is the slow, obviously correct oracle for tests.
+SPECSERVE_ATTENTION=torch forces the torch paths on CUDA (to compare or to
+work around a kernel); =flash prefers flash-attn even in invariant mode.
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -142,7 +149,13 @@ def paged_attention(
     The keys and values of this step's tokens must already be in the cache
     (`write_kv`). Grouped-query attention: H must be a multiple of Hkv.
     """
-    if use_flash_attention(query, meta):
+    choice = os.environ.get("SPECSERVE_ATTENTION", "auto")
+    flash = use_flash_attention(query, meta) and choice != "torch"
+    if flash and (not batch_invariant or choice == "flash"):
+        return _flash_paged_attention(query, k_cache, v_cache, meta, scale)
+    if use_triton_attention(query, k_cache) and choice != "torch":
+        return _triton_attention(query, k_cache, v_cache, meta, scale)
+    if flash:
         return _flash_paged_attention(query, k_cache, v_cache, meta, scale)
     if batch_invariant:
         return invariant_paged_attention(query, k_cache, v_cache, meta, scale)
@@ -157,6 +170,43 @@ def use_flash_attention(query: torch.Tensor, meta: AttentionMetadata) -> bool:
         and query.dtype in (torch.float16, torch.bfloat16)
         and meta.block_size % FLASH_PAGE_MULTIPLE == 0
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_kernels():
+    """kernels.triton_paged_attention, imported on first use on CUDA (a CPU
+    server never pays triton's import); None without triton."""
+    from kernels import triton_paged_attention
+    return triton_paged_attention if triton_paged_attention.triton_available() else None
+
+
+def use_triton_attention(query: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """The Triton kernel is chosen on CUDA when triton is installed and the
+    block size is a power of two."""
+    block_size = k_cache.shape[1]
+    return query.is_cuda and block_size & (block_size - 1) == 0 and _triton_kernels() is not None
+
+
+def token_layout(meta: "AttentionMetadata", device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T] int32 request index and [T] int32 position of every packed query
+    token (built from the host lists once per forward)."""
+    key = ("token_layout", str(device))
+    if key not in meta._plan_cache:
+        requests, positions = [], []
+        for r, (q_len, s_len) in enumerate(zip(meta.query_lens, meta.seq_lens_list)):
+            requests.extend([r] * q_len)
+            positions.extend(range(s_len - q_len, s_len))
+        meta._plan_cache[key] = (torch.tensor(requests, dtype=torch.int32, device=device),
+                                 torch.tensor(positions, dtype=torch.int32, device=device))
+    return meta._plan_cache[key]
+
+
+def _triton_attention(query, k_cache, v_cache, meta: "AttentionMetadata", scale: float) -> torch.Tensor:
+    if meta.num_tokens != query.shape[0]:
+        raise ValueError(f"metadata describes {meta.num_tokens} tokens, query has {query.shape[0]}")
+    requests, positions = token_layout(meta, query.device)
+    return _triton_kernels().triton_paged_attention(query, k_cache, v_cache, meta.block_tables,
+                                                    requests, positions, scale)
 
 
 def _flash_paged_attention(query, k_cache, v_cache, meta, scale) -> torch.Tensor:

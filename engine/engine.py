@@ -31,6 +31,7 @@ from engine.output_processor import OutputProcessor
 from engine.outputs import EngineStats, RequestOutput
 from engine.profiler import load_or_profile
 from engine.sampler import draft_generator
+from kernels.attention import triton_attention_available
 from engine.spec.base import DraftInput, Drafter
 from engine.spec.factory import build_drafter
 from scheduler.drafting import DraftingLimits
@@ -62,7 +63,8 @@ class LLMEngine:
         self.max_model_len = min(config.scheduler.max_model_len, self.model_config.max_position_embeddings)
         cache = config.cache
         self.runner = ModelRunner(self.loaded.model, self.model_config, cache.num_blocks,
-                                  cache.block_size, dtype, config.device)
+                                  cache.block_size, dtype, config.device,
+                                  cuda_graph_len=self._cuda_graph_len())
         self.drafter = drafter or build_drafter(config, self.loaded, cache.num_blocks, dtype)
         self.verify_policy = self._build_verify_policy(step_cost)
         # Machine counters for the scheduler's load signal, read off the step loop.
@@ -80,6 +82,22 @@ class LLMEngine:
         log.info("engine ready: %s, %d KV blocks x %d tokens (%.1f MiB)", self.loaded.path,
                  cache.num_blocks, cache.block_size,
                  cache.num_tokens * kv_bytes_per_token(self.model_config, dtype) / 2**20)
+
+    def _cuda_graph_len(self) -> int | None:
+        """The context length CUDA graphs are sized for, or None when steps run eagerly."""
+        on_cuda = torch.device(self.config.device).type == "cuda"
+        wanted = on_cuda if self.config.cuda_graphs is None else self.config.cuda_graphs
+        if not wanted:
+            return None
+        if not on_cuda:
+            raise ValueError(f"CUDA graphs need a CUDA device, not {self.config.device!r} (--no-cuda-graphs)")
+        if not triton_attention_available(self.config.device, self.config.cache.block_size):
+            if self.config.cuda_graphs:
+                raise ValueError("CUDA graphs need triton (the attention they capture) and a power-of-two "
+                                 "block size")
+            log.warning("CUDA graphs off: they need triton installed and a power-of-two block size")
+            return None
+        return self.max_model_len
 
     def _build_verify_policy(self, step_cost: StepCostModel | None) -> VerifyPolicy | None:
         if self.drafter is None:

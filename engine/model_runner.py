@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.cuda_graphs import CudaGraphRunner
 from engine.kv_cache import allocate_kv_caches
 from engine.sampler import RowContext, logprob_tensors, make_generator, target_probs, token_logprob
 from engine.spec.rejection import DeviceAcceptance, verify_drafts_on_device
@@ -35,8 +36,15 @@ class PackedBatch:
     offsets: list[int]  # first packed row of each scheduled request
 
 
-def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device) -> PackedBatch:
-    """Flatten each request's query tokens (real ones, then drafts)."""
+def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device,
+               pad_to: int | None = None, pad_block: int = 0) -> PackedBatch:
+    """Flatten each request's query tokens (real ones, then drafts).
+
+    `pad_to` appends padding tokens up to that many rows (a CUDA graph's
+    bucket): each is a request of its own at position 0 in block
+    `pad_block`, a block no request owns, so it writes and reads nothing
+    real; the real rows come first and are unchanged.
+    """
     tokens, positions, query_lens, seq_lens, tables = [], [], [], [], []
     sample_rows, sampling, offsets = [], [], []
     for item in scheduled:
@@ -53,6 +61,11 @@ def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device) -> Pa
         query_lens.append(len(query))
         seq_lens.append(start + len(query))
         tables.append(item.block_ids)
+    padding = 0 if pad_to is None else pad_to - len(tokens)
+    if padding < 0:
+        raise ValueError(f"{len(tokens)} tokens do not fit in {pad_to} rows")
+    tokens, positions = tokens + [0] * padding, positions + [0] * padding
+    query_lens, seq_lens, tables = query_lens + [1] * padding, seq_lens + [1] * padding, tables + [[pad_block]] * padding
     meta = AttentionMetadata.build(query_lens, seq_lens, tables, block_size, device)
     return PackedBatch(torch.tensor(tokens, dtype=torch.long, device=device),
                        torch.tensor(positions, dtype=torch.long, device=device),
@@ -73,17 +86,24 @@ class ModelRunner:
 
     `aux_layers`: target layers whose outputs a drafter reads; their
     features for the tokens whose KV counts go out in RunnerOutput.hidden_states.
+    `cuda_graph_len` (the longest context, on CUDA only) replays decode and
+    verification steps from CUDA graphs (engine/cuda_graphs.py); the cache
+    then holds one more block, block `num_blocks`, for padding rows.
     """
 
     def __init__(self, model, model_config, num_blocks: int, block_size: int,
-                 dtype: torch.dtype, device: str, aux_layers: tuple[int, ...] = ()):
+                 dtype: torch.dtype, device: str, aux_layers: tuple[int, ...] = (),
+                 cuda_graph_len: int | None = None):
         self.model = model
         self.model_config = model_config
         self.block_size = block_size
         self.device = device
-        self.kv_caches = allocate_kv_caches(model_config, num_blocks, block_size, dtype, device)
+        extra = 0 if cuda_graph_len is None else 1
+        self.kv_caches = allocate_kv_caches(model_config, num_blocks + extra, block_size, dtype, device)
         self.generators: dict[str, torch.Generator] = {}
         self.aux_layers = aux_layers
+        self.graphs = None if cuda_graph_len is None else CudaGraphRunner(
+            model, self.kv_caches, block_size, cuda_graph_len, num_blocks, device)
 
     def generator_for(self, request: Request) -> torch.Generator:
         gen = self.generators.get(request.request_id)
@@ -98,9 +118,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        batch = pack_batch(sched.scheduled, self.block_size, self.device)
-        hidden, aux = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta,
-                                 aux_layers=self.aux_layers)
+        bucket = self._graph_bucket(sched.scheduled)
+        batch = pack_batch(sched.scheduled, self.block_size, self.device, pad_to=bucket,
+                           pad_block=self.graphs.pad_block if bucket else 0)
+        if bucket:
+            hidden, aux = self.graphs.run(batch, bucket, self.aux_layers)
+        else:
+            hidden, aux = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta,
+                                     aux_layers=self.aux_layers)
         output = RunnerOutput()
         if batch.sampling:
             logits = self.model.compute_logits(hidden[batch.sample_rows])
@@ -108,6 +133,13 @@ class ModelRunner:
         if self.aux_layers:
             self._stash_hidden(sched.scheduled, batch.offsets, torch.cat(aux, dim=-1), output)
         return output
+
+    def _graph_bucket(self, scheduled: list[ScheduledRequest]) -> int | None:
+        """The CUDA-graph bucket of this step, None to run it eagerly."""
+        if self.graphs is None:
+            return None
+        return self.graphs.bucket([item.num_query_tokens + item.num_spec_tokens for item in scheduled],
+                                  [len(item.block_ids) for item in scheduled])
 
     def _accept(self, sampling: list[ScheduledRequest], logits: torch.Tensor, output: RunnerOutput) -> None:
         """Verify drafts (or plain-sample) for every sampling request; the

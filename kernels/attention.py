@@ -62,6 +62,9 @@ class AttentionMetadata:
     block_size: int
     # The block tables as host lists (planning reads them without a device sync).
     block_tables_list: list[list[int]] = field(default_factory=list)
+    # "triton": always the Triton kernel (a captured CUDA graph, whose
+    # metadata lives in static buffers that only that kernel reads).
+    force_kernel: str | None = None
     # Derived tensors (masks, gather indices) built on first use and shared
     # by all layers of one forward.
     _plan_cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -149,6 +152,8 @@ def paged_attention(
     The keys and values of this step's tokens must already be in the cache
     (`write_kv`). Grouped-query attention: H must be a multiple of Hkv.
     """
+    if meta.force_kernel == "triton":
+        return _triton_attention(query, k_cache, v_cache, meta, scale)
     choice = os.environ.get("SPECSERVE_ATTENTION", "auto")
     flash = use_flash_attention(query, meta) and choice != "torch"
     if flash and (not batch_invariant or choice == "flash"):
@@ -183,8 +188,13 @@ def _triton_kernels():
 def use_triton_attention(query: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """The Triton kernel is chosen on CUDA when triton is installed and the
     block size is a power of two."""
-    block_size = k_cache.shape[1]
-    return query.is_cuda and block_size & (block_size - 1) == 0 and _triton_kernels() is not None
+    return triton_attention_available(query.device, k_cache.shape[1])
+
+
+def triton_attention_available(device, block_size: int) -> bool:
+    """Whether the Triton kernel runs on `device` at this cache block size."""
+    return (torch.device(device).type == "cuda" and block_size & (block_size - 1) == 0
+            and _triton_kernels() is not None)
 
 
 def token_layout(meta: "AttentionMetadata", device) -> tuple[torch.Tensor, torch.Tensor]:

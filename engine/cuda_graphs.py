@@ -4,9 +4,9 @@ A decode or verification step launches a few hundred small kernels; on a
 GPU their launch cost is the step. The graph runner captures the whole
 target forward once per padded size (a bucket of query tokens: 1, 2, 4,
 ... 256) and replays it: the step's batch is padded to the smallest bucket
-that holds it (model_runner.pack_batch: padding rows are requests of their
-own in a block no request owns), its inputs copied into static buffers,
-and the graph replayed. Steps with a prefill chunk (a request with more
+that holds it (`pad_step`: padding rows are requests of their own in a
+block no request owns), its inputs copied into static buffers, and the
+graph replayed. Steps with a prefill chunk (a request with more
 than GRAPH_MAX_QUERY query tokens) or more tokens than the largest bucket
 run eagerly.
 
@@ -40,6 +40,21 @@ def choose_bucket(query_lens: list[int], buckets: tuple[int, ...] = DEFAULT_BUCK
     return next((b for b in sorted(buckets) if b >= total), None)
 
 
+def pad_step(input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, rows: int,
+             pad_block: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    """A packed step padded to `rows` tokens: each padding token is a
+    request of its own at position 0 in block `pad_block` (which no request
+    owns), so it writes and reads nothing real; real rows come first."""
+    padding = rows - meta.num_tokens
+    if padding < 0:
+        raise ValueError(f"{meta.num_tokens} tokens do not fit in {rows} rows")
+    padded = AttentionMetadata.build(meta.query_lens + [1] * padding, meta.seq_lens_list + [1] * padding,
+                                     meta.block_tables_list + [[pad_block]] * padding, meta.block_size,
+                                     input_ids.device)
+    zeros = input_ids.new_zeros(padding)
+    return torch.cat([input_ids, zeros]), torch.cat([positions, zeros]), padded
+
+
 class _StaticInputs:
     """Device buffers a captured graph reads, sized for the largest bucket."""
 
@@ -53,15 +68,15 @@ class _StaticInputs:
         self.token_position = buffer(rows, dtype=torch.int32)
         self.block_tables = buffer(rows, max_blocks, dtype=torch.int32).fill_(pad_block)
 
-    def load(self, batch, rows: int) -> None:
-        """Copy a batch padded to `rows` tokens into the buffers."""
-        meta = batch.meta
-        requests, positions = token_layout(meta, self.input_ids.device)
-        self.input_ids[:rows].copy_(batch.input_ids)
-        self.positions[:rows].copy_(batch.positions)
+    def load(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> None:
+        """Copy a step padded to a bucket's rows into the buffers."""
+        rows = meta.num_tokens
+        requests, token_positions = token_layout(meta, self.input_ids.device)
+        self.input_ids[:rows].copy_(input_ids)
+        self.positions[:rows].copy_(positions)
         self.slot_mapping[:rows].copy_(meta.slot_mapping)
         self.token_request[:rows].copy_(requests)
-        self.token_position[:rows].copy_(positions)
+        self.token_position[:rows].copy_(token_positions)
         tables = meta.block_tables
         self.block_tables[:tables.shape[0], :tables.shape[1]].copy_(tables)
 
@@ -86,20 +101,30 @@ class CudaGraphRunner:
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple]] = {}
         self.pool = None
 
-    def bucket(self, query_lens: list[int], block_counts: list[int]) -> int | None:
+    def bucket(self, meta: AttentionMetadata) -> int | None:
         """The bucket a step runs in, or None to run it eagerly."""
-        if block_counts and max(block_counts) > self.max_blocks:
+        if max((len(t) for t in meta.block_tables_list), default=0) > self.max_blocks:
             return None
-        return choose_bucket(query_lens, self.buckets)
+        return choose_bucket(meta.query_lens, self.buckets)
 
-    def run(self, batch, bucket: int, aux_layers: tuple[int, ...]):
-        """(hidden [bucket, H], aux) of a batch padded to `bucket` rows: the
-        static outputs of the replayed graph, valid until the next replay."""
-        key = (bucket, tuple(aux_layers))
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                aux_layers: tuple[int, ...]):
+        """(hidden [bucket, H], aux) of the step padded to its bucket, real
+        rows first, or None when it runs eagerly. The tensors are the
+        graph's static outputs: valid until the next replay."""
+        bucket = self.bucket(meta)
+        if bucket is None:
+            return None
+        return self.replay(*pad_step(input_ids, positions, meta, bucket, self.pad_block), tuple(aux_layers))
+
+    def replay(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+               aux_layers: tuple[int, ...]):
+        """Run a step already padded to a bucket through that bucket's graph."""
+        key = (meta.num_tokens, aux_layers)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(bucket, tuple(aux_layers))
+            self.graphs[key] = self._capture(*key)
         graph, outputs = self.graphs[key]
-        self.inputs.load(batch, bucket)
+        self.inputs.load(input_ids, positions, meta)
         graph.replay()
         return outputs
 

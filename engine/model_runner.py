@@ -36,15 +36,8 @@ class PackedBatch:
     offsets: list[int]  # first packed row of each scheduled request
 
 
-def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device,
-               pad_to: int | None = None, pad_block: int = 0) -> PackedBatch:
-    """Flatten each request's query tokens (real ones, then drafts).
-
-    `pad_to` appends padding tokens up to that many rows (a CUDA graph's
-    bucket): each is a request of its own at position 0 in block
-    `pad_block`, a block no request owns, so it writes and reads nothing
-    real; the real rows come first and are unchanged.
-    """
+def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device) -> PackedBatch:
+    """Flatten each request's query tokens (real ones, then drafts)."""
     tokens, positions, query_lens, seq_lens, tables = [], [], [], [], []
     sample_rows, sampling, offsets = [], [], []
     for item in scheduled:
@@ -61,11 +54,6 @@ def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device,
         query_lens.append(len(query))
         seq_lens.append(start + len(query))
         tables.append(item.block_ids)
-    padding = 0 if pad_to is None else pad_to - len(tokens)
-    if padding < 0:
-        raise ValueError(f"{len(tokens)} tokens do not fit in {pad_to} rows")
-    tokens, positions = tokens + [0] * padding, positions + [0] * padding
-    query_lens, seq_lens, tables = query_lens + [1] * padding, seq_lens + [1] * padding, tables + [[pad_block]] * padding
     meta = AttentionMetadata.build(query_lens, seq_lens, tables, block_size, device)
     return PackedBatch(torch.tensor(tokens, dtype=torch.long, device=device),
                        torch.tensor(positions, dtype=torch.long, device=device),
@@ -118,14 +106,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        bucket = self._graph_bucket(sched.scheduled)
-        batch = pack_batch(sched.scheduled, self.block_size, self.device, pad_to=bucket,
-                           pad_block=self.graphs.pad_block if bucket else 0)
-        if bucket:
-            hidden, aux = self.graphs.run(batch, bucket, self.aux_layers)
-        else:
-            hidden, aux = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta,
-                                     aux_layers=self.aux_layers)
+        batch = pack_batch(sched.scheduled, self.block_size, self.device)
+        hidden, aux = self.forward(batch.input_ids, batch.positions, batch.meta)
         output = RunnerOutput()
         if batch.sampling:
             logits = self.model.compute_logits(hidden[batch.sample_rows])
@@ -134,12 +116,15 @@ class ModelRunner:
             self._stash_hidden(sched.scheduled, batch.offsets, torch.cat(aux, dim=-1), output)
         return output
 
-    def _graph_bucket(self, scheduled: list[ScheduledRequest]) -> int | None:
-        """The CUDA-graph bucket of this step, None to run it eagerly."""
-        if self.graphs is None:
-            return None
-        return self.graphs.bucket([item.num_query_tokens + item.num_spec_tokens for item in scheduled],
-                                  [len(item.block_ids) for item in scheduled])
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata):
+        """The target forward of one packed step: (hidden, aux). Replayed from
+        a CUDA graph when one fits (hidden then has the bucket's rows, the
+        real ones first), else run eagerly."""
+        if self.graphs is not None:
+            out = self.graphs.forward(input_ids, positions, meta, self.aux_layers)
+            if out is not None:
+                return out
+        return self.model(input_ids, positions, self.kv_caches, meta, aux_layers=self.aux_layers)
 
     def _accept(self, sampling: list[ScheduledRequest], logits: torch.Tensor, output: RunnerOutput) -> None:
         """Verify drafts (or plain-sample) for every sampling request; the

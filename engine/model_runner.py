@@ -20,6 +20,7 @@ from engine.sampler import RowContext, logprob_tensors, make_generator, target_p
 from engine.spec.rejection import DeviceAcceptance, verify_drafts_on_device
 from engine.transfer import fetch
 from kernels.attention import AttentionMetadata
+from kernels.to_device import to_device
 from scheduler.output import RunnerOutput, ScheduledRequest, SchedulerOutput
 from scheduler.request import Request
 
@@ -55,8 +56,8 @@ def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device) -> Pa
         seq_lens.append(start + len(query))
         tables.append(item.block_ids)
     meta = AttentionMetadata.build(query_lens, seq_lens, tables, block_size, device)
-    return PackedBatch(torch.tensor(tokens, dtype=torch.long, device=device),
-                       torch.tensor(positions, dtype=torch.long, device=device),
+    return PackedBatch(to_device(tokens, dtype=torch.long, device=device),
+                       to_device(positions, dtype=torch.long, device=device),
                        meta, sample_rows, sampling, offsets)
 
 
@@ -110,7 +111,7 @@ class ModelRunner:
         hidden, aux = self.forward(batch.input_ids, batch.positions, batch.meta)
         output = RunnerOutput()
         if batch.sampling:
-            logits = self.model.compute_logits(hidden[batch.sample_rows])
+            logits = self.model.compute_logits(hidden[to_device(batch.sample_rows, torch.long, self.device)])
             self._accept(batch.sampling, logits, output)
         if self.aux_layers:
             self._stash_hidden(sched.scheduled, batch.offsets, torch.cat(aux, dim=-1), output)
@@ -159,12 +160,12 @@ class ModelRunner:
                 rows.extend(range(first, first + item.num_spec_tokens + 1))
                 tokens.extend(item.spec_token_ids + [0])
             first += item.num_spec_tokens + 1
-        index = torch.tensor(wanted, dtype=torch.long, device=logits.device)
-        row_tokens = torch.tensor(tokens, dtype=torch.long, device=logits.device)
-        final_at = torch.tensor(final_rows, dtype=torch.long, device=logits.device) + acceptance.num_accepted[index]
+        index = to_device(wanted, dtype=torch.long, device=logits.device)
+        row_tokens = to_device(tokens, dtype=torch.long, device=logits.device)
+        final_at = to_device(final_rows, dtype=torch.long, device=logits.device) + acceptance.num_accepted[index]
         row_tokens[final_at] = acceptance.final_tokens[index]
         count = max(sampling[i].request.sampling_params.logprobs for i in wanted)
-        return logprob_tensors(logits[torch.tensor(rows, device=logits.device)], row_tokens, count)
+        return logprob_tensors(logits[to_device(rows, device=logits.device)], row_tokens, count)
 
     def _verify(self, sampling: list[ScheduledRequest], logits: torch.Tensor) -> DeviceAcceptance:
         """Seeded requests follow the Gumbel-max rule (the same tokens with
@@ -172,7 +173,7 @@ class ModelRunner:
         requests draw no random numbers (decided here, not by reading the
         probabilities back)."""
         probs = target_probs(logits, [ctx for item in sampling for ctx in row_contexts(item)])
-        draft_ids = torch.tensor([t for item in sampling for t in item.spec_token_ids],
+        draft_ids = to_device([t for item in sampling for t in item.spec_token_ids],
                                  dtype=torch.long, device=self.device)
         requests = [item.request for item in sampling]
         seeds = [r.sampling_params.seed for r in requests]
@@ -200,7 +201,7 @@ class ModelRunner:
                 continue
             probs = item.drafts.probs  # [n, V] for exactly the verified drafts
             if probs is None:
-                ids = torch.tensor(item.spec_token_ids, device=self.device)
+                ids = to_device(item.spec_token_ids, device=self.device)
                 probs = torch.nn.functional.one_hot(ids, vocab).float()
             else:
                 any_probs = True

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.to_device import to_device
 from scheduler.output import TokenLogprob
 from scheduler.request import Request, SamplingParams
 
@@ -183,10 +184,10 @@ def _token_counts(token_lists: list[list[int]], like: torch.Tensor) -> torch.Ten
     """How often each token occurs in each list: [len(token_lists), V] float32, by one scatter."""
     num_rows, vocab = len(token_lists), like.shape[1]
     counts = torch.zeros(num_rows, vocab, dtype=torch.float32, device=like.device)
-    tokens = torch.tensor(list(itertools.chain.from_iterable(token_lists)), dtype=torch.long,
+    tokens = to_device(list(itertools.chain.from_iterable(token_lists)), dtype=torch.long,
                           device=like.device)
     if tokens.numel():
-        lengths = torch.tensor([len(t) for t in token_lists], device=like.device)
+        lengths = to_device([len(t) for t in token_lists], device=like.device)
         row_of_token = torch.repeat_interleave(torch.arange(num_rows, device=like.device), lengths,
                                                output_size=tokens.numel())
         counts.index_put_((row_of_token, tokens), torch.ones_like(tokens, dtype=torch.float32),
@@ -252,7 +253,7 @@ def _top_k_top_p_threshold(probs: torch.Tensor, params: list[SamplingParams]) ->
     vocab = probs.shape[1]
     top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
     best = probs.topk(max(top_k), dim=-1, sorted=True).values  # [M, max k], descending
-    top_k_index = torch.tensor(top_k, device=probs.device)[:, None] - 1
+    top_k_index = to_device(top_k, device=probs.device)[:, None] - 1
     threshold = best.gather(1, top_k_index).squeeze(1)
     if any(p.top_p < 1 for p in params):
         top_p = _row_tensor([p.top_p for p in params], probs)
@@ -284,9 +285,9 @@ def _top_p_threshold(best: torch.Tensor, top_k_threshold: torch.Tensor, total: t
 
 def _row_tensor(values: list[float], like: torch.Tensor) -> torch.Tensor:
     """One float32 parameter per row: [M]."""
-    return torch.tensor(values, dtype=torch.float32, device=like.device)
+    return to_device(values, dtype=torch.float32, device=like.device)
 
 
 def _index(rows: list[int], like: torch.Tensor) -> torch.Tensor:
     """Row indices as a long tensor on `like`'s device: [M]."""
-    return torch.tensor(rows, dtype=torch.long, device=like.device)
+    return to_device(rows, dtype=torch.long, device=like.device)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.invariant_attention import invariant_paged_attention
+from kernels.to_device import to_device
 
 # Requests with at most this many query tokens are batched in one padded
 # SDPA call; longer ones (prefill chunks) run one by one, so the padding
@@ -87,10 +88,10 @@ class AttentionMetadata:
         padded = [list(b) + [0] * (max_blocks - len(b)) for b in block_tables]
         slots = _slot_mapping(query_lens, seq_lens, block_tables, block_size)
         return cls(
-            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
-            block_tables=torch.tensor(padded, dtype=torch.int32, device=device).view(len(padded), max_blocks),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+            query_start_loc=to_device(starts, dtype=torch.int32, device=device),
+            seq_lens=to_device(seq_lens, dtype=torch.int32, device=device),
+            block_tables=to_device(padded, dtype=torch.int32, device=device).view(len(padded), max_blocks),
+            slot_mapping=to_device(slots, dtype=torch.int64, device=device),
             query_lens=list(query_lens),
             seq_lens_list=list(seq_lens),
             max_query_len=max(query_lens, default=0),
@@ -206,8 +207,8 @@ def token_layout(meta: "AttentionMetadata", device) -> tuple[torch.Tensor, torch
         for r, (q_len, s_len) in enumerate(zip(meta.query_lens, meta.seq_lens_list)):
             requests.extend([r] * q_len)
             positions.extend(range(s_len - q_len, s_len))
-        meta._plan_cache[key] = (torch.tensor(requests, dtype=torch.int32, device=device),
-                                 torch.tensor(positions, dtype=torch.int32, device=device))
+        meta._plan_cache[key] = (to_device(requests, dtype=torch.int32, device=device),
+                                 to_device(positions, dtype=torch.int32, device=device))
     return meta._plan_cache[key]
 
 
@@ -303,9 +304,9 @@ def _add_short_group(plan: _Plan, meta: AttentionMetadata, device) -> None:
             token_rows.append(plan.starts[r] + j)
             pad_rows.append(g * q_max + j)
     plan.max_short_query = q_max
-    plan.short_token_index = torch.tensor(token_rows, dtype=torch.long, device=device)
-    plan.pad_index = torch.tensor(pad_rows, dtype=torch.long, device=device)
-    rows = torch.tensor(plan.short_requests, dtype=torch.long, device=device)
+    plan.short_token_index = to_device(token_rows, dtype=torch.long, device=device)
+    plan.pad_index = to_device(pad_rows, dtype=torch.long, device=device)
+    rows = to_device(plan.short_requests, dtype=torch.long, device=device)
     plan.block_tables = meta.block_tables.to(device)[rows, :num_blocks].long()
     plan.mask = _padded_causal_mask(q_lens, s_lens, q_max, num_blocks * meta.block_size, device)
 
@@ -316,8 +317,8 @@ def _padded_causal_mask(q_lens, s_lens, q_max, key_len, device) -> torch.Tensor:
     Padding query rows copy the last real row so no row is fully masked
     (an all-False row would make softmax NaN); their output is dropped.
     """
-    q = torch.tensor(q_lens, device=device).view(-1, 1)
-    s = torch.tensor(s_lens, device=device).view(-1, 1)
+    q = to_device(q_lens, device=device).view(-1, 1)
+    s = to_device(s_lens, device=device).view(-1, 1)
     j = torch.arange(q_max, device=device).view(1, -1).minimum(q - 1)
     last_visible = s - q + j  # [G, Qmax]
     keys = torch.arange(key_len, device=device).view(1, 1, -1)

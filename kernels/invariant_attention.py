@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from kernels.to_device import to_device
+
 if TYPE_CHECKING:  # kernels.attention imports this module
     from kernels.attention import AttentionMetadata
 
@@ -196,18 +198,18 @@ def _make_tile(members, meta: AttentionMetadata, group: int, device) -> _Tile:
         token_rows.extend(member_rows)
         pad_rows.extend(g * rows + j for j in range(len(member_rows)))
     return _Tile(
-        token_index=torch.tensor(token_rows, dtype=torch.long, device=device),
-        pad_index=torch.tensor(pad_rows, dtype=torch.long, device=device),
+        token_index=to_device(token_rows, dtype=torch.long, device=device),
+        pad_index=to_device(pad_rows, dtype=torch.long, device=device),
         groups=len(members),
         rows=rows,
-        block_ids=torch.tensor(tables, dtype=torch.long, device=device).view(-1),
+        block_ids=to_device(tables, dtype=torch.long, device=device).view(-1),
         hidden=_hidden_keys(positions, group, num_chunks, chunk, device),
     )
 
 
 def _hidden_keys(positions: list[list[int]], group: int, num_chunks: int, chunk: int, device) -> torch.Tensor:
     """[G, NC, Qm*g, C] bool: key position c*C + i is after the row's position."""
-    pos = torch.tensor(positions, dtype=torch.long, device=device)  # [G, Qm]
+    pos = to_device(positions, dtype=torch.long, device=device)  # [G, Qm]
     pos = pos.repeat_interleave(group, dim=1)  # [G, Qm*g]
     keys = torch.arange(num_chunks * chunk, device=device).view(num_chunks, 1, chunk)
     return keys.unsqueeze(0) > pos.view(pos.shape[0], 1, -1, 1)

@@ -18,6 +18,7 @@ from engine.spec.draw import draw_drafts
 from engine.spec.registry import DrafterContext, register_drafter
 from engine.transfer import fetch
 from kernels.attention import AttentionMetadata
+from kernels.to_device import to_device
 from scheduler.drafts import DraftBlock
 
 
@@ -61,7 +62,7 @@ class ModelDrafter(Drafter):
         for rid, state in drafts.items():
             self.num_computed[rid] = state.request.num_tokens
         feed_lens = {rid: len(tokens) for rid, tokens in pending.items()}
-        feed = torch.tensor([t for tokens in pending.values() for t in tokens], dtype=torch.long, device=self.device)
+        feed = to_device([t for tokens in pending.values() for t in tokens], dtype=torch.long, device=self.device)
         draws = _Draws()
         while feed_lens:
             order = list(feed_lens)
@@ -70,7 +71,7 @@ class ModelDrafter(Drafter):
             for rid in order:
                 starts[rid] += feed_lens[rid]
             going = [i for i, rid in enumerate(order) if not drafts[rid].done]
-            feed = tokens[torch.tensor(going, dtype=torch.long, device=self.device)]
+            feed = tokens[to_device(going, dtype=torch.long, device=self.device)]
             feed_lens = {order[i]: 1 for i in going}
         draws.fetch(drafts.values())
         return {rid: state.proposal(self.name) for rid, state in drafts.items()}
@@ -87,9 +88,9 @@ class ModelDrafter(Drafter):
             last_rows.append(len(positions) - 1)
         meta = AttentionMetadata.build(query_lens, seq_lens, [block_tables[r] for r in order],
                                        self.block_size, self.device)
-        hidden, _ = self.model(feed, torch.tensor(positions, device=self.device),
+        hidden, _ = self.model(feed, to_device(positions, device=self.device),
                                self.kv_caches, meta, num_layers=self.num_layers)
-        return self.model.compute_logits(hidden[last_rows])
+        return self.model.compute_logits(hidden[to_device(last_rows, torch.long, self.device)])
 
     def _extend(self, order, logits: torch.Tensor, drafts, draws: "_Draws") -> torch.Tensor:
         """Draw one draft token per request from the draft distribution

@@ -15,6 +15,7 @@ import torch
 
 from engine.gumbel import seeded_tokens
 from engine.spec.base import DraftInput
+from kernels.to_device import to_device
 
 
 def draw_drafts(probs: torch.Tensor, inputs: list[DraftInput], num_drafted: list[int]) -> torch.Tensor:
@@ -25,7 +26,7 @@ def draw_drafts(probs: torch.Tensor, inputs: list[DraftInput], num_drafted: list
     seeded = [i for i, item in enumerate(inputs)
               if not item.request.sampling_params.greedy and item.request.sampling_params.seed is not None]
     if seeded:
-        index = torch.tensor(seeded, device=probs.device)
+        index = to_device(seeded, device=probs.device)
         tokens[index] = seeded_tokens(probs[index], [inputs[i].request.sampling_params.seed for i in seeded],
                                       [inputs[i].request.num_output_tokens + num_drafted[i] for i in seeded])
     for i, item in enumerate(inputs):

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.gumbel import seeded_tokens
+from kernels.to_device import to_device
 
 
 @dataclass
@@ -194,7 +195,7 @@ class _RequestSlices:
         return draft_token_ids[drafts.to(draft_token_ids.device)], probs, target_probs[rows]
 
     def _index(self, ranges: list[range]) -> torch.Tensor:
-        return torch.tensor([i for span in ranges for i in span], dtype=torch.long, device=self.device)
+        return to_device([i for span in ranges for i in span], dtype=torch.long, device=self.device)
 
 
 def _merge(parts: list[tuple[list[int], DeviceAcceptance]], num_requests: int, device) -> DeviceAcceptance:
@@ -202,7 +203,7 @@ def _merge(parts: list[tuple[list[int], DeviceAcceptance]], num_requests: int, d
     accepted = torch.zeros(num_requests, dtype=torch.long, device=device)
     final = torch.zeros(num_requests, dtype=torch.long, device=device)
     for requests, part in parts:
-        index = torch.tensor(requests, dtype=torch.long, device=device)
+        index = to_device(requests, dtype=torch.long, device=device)
         accepted[index], final[index] = part.num_accepted, part.final_tokens
     return DeviceAcceptance(accepted, final)
 
@@ -256,7 +257,7 @@ class _Layout:
     def __init__(self, num_draft: list[int], device: torch.device):
         self.num_draft_list = num_draft
         self.num_requests, self.num_drafts = len(num_draft), sum(num_draft)
-        self.num_draft = torch.tensor(num_draft, dtype=torch.long, device=device)
+        self.num_draft = to_device(num_draft, dtype=torch.long, device=device)
         self.first_row = torch.cumsum(self.num_draft + 1, 0) - (self.num_draft + 1)  # [R]
         self.draft_start = torch.cumsum(self.num_draft, 0) - self.num_draft  # [R]
         self.bonus_rows = self.first_row + self.num_draft  # [R]

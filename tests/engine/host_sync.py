@@ -5,9 +5,12 @@ On CUDA each of these waits for the device queue to drain (the host needs
 the values); on CPU they are free, so a CPU test can only see them by
 counting calls. Counted: `item`, `tolist`, `numpy`, `cpu`, `to` the host
 from another device, `__bool__`/`__int__`/`__float__`/`__index__`, `nonzero`,
-`masked_select`, `unique`, `torch.equal`/`allclose`, boolean-mask indexing
-and `repeat_interleave` without `output_size` (whose output shape needs the
-values). Conversions that happen while a counted conversion runs (torch's
+`masked_select`, `unique`, `torch.equal`/`allclose`, indexing with a boolean mask or a Python
+list, and `repeat_interleave` without `output_size` (whose output shape needs the
+values); and `torch.tensor(..., device=...)` called anywhere but in
+kernels/to_device.py: on CUDA that is a blocking host->device copy, which
+waits for the stream (to_device stages in pinned memory and copies
+asynchronously there). Conversions that happen while a counted conversion runs (torch's
 own Python code calling another) count once.
 
 `SyncCounter.region(obj, name)` wraps a method so that conversions inside
@@ -79,11 +82,12 @@ class SyncCounter:
             self._patch(torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name)))
         self._patch(torch.Tensor, "to", self._counted("to(cpu)", torch.Tensor.to, _to_host))
         self._patch(torch.Tensor, "__getitem__",
-                    self._counted("mask-index", torch.Tensor.__getitem__, _bool_mask_index))
+                    self._counted("mask/list index", torch.Tensor.__getitem__, _host_index))
         self._patch(torch.Tensor, "repeat_interleave",
                     self._counted("repeat_interleave", torch.Tensor.repeat_interleave, _needs_output_size))
         for name in _TORCH_FUNCTIONS:
             self._patch(torch, name, self._counted(f"torch.{name}", getattr(torch, name)))
+        self._patch(torch, "tensor", self._counted("torch.tensor(device=)", torch.tensor, _blocking_upload))
         self._patch(torch, "repeat_interleave",
                     self._counted("repeat_interleave", torch.repeat_interleave, _needs_output_size))
         return self
@@ -123,6 +127,7 @@ class SyncCounter:
 
 
 _MISSING = object()
+_TO_DEVICE_FILE = __import__("kernels.to_device", fromlist=["to_device"]).__file__
 
 
 def _to_host(self, *args, **kwargs) -> bool:
@@ -139,9 +144,20 @@ def _to_host(self, *args, **kwargs) -> bool:
         return False
 
 
-def _bool_mask_index(self, index) -> bool:
+def _blocking_upload(*args, **kwargs) -> bool:
+    """torch.tensor with a device: a blocking copy on CUDA, unless it comes
+    from kernels/to_device.py (which uses pinned memory there)."""
+    if kwargs.get("device") is None:
+        return False
+    import sys
+    return sys._getframe(2).f_code.co_filename != _TO_DEVICE_FILE
+
+
+def _host_index(self, index) -> bool:
+    """A boolean mask (its count decides the shape) or a Python list of
+    indices (copied to the device with a blocking copy)."""
     items = index if isinstance(index, tuple) else (index,)
-    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+    return any(isinstance(i, list) or isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
 
 
 def _needs_output_size(*args, **kwargs) -> bool:

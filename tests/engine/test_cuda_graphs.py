@@ -1,7 +1,7 @@
 """CUDA-graph buckets (engine/cuda_graphs.py), as far as a CPU can test them:
 which steps get which bucket, and that padding a step to its bucket leaves
 every real row bitwise unchanged with batch-invariant kernels (the padded
-forward runs eagerly here; tools/gpu_check.py replays real graphs on CUDA).
+forward runs eagerly here; tests/gpu/gpu_check.py replays real graphs on CUDA).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ inside a model forward, and at most two per engine step (the target's
 results, the drafter's drafts), with and without speculation.
 
 Counted on CPU by instrumenting the ways tensor values reach Python
-(tests/engine/host_sync.py); on CUDA tools/gpu_check.py reruns this file.
+(tests/engine/host_sync.py); on CUDA tests/gpu/gpu_check.py (tools/gpu_check.sh) reruns this file.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ of a verification block, or beside other requests), at block size 16.
 
 On CPU it runs in Triton's interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1), float32 and float16 only (the interpreter's bfloat16
-is broken); tools/gpu_check.py reruns this file compiled on CUDA, with
+is broken); tests/gpu/gpu_check.py (tools/gpu_check.sh) reruns this file compiled on CUDA, with
 bfloat16. Kept small: the interpreter is slow.
 """
 from __future__ import annotations

@@ -76,7 +76,10 @@ def _paged_attention_program(Q, K, V, Out, BlockTables, TokenRequest, TokenPosit
 # Triton's interpreter (TRITON_INTERPRET=1, read when triton is imported)
 # runs the same program on CPU tensors; tests/conftest.py sets it on
 # machines without CUDA.
-paged_attention_kernel = triton.jit(_paged_attention_program) if triton is not None else None
+# The block-table stride is the batch's longest table: not specialised on
+# (Triton would compile again whenever its divisibility changed).
+paged_attention_kernel = (triton.jit(_paged_attention_program, do_not_specialize=["stride_bt"])
+                          if triton is not None else None)
 
 
 def triton_paged_attention(

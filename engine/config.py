@@ -114,6 +114,9 @@ class EngineConfig:
     # A token's logits do not depend on the batch computing it (bitwise), so
     # speculation stays lossless in any dtype; off trades that for speed.
     batch_invariant: bool = True
+    # Replay decode/verification steps from CUDA graphs (engine/cuda_graphs.py);
+    # None: on for CUDA devices, off elsewhere. True on a CPU is an error.
+    cuda_graphs: bool | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "float16", "bfloat16", "float64"):

@@ -31,6 +31,7 @@ from engine.output_processor import OutputProcessor
 from engine.outputs import EngineStats, RequestOutput
 from engine.profiler import load_or_profile
 from engine.sampler import draft_generator
+from kernels.attention import triton_attention_available
 from engine.spec.base import DraftInput, Drafter
 from engine.spec.factory import build_drafter
 from engine.trace import StepLoad, StepTrace, step_traces
@@ -65,7 +66,8 @@ class LLMEngine:
         self.drafter = drafter or build_drafter(config, self.loaded, cache.num_blocks, dtype)
         self.runner = ModelRunner(self.loaded.model, self.model_config, cache.num_blocks,
                                   cache.block_size, dtype, config.device,
-                                  aux_layers=self.drafter.aux_layers if self.drafter else ())
+                                  aux_layers=self.drafter.aux_layers if self.drafter else (),
+                                  cuda_graph_len=self._cuda_graph_len())
         self.verify_policy = self._build_verify_policy(step_cost)
         # Machine counters for the scheduler's load signal, read off the step loop.
         self.device_sampler = DeviceSampler(source_for_device(config.device)).start()
@@ -81,6 +83,22 @@ class LLMEngine:
         log.info("engine ready: %s, %d KV blocks x %d tokens (%.1f MiB)", self.loaded.path,
                  cache.num_blocks, cache.block_size,
                  cache.num_tokens * kv_bytes_per_token(self.model_config, dtype) / 2**20)
+
+    def _cuda_graph_len(self) -> int | None:
+        """The context length CUDA graphs are sized for, or None when steps run eagerly."""
+        on_cuda = torch.device(self.config.device).type == "cuda"
+        wanted = on_cuda if self.config.cuda_graphs is None else self.config.cuda_graphs
+        if not wanted:
+            return None
+        if not on_cuda:
+            raise ValueError(f"CUDA graphs need a CUDA device, not {self.config.device!r} (--no-cuda-graphs)")
+        if not triton_attention_available(self.config.device, self.config.cache.block_size):
+            if self.config.cuda_graphs:
+                raise ValueError("CUDA graphs need triton (the attention they capture) and a power-of-two "
+                                 "block size")
+            log.warning("CUDA graphs off: they need triton installed and a power-of-two block size")
+            return None
+        return self.max_model_len
 
     def _build_verify_policy(self, step_cost: StepCostModel | None) -> VerifyPolicy | None:
         if self.drafter is None:

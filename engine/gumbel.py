@@ -33,6 +33,8 @@ import functools
 
 import torch
 
+from kernels.to_device import to_device
+
 _MASK = 0xFFFFFFFF
 _TOKEN_SALT = 0x9E3779B9  # keeps token 0's key away from 0
 _POSITION_SALT = 0x85EBCA6B
@@ -71,9 +73,9 @@ def exponential_noise(seeds: list[int], positions: list[int], vocab: int,
 def _row_keys(seeds: list[int], positions: list[int], device) -> torch.Tensor:
     """One 32-bit key per (seed, position): [N] int64. A seed counts by its
     low 64 bits (any Python int, negative ones included)."""
-    low = torch.tensor([s & _MASK for s in seeds], dtype=torch.long, device=device)
-    high = torch.tensor([(s >> 32) & _MASK for s in seeds], dtype=torch.long, device=device)
-    position = torch.tensor([p & _MASK for p in positions], dtype=torch.long, device=device)
+    low = to_device([s & _MASK for s in seeds], dtype=torch.long, device=device)
+    high = to_device([(s >> 32) & _MASK for s in seeds], dtype=torch.long, device=device)
+    position = to_device([p & _MASK for p in positions], dtype=torch.long, device=device)
     key = _mix32_(low)
     key = _mix32_(key ^ high)
     return _mix32_(key ^ _mix32_(position ^ _POSITION_SALT))

@@ -3,6 +3,10 @@
 Every scheduled request contributes its query tokens (a prefill chunk, one
 decode token, or the anchor plus the drafts to verify) to ONE packed forward
 with no padding. Logits are computed only for rows that sample.
+
+Host synchronisation: nothing in the forward reads device values; the
+step's results (accepted counts, final tokens, logprobs) come back to the
+host in one packed transfer (engine/transfer.py).
 """
 from __future__ import annotations
 
@@ -10,10 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.cuda_graphs import CudaGraphRunner
 from engine.kv_cache import allocate_kv_caches
-from engine.sampler import RowContext, compute_logprobs, make_generator, target_probs
-from engine.spec.rejection import AcceptanceResult, verify_drafts
+from engine.sampler import RowContext, logprob_tensors, make_generator, target_probs, token_logprob
+from engine.spec.rejection import DeviceAcceptance, verify_drafts_on_device
+from engine.transfer import fetch
 from kernels.attention import AttentionMetadata
+from kernels.to_device import to_device
 from scheduler.output import RunnerOutput, ScheduledRequest, SchedulerOutput
 from scheduler.request import Request
 
@@ -49,8 +56,8 @@ def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device) -> Pa
         seq_lens.append(start + len(query))
         tables.append(item.block_ids)
     meta = AttentionMetadata.build(query_lens, seq_lens, tables, block_size, device)
-    return PackedBatch(torch.tensor(tokens, dtype=torch.long, device=device),
-                       torch.tensor(positions, dtype=torch.long, device=device),
+    return PackedBatch(to_device(tokens, dtype=torch.long, device=device),
+                       to_device(positions, dtype=torch.long, device=device),
                        meta, sample_rows, sampling, offsets)
 
 
@@ -68,17 +75,24 @@ class ModelRunner:
 
     `aux_layers`: target layers whose outputs a drafter reads; their
     features for the tokens whose KV counts go out in RunnerOutput.hidden_states.
+    `cuda_graph_len` (the longest context, on CUDA only) replays decode and
+    verification steps from CUDA graphs (engine/cuda_graphs.py); the cache
+    then holds one more block, block `num_blocks`, for padding rows.
     """
 
     def __init__(self, model, model_config, num_blocks: int, block_size: int,
-                 dtype: torch.dtype, device: str, aux_layers: tuple[int, ...] = ()):
+                 dtype: torch.dtype, device: str, aux_layers: tuple[int, ...] = (),
+                 cuda_graph_len: int | None = None):
         self.model = model
         self.model_config = model_config
         self.block_size = block_size
         self.device = device
-        self.kv_caches = allocate_kv_caches(model_config, num_blocks, block_size, dtype, device)
+        extra = 0 if cuda_graph_len is None else 1
+        self.kv_caches = allocate_kv_caches(model_config, num_blocks + extra, block_size, dtype, device)
         self.generators: dict[str, torch.Generator] = {}
         self.aux_layers = aux_layers
+        self.graphs = None if cuda_graph_len is None else CudaGraphRunner(
+            model, self.kv_caches, block_size, cuda_graph_len, num_blocks, device)
 
     def generator_for(self, request: Request) -> torch.Generator:
         gen = self.generators.get(request.request_id)
@@ -94,43 +108,80 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         batch = pack_batch(sched.scheduled, self.block_size, self.device)
-        hidden, aux = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta,
-                                 aux_layers=self.aux_layers)
+        hidden, aux = self.forward(batch.input_ids, batch.positions, batch.meta)
         output = RunnerOutput()
         if batch.sampling:
-            logits = self.model.compute_logits(hidden[batch.sample_rows])
+            logits = self.model.compute_logits(hidden[to_device(batch.sample_rows, torch.long, self.device)])
             self._accept(batch.sampling, logits, output)
         if self.aux_layers:
             self._stash_hidden(sched.scheduled, batch.offsets, torch.cat(aux, dim=-1), output)
         return output
 
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata):
+        """The target forward of one packed step: (hidden, aux). Replayed from
+        a CUDA graph when one fits (hidden then has the bucket's rows, the
+        real ones first), else run eagerly."""
+        if self.graphs is not None:
+            out = self.graphs.forward(input_ids, positions, meta, self.aux_layers)
+            if out is not None:
+                return out
+        return self.model(input_ids, positions, self.kv_caches, meta, aux_layers=self.aux_layers)
+
     def _accept(self, sampling: list[ScheduledRequest], logits: torch.Tensor, output: RunnerOutput) -> None:
-        """Verify drafts (or plain-sample) for every sampling request."""
-        result = self._verify(sampling, logits)
-        row = 0
-        for item, emitted, accepted in zip(sampling, result.emitted_token_ids, result.num_accepted):
-            rid = item.request.request_id
+        """Verify drafts (or plain-sample) for every sampling request; the
+        results reach the host in one transfer."""
+        acceptance = self._verify(sampling, logits)
+        tensors = {"num_accepted": acceptance.num_accepted, "final": acceptance.final_tokens}
+        wanted = [i for i, item in enumerate(sampling) if item.request.sampling_params.logprobs is not None]
+        if wanted:
+            tensors.update(self._logprob_tensors(sampling, wanted, logits, acceptance))
+        host = fetch(tensors)
+        logprob_row = 0
+        for i, item in enumerate(sampling):
+            rid, accepted = item.request.request_id, host["num_accepted"][i]
+            emitted = item.spec_token_ids[:accepted] + [host["final"][i]]
             output.sampled_token_ids[rid] = emitted
             output.num_accepted[rid] = accepted
             num_top = item.request.sampling_params.logprobs
             if num_top is not None:
-                output.logprobs[rid] = compute_logprobs(
-                    logits[row:row + len(emitted)], torch.tensor(emitted, device=self.device),
-                    [num_top] * len(emitted))
-            row += item.num_spec_tokens + 1
+                output.logprobs[rid] = [token_logprob(host, logprob_row + j, num_top) for j in range(len(emitted))]
+                logprob_row += item.num_spec_tokens + 1
 
-    def _verify(self, sampling: list[ScheduledRequest], logits: torch.Tensor) -> AcceptanceResult:
+    def _logprob_tensors(self, sampling, wanted: list[int], logits: torch.Tensor,
+                         acceptance: DeviceAcceptance) -> dict[str, torch.Tensor]:
+        """Logprobs of every row of the requests in `wanted`, each row's token
+        being what it emits if it is reached: its draft, or the final token at
+        row num_accepted (rows past it are dropped on the host)."""
+        rows, tokens, final_rows = [], [], []
+        first = 0
+        for i, item in enumerate(sampling):
+            if i in wanted:
+                final_rows.append(len(rows))
+                rows.extend(range(first, first + item.num_spec_tokens + 1))
+                tokens.extend(item.spec_token_ids + [0])
+            first += item.num_spec_tokens + 1
+        index = to_device(wanted, dtype=torch.long, device=logits.device)
+        row_tokens = to_device(tokens, dtype=torch.long, device=logits.device)
+        final_at = to_device(final_rows, dtype=torch.long, device=logits.device) + acceptance.num_accepted[index]
+        row_tokens[final_at] = acceptance.final_tokens[index]
+        count = max(sampling[i].request.sampling_params.logprobs for i in wanted)
+        return logprob_tensors(logits[to_device(rows, device=logits.device)], row_tokens, count)
+
+    def _verify(self, sampling: list[ScheduledRequest], logits: torch.Tensor) -> DeviceAcceptance:
         """Seeded requests follow the Gumbel-max rule (the same tokens with
-        speculation on or off); the others rejection sampling."""
+        speculation on or off); the others rejection sampling. Greedy
+        requests draw no random numbers (decided here, not by reading the
+        probabilities back)."""
         probs = target_probs(logits, [ctx for item in sampling for ctx in row_contexts(item)])
-        draft_ids = torch.tensor([t for item in sampling for t in item.spec_token_ids],
+        draft_ids = to_device([t for item in sampling for t in item.spec_token_ids],
                                  dtype=torch.long, device=self.device)
         requests = [item.request for item in sampling]
         seeds = [r.sampling_params.seed for r in requests]
         generators = [self.generator_for(r) if seed is None else None for r, seed in zip(requests, seeds)]
-        return verify_drafts(draft_ids, self._draft_probs(sampling, logits.shape[-1]), probs,
-                             [item.num_spec_tokens for item in sampling], generators, seeds,
-                             [r.num_output_tokens for r in requests])
+        return verify_drafts_on_device(draft_ids, self._draft_probs(sampling, logits.shape[-1]), probs,
+                                       [item.num_spec_tokens for item in sampling], generators, seeds,
+                                       [r.num_output_tokens for r in requests],
+                                       needs_draws=[not r.sampling_params.greedy for r in requests])
 
     def _stash_hidden(self, scheduled, offsets, features: torch.Tensor, output: RunnerOutput) -> None:
         """Keep the features of real query tokens and accepted drafts: exactly
@@ -150,7 +201,7 @@ class ModelRunner:
                 continue
             probs = item.drafts.probs  # [n, V] for exactly the verified drafts
             if probs is None:
-                ids = torch.tensor(item.spec_token_ids, device=self.device)
+                ids = to_device(item.spec_token_ids, device=self.device)
                 probs = torch.nn.functional.one_hot(ids, vocab).float()
             else:
                 any_probs = True

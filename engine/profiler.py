@@ -17,6 +17,7 @@ import torch
 
 from engine.models.gguf_loader import cache_root
 from kernels.attention import AttentionMetadata
+from kernels.to_device import to_device
 from scheduler.load import StepCostModel, probe_sizes
 
 log = logging.getLogger("specserve.profiler")
@@ -85,15 +86,15 @@ def decode_shaped_batch(num_tokens: int, max_seqs: int, block_size: int, num_blo
         return None
     tables = [list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)) for i in range(num_seqs)]
     meta = AttentionMetadata.build(query_lens, seq_lens, tables, block_size, device)
-    positions = torch.tensor([p for q, s in zip(query_lens, seq_lens) for p in range(s - q, s)], device=device)
+    positions = to_device([p for q, s in zip(query_lens, seq_lens) for p in range(s - q, s)], device=device)
     tokens = torch.zeros(num_tokens, dtype=torch.long, device=device)
     return tokens, positions, meta
 
 
 def _time_forward(runner, tokens, positions, meta) -> float:
     begin = time.perf_counter()
-    hidden, _ = runner.model(tokens, positions, runner.kv_caches, meta)
-    runner.model.compute_logits(hidden)  # verification needs logits at every query row
+    hidden, _ = runner.forward(tokens, positions, meta)  # a CUDA graph's replay where one fits
+    runner.model.compute_logits(hidden[:meta.num_tokens])  # verification needs logits at every query row
     if str(runner.device).startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - begin

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.to_device import to_device
 from scheduler.output import TokenLogprob
 from scheduler.request import Request, SamplingParams
 
@@ -118,14 +119,27 @@ def compute_logprobs(logits: torch.Tensor, token_ids: torch.Tensor,
     if not wanted:
         return result
     index = _index(wanted, logits)
-    logprobs = torch.log_softmax(logits[index].float(), dim=-1)
-    chosen_ids = token_ids.to(logits.device)[index]
-    chosen = logprobs.gather(1, chosen_ids[:, None]).squeeze(1).tolist()
-    top_ids, top_values = _top_alternatives(logprobs, max(num_top[i] for i in wanted))
-    for j, (i, token_id) in enumerate(zip(wanted, chosen_ids.tolist())):
-        top = list(zip(top_ids[j][: num_top[i]], top_values[j][: num_top[i]]))
-        result[i] = TokenLogprob(token_id, chosen[j], top)
+    tensors = logprob_tensors(logits[index], token_ids.to(logits.device)[index], max(num_top[i] for i in wanted))
+    host = {name: t.tolist() for name, t in tensors.items()}
+    for j, i in enumerate(wanted):
+        result[i] = token_logprob(host, j, num_top[i])
     return result
+
+
+def logprob_tensors(logits: torch.Tensor, token_ids: torch.Tensor, count: int) -> dict[str, torch.Tensor]:
+    """Device tensors of `compute_logprobs` for every row (no host sync):
+    chosen [N] (the token's logprob), top_ids and top_values [N, k] with
+    k = min(count, V), most likely first. `token_logprob` reads a row back."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(1, token_ids[:, None]).squeeze(1)
+    values, ids = logprobs.topk(min(count, logprobs.shape[1]), dim=-1)
+    return {"token_ids": token_ids, "chosen": chosen, "top_ids": ids, "top_values": values}
+
+
+def token_logprob(host: dict[str, list], row: int, num_top: int) -> TokenLogprob:
+    """Row `row` of `logprob_tensors`' output, read back as host lists."""
+    top = list(zip(host["top_ids"][row][:num_top], host["top_values"][row][:num_top]))
+    return TokenLogprob(host["token_ids"][row], host["chosen"][row], top)
 
 
 # --- penalties -------------------------------------------------------------
@@ -170,10 +184,10 @@ def _token_counts(token_lists: list[list[int]], like: torch.Tensor) -> torch.Ten
     """How often each token occurs in each list: [len(token_lists), V] float32, by one scatter."""
     num_rows, vocab = len(token_lists), like.shape[1]
     counts = torch.zeros(num_rows, vocab, dtype=torch.float32, device=like.device)
-    tokens = torch.tensor(list(itertools.chain.from_iterable(token_lists)), dtype=torch.long,
+    tokens = to_device(list(itertools.chain.from_iterable(token_lists)), dtype=torch.long,
                           device=like.device)
     if tokens.numel():
-        lengths = torch.tensor([len(t) for t in token_lists], device=like.device)
+        lengths = to_device([len(t) for t in token_lists], device=like.device)
         row_of_token = torch.repeat_interleave(torch.arange(num_rows, device=like.device), lengths,
                                                output_size=tokens.numel())
         counts.index_put_((row_of_token, tokens), torch.ones_like(tokens, dtype=torch.float32),
@@ -239,7 +253,7 @@ def _top_k_top_p_threshold(probs: torch.Tensor, params: list[SamplingParams]) ->
     vocab = probs.shape[1]
     top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
     best = probs.topk(max(top_k), dim=-1, sorted=True).values  # [M, max k], descending
-    top_k_index = torch.tensor(top_k, device=probs.device)[:, None] - 1
+    top_k_index = to_device(top_k, device=probs.device)[:, None] - 1
     threshold = best.gather(1, top_k_index).squeeze(1)
     if any(p.top_p < 1 for p in params):
         top_p = _row_tensor([p.top_p for p in params], probs)
@@ -269,20 +283,11 @@ def _top_p_threshold(best: torch.Tensor, top_k_threshold: torch.Tensor, total: t
 
 # --- small helpers ---------------------------------------------------------
 
-def _top_alternatives(logprobs: torch.Tensor, count: int) -> tuple[list[list[int]], list[list[float]]]:
-    """logprobs: [M, V]. Ids and values of the `count` best tokens per row, as lists."""
-    count = min(count, logprobs.shape[1])
-    if count == 0:
-        return [[] for _ in range(logprobs.shape[0])], [[] for _ in range(logprobs.shape[0])]
-    values, ids = logprobs.topk(count, dim=-1)
-    return ids.tolist(), values.tolist()
-
-
 def _row_tensor(values: list[float], like: torch.Tensor) -> torch.Tensor:
     """One float32 parameter per row: [M]."""
-    return torch.tensor(values, dtype=torch.float32, device=like.device)
+    return to_device(values, dtype=torch.float32, device=like.device)
 
 
 def _index(rows: list[int], like: torch.Tensor) -> torch.Tensor:
     """Row indices as a long tensor on `like`'s device: [M]."""
-    return torch.tensor(rows, dtype=torch.long, device=like.device)
+    return to_device(rows, dtype=torch.long, device=like.device)

@@ -6,8 +6,11 @@ tokens. Request r contributes `query_lens[r]` tokens, which are the LAST
 values live in fixed-size blocks of the cache named by `block_tables[r]`.
 
 Two implementations share one contract:
-- `flash_attn_varlen_func` with a block table, on CUDA when flash-attn is
-  installed and the cache geometry suits it;
+- on CUDA, the Triton kernel of kernels/triton_paged_attention.py (any
+  power-of-two block size, batch-invariant) when triton is installed;
+  without `batch_invariant`, `flash_attn_varlen_func` with a block table
+  first when flash-attn is installed and the cache geometry suits it
+  (pages of a multiple of 256 tokens);
 - a torch path everywhere else: short queries (decode, speculative
   verification) go through one padded, masked SDPA call; long prefills go
   one request at a time;
@@ -15,15 +18,20 @@ Two implementations share one contract:
   kernels/invariant_attention.py, whose per-token result does not depend on
   the batch (SDPA's does).
 `reference_attention` is the slow, obviously correct oracle for tests.
+SPECSERVE_ATTENTION=torch forces the torch paths on CUDA (to compare or to
+work around a kernel); =flash prefers flash-attn even in invariant mode.
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from kernels.invariant_attention import invariant_paged_attention
+from kernels.to_device import to_device
 
 # Requests with at most this many query tokens are batched in one padded
 # SDPA call; longer ones (prefill chunks) run one by one, so the padding
@@ -52,6 +60,11 @@ class AttentionMetadata:
     max_query_len: int
     max_seq_len: int
     block_size: int
+    # The block tables as host lists (planning reads them without a device sync).
+    block_tables_list: list[list[int]] = field(default_factory=list)
+    # "triton": always the Triton kernel (a captured CUDA graph, whose
+    # metadata lives in static buffers that only that kernel reads).
+    force_kernel: str | None = None
     # Derived tensors (masks, gather indices) built on first use and shared
     # by all layers of one forward.
     _plan_cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -74,15 +87,16 @@ class AttentionMetadata:
         padded = [list(b) + [0] * (max_blocks - len(b)) for b in block_tables]
         slots = _slot_mapping(query_lens, seq_lens, block_tables, block_size)
         return cls(
-            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
-            block_tables=torch.tensor(padded, dtype=torch.int32, device=device).view(len(padded), max_blocks),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+            query_start_loc=to_device(starts, dtype=torch.int32, device=device),
+            seq_lens=to_device(seq_lens, dtype=torch.int32, device=device),
+            block_tables=to_device(padded, dtype=torch.int32, device=device).view(len(padded), max_blocks),
+            slot_mapping=to_device(slots, dtype=torch.int64, device=device),
             query_lens=list(query_lens),
             seq_lens_list=list(seq_lens),
             max_query_len=max(query_lens, default=0),
             max_seq_len=max(seq_lens, default=0),
             block_size=block_size,
+            block_tables_list=[list(b) for b in block_tables],
         )
 
     @property
@@ -138,7 +152,15 @@ def paged_attention(
     The keys and values of this step's tokens must already be in the cache
     (`write_kv`). Grouped-query attention: H must be a multiple of Hkv.
     """
-    if use_flash_attention(query, meta):
+    if meta.force_kernel == "triton":
+        return _triton_attention(query, k_cache, v_cache, meta, scale)
+    choice = os.environ.get("SPECSERVE_ATTENTION", "auto")
+    flash = use_flash_attention(query, meta) and choice != "torch"
+    if flash and (not batch_invariant or choice == "flash"):
+        return _flash_paged_attention(query, k_cache, v_cache, meta, scale)
+    if use_triton_attention(query, k_cache) and choice != "torch":
+        return _triton_attention(query, k_cache, v_cache, meta, scale)
+    if flash:
         return _flash_paged_attention(query, k_cache, v_cache, meta, scale)
     if batch_invariant:
         return invariant_paged_attention(query, k_cache, v_cache, meta, scale)
@@ -153,6 +175,48 @@ def use_flash_attention(query: torch.Tensor, meta: AttentionMetadata) -> bool:
         and query.dtype in (torch.float16, torch.bfloat16)
         and meta.block_size % FLASH_PAGE_MULTIPLE == 0
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_kernels():
+    """kernels.triton_paged_attention, imported on first use on CUDA (a CPU
+    server never pays triton's import); None without triton."""
+    from kernels import triton_paged_attention
+    return triton_paged_attention if triton_paged_attention.triton_available() else None
+
+
+def use_triton_attention(query: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """The Triton kernel is chosen on CUDA when triton is installed and the
+    block size is a power of two."""
+    return triton_attention_available(query.device, k_cache.shape[1])
+
+
+def triton_attention_available(device, block_size: int) -> bool:
+    """Whether the Triton kernel runs on `device` at this cache block size."""
+    return (torch.device(device).type == "cuda" and block_size & (block_size - 1) == 0
+            and _triton_kernels() is not None)
+
+
+def token_layout(meta: "AttentionMetadata", device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T] int32 request index and [T] int32 position of every packed query
+    token (built from the host lists once per forward)."""
+    key = ("token_layout", str(device))
+    if key not in meta._plan_cache:
+        requests, positions = [], []
+        for r, (q_len, s_len) in enumerate(zip(meta.query_lens, meta.seq_lens_list)):
+            requests.extend([r] * q_len)
+            positions.extend(range(s_len - q_len, s_len))
+        meta._plan_cache[key] = (to_device(requests, dtype=torch.int32, device=device),
+                                 to_device(positions, dtype=torch.int32, device=device))
+    return meta._plan_cache[key]
+
+
+def _triton_attention(query, k_cache, v_cache, meta: "AttentionMetadata", scale: float) -> torch.Tensor:
+    if meta.num_tokens != query.shape[0]:
+        raise ValueError(f"metadata describes {meta.num_tokens} tokens, query has {query.shape[0]}")
+    requests, positions = token_layout(meta, query.device)
+    return _triton_kernels().triton_paged_attention(query, k_cache, v_cache, meta.block_tables,
+                                                    requests, positions, scale)
 
 
 def _flash_paged_attention(query, k_cache, v_cache, meta, scale) -> torch.Tensor:
@@ -239,9 +303,9 @@ def _add_short_group(plan: _Plan, meta: AttentionMetadata, device) -> None:
             token_rows.append(plan.starts[r] + j)
             pad_rows.append(g * q_max + j)
     plan.max_short_query = q_max
-    plan.short_token_index = torch.tensor(token_rows, dtype=torch.long, device=device)
-    plan.pad_index = torch.tensor(pad_rows, dtype=torch.long, device=device)
-    rows = torch.tensor(plan.short_requests, dtype=torch.long, device=device)
+    plan.short_token_index = to_device(token_rows, dtype=torch.long, device=device)
+    plan.pad_index = to_device(pad_rows, dtype=torch.long, device=device)
+    rows = to_device(plan.short_requests, dtype=torch.long, device=device)
     plan.block_tables = meta.block_tables.to(device)[rows, :num_blocks].long()
     plan.mask = _padded_causal_mask(q_lens, s_lens, q_max, num_blocks * meta.block_size, device)
 
@@ -252,8 +316,8 @@ def _padded_causal_mask(q_lens, s_lens, q_max, key_len, device) -> torch.Tensor:
     Padding query rows copy the last real row so no row is fully masked
     (an all-False row would make softmax NaN); their output is dropped.
     """
-    q = torch.tensor(q_lens, device=device).view(-1, 1)
-    s = torch.tensor(s_lens, device=device).view(-1, 1)
+    q = to_device(q_lens, device=device).view(-1, 1)
+    s = to_device(s_lens, device=device).view(-1, 1)
     j = torch.arange(q_max, device=device).view(1, -1).minimum(q - 1)
     last_visible = s - q + j  # [G, Qmax]
     keys = torch.arange(key_len, device=device).view(1, 1, -1)

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from kernels.to_device import to_device
+
 if TYPE_CHECKING:  # kernels.attention imports this module
     from kernels.attention import AttentionMetadata
 
@@ -162,21 +164,19 @@ def _build_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
     for q in meta.query_lens:
         starts.append(starts[-1] + q)
     short = [r for r, q in enumerate(meta.query_lens) if q <= SHARED_TILE_MAX_QUERY]
-    tiles = []
+    tile_members = []
     if short:
-        members = []
-        for r in short:
-            first = meta.seq_lens_list[r] - meta.query_lens[r]
-            members.append((r, list(range(starts[r], starts[r + 1])), first))
-        tiles.append(_make_tile(members, meta, group, device))
+        tile_members.append([(r, list(range(starts[r], starts[r + 1])), meta.seq_lens_list[r] - meta.query_lens[r])
+                             for r in short])
     for r, q_len in enumerate(meta.query_lens):
         if q_len <= SHARED_TILE_MAX_QUERY:
             continue
         first = meta.seq_lens_list[r] - q_len
         for offset in range(0, q_len, QUERY_TILE):
             rows = list(range(starts[r] + offset, min(starts[r] + offset + QUERY_TILE, starts[r + 1])))
-            tiles.append(_make_tile([(r, rows, first + offset)], meta, group, device))
-    if len(tiles) == 1 and tiles[0].pad_index is not None and _is_identity(tiles[0], meta.num_tokens):
+            tile_members.append([(r, rows, first + offset)])
+    tiles = [_make_tile(members, meta, group, device) for members in tile_members]
+    if len(tiles) == 1 and _is_identity(tile_members[0], tiles[0].rows, meta.num_tokens):
         tiles[0].pad_index = None
     return tiles
 
@@ -191,32 +191,33 @@ def _make_tile(members, meta: AttentionMetadata, group: int, device) -> _Tile:
     blocks_per_chunk = chunk // meta.block_size
     tables, positions, token_rows, pad_rows = [], [], [], []
     for g, (r, member_rows, first) in enumerate(members):
-        table = meta.block_tables[r].tolist()[: -(-meta.seq_lens_list[r] // meta.block_size)]
+        table = meta.block_tables_list[r][: -(-meta.seq_lens_list[r] // meta.block_size)]
         tables.append((table + [0] * (num_chunks * blocks_per_chunk))[: num_chunks * blocks_per_chunk])
         # Padding rows repeat the last real position: never an empty softmax.
         positions.append([first + min(j, len(member_rows) - 1) for j in range(rows)])
         token_rows.extend(member_rows)
         pad_rows.extend(g * rows + j for j in range(len(member_rows)))
     return _Tile(
-        token_index=torch.tensor(token_rows, dtype=torch.long, device=device),
-        pad_index=torch.tensor(pad_rows, dtype=torch.long, device=device),
+        token_index=to_device(token_rows, dtype=torch.long, device=device),
+        pad_index=to_device(pad_rows, dtype=torch.long, device=device),
         groups=len(members),
         rows=rows,
-        block_ids=torch.tensor(tables, dtype=torch.long, device=device).view(-1),
+        block_ids=to_device(tables, dtype=torch.long, device=device).view(-1),
         hidden=_hidden_keys(positions, group, num_chunks, chunk, device),
     )
 
 
 def _hidden_keys(positions: list[list[int]], group: int, num_chunks: int, chunk: int, device) -> torch.Tensor:
     """[G, NC, Qm*g, C] bool: key position c*C + i is after the row's position."""
-    pos = torch.tensor(positions, dtype=torch.long, device=device)  # [G, Qm]
+    pos = to_device(positions, dtype=torch.long, device=device)  # [G, Qm]
     pos = pos.repeat_interleave(group, dim=1)  # [G, Qm*g]
     keys = torch.arange(num_chunks * chunk, device=device).view(num_chunks, 1, chunk)
     return keys.unsqueeze(0) > pos.view(pos.shape[0], 1, -1, 1)
 
 
-def _is_identity(tile: _Tile, num_tokens: int) -> bool:
-    """One tile holding every token in order, with no padding rows."""
-    n = tile.groups * tile.rows
-    return n == num_tokens and tile.token_index.tolist() == list(range(n)) and \
-        tile.pad_index.tolist() == list(range(n))
+def _is_identity(members, rows: int, num_tokens: int) -> bool:
+    """One tile (of these members, `rows` rows each) holding every token in
+    order, with no padding rows; decided on the host lists."""
+    n = len(members) * rows
+    token_rows = [row for _, member_rows, _ in members for row in member_rows]
+    return n == num_tokens and token_rows == list(range(n))

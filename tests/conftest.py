@@ -10,3 +10,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+if not torch.cuda.is_available():
+    # Triton kernels run in Triton's interpreter on CPU tensors (read when
+    # triton is first imported, so it is set before any test imports it).
+    os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -16,7 +16,9 @@ from engine.sampler import RowContext, target_probs
 from engine.spec.base import DraftInput, Drafter
 from engine.spec.draw import draw_drafts
 from engine.spec.registry import DrafterContext, register_drafter
+from engine.transfer import fetch
 from kernels.attention import AttentionMetadata
+from kernels.to_device import to_device
 from scheduler.drafts import DraftBlock
 
 
@@ -51,74 +53,119 @@ class ModelDrafter(Drafter):
 
     @torch.inference_mode()
     def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
+        """Draft for every input; the drafted tokens stay on the device until
+        the last draft is drawn, then reach the host in one transfer."""
         drafts = {item.request.request_id: _DraftState(item) for item in inputs if item.max_tokens > 0}
         block_tables = {item.request.request_id: item.block_ids for item in inputs}
-        pending = {rid: state.request.token_ids(self.num_computed.get(rid, 0))
-                   for rid, state in drafts.items()}
+        pending = {rid: state.request.token_ids(self.num_computed.get(rid, 0)) for rid, state in drafts.items()}
         starts = {rid: self.num_computed.get(rid, 0) for rid in drafts}
         for rid, state in drafts.items():
             self.num_computed[rid] = state.request.num_tokens
-        while pending:
-            order = list(pending)
-            logits = self._forward(order, pending, starts, block_tables)
-            self._extend(order, logits, drafts)
+        feed_lens = {rid: len(tokens) for rid, tokens in pending.items()}
+        feed = to_device([t for tokens in pending.values() for t in tokens], dtype=torch.long, device=self.device)
+        draws = _Draws()
+        while feed_lens:
+            order = list(feed_lens)
+            logits = self._forward(order, feed, feed_lens, starts, block_tables)
+            tokens = self._extend(order, logits, drafts, draws)
             for rid in order:
-                starts[rid] += len(pending[rid])
-            pending = {rid: [drafts[rid].token_ids[-1]] for rid in order if not drafts[rid].done}
+                starts[rid] += feed_lens[rid]
+            going = [i for i, rid in enumerate(order) if not drafts[rid].done]
+            feed = tokens[to_device(going, dtype=torch.long, device=self.device)]
+            feed_lens = {order[i]: 1 for i in going}
+        draws.fetch(drafts.values())
         return {rid: state.proposal(self.name) for rid, state in drafts.items()}
 
-    def _forward(self, order, pending, starts, block_tables) -> torch.Tensor:
-        """One packed forward; returns the logits of each request's last row."""
-        tokens, positions, query_lens, seq_lens, last_rows = [], [], [], [], []
+    def _forward(self, order, feed: torch.Tensor, feed_lens, starts, block_tables) -> torch.Tensor:
+        """One packed forward of `feed` (each request's tokens, in `order`);
+        returns the logits of each request's last row."""
+        positions, query_lens, seq_lens, last_rows = [], [], [], []
         for rid in order:
-            feed, start = pending[rid], starts[rid]
-            tokens.extend(feed)
-            positions.extend(range(start, start + len(feed)))
-            query_lens.append(len(feed))
-            seq_lens.append(start + len(feed))
-            last_rows.append(len(tokens) - 1)
+            count, start = feed_lens[rid], starts[rid]
+            positions.extend(range(start, start + count))
+            query_lens.append(count)
+            seq_lens.append(start + count)
+            last_rows.append(len(positions) - 1)
         meta = AttentionMetadata.build(query_lens, seq_lens, [block_tables[r] for r in order],
                                        self.block_size, self.device)
-        hidden, _ = self.model(torch.tensor(tokens, device=self.device),
-                               torch.tensor(positions, device=self.device),
+        hidden, _ = self.model(feed, to_device(positions, device=self.device),
                                self.kv_caches, meta, num_layers=self.num_layers)
-        return self.model.compute_logits(hidden[last_rows])
+        return self.model.compute_logits(hidden[to_device(last_rows, torch.long, self.device)])
 
-    def _extend(self, order, logits: torch.Tensor, drafts) -> None:
+    def _extend(self, order, logits: torch.Tensor, drafts, draws: "_Draws") -> torch.Tensor:
         """Draw one draft token per request from the draft distribution
-        under the request's own sampling transforms (engine/spec/draw.py)."""
+        under the request's own sampling transforms (engine/spec/draw.py);
+        returns them [R] on the device."""
         states = [drafts[rid] for rid in order]
         probs = target_probs(logits, [state.row_context() for state in states])
         # The draft model's own belief, before the request's transforms
         # (those make greedy rows one-hot).
-        peak = torch.softmax(logits.float(), dim=-1).amax(dim=-1).tolist()
-        tokens = draw_drafts(probs, [state.item for state in states], [len(state.token_ids) for state in states])
+        peak = torch.softmax(logits.float(), dim=-1).amax(dim=-1)
+        tokens = draw_drafts(probs, [state.item for state in states], [state.count for state in states])
+        slots = draws.add(tokens, peak)
         for i, state in enumerate(states):
-            state.add(tokens[i], probs[i], peak[i])
+            state.add(slots[i], probs[i])
+        if any(state.request.sampling_params.has_penalties for state in states):
+            # Penalties count the drafts before a row on the host (sampler):
+            # with a penalised request each draft position costs a sync.
+            draws.fetch(states)
+        return tokens
+
+
+class _Draws:
+    """Every token and confidence drafted in one propose(), kept on the
+    device and read back together."""
+
+    def __init__(self):
+        self.tokens: list[torch.Tensor] = []
+        self.peaks: list[torch.Tensor] = []
+        self.size = 0
+
+    def add(self, tokens: torch.Tensor, peaks: torch.Tensor) -> range:
+        """Store one round's draws; returns their slots."""
+        self.tokens.append(tokens)
+        self.peaks.append(peaks)
+        self.size += tokens.shape[0]
+        return range(self.size - tokens.shape[0], self.size)
+
+    def fetch(self, states) -> None:
+        """One device->host transfer; fills each state's tokens and confidences."""
+        if not self.tokens:
+            return
+        host = fetch({"tokens": torch.cat(self.tokens), "peaks": torch.cat(self.peaks)})
+        for state in states:
+            state.token_ids = [host["tokens"][slot] for slot in state.slots]
+            state.confidences = [host["peaks"][slot] for slot in state.slots]
 
 
 class _DraftState:
-    """Tokens, distributions and confidences drafted so far for one request."""
+    """Tokens, distributions and confidences drafted so far for one request
+    (token ids and confidences on the host once `_Draws.fetch` ran)."""
 
     def __init__(self, item: DraftInput):
         self.item = item
         self.request = item.request
         self.limit = item.max_tokens
+        self.slots: list[int] = []  # where this request's drafts sit in _Draws
         self.token_ids: list[int] = []
         self.probs: list[torch.Tensor] = []
         self.confidences: list[float] = []
 
     @property
+    def count(self) -> int:
+        return len(self.slots)
+
+    @property
     def done(self) -> bool:
-        return len(self.token_ids) >= self.limit
+        return self.count >= self.limit
 
     def row_context(self) -> RowContext:
+        # token_ids is current whenever penalties read it (_extend fetches then).
         return RowContext.for_request(self.request, self.token_ids)
 
-    def add(self, token: int, probs: torch.Tensor, confidence: float) -> None:
-        self.token_ids.append(token)
+    def add(self, slot: int, probs: torch.Tensor) -> None:
+        self.slots.append(slot)
         self.probs.append(probs)
-        self.confidences.append(confidence)
 
     def proposal(self, source: str) -> DraftBlock:
         return DraftBlock(self.token_ids, self.confidences, torch.stack(self.probs), source)

@@ -15,22 +15,22 @@ import torch
 
 from engine.gumbel import seeded_tokens
 from engine.spec.base import DraftInput
+from kernels.to_device import to_device
 
 
-def draw_drafts(probs: torch.Tensor, inputs: list[DraftInput], num_drafted: list[int]) -> list[int]:
+def draw_drafts(probs: torch.Tensor, inputs: list[DraftInput], num_drafted: list[int]) -> torch.Tensor:
     """probs [R, V]: row i is the distribution of inputs[i]'s next draft,
-    which follows num_drafted[i] earlier drafts. Returns one token per row."""
-    tokens = probs.argmax(dim=-1).tolist()
+    which follows num_drafted[i] earlier drafts. Returns one token per row,
+    [R] long on probs' device (nothing is read back to the host)."""
+    tokens = probs.argmax(dim=-1)
     seeded = [i for i, item in enumerate(inputs)
               if not item.request.sampling_params.greedy and item.request.sampling_params.seed is not None]
     if seeded:
-        index = torch.tensor(seeded, device=probs.device)
-        drawn = seeded_tokens(probs[index], [inputs[i].request.sampling_params.seed for i in seeded],
-                              [inputs[i].request.num_output_tokens + num_drafted[i] for i in seeded])
-        for i, token in zip(seeded, drawn.tolist()):
-            tokens[i] = token
+        index = to_device(seeded, device=probs.device)
+        tokens[index] = seeded_tokens(probs[index], [inputs[i].request.sampling_params.seed for i in seeded],
+                                      [inputs[i].request.num_output_tokens + num_drafted[i] for i in seeded])
     for i, item in enumerate(inputs):
         params = item.request.sampling_params
         if not params.greedy and params.seed is None:
-            tokens[i] = int(torch.multinomial(probs[i], 1, generator=item.generator))
+            tokens[i] = torch.multinomial(probs[i], 1, generator=item.generator)[0]
     return tokens

@@ -10,7 +10,8 @@ then has exactly the target's distribution.
 Randomness. Request r draws `num_draft[r] + 1` uniforms from its own
 generator, in one call: uniform k decides draft k, the last one samples the
 recovered or bonus token (by inverse CDF). Both implementations below use the
-same draws in the same way, so on CPU they return identical tokens for the
+same draws in the same way (the reference is in rejection_reference.py), so
+on CPU they return identical tokens for the
 same seeds. A request whose target rows are all one-hot (greedy, or a filter
 that left one token) draws nothing: its result does not depend on
 randomness, and with a one-hot target the rule above is exactly greedy
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.gumbel import seeded_tokens
+from kernels.to_device import to_device
 
 
 @dataclass
@@ -46,6 +48,20 @@ class AcceptanceResult:
 
     emitted_token_ids: list[list[int]]  # accepted drafts, then one recovered or bonus token
     num_accepted: list[int]             # how many drafts survived
+
+
+@dataclass
+class DeviceAcceptance:
+    """The same outcome still on the device (no host sync yet): a request's
+    emitted tokens are its first num_accepted drafts, then its final token."""
+
+    num_accepted: torch.Tensor  # [R] long
+    final_tokens: torch.Tensor  # [R] long, the recovered or bonus token
+
+    def to_result(self, draft_token_ids: list[int], num_draft: list[int]) -> AcceptanceResult:
+        """Host lists, in one device->host transfer."""
+        accepted, final = torch.stack([self.num_accepted, self.final_tokens]).tolist()
+        return _assemble(draft_token_ids, accepted, final, num_draft)
 
 
 def rejection_sample(
@@ -65,45 +81,28 @@ def rejection_sample(
     num_draft: [R] drafts per request (0 = plain sampling of the bonus row).
     generators: [R] per-request generators; request r uses only generators[r].
     """
+    return rejection_sample_on_device(draft_token_ids, draft_probs, target_probs, num_draft,
+                                      generators).to_result(draft_token_ids.tolist(), num_draft)
+
+
+def rejection_sample_on_device(draft_token_ids, draft_probs, target_probs, num_draft: list[int],
+                               generators: list[torch.Generator],
+                               needs_draws: list[bool] | None = None) -> DeviceAcceptance:
+    """`rejection_sample` without the host transfer. needs_draws[r] (known
+    on the host, e.g. "not greedy") says whether request r draws its
+    uniforms; None decides from target_probs, which costs a device sync. A
+    request whose rows are all one-hot gets the same tokens either way."""
     layout = _Layout(num_draft, target_probs.device)
     _check_shapes(draft_token_ids, draft_probs, target_probs, layout, generators)
     drafts = draft_token_ids.to(target_probs.device)
-    uniforms = _draw_uniforms(target_probs, layout, generators)
+    uniforms = _draw_uniforms(target_probs, layout, generators, needs_draws)
     p_t_x = target_probs[layout.verify_rows, drafts]
     p_d_x = _draft_prob_of_drafts(drafts, draft_probs)
     accepted = _accept(uniforms[layout.verify_rows], p_t_x, p_d_x)
     num_accepted = _count_leading_accepts(accepted, layout)
     final_tokens = _sample_final_tokens(drafts, draft_probs, target_probs, layout,
                                         num_accepted, uniforms[layout.bonus_rows])
-    return _assemble(drafts.tolist(), num_accepted.tolist(), final_tokens.tolist(), num_draft)
-
-
-def rejection_sample_reference(
-    draft_token_ids: torch.Tensor,
-    draft_probs: torch.Tensor | None,
-    target_probs: torch.Tensor,
-    num_draft: list[int],
-    generators: list[torch.Generator],
-) -> AcceptanceResult:
-    """The contract as a plain per-request loop: the test oracle.
-
-    Same arguments and shapes as `rejection_sample`, same random draws.
-    """
-    emitted, num_accepted = [], []
-    draft_start = row_start = 0
-    for n, generator in zip(num_draft, generators):
-        drafts = draft_token_ids[draft_start: draft_start + n].tolist()
-        p_t = target_probs[row_start: row_start + n + 1]
-        if _all_one_hot(p_t):
-            tokens = _greedy_request(drafts, p_t)
-        else:
-            p_d = _draft_rows(drafts, draft_probs, draft_start, p_t)
-            uniforms = _uniforms(n + 1, generator, p_t.device)
-            tokens = _sampled_request(drafts, p_d, p_t, uniforms)
-        emitted.append(tokens)
-        num_accepted.append(len(tokens) - 1)
-        draft_start, row_start = draft_start + n, row_start + n + 1
-    return AcceptanceResult(emitted, num_accepted)
+    return DeviceAcceptance(num_accepted, final_tokens)
 
 
 def verify_drafts(
@@ -123,19 +122,32 @@ def verify_drafts(
     and first_positions[r], the output position its first row emits (its
     number of output tokens so far).
     """
+    return verify_drafts_on_device(draft_token_ids, draft_probs, target_probs, num_draft, generators,
+                                   seeds, first_positions).to_result(draft_token_ids.tolist(), num_draft)
+
+
+def verify_drafts_on_device(draft_token_ids, draft_probs, target_probs, num_draft: list[int],
+                            generators: list[torch.Generator | None], seeds: list[int | None],
+                            first_positions: list[int], needs_draws: list[bool] | None = None
+                            ) -> DeviceAcceptance:
+    """`verify_drafts` without the host transfer (needs_draws as for
+    `rejection_sample_on_device`)."""
     seeded = [r for r, seed in enumerate(seeds) if seed is not None]
     if not seeded:
-        return rejection_sample(draft_token_ids, draft_probs, target_probs, num_draft, generators)
+        return rejection_sample_on_device(draft_token_ids, draft_probs, target_probs, num_draft,
+                                          generators, needs_draws)
     unseeded = [r for r, seed in enumerate(seeds) if seed is None]
     slices = _RequestSlices(num_draft, target_probs.device)
     drafts, _, rows = slices.select(seeded, draft_token_ids, None, target_probs)
-    parts = [(seeded, coupled_verify(drafts, rows, [num_draft[r] for r in seeded],
-                                     [seeds[r] for r in seeded], [first_positions[r] for r in seeded]))]
+    parts = [(seeded, coupled_verify_on_device(drafts, rows, [num_draft[r] for r in seeded],
+                                               [seeds[r] for r in seeded],
+                                               [first_positions[r] for r in seeded]))]
     if unseeded:
         drafts, probs, rows = slices.select(unseeded, draft_token_ids, draft_probs, target_probs)
-        parts.append((unseeded, rejection_sample(drafts, probs, rows, [num_draft[r] for r in unseeded],
-                                                 [generators[r] for r in unseeded])))
-    return _merge(parts, len(num_draft))
+        parts.append((unseeded, rejection_sample_on_device(
+            drafts, probs, rows, [num_draft[r] for r in unseeded], [generators[r] for r in unseeded],
+            None if needs_draws is None else [needs_draws[r] for r in unseeded])))
+    return _merge(parts, len(num_draft), target_probs.device)
 
 
 def coupled_verify(draft_token_ids: torch.Tensor, target_probs: torch.Tensor, num_draft: list[int],
@@ -146,14 +158,21 @@ def coupled_verify(draft_token_ids: torch.Tensor, target_probs: torch.Tensor, nu
     `rejection_sample`; seeds[r] and first_positions[r] key request r's
     noise, row j of request r standing for output position first_positions[r] + j.
     """
+    return coupled_verify_on_device(draft_token_ids, target_probs, num_draft, seeds,
+                                    first_positions).to_result(draft_token_ids.tolist(), num_draft)
+
+
+def coupled_verify_on_device(draft_token_ids: torch.Tensor, target_probs: torch.Tensor,
+                             num_draft: list[int], seeds: list[int],
+                             first_positions: list[int]) -> DeviceAcceptance:
+    """`coupled_verify` without the host transfer."""
     layout = _Layout(num_draft, target_probs.device)
     row_seeds = [seed for seed, n in zip(seeds, num_draft) for _ in range(n + 1)]
     row_positions = [first + j for first, n in zip(first_positions, num_draft) for j in range(n + 1)]
     tokens = seeded_tokens(target_probs, row_seeds, row_positions)  # [D + R]
     drafts = draft_token_ids.to(target_probs.device)
     num_accepted = _count_leading_accepts(drafts == tokens[layout.verify_rows], layout)
-    final_tokens = tokens[layout.first_row + num_accepted]
-    return _assemble(drafts.tolist(), num_accepted.tolist(), final_tokens.tolist(), num_draft)
+    return DeviceAcceptance(num_accepted, tokens[layout.first_row + num_accepted])
 
 
 class _RequestSlices:
@@ -176,17 +195,17 @@ class _RequestSlices:
         return draft_token_ids[drafts.to(draft_token_ids.device)], probs, target_probs[rows]
 
     def _index(self, ranges: list[range]) -> torch.Tensor:
-        return torch.tensor([i for span in ranges for i in span], dtype=torch.long, device=self.device)
+        return to_device([i for span in ranges for i in span], dtype=torch.long, device=self.device)
 
 
-def _merge(parts: list[tuple[list[int], AcceptanceResult]], num_requests: int) -> AcceptanceResult:
-    """Results of sub-batches (request indices, result) back in batch order."""
-    emitted: list[list[int]] = [[] for _ in range(num_requests)]
-    accepted = [0] * num_requests
-    for requests, result in parts:
-        for r, tokens, count in zip(requests, result.emitted_token_ids, result.num_accepted):
-            emitted[r], accepted[r] = tokens, count
-    return AcceptanceResult(emitted, accepted)
+def _merge(parts: list[tuple[list[int], DeviceAcceptance]], num_requests: int, device) -> DeviceAcceptance:
+    """Results of sub-batches (request indices, result) back in batch order, on the device."""
+    accepted = torch.zeros(num_requests, dtype=torch.long, device=device)
+    final = torch.zeros(num_requests, dtype=torch.long, device=device)
+    for requests, part in parts:
+        index = to_device(requests, dtype=torch.long, device=device)
+        accepted[index], final[index] = part.num_accepted, part.final_tokens
+    return DeviceAcceptance(accepted, final)
 
 
 # --- the two rules both implementations share ---------------------------------
@@ -238,7 +257,7 @@ class _Layout:
     def __init__(self, num_draft: list[int], device: torch.device):
         self.num_draft_list = num_draft
         self.num_requests, self.num_drafts = len(num_draft), sum(num_draft)
-        self.num_draft = torch.tensor(num_draft, dtype=torch.long, device=device)
+        self.num_draft = to_device(num_draft, dtype=torch.long, device=device)
         self.first_row = torch.cumsum(self.num_draft + 1, 0) - (self.num_draft + 1)  # [R]
         self.draft_start = torch.cumsum(self.num_draft, 0) - self.num_draft  # [R]
         self.bonus_rows = self.first_row + self.num_draft  # [R]
@@ -265,19 +284,26 @@ def _check_shapes(draft_token_ids, draft_probs, target_probs, layout: _Layout, g
         raise ValueError(f"{len(generators)} generators for {r} requests")
 
 
-def _draw_uniforms(target_probs: torch.Tensor, layout: _Layout,
-                   generators: list[torch.Generator]) -> torch.Tensor:
-    """[D + R] float64, laid out like target_probs' rows; 0 for requests that need no randomness."""
+def _draw_uniforms(target_probs: torch.Tensor, layout: _Layout, generators: list[torch.Generator],
+                   needs_draws: list[bool] | None) -> torch.Tensor:
+    """[D + R] float64, laid out like target_probs' rows; 0 for requests that draw nothing."""
     uniforms = torch.zeros(target_probs.shape[0], dtype=torch.float64, device=target_probs.device)
-    spread_rows = (target_probs > 0).sum(dim=-1) != 1
-    spread_per_request = torch.zeros(layout.num_requests, dtype=torch.long, device=target_probs.device)
-    spread_per_request.index_add_(0, layout.request_of_row, spread_rows.long())
+    if needs_draws is None:
+        needs_draws = _spread_requests(target_probs, layout)
     start = 0
-    for n, generator, spread in zip(layout.num_draft_list, generators, spread_per_request.tolist()):
-        if spread:
+    for n, generator, draws in zip(layout.num_draft_list, generators, needs_draws):
+        if draws:
             uniforms[start: start + n + 1] = _uniforms(n + 1, generator, target_probs.device)
         start += n + 1
     return uniforms
+
+
+def _spread_requests(target_probs: torch.Tensor, layout: _Layout) -> list[bool]:
+    """Per request: does any of its rows have more than one possible token? (A device sync.)"""
+    spread_rows = (target_probs > 0).sum(dim=-1) != 1
+    spread_per_request = torch.zeros(layout.num_requests, dtype=torch.long, device=target_probs.device)
+    spread_per_request.index_add_(0, layout.request_of_row, spread_rows.long())
+    return [bool(count) for count in spread_per_request.tolist()]
 
 
 def _draft_prob_of_drafts(drafts: torch.Tensor, draft_probs: torch.Tensor | None) -> torch.Tensor:
@@ -335,47 +361,3 @@ def _assemble(drafts: list[int], num_accepted: list[int], final_tokens: list[int
         emitted.append(drafts[start: start + accepted] + [final])
         start += n
     return AcceptanceResult(emitted, num_accepted)
-
-
-# --- reference implementation ---------------------------------------------------
-
-def _all_one_hot(p_t: torch.Tensor) -> bool:
-    """p_t: [n + 1, V]. True when every row has exactly one token of nonzero probability."""
-    return bool(((p_t > 0).sum(dim=-1) == 1).all())
-
-
-def _greedy_request(drafts: list[int], p_t: torch.Tensor) -> list[int]:
-    """p_t: [n + 1, V] one-hot rows. Accept while the draft is the argmax, then emit the argmax."""
-    tokens = []
-    for k, draft in enumerate(drafts):
-        best = int(p_t[k].argmax())
-        tokens.append(best)
-        if draft != best:
-            return tokens
-    tokens.append(int(p_t[len(drafts)].argmax()))
-    return tokens
-
-
-def _draft_rows(drafts: list[int], draft_probs, draft_start: int, p_t: torch.Tensor) -> torch.Tensor:
-    """One request's draft distributions: [n, V] (one-hot at the drafts when draft_probs is None)."""
-    n = len(drafts)
-    if draft_probs is not None:
-        return draft_probs[draft_start: draft_start + n]
-    one_hot = torch.zeros(n, p_t.shape[1], dtype=p_t.dtype, device=p_t.device)
-    one_hot[torch.arange(n), drafts] = 1.0
-    return one_hot
-
-
-def _sampled_request(drafts: list[int], p_d: torch.Tensor, p_t: torch.Tensor,
-                     uniforms: torch.Tensor) -> list[int]:
-    """p_d: [n, V]; p_t: [n + 1, V]; uniforms: [n + 1]. The contract, one position at a time."""
-    tokens = []
-    last = uniforms[len(drafts): len(drafts) + 1]
-    for k, draft in enumerate(drafts):
-        if _accept(uniforms[k: k + 1], p_t[k, draft: draft + 1], p_d[k, draft: draft + 1]):
-            tokens.append(draft)
-            continue
-        recovered = _sample_inverse_cdf(_residual(p_t[k: k + 1], p_d[k: k + 1]), last)
-        return tokens + [int(recovered)]
-    bonus = _sample_inverse_cdf(p_t[len(drafts): len(drafts) + 1], last)
-    return tokens + [int(bonus)]

@@ -14,6 +14,7 @@ from engine.spec.heads.base import DraftHead
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.drafting import DraftBatch, RequestState, padded_context
 from engine.spec.heads.layers import HeadAttention, attend
+from kernels.to_device import to_device
 
 
 class BlockLayer(nn.Module):
@@ -108,8 +109,8 @@ class BlockHead(DraftHead):
     def draft(self, batch: DraftBatch) -> None:
         """The whole block in one backbone pass; per-position terms after it."""
         ctx_kv, ctx_valid = padded_context(batch.states, len(self.layers))
-        lengths = torch.tensor([s.num_context for s in batch.states], device=ctx_valid.device)
-        anchors = torch.tensor([[i.request.last_token_id] for i in batch.items], device=ctx_valid.device)
+        lengths = to_device([s.num_context for s in batch.states], device=ctx_valid.device)
+        anchors = to_device([[i.request.last_token_id] for i in batch.items], device=ctx_valid.device)
         width = self.block_inputs
         positions = lengths[:, None] + torch.arange(width, device=lengths.device)
         mask = torch.cat([ctx_valid[:, None, :].expand(-1, width, -1),

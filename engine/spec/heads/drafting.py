@@ -127,10 +127,10 @@ class DraftBatch:
         if confidence is None:
             confidence = torch.softmax(logits, dim=-1).amax(dim=-1)
         confidence = confidence.tolist()
-        tokens = draw_drafts(probs, self.items, [len(drafted) for drafted in self.tokens])
-        for i, token in enumerate(tokens):
+        drawn = draw_drafts(probs, self.items, [len(drafted) for drafted in self.tokens])
+        for i, token in enumerate(drawn.tolist()):
             self._add(i, token, probs[i], self._calibrated(confidence[i], i, k))
-        return torch.tensor(tokens, device=logits.device)
+        return drawn
 
     def _add(self, index: int, token: int, probs: torch.Tensor, confidence: float) -> None:
         if len(self.tokens[index]) < self.items[index].max_tokens:

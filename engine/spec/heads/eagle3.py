@@ -16,6 +16,7 @@ from engine.spec.heads.base import DraftHead
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.drafting import DraftBatch, RequestState, padded_context
 from engine.spec.heads.layers import HeadAttention, attend
+from kernels.to_device import to_device
 
 
 class Eagle3Head(DraftHead):
@@ -67,7 +68,7 @@ class Eagle3Head(DraftHead):
         """Run the head over new context entries (feats_i, token_{i+1}) with
         causal attention over its cached entries; keep the last output."""
         start, n = state.num_context, feats.shape[0]
-        tokens = torch.tensor(request.token_ids(start + 1, start + n + 1), device=feats.device)
+        tokens = to_device(request.token_ids(start + 1, start + n + 1), device=feats.device)
         positions = torch.arange(start, start + n, device=feats.device)
         past_k, past_v = state.kv[0].view() if state.kv else self._empty_kv(feats)
         mask = _causal_after_past(past_k.shape[0], n, feats.device)
@@ -81,7 +82,7 @@ class Eagle3Head(DraftHead):
         plus this call's own (temporary) draft entries."""
         layers, valid = padded_context(batch.states, 1)
         past_k, past_v = layers[0]
-        lengths = torch.tensor([s.num_context for s in batch.states], device=past_k.device)
+        lengths = to_device([s.num_context for s in batch.states], device=past_k.device)
         out = torch.stack([s.last for s in batch.states])  # [R, H]
         prev = batch.sample(0, self.expand_logits(self.logits(out)), None)
         for k in range(1, batch.longest):

@@ -24,7 +24,8 @@ import torch
 
 from engine.sampler import RowContext, make_generator, target_probs
 from engine.spec import rejection
-from engine.spec.rejection import rejection_sample, rejection_sample_reference
+from engine.spec.rejection import rejection_sample
+from engine.spec.rejection_reference import rejection_sample_reference
 from scheduler.request import SamplingParams
 
 V = 5

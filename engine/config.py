@@ -116,6 +116,11 @@ class EngineConfig:
     # A token's logits do not depend on the batch computing it (bitwise), so
     # speculation stays lossless in any dtype; off trades that for speed.
     batch_invariant: bool = True
+    # Machine counters (NVML on CUDA, run-queue wait on CPU) tell the
+    # verification policy how much of the machine others hold. Off, the
+    # policy prices no outside load: tests turn them off so that what they
+    # verify does not depend on what else runs on the machine.
+    machine_counters: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "float16", "bfloat16", "float64"):

@@ -109,13 +109,15 @@ def draft_models(vocab_draft_dir, head_checkpoints) -> dict[str, str]:
 
 def engine_config(target, method: str, policy: str, draft_model: str | None, num_speculative_tokens: int,
                   max_num_seqs: int) -> EngineConfig:
-    """The engine setup of these tests: float32, self-draft from 1 of 2 layers."""
+    """The engine setup of these tests: float32, self-draft from 1 of 2 layers,
+    no machine counters (what is verified must not depend on what else runs
+    on the machine)."""
     spec = SpeculativeConfig(method=method, num_speculative_tokens=num_speculative_tokens,
                              draft_model=draft_model, self_draft_layers=1, policy=policy)
     return EngineConfig(model=target.path, cache=CacheConfig(block_size=8, num_blocks=2048),
                         scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=1024,
                                                   max_model_len=64),
-                        speculative=spec)
+                        speculative=spec, machine_counters=False)
 
 
 class DrawnTokenConfidence(Drafter):

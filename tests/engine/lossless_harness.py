@@ -358,15 +358,18 @@ def mixed_requests(per_setting: int) -> tuple[list[list[int]], list[SamplingPara
     return prompts, params, names
 
 
-def serve(engine, prompts: list[list[int]], params: list[SamplingParams], window: int) -> list[list[int]]:
+def serve(engine, prompts: list[list[int]], params: list[SamplingParams], window: int,
+          arrivals_per_step: int | None = None) -> list[list[int]]:
     """Every request's output tokens; requests are added as earlier ones
     finish, at most `window` in the engine at a time (a steady stream, and
-    the engine's per-step work stays proportional to what it holds)."""
+    the engine's per-step work stays proportional to what it holds) and at
+    most `arrivals_per_step` before each step (None: as many as fit)."""
     outputs: dict[str, list[int]] = {}
     pending = iter(range(len(prompts)))
     live = 0
     while True:
-        for i in itertools.islice(pending, window - live):
+        arriving = window - live if arrivals_per_step is None else min(window - live, arrivals_per_step)
+        for i in itertools.islice(pending, arriving):
             engine.add_request(str(i), prompts[i], params[i])
             outputs[str(i)] = []
             live += 1

@@ -18,11 +18,16 @@ requests admitted in the same step included (AdaptivePolicy). So requests
 arrive as a steady stream of ARRIVALS_PER_STEP per step, at most
 MAX_NUM_SEQS in the engine: a step then holds at most MAX_NUM_SEQS decoders
 and admissions, each admission PROMPT_LEN tokens, and KNEE leaves DRAFT_ROOM
-tokens above the fullest such step. With 80-128 requests in the step only
-the 16-48 most confident drafts are verified, so verification lengths follow
-the confidences. (Refilling every free seat at once instead makes the short
-requests move in waves of up to 128 admissions, 640 prefill tokens: such
-steps verify nothing, and too few drafts are verified for the test's power.)
+tokens above the fullest such step. With 80-128 requests in the step, only
+the 16-30 most confident drafts of most steps are verified (the step's
+other tokens: 240-256), so verification lengths follow the confidences.
+Below the knee every draft pays and past it none does while 32 or more
+users share the step, whatever the waiting users or the (wall-clock)
+arrival rate add to them: what is verified does not depend on timing, and
+the engines run without machine counters (lossless_harness.engine_config).
+Refilling every free seat at once instead moves the short requests in waves
+of up to 128 admissions (640 prefill tokens): such steps verify nothing,
+and too few drafts are verified for the test's power.
 
 Mutations (the last tests): the same harness must reject an engine whose
 drafter reports c_k = q(x_k) (the bug this suite was written for), whose

@@ -65,6 +65,9 @@ def _add_model_flags(g: argparse._ArgumentGroup) -> None:
                    help="auto: bfloat16 on CPUs with AMX/AVX512-BF16 and on CUDA, else float32")
     g.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=True,
                    help="bitwise batch-independent logits, so speculation stays lossless in bf16")
+    g.add_argument("--machine-counters", action=argparse.BooleanOptionalAction, default=True,
+                   help="let the verification policy price other processes' load (NVML on CUDA, "
+                        "run-queue wait on CPU); off for benchmarks on a shared machine")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="replay decode and verification steps from CUDA graphs (default: on for CUDA)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -151,7 +154,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(model=args.model, dtype=args.dtype, device=args.device, cache=cache,
                         scheduler=scheduler, speculative=speculative,
                         served_model_name=args.served_model_name, seed=args.seed,
-                        batch_invariant=args.batch_invariant, cuda_graphs=args.cuda_graphs)
+                        batch_invariant=args.batch_invariant, cuda_graphs=args.cuda_graphs,
+                        machine_counters=args.machine_counters)
 
 
 def _resolve_model(model: str | None) -> str:

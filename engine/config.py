@@ -117,6 +117,11 @@ class EngineConfig:
     # Replay decode/verification steps from CUDA graphs (engine/cuda_graphs.py);
     # None: on for CUDA devices, off elsewhere. True on a CPU is an error.
     cuda_graphs: bool | None = None
+    # Machine counters (NVML on CUDA, run-queue wait on CPU) tell the
+    # verification policy how much of the machine others hold. Off, the
+    # policy prices no outside load: tests turn them off so that what they
+    # verify does not depend on what else runs on the machine.
+    machine_counters: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "float16", "bfloat16", "float64"):

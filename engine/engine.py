@@ -70,7 +70,8 @@ class LLMEngine:
                                   cuda_graph_len=self._cuda_graph_len())
         self.verify_policy = self._build_verify_policy(step_cost)
         # Machine counters for the scheduler's load signal, read off the step loop.
-        self.device_sampler = DeviceSampler(source_for_device(config.device)).start()
+        counters = source_for_device(config.device) if config.machine_counters else None
+        self.device_sampler = DeviceSampler(counters).start()
         self.scheduler = Scheduler(config.scheduler, cache, drafting=self._drafting_limits(),
                                    verify_policy=self.verify_policy,
                                    enable_prefix_caching=not (self.drafter and self.drafter.aux_layers),

@@ -15,3 +15,8 @@ def test_defaults_are_auto_and_batch_invariant():
 def test_no_batch_invariant_and_explicit_dtype():
     config = _config("--no-batch-invariant", "--dtype", "bfloat16")
     assert (config.dtype, config.batch_invariant) == ("bfloat16", False)
+
+
+def test_machine_counters_flag():
+    assert _config().machine_counters is True
+    assert _config("--no-machine-counters").machine_counters is False

@@ -21,7 +21,7 @@ TOPICS = ["caches", "trees", "rivers", "compilers", "tea", "maps", "clocks", "be
 
 def make_client(model_dir, method: str) -> AsyncEngineClient:
     config = EngineConfig(
-        model=model_dir, served_model_name="tiny",
+        model=model_dir, served_model_name="tiny", machine_counters=False,
         cache=CacheConfig(block_size=8, num_blocks=400),
         scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=96, max_model_len=512),
         speculative=SpeculativeConfig(method=method, num_speculative_tokens=4, self_draft_layers=1))

@@ -19,7 +19,7 @@ from tests.tiny_model import make_tiny_model_dir
 
 def make_client(model_dir, method: str, policy: str) -> AsyncEngineClient:
     config = EngineConfig(
-        model=model_dir, served_model_name="tiny", dtype="bfloat16",
+        model=model_dir, served_model_name="tiny", dtype="bfloat16", machine_counters=False,
         cache=CacheConfig(block_size=8, num_blocks=400),
         scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=96, max_model_len=512),
         speculative=SpeculativeConfig(method=method, num_speculative_tokens=4, self_draft_layers=1,

@@ -40,7 +40,7 @@ def model_dir(tmp_path_factory):
 
 def make_engine(model_dir, method: str = "ngram") -> LLMEngine:
     config = EngineConfig(
-        model=model_dir, served_model_name="tiny",
+        model=model_dir, served_model_name="tiny", machine_counters=False,
         cache=CacheConfig(block_size=8, num_blocks=200),
         scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=128, max_model_len=256),
         speculative=SpeculativeConfig(method=method, num_speculative_tokens=4))

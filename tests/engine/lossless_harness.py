@@ -109,13 +109,15 @@ def draft_models(vocab_draft_dir, head_checkpoints) -> dict[str, str]:
 
 def engine_config(target, method: str, policy: str, draft_model: str | None, num_speculative_tokens: int,
                   max_num_seqs: int) -> EngineConfig:
-    """The engine setup of these tests: float32, self-draft from 1 of 2 layers."""
+    """The engine setup of these tests: float32, self-draft from 1 of 2 layers,
+    no machine counters (what is verified must not depend on what else runs
+    on the machine)."""
     spec = SpeculativeConfig(method=method, num_speculative_tokens=num_speculative_tokens,
                              draft_model=draft_model, self_draft_layers=1, policy=policy)
     return EngineConfig(model=target.path, cache=CacheConfig(block_size=8, num_blocks=2048),
                         scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=1024,
                                                   max_model_len=64),
-                        speculative=spec)
+                        speculative=spec, machine_counters=False)
 
 
 class DrawnTokenConfidence(Drafter):
@@ -356,15 +358,18 @@ def mixed_requests(per_setting: int) -> tuple[list[list[int]], list[SamplingPara
     return prompts, params, names
 
 
-def serve(engine, prompts: list[list[int]], params: list[SamplingParams], window: int) -> list[list[int]]:
+def serve(engine, prompts: list[list[int]], params: list[SamplingParams], window: int,
+          arrivals_per_step: int | None = None) -> list[list[int]]:
     """Every request's output tokens; requests are added as earlier ones
     finish, at most `window` in the engine at a time (a steady stream, and
-    the engine's per-step work stays proportional to what it holds)."""
+    the engine's per-step work stays proportional to what it holds) and at
+    most `arrivals_per_step` before each step (None: as many as fit)."""
     outputs: dict[str, list[int]] = {}
     pending = iter(range(len(prompts)))
     live = 0
     while True:
-        for i in itertools.islice(pending, window - live):
+        arriving = window - live if arrivals_per_step is None else min(window - live, arrivals_per_step)
+        for i in itertools.islice(pending, arriving):
             engine.add_request(str(i), prompts[i], params[i])
             outputs[str(i)] = []
             live += 1

@@ -46,7 +46,9 @@ def make_engine(model_dir, method, policy, draft_model=None) -> LLMEngine:
         scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256),
         speculative=SpeculativeConfig(method=method, num_speculative_tokens=4, draft_model=draft_model,
                                       policy=policy))
-    return LLMEngine(config, step_cost=StepCostModel.linear(0.01, 0.0005))
+    # Flat: every draft pays, so the adaptive policy verifies even the random
+    # draft model's unlikely drafts (the syncs of verification are counted).
+    return LLMEngine(config, step_cost=StepCostModel.flat())
 
 
 def count_step_syncs(engine: LLMEngine) -> tuple[list[int], int]:

@@ -24,8 +24,8 @@ def busy_machine(monkeypatch):
     monkeypatch.setattr(engine_module, "source_for_device", lambda device: FixedSource())
 
 
-def loaded_engine(model_dir, num_blocks=256, budget=64, max_num_seqs=16) -> LLMEngine:
-    config = EngineConfig(
+def loaded_engine(model_dir, num_blocks=256, budget=64, max_num_seqs=16, machine_counters=True) -> LLMEngine:
+    config = EngineConfig(machine_counters=machine_counters,
         model=str(model_dir), dtype="float32", cache=CacheConfig(block_size=8, num_blocks=num_blocks),
         scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
                                   max_model_len=512),
@@ -43,6 +43,15 @@ def test_engine_passes_the_sampled_counters_and_reports_the_load(model_dir, busy
     assert load.device == BUSY and load.busy == pytest.approx(0.7)
     assert load.decode_tokens > 0 and load.prefill_tokens > 0
     assert load.draft_tokens == engine.stats.num_draft_tokens > 0
+
+
+def test_without_machine_counters_the_policy_sees_no_outside_load(model_dir, busy_machine):
+    engine = loaded_engine(model_dir, machine_counters=False)
+    engine.generate([engine.tokenizer.encode(p) for p in PROMPTS], GREEDY)
+    assert engine.device_sampler.source is None
+    load = engine.snapshot_stats().load
+    assert load.device is None and load.busy == 0.0
+    assert load.draft_tokens > 0
 
 
 @pytest.mark.parametrize("budget, max_num_seqs, num_blocks", [(16, 16, 256), (64, 2, 256), (32, 16, 20)])

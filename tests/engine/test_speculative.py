@@ -44,7 +44,7 @@ def draft_dir(tmp_path_factory):
 def make_engine(model_dir, method="none", k=4, draft_model=None, num_blocks=256, policy="adaptive",
                 cost=None, **sched):
     config = EngineConfig(
-        model=str(model_dir), dtype="float32",
+        model=str(model_dir), dtype="float32", machine_counters=False,
         cache=CacheConfig(block_size=8, num_blocks=num_blocks),
         scheduler=SchedulerConfig(max_num_seqs=sched.get("max_num_seqs", 16),
                                   max_num_batched_tokens=sched.get("budget", 64), max_model_len=512),

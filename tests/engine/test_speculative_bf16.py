@@ -38,7 +38,7 @@ def draft_dir(tmp_path_factory):
 
 def make_engine(model_dir, method="none", policy="static", draft_model=None, batch_invariant=True):
     config = EngineConfig(
-        model=str(model_dir), dtype="bfloat16", batch_invariant=batch_invariant,
+        model=str(model_dir), dtype="bfloat16", batch_invariant=batch_invariant, machine_counters=False,
         cache=CacheConfig(block_size=8, num_blocks=400),
         scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=96, max_model_len=512),
         speculative=SpeculativeConfig(method=method, num_speculative_tokens=5, draft_model=draft_model,

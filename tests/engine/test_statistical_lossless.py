@@ -6,12 +6,28 @@ significance 1e-4, power >= 0.9 against a 3-point shift of any cell). Each
 engine serves PER_SETTING requests of each of two settings (temperature 1;
 top-k + top-p + min-p + all three penalties) interleaved, up to 128 at a
 time, plus a few greedy and seeded requests that must reproduce plain
-decoding token for token. The adaptive policies run under a cost curve
-that is flat up to KNEE query tokens and steep after it: with 100-128
-requests in decode, only the 16-44 most confident drafts of a step are
-verified, so verification lengths follow the confidences. Each test checks that speculation really happened (drafts
-verified and accepted; for the adaptive policies, more than one length
-chosen), so none passes vacuously.
+decoding token for token. Each test checks that speculation really happened
+(drafts verified and accepted; for the adaptive policies, more than one
+length chosen), so none passes vacuously.
+
+The adaptive policies run under a cost curve that is flat up to KNEE query
+tokens and steep after it (a draft past the knee costs 1/32 of a step, which
+no draft's survival pays for with ~100 users in the step). The load-aware
+policy prices drafts against ALL of the step's tokens, the prefill of the
+requests admitted in the same step included (AdaptivePolicy). So requests
+arrive as a steady stream of ARRIVALS_PER_STEP per step, at most
+MAX_NUM_SEQS in the engine: a step then holds at most MAX_NUM_SEQS decoders
+and admissions, each admission PROMPT_LEN tokens, and KNEE leaves DRAFT_ROOM
+tokens above the fullest such step. With 80-128 requests in the step, only
+the 16-30 most confident drafts of most steps are verified (the step's
+other tokens: 240-256), so verification lengths follow the confidences.
+Below the knee every draft pays and past it none does while 32 or more
+users share the step, whatever the waiting users or the (wall-clock)
+arrival rate add to them: what is verified does not depend on timing, and
+the engines run without machine counters (lossless_harness.engine_config).
+Refilling every free seat at once instead moves the short requests in waves
+of up to 128 admissions (640 prefill tokens): such steps verify nothing,
+and too few drafts are verified for the test's power.
 
 Mutations (the last tests): the same harness must reject an engine whose
 drafter reports c_k = q(x_k) (the bug this suite was written for), whose
@@ -41,7 +57,12 @@ POLICIES = ("static", "adaptive", "adaptive-async")
 SETTINGS = [(method, policy) for method in METHODS for policy in POLICIES] + [("hybrid", "static")]
 PER_SETTING = 3500
 MAX_NUM_SEQS = 128
-KNEE = MAX_NUM_SEQS + 16
+ARRIVALS_PER_STEP = 32
+PROMPT_LEN = len(PLAIN.prompt)  # every prompt of this test has this length
+DRAFT_ROOM = 16
+# Fullest step: ARRIVALS_PER_STEP admissions of PROMPT_LEN tokens, the other
+# seats decoding one token each.
+KNEE = MAX_NUM_SEQS + (PROMPT_LEN - 1) * ARRIVALS_PER_STEP + DRAFT_ROOM
 NUM_SPECULATIVE = 3  # a request has room for 2 drafts after its first token (OUTPUT_LEN 4)
 # Requests that must equal plain decoding token for token, mixed into every run.
 EXACT = [SamplingParams(temperature=0.0, max_tokens=OUTPUT_LEN, ignore_eos=True)] * 4 + [
@@ -75,7 +96,7 @@ def run_mixed(engine: LLMEngine, per_setting: int):
         prompts.insert(i * (step + 1), list(PLAIN.prompt))
         params.insert(i * (step + 1), extra)
         names.insert(i * (step + 1), name)
-    outputs = serve(engine, prompts, params, window=2 * MAX_NUM_SEQS)
+    outputs = serve(engine, prompts, params, window=MAX_NUM_SEQS, arrivals_per_step=ARRIVALS_PER_STEP)
     exact_outputs = [out for out, name in zip(outputs, names) if name == "exact"]
     return fit_by_setting(engine.loaded, outputs, names), exact_outputs
 

@@ -30,7 +30,7 @@ def real_engine_client(tmp_path_factory) -> Any:
 
     model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"), seed=5)
     config = EngineConfig(
-        model=model_dir, served_model_name="tiny-test-model",
+        model=model_dir, served_model_name="tiny-test-model", machine_counters=False,
         cache=CacheConfig(block_size=16, num_blocks=512),
         scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=256, max_model_len=512),
         speculative=SpeculativeConfig(method="ngram", num_speculative_tokens=4, policy="adaptive"))

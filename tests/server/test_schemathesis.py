@@ -48,7 +48,7 @@ def server(tmp_path_factory) -> Iterator[LiveServer]:
 
     config = EngineConfig(
         model=make_tiny_model_dir(tmp_path_factory.mktemp("tiny-st"), seed=2),
-        served_model_name="tiny", cache=CacheConfig(block_size=16, num_blocks=256),
+        served_model_name="tiny", machine_counters=False, cache=CacheConfig(block_size=16, num_blocks=256),
         scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=256, max_model_len=96),
         speculative=SpeculativeConfig(method="ngram", num_speculative_tokens=4))
     client = AsyncEngineClient(LLMEngine(config, step_cost=StepCostModel.flat()), "tiny")

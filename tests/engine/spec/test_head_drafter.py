@@ -128,7 +128,8 @@ def test_checkpoint_served_by_method_flag_is_lossless(tmp_path, tiny_dir, tiny_t
                              num_speculative_tokens=BLOCK, policy="adaptive")
     config = EngineConfig(model=str(tiny_dir), cache=CacheConfig(block_size=8, num_blocks=256),
                           scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64,
-                                                    max_model_len=512), speculative=spec)
+                                                    max_model_len=512), speculative=spec,
+                          machine_counters=False)
     engine = LLMEngine(config, step_cost=StepCostModel.flat())
     assert not engine.scheduler.block_manager.enable_prefix_caching
     prompts = [engine.tokenizer.encode(p) for p in PROMPTS] * 2  # repeats would hit the prefix cache

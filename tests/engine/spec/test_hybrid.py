@@ -57,7 +57,7 @@ def test_served_by_method_flag(tmp_path, tiny_dir, tiny_target):
     spec = SpeculativeConfig(method="hybrid", draft_model=str(tmp_path / "ckpt"), num_speculative_tokens=BLOCK)
     config = EngineConfig(model=str(tiny_dir), cache=CacheConfig(block_size=8, num_blocks=256),
                           scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=512),
-                          speculative=spec)
+                          speculative=spec, machine_counters=False)
     engine = LLMEngine(config, step_cost=StepCostModel.flat())
     assert isinstance(engine.drafter, HybridDrafter) and engine.drafter.aux_layers
     prompts = [engine.tokenizer.encode(p) for p in PROMPTS]

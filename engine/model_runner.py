@@ -54,12 +54,13 @@ def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device) -> Pa
                        meta, sample_rows, sampling, offsets)
 
 
-def row_contexts(item: ScheduledRequest) -> list[RowContext]:
+def row_contexts(item: ScheduledRequest, masks: torch.Tensor | None = None) -> list[RowContext]:
     """Sampling context of the anchor row and each draft row: row j sees the
     output so far plus drafts 1..j, exactly what plain decoding would see if
-    those drafts are accepted."""
+    those drafts are accepted (masks[j]: the grammar's allowed tokens there)."""
     drafts = item.spec_token_ids
-    return [RowContext.for_request(item.request, drafts[:j]) for j in range(len(drafts) + 1)]
+    return [RowContext.for_request(item.request, drafts[:j], None if masks is None else masks[j])
+            for j in range(len(drafts) + 1)]
 
 
 class ModelRunner:
@@ -79,6 +80,8 @@ class ModelRunner:
         self.kv_caches = allocate_kv_caches(model_config, num_blocks, block_size, dtype, device)
         self.generators: dict[str, torch.Generator] = {}
         self.aux_layers = aux_layers
+        # The engine's StructuredOutputs (grammar masks of constrained requests).
+        self.grammars = None
 
     def generator_for(self, request: Request) -> torch.Generator:
         gen = self.generators.get(request.request_id)
@@ -122,15 +125,25 @@ class ModelRunner:
     def _verify(self, sampling: list[ScheduledRequest], logits: torch.Tensor) -> AcceptanceResult:
         """Seeded requests follow the Gumbel-max rule (the same tokens with
         speculation on or off); the others rejection sampling."""
-        probs = target_probs(logits, [ctx for item in sampling for ctx in row_contexts(item)])
+        probs = target_probs(logits, [ctx for item in sampling for ctx in row_contexts(item, self._masks(item))])
         draft_ids = torch.tensor([t for item in sampling for t in item.spec_token_ids],
                                  dtype=torch.long, device=self.device)
         requests = [item.request for item in sampling]
         seeds = [r.sampling_params.seed for r in requests]
         generators = [self.generator_for(r) if seed is None else None for r, seed in zip(requests, seeds)]
-        return verify_drafts(draft_ids, self._draft_probs(sampling, logits.shape[-1]), probs,
-                             [item.num_spec_tokens for item in sampling], generators, seeds,
-                             [r.num_output_tokens for r in requests])
+        result = verify_drafts(draft_ids, self._draft_probs(sampling, logits.shape[-1]), probs,
+                               [item.num_spec_tokens for item in sampling], generators, seeds,
+                               [r.num_output_tokens for r in requests])
+        if self.grammars is not None:
+            for request, emitted, accepted in zip(requests, result.emitted_token_ids, result.num_accepted):
+                self.grammars.commit(request, emitted, accepted)
+        return result
+
+    def _masks(self, item: ScheduledRequest) -> torch.Tensor | None:
+        """The grammar's masks of the item's rows ([n + 1, V] bool), or None."""
+        if self.grammars is None:
+            return None
+        return self.grammars.verify_masks(item.request, item.spec_token_ids)
 
     def _stash_hidden(self, scheduled, offsets, features: torch.Tensor, output: RunnerOutput) -> None:
         """Keep the features of real query tokens and accepted drafts: exactly

@@ -14,7 +14,7 @@ from engine.kv_cache import allocate_kv_caches
 from engine.models.loader import LoadedModel, load_model
 from engine.sampler import RowContext, target_probs
 from engine.spec.base import DraftInput, Drafter
-from engine.spec.draw import draw_drafts
+from engine.spec.draw import begin_grammars, draw_drafts, end_grammars, grammar_mask, walk_grammar
 from engine.spec.registry import DrafterContext, register_drafter
 from kernels.attention import AttentionMetadata
 from scheduler.drafts import DraftBlock
@@ -51,6 +51,13 @@ class ModelDrafter(Drafter):
 
     @torch.inference_mode()
     def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
+        begin_grammars(inputs)
+        try:
+            return self._propose(inputs)
+        finally:
+            end_grammars(inputs)
+
+    def _propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
         drafts = {item.request.request_id: _DraftState(item) for item in inputs if item.max_tokens > 0}
         block_tables = {item.request.request_id: item.block_ids for item in inputs}
         pending = {rid: state.request.token_ids(self.num_computed.get(rid, 0))
@@ -113,9 +120,10 @@ class _DraftState:
         return len(self.token_ids) >= self.limit
 
     def row_context(self) -> RowContext:
-        return RowContext.for_request(self.request, self.token_ids)
+        return RowContext.for_request(self.request, self.token_ids, grammar_mask(self.item))
 
     def add(self, token: int, probs: torch.Tensor, confidence: float) -> None:
+        walk_grammar(self.item, token)
         self.token_ids.append(token)
         self.probs.append(probs)
         self.confidences.append(confidence)

@@ -18,7 +18,7 @@ SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ok", "c
           "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green", "blue"]},
                          "n": {"type": "integer", "minimum": 0, "maximum": 99}}}
 SCHEMA_SPEC = StructuredOutput("json_schema", json.dumps(SCHEMA), strict=True)
-METHODS = [("ngram", None), ("draft-model", "draft"), ("self-draft", None)]
+METHODS = [("ngram", None), ("draft-model", "draft"), ("self-draft", None), ("dspark", "dspark")]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,26 @@ def draft_dir(tmp_path_factory):
     return make_tiny_model_dir(tmp_path_factory.mktemp("draft"), seed=11, num_layers=1)
 
 
+@pytest.fixture(scope="module")
+def dspark_dir(model_dir, tmp_path_factory):
+    """A randomly initialised DSpark head (block 4) on the tiny target."""
+    import torch
+
+    from engine.models.loader import load_model
+    from engine.spec.heads.checkpoint import save_head
+    from engine.spec.heads.config import HeadConfig
+    from engine.spec.training.recipes import build_head
+    target = load_model(str(model_dir))
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("dspark"))
+    save_head(build_head(HeadConfig.for_target("dspark", target.config, block_size=4), target.model), path,
+              dtype=torch.float32)
+    return path
+
+
 def engine_for(model_dir, draft_dir, method="none", **kwargs):
-    draft = {"draft": draft_dir}.get(kwargs.pop("draft", None))
+    draft = kwargs.pop("draft", None)
+    draft = draft_dir if draft == "draft" else draft
     return make_engine(model_dir, method, draft_model=draft, **kwargs)
 
 
@@ -65,8 +83,9 @@ def test_schema_outputs_validate_and_end_with_stop(model_dir, draft_dir, plain_s
 
 
 @pytest.mark.parametrize("method, draft", METHODS)
-def test_greedy_schema_tokens_identical_with_speculation(model_dir, draft_dir, plain_structured, method, draft):
-    engine = engine_for(model_dir, draft_dir, method, draft=draft)
+def test_greedy_schema_tokens_identical_with_speculation(model_dir, draft_dir, dspark_dir, plain_structured,
+                                                         method, draft):
+    engine = engine_for(model_dir, draft_dir, method, draft=dspark_dir if draft == "dspark" else draft)
     assert engine.generate(prompts(engine), structured()) == plain_structured
     assert engine.stats.num_draft_tokens > 0
 
@@ -147,9 +166,9 @@ BIASED = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True,
 
 
 @pytest.mark.parametrize("method, draft", METHODS)
-def test_logit_bias_greedy_identical_with_speculation(model_dir, draft_dir, method, draft):
+def test_logit_bias_greedy_identical_with_speculation(model_dir, draft_dir, dspark_dir, method, draft):
     plain = engine_for(model_dir, draft_dir)
-    engine = engine_for(model_dir, draft_dir, method, draft=draft)
+    engine = engine_for(model_dir, draft_dir, method, draft=dspark_dir if draft == "dspark" else draft)
     expected = plain.generate(prompts(plain), BIASED)
     assert engine.generate(prompts(engine), BIASED) == expected
     assert engine.stats.num_draft_tokens > 0

@@ -85,9 +85,13 @@ class GrammarCompiler:
         """The compiled grammar of `spec`; UnsupportedSchema if it cannot be enforced."""
         with self._lock:
             compiled = self._cache.get(spec)
-            if compiled is None:
-                compiled = self._cache[spec] = self._compile(spec)
-            return compiled
+        if compiled is None:
+            # Compiled outside the lock: a long schema must not hold up the
+            # engine thread looking up another (a rare double compile is harmless).
+            compiled = self._compile(spec)
+            with self._lock:
+                self._cache[spec] = compiled
+        return compiled
 
     def _compile(self, spec: StructuredOutput) -> xgr.CompiledGrammar:
         if spec.kind == "json_object":  # any object, any keys

@@ -17,10 +17,12 @@ outputs that break the schema the user asked for.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import weakref
 from typing import Any
 
+import torch
 import xgrammar as xgr
 
 from scheduler.request import StructuredOutput
@@ -33,6 +35,7 @@ UNENFORCED_KEYWORDS = ("not", "if", "then", "else", "dependentRequired", "depend
 # with free whitespace models (small ones especially, and vLLM users report
 # it for large ones) can loop on blanks and newlines until max_tokens.
 SEPARATORS = (", ", ": ")
+_CONTROL = re.compile("[\x00-\x1f]")
 _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_VALUES = ("items", "additionalProperties", "additionalItems")
@@ -78,6 +81,7 @@ class GrammarCompiler:
         info = xgr.TokenizerInfo.from_huggingface(PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend),
                                                   vocab_size=vocab_size, stop_token_ids=sorted(stops))
         self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+        self.control_tokens = _control_tokens(tokenizer, vocab_size)
         self._cache: dict[StructuredOutput, xgr.CompiledGrammar] = {}
         self._lock = threading.Lock()
 
@@ -104,6 +108,21 @@ class GrammarCompiler:
                                                       any_whitespace=False, separators=SEPARATORS)
         except (RuntimeError, ValueError) as exc:
             raise UnsupportedSchema(_short(exc), f"the schema cannot be enforced: {_short(exc)}") from exc
+
+
+def _control_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
+    """[V] bool: tokens whose text holds a raw control character (U+0000-U+001F).
+
+    JSON never contains one outside whitespace, and our layout has no
+    newlines or tabs, so they are banned wherever a grammar applies. Needed
+    because xgrammar 0.2.9's length-bounded string rule (`maxLength`) admits
+    them (`[^"\\\r\n]`), which would produce unparseable JSON.
+    """
+    banned = torch.zeros(vocab_size, dtype=torch.bool)
+    for token in range(min(vocab_size, tokenizer.vocab_size)):
+        if not tokenizer.is_special(token) and _CONTROL.search(tokenizer.decode([token])):
+            banned[token] = True
+    return banned
 
 
 def _short(exc: Exception) -> str:

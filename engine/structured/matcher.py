@@ -38,9 +38,11 @@ class RequestGrammar:
     """The xgrammar matcher of one request (see module doc)."""
 
     def __init__(self, compiled: xgr.CompiledGrammar, stop_token_ids: list[int], vocab_size: int,
-                 max_rows: int):
+                 max_rows: int, banned: torch.Tensor | None = None):
         self.matcher = xgr.GrammarMatcher(compiled, override_stop_tokens=stop_token_ids)
         self.vocab_size = vocab_size
+        # Tokens forbidden on top of the grammar ([V] bool; grammar.py says why).
+        self.banned = torch.zeros(vocab_size, dtype=torch.bool) if banned is None else banned
         self.stop_mask = torch.zeros(vocab_size, dtype=torch.bool)
         self.stop_mask[stop_token_ids] = True
         self.consumed = 0  # output tokens in the matcher
@@ -123,7 +125,7 @@ class RequestGrammar:
         self.sync(output_token_ids)
         count = 0
         for token in drafts:
-            if self.matcher.is_terminated() or not self._accept(token):
+            if self.matcher.is_terminated() or self.banned[token] or not self._accept(token):
                 break
             self.ahead += 1
             count += 1
@@ -150,5 +152,5 @@ class RequestGrammar:
             words = self._bitmask[filled]  # [F, W] int32, bit i of word w = token 32 w + i
             bits = (words[:, :, None] & _BIT) != 0
             unpacked = bits.reshape(len(filled), -1)[:, : self.vocab_size]
-            masks[[i for i, r in enumerate(rows) if r >= 0]] = unpacked
+            masks[[i for i, r in enumerate(rows) if r >= 0]] = unpacked & ~self.banned
         return masks

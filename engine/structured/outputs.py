@@ -41,9 +41,10 @@ class StructuredOutputs:
         spec = request.sampling_params.structured
         if spec is None:
             return
-        compiled = compiler_for(self.tokenizer, self.vocab_size).compile(spec)
+        compiler = compiler_for(self.tokenizer, self.vocab_size)
         self.grammars[request.request_id] = RequestGrammar(
-            compiled, self._stop_tokens(request), self.vocab_size, self.max_rows)
+            compiler.compile(spec), self._stop_tokens(request), self.vocab_size, self.max_rows,
+            compiler.control_tokens)
 
     def _stop_tokens(self, request: Request) -> list[int]:
         """Where the grammar may end: the tokens that stop this request."""

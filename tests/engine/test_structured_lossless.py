@@ -140,3 +140,20 @@ def test_grammar_sampling_is_lossless(quote_target, quote_draft_dir, determinist
     if method == "ngram":
         assert engine.stats.num_grammar_cut_draft_tokens > 0
     assert fit.power >= 0.9 and not fit.rejects, f"{method}: {fit}"
+
+
+def test_harness_rejects_an_unmasked_draft_cut_and_sampled_from_p(quote_target, quote_draft_dir,
+                                                                  deterministic_streams, monkeypatch):
+    """MUTATION: the draft model's q is not masked, and a forbidden sampled
+    draft is cut anyway (its row then samples from p instead of the residual
+    max(p - q, 0)): the output distribution moves and the test sees it."""
+    import engine.spec.draft_model
+    import engine.structured.outputs
+
+    monkeypatch.setattr(engine.spec.draft_model, "grammar_mask", lambda item: None)
+    monkeypatch.setattr(engine.structured.outputs, "_cut_is_exact", lambda request, block: True)
+    engine = make_engine(quote_target, "draft-model", quote_draft_dir)
+    outputs = run(engine, GRAMMAR_PROMPT, GRAMMAR, GRAMMAR_SAMPLES)
+    fit = goodness_of_fit(grammar_counts(outputs), exact_grammar_distribution(quote_target, sorted(engine.outputs.eos_ids)))
+    assert engine.stats.num_grammar_cut_draft_tokens > 0
+    assert fit.rejects, f"the mutation went unnoticed: {fit}"

@@ -12,25 +12,14 @@ from engine.spec.base import Drafter
 from engine.structured.grammar import UnsupportedSchema, compiler_for
 from scheduler.drafts import DraftBlock
 from scheduler.request import InvalidSamplingParams, SamplingParams, StructuredOutput
-from tests.engine.test_speculative import PROMPTS, StatelessDrafter, make_engine
+from tests.engine.test_speculative import (  # noqa: F401 (fixtures)
+    PROMPTS, StatelessDrafter, draft_dir, make_engine, model_dir)
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ok", "color", "n"],
           "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green", "blue"]},
                          "n": {"type": "integer", "minimum": 0, "maximum": 99}}}
 SCHEMA_SPEC = StructuredOutput("json_schema", json.dumps(SCHEMA), strict=True)
 METHODS = [("ngram", None), ("draft-model", "draft"), ("self-draft", None), ("dspark", "dspark")]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from tests.tiny_model import make_tiny_model_dir
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny"), seed=3)
-
-
-@pytest.fixture(scope="module")
-def draft_dir(tmp_path_factory):
-    from tests.tiny_model import make_tiny_model_dir
-    return make_tiny_model_dir(tmp_path_factory.mktemp("draft"), seed=11, num_layers=1)
 
 
 @pytest.fixture(scope="module")

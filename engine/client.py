@@ -34,7 +34,8 @@ from engine.outputs import (
     RequestFailedError,
     RequestOutput,
 )
-from scheduler.request import SamplingParams
+from engine.structured.grammar import compiler_for
+from scheduler.request import SamplingParams, StructuredOutput
 
 log = logging.getLogger("specserve.client")
 
@@ -92,6 +93,13 @@ class AsyncEngineClient:
         self._stopping = threading.Event()
         self._dead: BaseException | None = None
         self._stats = EngineStats()
+
+    async def prepare_grammar(self, spec: StructuredOutput) -> None:
+        """Compile a response_format's grammar off the event loop, so a bad
+        schema is a 400 before the request is queued and the engine thread
+        finds it compiled. Raises UnsupportedSchema."""
+        compiler = compiler_for(self.tokenizer, self.engine.model_config.vocab_size)
+        await asyncio.to_thread(compiler.compile, spec)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "AsyncEngineClient":

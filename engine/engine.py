@@ -35,6 +35,7 @@ from kernels.attention import triton_attention_available
 from engine.spec.base import DraftInput, Drafter
 from engine.spec.factory import build_drafter
 from engine.trace import StepLoad, StepTrace, step_traces
+from engine.structured.outputs import StructuredOutputs
 from scheduler.drafting import DraftingLimits
 from scheduler.load import StepCostModel
 from scheduler.output import DraftSlot, RunnerOutput, SchedulerOutput
@@ -76,6 +77,9 @@ class LLMEngine:
                                    verify_policy=self.verify_policy,
                                    enable_prefix_caching=not (self.drafter and self.drafter.aux_layers),
                                    device_counters=self.device_sampler.latest)
+        self.grammars = StructuredOutputs(self.tokenizer, self.model_config.vocab_size,
+                                          config.speculative.num_speculative_tokens)
+        self.runner.grammars = self.grammars
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.draft_generators: dict[str, torch.Generator] = {}
@@ -140,6 +144,8 @@ class LLMEngine:
         bad = [t for t in prompt_token_ids if not 0 <= t < self.model_config.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary")
+        if any(t >= self.model_config.vocab_size for t, _ in params.logit_bias):
+            raise ValueError("a logit_bias token id is outside the vocabulary")
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Queue a prompt already validated (validate_prompt's rules). If this
@@ -150,6 +156,7 @@ class LLMEngine:
                           eos_token_id=self.tokenizer.eos_token_id)
         self.requests[request_id] = request
         try:
+            self.grammars.add(request)
             self.outputs.add_request(request)
             self.scheduler.add_request(request)
         except BaseException:
@@ -254,6 +261,7 @@ class LLMEngine:
         self.outputs.remove(request_id)
         self.runner.forget(request_id)
         self.draft_generators.pop(request_id, None)
+        self.grammars.forget(request_id)
 
     # ---- drafting ----------------------------------------------------------
     def _draft(self, sched: SchedulerOutput, runner_out: RunnerOutput) -> None:
@@ -273,7 +281,9 @@ class LLMEngine:
                 sampled.append(request)
         slots = self.scheduler.draft_slots(sampled)
         if slots:
-            self.scheduler.install_drafts(self._propose(slots))
+            # Drafts the grammar forbids are cut here: never verified (engine/structured/outputs.py).
+            self.scheduler.install_drafts(self.grammars.cut_drafts(self._propose(slots), self.requests))
+            self.stats.num_grammar_cut_draft_tokens = self.grammars.num_cut_draft_tokens
 
     def _propose(self, slots: list[DraftSlot]) -> dict:
         """The drafter's proposals, isolated per request like the forward."""
@@ -293,7 +303,7 @@ class LLMEngine:
         if gen is None:
             gen = draft_generator(request.sampling_params.seed, self.config.device)
             self.draft_generators[request.request_id] = gen
-        return DraftInput(request, slot.max_tokens, gen, slot.block_ids)
+        return DraftInput(request, slot.max_tokens, gen, slot.block_ids, self.grammars.get(request))
 
     # ---- statistics --------------------------------------------------------
     def _record_step(self, sched: SchedulerOutput, runner_out: RunnerOutput) -> None:

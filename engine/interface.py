@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
 from engine.outputs import EngineStats, RequestOutput
-from scheduler.request import SamplingParams
+from scheduler.request import SamplingParams, StructuredOutput
 
 
 @runtime_checkable
@@ -66,6 +66,11 @@ class EngineClient(Protocol):
         ...
 
     async def abort(self, request_id: str) -> None: ...
+
+    async def prepare_grammar(self, spec: StructuredOutput) -> None:
+        """Compile a response_format's grammar (off the event loop); raise
+        engine.structured.grammar.UnsupportedSchema naming what it cannot enforce."""
+        ...
 
     def check_capacity(self, num_requests: int) -> None:
         """Raise QueueFullError unless `num_requests` more requests can be

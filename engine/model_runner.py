@@ -61,12 +61,13 @@ def pack_batch(scheduled: list[ScheduledRequest], block_size: int, device) -> Pa
                        meta, sample_rows, sampling, offsets)
 
 
-def row_contexts(item: ScheduledRequest) -> list[RowContext]:
+def row_contexts(item: ScheduledRequest, masks: torch.Tensor | None = None) -> list[RowContext]:
     """Sampling context of the anchor row and each draft row: row j sees the
     output so far plus drafts 1..j, exactly what plain decoding would see if
-    those drafts are accepted."""
+    those drafts are accepted (masks[j]: the grammar's allowed tokens there)."""
     drafts = item.spec_token_ids
-    return [RowContext.for_request(item.request, drafts[:j]) for j in range(len(drafts) + 1)]
+    return [RowContext.for_request(item.request, drafts[:j], None if masks is None else masks[j])
+            for j in range(len(drafts) + 1)]
 
 
 class ModelRunner:
@@ -93,6 +94,8 @@ class ModelRunner:
         self.aux_layers = aux_layers
         self.graphs = None if cuda_graph_len is None else CudaGraphRunner(
             model, self.kv_caches, block_size, cuda_graph_len, num_blocks, device)
+        # The engine's StructuredOutputs (grammar masks of constrained requests).
+        self.grammars = None
 
     def generator_for(self, request: Request) -> torch.Generator:
         gen = self.generators.get(request.request_id)
@@ -142,6 +145,8 @@ class ModelRunner:
             emitted = item.spec_token_ids[:accepted] + [host["final"][i]]
             output.sampled_token_ids[rid] = emitted
             output.num_accepted[rid] = accepted
+            if self.grammars is not None:  # roll back the rejected drafts, accept the final token
+                self.grammars.commit(item.request, emitted, accepted)
             num_top = item.request.sampling_params.logprobs
             if num_top is not None:
                 output.logprobs[rid] = [token_logprob(host, logprob_row + j, num_top) for j in range(len(emitted))]
@@ -171,8 +176,8 @@ class ModelRunner:
         """Seeded requests follow the Gumbel-max rule (the same tokens with
         speculation on or off); the others rejection sampling. Greedy
         requests draw no random numbers (decided here, not by reading the
-        probabilities back)."""
-        probs = target_probs(logits, [ctx for item in sampling for ctx in row_contexts(item)])
+        probabilities back). Grammar masks enter the target's rows here."""
+        probs = target_probs(logits, [ctx for item in sampling for ctx in row_contexts(item, self._masks(item))])
         draft_ids = to_device([t for item in sampling for t in item.spec_token_ids],
                                  dtype=torch.long, device=self.device)
         requests = [item.request for item in sampling]
@@ -182,6 +187,12 @@ class ModelRunner:
                                        [item.num_spec_tokens for item in sampling], generators, seeds,
                                        [r.num_output_tokens for r in requests],
                                        needs_draws=[not r.sampling_params.greedy for r in requests])
+
+    def _masks(self, item: ScheduledRequest) -> torch.Tensor | None:
+        """The grammar's masks of the item's rows ([n + 1, V] bool), or None."""
+        if self.grammars is None:
+            return None
+        return self.grammars.verify_masks(item.request, item.spec_token_ids)
 
     def _stash_hidden(self, scheduled, offsets, features: torch.Tensor, output: RunnerOutput) -> None:
         """Keep the features of real query tokens and accepted drafts: exactly

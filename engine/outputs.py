@@ -50,6 +50,8 @@ class EngineStats:
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     accepted_per_position: list[int] = field(default_factory=list)
+    # Drafts cut before verification because the request's grammar forbids them.
+    num_grammar_cut_draft_tokens: int = 0
     # What the verification policy reports (empty without speculation).
     policy: PolicyStats = field(default_factory=PolicyStats)
     # The load the scheduler saw and where the step budget went.

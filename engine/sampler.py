@@ -11,6 +11,10 @@ Order of the transforms (fixed, documented because it changes results):
    multiply negative ones, for every token seen in prompt or output), then
    frequency and presence (OpenAI: subtract `frequency * count + presence *
    [count > 0]` over output tokens only);
+1b. constraints: logit_bias added (OpenAI), then the grammar's mask (tokens
+   the request's response_format forbids at this row get -inf). Both are
+   part of the distribution the user asked for, so drafters that build
+   their q with target_probs see them too (speculation stays lossless);
 2. greedy rows (temperature 0) stop here: one-hot of the argmax;
 3. temperature, softmax;
 4. top-k, then top-p on the top-k-renormalised distribution, then min-p
@@ -71,14 +75,18 @@ class RowContext:
     # Output so far INCLUDING any draft tokens that precede this row's
     # position, so that penalties at a verify row see the drafts before it.
     output_token_ids: list[int]
+    # The tokens the request's grammar allows at this row ([V] bool), or None
+    # when the request has no response_format.
+    allowed: torch.Tensor | None = None
 
     @classmethod
-    def for_request(cls, request: Request, drafted_tokens: list[int]) -> "RowContext":
+    def for_request(cls, request: Request, drafted_tokens: list[int],
+                    allowed: torch.Tensor | None = None) -> "RowContext":
         """The context of the row that follows `drafted_tokens` (the drafts
         before it): exactly what plain decoding would see at that position
-        if those drafts are accepted."""
+        if those drafts are accepted (`allowed`: the grammar's mask there)."""
         return cls(request.sampling_params, request.prompt_token_ids,
-                   request.output_token_ids + drafted_tokens)
+                   request.output_token_ids + drafted_tokens, allowed)
 
 
 def target_probs(logits: torch.Tensor, rows: list[RowContext]) -> torch.Tensor:
@@ -90,7 +98,7 @@ def target_probs(logits: torch.Tensor, rows: list[RowContext]) -> torch.Tensor:
     """
     if logits.dim() != 2 or logits.shape[0] != len(rows):
         raise ValueError(f"logits {tuple(logits.shape)} do not match {len(rows)} rows")
-    logits = _apply_penalties(logits.float(), rows)
+    logits = _apply_constraints(_apply_penalties(logits.float(), rows), rows)
     greedy = [i for i, row in enumerate(rows) if row.params.greedy]
     if len(greedy) == len(rows):
         return _one_hot_argmax(logits)
@@ -193,6 +201,30 @@ def _token_counts(token_lists: list[list[int]], like: torch.Tensor) -> torch.Ten
         counts.index_put_((row_of_token, tokens), torch.ones_like(tokens, dtype=torch.float32),
                           accumulate=True)
     return counts
+
+
+# --- logit_bias and the grammar mask -------------------------------------
+
+def _apply_constraints(logits: torch.Tensor, rows: list[RowContext]) -> torch.Tensor:
+    """logits: [N, V] float32. Adds each row's logit_bias, then sets the
+    tokens its grammar forbids to -inf (a copy if any row is constrained)."""
+    biased = [i for i, row in enumerate(rows) if row.params.logit_bias]
+    masked = [i for i, row in enumerate(rows) if row.allowed is not None]
+    if not biased and not masked:
+        return logits
+    logits = logits.clone()
+    if biased:
+        row_index = [i for i in biased for _ in rows[i].params.logit_bias]
+        pairs = [pair for i in biased for pair in rows[i].params.logit_bias]
+        token_index = _index([token for token, _ in pairs], logits)
+        logits.index_put_((_index(row_index, logits), token_index),
+                          torch.tensor([bias for _, bias in pairs], dtype=torch.float32, device=logits.device),
+                          accumulate=True)
+    if masked:
+        allowed = torch.stack([rows[i].allowed.to(logits.device) for i in masked])
+        index = _index(masked, logits)
+        logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+    return logits
 
 
 # --- greedy and sampled rows -----------------------------------------------

@@ -49,6 +49,7 @@ class Tokenizer:
         self.stop_token_ids: set[int] = stops
         self.special_tokens = dict(special_tokens or {})  # e.g. {"pad_token": "<|endoftext|>"}
         added = backend.get_added_tokens_decoder()
+        self._special_ids = {i for i, t in added.items() if t.special}
         self._special_text = {t.content: i for i, t in added.items() if t.special and t.content}
         self._compiled_template = None
         self._literal_backend: HFTokenizer | None = None
@@ -87,6 +88,11 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
+
+    def is_special(self, token_id: int) -> bool:
+        """True for added tokens marked special (skipped by decode; never
+        banned by a grammar's control-character mask)."""
+        return token_id in self._special_ids
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
         """Render the conversation to the prompt text the model was trained on.

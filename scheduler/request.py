@@ -61,6 +61,12 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     speculative: bool = True
+    # OpenAI logit_bias as sorted (token id, bias) pairs, added to the logits
+    # of every sampled, verified and drafted row (engine/sampler.py).
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # A grammar the output must follow (response_format json_object /
+    # json_schema); the engine compiles and enforces it (engine/structured/).
+    structured: "StructuredOutput | None" = None
 
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, "temperature", "must be >= 0")
@@ -71,6 +77,11 @@ class SamplingParams:
         _check(self.repetition_penalty > 0, "repetition_penalty", "must be > 0")
         _check(self.max_tokens >= 1, "max_tokens", "must be >= 1")
         _check(self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs", "must be in [0, 20]")
+        _check(len(self.logit_bias) <= MAX_LOGIT_BIAS, "logit_bias", f"may hold at most {MAX_LOGIT_BIAS} tokens")
+        _check(all(token >= 0 and -100 <= bias <= 100 for token, bias in self.logit_bias), "logit_bias",
+               "maps token ids >= 0 to biases in [-100, 100]")
+        _check(self.structured is None or not self.ignore_eos, "ignore_eos",
+               "cannot be combined with response_format: the grammar ends the output")
 
     @property
     def greedy(self) -> bool:
@@ -80,6 +91,31 @@ class SamplingParams:
     def has_penalties(self) -> bool:
         return (self.presence_penalty != 0 or self.frequency_penalty != 0
                 or self.repetition_penalty != 1)
+
+
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A response_format the output must follow, as plain data.
+
+    `kind` is "json_object" (any JSON object) or "json_schema" (`schema`
+    holds the schema as JSON text, keys in the user's order: properties are
+    generated in that order; equal texts share one compiled grammar). `strict` is OpenAI's flag: properties the
+    schema does not list are then forbidden even without
+    `additionalProperties: false`.
+    """
+
+    kind: str
+    schema: str | None = None
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("json_object", "json_schema"), "response_format",
+               "type must be json_object or json_schema")
+        _check((self.schema is not None) == (self.kind == "json_schema"), "response_format",
+               "json_schema needs a schema (and json_object takes none)")
 
 
 class InvalidSamplingParams(ValueError):

@@ -144,7 +144,10 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 def _validation_param(loc: tuple) -> str | None:
-    """`("body", "messages", 0, "role")` -> `"messages.0.role"`."""
+    """`("body", "messages", 0, "role")` -> `"messages.0.role"`. A bad mapping
+    key (`("logit_bias", "x5", "[key]")`) names the mapping: the key is data."""
+    if "[key]" in loc:
+        loc = loc[: loc.index("[key]") - 1]
     parts = [str(p) for p in loc if p != "body" and not _is_union_tag(p)]
     return ".".join(parts) or None
 

@@ -69,6 +69,9 @@ class EngineStatsCollector(Collector):
                        stats.num_draft_tokens)
         yield _counter("spec_decode_num_accepted_tokens", "Draft tokens accepted",
                        stats.num_accepted_tokens)
+        yield _counter("spec_grammar_cut_draft_tokens",
+                       "Draft tokens cut before verification because the request's grammar forbids them",
+                       stats.num_grammar_cut_draft_tokens)
         per_pos = CounterMetricFamily(
             PREFIX + "spec_decode_num_accepted_tokens_per_pos",
             "Accepted draft tokens by position in the draft", labels=["position"])

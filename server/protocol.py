@@ -45,6 +45,7 @@ MAX_STOP_STRING_CHARS = 256  # ours: long stop strings slow every decoding step
 MAX_STOP_TOKEN_IDS = 64  # ours (a vLLM extension without a limit of its own)
 MAX_LOGPROBS = 20  # OpenAI's top_logprobs limit
 MAX_REPETITION_PENALTY = 2.0  # ours: beyond it the penalty only garbles text
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 
 def _integral_float(value: Any) -> Any:
     # In JSON (and JSON Schema) 2.0 is the integer 2; 2.5 and "2" stay errors.
@@ -138,12 +139,48 @@ class SpecserveOptions(_Request):
         "`specserve` key of each chunk. Needs `stream: true`."))
 
 
+class JsonSchemaFormat(_Request):
+    """`response_format.json_schema`: OpenAI's named schema; `strict` forbids
+    properties the schema does not list."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(_Request):
+    """`response_format: {"type": "text"}`: free text (the default)."""
+
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Request):
+    """`response_format: {"type": "json_object"}`: any JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponseFormat(_Request):
+    """`response_format: {"type": "json_schema", "json_schema": {...}}`."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")]
+LogitBias = Annotated[dict[Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")],
+                           Annotated[float, Field(ge=-100, le=100)]],
+                      Field(max_length=MAX_LOGIT_BIAS, json_schema_extra={"additionalProperties": False},
+                            description="Token id (as a string) -> bias in [-100, 100], added to "
+                                        "the logits before sampling, drafts included")]
+
+
 class GenerationRequest(_Request):
     """Fields shared by chat and text completions (OpenAI + vLLM extras).
 
     OpenAI fields that would change the output but are not implemented
-    (logit_bias, response_format, tools, ...) are refused with a 400 naming
-    them: see server/unsupported.py.
+    (tools, ...) are refused with a 400 naming them: see server/unsupported.py.
     """
 
     model: str | None = None
@@ -158,6 +195,8 @@ class GenerationRequest(_Request):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     user: str | None = None
+    logit_bias: LogitBias | None = None
+    response_format: ResponseFormat | None = None
     # vLLM extensions.
     top_k: integer(ge=-1, le=INT32_MAX) | None = Field(None, description="0 or -1: no top-k")
     min_p: float | None = Field(None, ge=0, le=1)

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from engine.interface import EngineClient
 from engine.outputs import QueueFullError
+from engine.structured.grammar import UnsupportedSchema
 from server import errors
 from server.fanout import Fanout, Job, make_jobs
 from server.limits import RequestLimits
@@ -72,14 +73,27 @@ class OpenAIServing:
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         self._check_ready(body)
         validated = self.validator.chat(body)
+        await self._prepare_grammar(validated)
         renderer = ChatRenderer(self._token_text, body.logprobs)
         return await self._respond(request, body, "chatcmpl", validated, renderer)
 
     async def completion(self, body: CompletionRequest, request: Request) -> Response:
         self._check_ready(body)
         validated = self.validator.completion(body)
+        await self._prepare_grammar(validated)
         renderer = CompletionRenderer(self._token_text, body.logprobs, body.echo)
         return await self._respond(request, body, "cmpl", validated, renderer)
+
+    async def _prepare_grammar(self, validated: ValidatedRequest) -> None:
+        """Compile the response_format's grammar off the event loop: a schema
+        we cannot enforce is a 400 naming what, before anything is queued."""
+        spec = validated.params.structured
+        if spec is None:
+            return
+        try:
+            await self.engine.prepare_grammar(spec)
+        except UnsupportedSchema as exc:
+            raise errors.bad_request(str(exc), "response_format") from exc
 
     def _check_ready(self, body: GenerationRequest) -> None:
         self.validator.check_common(body)

@@ -7,12 +7,12 @@ values that are accepted (`document`). Lifting a rejection (when a field
 gets implemented) means deleting its entry here and declaring the field in
 server/protocol.py.
 
-Accepted as no-ops: `tools: []`, `tool_choice: "none"`, `logit_bias: {}`,
-`response_format: {"type": "text"}`, `suffix: ""`, `best_of` equal to `n`,
+Accepted as no-ops: `tools: []`, `tool_choice: "none"`, `suffix: ""`, `best_of` equal to `n`,
 `modalities: ["text"]`, and null for any of them. Fields that do not change
 the output (`user`, `store`, `metadata`, `service_tier`,
 `parallel_tool_calls`, `prediction`) and unknown fields are ignored, as
-OpenAI's API accepts them.
+OpenAI's API accepts them. `logit_bias` and `response_format` are implemented
+(server/protocol.py declares them; engine/structured/ enforces the grammars).
 """
 from __future__ import annotations
 
@@ -33,17 +33,10 @@ class Unsupported:
 
 
 _EMPTY_LIST = Unsupported(lambda v: v == [], {"type": "array", "maxItems": 0})
-_EMPTY_OBJECT = Unsupported(lambda v: v == {}, {"type": "object", "maxProperties": 0})
 _NONE_CHOICE = Unsupported(lambda v: v == "none", {"const": "none"})
 _ALWAYS = Unsupported()
 
-# logit_bias and response_format: issue 14 implements them.
 GENERATION: dict[str, Unsupported] = {
-    "logit_bias": _EMPTY_OBJECT,
-    "response_format": Unsupported(lambda v: v == {"type": "text"},
-                                   {"type": "object", "required": ["type"],
-                                    "properties": {"type": {"const": "text"}},
-                                    "additionalProperties": False}),
     "tools": _EMPTY_LIST,
     "tool_choice": _NONE_CHOICE,
     "functions": _EMPTY_LIST,

@@ -8,14 +8,16 @@ type errors were already caught by the strict pydantic models in protocol.py.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from engine.interface import EngineClient
-from scheduler.request import InvalidSamplingParams, SamplingParams
+from scheduler.request import InvalidSamplingParams, SamplingParams, StructuredOutput
 from server import errors
 from server.limits import RequestLimits
-from server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, GenerationRequest
+from server.protocol import (ChatCompletionRequest, ChatMessage, CompletionRequest, GenerationRequest,
+                             ResponseFormat)
 from server.unsupported import check_unsupported
 
 # SamplingParams fields a request may leave unset (None keeps their default).
@@ -199,6 +201,8 @@ class RequestValidator:
             "max_tokens": max_tokens, "stop": tuple(stop), "logprobs": logprobs,
             "stop_token_ids": tuple(body.stop_token_ids or ()), "ignore_eos": body.ignore_eos,
             "seed": body.seed, "speculative": body.speculative,
+            "logit_bias": self._logit_bias(body.logit_bias or {}),
+            "structured": structured_output(body.response_format),
         }
         for name in _OPTIONAL_SAMPLING:
             value = getattr(body, name)
@@ -210,6 +214,29 @@ class RequestValidator:
             return SamplingParams(**kwargs)
         except InvalidSamplingParams as exc:
             raise errors.bad_request(str(exc), exc.param)
+
+
+    def _logit_bias(self, bias: dict[str, float]) -> tuple[tuple[int, float], ...]:
+        """{"123": 5.0} -> ((123, 5.0),): ids must be decimal and in the vocabulary."""
+        if not all(key.isascii() and key.isdigit() for key in bias):
+            raise errors.bad_request("logit_bias keys must be token ids written in decimal", "logit_bias")
+        pairs = tuple(sorted((int(key), float(value)) for key, value in bias.items()))
+        vocab = self.engine.vocab_size
+        if any(token >= vocab for token, _ in pairs):
+            raise errors.bad_request(f"logit_bias token ids must be in [0, {vocab})", "logit_bias")
+        return pairs
+
+
+def structured_output(response_format: ResponseFormat | None) -> StructuredOutput | None:
+    """OpenAI's response_format as the engine's plain-data StructuredOutput
+    (None for free text). The schema keeps the user's key order: properties
+    are generated in it."""
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return StructuredOutput("json_object")
+    spec = response_format.json_schema
+    return StructuredOutput("json_schema", json.dumps(spec.schema_), bool(spec.strict))
 
 
 def _num_prompts(prompt: Any) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -32,12 +33,16 @@ from scheduler.request import Request
 @dataclass
 class DraftInput:
     """One request to draft for: at most `max_tokens` drafts, sampled with
-    `generator`; `block_ids` is its block table (lookahead KV reserved)."""
+    `generator`; `block_ids` is its block table (lookahead KV reserved).
+    `grammar` (engine.structured.matcher.RequestGrammar) is set for a request
+    with a response_format: a drafter that samples from a distribution q
+    must mask q with it (`draft_mask`), as the target's rows are masked."""
 
     request: Request
     max_tokens: int
     generator: torch.Generator
     block_ids: list[int]
+    grammar: Any = None
 
 
 class Drafter(ABC):

@@ -14,7 +14,7 @@ from engine.kv_cache import allocate_kv_caches
 from engine.models.loader import LoadedModel, load_model
 from engine.sampler import RowContext, target_probs
 from engine.spec.base import DraftInput, Drafter
-from engine.spec.draw import draw_drafts
+from engine.spec.draw import begin_grammars, draw_drafts, end_grammars, grammar_mask, walk_grammar
 from engine.spec.registry import DrafterContext, register_drafter
 from engine.transfer import fetch
 from kernels.attention import AttentionMetadata
@@ -54,7 +54,16 @@ class ModelDrafter(Drafter):
     @torch.inference_mode()
     def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
         """Draft for every input; the drafted tokens stay on the device until
-        the last draft is drawn, then reach the host in one transfer."""
+        the last draft is drawn, then reach the host in one transfer.
+        Constrained requests' matchers walk the drafts and are rolled back
+        to the request's output afterwards (drafts are unverified)."""
+        begin_grammars(inputs)
+        try:
+            return self._propose(inputs)
+        finally:
+            end_grammars(inputs)
+
+    def _propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
         drafts = {item.request.request_id: _DraftState(item) for item in inputs if item.max_tokens > 0}
         block_tables = {item.request.request_id: item.block_ids for item in inputs}
         pending = {rid: state.request.token_ids(self.num_computed.get(rid, 0)) for rid, state in drafts.items()}
@@ -105,10 +114,14 @@ class ModelDrafter(Drafter):
         slots = draws.add(tokens, peak)
         for i, state in enumerate(states):
             state.add(slots[i], probs[i])
-        if any(state.request.sampling_params.has_penalties for state in states):
-            # Penalties count the drafts before a row on the host (sampler):
-            # with a penalised request each draft position costs a sync.
+        if any(state.request.sampling_params.has_penalties or state.item.grammar is not None
+               for state in states):
+            # Penalties count the drafts before a row on the host (sampler) and
+            # a grammar's next mask follows the draft: with such a request each
+            # draft position costs a sync.
             draws.fetch(states)
+            for state in states:
+                walk_grammar(state.item, state.token_ids[-1])
         return tokens
 
 
@@ -160,8 +173,9 @@ class _DraftState:
         return self.count >= self.limit
 
     def row_context(self) -> RowContext:
-        # token_ids is current whenever penalties read it (_extend fetches then).
-        return RowContext.for_request(self.request, self.token_ids)
+        # token_ids is current whenever penalties or a grammar read it
+        # (_extend fetches then).
+        return RowContext.for_request(self.request, self.token_ids, grammar_mask(self.item))
 
     def add(self, slot: int, probs: torch.Tensor) -> None:
         self.slots.append(slot)

@@ -34,3 +34,34 @@ def draw_drafts(probs: torch.Tensor, inputs: list[DraftInput], num_drafted: list
         if not params.greedy and params.seed is None:
             tokens[i] = torch.multinomial(probs[i], 1, generator=item.generator)[0]
     return tokens
+
+
+# --- the grammar of requests with a response_format -----------------------------
+# A drafter that samples from q masks q with the request's grammar at every
+# position (RowContext.allowed), walking the grammar through its own drafts,
+# so it never draws a token the target's masked row gives probability 0
+# (engine/structured/outputs.py explains why that keeps sampling lossless).
+
+def begin_grammars(inputs: list[DraftInput]) -> None:
+    """Put each constrained request's matcher after its output."""
+    for item in inputs:
+        if item.grammar is not None:
+            item.grammar.begin_drafting(item.request.output_token_ids)
+
+
+def grammar_mask(item: DraftInput) -> torch.Tensor | None:
+    """[V] bool: what the grammar allows at the request's next draft, or None."""
+    return None if item.grammar is None else item.grammar.allowed()
+
+
+def walk_grammar(item: DraftInput, token: int) -> None:
+    """The request drafted `token`: its next mask follows it."""
+    if item.grammar is not None:
+        item.grammar.advance(token)
+
+
+def end_grammars(inputs: list[DraftInput]) -> None:
+    """Roll each matcher back to the request's output (drafts are unverified)."""
+    for item in inputs:
+        if item.grammar is not None:
+            item.grammar.end_drafting()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from engine.spec.base import DraftInput, Drafter
+from engine.spec.draw import begin_grammars, end_grammars
 from engine.spec.heads.base import DraftHead
 from engine.spec.heads.checkpoint import load_head
 from engine.spec.heads.drafting import DraftBatch, RequestState
@@ -74,7 +75,11 @@ class HeadDrafter(Drafter):
             return {}
         states = [self._absorb_checked(item) for item in items]
         batch = DraftBatch(items, states, self.calibration, self.name)
-        self.head.draft(batch)
+        begin_grammars(items)
+        try:
+            self.head.draft(batch)
+        finally:
+            end_grammars(items)
         return batch.proposals()
 
     def _absorb_checked(self, item: DraftInput) -> RequestState:

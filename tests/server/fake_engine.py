@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import json
 import random
 from typing import AsyncIterator
 
 from engine.outputs import EngineDeadError, EngineStats, QueueFullError, RequestOutput
 from scheduler.output import TokenLogprob
-from scheduler.request import SamplingParams
+from engine.structured.grammar import check_enforceable
+from scheduler.request import SamplingParams, StructuredOutput
 
 PAD, BOS, EOS = 0, 1, 2
 _SHIFT = 3
@@ -78,6 +80,11 @@ class _StopMatcher:
 
 class FakeEngineClient:
     """Echo-like engine implementing engine.interface.EngineClient, for server tests."""
+
+    async def prepare_grammar(self, spec: StructuredOutput) -> None:
+        """Refuses what the real engine refuses before compiling (no grammar is enforced here)."""
+        if spec.schema is not None:
+            check_enforceable(json.loads(spec.schema))
 
     def __init__(self, *, model_name: str = "fake-model", max_model_len: int = 512,
                  step_delay: float = 0.002, queue_full: bool = False, dead: bool = False,

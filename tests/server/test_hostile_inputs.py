@@ -150,8 +150,6 @@ def test_an_unexpected_500_keeps_the_keep_alive_connection_usable():
 
 
 @pytest.mark.parametrize("path, extra, param", [
-    (CHAT, {"logit_bias": {"50": 100}}, "logit_bias"),
-    (CHAT, {"response_format": {"type": "json_object"}}, "response_format"),
     (CHAT, {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     (CHAT, {"tool_choice": "auto"}, "tool_choice"),
     (CHAT, {"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
@@ -161,7 +159,6 @@ def test_an_unexpected_500_keeps_the_keep_alive_connection_usable():
     (CHAT, {"messages": [{"role": "assistant", "content": None,
                           "tool_calls": [{"id": "1", "type": "function"}]}]},
      "messages.0.tool_calls"),
-    (COMPLETIONS, {"prompt": "x", "logit_bias": {"1": -100}}, "logit_bias"),
     (COMPLETIONS, {"prompt": "x", "suffix": "end"}, "suffix"),
     (COMPLETIONS, {"prompt": "x", "best_of": 3}, "best_of"),
 ])

@@ -12,7 +12,7 @@ import torch
 
 from engine.sampler import RowContext, target_probs
 from engine.spec.base import DraftInput
-from engine.spec.draw import draw_drafts
+from engine.spec.draw import draw_drafts, grammar_mask, walk_grammar
 from engine.spec.heads.config import calibration_for
 from scheduler.drafts import DraftBlock
 
@@ -114,7 +114,8 @@ class DraftBatch:
 
     def row_contexts(self) -> list[RowContext]:
         """Sampling context of each request's next draft position."""
-        return [RowContext.for_request(item.request, drafted) for item, drafted in zip(self.items, self.tokens)]
+        return [RowContext.for_request(item.request, drafted, grammar_mask(item))
+                for item, drafted in zip(self.items, self.tokens)]
 
     def sample(self, k: int, logits: torch.Tensor, confidence: torch.Tensor | None) -> torch.Tensor:
         """Sample draft k for every request from its transformed distribution.
@@ -134,6 +135,7 @@ class DraftBatch:
 
     def _add(self, index: int, token: int, probs: torch.Tensor, confidence: float) -> None:
         if len(self.tokens[index]) < self.items[index].max_tokens:
+            walk_grammar(self.items[index], token)
             self.tokens[index].append(token)
             self.probs[index].append(probs)
             self.confidences[index].append(confidence)

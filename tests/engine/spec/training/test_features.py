@@ -1,6 +1,6 @@
-"""Cached target features: the teacher-forced pass matches the serving
-forward, shards round-trip and resume, and conversations train only on
-the assistant's turns."""
+"""Cached target features: shards round-trip and resume, and
+conversations train only on the assistant's turns (the teacher-forced
+pass itself: test_prefill.py)."""
 from __future__ import annotations
 
 import pytest
@@ -10,22 +10,6 @@ from engine.spec.training import features as features_module
 from engine.spec.training.data import Conversation
 from engine.spec.training.features import collect_features, load_features
 from engine.spec.training.generate import conversation_sample
-from engine.spec.training.prefill import teacher_forced_states
-from tests.engine.spec.conftest import random_sequence, target_features
-
-
-def test_teacher_forced_pass_matches_the_serving_forward(tiny_target):
-    """Several packed sequences in one pass give each one's aux states and
-    top-k distribution as the serving forward computes them alone."""
-    sequences = [random_sequence(40, seed=1), random_sequence(17, seed=2), random_sequence(33, seed=3)]
-    states = teacher_forced_states(tiny_target.model, [s.tolist() for s in sequences], (1, 3), top_k=5)
-    for seq, state in zip(sequences, states):
-        aux, final = target_features(tiny_target, seq, (1, 3))
-        torch.testing.assert_close(state.aux, aux, atol=1e-4, rtol=1e-4)
-        logprobs = torch.log_softmax(tiny_target.model.compute_logits(final), -1)
-        top = logprobs.topk(5, -1)
-        torch.testing.assert_close(state.topk_logprobs, top.values, atol=1e-4, rtol=1e-4)
-        assert torch.equal(state.topk_ids[:, 0], top.indices[:, 0])
 
 
 def test_shards_round_trip(tiny_target, samples, feature_set):

@@ -1,0 +1,43 @@
+"""engine/spec/training/scripts/plot_tau.py: held-out tau curves from the
+trainer's log.jsonl, one panel per prompt set (needs matplotlib, in the
+dev extra)."""
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from engine.spec.training.scripts.plot_tau import main, read_evals
+
+
+def write_log(run_dir, taus: list[dict]) -> None:
+    """A trainer log: training steps between evaluations at 100, 200, ... anchors."""
+    run_dir.mkdir()
+    lines = []
+    for i, tau in enumerate(taus, 1):
+        lines.append({"event": "step", "step": i, "loss": 3.0 / i})
+        lines.append({"event": "eval", "step": i, "anchors": 100 * i, "tau": tau})
+    (run_dir / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])  # IHDR width, height
+
+
+def test_only_evaluations_are_read_in_order(tmp_path):
+    write_log(tmp_path / "dspark", [{"heldout": 1.5}, {"heldout": 1.9}])
+    evals = read_evals(str(tmp_path / "dspark"))
+    assert [(e["anchors"], e["tau"]["heldout"]) for e in evals] == [(100, 1.5), (200, 1.9)]
+
+
+def test_writes_one_panel_per_prompt_set(tmp_path):
+    pytest.importorskip("matplotlib", reason="plot_tau needs matplotlib (the dev extra)")
+    write_log(tmp_path / "eagle3", [{"heldout": 1.2, "mtbench": 1.1}, {"heldout": 1.4, "mtbench": 1.3}])
+    write_log(tmp_path / "dspark", [{"heldout": 1.5}, {"heldout": 1.9, "humaneval": 2.0}])
+    out = tmp_path / "tau.png"
+    assert main([str(tmp_path / "eagle3"), str(tmp_path / "dspark"), "--out", str(out)]) == 0
+    # Three sets (heldout, humaneval, mtbench): 5 x 4 inches each at 120 dpi.
+    assert png_size(out) == (3 * 5 * 120, 4 * 120)

@@ -9,7 +9,6 @@ import jsonschema_rs
 import pytest
 
 from engine.spec.base import Drafter
-from engine.structured.grammar import UnsupportedSchema, compiler_for
 from scheduler.drafts import DraftBlock
 from scheduler.request import InvalidSamplingParams, SamplingParams, StructuredOutput
 from tests.engine.test_speculative import (  # noqa: F401 (fixtures)
@@ -176,13 +175,3 @@ def test_ignore_eos_with_a_grammar_is_refused():
         SamplingParams(ignore_eos=True, structured=SCHEMA_SPEC)
     assert info.value.param == "ignore_eos"
 
-
-@pytest.mark.parametrize("schema, feature", [({"not": {"type": "string"}}, "not"),
-                                             ({"type": "object", "properties": {"a": {"if": {}}}}, "if"),
-                                             ({"type": "strnig"}, "strnig")])
-def test_unsupported_schema_features_are_named(model_dir, draft_dir, schema, feature):
-    engine = engine_for(model_dir, draft_dir)
-    compiler = compiler_for(engine.tokenizer, engine.model_config.vocab_size)
-    with pytest.raises(UnsupportedSchema) as info:
-        compiler.compile(StructuredOutput("json_schema", json.dumps(schema)))
-    assert feature in str(info.value)

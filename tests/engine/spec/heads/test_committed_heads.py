@@ -31,20 +31,29 @@ def smollm2():
     return load_model(None)
 
 
-@pytest.mark.parametrize("method", HEAD_METHODS)
-def test_committed_head_is_lossless_on_smollm2(smollm2, method):
-    checkpoint = os.path.join(ROOT, "checkpoints", f"{method}-smollm2")
+TOPICS = ["fib", "sort", "rivers", "tea", "maps", "clocks", "bees", "lamps",
+          "boats", "parse", "stars", "roads", "bread", "wind", "glass", "trees"]
+
+
+@pytest.mark.parametrize("method, head", [(m, m) for m in HEAD_METHODS] + [("hybrid", "dspark")])
+def test_committed_head_is_lossless_on_smollm2(smollm2, method, head):
+    """Greedy output with the committed head (and the hybrid of n-gram and
+    the DSpark head) equals speculation off, one request alone and 16 at once."""
+    checkpoint = os.path.join(ROOT, "checkpoints", f"{head}-smollm2")
     assert os.path.getsize(os.path.join(checkpoint, "model.safetensors")) <= 25 * 2**20
     spec = SpeculativeConfig(method=method, draft_model=checkpoint, num_speculative_tokens=7,
                              policy="static")
-    config = EngineConfig(model=smollm2.path, cache=CacheConfig(num_blocks=128),
-                          scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=256),
+    config = EngineConfig(model=smollm2.path, cache=CacheConfig(num_blocks=512),
+                          scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=512),
                           speculative=spec)
     engine = LLMEngine(config, loaded=smollm2, step_cost=StepCostModel.flat())
     tok = engine.tokenizer
-    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "def fib(n):"}]))
+    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": f"def {t}(n):"}]))
+               for t in TOPICS]
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
-    speculative = engine.generate([prompt], params)[0]
+    alone = engine.generate(prompts[:1], params)
+    together = engine.generate(prompts, params)
     assert engine.stats.num_draft_tokens > 0
-    plain = LLMEngine(replace(config, speculative=SpeculativeConfig()), loaded=smollm2)
-    assert speculative == plain.generate([prompt], params)[0]
+    plain = LLMEngine(replace(config, speculative=SpeculativeConfig()), loaded=smollm2).generate(prompts, params)
+    assert alone == plain[:1]
+    assert together == plain

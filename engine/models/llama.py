@@ -56,6 +56,18 @@ class LlamaAttention(nn.Module):
     def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]; writes this step's K/V into kv_cache."""
         tokens = x.shape[0]
+        q, k, v = self.rotated_qkv(x, cos, sin)
+        k_cache, v_cache = kv_cache
+        write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+        out = paged_attention(q, k_cache, v_cache, meta, self.scale,
+                              batch_invariant=self.batch_invariant)  # [T, H, D]
+        return self.o_proj(out.reshape(tokens, self.q_size))
+
+
+    def rotated_qkv(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [T, H, D], k and v [T, KVH, D] of x [T, hidden], q/k normed
+        (Qwen3) and rotated; shared with the training prefill pass."""
+        tokens = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(tokens, self.num_heads, self.head_dim)
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
@@ -63,12 +75,7 @@ class LlamaAttention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         # Rotated in float32 (cos/sin are float32), rounded once to the model dtype.
-        q, k = apply_rope(q.float(), cos, sin).to(x.dtype), apply_rope(k.float(), cos, sin).to(x.dtype)
-        k_cache, v_cache = kv_cache
-        write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
-        out = paged_attention(q, k_cache, v_cache, meta, self.scale,
-                              batch_invariant=self.batch_invariant)  # [T, H, D]
-        return self.o_proj(out.reshape(tokens, self.q_size))
+        return apply_rope(q.float(), cos, sin).to(x.dtype), apply_rope(k.float(), cos, sin).to(x.dtype), v
 
 
 class LlamaMLP(nn.Module):

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.models.llama import apply_rope
 
 
 @dataclass
@@ -59,13 +58,7 @@ def teacher_forced_states(model, sequences: list[list[int]], aux_layers: tuple[i
 def _attention(attn, x: torch.Tensor, cos, sin, lengths: list[int]) -> torch.Tensor:
     """The target layer's attention, causal within each packed sequence."""
     tokens = x.shape[0]
-    q, k, v = attn.qkv_proj(x).split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
-    q = q.view(tokens, attn.num_heads, attn.head_dim)
-    k = k.view(tokens, attn.num_kv_heads, attn.head_dim)
-    v = v.view(tokens, attn.num_kv_heads, attn.head_dim)
-    if attn.qk_norm:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k, v = attn.rotated_qkv(x, cos, sin)
     out = torch.cat([_causal_sdpa(q_s, k_s, v_s, attn.scale)
                      for q_s, k_s, v_s in zip(q.split(lengths), k.split(lengths), v.split(lengths))])
     return attn.o_proj(out.reshape(tokens, attn.q_size))

@@ -65,10 +65,12 @@ class LLMEngine:
         self.max_model_len = min(config.scheduler.max_model_len, self.model_config.max_position_embeddings)
         cache = config.cache
         self.drafter = drafter or build_drafter(config, self.loaded, cache.num_blocks, dtype)
+        self.grammars = StructuredOutputs(self.tokenizer, self.model_config.vocab_size,
+                                          config.speculative.num_speculative_tokens)
         self.runner = ModelRunner(self.loaded.model, self.model_config, cache.num_blocks,
                                   cache.block_size, dtype, config.device,
                                   aux_layers=self.drafter.aux_layers if self.drafter else (),
-                                  cuda_graph_len=self._cuda_graph_len())
+                                  cuda_graph_len=self._cuda_graph_len(), grammars=self.grammars)
         self.verify_policy = self._build_verify_policy(step_cost)
         # Machine counters for the scheduler's load signal, read off the step loop.
         counters = source_for_device(config.device) if config.machine_counters else None
@@ -77,9 +79,6 @@ class LLMEngine:
                                    verify_policy=self.verify_policy,
                                    enable_prefix_caching=not (self.drafter and self.drafter.aux_layers),
                                    device_counters=self.device_sampler.latest)
-        self.grammars = StructuredOutputs(self.tokenizer, self.model_config.vocab_size,
-                                          config.speculative.num_speculative_tokens)
-        self.runner.grammars = self.grammars
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.draft_generators: dict[str, torch.Generator] = {}

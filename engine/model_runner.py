@@ -83,7 +83,7 @@ class ModelRunner:
 
     def __init__(self, model, model_config, num_blocks: int, block_size: int,
                  dtype: torch.dtype, device: str, aux_layers: tuple[int, ...] = (),
-                 cuda_graph_len: int | None = None):
+                 cuda_graph_len: int | None = None, grammars=None):
         self.model = model
         self.model_config = model_config
         self.block_size = block_size
@@ -94,8 +94,9 @@ class ModelRunner:
         self.aux_layers = aux_layers
         self.graphs = None if cuda_graph_len is None else CudaGraphRunner(
             model, self.kv_caches, block_size, cuda_graph_len, num_blocks, device)
-        # The engine's StructuredOutputs (grammar masks of constrained requests).
-        self.grammars = None
+        # The engine's StructuredOutputs (grammar masks of constrained
+        # requests); None where nothing is ever constrained (tools, tests).
+        self.grammars = grammars
 
     def generator_for(self, request: Request) -> torch.Generator:
         gen = self.generators.get(request.request_id)

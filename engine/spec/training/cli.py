@@ -128,7 +128,8 @@ def register(subparsers) -> None:
 # ---------------------------------------------------------------- train-draft
 
 def run_train(args: argparse.Namespace) -> int:
-    from engine.spec.training.pipeline import native_bf16, prepare_data, resolve_dtype
+    from engine.device import resolve_dtype
+    from engine.spec.training.pipeline import native_bf16, prepare_data
     from engine.spec.training.train import TrainConfig, Trainer
 
     _setup(args)
@@ -294,7 +295,7 @@ def _load_target(path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
 
 
 def _resolve(dtype: str, device: str) -> torch.dtype:
-    from engine.spec.training.pipeline import resolve_dtype
+    from engine.device import resolve_dtype
 
     return resolve_dtype(dtype, device)
 

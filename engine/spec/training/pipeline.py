@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.device import fast_dtype_name
 from engine.spec.training.data import Prompt, load_prompts, parse_sources, sharegpt_conversations
 from engine.spec.training.features import FeatureSet, collect_features
 from engine.spec.training.generate import Sample, conversation_sample, dataset_samples
@@ -41,24 +42,10 @@ class TrainingData:
 
 
 def native_bf16(device: str) -> bool:
-    """Whether `device` multiplies bfloat16 natively (CUDA with bf16
-    support; a CPU with AMX-BF16 or AVX512-BF16). Elsewhere bf16 is
-    emulated and several times slower than float32."""
-    if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """'auto' -> bfloat16 where native (see native_bf16), else float32."""
-    if name == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+    """Whether `device` multiplies bfloat16 natively (engine/device.py's
+    rule: CUDA with bf16 support; a CPU with AMX-BF16 or AVX512-BF16).
+    Elsewhere bf16 is emulated and several times slower than float32."""
+    return fast_dtype_name(device) == "bfloat16"
 
 
 def prepare_data(args, loaded, work: str, aux_layers) -> TrainingData:

@@ -2,26 +2,36 @@
 training data assembled by role (train, held-out, evaluation sets)."""
 from __future__ import annotations
 
-import io
 import os
+import tempfile
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from engine import device
+from engine.device import resolve_dtype
 from engine.spec.training import pipeline
 from engine.spec.training.data import Prompt
-from engine.spec.training.pipeline import native_bf16, prepare_data, resolve_dtype
+from engine.spec.training.pipeline import native_bf16, prepare_data
 
 
 def fake_cpuinfo(monkeypatch, flags: str | None):
-    """/proc/cpuinfo as `pipeline` reads it: one processor with `flags`, or unreadable (None)."""
-    def opener(path, *args, **kwargs):
-        assert path == "/proc/cpuinfo"
-        if flags is None:
-            raise OSError("no cpuinfo")
-        return io.StringIO(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t: fpu\n")
-    monkeypatch.setattr(pipeline, "open", opener, raising=False)
+    """The CPU as engine/device.py sees it: `flags` in /proc/cpuinfo (None:
+    unreadable, no flags), torch's cpuid probes silent, oneDNN present."""
+    cpuinfo = device.cpu_flags
+    monkeypatch.setattr(device, "cpu_flags", lambda: set() if flags is None else cpuinfo(str(write_cpuinfo(flags))))
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+
+
+def write_cpuinfo(flags: str):
+    """A /proc/cpuinfo look-alike: two processors, the first with `flags`."""
+    path = os.path.join(tempfile.mkdtemp(), "cpuinfo")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t: fpu\n")
+    return path
 
 
 @pytest.mark.parametrize("flags,native", [("fpu avx512f amx_bf16", True), ("avx512_bf16 sse", True),
@@ -41,7 +51,7 @@ def test_explicit_dtypes_are_kept_and_unknown_ones_refused(monkeypatch):
     fake_cpuinfo(monkeypatch, "amx_bf16")  # `auto` would say bfloat16: explicit names win
     assert resolve_dtype("float32", "cpu") is torch.float32
     assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError):  # engine/device.py's refusal of an unknown name
         resolve_dtype("int3", "cpu")
 
 

@@ -77,6 +77,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-tokens", type=int, default=None,
                    help="budget in training tokens (anchors: one per block); sets --steps")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    g.add_argument("--stop-at-step", type=int, default=None,
+                   help="stop at this step, the learning rate still scheduled for the whole budget (ablations)")
     g.add_argument("--lr", type=float, default=5e-4)
     g.add_argument("--sequences-per-step", type=int, default=4)
     g.add_argument("--anchors", type=int, default=16, help="blocks per sequence per step")
@@ -149,7 +151,8 @@ def run_train(args: argparse.Namespace) -> int:
     head = _build_head(config, loaded, vocab.get("ids"))
     precision = args.precision if args.precision != "auto" else ("bf16" if native_bf16(args.device) else "fp32")
     train_config = TrainConfig(
-        steps=_steps(args), max_minutes=args.max_minutes, lr=args.lr, sequences_per_step=args.sequences_per_step,
+        steps=_steps(args), max_minutes=args.max_minutes, stop_at_step=args.stop_at_step, lr=args.lr,
+        sequences_per_step=args.sequences_per_step,
         anchors_per_sequence=args.anchors, seed=args.seed, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, eval_sequences=args.eval_sequences, precision=precision,
         device=args.device, dspark_weights=tuple(float(x) for x in args.dspark_loss_weights.split(",")))

@@ -47,6 +47,9 @@ class TrainConfig:
 
     steps: int = 1000
     max_minutes: float | None = None  # stop (with a checkpoint) after this much training time
+    # Stop (with a checkpoint) at this step while the learning rate follows the
+    # schedule of `steps`: an ablation that matches a full run's first part.
+    stop_at_step: int | None = None
     sequences_per_step: int = 4
     anchors_per_sequence: int = 16
     lr: float = 5e-4
@@ -163,10 +166,11 @@ class Trainer:
 
     # ---- the loop ----
     def run(self) -> TrainHistory:
-        """Train until `steps` (or `max_minutes` of training), checkpointing on the way."""
+        """Train until `steps` (or `stop_at_step`, or `max_minutes` of training), checkpointing on the way."""
         self.resume()
         bar = self._bar()
-        while self.step < self.config.steps:
+        last_step = min(self.config.steps, self.config.stop_at_step or self.config.steps)
+        while self.step < last_step:
             started = time.perf_counter()
             metrics = self.train_step()
             self.elapsed += time.perf_counter() - started

@@ -7,6 +7,13 @@
 #   engine/spec/training/scripts/smollm2-heads.sh all   [RUN_DIR]   # data, then the three heads
 #   engine/spec/training/scripts/smollm2-heads.sh data  [RUN_DIR]   # only the data
 #   engine/spec/training/scripts/smollm2-heads.sh train METHOD [RUN_DIR]
+#   engine/spec/training/scripts/smollm2-heads.sh ablate NAME [RUN_DIR]
+#
+# ablate trains DSpark with one part changed (NAME: markov-off, markov-32,
+# markov-256, confidence-off) into RUN_DIR/ablation-NAME, on the same data,
+# seed and learning-rate schedule as RUN_DIR/dspark, stopped at step
+# STOP_AT_STEP (default 250, one of the full run's evaluations) so that its
+# logged tau compares with the full run's at the same step.
 #
 # RUN_DIR defaults to runs/heads-smollm2 (git-ignored). A running job reads
 # this file as it goes: replace it (write a new file, then rename), never
@@ -78,7 +85,20 @@ train() {  # METHOD (one thread)
   train_draft 1 "$RUN/$method" --method "$method" "${TRAIN_ARGS[@]}" "${extra[@]}"
 }
 
-stage=${1:?usage: $0 all|data|train METHOD [RUN_DIR]}
+ablate() {  # NAME (one thread)
+  local name=$1 changed
+  case "$name" in
+    markov-off) changed=(--markov-rank 0) ;;
+    markov-32) changed=(--markov-rank 32) ;;
+    markov-256) changed=(--markov-rank 256) ;;
+    confidence-off) changed=(--markov-rank 128 --dspark-loss-weights 0.1,0.9,0) ;;
+    *) echo "unknown ablation $name" >&2; exit 2 ;;
+  esac
+  train_draft 1 "$RUN/ablation-$name" --method dspark "${TRAIN_ARGS[@]}" --stop-at-step "${STOP_AT_STEP:-250}" \
+    "${changed[@]}"
+}
+
+stage=${1:?usage: $0 all|data|train METHOD|ablate NAME [RUN_DIR]}
 case "$stage" in
   all)
     RUN=${2:-$REPO/runs/heads-smollm2}
@@ -90,5 +110,6 @@ case "$stage" in
     ;;
   data) RUN=${2:-$REPO/runs/heads-smollm2}; data ;;
   train) RUN=${3:-$REPO/runs/heads-smollm2}; train "${2:?METHOD}" ;;
+  ablate) RUN=${3:-$REPO/runs/heads-smollm2}; ablate "${2:?NAME}" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -54,6 +54,24 @@ def test_training_resumes_exactly(tiny_target, feature_set, tmp_path):
         torch.testing.assert_close(resumed.head.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
 
 
+def test_stop_at_step_is_the_first_part_of_the_full_run(tiny_target, feature_set):
+    """An ablation stopped early follows the whole budget's learning-rate
+    schedule: its weights equal a full run's after as many steps."""
+    from dataclasses import replace
+
+    stopped = make_trainer(tiny_target, feature_set, "dspark", BLOCK, steps=20)
+    stopped.config = replace(stopped.config, stop_at_step=8)
+    stopped.run()
+    assert stopped.step == 8
+    full = make_trainer(tiny_target, feature_set, "dspark", BLOCK, steps=20)
+    for _ in range(8):
+        full.train_step()
+    for name, tensor in full.head.state_dict().items():
+        torch.testing.assert_close(stopped.head.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
+    short = make_trainer(tiny_target, feature_set, "dspark", BLOCK, steps=8)
+    assert short.learning_rate(6) < full.learning_rate(6)  # a short budget's schedule decays sooner
+
+
 def test_bf16_autocast_step_lowers_the_loss(tiny_target, feature_set):
     """bfloat16 autocast (what the AMX path runs) on the device path the
     CUDA runs take, here with device='cpu': float32 master weights, the

@@ -77,7 +77,6 @@ class LLMEngine:
         self.device_sampler = DeviceSampler(counters).start()
         self.scheduler = Scheduler(config.scheduler, cache, drafting=self._drafting_limits(),
                                    verify_policy=self.verify_policy,
-                                   enable_prefix_caching=not (self.drafter and self.drafter.aux_layers),
                                    device_counters=self.device_sampler.latest)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
@@ -327,6 +326,8 @@ class LLMEngine:
         stats.num_waiting = self.scheduler.num_waiting
         stats.kv_cache_usage = self.scheduler.kv_usage
         stats.num_preemptions = self.scheduler.num_preemptions
+        stats.prefix_cache_queries = self.scheduler.num_prefix_cache_queries
+        stats.prefix_cache_hits = self.scheduler.num_prefix_cache_hits
         snapshot = EngineStats(**vars(stats) | {"accepted_per_position": list(stats.accepted_per_position)})
         if self.verify_policy is not None:
             snapshot.policy = self.verify_policy.stats()

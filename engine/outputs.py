@@ -42,6 +42,9 @@ class EngineStats:
     num_waiting: int = 0
     kv_cache_usage: float = 0.0  # fraction of KV blocks in use
     num_preemptions: int = 0
+    # Tokens looked up in the prefix cache on admission, and found (vLLM's meanings).
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
     prompt_tokens: int = 0
     generation_tokens: int = 0
     num_steps: int = 0

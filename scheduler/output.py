@@ -42,6 +42,11 @@ class ScheduledRequest:
     num_query_tokens: int
     block_ids: list[int]
     drafts: DraftBlock = NO_DRAFTS
+    # On the step that admits the request after a prefix-cache hit: the
+    # leading tokens whose KV came from the cache, not from this forward (a
+    # drafter that reads target features gets theirs from the runner's
+    # feature cache). 0 on every other step.
+    num_cached_prefix: int = 0
 
     @property
     def num_spec_tokens(self) -> int:

@@ -30,6 +30,8 @@ class StepPlan:
     # this step samples, and dropped first when blocks are short.
     num_lookahead_slots: int = 0
     block_ids: list[int] = field(default_factory=list)  # the table once allocated
+    # On admission: leading tokens whose KV the prefix cache already holds.
+    num_cached_prefix: int = 0
 
     @property
     def samples(self) -> bool:

@@ -74,6 +74,9 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # kept in arrival order
         self.num_preemptions = 0
+        # Prompt tokens looked up in the prefix cache on admission, and found.
+        self.num_prefix_cache_queries = 0
+        self.num_prefix_cache_hits = 0
         self._live: dict[str, Request] = {}
         self._arrival: dict[str, int] = {}
         self._arrival_counter = itertools.count()
@@ -208,7 +211,8 @@ class Scheduler:
         return ScheduledRequest(request=plan.request,
                                 start_position=plan.request.num_computed_tokens,
                                 num_query_tokens=plan.num_query_tokens,
-                                block_ids=plan.block_ids, drafts=plan.drafts)
+                                block_ids=plan.block_ids, drafts=plan.drafts,
+                                num_cached_prefix=plan.num_cached_prefix)
 
     def _preempt(self, request: Request) -> None:
         self._remove_running(request)
@@ -248,11 +252,14 @@ class Scheduler:
             request_id, request.all_token_ids)
         plan = self._new_plan(request, min(request.num_tokens - request.num_computed_tokens,
                                            budget.left))
+        plan.num_cached_prefix = request.num_computed_tokens
         if not self._allocate(plan):
             self.block_manager.free(request_id)
             request.num_computed_tokens = 0
             return None
         budget.take(plan.num_query_tokens)
+        self.num_prefix_cache_queries += request.num_tokens
+        self.num_prefix_cache_hits += plan.num_cached_prefix
         self.waiting.popleft()
         request.status = RequestStatus.RUNNING
         bisect.insort(self.running, request, key=self._arrival_of)

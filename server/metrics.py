@@ -56,6 +56,10 @@ class EngineStatsCollector(Collector):
         yield _gauge("kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)",
                      stats.kv_cache_usage)
         yield _counter("num_preemptions", "Requests preempted", stats.num_preemptions)
+        yield _counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                       stats.prefix_cache_queries)
+        yield _counter("prefix_cache_hits", "Prompt tokens found in the prefix cache (KV not recomputed)",
+                       stats.prefix_cache_hits)
         yield from self._spec_metrics(stats)
         yield from self._verify_metrics(stats.policy)
         yield from _load_metrics(stats.load)

@@ -261,7 +261,10 @@ def test_prefix_cache_hit_skips_cached_tokens():
     second = make_request("b", prompt + [30], max_tokens=3, eos=None)
     scheduler.add_request(second)
     output, _ = step(scheduler, runner)
-    assert output.scheduled[0].start_position == 8
+    assert output.scheduled[0].start_position == output.scheduled[0].num_cached_prefix == 8
+    assert (scheduler.num_prefix_cache_queries, scheduler.num_prefix_cache_hits) == (11 + 12, 8)
+    output, _ = step(scheduler, runner)
+    assert output.scheduled[0].num_cached_prefix == 0  # only the admitting step says so
     drive(scheduler, runner)
     assert second.output_token_ids == solo_output(prompt + [30], 3, None)
 

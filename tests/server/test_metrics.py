@@ -15,7 +15,8 @@ HISTOGRAMS = ["time_to_first_token_seconds", "inter_token_latency_seconds",
               "request_generation_tokens"]
 COUNTERS = ["prompt_tokens", "generation_tokens", "request_success",
             "spec_decode_num_drafts", "spec_decode_num_draft_tokens",
-            "spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens_per_pos"]
+            "spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens_per_pos",
+            "prefix_cache_queries", "prefix_cache_hits"]
 GAUGES = ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc",
           "spec_decode_mean_accepted_length"]
 

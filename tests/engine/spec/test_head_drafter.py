@@ -117,10 +117,40 @@ def test_greedy_through_engine_equals_plain_decoding(tiny_dir, tiny_target, meth
     assert all(len(out) == 12 or out[-1] in engine.tokenizer.stop_token_ids for out in sampled)
 
 
+def test_a_prefix_cache_hit_gives_the_head_the_features_it_would_compute(tiny_dir, tiny_target):
+    """A request admitted with a prefix-cache hit gets the cached tokens'
+    features from the runner's feature cache: the same features, drafts and
+    output as when the whole prompt is computed."""
+    def run(warm: bool):
+        drafter = make_drafter(tiny_target, "dspark")
+        absorbed, absorb = [], drafter.absorb
+        drafter.absorb = lambda request, hidden: (absorbed.append((request.request_id, hidden)),
+                                                  absorb(request, hidden))
+        engine = make_engine(tiny_dir, tiny_target, drafter)
+        shared = engine.tokenizer.encode(PROMPTS[0] * 3)
+        params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+        if warm:
+            engine.generate([shared + [5]], params)
+        hits = engine.snapshot_stats().prefix_cache_hits
+        out = engine.generate([shared + [7, 8]], params)[0]
+        last = absorbed[-1][0]
+        features = torch.cat([hidden for rid, hidden in absorbed if rid == last])
+        stats = engine.snapshot_stats()
+        return out, features, stats.prefix_cache_hits - hits, stats.num_draft_tokens
+
+    cold_out, cold_features, cold_hits, _ = run(warm=False)
+    warm_out, warm_features, warm_hits, drafted = run(warm=True)
+    assert cold_hits == 0 and warm_hits >= 2 * 8  # whole blocks of the shared prompt
+    assert drafted > 0
+    torch.testing.assert_close(warm_features, cold_features, rtol=1e-4, atol=1e-5)
+    assert warm_out == cold_out
+
+
 @pytest.mark.parametrize("method", HEAD_METHODS)
 def test_checkpoint_served_by_method_flag_is_lossless(tmp_path, tiny_dir, tiny_target, method):
     """--speculative-method METHOD --draft-model CHECKPOINT, adaptive policy,
-    prefix caching switched off by the engine (heads need every token's features)."""
+    with prefix caching on: repeated prompts hit it, and the head gets the
+    cached tokens' features from the runner's feature cache."""
     from engine.spec.heads.checkpoint import save_head
 
     save_head(make_drafter(tiny_target, method).head, str(tmp_path / "ckpt"))
@@ -131,11 +161,11 @@ def test_checkpoint_served_by_method_flag_is_lossless(tmp_path, tiny_dir, tiny_t
                                                     max_model_len=512), speculative=spec,
                           machine_counters=False)
     engine = LLMEngine(config, step_cost=StepCostModel.flat())
-    assert not engine.scheduler.block_manager.enable_prefix_caching
-    prompts = [engine.tokenizer.encode(p) for p in PROMPTS] * 2  # repeats would hit the prefix cache
+    prompts = [engine.tokenizer.encode(p) for p in PROMPTS]
     params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
-    got = engine.generate(prompts, params)
-    assert got == make_engine(tiny_dir, engine.loaded).generate(prompts, params)
+    got = engine.generate(prompts, params) + engine.generate(prompts, params)  # the repeats hit the cache
+    assert engine.snapshot_stats().prefix_cache_hits > 0
+    assert got == make_engine(tiny_dir, engine.loaded).generate(prompts * 2, params)
     wrong = "dspark" if method != "dspark" else "eagle3"
     with pytest.raises(ValueError, match="holds a"):
         LLMEngine(EngineConfig(model=str(tiny_dir), speculative=SpeculativeConfig(

@@ -14,6 +14,7 @@ on the positions ranked above it, none of which depends on draft x_{r,j}.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -109,6 +110,15 @@ def greedy_prefix_admission(survivals: dict[str, list[float]], base_tokens: int,
         tokens, tau, best = tokens + 1, tau + a, theta
         lengths[rid] = j
     return lengths
+
+
+def first_draft_threshold(base: StepBase) -> float:
+    """The least survival a lone first draft needs to be admitted against
+    `base`: (tau + a) * SPS(B0 + 1) > tau * SPS(B0), i.e. a > tau *
+    (SPS(B0) / SPS(B0 + 1) - 1). Infinite when no draft fits the budget."""
+    if base.max_extra <= 0:
+        return math.inf
+    return base.tau * (base.cost.sps(base.tokens) / base.cost.sps(base.tokens + 1) - 1.0)
 
 
 def _fitting_positions(survivals: dict[str, list[float]], max_extra: int, kv: KvRoom | None):

@@ -123,3 +123,6 @@ class DraftSlot:
     request: Request
     max_tokens: int
     block_ids: list[int]
+    # The survival a first draft needs to be verified at the current load
+    # (VerifyPolicy.first_draft_threshold): a costly drafter skips below it.
+    first_draft_threshold: float = 0.0

@@ -162,9 +162,10 @@ class Scheduler:
     def _plan_drafts(self, plans: list[StepPlan], budget: TokenBudget, kv_back_off: bool) -> None:
         candidates = [plan for plan in plans if plan.can_verify]
         load = self.load.signal(plans, candidates, self.running, self.waiting, kv_back_off)
+        num_emitting = sum(1 for plan in plans if plan.samples)
+        self.verify_policy.observe_load(budget.left, num_emitting, load)
         if not candidates:
             return
-        num_emitting = sum(1 for plan in plans if plan.samples)
         lengths = self.verify_policy.choose_lengths([p.request for p in candidates], budget.left,
                                                     num_emitting=num_emitting, load=load)
         tally = KvTally(load.kv)
@@ -359,10 +360,11 @@ class Scheduler:
         how many drafts each may propose, with lookahead KV reserved."""
         if self.drafting is None:
             return []
-        slots = [self._draft_slot(r) for r in requests if not r.is_finished]
+        threshold = self.verify_policy.first_draft_threshold() if self.drafting.costs_compute else 0.0
+        slots = [self._draft_slot(r, threshold) for r in requests if not r.is_finished]
         return [slot for slot in slots if slot is not None]
 
-    def _draft_slot(self, request: Request) -> DraftSlot | None:
+    def _draft_slot(self, request: Request, threshold: float) -> DraftSlot | None:
         room = draft_room(request, self.drafting, self.verify_policy, self.config.max_model_len)
         if room <= 0:
             return None
@@ -370,7 +372,7 @@ class Scheduler:
             request.request_id, request.num_tokens + self.num_lookahead_slots)
         if block_ids is None:
             return None  # no KV room to draft into: decode plainly this step
-        return DraftSlot(request, room, block_ids)
+        return DraftSlot(request, room, block_ids, threshold)
 
     def install_drafts(self, drafts: dict[str, DraftBlock]) -> None:
         """Drafts proposed for live requests; verified (a prefix) next step."""

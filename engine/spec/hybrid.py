@@ -24,6 +24,13 @@ conditional acceptance at position i. Ties go to n-gram (it costs no
 compute). When n-gram's expectation beats what the head could reach even
 with c_1 = 1, the head is not run at all for that request.
 
+Load: the head costs compute whether or not its drafts are verified. When
+its historical first-position acceptance is below the survival the verify
+policy requires of a first draft at the current load
+(`DraftInput.first_draft_threshold`: a busy machine on a batch-sensitive
+device raises it), the head is not run for that request and n-gram's block
+(free to draft) stands alone. History and load only: pre-draw information.
+
 Confidences are recalibrated online per source (scheduler.calibration's
 per-position, per-bin map, from realised acceptance read off the
 request's counters at the next absorb): n-gram's raw confidences are a
@@ -104,6 +111,7 @@ class HybridDrafter(Drafter):
         self.head_rates = PositionRates()
         self.pending: dict[str, _Pending] = {}
         self.choices = {ngram.name: 0, head.name: 0}  # proposals handed out per source
+        self.head_skipped_for_load = 0  # requests x steps the head did not run for at the load
 
     # ---- the Drafter interface ----
     def absorb(self, request, hidden) -> None:
@@ -124,7 +132,7 @@ class HybridDrafter(Drafter):
         raw: dict[tuple[str, str], list[float]] = {}
         ngram = self._calibrated(self.ngram.propose(items), raw)
         need_head = [item for item in items if self._head_could_win(item, ngram.get(item.request.request_id))]
-        head = self._calibrated(self.head.propose(need_head), raw)
+        head = self._calibrated(self.head.propose(need_head), raw) if need_head else {}
         proposals = {}
         for item in items:
             rid = item.request.request_id
@@ -137,7 +145,11 @@ class HybridDrafter(Drafter):
     # ---- choice and calibration ----
     def _head_could_win(self, item: DraftInput, ngram_block: DraftBlock | None) -> bool:
         """Whether the head's proposal could beat n-gram's even with c_1 = 1
-        (pre-draw information only); if not, the head is not run."""
+        (pre-draw information only), and its first draft is expected to be
+        verified at this load; if not, the head is not run."""
+        if self.head_rates.rate(0) < item.first_draft_threshold:
+            self.head_skipped_for_load += 1
+            return False
         if ngram_block is None:
             return True
         longest = min(item.max_tokens, self.max_draft_tokens or item.max_tokens)
@@ -178,7 +190,8 @@ class HybridDrafter(Drafter):
             self.head_rates.observe(verified, accepted)
 
     def stats(self) -> dict:
-        return {"chosen": dict(self.choices), "head_position_rates": [round(self.head_rates.rate(i), 3)
+        return {"chosen": dict(self.choices), "head_skipped_for_load": self.head_skipped_for_load,
+                "head_position_rates": [round(self.head_rates.rate(i), 3)
                                                                       for i in range(len(self.head_rates.trials))]}
 
 

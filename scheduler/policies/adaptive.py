@@ -1,7 +1,7 @@
 """Confidence-aware, load-aware verification (speculation.md §4)."""
 from __future__ import annotations
 
-from scheduler.admission import (FeltStepCost, StepBase, admit_from_base, best_budget,
+from scheduler.admission import (FeltStepCost, StepBase, admit_from_base, best_budget, first_draft_threshold,
                                  ranked_positions, survivals_from_confidences, top_k_admission)
 from scheduler.calibration import ConfidenceCalibrator
 from scheduler.load import IDLE, LoadedStepCost, LoadSignal, StepCostModel
@@ -73,6 +73,7 @@ class AdaptivePolicy(VerifyPolicy):
         self._used: dict[str, tuple[list[float], list[float]]] = {}
         self._previous_ranked: list[float] = []
         self.backoff = DraftingBackoff()
+        self._latest_base: StepBase | None = None
 
     def choose_lengths(self, candidates: list[Request], budget_left: int, num_emitting: int = 0,
                        load: LoadSignal = IDLE) -> dict[str, int]:
@@ -90,6 +91,13 @@ class AdaptivePolicy(VerifyPolicy):
             if length == 0:
                 self.backoff.failed(rid)
         return lengths
+
+    def observe_load(self, budget_left: int, num_emitting: int, load: LoadSignal) -> None:
+        self._latest_base = self.step_base(budget_left, num_emitting, load)
+
+    def first_draft_threshold(self) -> float:
+        """From the latest step's base: the next step's load is much the same."""
+        return 0.0 if self._latest_base is None else first_draft_threshold(self._latest_base)
 
     def step_base(self, budget_left: int, num_emitting: int, load: LoadSignal) -> StepBase:
         """B0, tau0 + W, the loaded cost, the budget and the KV room: what

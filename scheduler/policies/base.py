@@ -34,9 +34,10 @@ class VerifyPolicy(ABC):
 
     The scheduler calls, per step: `should_draft` / `draft_length` before a
     request drafts (only for drafters whose drafting costs compute),
-    `choose_lengths` when it plans the step, `observe` with each
-    verification's outcome, `observe_step` with the measured step time, and
-    `forget` when a request leaves for good. The engine never asks which
+    `choose_lengths` when it plans the step, `observe_load` with every
+    step's load (drafts or not), `observe` with each verification's
+    outcome, `observe_step` with the measured step time, and `forget` when
+    a request leaves for good. Drafters read `first_draft_threshold`. The engine never asks which
     policy it holds.
 
     Contract of `choose_lengths(candidates, budget_left, num_emitting, load)`:
@@ -73,6 +74,17 @@ class VerifyPolicy(ABC):
     @abstractmethod
     def observe_step(self, num_tokens: int, seconds: float) -> None:
         """A whole engine step (drafting included) over `num_tokens` query tokens."""
+
+    def observe_load(self, budget_left: int, num_emitting: int, load: LoadSignal) -> None:
+        """Every step's load, whether or not anything is verified (what
+        `first_draft_threshold` reads). A policy blind to load ignores it."""
+
+    def first_draft_threshold(self) -> float:
+        """The survival a request's first draft needs to be verified at the
+        latest step's load: a drafter whose drafting costs compute skips
+        drafts whose expected survival is below it (they would be drafted
+        for nothing). 0 for a policy that verifies whatever is drafted."""
+        return 0.0
 
     @abstractmethod
     def should_draft(self, request_id: str) -> bool:

@@ -2,7 +2,9 @@
 throughput they buy (Theta = tau * SPS), as a prefix of each request."""
 from __future__ import annotations
 
-from scheduler.admission import (FeltStepCost, admit_from_base, greedy_prefix_admission, ranked_positions,
+import math
+
+from scheduler.admission import (FeltStepCost, admit_from_base, first_draft_threshold, greedy_prefix_admission, ranked_positions,
                                  StepBase, survivals_from_confidences, top_k_admission)
 from scheduler.load import KvRoom, StepCostModel
 
@@ -46,3 +48,15 @@ def test_felt_cost_is_plain_cost_without_prefill_and_higher_with_it():
     stretch = STEEP.step_seconds(21) - STEEP.step_seconds(20)
     assert felt.step_seconds(20) == STEEP.step_seconds(4)
     assert abs(felt.step_seconds(21) - STEEP.step_seconds(4) * (1 + stretch / STEEP.step_seconds(4))) < 1e-12
+
+
+def test_first_draft_threshold_is_where_a_lone_first_draft_starts_to_be_admitted():
+    for tau, tokens in ((1.0, 1), (8.0, 8), (8.0, 40)):
+        base = StepBase(tokens=tokens, tau=tau, cost=STEEP, max_extra=10)
+        threshold = first_draft_threshold(base)
+        assert 0 < threshold
+        assert admit_from_base({"r": [threshold * 1.001]}, base) == {"r": 1}
+        assert admit_from_base({"r": [threshold * 0.999]}, base) == {"r": 0}
+    busy, idle = (first_draft_threshold(StepBase(tokens=8, tau=tau, cost=STEEP, max_extra=10)) for tau in (8, 1))
+    assert busy > idle  # more users feel each extra token
+    assert first_draft_threshold(StepBase(tokens=8, tau=8, cost=STEEP, max_extra=0)) == math.inf

@@ -74,3 +74,16 @@ def test_draft_blocks_keep_tokens_and_confidences_aligned():
     assert block.prefix(5) is block
     with pytest.raises(ValueError):
         DraftBlock([1, 2], [0.5])
+
+
+def test_slots_carry_the_policy_s_first_draft_threshold_for_costly_drafters():
+    policy = AdaptivePolicy(StepCostModel.linear(base=0.01, per_token=0.004, max_tokens=64), max_batched_tokens=64)
+    scheduler, request = decoding(DraftingLimits(max_tokens=4), max_tokens=20, policy=policy)
+    scheduler.schedule()  # a step's load reaches the policy
+    (slot,) = scheduler.draft_slots([request])
+    assert slot.first_draft_threshold == policy.first_draft_threshold() > 0
+    free, request = decoding(DraftingLimits(max_tokens=4, costs_compute=False), max_tokens=20,
+                             policy=AdaptivePolicy(StepCostModel.linear(base=0.01, per_token=0.004, max_tokens=64),
+                                                   max_batched_tokens=64))
+    free.schedule()
+    assert free.draft_slots([request])[0].first_draft_threshold == 0.0  # n-gram drafts for free

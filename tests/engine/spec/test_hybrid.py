@@ -122,3 +122,24 @@ def test_choice_prefers_the_larger_expected_acceptance():
     assert choose(ngram, weak, rates, 4) is ngram
     assert choose(ngram, strong, PositionRates(trials=[10.0] * 4, accepted=[10.0] * 4), 4) is strong
     assert choose(None, weak, rates, 4) is weak and choose(ngram, None, rates, 4) is ngram
+
+
+def test_the_head_is_not_run_when_its_first_draft_would_not_be_verified_at_the_load():
+    """Above the policy's first-draft threshold (a busy machine) the head is
+    skipped and n-gram's block stands alone; below it, the head runs."""
+    head = _StubHead()
+    hybrid = HybridDrafter(head, NgramDrafter(1, 4))
+    hybrid.head_rates = PositionRates(trials=[10.0], accepted=[4.0])  # first-draft acceptance 0.42
+    head.block = DraftBlock([9] * BLOCK, [0.99] * BLOCK, None, "dspark")
+    copying = Request("r", [5, 6, 7, 5, 6], SamplingParams(temperature=0.0))  # n-gram proposes 7 ...
+    free = Request("f", [1, 2, 3, 4], SamplingParams(temperature=0.0))  # no n-gram match
+
+    def propose(threshold):
+        proposals = hybrid.propose([DraftInput(r, BLOCK, torch.Generator(), [], first_draft_threshold=threshold)
+                                    for r in (copying, free)])
+        hybrid.pending.clear()
+        return {rid: block.source for rid, block in proposals.items()}
+
+    assert propose(0.5) == {"r": "ngram"} and head.calls == 0
+    assert hybrid.head_skipped_for_load == 2
+    assert propose(0.3) == {"r": "dspark", "f": "dspark"} and head.calls == 1

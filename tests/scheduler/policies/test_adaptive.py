@@ -52,3 +52,18 @@ def test_backoff_doubles_up_to_a_cap_and_resets_on_acceptance():
     assert skipped == [1, 2, 4, 8, 16, 16] and MAX_BACKOFF_STEPS == 16
     backoff.paid("a")
     assert backoff.should_draft("a")
+
+
+def test_first_draft_threshold_follows_the_latest_load():
+    policy = AdaptivePolicy(STEEP, max_batched_tokens=64, max_draft=4)
+    assert policy.first_draft_threshold() == 0.0  # no step seen yet
+    policy.observe_load(budget_left=63, num_emitting=1, load=LoadSignal())
+    alone = policy.first_draft_threshold()
+    policy.observe_load(budget_left=56, num_emitting=8, load=LoadSignal())
+    eight = policy.first_draft_threshold()
+    policy.observe_load(budget_left=56, num_emitting=8, load=LoadSignal(num_stalled=30))
+    queued = policy.first_draft_threshold()
+    assert 0 < alone < eight < queued
+    # The same rule as the admission: a lone draft just above it is verified, just below it is not.
+    assert policy.choose_lengths([with_drafts("a", [eight * 1.01])], budget_left=56, num_emitting=8) == {"a": 1}
+    assert policy.choose_lengths([with_drafts("b", [eight * 0.99])], budget_left=56, num_emitting=8) == {"b": 0}

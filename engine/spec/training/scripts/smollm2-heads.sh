@@ -10,7 +10,8 @@
 #   engine/spec/training/scripts/smollm2-heads.sh ablate NAME [RUN_DIR]
 #
 # ablate trains DSpark with one part changed (NAME: markov-off, markov-32,
-# markov-256, confidence-off) into RUN_DIR/ablation-NAME, on the same data,
+# markov-256, confidence-off), or EAGLE-3 on this budget's schedule (NAME:
+# eagle3-schedule), into RUN_DIR/ablation-NAME, on the same data,
 # seed and learning-rate schedule as RUN_DIR/dspark, stopped at step
 # STOP_AT_STEP (default 250, one of the full run's evaluations) so that its
 # logged tau compares with the full run's at the same step.
@@ -86,15 +87,17 @@ train() {  # METHOD (one thread)
 }
 
 ablate() {  # NAME (one thread)
-  local name=$1 changed
+  local name=$1 method=dspark changed
   case "$name" in
     markov-off) changed=(--markov-rank 0) ;;
     markov-32) changed=(--markov-rank 32) ;;
     markov-256) changed=(--markov-rank 256) ;;
     confidence-off) changed=(--markov-rank 128 --dspark-loss-weights 0.1,0.9,0) ;;
+    # EAGLE-3 on this budget's schedule (the full run resumed from a longer one).
+    eagle3-schedule) method=eagle3 changed=() ;;
     *) echo "unknown ablation $name" >&2; exit 2 ;;
   esac
-  train_draft 1 "$RUN/ablation-$name" --method dspark "${TRAIN_ARGS[@]}" --stop-at-step "${STOP_AT_STEP:-250}" \
+  train_draft 1 "$RUN/ablation-$name" --method "$method" "${TRAIN_ARGS[@]}" --stop-at-step "${STOP_AT_STEP:-250}" \
     "${changed[@]}"
 }
 

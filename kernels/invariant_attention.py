@@ -39,7 +39,7 @@ CHUNK_MULTIPLE = 64
 # Rows of a long request (prefill chunk) per call; bounds the score tensor.
 QUERY_TILE = 128
 # Requests with at most this many query tokens (decode, verification) share
-# one padded tile; longer ones (prefill chunks) get tiles of their own.
+# padded tiles; longer ones (prefill chunks) get tiles of their own.
 SHARED_TILE_MAX_QUERY = 16
 # GEMMs with one row use a different kernel (gemv) than with two or more.
 MIN_GEMM_ROWS = 2
@@ -158,16 +158,20 @@ def _get_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
 
 
 def _build_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
-    """Short requests (decode, verification) padded into one tile; long ones
-    (prefill chunks) in tiles of QUERY_TILE rows each."""
+    """Short requests (decode, verification) padded into shared tiles, one
+    per query-length bucket (1, 2, 3-4, 5-8, 9-16): one request verifying 8
+    drafts must not pad every decoding request in the batch to 9 rows. Long
+    ones (prefill chunks) in tiles of QUERY_TILE rows each. How a request is
+    tiled never changes its rows' reductions (module doc)."""
     starts = [0]
     for q in meta.query_lens:
         starts.append(starts[-1] + q)
-    short = [r for r, q in enumerate(meta.query_lens) if q <= SHARED_TILE_MAX_QUERY]
-    tile_members = []
-    if short:
-        tile_members.append([(r, list(range(starts[r], starts[r + 1])), meta.seq_lens_list[r] - meta.query_lens[r])
-                             for r in short])
+    buckets: dict[int, list] = {}
+    for r, q_len in enumerate(meta.query_lens):
+        if q_len <= SHARED_TILE_MAX_QUERY:
+            member = (r, list(range(starts[r], starts[r + 1])), meta.seq_lens_list[r] - q_len)
+            buckets.setdefault(_query_bucket(q_len), []).append(member)
+    tile_members = [buckets[bucket] for bucket in sorted(buckets)]
     for r, q_len in enumerate(meta.query_lens):
         if q_len <= SHARED_TILE_MAX_QUERY:
             continue
@@ -179,6 +183,11 @@ def _build_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
     if len(tiles) == 1 and _is_identity(tile_members[0], tiles[0].rows, meta.num_tokens):
         tiles[0].pad_index = None
     return tiles
+
+
+def _query_bucket(query_len: int) -> int:
+    """The power of two at or above `query_len`: its shared tile's rows."""
+    return 1 << max(0, query_len - 1).bit_length()
 
 
 def _make_tile(members, meta: AttentionMetadata, group: int, device) -> _Tile:

@@ -92,6 +92,20 @@ def test_long_requests_are_tiled(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(whole, tiled))
 
 
+def test_short_requests_share_a_tile_per_query_length_bucket():
+    """Decoding rows are not padded to a verifying request's length: a tile
+    per bucket (1, 2, 3-4, 5-8, 9-16), a prefill chunk in its own."""
+    ctx = Contexts((4, 2, 16), torch.float32)
+    spans = [(0, 1, 200), (1, 9, 70), (2, 1, 5), (3, 3, 130), (4, 4, 64), (5, 40, 65)]
+    meta = AttentionMetadata.build([q for _, q, _ in spans], [s for _, _, s in spans],
+                                   [ctx.tables[r] for r, _, _ in spans], BLOCK_SIZE, "cpu")
+    tiles = invariant_attention._build_tiles(meta, group=2, device="cpu")
+    assert [(tile.groups, tile.rows) for tile in tiles] == [(2, 1), (2, 4), (1, 9), (1, 40)]
+    # Each row as it is alone, whatever tile it landed in.
+    for (r, q, s), out in zip(spans, ctx.run(spans)):
+        assert torch.equal(out[-1], ctx.run([(r, 1, s)])[0][0])
+
+
 def test_rejects_a_query_that_does_not_match_the_metadata():
     query, k_cache, v_cache, meta = random_batch(*BATCHES["decode"], 4, 2, 8, torch.float32)
     with pytest.raises(ValueError):

@@ -302,7 +302,7 @@ class LLMEngine:
             gen = draft_generator(request.sampling_params.seed, self.config.device)
             self.draft_generators[request.request_id] = gen
         return DraftInput(request, slot.max_tokens, gen, slot.block_ids, self.grammars.get(request),
-                          slot.first_draft_threshold)
+                          slot.economics)
 
     # ---- statistics --------------------------------------------------------
     def _record_step(self, sched: SchedulerOutput, runner_out: RunnerOutput) -> None:

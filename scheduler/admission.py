@@ -121,6 +121,13 @@ def first_draft_threshold(base: StepBase) -> float:
     return base.tau * (base.cost.sps(base.tokens) / base.cost.sps(base.tokens + 1) - 1.0)
 
 
+def accepted_token_seconds(base: StepBase) -> float:
+    """Seconds of drafting an accepted draft token is worth against `base`:
+    the decode step it saves its request, T_load(B0_dec), over the users each
+    second of drafting delays, tau0 + W."""
+    return base.cost.step_seconds(base.tokens) / max(base.tau, 1.0)
+
+
 def _fitting_positions(survivals: dict[str, list[float]], max_extra: int, kv: KvRoom | None):
     """Ranked positions that fit the KV room, at most `max_extra` of them;
     a position that does not fit closes its request. The caller may stop

@@ -1,6 +1,7 @@
 """Drafts proposed for one request, awaiting verification (no torch)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,3 +40,25 @@ class DraftBlock:
 
 
 NO_DRAFTS = DraftBlock()
+
+
+@dataclass(frozen=True)
+class DraftEconomics:
+    """What a draft must be worth at the current load (the verify policy's
+    `draft_economics`), for drafters whose drafting costs compute.
+
+    `first_draft_threshold`: the survival a request's first draft needs to
+    be verified at all. `accepted_token_seconds`: the seconds of drafting
+    one accepted draft token is worth: the decode step it saves its
+    request, over the users each second of drafting delays (infinite where
+    the policy does not weigh load). A drafter may skip drafting expected to
+    fall short of either, deciding from history and load only, never from
+    what it would draw.
+    """
+
+    first_draft_threshold: float = 0.0
+    accepted_token_seconds: float = math.inf
+
+
+FREE_DRAFTING = DraftEconomics()
+

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.drafts import NO_DRAFTS, DraftBlock
+from scheduler.drafts import FREE_DRAFTING, NO_DRAFTS, DraftBlock, DraftEconomics
 from scheduler.request import Request
 
 
@@ -123,6 +123,5 @@ class DraftSlot:
     request: Request
     max_tokens: int
     block_ids: list[int]
-    # The survival a first draft needs to be verified at the current load
-    # (VerifyPolicy.first_draft_threshold): a costly drafter skips below it.
-    first_draft_threshold: float = 0.0
+    # What a draft must be worth at the current load (VerifyPolicy.draft_economics).
+    economics: DraftEconomics = FREE_DRAFTING

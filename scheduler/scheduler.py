@@ -17,7 +17,7 @@ from typing import Protocol
 
 from scheduler.block_manager import BlockManager
 from scheduler.drafting import DraftingLimits, draft_room
-from scheduler.drafts import NO_DRAFTS, DraftBlock
+from scheduler.drafts import FREE_DRAFTING, NO_DRAFTS, DraftBlock, DraftEconomics
 from scheduler.load import KvTally
 from scheduler.output import DraftSlot, RunnerOutput, ScheduledRequest, SchedulerOutput
 from scheduler.plan import StepPlan, TokenBudget
@@ -360,11 +360,11 @@ class Scheduler:
         how many drafts each may propose, with lookahead KV reserved."""
         if self.drafting is None:
             return []
-        threshold = self.verify_policy.first_draft_threshold() if self.drafting.costs_compute else 0.0
-        slots = [self._draft_slot(r, threshold) for r in requests if not r.is_finished]
+        economics = self.verify_policy.draft_economics() if self.drafting.costs_compute else FREE_DRAFTING
+        slots = [self._draft_slot(r, economics) for r in requests if not r.is_finished]
         return [slot for slot in slots if slot is not None]
 
-    def _draft_slot(self, request: Request, threshold: float) -> DraftSlot | None:
+    def _draft_slot(self, request: Request, economics: DraftEconomics) -> DraftSlot | None:
         room = draft_room(request, self.drafting, self.verify_policy, self.config.max_model_len)
         if room <= 0:
             return None
@@ -372,7 +372,7 @@ class Scheduler:
             request.request_id, request.num_tokens + self.num_lookahead_slots)
         if block_ids is None:
             return None  # no KV room to draft into: decode plainly this step
-        return DraftSlot(request, room, block_ids, threshold)
+        return DraftSlot(request, room, block_ids, economics)
 
     def install_drafts(self, drafts: dict[str, DraftBlock]) -> None:
         """Drafts proposed for live requests; verified (a prefix) next step."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from scheduler.drafts import DraftBlock
+from scheduler.drafts import FREE_DRAFTING, DraftBlock, DraftEconomics
 from scheduler.request import Request
 
 
@@ -37,18 +37,18 @@ class DraftInput:
     `grammar` (engine.structured.matcher.RequestGrammar) is set for a request
     with a response_format: a drafter that samples from a distribution q
     must mask q with it (`draft_mask`), as the target's rows are masked.
-    Whether a drafter skips a request for `first_draft_threshold` must not
-    depend on what it would draw (the hybrid decides from history only)."""
+    Whether a drafter skips a request for `economics` must not depend on
+    what it would draw (the hybrid decides from history and load only)."""
 
     request: Request
     max_tokens: int
     generator: torch.Generator
     block_ids: list[int]
     grammar: Any = None
-    # The survival a first draft needs to be verified at the current load
-    # (the verify policy's): a drafter whose drafting costs compute may skip
-    # drafting that is expected to fall below it.
-    first_draft_threshold: float = 0.0
+    # What a draft must be worth at the current load (the verify policy's):
+    # a drafter whose drafting costs compute may skip drafting that is
+    # expected to fall short.
+    economics: DraftEconomics = FREE_DRAFTING
 
 
 class Drafter(ABC):

@@ -24,12 +24,20 @@ conditional acceptance at position i. Ties go to n-gram (it costs no
 compute). When n-gram's expectation beats what the head could reach even
 with c_1 = 1, the head is not run at all for that request.
 
-Load: the head costs compute whether or not its drafts are verified. When
-its historical first-position acceptance is below the survival the verify
-policy requires of a first draft at the current load
-(`DraftInput.first_draft_threshold`: a busy machine on a batch-sensitive
-device raises it), the head is not run for that request and n-gram's block
-(free to draft) stands alone. History and load only: pre-draw information.
+Load and cost: the head costs compute whether or not its drafts are
+verified; n-gram drafts for free. The head is not run for a request, and
+n-gram's block stands alone, when (`DraftInput.economics`, the verify
+policy's terms at the current load):
+- its historical first-position acceptance is below the survival the
+  policy requires of a first draft (a busy machine on a batch-sensitive
+  device raises it), or
+- what a head run has brought, accepted drafts per run (moving average),
+  times the seconds an accepted token is worth at this load, is less than
+  what a run has cost per request (measured). A busy machine makes a token
+  worth less (more users wait for each second of drafting); a machine where
+  the head's forward is dear next to a decode step never lets it pay. One
+  skipped run in EXPLORE_EVERY runs anyway, so the figures follow a change.
+History, timing and load only: pre-draw information.
 
 Confidences are recalibrated online per source (scheduler.calibration's
 per-position, per-bin map, from realised acceptance read off the
@@ -38,6 +46,7 @@ heuristic of match length, and the head's STS fit may drift in serving.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from engine.spec.base import DraftInput, Drafter
@@ -73,6 +82,43 @@ class PositionRates:
                 self.accepted.append(0.0)
             self.trials[position] += 1.0
             self.accepted[position] += 1.0 if position < num_accepted else 0.0
+
+
+EXPLORE_EVERY = 64  # a skipped head run happens anyway once in this many
+
+
+@dataclass
+class HeadPayoff:
+    """What running the head for one request has cost (seconds, measured)
+    and brought (drafts accepted from its blocks), as sums decayed by
+    `keep` per proposal batch. Starts optimistic (one accepted draft per
+    run, no cost known), so the head is tried."""
+
+    keep: float = 0.98
+    runs: float = 1.0
+    accepted: float = 1.0
+    seconds: float = 0.0
+    timed_runs: float = 0.0
+
+    def record_runs(self, num_runs: int, seconds: float) -> None:
+        self.runs = self.runs * self.keep + num_runs
+        self.accepted *= self.keep
+        self.seconds = self.seconds * self.keep + seconds
+        self.timed_runs = self.timed_runs * self.keep + num_runs
+
+    def record_accepted(self, num_accepted: int) -> None:
+        self.accepted += num_accepted
+
+    @property
+    def accepted_per_run(self) -> float:
+        return self.accepted / self.runs
+
+    @property
+    def seconds_per_run(self) -> float:
+        return self.seconds / self.timed_runs if self.timed_runs else 0.0
+
+    def pays(self, accepted_token_seconds: float) -> bool:
+        return self.accepted_per_run * accepted_token_seconds >= self.seconds_per_run
 
 
 @dataclass
@@ -111,7 +157,13 @@ class HybridDrafter(Drafter):
         self.head_rates = PositionRates()
         self.pending: dict[str, _Pending] = {}
         self.choices = {ngram.name: 0, head.name: 0}  # proposals handed out per source
-        self.head_skipped_for_load = 0  # requests x steps the head did not run for at the load
+        self.payoff = HeadPayoff()
+        # Requests x steps the head did not run for, by reason (its first draft
+        # would not be verified at the load; its runs have not paid), and the
+        # skips overruled to keep the payoff figures current.
+        self.head_skipped = {"threshold": 0, "cost": 0}
+        self.explored = 0
+        self._skips_since_explore = 0
 
     # ---- the Drafter interface ----
     def absorb(self, request, hidden) -> None:
@@ -132,7 +184,7 @@ class HybridDrafter(Drafter):
         raw: dict[tuple[str, str], list[float]] = {}
         ngram = self._calibrated(self.ngram.propose(items), raw)
         need_head = [item for item in items if self._head_could_win(item, ngram.get(item.request.request_id))]
-        head = self._calibrated(self.head.propose(need_head), raw) if need_head else {}
+        head = self._calibrated(self._run_head(need_head), raw) if need_head else {}
         proposals = {}
         for item in items:
             rid = item.request.request_id
@@ -142,18 +194,38 @@ class HybridDrafter(Drafter):
                 proposals[rid] = chosen
         return proposals
 
+    def _run_head(self, items: list[DraftInput]) -> dict[str, DraftBlock]:
+        started = time.perf_counter()
+        blocks = self.head.propose(items)
+        self.payoff.record_runs(len(items), time.perf_counter() - started)
+        return blocks
+
     # ---- choice and calibration ----
     def _head_could_win(self, item: DraftInput, ngram_block: DraftBlock | None) -> bool:
-        """Whether the head's proposal could beat n-gram's even with c_1 = 1
-        (pre-draw information only), and its first draft is expected to be
-        verified at this load; if not, the head is not run."""
-        if self.head_rates.rate(0) < item.first_draft_threshold:
-            self.head_skipped_for_load += 1
+        """Whether the head's proposal could beat n-gram's even with c_1 = 1,
+        and running it pays at this load (module doc); pre-draw information
+        only. If not, the head is not run."""
+        if not self._head_pays(item.economics):
             return False
         if ngram_block is None:
             return True
         longest = min(item.max_tokens, self.max_draft_tokens or item.max_tokens)
         return head_expectation(1.0, self.head_rates, longest) > expected_accepted(ngram_block.confidences)
+
+    def _head_pays(self, economics) -> bool:
+        if self.head_rates.rate(0) < economics.first_draft_threshold:
+            reason = "threshold"
+        elif not self.payoff.pays(economics.accepted_token_seconds):
+            reason = "cost"
+        else:
+            return True
+        self._skips_since_explore += 1
+        if self._skips_since_explore >= EXPLORE_EVERY:
+            self._skips_since_explore = 0
+            self.explored += 1
+            return True
+        self.head_skipped[reason] += 1
+        return False
 
     def _calibrated(self, blocks: dict[str, DraftBlock], raw: dict) -> dict[str, DraftBlock]:
         """Blocks with confidences mapped by their source's online calibrator;
@@ -188,9 +260,12 @@ class HybridDrafter(Drafter):
                                                  pending.calibrated[:verified], accepted)
         if pending.source == self.head_source:
             self.head_rates.observe(verified, accepted)
+            self.payoff.record_accepted(accepted)
 
     def stats(self) -> dict:
-        return {"chosen": dict(self.choices), "head_skipped_for_load": self.head_skipped_for_load,
+        return {"chosen": dict(self.choices), "head_skipped": dict(self.head_skipped), "explored": self.explored,
+                "head_accepted_per_run": round(self.payoff.accepted_per_run, 3),
+                "head_seconds_per_run": round(self.payoff.seconds_per_run, 5),
                 "head_position_rates": [round(self.head_rates.rate(i), 3)
                                                                       for i in range(len(self.head_rates.trials))]}
 

@@ -1,9 +1,11 @@
 """Confidence-aware, load-aware verification (speculation.md §4)."""
 from __future__ import annotations
 
-from scheduler.admission import (FeltStepCost, StepBase, admit_from_base, best_budget, first_draft_threshold,
-                                 ranked_positions, survivals_from_confidences, top_k_admission)
+from scheduler.admission import (FeltStepCost, StepBase, accepted_token_seconds, admit_from_base, best_budget,
+                                 first_draft_threshold, ranked_positions, survivals_from_confidences,
+                                 top_k_admission)
 from scheduler.calibration import ConfidenceCalibrator
+from scheduler.drafts import FREE_DRAFTING, DraftEconomics
 from scheduler.load import IDLE, LoadedStepCost, LoadSignal, StepCostModel
 from scheduler.policies.base import LengthHistogram, PolicyContext, PolicyStats, VerifyPolicy
 from scheduler.policies.registry import register_policy
@@ -95,9 +97,12 @@ class AdaptivePolicy(VerifyPolicy):
     def observe_load(self, budget_left: int, num_emitting: int, load: LoadSignal) -> None:
         self._latest_base = self.step_base(budget_left, num_emitting, load)
 
-    def first_draft_threshold(self) -> float:
+    def draft_economics(self) -> DraftEconomics:
         """From the latest step's base: the next step's load is much the same."""
-        return 0.0 if self._latest_base is None else first_draft_threshold(self._latest_base)
+        base = self._latest_base
+        if base is None:
+            return FREE_DRAFTING
+        return DraftEconomics(first_draft_threshold(base), accepted_token_seconds(base))
 
     def step_base(self, budget_left: int, num_emitting: int, load: LoadSignal) -> StepBase:
         """B0, tau0 + W, the loaded cost, the budget and the KV room: what

@@ -4,6 +4,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from scheduler.drafts import FREE_DRAFTING, DraftEconomics
 from scheduler.load import IDLE, LoadSignal, StepCostModel
 from scheduler.request import Request
 
@@ -37,7 +38,7 @@ class VerifyPolicy(ABC):
     `choose_lengths` when it plans the step, `observe_load` with every
     step's load (drafts or not), `observe` with each verification's
     outcome, `observe_step` with the measured step time, and `forget` when
-    a request leaves for good. Drafters read `first_draft_threshold`. The engine never asks which
+    a request leaves for good. Costly drafters read `draft_economics`. The engine never asks which
     policy it holds.
 
     Contract of `choose_lengths(candidates, budget_left, num_emitting, load)`:
@@ -77,14 +78,13 @@ class VerifyPolicy(ABC):
 
     def observe_load(self, budget_left: int, num_emitting: int, load: LoadSignal) -> None:
         """Every step's load, whether or not anything is verified (what
-        `first_draft_threshold` reads). A policy blind to load ignores it."""
+        `draft_economics` reads). A policy blind to load ignores it."""
 
-    def first_draft_threshold(self) -> float:
-        """The survival a request's first draft needs to be verified at the
-        latest step's load: a drafter whose drafting costs compute skips
-        drafts whose expected survival is below it (they would be drafted
-        for nothing). 0 for a policy that verifies whatever is drafted."""
-        return 0.0
+    def draft_economics(self) -> DraftEconomics:
+        """What a draft must be worth at the latest step's load
+        (scheduler.drafts.DraftEconomics). A policy that verifies whatever
+        is drafted asks nothing of it."""
+        return FREE_DRAFTING
 
     @abstractmethod
     def should_draft(self, request_id: str) -> bool:

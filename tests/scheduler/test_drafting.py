@@ -5,7 +5,7 @@ import pytest
 
 from engine.config import CacheConfig, SchedulerConfig
 from scheduler.drafting import DraftingLimits
-from scheduler.drafts import DraftBlock
+from scheduler.drafts import FREE_DRAFTING, DraftBlock
 from scheduler.load import StepCostModel
 from scheduler.output import RunnerOutput
 from scheduler.policies import AdaptivePolicy
@@ -76,14 +76,14 @@ def test_draft_blocks_keep_tokens_and_confidences_aligned():
         DraftBlock([1, 2], [0.5])
 
 
-def test_slots_carry_the_policy_s_first_draft_threshold_for_costly_drafters():
+def test_slots_carry_the_policy_s_draft_economics_for_costly_drafters():
     policy = AdaptivePolicy(StepCostModel.linear(base=0.01, per_token=0.004, max_tokens=64), max_batched_tokens=64)
     scheduler, request = decoding(DraftingLimits(max_tokens=4), max_tokens=20, policy=policy)
     scheduler.schedule()  # a step's load reaches the policy
     (slot,) = scheduler.draft_slots([request])
-    assert slot.first_draft_threshold == policy.first_draft_threshold() > 0
+    assert slot.economics == policy.draft_economics() and slot.economics.first_draft_threshold > 0
     free, request = decoding(DraftingLimits(max_tokens=4, costs_compute=False), max_tokens=20,
                              policy=AdaptivePolicy(StepCostModel.linear(base=0.01, per_token=0.004, max_tokens=64),
                                                    max_batched_tokens=64))
     free.schedule()
-    assert free.draft_slots([request])[0].first_draft_threshold == 0.0  # n-gram drafts for free
+    assert free.draft_slots([request])[0].economics == FREE_DRAFTING  # n-gram drafts for free

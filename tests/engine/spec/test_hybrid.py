@@ -10,10 +10,10 @@ import torch
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.spec.base import DraftInput
-from engine.spec.hybrid import HybridDrafter, PositionRates, choose, expected_accepted
+from engine.spec.hybrid import EXPLORE_EVERY, HeadPayoff, HybridDrafter, PositionRates, choose, expected_accepted
 from engine.spec.ngram import NgramDrafter
 from engine.spec.heads.registry import HEAD_METHODS
-from scheduler.drafts import DraftBlock
+from scheduler.drafts import DraftBlock, DraftEconomics
 from scheduler.load import StepCostModel
 from scheduler.request import Request, SamplingParams
 from tests.engine.spec.test_head_drafter import BLOCK, make_drafter, make_engine
@@ -124,9 +124,9 @@ def test_choice_prefers_the_larger_expected_acceptance():
     assert choose(None, weak, rates, 4) is weak and choose(ngram, None, rates, 4) is ngram
 
 
-def test_the_head_is_not_run_when_its_first_draft_would_not_be_verified_at_the_load():
-    """Above the policy's first-draft threshold (a busy machine) the head is
-    skipped and n-gram's block stands alone; below it, the head runs."""
+def _load_case():
+    """A hybrid with a stub head, and a proposer for a copying request (n-gram
+    matches) and a free-text one (no match) under given economics."""
     head = _StubHead()
     hybrid = HybridDrafter(head, NgramDrafter(1, 4))
     hybrid.head_rates = PositionRates(trials=[10.0], accepted=[4.0])  # first-draft acceptance 0.42
@@ -134,12 +134,35 @@ def test_the_head_is_not_run_when_its_first_draft_would_not_be_verified_at_the_l
     copying = Request("r", [5, 6, 7, 5, 6], SamplingParams(temperature=0.0))  # n-gram proposes 7 ...
     free = Request("f", [1, 2, 3, 4], SamplingParams(temperature=0.0))  # no n-gram match
 
-    def propose(threshold):
-        proposals = hybrid.propose([DraftInput(r, BLOCK, torch.Generator(), [], first_draft_threshold=threshold)
+    def propose(**economics):
+        terms = DraftEconomics(**economics)
+        proposals = hybrid.propose([DraftInput(r, BLOCK, torch.Generator(), [], economics=terms)
                                     for r in (copying, free)])
         hybrid.pending.clear()
         return {rid: block.source for rid, block in proposals.items()}
 
-    assert propose(0.5) == {"r": "ngram"} and head.calls == 0
-    assert hybrid.head_skipped_for_load == 2
-    assert propose(0.3) == {"r": "dspark", "f": "dspark"} and head.calls == 1
+    return hybrid, head, propose
+
+
+def test_the_head_is_not_run_when_its_first_draft_would_not_be_verified_at_the_load():
+    """Above the policy's first-draft threshold (a busy machine) the head is
+    skipped and n-gram's block stands alone; below it, the head runs."""
+    hybrid, head, propose = _load_case()
+    assert propose(first_draft_threshold=0.5) == {"r": "ngram"} and head.calls == 0
+    assert hybrid.head_skipped == {"threshold": 2, "cost": 0}
+    assert propose(first_draft_threshold=0.3) == {"r": "dspark", "f": "dspark"} and head.calls == 1
+
+
+def test_the_head_is_not_run_when_its_runs_do_not_pay_but_is_tried_now_and_then():
+    """Accepted drafts per run x what a token is worth at the load against
+    the measured seconds per run; a skipped run happens anyway once in
+    EXPLORE_EVERY, so the figures can change."""
+    hybrid, head, propose = _load_case()
+    hybrid.payoff = HeadPayoff(runs=10.0, accepted=5.0, seconds=0.1, timed_runs=10.0)  # 0.5 per run, 10 ms
+    assert hybrid.payoff.pays(accepted_token_seconds=0.03)  # 15 ms of worth per run
+    assert propose(accepted_token_seconds=0.03) == {"r": "dspark", "f": "dspark"}
+    runs = head.calls
+    steps = [propose(accepted_token_seconds=0.01) for _ in range(EXPLORE_EVERY // 2)]  # 2 requests a step
+    assert steps.count({"r": "ngram"}) == EXPLORE_EVERY // 2 - 1  # about 5 ms of worth: does not pay
+    assert head.calls == runs + 1 and hybrid.explored == 1
+    assert hybrid.head_skipped["cost"] == EXPLORE_EVERY - 1

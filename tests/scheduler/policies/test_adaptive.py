@@ -2,7 +2,9 @@
 and back off drafting that never pays."""
 from __future__ import annotations
 
-from scheduler.drafts import DraftBlock
+import pytest
+
+from scheduler.drafts import FREE_DRAFTING, DraftBlock
 from scheduler.load import LoadSignal, StepCostModel
 from scheduler.policies.adaptive import MAX_BACKOFF_STEPS, AdaptivePolicy, DraftingBackoff
 from scheduler.request import Request, SamplingParams
@@ -54,16 +56,21 @@ def test_backoff_doubles_up_to_a_cap_and_resets_on_acceptance():
     assert backoff.should_draft("a")
 
 
-def test_first_draft_threshold_follows_the_latest_load():
+def test_draft_economics_follow_the_latest_load():
     policy = AdaptivePolicy(STEEP, max_batched_tokens=64, max_draft=4)
-    assert policy.first_draft_threshold() == 0.0  # no step seen yet
+    assert policy.draft_economics() == FREE_DRAFTING  # no step seen yet
     policy.observe_load(budget_left=63, num_emitting=1, load=LoadSignal())
-    alone = policy.first_draft_threshold()
+    alone = policy.draft_economics()
     policy.observe_load(budget_left=56, num_emitting=8, load=LoadSignal())
-    eight = policy.first_draft_threshold()
+    eight = policy.draft_economics()
     policy.observe_load(budget_left=56, num_emitting=8, load=LoadSignal(num_stalled=30))
-    queued = policy.first_draft_threshold()
-    assert 0 < alone < eight < queued
+    queued = policy.draft_economics()
+    thresholds = [terms.first_draft_threshold for terms in (alone, eight, queued)]
+    assert 0 < thresholds[0] < thresholds[1] < thresholds[2]
+    # A token saves its request one decode step, shared by every user waiting on the step.
+    assert alone.accepted_token_seconds == pytest.approx(STEEP.step_seconds(1))
+    assert queued.accepted_token_seconds == pytest.approx(STEEP.step_seconds(8) / (8 + 30))
+    eight = eight.first_draft_threshold
     # The same rule as the admission: a lone draft just above it is verified, just below it is not.
     assert policy.choose_lengths([with_drafts("a", [eight * 1.01])], budget_left=56, num_emitting=8) == {"a": 1}
     assert policy.choose_lengths([with_drafts("b", [eight * 0.99])], budget_left=56, num_emitting=8) == {"b": 0}

@@ -128,6 +128,12 @@ def accepted_token_seconds(base: StepBase) -> float:
     return base.cost.step_seconds(base.tokens) / max(base.tau, 1.0)
 
 
+def verify_token_seconds(base: StepBase) -> float:
+    """Seconds one more verified token adds to the step against `base`, as
+    its users feel it: T_load(B0 + 1) - T_load(B0)."""
+    return base.cost.step_seconds(base.tokens + 1) - base.cost.step_seconds(base.tokens)
+
+
 def _fitting_positions(survivals: dict[str, list[float]], max_extra: int, kv: KvRoom | None):
     """Ranked positions that fit the KV room, at most `max_extra` of them;
     a position that does not fit closes its request. The caller may stop

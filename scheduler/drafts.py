@@ -51,13 +51,15 @@ class DraftEconomics:
     be verified at all. `accepted_token_seconds`: the seconds of drafting
     one accepted draft token is worth: the decode step it saves its
     request, over the users each second of drafting delays (infinite where
-    the policy does not weigh load). A drafter may skip drafting expected to
+    the policy does not weigh load). `verify_token_seconds`: what one more
+    verified draft adds to the step (the same users wait for it). A drafter may skip drafting expected to
     fall short of either, deciding from history and load only, never from
     what it would draw.
     """
 
     first_draft_threshold: float = 0.0
     accepted_token_seconds: float = math.inf
+    verify_token_seconds: float = 0.0
 
 
 FREE_DRAFTING = DraftEconomics()

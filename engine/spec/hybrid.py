@@ -33,7 +33,9 @@ policy's terms at the current load):
   device raises it), or
 - what a head run has brought, accepted drafts per run (moving average),
   times the seconds an accepted token is worth at this load, is less than
-  what a run has cost per request (measured). A busy machine makes a token
+  what a run has cost: its measured seconds per request plus the step time
+  its verified drafts added (verified drafts per run times what one more
+  verified token costs at this load). A busy machine makes a token
   worth less (more users wait for each second of drafting); a machine where
   the head's forward is dear next to a decode step never lets it pay. One
   skipped run in EXPLORE_EVERY runs anyway, so the figures follow a change.
@@ -54,7 +56,7 @@ from engine.spec.head_drafter import HeadDrafter
 from engine.spec.ngram import NgramDrafter
 from engine.spec.registry import DrafterContext, register_drafter
 from scheduler.calibration import ConfidenceCalibrator
-from scheduler.drafts import DraftBlock
+from scheduler.drafts import DraftBlock, DraftEconomics
 
 
 @dataclass
@@ -89,24 +91,27 @@ EXPLORE_EVERY = 64  # a skipped head run happens anyway once in this many
 
 @dataclass
 class HeadPayoff:
-    """What running the head for one request has cost (seconds, measured)
-    and brought (drafts accepted from its blocks), as sums decayed by
-    `keep` per proposal batch. Starts optimistic (one accepted draft per
-    run, no cost known), so the head is tried."""
+    """What running the head for one request has cost (seconds, measured;
+    drafts of its blocks verified) and brought (drafts accepted), as sums
+    decayed by `keep` per proposal batch. Starts optimistic (one accepted
+    draft per run, no cost known), so the head is tried."""
 
     keep: float = 0.98
     runs: float = 1.0
     accepted: float = 1.0
+    verified: float = 0.0
     seconds: float = 0.0
     timed_runs: float = 0.0
 
     def record_runs(self, num_runs: int, seconds: float) -> None:
         self.runs = self.runs * self.keep + num_runs
         self.accepted *= self.keep
+        self.verified *= self.keep
         self.seconds = self.seconds * self.keep + seconds
         self.timed_runs = self.timed_runs * self.keep + num_runs
 
-    def record_accepted(self, num_accepted: int) -> None:
+    def record_outcome(self, num_verified: int, num_accepted: int) -> None:
+        self.verified += num_verified
         self.accepted += num_accepted
 
     @property
@@ -114,11 +119,16 @@ class HeadPayoff:
         return self.accepted / self.runs
 
     @property
+    def verified_per_run(self) -> float:
+        return self.verified / self.runs
+
+    @property
     def seconds_per_run(self) -> float:
         return self.seconds / self.timed_runs if self.timed_runs else 0.0
 
-    def pays(self, accepted_token_seconds: float) -> bool:
-        return self.accepted_per_run * accepted_token_seconds >= self.seconds_per_run
+    def pays(self, economics: DraftEconomics) -> bool:
+        cost = self.seconds_per_run + self.verified_per_run * economics.verify_token_seconds
+        return self.accepted_per_run * economics.accepted_token_seconds >= cost
 
 
 @dataclass
@@ -215,7 +225,7 @@ class HybridDrafter(Drafter):
     def _head_pays(self, economics) -> bool:
         if self.head_rates.rate(0) < economics.first_draft_threshold:
             reason = "threshold"
-        elif not self.payoff.pays(economics.accepted_token_seconds):
+        elif not self.payoff.pays(economics):
             reason = "cost"
         else:
             return True
@@ -260,12 +270,13 @@ class HybridDrafter(Drafter):
                                                  pending.calibrated[:verified], accepted)
         if pending.source == self.head_source:
             self.head_rates.observe(verified, accepted)
-            self.payoff.record_accepted(accepted)
+            self.payoff.record_outcome(verified, accepted)
 
     def stats(self) -> dict:
         return {"chosen": dict(self.choices), "head_skipped": dict(self.head_skipped), "explored": self.explored,
                 "head_accepted_per_run": round(self.payoff.accepted_per_run, 3),
                 "head_seconds_per_run": round(self.payoff.seconds_per_run, 5),
+                "head_verified_per_run": round(self.payoff.verified_per_run, 3),
                 "head_position_rates": [round(self.head_rates.rate(i), 3)
                                                                       for i in range(len(self.head_rates.trials))]}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from scheduler.admission import (FeltStepCost, StepBase, accepted_token_seconds, admit_from_base, best_budget,
                                  first_draft_threshold, ranked_positions, survivals_from_confidences,
-                                 top_k_admission)
+                                 top_k_admission, verify_token_seconds)
 from scheduler.calibration import ConfidenceCalibrator
 from scheduler.drafts import FREE_DRAFTING, DraftEconomics
 from scheduler.load import IDLE, LoadedStepCost, LoadSignal, StepCostModel
@@ -102,7 +102,7 @@ class AdaptivePolicy(VerifyPolicy):
         base = self._latest_base
         if base is None:
             return FREE_DRAFTING
-        return DraftEconomics(first_draft_threshold(base), accepted_token_seconds(base))
+        return DraftEconomics(first_draft_threshold(base), accepted_token_seconds(base), verify_token_seconds(base))
 
     def step_base(self, budget_left: int, num_emitting: int, load: LoadSignal) -> StepBase:
         """B0, tau0 + W, the loaded cost, the budget and the KV room: what

@@ -155,11 +155,14 @@ def test_the_head_is_not_run_when_its_first_draft_would_not_be_verified_at_the_l
 
 def test_the_head_is_not_run_when_its_runs_do_not_pay_but_is_tried_now_and_then():
     """Accepted drafts per run x what a token is worth at the load against
-    the measured seconds per run; a skipped run happens anyway once in
-    EXPLORE_EVERY, so the figures can change."""
+    the measured seconds per run plus what its verified drafts add to the
+    step; a skipped run happens anyway once in EXPLORE_EVERY, so the
+    figures can change."""
     hybrid, head, propose = _load_case()
-    hybrid.payoff = HeadPayoff(runs=10.0, accepted=5.0, seconds=0.1, timed_runs=10.0)  # 0.5 per run, 10 ms
-    assert hybrid.payoff.pays(accepted_token_seconds=0.03)  # 15 ms of worth per run
+    # Per run: 0.5 accepted, 2 verified, 10 ms of drafting.
+    hybrid.payoff = HeadPayoff(runs=10.0, accepted=5.0, verified=20.0, seconds=0.1, timed_runs=10.0)
+    assert hybrid.payoff.pays(DraftEconomics(accepted_token_seconds=0.03))  # 15 ms of worth per run
+    assert not hybrid.payoff.pays(DraftEconomics(accepted_token_seconds=0.03, verify_token_seconds=0.003))
     assert propose(accepted_token_seconds=0.03) == {"r": "dspark", "f": "dspark"}
     runs = head.calls
     steps = [propose(accepted_token_seconds=0.01) for _ in range(EXPLORE_EVERY // 2)]  # 2 requests a step

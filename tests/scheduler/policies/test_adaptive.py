@@ -70,6 +70,7 @@ def test_draft_economics_follow_the_latest_load():
     # A token saves its request one decode step, shared by every user waiting on the step.
     assert alone.accepted_token_seconds == pytest.approx(STEEP.step_seconds(1))
     assert queued.accepted_token_seconds == pytest.approx(STEEP.step_seconds(8) / (8 + 30))
+    assert alone.verify_token_seconds == pytest.approx(STEEP.step_seconds(2) - STEEP.step_seconds(1))
     eight = eight.first_draft_threshold
     # The same rule as the admission: a lone draft just above it is verified, just below it is not.
     assert policy.choose_lengths([with_drafts("a", [eight * 1.01])], budget_left=56, num_emitting=8) == {"a": 1}

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from scheduler.block_manager import BlockManager
 from scheduler.drafting import DraftingLimits, draft_room
-from scheduler.drafts import FREE_DRAFTING, NO_DRAFTS, DraftBlock, DraftEconomics
+from scheduler.drafts import NO_DRAFTS, DraftBlock, DraftEconomics
 from scheduler.load import KvTally
 from scheduler.output import DraftSlot, RunnerOutput, ScheduledRequest, SchedulerOutput
 from scheduler.plan import StepPlan, TokenBudget
@@ -360,7 +360,7 @@ class Scheduler:
         how many drafts each may propose, with lookahead KV reserved."""
         if self.drafting is None:
             return []
-        economics = self.verify_policy.draft_economics() if self.drafting.costs_compute else FREE_DRAFTING
+        economics = self.verify_policy.draft_economics()
         slots = [self._draft_slot(r, economics) for r in requests if not r.is_finished]
         return [slot for slot in slots if slot is not None]
 

@@ -61,7 +61,9 @@ class Drafter(ABC):
     # Target layers whose outputs the drafter reads (EAGLE-3, DFlash, DSpark).
     aux_layers: tuple[int, ...] = ()
     # Whether drafting runs a model (then drafting what will not be verified
-    # wastes time, and the policy's drafting backoff and length apply).
+    # wastes time, and the policy's drafting backoff and length apply). A
+    # drafter that weighs its own cost per request through
+    # `DraftInput.economics` (the hybrid) says False.
     costs_compute: bool = True
     # The most drafts one proposal can hold (a block head's block size);
     # None: as many as asked for.

@@ -155,7 +155,9 @@ class HybridDrafter(Drafter):
     expected accepted length, judged before the head draws (module doc)."""
 
     name = "hybrid"
-    costs_compute = True
+    # Its head's cost is weighed per request and step (draft economics);
+    # the policy's backoff and draft length would starve free n-gram too.
+    costs_compute = False
     num_lookahead_slots = 0
 
     def __init__(self, head: HeadDrafter, ngram: NgramDrafter):

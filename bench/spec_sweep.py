@@ -86,9 +86,13 @@ def _cell(level: dict | None) -> str:
     if level is None:
         return "-"
     user, agg = level["per_user_tokens_per_s"], level["aggregate_tokens_per_s"]
-    tau = (level.get("spec_decode") or {}).get("mean_accepted_length")
+    spec = level.get("spec_decode") or {}
+    tau = spec.get("mean_accepted_length")
     text = f"{_n(user)} / {_n(agg)}"
-    return text + (f" ({tau:.2f})" if tau else "")
+    sources = spec.get("by_source") or {}
+    # A hybrid's blocks by source: which of its drafters the level drafted with.
+    split = "; " + ", ".join(f"{s} {c['drafts']:g}" for s, c in sorted(sources.items())) if len(sources) > 1 else ""
+    return text + (f" ({tau:.2f}{split})" if tau else "")
 
 
 def _n(value: float | None) -> str:

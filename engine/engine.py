@@ -28,7 +28,7 @@ from engine.kv_cache import kv_bytes_per_token
 from engine.model_runner import ModelRunner
 from engine.models.loader import LoadedModel, load_model
 from engine.output_processor import OutputProcessor
-from engine.outputs import EngineStats, RequestOutput
+from engine.outputs import EngineStats, RequestOutput, SourceCounts
 from engine.profiler import load_or_profile
 from engine.sampler import draft_generator
 from kernels.attention import triton_attention_available
@@ -320,6 +320,10 @@ class LLMEngine:
                 stats.num_accepted_tokens += accepted
                 for pos in range(accepted):
                     stats.accepted_per_position[pos] += 1
+                by_source = stats.spec_by_source.setdefault(item.drafts.source, SourceCounts())
+                by_source.num_drafts += 1
+                by_source.num_draft_tokens += item.num_spec_tokens
+                by_source.num_accepted_tokens += accepted
 
     def snapshot_stats(self) -> EngineStats:
         stats = self.stats
@@ -329,7 +333,10 @@ class LLMEngine:
         stats.num_preemptions = self.scheduler.num_preemptions
         stats.prefix_cache_queries = self.scheduler.num_prefix_cache_queries
         stats.prefix_cache_hits = self.scheduler.num_prefix_cache_hits
-        snapshot = EngineStats(**vars(stats) | {"accepted_per_position": list(stats.accepted_per_position)})
+        snapshot = EngineStats(**vars(stats) | {
+            "accepted_per_position": list(stats.accepted_per_position),
+            "spec_by_source": {source: replace(counts) for source, counts in stats.spec_by_source.items()},
+            "drafter_events": self.drafter.events() if self.drafter is not None else {}})
         if self.verify_policy is not None:
             snapshot.policy = self.verify_policy.stats()
         snapshot.load = replace(self.scheduler.load.stats)

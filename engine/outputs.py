@@ -35,6 +35,15 @@ class RequestOutput:
 
 
 @dataclass
+class SourceCounts:
+    """Speculative counters of the drafts one source proposed (vLLM's meanings)."""
+
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+
+
+@dataclass
 class EngineStats:
     """A snapshot of engine counters and gauges, read by /metrics."""
 
@@ -53,6 +62,11 @@ class EngineStats:
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     accepted_per_position: list[int] = field(default_factory=list)
+    # The same counters per drafter that proposed the block (`DraftBlock.source`:
+    # the hybrid's n-gram and head blocks apart).
+    spec_by_source: dict[str, SourceCounts] = field(default_factory=dict)
+    # The drafter's own counters (`Drafter.events()`), e.g. the hybrid's skipped head runs.
+    drafter_events: dict[str, int] = field(default_factory=dict)
     # Drafts cut before verification because the request's grammar forbids them.
     num_grammar_cut_draft_tokens: int = 0
     # What the verification policy reports (empty without speculation).

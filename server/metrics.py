@@ -85,7 +85,7 @@ class EngineStatsCollector(Collector):
         yield _gauge("spec_decode_mean_accepted_length",
                      "Tokens emitted per verification step, bonus included",
                      stats.mean_accepted_length)
-
+        yield from _source_metrics(stats)
 
     @staticmethod
     def _verify_metrics(stats: PolicyStats) -> Iterator[Metric]:
@@ -113,6 +113,28 @@ class EngineStatsCollector(Collector):
         for batch_tokens, steps_per_second in stats.step_cost_table:
             sps.add_metric([str(batch_tokens)], steps_per_second)
         yield sps
+
+
+def _source_metrics(stats: EngineStats) -> Iterator[Metric]:
+    """The speculative counters per drafter that proposed the block (the
+    hybrid's n-gram and head apart), and the drafter's own events."""
+    for name, doc, attribute in (
+            ("spec_decode_num_drafts_by_source", "Verification steps with drafts, by the drafter that proposed them",
+             "num_drafts"),
+            ("spec_decode_num_draft_tokens_by_source", "Draft tokens verified, by the drafter that proposed them",
+             "num_draft_tokens"),
+            ("spec_decode_num_accepted_tokens_by_source", "Draft tokens accepted, by the drafter that proposed them",
+             "num_accepted_tokens")):
+        family = CounterMetricFamily(PREFIX + name, doc, labels=["source"])
+        for source, counts in sorted(stats.spec_by_source.items()):
+            family.add_metric([source], getattr(counts, attribute))
+        yield family
+    events = CounterMetricFamily(PREFIX + "spec_drafter_events",
+                                 "The drafter's own decisions (e.g. the hybrid's skipped head runs)",
+                                 labels=["event"])
+    for event, count in sorted(stats.drafter_events.items()):
+        events.add_metric([event], count)
+    yield events
 
 
 def _load_metrics(load: LoadStats) -> Iterator[Metric]:

@@ -81,3 +81,8 @@ class Drafter(ABC):
     @abstractmethod
     def forget(self, request_ids: list[str]) -> None:
         """Drop per-request state (request finished, aborted or preempted)."""
+
+    def events(self) -> dict[str, int]:
+        """Monotonic counters of the drafter's own decisions, by event name
+        (exported as `specserve:spec_drafter_events_total{event}`); none by default."""
+        return {}

@@ -274,6 +274,11 @@ class HybridDrafter(Drafter):
             self.head_rates.observe(verified, accepted)
             self.payoff.record_outcome(verified, accepted)
 
+    def events(self) -> dict[str, int]:
+        """Head runs skipped per request and step, by reason, and skips overruled to explore."""
+        return {f"head_skipped_{reason}": count for reason, count in self.head_skipped.items()} | \
+            {"head_explored": self.explored}
+
     def stats(self) -> dict:
         return {"chosen": dict(self.choices), "head_skipped": dict(self.head_skipped), "explored": self.explored,
                 "head_accepted_per_run": round(self.payoff.accepted_per_run, 3),

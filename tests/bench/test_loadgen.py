@@ -85,6 +85,30 @@ def test_metrics_parsing_and_accepted_length():
     assert spec_decode_summary(None, after) is None
     assert spec_decode_summary({}, {}) is None
 
+
+def test_accepted_length_per_draft_source():
+    """The hybrid's n-gram and head blocks apart, from the labelled counters;
+    a source that did not draft during the level is left out."""
+    def exposition(ngram: tuple, head: tuple) -> str:
+        lines = []
+        for metric in ("drafts", "draft_tokens", "accepted_tokens"):
+            lines.append(f"# TYPE specserve:spec_decode_num_{metric}_by_source counter")
+            for source, counts in (("ngram", ngram), ("dspark", head)):
+                value = counts[("drafts", "draft_tokens", "accepted_tokens").index(metric)]
+                lines.append(f'specserve:spec_decode_num_{metric}_by_source_total{{source="{source}"}} {value}')
+        totals = [a + b for a, b in zip(ngram, head)]
+        lines += ["# TYPE specserve:spec_decode_num_drafts counter",
+                  f"specserve:spec_decode_num_drafts_total {totals[0]}",
+                  "# TYPE specserve:spec_decode_num_accepted_tokens counter",
+                  f"specserve:spec_decode_num_accepted_tokens_total {totals[2]}"]
+        return "\n".join(lines) + "\n"
+
+    before = parse_metrics(exposition((4.0, 20.0, 9.0), (2.0, 6.0, 1.0)))
+    after = parse_metrics(exposition((10.0, 50.0, 30.0), (2.0, 6.0, 1.0)))
+    summary = spec_decode_summary(before, after)
+    assert summary["by_source"] == {"ngram": {"drafts": 6.0, "accepted_tokens": 21.0, "draft_tokens": 30.0}}
+    assert summary["drafts"] == 6 and summary["accepted_tokens"] == 21
+
 # ------------------------------------------------------------ fake servers
 
 

@@ -50,6 +50,15 @@ def test_sweep_table_side_by_side():
     assert "| 2 | 9.0 / 18.0 (1.30) | - |" in table
 
 
+def test_sweep_table_says_which_source_a_hybrid_drafted_with():
+    hybrid = level(1, 20.0, 20.0, tau=1.9)
+    hybrid["spec_decode"]["by_source"] = {"ngram": {"drafts": 150.0}, "dspark": {"drafts": 11.0}}
+    alone = level(1, 15.0, 15.0, tau=1.2)
+    alone["spec_decode"]["by_source"] = {"dspark": {"drafts": 40.0}}
+    table = side_by_side([{"name": "hybrid", "levels": [hybrid]}, {"name": "head", "levels": [alone]}])
+    assert "| 1 | 20.0 / 20.0 (1.90; dspark 11, ngram 150) | 15.0 / 15.0 (1.20) |" in table
+
+
 def test_plot_is_a_png(tmp_path):
     series = {s["name"]: s["levels"] for s in RESULTS["systems"] if s["levels"]}
     path = plot_throughput(series, tmp_path / "t.png", "title")

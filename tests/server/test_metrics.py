@@ -6,6 +6,7 @@ import json
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine.outputs import SourceCounts
 from server.app import create_app
 from tests.server.fake_engine import FakeEngineClient
 from tests.server.helpers import live_server
@@ -118,6 +119,25 @@ def test_speculative_counters():
     assert {s.labels["position"] for s in per_pos.samples} == {"0", "1", "2"}
     assert (_value(families["specserve:spec_decode_mean_accepted_length"])
             == stats.mean_accepted_length)
+
+
+def test_speculative_counters_per_draft_source_and_drafter_events():
+    """Labelled by the drafter that proposed each block, and the drafter's
+    own counters, as Prometheus counters a real parser reads back."""
+    engine = FakeEngineClient(spec_tokens=3)
+    engine._stats.spec_by_source = {"ngram": SourceCounts(5, 15, 9), "dspark": SourceCounts(2, 14, 3)}
+    engine._stats.drafter_events = {"head_skipped_cost": 7, "head_explored": 1}
+    with live_server(engine) as srv, httpx.Client(base_url=srv.url) as http:
+        families = _scrape(http)
+    for metric, expected in (("drafts", {"ngram": 5, "dspark": 2}), ("draft_tokens", {"ngram": 15, "dspark": 14}),
+                             ("accepted_tokens", {"ngram": 9, "dspark": 3})):
+        family = families[f"specserve:spec_decode_num_{metric}_by_source"]
+        assert family.type == "counter"
+        for source, value in expected.items():
+            assert _value(family, "_total", source=source) == value
+    events = families["specserve:spec_drafter_events"]
+    assert _value(events, "_total", event="head_skipped_cost") == 7
+    assert _value(events, "_total", event="head_explored") == 1
 
 
 def test_scrape_survives_failing_stats():

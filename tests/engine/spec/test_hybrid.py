@@ -45,6 +45,14 @@ def test_greedy_hybrid_equals_plain_decoding_alone_and_sixteen_at_once(tiny_dir,
     # Both drafters were chosen (the copy prompt for n-gram, free text for the head) and verified.
     assert hybrid.choices["ngram"] > 0 and hybrid.choices[method] > 0
     assert sum(hybrid.head_rates.trials) > 0
+    # The engine's counters per source add up to its totals (/metrics labels them).
+    stats = wide.snapshot_stats()
+    assert set(stats.spec_by_source) == {"ngram", method}
+    for total, attribute in ((stats.num_drafts, "num_drafts"), (stats.num_draft_tokens, "num_draft_tokens"),
+                             (stats.num_accepted_tokens, "num_accepted_tokens")):
+        assert sum(getattr(counts, attribute) for counts in stats.spec_by_source.values()) == total > 0
+    assert stats.drafter_events == hybrid.events()
+    assert set(stats.drafter_events) == {"head_skipped_threshold", "head_skipped_cost", "head_explored"}
     wide.step()
     assert hybrid.pending == {} and hybrid.head.states == {}
 

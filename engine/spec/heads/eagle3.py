@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.models.inference_kernels import Linear
 from engine.models.llama import LlamaMLP, RMSNorm
 from engine.spec.heads.base import DraftHead
 from engine.spec.heads.config import HeadConfig
@@ -31,7 +32,7 @@ class Eagle3Head(DraftHead):
     def __init__(self, config: HeadConfig):
         super().__init__(config)
         h = config.hidden_size
-        self.fc = nn.Linear(config.feature_size, h, bias=False)  # 3H -> H
+        self.fc = Linear(config.feature_size, h, bias=False)  # 3H -> H
         self.hidden_norm = RMSNorm(h, config.rms_norm_eps)
         self.embed_norm = RMSNorm(h, config.rms_norm_eps)
         self.self_attn = HeadAttention(config, in_dim=2 * h)

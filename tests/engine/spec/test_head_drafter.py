@@ -147,6 +147,35 @@ def test_a_prefix_cache_hit_gives_the_head_the_features_it_would_compute(tiny_di
 
 
 @pytest.mark.parametrize("method", HEAD_METHODS)
+def test_a_served_head_runs_packed_kernels_and_drafts_as_the_plain_one(tmp_path, tiny_target, method):
+    """from_checkpoint packs every linear and the restricted LM head for
+    inference (free mode); its drafts, distributions and confidences are
+    the unpacked head's up to float rounding. With gradients on, the plain
+    path runs (the packed copies would not train)."""
+    from engine.models.inference_kernels import Linear
+    from engine.models.llama import LlamaMLP
+    from engine.spec.heads.checkpoint import load_head, save_head
+
+    save_head(make_drafter(tiny_target, method).head, str(tmp_path / "ckpt"))
+    served = HeadDrafter.from_checkpoint(str(tmp_path / "ckpt"), tiny_target.model)
+    plain = HeadDrafter(load_head(str(tmp_path / "ckpt"), tiny_target.model))
+    linears = [m for m in served.head.modules() if isinstance(m, Linear)]
+    assert linears and all(m.kernel is not None for m in linears) and served.head._head_kernel is not None
+    assert all(m.kernel is None for m in plain.head.modules() if isinstance(m, Linear))
+    tokens = torch.randint(3, 500, (40,), generator=torch.Generator().manual_seed(2))
+    feats, _ = target_features(tiny_target, tokens, served.aux_layers)
+    for i, params in enumerate([SamplingParams(temperature=0.0), SamplingParams(temperature=1.0)]):
+        blocks = [absorb_and_propose(drafter, request_at(f"r{i}", tokens, 30, params), feats[:30], BLOCK, seed=i)
+                  [f"r{i}"] for drafter in (served, plain)]
+        assert blocks[0].token_ids == blocks[1].token_ids
+        torch.testing.assert_close(blocks[0].probs, blocks[1].probs, rtol=1e-4, atol=1e-5)
+        assert blocks[0].confidences == pytest.approx(blocks[1].confidences, abs=1e-5)
+    mlp = next(m for m in served.head.modules() if isinstance(m, LlamaMLP))
+    served.head.logits(mlp(torch.randn(3, tiny_target.config.hidden_size))).sum().backward()
+    assert mlp.gate_up_proj.weight.grad is not None and served.head.norm.weight.grad is not None
+
+
+@pytest.mark.parametrize("method", HEAD_METHODS)
 def test_checkpoint_served_by_method_flag_is_lossless(tmp_path, tiny_dir, tiny_target, method):
     """--speculative-method METHOD --draft-model CHECKPOINT, adaptive policy,
     with prefix caching on: repeated prompts hit it, and the head gets the

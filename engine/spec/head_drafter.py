@@ -13,6 +13,8 @@ under the request's own sampling transforms.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 from engine.spec.base import DraftInput, Drafter
@@ -49,6 +51,8 @@ class HeadDrafter(Drafter):
         self.calibration = head.config.calibration  # None: raw confidences
         self.states: dict[str, RequestState] = {}
         self.pending_hidden: dict[str, list[torch.Tensor]] = {}  # absorbed, not yet folded in
+        # The last propose's folding of new features: (seconds, positions folded).
+        self.last_fold: tuple[float, int] = (0.0, 0)
         self.dtype, self.device = head.norm.weight.dtype, head.norm.weight.device
 
     @classmethod
@@ -75,7 +79,10 @@ class HeadDrafter(Drafter):
         items = [item for item in inputs if item.max_tokens > 0]
         if not items:
             return {}
-        states = [self._absorb_checked(item) for item in items]
+        started = time.perf_counter()
+        folded = [self._absorb_checked(item) for item in items]
+        states = [state for state, _ in folded]
+        self.last_fold = (time.perf_counter() - started, sum(n for _, n in folded))
         batch = DraftBatch(items, states, self.calibration, self.name)
         begin_grammars(items)
         try:
@@ -84,8 +91,9 @@ class HeadDrafter(Drafter):
             end_grammars(items)
         return batch.proposals()
 
-    def _absorb_checked(self, item: DraftInput) -> RequestState:
-        """Fold the request's new target features into its state."""
+    def _absorb_checked(self, item: DraftInput) -> tuple[RequestState, int]:
+        """Fold the request's new target features into its state; returns it
+        and the number of positions folded."""
         request = item.request
         state = self.states.setdefault(request.request_id, RequestState())
         pieces = self.pending_hidden.pop(request.request_id, None)
@@ -101,7 +109,7 @@ class HeadDrafter(Drafter):
         if n:
             self.head.absorb_context(state, request, new.to(self.device, self.dtype))
             state.num_context += n
-        return state
+        return state, n
 
 
 def _build_head_drafter(context: DrafterContext) -> Drafter:

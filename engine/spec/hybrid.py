@@ -33,7 +33,8 @@ policy's terms at the current load):
   device raises it), or
 - what a head run has brought, accepted drafts per run (moving average),
   times the seconds an accepted token is worth at this load, is less than
-  what a run has cost: its measured seconds per request plus the step time
+  what a run has cost: its measured seconds per request (less the folding
+  of features that piled up while it was skipped) plus the step time
   its verified drafts added (verified drafts per run times what one more
   verified token costs at this load). A busy machine makes a token
   worth less (more users wait for each second of drafting); a machine where
@@ -87,6 +88,10 @@ class PositionRates:
 
 
 EXPLORE_EVERY = 64  # a skipped head run happens anyway once in this many
+# Positions a head that drafts every step folds in per request and run: the
+# tokens its last verification emitted (1 + accepted; about 2 with a head
+# that pays).
+STEADY_FOLD_POSITIONS = 2
 
 
 @dataclass
@@ -209,8 +214,19 @@ class HybridDrafter(Drafter):
     def _run_head(self, items: list[DraftInput]) -> dict[str, DraftBlock]:
         started = time.perf_counter()
         blocks = self.head.propose(items)
-        self.payoff.record_runs(len(items), time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.payoff.record_runs(len(items), max(0.0, elapsed - self._catch_up_seconds(len(items))))
         return blocks
+
+    def _catch_up_seconds(self, num_runs: int) -> float:
+        """The part of the last head run spent folding features that piled up
+        while the head was skipped. A head that drafts every step folds
+        about STEADY_FOLD_POSITIONS per request and run; charging a run that
+        comes after a long skip for the whole backlog would make the head
+        look dearer the longer it was skipped, and keep it skipped."""
+        fold_seconds, folded = self.head.last_fold
+        steady = num_runs * STEADY_FOLD_POSITIONS
+        return fold_seconds * (folded - steady) / folded if folded > steady else 0.0
 
     # ---- choice and calibration ----
     def _head_could_win(self, item: DraftInput, ngram_block: DraftBlock | None) -> bool:

@@ -10,7 +10,8 @@ import torch
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.spec.base import DraftInput
-from engine.spec.hybrid import EXPLORE_EVERY, HeadPayoff, HybridDrafter, PositionRates, choose, expected_accepted
+from engine.spec.hybrid import (EXPLORE_EVERY, STEADY_FOLD_POSITIONS, HeadPayoff, HybridDrafter, PositionRates,
+                                choose, expected_accepted)
 from engine.spec.ngram import NgramDrafter
 from engine.spec.heads.registry import HEAD_METHODS
 from scheduler.drafts import DraftBlock, DraftEconomics
@@ -84,9 +85,14 @@ class _StubHead:
     def __init__(self):
         self.block = None
         self.calls = 0
+        self.last_fold = (0.0, 0)
+        self.clock = None  # a fake perf_counter to advance by `seconds` per run
+        self.seconds = 0.0
 
     def propose(self, inputs):
         self.calls += 1
+        if self.clock is not None:
+            self.clock[0] += self.seconds
         return {item.request.request_id: self.block for item in inputs}
 
     def absorb(self, request, hidden):
@@ -159,6 +165,24 @@ def test_the_head_is_not_run_when_its_first_draft_would_not_be_verified_at_the_l
     assert propose(first_draft_threshold=0.5) == {"r": "ngram"} and head.calls == 0
     assert hybrid.head_skipped == {"threshold": 2, "cost": 0}
     assert propose(first_draft_threshold=0.3) == {"r": "dspark", "f": "dspark"} and head.calls == 1
+
+
+def test_a_run_after_a_skip_is_not_charged_for_folding_the_backlog(monkeypatch):
+    """A run that folds the features of many skipped steps is charged only
+    the steady share of its folding (STEADY_FOLD_POSITIONS per request):
+    otherwise the longer the head is skipped, the dearer it looks."""
+    import engine.spec.hybrid as hybrid_module
+
+    hybrid, head, propose = _load_case()
+    head.clock = [0.0]
+    monkeypatch.setattr(hybrid_module.time, "perf_counter", lambda: head.clock[0])
+    head.seconds, head.last_fold = 0.1, (0.08, 40)  # 80 of its 100 ms folded 40 positions for 2 requests
+    propose(accepted_token_seconds=1.0)
+    steady = 2 * STEADY_FOLD_POSITIONS
+    assert hybrid.payoff.seconds_per_run == pytest.approx((0.1 - 0.08 * (40 - steady) / 40) / 2)
+    head.last_fold = (0.01, steady)  # a run in steady state: all of it counts
+    propose(accepted_token_seconds=1.0)
+    assert hybrid.payoff.seconds == pytest.approx((0.1 - 0.08 * (40 - steady) / 40) * hybrid.payoff.keep + 0.1)
 
 
 def test_the_head_is_not_run_when_its_runs_do_not_pay_but_is_tried_now_and_then():

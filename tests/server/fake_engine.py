@@ -15,7 +15,7 @@ import json
 import random
 from typing import AsyncIterator
 
-from engine.outputs import EngineDeadError, EngineStats, QueueFullError, RequestOutput
+from engine.outputs import EngineDeadError, EngineStats, QueueFullError, RequestOutput, SourceCounts
 from scheduler.output import TokenLogprob
 from engine.structured.grammar import check_enforceable
 from scheduler.request import SamplingParams, StructuredOutput
@@ -229,6 +229,10 @@ class _Run:
         s.num_drafts += 1
         s.num_draft_tokens += self.e.spec_tokens
         s.num_accepted_tokens += emitted - 1
+        by_source = s.spec_by_source.setdefault("fake", SourceCounts())
+        by_source.num_drafts += 1
+        by_source.num_draft_tokens += self.e.spec_tokens
+        by_source.num_accepted_tokens += emitted - 1
         if len(s.accepted_per_position) < self.e.spec_tokens:
             s.accepted_per_position.extend([0] * (self.e.spec_tokens - len(s.accepted_per_position)))
         for pos in range(emitted - 1):

@@ -9,7 +9,7 @@ milliseconds of one `propose` (folding the new features plus drafting one
 block) and of one engine step, and the ratio of a draft to a plain decode
 step, the figure the hybrid's payoff weighs.
 
-    python -m bench.head_cost --draft-model checkpoints/dspark-smollm2 --out bench/results/DATE-head-cost
+    python -m tools.head_cost --draft-model checkpoints/dspark-smollm2 --out bench/results/DATE-head-cost
 """
 from __future__ import annotations
 
@@ -62,13 +62,13 @@ def measure(engine, prompt_ids: list[int], new_tokens: int, repeats: int) -> dic
 
 
 def run(draft_model: str, model: str | None, new_tokens: int, repeats: int) -> dict:
-    from cli.serve import _resolve_model
+    from engine.models.default import default_model_path
     from engine.config import EngineConfig, SpeculativeConfig
     from engine.engine import LLMEngine
     from engine.spec.head_drafter import HeadDrafter
     from engine.spec.heads.checkpoint import load_head, read_head_config
 
-    model = _resolve_model(model)
+    model = model or default_model_path()
     method = read_head_config(draft_model).method
     spec = SpeculativeConfig(method=method, draft_model=draft_model, policy="static",
                              num_speculative_tokens=read_head_config(draft_model).block_size)

@@ -1,10 +1,10 @@
-"""bench.head_cost on a tiny target and head: the three configurations side
+"""tools.head_cost on a tiny target and head: the three configurations side
 by side, a draft's cost against a plain decode step, and the report files."""
 from __future__ import annotations
 
 import json
 
-from bench import head_cost
+from tools import head_cost
 from engine.spec.heads.checkpoint import save_head
 from tests.engine.spec.test_head_drafter import make_drafter
 

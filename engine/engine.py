@@ -320,10 +320,8 @@ class LLMEngine:
                 stats.num_accepted_tokens += accepted
                 for pos in range(accepted):
                     stats.accepted_per_position[pos] += 1
-                by_source = stats.spec_by_source.setdefault(item.drafts.source, SourceCounts())
-                by_source.num_drafts += 1
-                by_source.num_draft_tokens += item.num_spec_tokens
-                by_source.num_accepted_tokens += accepted
+                stats.spec_by_source.setdefault(item.drafts.source, SourceCounts()).record(
+                    item.num_spec_tokens, accepted)
 
     def snapshot_stats(self) -> EngineStats:
         stats = self.stats

@@ -42,6 +42,12 @@ class SourceCounts:
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
 
+    def record(self, num_draft_tokens: int, num_accepted_tokens: int) -> None:
+        """One verification step of this source's block."""
+        self.num_drafts += 1
+        self.num_draft_tokens += num_draft_tokens
+        self.num_accepted_tokens += num_accepted_tokens
+
 
 @dataclass
 class EngineStats:

@@ -229,10 +229,7 @@ class _Run:
         s.num_drafts += 1
         s.num_draft_tokens += self.e.spec_tokens
         s.num_accepted_tokens += emitted - 1
-        by_source = s.spec_by_source.setdefault("fake", SourceCounts())
-        by_source.num_drafts += 1
-        by_source.num_draft_tokens += self.e.spec_tokens
-        by_source.num_accepted_tokens += emitted - 1
+        s.spec_by_source.setdefault("fake", SourceCounts()).record(self.e.spec_tokens, emitted - 1)
         if len(s.accepted_per_position) < self.e.spec_tokens:
             s.accepted_per_position.extend([0] * (self.e.spec_tokens - len(s.accepted_per_position)))
         for pos in range(emitted - 1):

@@ -1,17 +1,20 @@
-"""Interleaved engine-level A/B: speculation off, n-gram and the hybrid
-(DSpark head) as in-process engines sharing one loaded model, 2 x C prompts
-of a dataset at concurrency C, rounds in rotating order (the host's speed
-drifts between rounds; medians of interleaved rounds are steadier than a
-one-after-another sweep). A diagnostic beside bench.spec_sweep, not a
-replacement: no HTTP.
+"""Interleaved engine-level A/B: speculation off, n-gram, a head alone and
+the hybrid (head + n-gram) as in-process engines sharing one loaded model,
+at each concurrency C `--prompts` prompts of a dataset (at least 2 x C), C
+at a time, rounds in rotating order (the host's speed drifts between
+rounds; medians of interleaved rounds are steadier than a one-after-another
+sweep). A diagnostic beside bench.spec_sweep, not a replacement: no HTTP.
 
     OMP_NUM_THREADS=1 python -m tools.engine_ab mt-bench 8,32 3
+    OMP_NUM_THREADS=1 python -m tools.engine_ab humaneval 1 3 --prompts 8 \\
+        --methods off,ngram,dspark,hybrid --out bench/results/NAME
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import statistics
-import sys
 import time
 
 import torch
@@ -22,39 +25,91 @@ from engine.engine import LLMEngine
 from engine.models.default import default_model_path
 from scheduler.request import SamplingParams
 
+HEAD = "checkpoints/dspark-smollm2"
+
+
+def speculative_configs(head: str) -> dict[str, SpeculativeConfig]:
+    """The configurations `specserve serve` would run for each method."""
+    return {"off": SpeculativeConfig(method="none"),
+            "ngram": SpeculativeConfig(method="ngram", policy="adaptive", num_speculative_tokens=8),
+            "dspark": SpeculativeConfig(method="dspark", draft_model=head, policy="adaptive",
+                                        num_speculative_tokens=7),
+            "hybrid": SpeculativeConfig(method="hybrid", draft_model=head, policy="adaptive",
+                                        num_speculative_tokens=7)}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", choices=sorted(DATASETS))
+    parser.add_argument("concurrencies", help="comma-separated, e.g. 1,8,32")
+    parser.add_argument("rounds", type=int)
+    parser.add_argument("--methods", default="off,ngram,hybrid")
+    parser.add_argument("--prompts", type=int, default=0, help="prompts per concurrency (default and floor: 2 x C)")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--draft-model", default=HEAD)
+    parser.add_argument("--out", default="", help="directory for results.json")
+    return parser.parse_args()
+
+
+def build_engines(methods: list[str], head: str) -> dict[str, LLMEngine]:
+    configs, engines, loaded = speculative_configs(head), {}, None
+    for name in methods:
+        engines[name] = LLMEngine(EngineConfig(model=default_model_path(), speculative=configs[name],
+                                               machine_counters=False), loaded=loaded)
+        loaded = engines[name].loaded
+    return engines
+
+
+def run_rounds(engines: dict[str, LLMEngine], prompts: list[list[int]], concurrencies: list[int],
+               counts: dict[int, int], rounds: int, params: SamplingParams) -> dict[int, dict[str, list[float]]]:
+    """Output tok/s per concurrency, method and round; methods rotate their order per round."""
+    names = list(engines)
+    results = {c: {n: [] for n in names} for c in concurrencies}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for c in concurrencies:
+            for name in order:
+                started, produced = time.perf_counter(), 0
+                for i in range(0, counts[c], c):
+                    produced += sum(len(out) for out in engines[name].generate(prompts[i:i + c], params))
+                results[c][name].append(produced / (time.perf_counter() - started))
+        print("round", r, {c: {n: round(v[-1], 1) for n, v in d.items()} for c, d in results.items()}, flush=True)
+    return results
+
+
+def drafter_stats(engine: LLMEngine) -> dict:
+    stats = getattr(engine.drafter, "stats", None) if getattr(engine, "drafter", None) else None
+    return stats() if stats else {}
+
 
 def main() -> None:
+    args = parse_args()
     torch.set_num_threads(1)
-    model = default_model_path()
-    dataset, concs, rounds = sys.argv[1], [int(c) for c in sys.argv[2].split(",")], int(sys.argv[3])
-    params = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
-    specs = {"off": SpeculativeConfig(method="none"),
-             "ngram": SpeculativeConfig(method="ngram", policy="adaptive", num_speculative_tokens=8),
-             "hybrid": SpeculativeConfig(method="hybrid", draft_model="checkpoints/dspark-smollm2", policy="adaptive", num_speculative_tokens=7)}
-    engines, loaded = {}, None
-    for name, spec in specs.items():
-        engines[name] = LLMEngine(EngineConfig(model=model, speculative=spec, machine_counters=False), loaded=loaded)
-        loaded = engines[name].loaded
-    tok = loaded.tokenizer
-    prompts = sample(DATASETS[dataset](), 2 * max(concs), 0)
-    ids = [tok.encode(tok.apply_chat_template(list(p.messages), add_generation_prompt=True)) for p in prompts]
-    for e in engines.values():
-        e.generate(ids[:2], params)
-    names = list(specs)
-    results = {c: {n: [] for n in names} for c in concs}
-    for r in range(rounds):
-        order = names[r % 3:] + names[:r % 3]
-        for c in concs:
-            for n in order:
-                t = time.perf_counter()
-                for i in range(0, 2 * c, c):
-                    engines[n].generate(ids[i:i + c], params)
-                results[c][n].append(2 * c * 64 / (time.perf_counter() - t))
-        print("round", r, {c: {n: round(v[-1], 1) for n, v in d.items()} for c, d in results.items()}, flush=True)
-    for c in concs:
-        med = {n: statistics.median(v) for n, v in results[c].items()}
-        print(f"c{c}", {n: round(m, 1) for n, m in med.items()}, "ratio to off", {n: round(m / med["off"], 3) for n, m in med.items()})
-    print(json.dumps({str(c): d for c, d in results.items()}))
+    concurrencies = [int(c) for c in args.concurrencies.split(",")]
+    counts = {c: max(2 * c, args.prompts) // c * c for c in concurrencies}
+    engines = build_engines(args.methods.split(","), args.draft_model)
+    tokenizer = next(iter(engines.values())).loaded.tokenizer
+    dataset = sample(DATASETS[args.dataset](), max(counts.values()), 0)
+    prompts = [tokenizer.encode(tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True))
+               for p in dataset]
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
+    for engine in engines.values():  # warm-up: kernels, step-cost profile
+        engine.generate(prompts[:2], params)
+    results = run_rounds(engines, prompts, concurrencies, counts, args.rounds, params)
+    summary = {}
+    for c in concurrencies:
+        medians = {n: statistics.median(v) for n, v in results[c].items()}
+        base = medians.get("off") or next(iter(medians.values()))
+        summary[c] = {n: {"median_tok_s": round(m, 2), "ratio_to_off": round(m / base, 3)} for n, m in medians.items()}
+        print(f"c{c}", {n: (round(m, 1), round(m / base, 3)) for n, m in medians.items()})
+    record = {"dataset": args.dataset, "rounds": args.rounds, "max_tokens": args.max_tokens, "prompts": counts,
+              "draft_model": args.draft_model, "tok_s": results, "summary": summary,
+              "drafter_stats": {n: drafter_stats(e) for n, e in engines.items()}}
+    print(json.dumps(record["drafter_stats"]))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":

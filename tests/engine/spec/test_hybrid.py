@@ -91,9 +91,10 @@ class _StubHead:
 
     def propose(self, inputs):
         self.calls += 1
+        self.asked = [item.max_tokens for item in inputs]
         if self.clock is not None:
             self.clock[0] += self.seconds
-        return {item.request.request_id: self.block for item in inputs}
+        return {item.request.request_id: self.block.prefix(item.max_tokens) for item in inputs}
 
     def absorb(self, request, hidden):
         pass
@@ -201,3 +202,28 @@ def test_the_head_is_not_run_when_its_runs_do_not_pay_but_is_tried_now_and_then(
     assert steps.count({"r": "ngram"}) == EXPLORE_EVERY // 2 - 1  # about 5 ms of worth: does not pay
     assert head.calls == runs + 1 and hybrid.explored == 1
     assert hybrid.head_skipped["cost"] == EXPLORE_EVERY - 1
+
+
+def test_the_head_drafts_one_more_than_the_policy_verified_of_its_recent_blocks():
+    """Drafts past what the policy verifies are sequential work thrown away:
+    the head is asked for one more than the most verified of its last
+    blocks (a history, read before it draws), and the full block at first."""
+    hybrid, head, _ = _load_case()
+    free = Request("f", [1, 2, 3, 4], SamplingParams(temperature=0.0))  # no n-gram match: the head's block
+
+    def step(verified: int, accepted: int) -> list[int]:
+        proposal = hybrid.propose([DraftInput(free, BLOCK, torch.Generator(), [])])
+        assert proposal["f"].source == "dspark"
+        free.num_spec_steps += 1
+        free.num_draft_tokens += verified
+        free.num_accepted_tokens += accepted
+        hybrid.absorb(free, None)  # the engine's absorb after the verification
+        return head.asked
+
+    assert step(verified=1, accepted=0) == [BLOCK]
+    assert step(verified=2, accepted=1) == [2]
+    assert step(verified=0, accepted=0) == [3] and len(hybrid.propose([DraftInput(free, BLOCK, torch.Generator(), [])])["f"]) == 3
+    hybrid.head_lengths.recent.clear()
+    for _ in range(hybrid.head_lengths.recent.maxlen):
+        hybrid.head_lengths.observe(1)
+    assert hybrid.propose([DraftInput(free, BLOCK, torch.Generator(), [])]) and head.asked == [2]

@@ -38,24 +38,40 @@ def speculative_configs(head: str) -> dict[str, SpeculativeConfig]:
                                         num_speculative_tokens=7)}
 
 
-def parse_args() -> argparse.Namespace:
+def never_run_the_head(engine: LLMEngine) -> None:
+    """`hybrid-nohead`: the hybrid with its head never run, so n-gram plus
+    what the hybrid costs by itself (target features captured and kept,
+    bookkeeping), a diagnostic against `ngram`."""
+    engine.drafter._head_could_win = lambda item, ngram_block: False
+
+
+# method -> (the configuration it runs, what is changed in the built engine)
+ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head)}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=sorted(DATASETS))
     parser.add_argument("concurrencies", help="comma-separated, e.g. 1,8,32")
     parser.add_argument("rounds", type=int)
-    parser.add_argument("--methods", default="off,ngram,hybrid")
+    parser.add_argument("--methods", default="off,ngram,hybrid",
+                        help=f"of {sorted(speculative_configs(HEAD)) + sorted(ABLATIONS)}")
     parser.add_argument("--prompts", type=int, default=0, help="prompts per concurrency (default and floor: 2 x C)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--draft-model", default=HEAD)
+    parser.add_argument("--model", default=None, help="target (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default="", help="directory for results.json")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def build_engines(methods: list[str], head: str) -> dict[str, LLMEngine]:
+def build_engines(methods: list[str], head: str, model: str) -> dict[str, LLMEngine]:
     configs, engines, loaded = speculative_configs(head), {}, None
     for name in methods:
-        engines[name] = LLMEngine(EngineConfig(model=default_model_path(), speculative=configs[name],
+        base, change = ABLATIONS.get(name, (name, None))
+        engines[name] = LLMEngine(EngineConfig(model=model, speculative=configs[base],
                                                machine_counters=False), loaded=loaded)
+        if change:
+            change(engines[name])
         loaded = engines[name].loaded
     return engines
 
@@ -82,12 +98,12 @@ def drafter_stats(engine: LLMEngine) -> dict:
     return stats() if stats else {}
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(1)
     concurrencies = [int(c) for c in args.concurrencies.split(",")]
     counts = {c: max(2 * c, args.prompts) // c * c for c in concurrencies}
-    engines = build_engines(args.methods.split(","), args.draft_model)
+    engines = build_engines(args.methods.split(","), args.draft_model, args.model or default_model_path())
     tokenizer = next(iter(engines.values())).loaded.tokenizer
     dataset = sample(DATASETS[args.dataset](), max(counts.values()), 0)
     prompts = [tokenizer.encode(tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True))

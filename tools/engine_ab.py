@@ -94,7 +94,8 @@ def run_rounds(engines: dict[str, LLMEngine], prompts: list[list[int]], concurre
 
 
 def drafter_stats(engine: LLMEngine) -> dict:
-    stats = getattr(engine.drafter, "stats", None) if getattr(engine, "drafter", None) else None
+    """The drafter's own figures (the hybrid's choices and payoff); {} for none."""
+    stats = getattr(engine.drafter, "stats", None)  # engine.drafter is None with speculation off
     return stats() if stats else {}
 
 

@@ -28,4 +28,4 @@ def test_engine_ab_runs_the_methods_interleaved_and_writes_their_figures(tmp_pat
     stats = record["drafter_stats"]
     assert stats["off"] == {} and stats["ngram"] == {}
     assert stats["hybrid"]["chosen"]["dspark"] > 0  # the head ran and was chosen
-    assert stats["hybrid-nohead"]["chosen"]["dspark"] == 0 and stats["hybrid-nohead"]["chosen"]["ngram"] >= 0
+    assert stats["hybrid-nohead"]["chosen"]["dspark"] == 0

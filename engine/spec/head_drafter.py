@@ -69,6 +69,12 @@ class HeadDrafter(Drafter):
             raise RuntimeError(f"request {request.request_id}: {self.name} drafting needs target features")
         self.pending_hidden.setdefault(request.request_id, []).append(hidden)
 
+    def backlog(self, request) -> int:
+        """Positions with KV whose features the head has not folded in yet:
+        what its next run for `request` folds first."""
+        state = self.states.get(request.request_id)
+        return request.num_computed_tokens - (state.num_context if state else 0)
+
     def forget(self, request_ids: list[str]) -> None:
         for rid in request_ids:
             self.states.pop(rid, None)

@@ -67,12 +67,14 @@ def test_state_grows_with_features_and_is_forgotten(tiny_target):
     tokens = torch.randint(3, 500, (30,), generator=torch.Generator().manual_seed(2))
     feats, _ = target_features(tiny_target, tokens, drafter.aux_layers)
     greedy = SamplingParams(temperature=0.0)
+    assert drafter.backlog(request_at("a", tokens, 10, greedy)) == 10  # never drafted: all to fold
     absorb_and_propose(drafter, request_at("a", tokens, 10, greedy), feats[:10], BLOCK)
     assert drafter.states["a"].num_context == 10
     # Three more tokens got KV: only their features arrive.
     request = request_at("a", tokens, 13, greedy)
+    assert drafter.backlog(request) == 3
     absorb_and_propose(drafter, request, feats[10:13], BLOCK)
-    assert drafter.states["a"].num_context == 13
+    assert drafter.states["a"].num_context == 13 and drafter.backlog(request) == 0
     # Incremental state gives the same drafts as starting from scratch.
     fresh = make_drafter(tiny_target, "dspark")
     again = absorb_and_propose(fresh, request_at("a", tokens, 13, greedy), feats[:13], BLOCK)["a"]

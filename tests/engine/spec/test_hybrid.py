@@ -88,10 +88,15 @@ class _StubHead:
         self.last_fold = (0.0, 0)
         self.clock = None  # a fake perf_counter to advance by `seconds` per run
         self.seconds = 0.0
+        self.backlogs = {}  # request id -> features not folded in yet (default 0)
+
+    def backlog(self, request):
+        return self.backlogs.get(request.request_id, 0)
 
     def propose(self, inputs):
         self.calls += 1
         self.asked = [item.max_tokens for item in inputs]
+        self.ran_for = [item.request.request_id for item in inputs]
         if self.clock is not None:
             self.clock[0] += self.seconds
         return {item.request.request_id: self.block.prefix(item.max_tokens) for item in inputs}
@@ -189,7 +194,7 @@ def test_a_run_after_a_skip_is_not_charged_for_folding_the_backlog(monkeypatch):
 def test_the_head_is_not_run_when_its_runs_do_not_pay_but_is_tried_now_and_then():
     """Accepted drafts per run x what a token is worth at the load against
     the measured seconds per run plus what its verified drafts add to the
-    step; a skipped run happens anyway once in EXPLORE_EVERY, so the
+    step; a skipped run happens anyway once in EXPLORE_EVERY steps, so the
     figures can change."""
     hybrid, head, propose = _load_case()
     # Per run: 0.5 accepted, 2 verified, 10 ms of drafting.
@@ -198,10 +203,29 @@ def test_the_head_is_not_run_when_its_runs_do_not_pay_but_is_tried_now_and_then(
     assert not hybrid.payoff.pays(DraftEconomics(accepted_token_seconds=0.03, verify_token_seconds=0.003))
     assert propose(accepted_token_seconds=0.03) == {"r": "dspark", "f": "dspark"}
     runs = head.calls
-    steps = [propose(accepted_token_seconds=0.01) for _ in range(EXPLORE_EVERY // 2)]  # 2 requests a step
-    assert steps.count({"r": "ngram"}) == EXPLORE_EVERY // 2 - 1  # about 5 ms of worth: does not pay
-    assert head.calls == runs + 1 and hybrid.explored == 1
-    assert hybrid.head_skipped["cost"] == EXPLORE_EVERY - 1
+    steps = [propose(accepted_token_seconds=0.01) for _ in range(EXPLORE_EVERY)]  # 2 requests a step
+    assert steps.count({"r": "ngram"}) == EXPLORE_EVERY - 1  # about 5 ms of worth: does not pay
+    assert head.calls == runs + 1 and hybrid.explored == 1 and head.ran_for == ["r"]
+    assert hybrid.head_skipped["cost"] == 2 * EXPLORE_EVERY - 1
+
+
+def test_exploration_runs_the_head_for_one_request_per_explore_period_whatever_the_batch():
+    """Exploring is counted in steps: with 32 streams skipped it still runs
+    the head once per EXPLORE_EVERY steps, not every other step, and for
+    the request whose run folds the fewest features (an explored run for a
+    request the head never ran for folds its whole context)."""
+    head = _StubHead()
+    hybrid = HybridDrafter(head, NgramDrafter(1, 4))
+    hybrid.head_rates = PositionRates(trials=[10.0], accepted=[1.0])  # first-draft acceptance 0.17
+    head.block = DraftBlock([9] * BLOCK, [0.99] * BLOCK, None, "dspark")
+    requests = [Request(f"f{i}", [1, 2, 3, 4 + i], SamplingParams(temperature=0.0)) for i in range(32)]
+    head.backlogs = {r.request_id: 100 + abs(i - 20) for i, r in enumerate(requests)}  # f20 is cheapest
+    busy = DraftEconomics(first_draft_threshold=0.5)
+    for _ in range(3 * EXPLORE_EVERY):
+        hybrid.propose([DraftInput(r, BLOCK, torch.Generator(), [], economics=busy) for r in requests])
+        hybrid.pending.clear()
+    assert head.calls == hybrid.explored == 3 and head.ran_for == ["f20"]
+    assert hybrid.head_skipped == {"threshold": 32 * 3 * EXPLORE_EVERY - 3, "cost": 0}
 
 
 def test_the_head_drafts_one_more_than_the_policy_verified_of_its_recent_blocks():

@@ -45,8 +45,16 @@ def never_run_the_head(engine: LLMEngine) -> None:
     engine.drafter._head_could_win = lambda item, ngram_block: False
 
 
+def never_verify(engine: LLMEngine) -> None:
+    """`ngram-noverify`: n-gram drafts for every request and step, the policy
+    verifies none of them, so what the speculative path costs by itself
+    (lookups, confidences, the policy's walk) against `off`."""
+    policy = engine.verify_policy
+    policy.choose_lengths = lambda candidates, *args, **kwargs: {r.request_id: 0 for r in candidates}
+
+
 # method -> (the configuration it runs, what is changed in the built engine)
-ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head)}
+ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "ngram-noverify": ("ngram", never_verify)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,6 +107,17 @@ def drafter_stats(engine: LLMEngine) -> dict:
     return stats() if stats else {}
 
 
+def verification_stats(engine: LLMEngine) -> dict:
+    """Over the whole run (every concurrency and round, warm-up included):
+    engine steps, verified blocks, drafts verified and accepted, and how
+    often the policy chose each verify length."""
+    stats = engine.snapshot_stats()
+    lengths = stats.policy.verify_length_counts if stats.policy else []
+    return {"steps": stats.num_steps, "verified_blocks": stats.num_drafts,
+            "drafts_verified": stats.num_draft_tokens, "drafts_accepted": stats.num_accepted_tokens,
+            "verify_length_counts": list(lengths)}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -121,8 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"c{c}", {n: (round(m, 1), round(m / base, 3)) for n, m in medians.items()})
     record = {"dataset": args.dataset, "rounds": args.rounds, "max_tokens": args.max_tokens, "prompts": counts,
               "draft_model": args.draft_model, "tok_s": results, "summary": summary,
-              "drafter_stats": {n: drafter_stats(e) for n, e in engines.items()}}
+              "drafter_stats": {n: drafter_stats(e) for n, e in engines.items()},
+              "verification": {n: verification_stats(e) for n, e in engines.items()}}
     print(json.dumps(record["drafter_stats"]))
+    print(json.dumps(record["verification"]))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "results.json"), "w") as f:

@@ -1,18 +1,22 @@
 """tools.engine_ab on a tiny target and head: every method of one run
 side by side, ratios to speculation off, the drafters' own figures, and
-the hybrid-without-head ablation (n-gram plus the hybrid's own costs)."""
+the hybrid-without-head ablation (n-gram plus the hybrid's own costs) and
+n-gram with nothing verified (what the speculative path costs by itself)."""
 from __future__ import annotations
 
 import json
 
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+from engine.engine import LLMEngine
 from engine.spec.heads.checkpoint import save_head
+from scheduler.request import SamplingParams
 from tests.engine.spec.test_head_drafter import make_drafter
 from tools import engine_ab
 
 
 def test_engine_ab_runs_the_methods_interleaved_and_writes_their_figures(tmp_path, tiny_dir, tiny_target):
     save_head(make_drafter(tiny_target, "dspark").head, str(tmp_path / "ckpt"))
-    methods = ["off", "ngram", "hybrid", "hybrid-nohead"]
+    methods = ["off", "ngram", "hybrid", "hybrid-nohead", "ngram-noverify"]
     engine_ab.main(["chat", "1,2", "2", "--prompts", "3", "--max-tokens", "5", "--methods", ",".join(methods),
                     "--model", str(tiny_dir), "--draft-model", str(tmp_path / "ckpt"), "--out", str(tmp_path)])
     record = json.loads((tmp_path / "results.json").read_text())
@@ -29,3 +33,29 @@ def test_engine_ab_runs_the_methods_interleaved_and_writes_their_figures(tmp_pat
     assert stats["off"] == {} and stats["ngram"] == {}
     assert stats["hybrid"]["chosen"]["dspark"] > 0  # the head ran and was chosen
     assert stats["hybrid-nohead"]["chosen"]["dspark"] == 0
+    verification = record["verification"]
+    assert verification["off"]["verified_blocks"] == 0 and verification["off"]["steps"] > 0
+    for figures in verification.values():
+        lengths = figures["verify_length_counts"]
+        assert sum(length * count for length, count in enumerate(lengths)) == figures["drafts_verified"]
+    assert verification["ngram-noverify"]["drafts_verified"] == 0
+
+
+def test_never_verify_keeps_drafting_but_verifies_nothing(tiny_dir):
+    """The `ngram-noverify` change on an engine whose policy would verify
+    every draft (static): n-gram still proposes, nothing is verified."""
+    spec = SpeculativeConfig(method="ngram", policy="static", num_speculative_tokens=4)
+    config = EngineConfig(model=str(tiny_dir), speculative=spec, machine_counters=False,
+                          cache=CacheConfig(block_size=8, num_blocks=128),
+                          scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256))
+    prompt = [5, 6, 7, 8] * 6  # n-gram matches at once
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    plain = LLMEngine(config)
+    patched = LLMEngine(config, loaded=plain.loaded)
+    engine_ab.never_verify(patched)
+    proposed = []
+    propose = patched.drafter.propose
+    patched.drafter.propose = lambda inputs: proposed.append(propose(inputs)) or proposed[-1]
+    assert patched.generate([prompt], params) == plain.generate([prompt], params)
+    assert plain.snapshot_stats().num_draft_tokens > 0
+    assert patched.snapshot_stats().num_draft_tokens == 0 and any(proposed)

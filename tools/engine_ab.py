@@ -1,7 +1,8 @@
 """Interleaved engine-level A/B: speculation off, n-gram, a head alone and
 the hybrid (head + n-gram) as in-process engines sharing one loaded model,
-at each concurrency C `--prompts` prompts of a dataset (at least 2 x C), C
-at a time, rounds in rotating order (the host's speed drifts between
+at each concurrency C `--prompts` prompts of a dataset (at least 2 x C) sent
+by C streams (a stream sends its next prompt when its answer finished),
+rounds in rotating order (the host's speed drifts between
 rounds; medians of interleaved rounds are steadier than a one-after-another
 sweep). A diagnostic beside bench.spec_sweep, not a replacement: no HTTP.
 
@@ -93,12 +94,45 @@ def run_rounds(engines: dict[str, LLMEngine], prompts: list[list[int]], concurre
         order = names[r % len(names):] + names[:r % len(names)]
         for c in concurrencies:
             for name in order:
-                started, produced = time.perf_counter(), 0
-                for i in range(0, counts[c], c):
-                    produced += sum(len(out) for out in engines[name].generate(prompts[i:i + c], params))
+                started = time.perf_counter()
+                produced = run_streams(engines[name], prompts[:counts[c]], c, params)
                 results[c][name].append(produced / (time.perf_counter() - started))
         print("round", r, {c: {n: round(v[-1], 1) for n, v in d.items()} for c, d in results.items()}, flush=True)
     return results
+
+
+def run_streams(engine: LLMEngine, prompts: list[list[int]], streams: int,
+                params: SamplingParams | list[SamplingParams]) -> int:
+    """Run `prompts` as `streams` users would, each sending its next prompt
+    as soon as its last answer finished, so `streams` requests stay in
+    flight until the prompts run out (the HTTP sweep's load, not batches
+    that wait for their slowest member: those give speculation nothing for
+    the requests it finishes early). Returns the output tokens produced."""
+    params_list = params if isinstance(params, list) else [params] * len(prompts)
+    queue = list(zip(range(len(prompts)), prompts, params_list))
+    in_flight: set[str] = set()
+    produced = 0
+
+    def send_next() -> None:
+        index, prompt, request_params = queue.pop(0)
+        request_id = f"ab-{time.monotonic_ns()}-{index}"
+        engine.add_request(request_id, prompt, request_params)
+        in_flight.add(request_id)
+
+    while queue and len(in_flight) < streams:
+        send_next()
+    while in_flight:
+        for out in engine.step():
+            if out.request_id not in in_flight:
+                continue
+            produced += len(out.new_token_ids)
+            if out.finished:
+                in_flight.discard(out.request_id)
+                if queue:
+                    send_next()
+        for failure in engine.take_failures():
+            raise failure.as_error() from failure.error
+    return produced
 
 
 def drafter_stats(engine: LLMEngine) -> dict:

@@ -59,3 +59,24 @@ def test_never_verify_keeps_drafting_but_verifies_nothing(tiny_dir):
     assert patched.generate([prompt], params) == plain.generate([prompt], params)
     assert plain.snapshot_stats().num_draft_tokens > 0
     assert patched.snapshot_stats().num_draft_tokens == 0 and any(proposed)
+
+
+def test_streams_send_their_next_prompt_as_soon_as_their_answer_finished(tiny_dir):
+    """Two streams over answers of 8, 2, 2, 2 and 2 tokens: the short ones
+    follow each other beside the long one (about 8 decode steps), where
+    batches of two would wait for the long one first (about 12)."""
+    config = EngineConfig(model=str(tiny_dir), speculative=SpeculativeConfig(method="none"), machine_counters=False,
+                          cache=CacheConfig(block_size=8, num_blocks=128),
+                          scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256))
+    prompts = [[5, 6, 7, 8 + i] for i in range(5)]
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in (8, 2, 2, 2, 2)]
+    streamed = LLMEngine(config)
+    in_flight, add = [], streamed.add_request
+    streamed.add_request = lambda *args: (in_flight.append(len(streamed.requests)), add(*args))
+    assert engine_ab.run_streams(streamed, prompts, 2, params) == 16
+    assert max(in_flight) == 1 and len(in_flight) == 5  # never more than 2 at once
+    batched = LLMEngine(config, loaded=streamed.loaded)
+    for i in range(0, 5, 2):
+        batched.generate(prompts[i:i + 2], params[i:i + 2])
+    assert streamed.snapshot_stats().num_steps + 3 <= batched.snapshot_stats().num_steps, \
+        (streamed.snapshot_stats().num_steps, batched.snapshot_stats().num_steps)

@@ -2,7 +2,9 @@
 the hybrid (head + n-gram) as in-process engines sharing one loaded model,
 at each concurrency C `--prompts` prompts of a dataset (at least 2 x C) sent
 by C streams (a stream sends its next prompt when its answer finished),
-rounds in rotating order (the host's speed drifts between
+output tok/s over each run's steady part (while prompts are still waiting,
+so all C streams are busy; whole-run figures beside them), rounds in
+rotating order (the host's speed drifts between
 rounds; medians of interleaved rounds are steadier than a one-after-another
 sweep). A diagnostic beside bench.spec_sweep, not a replacement: no HTTP.
 
@@ -17,6 +19,7 @@ import json
 import os
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -86,32 +89,57 @@ def build_engines(methods: list[str], head: str, model: str) -> dict[str, LLMEng
 
 
 def run_rounds(engines: dict[str, LLMEngine], prompts: list[list[int]], concurrencies: list[int],
-               counts: dict[int, int], rounds: int, params: SamplingParams) -> dict[int, dict[str, list[float]]]:
-    """Output tok/s per concurrency, method and round; methods rotate their order per round."""
+               counts: dict[int, int], rounds: int, params: SamplingParams) -> dict[int, dict[str, list[StreamRun]]]:
+    """Each method's runs per concurrency and round; methods rotate their order per round."""
     names = list(engines)
     results = {c: {n: [] for n in names} for c in concurrencies}
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for c in concurrencies:
             for name in order:
-                started = time.perf_counter()
-                produced = run_streams(engines[name], prompts[:counts[c]], c, params)
-                results[c][name].append(produced / (time.perf_counter() - started))
-        print("round", r, {c: {n: round(v[-1], 1) for n, v in d.items()} for c, d in results.items()}, flush=True)
+                results[c][name].append(run_streams(engines[name], prompts[:counts[c]], c, params))
+        print("round", r, {c: {n: round(v[-1].steady_tok_s, 1) for n, v in d.items()} for c, d in results.items()},
+              flush=True)
     return results
 
 
+@dataclass
+class StreamRun:
+    """Output tokens and seconds of a run, whole and in its steady part:
+    the steps that began while prompts were still waiting to be sent, so
+    every stream had a request in flight. The rest is the drain, where the
+    run waits for its slowest streams: with a few prompts per stream it is
+    much of the run, and speculation, which finishes some requests early,
+    gains nothing there."""
+
+    tokens: int
+    seconds: float
+    steady_tokens: int
+    steady_seconds: float
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def steady_tok_s(self) -> float:
+        return self.steady_tokens / self.steady_seconds
+
+
 def run_streams(engine: LLMEngine, prompts: list[list[int]], streams: int,
-                params: SamplingParams | list[SamplingParams]) -> int:
+                params: SamplingParams | list[SamplingParams]) -> StreamRun:
     """Run `prompts` as `streams` users would, each sending its next prompt
     as soon as its last answer finished, so `streams` requests stay in
     flight until the prompts run out (the HTTP sweep's load, not batches
     that wait for their slowest member: those give speculation nothing for
-    the requests it finishes early). Returns the output tokens produced."""
+    the requests it finishes early)."""
+    if len(prompts) <= streams:
+        raise ValueError(f"{len(prompts)} prompts for {streams} streams: no steady part (need more prompts)")
     params_list = params if isinstance(params, list) else [params] * len(prompts)
     queue = list(zip(range(len(prompts)), prompts, params_list))
     in_flight: set[str] = set()
-    produced = 0
+    tokens = steady_tokens = 0
+    steady_seconds = 0.0
 
     def send_next() -> None:
         index, prompt, request_params = queue.pop(0)
@@ -121,18 +149,25 @@ def run_streams(engine: LLMEngine, prompts: list[list[int]], streams: int,
 
     while queue and len(in_flight) < streams:
         send_next()
+    started = time.perf_counter()
     while in_flight:
+        steady = bool(queue)
+        step_tokens = 0
         for out in engine.step():
             if out.request_id not in in_flight:
                 continue
-            produced += len(out.new_token_ids)
+            step_tokens += len(out.new_token_ids)
             if out.finished:
                 in_flight.discard(out.request_id)
                 if queue:
                     send_next()
         for failure in engine.take_failures():
             raise failure.as_error() from failure.error
-    return produced
+        tokens += step_tokens
+        if steady:
+            steady_tokens += step_tokens
+            steady_seconds = time.perf_counter() - started
+    return StreamRun(tokens, time.perf_counter() - started, steady_tokens, steady_seconds)
 
 
 def drafter_stats(engine: LLMEngine) -> dict:
@@ -165,7 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
     for engine in engines.values():  # warm-up: kernels, step-cost profile
         engine.generate(prompts[:2], params)
-    results = run_rounds(engines, prompts, concurrencies, counts, args.rounds, params)
+    runs = run_rounds(engines, prompts, concurrencies, counts, args.rounds, params)
+    results = {c: {n: [run.steady_tok_s for run in v] for n, v in d.items()} for c, d in runs.items()}
+    whole = {c: {n: [run.tok_s for run in v] for n, v in d.items()} for c, d in runs.items()}
     summary = {}
     for c in concurrencies:
         medians = {n: statistics.median(v) for n, v in results[c].items()}
@@ -174,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"c{c}", {n: (round(m, 1), round(m / base, 3)) for n, m in medians.items()})
     record = {"dataset": args.dataset, "rounds": args.rounds, "max_tokens": args.max_tokens, "prompts": counts,
               "draft_model": args.draft_model, "tok_s": results, "summary": summary,
+              "tok_s_whole_run": whole,
+              "whole_run_ratio_to_off": {c: {n: round(statistics.median(v) / statistics.median(d["off"]), 3)
+                                             for n, v in d.items()} for c, d in whole.items() if "off" in d},
               "drafter_stats": {n: drafter_stats(e) for n, e in engines.items()},
               "verification": {n: verification_stats(e) for n, e in engines.items()}}
     print(json.dumps(record["drafter_stats"]))

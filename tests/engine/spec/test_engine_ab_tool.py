@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.spec.heads.checkpoint import save_head
@@ -73,8 +75,13 @@ def test_streams_send_their_next_prompt_as_soon_as_their_answer_finished(tiny_di
     streamed = LLMEngine(config)
     in_flight, add = [], streamed.add_request
     streamed.add_request = lambda *args: (in_flight.append(len(streamed.requests)), add(*args))
-    assert engine_ab.run_streams(streamed, prompts, 2, params) == 16
-    assert max(in_flight) == 1 and len(in_flight) == 5  # never more than 2 at once
+    run = engine_ab.run_streams(streamed, prompts, 2, params)
+    assert run.tokens == 16 and max(in_flight) == 1 and len(in_flight) == 5  # never more than 2 at once
+    # The steady part ends with the step that sent the last prompt: its 2
+    # tokens and the long answer's tail are the drain.
+    assert 6 <= run.steady_tokens <= run.tokens - 2 - 1 and 0 < run.steady_seconds < run.seconds
+    with pytest.raises(ValueError, match="no steady part"):
+        engine_ab.run_streams(streamed, prompts[:2], 2, params)
     batched = LLMEngine(config, loaded=streamed.loaded)
     for i in range(0, 5, 2):
         batched.generate(prompts[i:i + 2], params[i:i + 2])

@@ -106,6 +106,7 @@ class Level:
         self.results: list[RequestResult] = []
         self.t0 = time.perf_counter()
         self.next_index = 0
+        self.last_send: float | None = None  # when the last prompt was taken
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -116,7 +117,17 @@ class Level:
     def take_prompt(self) -> Prompt:
         prompt = self.prompts[self.next_index]
         self.next_index += 1
+        if self.next_index == len(self.prompts):
+            self.last_send = self.elapsed()
         return prompt
+
+    def steady_end(self, concurrency: int) -> float | None:
+        """Closed loop: every user is busy until the last prompt is sent, or
+        until max_seconds stopped the sending; None when the users' first
+        requests were all there was."""
+        if len(self.prompts) <= concurrency:
+            return None
+        return self.last_send if self.last_send is not None else self.config.max_seconds
 
     async def run_one(self, prompt: Prompt) -> None:
         """One request, bounded by request_timeout; recorded even when cancelled."""
@@ -141,10 +152,11 @@ class Level:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def finish(self, mode: str, value: float, spec_decode: dict | None) -> LevelResult:
+    def finish(self, mode: str, value: float, spec_decode: dict | None,
+               steady_until: float | None = None) -> LevelResult:
         duration = self.elapsed()
         return LevelResult(self.target.name, mode, value, self.results,
-                           summarize(self.results, duration), spec_decode)
+                           summarize(self.results, duration, steady_until), spec_decode)
 
 
 async def run_concurrency(client: httpx.AsyncClient, target: Target, prompts: Sequence[Prompt],
@@ -164,7 +176,8 @@ async def run_concurrency(client: httpx.AsyncClient, target: Target, prompts: Se
 
     await level.wait_bounded([asyncio.create_task(user()) for _ in range(concurrency)])
     after = await scrape_metrics(client, target)
-    return level.finish("concurrency", concurrency, spec_decode_summary(before, after))
+    return level.finish("concurrency", concurrency, spec_decode_summary(before, after),
+                        level.steady_end(concurrency))
 
 
 def poisson_schedule(rate: float, max_requests: int, max_seconds: float, seed: int = 0) -> list[float]:
@@ -280,6 +293,7 @@ def describe_level(level: LevelResult) -> str:
         f"{level.mode}={level.value:g}",
         f"sent={s['sent']} ok={s['completed']} failed={s['failed']}",
         f"agg={_fmt(s['aggregate_tokens_per_s'])} tok/s",
+        f"steady agg={_fmt(s['steady_aggregate_tokens_per_s'])} tok/s",
         f"per-user={_fmt(s['per_user_tokens_per_s'])} tok/s",
         f"TTFT p50={_fmt(s['ttft_s']['p50'], 3)} s",
         f"TPOT p50={_fmt(s['tpot_s']['p50'], 4)} s",

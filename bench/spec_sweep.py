@@ -71,9 +71,10 @@ def sweep_config(config: ServerConfig, model: str | None, prompts, concurrency: 
 
 
 def side_by_side(records: Sequence[dict]) -> str:
-    """Rows: concurrency; columns: per-user / aggregate tok/s (and tau) per config."""
+    """Rows: concurrency; columns: per-user / aggregate / steady aggregate
+    tok/s (and tau) per config (bench.stats defines them)."""
     ok = [r for r in records if r.get("levels")]
-    head = "| conc. | " + " | ".join(f"{r['name']} user / agg tok/s (tau)" for r in ok) + " |"
+    head = "| conc. | " + " | ".join(f"{r['name']} user / agg / steady agg tok/s (tau)" for r in ok) + " |"
     lines = [head, "|---|" + "---|" * len(ok)]
     concurrencies = sorted({lv["concurrency"] for r in ok for lv in r["levels"]})
     for c in concurrencies:
@@ -86,9 +87,10 @@ def _cell(level: dict | None) -> str:
     if level is None:
         return "-"
     user, agg = level["per_user_tokens_per_s"], level["aggregate_tokens_per_s"]
+    steady = level.get("steady_aggregate_tokens_per_s")  # absent from results of older runs
     spec = level.get("spec_decode") or {}
     tau = spec.get("mean_accepted_length")
-    text = f"{_n(user)} / {_n(agg)}"
+    text = f"{_n(user)} / {_n(agg)} / {_n(steady)}"
     sources = spec.get("by_source") or {}
     # A hybrid's blocks by source: which of its drafters the level drafted with.
     split = "; " + ", ".join(f"{s} {c['drafts']:g}" for s, c in sorted(sources.items())) if len(sources) > 1 else ""

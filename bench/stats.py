@@ -7,6 +7,13 @@ Definitions (the same for every system measured):
 - TPOT: (e2e - TTFT) / (output_tokens - 1), per token, whatever the chunking.
 - per-user tokens/s: mean over completed requests of output_tokens / e2e.
 - aggregate tokens/s: all output tokens of completed requests / level wall time.
+- steady aggregate tokens/s (fixed concurrency): output tokens emitted while
+  every user had a request in flight (from the start until the last request
+  was sent) / that window. The rest of a level is its drain, waiting for the
+  slowest users; with a few requests per user it is much of the level, and
+  it hides what finishing some requests early (speculation) is worth under
+  load. A request's tokens are spread evenly between its first token and
+  its end (chunk times are known, tokens per chunk are not).
 """
 from __future__ import annotations
 
@@ -74,8 +81,29 @@ def _mean(values: Iterable[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(results: Sequence[RequestResult], duration: float) -> dict:
-    """The level's summary; `duration` is its wall time from first send to last end."""
+def tokens_before(result: RequestResult, until: float) -> float:
+    """Output tokens `result` had received `until` seconds into the level
+    (its tokens spread evenly from its first token to its end)."""
+    if not result.ok or result.ttft is None or result.e2e is None or result.output_tokens == 0:
+        return 0.0
+    first, last = result.start + result.ttft, result.start + result.e2e
+    if last <= until:
+        return float(result.output_tokens)
+    if first > until:
+        return 0.0
+    return 1.0 + (result.output_tokens - 1) * (until - first) / (last - first)
+
+
+def steady_aggregate(results: Sequence[RequestResult], until: float | None) -> float | None:
+    """Output tokens/s over the first `until` seconds of the level (module doc)."""
+    if until is None or until <= 0:
+        return None
+    return sum(tokens_before(r, until) for r in results) / until
+
+
+def summarize(results: Sequence[RequestResult], duration: float, steady_until: float | None = None) -> dict:
+    """The level's summary; `duration` is its wall time from first send to
+    last end, `steady_until` the end of its steady part (None: none)."""
     done = [r for r in results if r.ok]
     output_tokens = sum(r.output_tokens for r in done)
     sources = sorted({r.token_count_source for r in done})
@@ -89,6 +117,8 @@ def summarize(results: Sequence[RequestResult], duration: float) -> dict:
         "token_count_source": ",".join(sources) or "none",
         "request_throughput": len(done) / duration if duration > 0 else None,
         "aggregate_tokens_per_s": output_tokens / duration if duration > 0 else None,
+        "steady_window_s": steady_until,
+        "steady_aggregate_tokens_per_s": steady_aggregate(results, steady_until),
         "per_user_tokens_per_s": _mean(r.output_tokens / r.e2e for r in done if r.e2e),
         "ttft_s": distribution([r.ttft for r in done if r.ttft is not None]),
         "itl_s": distribution([gap for r in done for gap in r.itl]),

@@ -187,6 +187,21 @@ def test_peer_without_done_or_usage_counts_chunks():
     assert level.spec_decode is None  # no metrics endpoint
 
 
+def test_a_closed_loop_level_reads_its_steady_part_until_the_last_send():
+    """3 users, 6 requests: the window ends when the 6th is sent (each user
+    busy until then); it holds the first three answers' tokens at least."""
+    level = run_level(peer_like_handler(tokens=5, delay=0.005))
+    s = level.summary
+    last_send = max(r.start for r in level.results)
+    assert s["steady_window_s"] == pytest.approx(last_send, abs=0.01)
+    first_answers = sorted(level.results, key=lambda r: r.start)[:3]
+    assert all(r.start + r.e2e <= s["steady_window_s"] + 0.01 for r in first_answers)
+    assert 15 / s["steady_window_s"] <= s["steady_aggregate_tokens_per_s"] <= 30 / s["steady_window_s"]
+    # As many requests as users: no steady part.
+    assert run_level(peer_like_handler(tokens=5), num_requests=3).summary["steady_aggregate_tokens_per_s"] is None
+    assert run_level(peer_like_handler(tokens=3), mode="rate").summary["steady_window_s"] is None
+
+
 def test_a_stream_cut_before_its_end_is_a_failure():
     level = run_level(peer_like_handler(tokens=3, finish=False))
     s = level.summary

@@ -13,7 +13,8 @@ from bench import run, spec_sweep
 from tests.tiny_model import make_tiny_model_dir
 
 SUMMARY_KEYS = {"sent", "completed", "failed", "aborted", "duration_s", "output_tokens", "token_count_source",
-                "request_throughput", "aggregate_tokens_per_s", "per_user_tokens_per_s",
+                "request_throughput", "aggregate_tokens_per_s", "steady_window_s",
+                "steady_aggregate_tokens_per_s", "per_user_tokens_per_s",
                 "ttft_s", "itl_s", "tpot_s", "e2e_s", "errors"}
 REQUEST_KEYS = {"ok", "start", "ttft", "itl", "e2e", "tpot", "output_tokens", "prompt_tokens",
                 "token_count_source", "finish_reason", "error", "aborted"}
@@ -54,6 +55,7 @@ def test_every_request_of_every_level_completed(comparison):
         assert level["output_tokens"] == 12 * level["completed"]
         assert level["token_count_source"] == "usage"
         assert level["aggregate_tokens_per_s"] > 0 and level["ttft_s"]["p50"] > 0
+        assert 0 < level["steady_window_s"] < level["duration_s"] and level["steady_aggregate_tokens_per_s"] > 0
         for request in level["requests"]:
             assert set(request) == REQUEST_KEYS
             assert request["ttft"] <= request["e2e"]

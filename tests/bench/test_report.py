@@ -43,11 +43,13 @@ def test_server_config_parsing():
 
 
 def test_sweep_table_side_by_side():
-    records = [{"name": "a", "levels": [level(1, 10.0, 10.0), level(2, 18.0, 9.0, tau=1.3)]},
+    records = [{"name": "a", "levels": [level(1, 10.0, 10.0), dict(level(2, 18.0, 9.0, tau=1.3),
+                                                                    steady_aggregate_tokens_per_s=19.5)]},
                {"name": "b", "levels": [level(1, 12.0, 12.0)]}, {"name": "bad", "levels": [], "error": "x"}]
     table = side_by_side(records)
     assert table.splitlines()[0].count("tok/s") == 2  # failed configs have no column
-    assert "| 2 | 9.0 / 18.0 (1.30) | - |" in table
+    assert "| 2 | 9.0 / 18.0 / 19.5 (1.30) | - |" in table
+    assert "| 1 | 10.0 / 10.0 / - | 12.0 / 12.0 / - |" in table  # no steady part (or an older run)
 
 
 def test_sweep_table_says_which_source_a_hybrid_drafted_with():
@@ -56,7 +58,7 @@ def test_sweep_table_says_which_source_a_hybrid_drafted_with():
     alone = level(1, 15.0, 15.0, tau=1.2)
     alone["spec_decode"]["by_source"] = {"dspark": {"drafts": 40.0}}
     table = side_by_side([{"name": "hybrid", "levels": [hybrid]}, {"name": "head", "levels": [alone]}])
-    assert "| 1 | 20.0 / 20.0 (1.90; dspark 11, ngram 150) | 15.0 / 15.0 (1.20) |" in table
+    assert "| 1 | 20.0 / 20.0 / - (1.90; dspark 11, ngram 150) | 15.0 / 15.0 / - (1.20) |" in table
 
 
 def test_plot_is_a_png(tmp_path):

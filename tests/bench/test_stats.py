@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bench.stats import RequestResult, distribution, percentile, summarize
+from bench.stats import RequestResult, distribution, percentile, summarize, tokens_before
 
 
 def test_percentile_hand_values():
@@ -61,3 +61,20 @@ def test_summary_counts_and_rates():
 def test_summary_of_nothing():
     s = summarize([], duration=0.0)
     assert s["sent"] == 0 and s["aggregate_tokens_per_s"] is None and s["ttft_s"]["p99"] is None
+
+
+def test_steady_aggregate_counts_the_tokens_received_before_the_last_send():
+    """Tokens spread evenly from a request's first token to its end; those
+    after `until` (the drain) do not count, nor do failed requests'."""
+    results = [
+        RequestResult(ok=True, start=0.0, ttft=1.0, e2e=3.0, output_tokens=21),  # 11 by t=2
+        RequestResult(ok=True, start=0.5, ttft=0.5, e2e=1.0, output_tokens=5),  # done at 1.5
+        RequestResult(ok=True, start=1.5, ttft=0.6, e2e=2.0, output_tokens=9),  # first token at 2.1
+        RequestResult(ok=False, start=0.0, error="HTTP 500"),
+    ]
+    assert tokens_before(results[0], 2.0) == pytest.approx(11.0)
+    s = summarize(results, duration=4.0, steady_until=2.0)
+    assert s["steady_window_s"] == 2.0
+    assert s["steady_aggregate_tokens_per_s"] == pytest.approx((11 + 5 + 0) / 2.0)
+    assert s["aggregate_tokens_per_s"] == pytest.approx(35 / 4.0)
+    assert summarize(results, duration=4.0)["steady_aggregate_tokens_per_s"] is None

@@ -95,13 +95,15 @@ def rejection_sample_on_device(draft_token_ids, draft_probs, target_probs, num_d
     layout = _Layout(num_draft, target_probs.device)
     _check_shapes(draft_token_ids, draft_probs, target_probs, layout, generators)
     drafts = draft_token_ids.to(target_probs.device)
+    if needs_draws is None:
+        needs_draws = _spread_requests(target_probs, layout)
     uniforms = _draw_uniforms(target_probs, layout, generators, needs_draws)
     p_t_x = target_probs[layout.verify_rows, drafts]
     p_d_x = _draft_prob_of_drafts(drafts, draft_probs)
     accepted = _accept(uniforms[layout.verify_rows], p_t_x, p_d_x)
     num_accepted = _count_leading_accepts(accepted, layout)
     final_tokens = _sample_final_tokens(drafts, draft_probs, target_probs, layout,
-                                        num_accepted, uniforms[layout.bonus_rows])
+                                        num_accepted, uniforms[layout.bonus_rows], needs_draws)
     return DeviceAcceptance(num_accepted, final_tokens)
 
 
@@ -285,11 +287,9 @@ def _check_shapes(draft_token_ids, draft_probs, target_probs, layout: _Layout, g
 
 
 def _draw_uniforms(target_probs: torch.Tensor, layout: _Layout, generators: list[torch.Generator],
-                   needs_draws: list[bool] | None) -> torch.Tensor:
+                   needs_draws: list[bool]) -> torch.Tensor:
     """[D + R] float64, laid out like target_probs' rows; 0 for requests that draw nothing."""
     uniforms = torch.zeros(target_probs.shape[0], dtype=torch.float64, device=target_probs.device)
-    if needs_draws is None:
-        needs_draws = _spread_requests(target_probs, layout)
     start = 0
     for n, generator, draws in zip(layout.num_draft_list, generators, needs_draws):
         if draws:
@@ -323,21 +323,34 @@ def _count_leading_accepts(accepted: torch.Tensor, layout: _Layout) -> torch.Ten
     return grid.cumprod(dim=1).sum(dim=1)
 
 
-def _sample_final_tokens(drafts, draft_probs, target_probs, layout: _Layout,
-                         num_accepted: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+def _sample_final_tokens(drafts, draft_probs, target_probs, layout: _Layout, num_accepted: torch.Tensor,
+                         uniform: torch.Tensor, needs_draws: list[bool]) -> torch.Tensor:
     """One recovered or bonus token per request: [R] long.
 
     drafts: [D]; draft_probs: [D, V] or None; target_probs: [D + R, V];
-    num_accepted: [R]; uniform: [R].
+    num_accepted: [R]; uniform: [R]; needs_draws: [R].
     The row after the last accepted draft is the rejection row, or the bonus
     row when all drafts survived; in the latter case p_d is taken as 0 so the
     residual is p_t itself.
+
+    A request that draws nothing has one-hot target rows (greedy, or no
+    spread): the residual of a one-hot p_t weighs its own token only (a
+    rejected draft is another token) or is empty and falls back to p_t, so
+    the token is the row's argmax. Only drawing requests pay the
+    vocabulary-wide float64 cumulative sum (at 32 greedy streams it was a
+    tenth of every step).
     """
-    p_t = target_probs[layout.first_row + num_accepted]
-    rejected = num_accepted < layout.num_draft
-    p_d = _draft_rows_at(drafts, draft_probs, layout.draft_start + num_accepted, p_t)
-    p_d = p_d * rejected[:, None]
-    return _sample_inverse_cdf(_residual(p_t, p_d), uniform)
+    rows = layout.first_row + num_accepted
+    final = target_probs[rows].argmax(dim=-1)
+    drawing = [r for r, draws in enumerate(needs_draws) if draws]
+    if not drawing:
+        return final
+    index = to_device(drawing, dtype=torch.long, device=target_probs.device)
+    p_t = target_probs[rows[index]]
+    rejected = (num_accepted < layout.num_draft)[index]
+    p_d = _draft_rows_at(drafts, draft_probs, (layout.draft_start + num_accepted)[index], p_t)
+    final[index] = _sample_inverse_cdf(_residual(p_t, p_d * rejected[:, None]), uniform[index])
+    return final
 
 
 def _draft_rows_at(drafts, draft_probs, draft_index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -131,7 +131,7 @@ def residual_is_the_draft(p_t, p_d):
     return torch.where(p_d.sum(-1, keepdim=True) > 0, p_d.float(), p_t)
 
 
-def bonus_like_a_recovery(drafts, draft_probs, target_probs, layout, num_accepted, uniform):
+def bonus_like_a_recovery(drafts, draft_probs, target_probs, layout, num_accepted, uniform, needs_draws):
     """MUTATION: the bonus gets no rule of its own: after all drafts were
     accepted, the final token is drawn from max(0, p_t - p_d) against the
     last draft row instead of from p_t."""

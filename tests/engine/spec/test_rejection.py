@@ -234,6 +234,35 @@ def test_greedy_is_exact_and_uses_no_randomness(use_draft_probs):
     assert all(torch.equal(s, g.get_state()) for s, g in zip(states, generators))
 
 
+def test_requests_that_draw_nothing_skip_the_vocabulary_wide_inverse_cdf(monkeypatch):
+    """Greedy rows are one-hot, so their recovered or bonus token is the
+    row's argmax: the float64 cumulative sum over the vocabulary runs only
+    for the rows of requests that draw (a tenth of a 32-stream greedy step),
+    and the tokens are the same as plain greedy decoding's."""
+    greedy_drafts, greedy_draft_probs, greedy_probs, argmax = greedy_batch([2, 3, 0, 1], vocab=11, seed=5)
+    sampled_drafts, sampled_draft_probs, sampled_probs, sampled_num_draft = random_batch(3, vocab=11, seed=6)
+    seen_rows = []
+    inverse_cdf = rejection._sample_inverse_cdf
+    monkeypatch.setattr(rejection, "_sample_inverse_cdf",
+                        lambda weights, uniform: seen_rows.append(weights.shape[0]) or inverse_cdf(weights, uniform))
+    greedy = rejection.rejection_sample_on_device(greedy_drafts, greedy_draft_probs, greedy_probs, [2, 3, 0, 1],
+                                                  [make_generator(i) for i in range(4)], [False] * 4)
+    assert seen_rows == []
+    result = greedy.to_result(greedy_drafts.tolist(), [2, 3, 0, 1])
+    d = r = 0
+    for n, emitted in zip([2, 3, 0, 1], result.emitted_token_ids):
+        assert emitted == expected_greedy(greedy_drafts[d: d + n].tolist(), argmax[r: r + n + 1].tolist())
+        d, r = d + n, r + n + 1
+    # A mixed batch: the greedy requests' tokens as alone, the sampled ones' rows through the inverse CDF.
+    num_draft = [2, 3, 0, 1] + sampled_num_draft
+    mixed = rejection.rejection_sample_on_device(
+        torch.cat([greedy_drafts, sampled_drafts]), torch.cat([greedy_draft_probs, sampled_draft_probs]),
+        torch.cat([greedy_probs, sampled_probs]), num_draft, [make_generator(i) for i in range(7)],
+        [False] * 4 + [True] * 3)
+    assert seen_rows == [3]
+    assert mixed.final_tokens[:4].tolist() == greedy.final_tokens.tolist()
+
+
 def test_identical_draft_and_target_accepts_everything():
     num_draft = [3] * 50
     probs = torch.softmax(torch.randn(200, 6, generator=torch.Generator().manual_seed(4)), -1)

@@ -19,6 +19,7 @@ import json
 import os
 import statistics
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -136,13 +137,13 @@ def run_streams(engine: LLMEngine, prompts: list[list[int]], streams: int,
     if len(prompts) <= streams:
         raise ValueError(f"{len(prompts)} prompts for {streams} streams: no steady part (need more prompts)")
     params_list = params if isinstance(params, list) else [params] * len(prompts)
-    queue = list(zip(range(len(prompts)), prompts, params_list))
+    queue = deque(zip(range(len(prompts)), prompts, params_list))
     in_flight: set[str] = set()
     tokens = steady_tokens = 0
     steady_seconds = 0.0
 
     def send_next() -> None:
-        index, prompt, request_params = queue.pop(0)
+        index, prompt, request_params = queue.popleft()
         request_id = f"ab-{time.monotonic_ns()}-{index}"
         engine.add_request(request_id, prompt, request_params)
         in_flight.add(request_id)
@@ -168,6 +169,14 @@ def run_streams(engine: LLMEngine, prompts: list[list[int]], streams: int,
             steady_tokens += step_tokens
             steady_seconds = time.perf_counter() - started
     return StreamRun(tokens, time.perf_counter() - started, steady_tokens, steady_seconds)
+
+
+def medians_and_ratios(tok_s: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    """Per method: the median over rounds and its ratio to `off`'s (to the
+    first method's where `off` was not run)."""
+    medians = {n: statistics.median(v) for n, v in tok_s.items()}
+    base = medians.get("off") or next(iter(medians.values()))
+    return {n: (m, m / base) for n, m in medians.items()}
 
 
 def drafter_stats(engine: LLMEngine) -> dict:
@@ -205,15 +214,14 @@ def main(argv: list[str] | None = None) -> None:
     whole = {c: {n: [run.tok_s for run in v] for n, v in d.items()} for c, d in runs.items()}
     summary = {}
     for c in concurrencies:
-        medians = {n: statistics.median(v) for n, v in results[c].items()}
-        base = medians.get("off") or next(iter(medians.values()))
-        summary[c] = {n: {"median_tok_s": round(m, 2), "ratio_to_off": round(m / base, 3)} for n, m in medians.items()}
-        print(f"c{c}", {n: (round(m, 1), round(m / base, 3)) for n, m in medians.items()})
+        medians = medians_and_ratios(results[c])
+        summary[c] = {n: {"median_tok_s": round(m, 2), "ratio_to_off": round(r, 3)} for n, (m, r) in medians.items()}
+        print(f"c{c}", {n: (round(m, 1), round(r, 3)) for n, (m, r) in medians.items()})
     record = {"dataset": args.dataset, "rounds": args.rounds, "max_tokens": args.max_tokens, "prompts": counts,
               "draft_model": args.draft_model, "tok_s": results, "summary": summary,
               "tok_s_whole_run": whole,
-              "whole_run_ratio_to_off": {c: {n: round(statistics.median(v) / statistics.median(d["off"]), 3)
-                                             for n, v in d.items()} for c, d in whole.items() if "off" in d},
+              "whole_run_ratio_to_off": {c: {n: round(r, 3) for n, (_, r) in medians_and_ratios(d).items()}
+                                         for c, d in whole.items() if "off" in d},
               "drafter_stats": {n: drafter_stats(e) for n, e in engines.items()},
               "verification": {n: verification_stats(e) for n, e in engines.items()}}
     print(json.dumps(record["drafter_stats"]))

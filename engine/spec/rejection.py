@@ -340,13 +340,13 @@ def _sample_final_tokens(drafts, draft_probs, target_probs, layout: _Layout, num
     vocabulary-wide float64 cumulative sum (at 32 greedy streams it was a
     tenth of every step).
     """
-    rows = layout.first_row + num_accepted
-    final = target_probs[rows].argmax(dim=-1)
+    final_rows = target_probs[layout.first_row + num_accepted]
+    final = final_rows.argmax(dim=-1)
     drawing = [r for r, draws in enumerate(needs_draws) if draws]
     if not drawing:
         return final
     index = to_device(drawing, dtype=torch.long, device=target_probs.device)
-    p_t = target_probs[rows[index]]
+    p_t = final_rows[index]
     rejected = (num_accepted < layout.num_draft)[index]
     p_d = _draft_rows_at(drafts, draft_probs, (layout.draft_start + num_accepted)[index], p_t)
     final[index] = _sample_inverse_cdf(_residual(p_t, p_d * rejected[:, None]), uniform[index])

@@ -5,6 +5,12 @@ load, so each configuration (a list of extra `specserve serve` flags) is run
 over the same concurrency sweep and prompts, one server at a time, and the
 per-user and aggregate tokens/s are printed side by side and plotted.
 
+The host's speed drifts between runs, so a one-after-another sweep can put
+a drift between two configurations. `--rounds N` runs every configuration
+N times in rotating order and adds a table of medians over the rounds and
+the median of each round's ratio to the first configuration (the pairs
+ran minutes apart, not a whole sweep apart).
+
 A configuration names flags that may not exist yet: the server then exits
 at start-up and the sweep stops with its error (or, with --keep-going,
 records it and goes on).
@@ -12,6 +18,8 @@ records it and goes on).
     python -m bench.spec_sweep
     python -m bench.spec_sweep --config "off=--verify-policy off" \\
         --config "k4=--speculative-method ngram --verify-policy static --num-speculative-tokens 4"
+    python -m bench.spec_sweep --rounds 3 --concurrency 8,32 --config "off=--verify-policy off" \
+        --config "ngram=--speculative-method ngram"
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import asyncio
 import datetime
 import shlex
 import socket
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -101,6 +110,71 @@ def _n(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+# What the rounds table compares: per-user tok/s (what one user feels) and
+# the steady aggregate (the server's rate while every user is busy).
+ROUND_METRICS = ("per_user_tokens_per_s", "steady_aggregate_tokens_per_s")
+
+
+def rotated(items: Sequence, turn: int) -> list:
+    """`items` starting at position turn (mod len): round r's order."""
+    k = turn % len(items) if items else 0
+    return [*items[k:], *items[:k]]
+
+
+def round_medians(records: Sequence[dict]) -> dict[str, dict[str, dict]]:
+    """config -> concurrency -> metric -> {"median", "ratio"}: the median of
+    the metric over the rounds, and the median over the rounds of its
+    ratio to the first config's in the same round (None where a round
+    lacks the figure)."""
+    ok = [r for r in records if r.get("rounds")]
+    if not ok:
+        return {}
+    baseline = ok[0]
+    out: dict[str, dict[str, dict]] = {}
+    for record in ok:
+        per_level = out.setdefault(record["name"], {})
+        for c in sorted({lv["concurrency"] for levels in record["rounds"] for lv in levels}):
+            per_level[str(c)] = {m: _median_and_ratio(record, baseline, c, m) for m in ROUND_METRICS}
+    return out
+
+
+def _median_and_ratio(record: dict, baseline: dict, concurrency: float, metric: str) -> dict:
+    values = [_figure(levels, concurrency, metric) for levels in record["rounds"]]
+    bases = [_figure(levels, concurrency, metric) for levels in baseline["rounds"]]
+    ratios = [v / b for v, b in zip(values, bases) if v is not None and b]
+    present = [v for v in values if v is not None]
+    return {"median": statistics.median(present) if present else None,
+            "ratio": statistics.median(ratios) if ratios else None,
+            "per_round": values}
+
+
+def _figure(levels: Sequence[dict], concurrency: float, metric: str) -> float | None:
+    level = next((lv for lv in levels if lv["concurrency"] == concurrency), None)
+    return None if level is None else level.get(metric)
+
+
+def rounds_table(medians: dict[str, dict[str, dict]]) -> str:
+    """Rows: concurrency; per config the medians over rounds of per-user and
+    steady aggregate tok/s, each with its median per-round ratio to the
+    first config."""
+    names = list(medians)
+    head = "| conc. | " + " | ".join(f"{n} user tok/s (ratio) / steady agg (ratio)" for n in names) + " |"
+    lines = [head, "|---|" + "---|" * len(names)]
+    concurrencies = sorted({c for per in medians.values() for c in per}, key=float)
+    for c in concurrencies:
+        cells = []
+        for name in names:
+            figures = medians[name].get(c)
+            cells.append("-" if figures is None else " / ".join(
+                f"{_n(figures[m]['median'])} ({_r(figures[m]['ratio'])})" for m in ROUND_METRICS))
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _r(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}x"
+
+
 # ------------------------------------------------------------ command line
 
 
@@ -119,6 +193,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out-dir", default=None)
     p.add_argument("--keep-going", action="store_true", help="record a failing config and go on")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every config this many times in rotating order; medians and ratios over rounds")
 
 
 def run_from_args(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
@@ -128,19 +204,35 @@ def run_from_args(args: argparse.Namespace, log: Callable[[str], None] = print) 
     load = LoadConfig(max_tokens=args.max_tokens, num_requests=args.requests_per_level,
                       max_seconds=args.max_seconds, drain_seconds=args.drain_seconds)
     out_dir = _out_dir(args.out_dir)
-    records, status = [], 0
-    for config in configs:
-        try:
-            records.append(sweep_config(config, args.model, prompts, concurrency, load, out_dir,
-                                        args.threads, log))
-        except ServerFailed as exc:
-            log(f"[{config.name}] server failed with flags {list(config.flags)}:\n{exc}")
-            records.append({"name": config.name, "flags": list(config.flags), "levels": [],
-                            "error": str(exc)})
-            status = 2
-            if not args.keep_going:
-                break
-    _write(out_dir, records, vars(args), log)
+    rounds = getattr(args, "rounds", 1)
+    if rounds < 1:
+        raise ValueError("--rounds must be at least 1")
+    records = {c.name: {"name": c.name, "flags": list(c.flags), "levels": [], "rounds": []} for c in configs}
+    status = 0
+    for turn in range(rounds):
+        for config in rotated(configs, turn):
+            record = records[config.name]
+            if "error" in record:
+                continue
+            if rounds > 1:
+                log(f"[{config.name}] round {turn + 1} of {rounds}")
+            try:
+                levels = sweep_config(config, args.model, prompts, concurrency, load, out_dir,
+                                      args.threads, log)["levels"]
+            except ServerFailed as exc:
+                log(f"[{config.name}] server failed with flags {list(config.flags)}:\n{exc}")
+                record.update(levels=[], rounds=[], error=str(exc))
+                status = 2
+                if not args.keep_going:
+                    break
+                continue
+            # Per-request records stay with the first round's levels (raw/requests.json).
+            record["rounds"].append([{k: v for k, v in lv.items() if k != "requests"} for lv in levels])
+            if turn == 0:
+                record["levels"] = levels  # the first round's, for the side-by-side table and plots
+        if status and not args.keep_going:
+            break
+    _write(out_dir, list(records.values()), vars(args), log, rounds)
     return status
 
 
@@ -151,11 +243,16 @@ def _out_dir(path: str | None) -> Path:
     return out
 
 
-def _write(out_dir: Path, records: list[dict], args: dict, log: Callable[[str], None]) -> None:
+def _write(out_dir: Path, records: list[dict], args: dict, log: Callable[[str], None], rounds: int = 1) -> None:
     table = side_by_side(records)
     log(table)
     data = {"args": {k: v for k, v in args.items() if not callable(v)}, "machine": machine_info(),
             "configs": records}
+    if rounds > 1:
+        data["round_medians"] = round_medians(records)
+        ratios = rounds_table(data["round_medians"])
+        log(ratios)
+        (out_dir / "rounds.md").write_text(ratios + "\n")
     write_json(out_dir, data, "configs")
     (out_dir / "table.md").write_text(table + "\n")
     series = {r["name"]: r["levels"] for r in records if r["levels"]}

@@ -2,7 +2,8 @@
 
 One comparison run (n-gram drafting, adaptive verification) through the same
 entry point as `python -m bench`, then checks of what it wrote; and a sweep
-configuration with a flag the server does not know must fail loudly.
+configuration with a flag the server does not know must fail loudly; a
+sweep in rounds runs each configuration once per round, in rotating order.
 """
 import json
 from types import SimpleNamespace
@@ -100,3 +101,20 @@ def test_sweep_fails_loudly_on_an_unknown_server_flag(model_dir, tmp_path):
     assert "exited with code" in text and "--no-such-flag" in text
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["configs"][0]["error"]
+
+
+def test_sweep_in_rounds_rotates_the_configs_and_writes_ratios(model_dir, tmp_path):
+    lines = []
+    args = SimpleNamespace(config=["off=--verify-policy off", "ngram=--speculative-method ngram"], concurrency="1",
+                           dataset="chat", num_prompts=2, seed=0, max_tokens=4, requests_per_level=2,
+                           max_seconds=20.0, drain_seconds=10.0, model=model_dir, threads=1, out_dir=str(tmp_path),
+                           keep_going=False, rounds=2)
+    assert spec_sweep.run_from_args(args, log=lines.append) == 0
+    started = [line.split("]")[0][1:] for line in lines if "] ready:" in line]
+    assert started == ["off", "ngram", "ngram", "off"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [len(c["rounds"]) for c in saved["configs"]] == [2, 2]
+    assert saved["configs"][0]["levels"] == saved["configs"][0]["rounds"][0]
+    ngram = saved["round_medians"]["ngram"]["1"]["per_user_tokens_per_s"]
+    assert ngram["ratio"] > 0 and len(ngram["per_round"]) == 2
+    assert "ngram user tok/s (ratio)" in (tmp_path / "rounds.md").read_text()

@@ -1,6 +1,6 @@
 """Reports: the comparison table's ratios, failures, sweep configs and table, plots."""
 from bench.run import markdown_table
-from bench.spec_sweep import ServerConfig, side_by_side
+from bench.spec_sweep import ServerConfig, rotated, round_medians, rounds_table, side_by_side
 from bench.plots import plot_throughput
 
 
@@ -59,6 +59,40 @@ def test_sweep_table_says_which_source_a_hybrid_drafted_with():
     alone["spec_decode"]["by_source"] = {"dspark": {"drafts": 40.0}}
     table = side_by_side([{"name": "hybrid", "levels": [hybrid]}, {"name": "head", "levels": [alone]}])
     assert "| 1 | 20.0 / 20.0 / - (1.90; dspark 11, ngram 150) | 15.0 / 15.0 / - (1.20) |" in table
+
+
+def test_rounds_rotate_so_each_config_runs_first_once():
+    assert [rotated("abc", turn) for turn in range(4)] == [list("abc"), list("bca"), list("cab"), list("abc")]
+
+
+def _round(user, steady):
+    return [dict(level(8, 0.0, user), steady_aggregate_tokens_per_s=steady)]
+
+
+def test_round_ratios_are_medians_of_ratios_within_each_round():
+    # Round 1 ran slow for everyone: its raw figures sink but its ratios hold.
+    # Per-user ratios 1.3, 1.2, 1.0: their median (1.2) is not the ratio of
+    # the medians (11 / 10).
+    records = [{"name": "off", "rounds": [_round(10.0, 100.0), _round(5.0, 50.0), _round(11.0, 110.0)]},
+               {"name": "spec", "rounds": [_round(13.0, 95.0), _round(6.0, 47.5), _round(11.0, 104.5)]},
+               {"name": "bad", "rounds": [], "error": "x"}]
+    medians = round_medians(records)
+    assert set(medians) == {"off", "spec"}
+    spec = medians["spec"]["8"]
+    assert spec["per_user_tokens_per_s"]["median"] == 11.0
+    assert abs(spec["per_user_tokens_per_s"]["ratio"] - 1.2) < 1e-9
+    assert abs(spec["steady_aggregate_tokens_per_s"]["ratio"] - 0.95) < 1e-9
+    assert medians["off"]["8"]["steady_aggregate_tokens_per_s"]["ratio"] == 1.0
+    table = rounds_table(medians)
+    assert "| 8 | 10.0 (1.000x) / 100.0 (1.000x) | 11.0 (1.200x) / 95.0 (0.950x) |" in table
+
+
+def test_round_ratios_skip_rounds_without_the_figure():
+    records = [{"name": "off", "rounds": [_round(10.0, None), _round(10.0, 100.0)]},
+               {"name": "spec", "rounds": [_round(20.0, 80.0), _round(15.0, 90.0)]}]
+    spec = round_medians(records)["spec"]["8"]
+    assert spec["steady_aggregate_tokens_per_s"]["ratio"] == 0.9  # round 0's baseline has no steady part
+    assert spec["per_user_tokens_per_s"]["ratio"] == 1.75
 
 
 def test_plot_is_a_png(tmp_path):

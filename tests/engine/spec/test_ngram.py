@@ -1,7 +1,13 @@
-"""The incremental n-gram index proposes exactly what a brute-force scan does."""
+"""The incremental n-gram index proposes exactly what a brute-force scan
+does; the drafter's confidences come from its survival prior."""
 import random
 
-from engine.spec.ngram import NgramIndex, find_ngram_continuation
+import torch
+
+from engine.spec.base import DraftInput
+from engine.spec.ngram import NgramDrafter, NgramIndex, find_ngram_continuation
+from engine.spec.ngram_prior import SURVIVAL_BY_MATCH_AND_POSITION
+from scheduler.request import Request, SamplingParams
 
 
 def test_index_matches_brute_force_as_tokens_arrive():
@@ -20,3 +26,26 @@ def test_min_n_is_respected():
     assert index.continuation(4) == ([], 0)  # only a 1-token match exists
     index.extend([1, 2])
     assert index.continuation(2) == ([3, 9], 2)
+
+
+def _propose(drafter, tokens, max_tokens):
+    request = Request("r", tokens, SamplingParams(temperature=0.0))
+    return drafter.propose([DraftInput(request, max_tokens, torch.Generator(), [])]).get("r")
+
+
+def test_confidences_are_the_prior_of_the_match_length_and_position():
+    prior = ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6), (0.7, 0.8, 0.9))
+    drafter = NgramDrafter(1, 4, survival_prior=prior)
+    one = _propose(drafter, [7, 1, 2, 3, 4, 5, 7], 4)  # only "7" recurs: a one-token match
+    assert one.token_ids == [1, 2, 3, 4] and one.confidences == [0.1, 0.2, 0.3, 0.3]  # last column repeats
+    four = _propose(NgramDrafter(1, 4, survival_prior=prior), [1, 2, 3, 4, 9, 8, 1, 2, 3, 4], 2)
+    assert four.token_ids == [9, 8] and four.confidences == [0.7, 0.8]  # a 4-token match reads the last row
+
+
+def test_the_served_prior_trusts_longer_matches_and_deeper_drafts_more():
+    """The fitted table (engine/spec/ngram_prior.py) against the shape the
+    replay measured; a regeneration that scrambled rows or columns fails."""
+    first = [row[0] for row in SURVIVAL_BY_MATCH_AND_POSITION]
+    assert first == sorted(first) and first[0] < 0.4 < 0.8 < first[-1]
+    assert all(row[6] > row[0] for row in SURVIVAL_BY_MATCH_AND_POSITION)
+    assert all(len(row) == 16 and all(0.0 < v < 1.0 for v in row) for row in SURVIVAL_BY_MATCH_AND_POSITION)

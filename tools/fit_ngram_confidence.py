@@ -1,0 +1,167 @@
+"""Fit the n-gram drafter's confidence prior from the target's own outputs.
+
+An n-gram draft's confidence is the probability that it survives given
+that the drafts before it did (speculation.md s.1). How likely that is
+depends on the matched suffix's length and on the position in the block:
+a one-token match continues the target's text about one time in five, a
+four-token match nine times in ten or more, and deep in an accepted block
+the next draft survives more often than at its start (the block is a
+copied run). This tool replays prompt lookup (`NgramIndex`, as served)
+over token sequences the target produced greedily, verifying every draft
+up to the first miss as greedy verification does, counts per (match length,
+position) how often a draft that was reached survived, and writes those
+rates, shrunk towards the position's pooled rate where counts are few, as
+`engine/spec/ngram_prior.py`. The online calibrator
+(scheduler/calibration.py) still corrects them per server and request;
+this prior decides what it starts from and what it assumes for positions
+it has not yet seen verified.
+
+    python -m tools.fit_ngram_confidence RUN/data/responses-train-t0-n256.jsonl \\
+        --check RUN/data/responses-heldout-t0-n256.jsonl --out engine/spec/ngram_prior.py
+
+Input: JSON lines with `prompt_ids` and `response_ids` (the head toolkit's
+regenerated responses, engine/spec/training). Fit on training prompts
+only; the evaluation sets stay for evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from engine.spec.ngram import NgramIndex
+
+MAX_POSITIONS = 16  # --num-speculative-tokens' ceiling (engine/config.py)
+SHRINK = 8.0  # pseudo-trials of the pooled rate behind each cell
+
+
+@dataclass
+class SurvivalCounts:
+    """Drafts reached and drafts that survived, per (match length, position)."""
+
+    reached: Counter = field(default_factory=Counter)
+    survived: Counter = field(default_factory=Counter)
+    steps: int = 0
+    emitted: int = 0
+
+    def rate(self, key: tuple[int, int]) -> float | None:
+        return self.survived[key] / self.reached[key] if self.reached[key] else None
+
+
+def replay(sequences: Iterable[tuple[list[int], list[int]]], min_n: int, max_n: int,
+           block: int = MAX_POSITIONS) -> SurvivalCounts:
+    """Greedy speculative decoding replayed over known outputs: at each step
+    the n-gram block after the tokens so far, every draft verified up to the
+    first that differs from the output, then the accepted drafts and one
+    more token emitted."""
+    counts = SurvivalCounts()
+    for prompt, response in sequences:
+        tokens = prompt + response
+        index = NgramIndex(min_n, max_n)
+        at, end = len(prompt), len(tokens)
+        index.extend(tokens[:at])
+        while at < end:
+            drafts, match = index.continuation(min(block, end - at - 1))
+            accepted = 0
+            for position, token in enumerate(drafts):
+                counts.reached[(match, position)] += 1
+                if token != tokens[at + position]:
+                    break
+                counts.survived[(match, position)] += 1
+                accepted += 1
+            emitted = accepted + 1
+            index.extend(tokens[at: at + emitted])
+            at += emitted
+            counts.steps += 1
+            counts.emitted += emitted
+    return counts
+
+
+def fit_table(counts: SurvivalCounts, max_n: int, positions: int = MAX_POSITIONS,
+              shrink: float = SHRINK) -> list[list[float]]:
+    """table[n - 1][j]: survival of the draft at position j after an n-token
+    match. Each cell shrinks towards its position's rate pooled over match
+    lengths, which shrinks towards the previous position's (the rates of
+    deep positions rest on few blocks)."""
+    pooled: list[float] = []
+    for j in range(positions):
+        reached = sum(counts.reached[(n, j)] for n in range(1, max_n + 1))
+        survived = sum(counts.survived[(n, j)] for n in range(1, max_n + 1))
+        before = pooled[-1] if pooled else 0.5
+        pooled.append((survived + shrink * before) / (reached + shrink))
+    return [[round((counts.survived[(n, j)] + shrink * pooled[j]) / (counts.reached[(n, j)] + shrink), 4)
+             for j in range(positions)] for n in range(1, max_n + 1)]
+
+
+def log_loss(counts: SurvivalCounts, table: Sequence[Sequence[float]]) -> float:
+    """Mean binary cross-entropy of the table's rates on reached drafts."""
+    import math
+
+    total, loss = 0, 0.0
+    for (n, j), reached in counts.reached.items():
+        p = min(1 - 1e-6, max(1e-6, table[min(n, len(table)) - 1][min(j, len(table[0]) - 1)]))
+        survived = counts.survived[(n, j)]
+        loss -= survived * math.log(p) + (reached - survived) * math.log(1 - p)
+        total += reached
+    return loss / total if total else float("nan")
+
+
+def read_sequences(paths: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    out = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                out.append((list(record["prompt_ids"]), list(record["response_ids"])))
+    return out
+
+
+def module_text(table: list[list[float]], command: str, counts: SurvivalCounts) -> str:
+    rows = ",\n".join("    (" + ", ".join(f"{v:.4f}" for v in row) + ")" for row in table)
+    return f'''"""The n-gram drafter's confidence prior: the chance that the draft at
+position j (0-based) survives given that the ones before it did, after a
+match of n tokens (row n - 1). Fitted by replaying prompt lookup over the
+target's own greedy outputs on training prompts (the head toolkit's
+regenerated responses, engine/spec/training), not hand-set; regenerate with:
+
+    {command}
+
+({counts.steps} replayed decode steps, {sum(counts.reached.values())} drafts reached.)
+"""
+
+SURVIVAL_BY_MATCH_AND_POSITION = (
+{rows},
+)
+'''
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("responses", nargs="+", help="JSON lines with prompt_ids and response_ids (fit)")
+    parser.add_argument("--check", nargs="*", default=[], help="JSON lines to report the fit's loss on")
+    parser.add_argument("--min-n", type=int, default=1)
+    parser.add_argument("--max-n", type=int, default=4)
+    parser.add_argument("--out", default="", help="write the prior module here")
+    args = parser.parse_args(argv)
+    counts = replay(read_sequences(args.responses), args.min_n, args.max_n)
+    table = fit_table(counts, args.max_n)
+    print(f"fit: {counts.steps} steps, {counts.emitted / counts.steps:.3f} tokens/step with every draft verified")
+    for n, row in enumerate(table, start=1):
+        print(f"  match {n}: " + " ".join(f"{v:.2f}" for v in row))
+    print(f"  log loss on the fit: {log_loss(counts, table):.4f}")
+    if args.check:
+        held = replay(read_sequences(args.check), args.min_n, args.max_n)
+        print(f"check: log loss {log_loss(held, table):.4f} over {sum(held.reached.values())} drafts")
+    if args.out:
+        command = "python -m tools.fit_ngram_confidence " + " ".join(
+            [*args.responses, *(["--check", *args.check] if args.check else []), "--out", args.out])
+        Path(args.out).write_text(module_text(table, command, counts))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

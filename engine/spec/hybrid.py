@@ -198,7 +198,9 @@ class HybridDrafter(Drafter):
     def __init__(self, head: HeadDrafter, ngram: NgramDrafter):
         self.head, self.ngram = head, ngram
         self.aux_layers = head.aux_layers
-        self.max_draft_tokens = head.max_draft_tokens
+        # n-gram drafts up to --num-speculative-tokens (a copied run can go on
+        # past the head's block); the head drafts at most its block.
+        self.max_draft_tokens = None
         self.head_source = head.name
         self.calibrators = {ngram.name: ConfidenceCalibrator(), head.name: ConfidenceCalibrator()}
         self.head_rates = PositionRates()
@@ -290,7 +292,7 @@ class HybridDrafter(Drafter):
             expected_accepted(ngram_block.confidences)
 
     def _head_length(self, item: DraftInput) -> int:
-        return self.head_lengths.cap(min(item.max_tokens, self.max_draft_tokens or item.max_tokens))
+        return self.head_lengths.cap(min(item.max_tokens, self.head.max_draft_tokens or item.max_tokens))
 
     def _skip_reason(self, economics) -> str | None:
         """Why running the head for a request does not pay at this load, or None."""
@@ -360,7 +362,7 @@ class HybridDrafter(Drafter):
                 "head_accepted_per_run": round(self.payoff.accepted_per_run, 3),
                 "head_seconds_per_run": round(self.payoff.seconds_per_run, 5),
                 "head_verified_per_run": round(self.payoff.verified_per_run, 3),
-                "head_length_cap": self.head_lengths.cap(self.max_draft_tokens or 0),
+                "head_length_cap": self.head_lengths.cap(self.head.max_draft_tokens or 0),
                 "head_position_rates": [round(self.head_rates.rate(i), 3)
                                                                       for i in range(len(self.head_rates.trials))]}
 

@@ -251,3 +251,18 @@ def test_the_head_drafts_one_more_than_the_policy_verified_of_its_recent_blocks(
     for _ in range(hybrid.head_lengths.recent.maxlen):
         hybrid.head_lengths.observe(1)
     assert hybrid.propose([DraftInput(free, BLOCK, torch.Generator(), [])]) and head.asked == [2]
+
+
+def test_ngram_drafts_past_the_heads_block_and_the_head_stays_within_it():
+    """The hybrid takes --num-speculative-tokens (a copied run may go on for
+    16); only the head is held to its block."""
+    head = _StubHead()
+    hybrid = HybridDrafter(head, NgramDrafter(1, 4))
+    assert hybrid.max_draft_tokens is None
+    head.block = DraftBlock([9] * BLOCK, [0.99] * BLOCK, None, "dspark")
+    run = list(range(20, 40))
+    copying = Request("c", run + [1] + run[:4], SamplingParams(temperature=0.0))  # a 4-token match, 16 to copy
+    free = Request("f", [1, 2, 3, 4], SamplingParams(temperature=0.0))
+    proposals = hybrid.propose([DraftInput(r, 16, torch.Generator(), []) for r in (copying, free)])
+    assert proposals["c"].source == "ngram" and proposals["c"].token_ids == run[4:20]
+    assert proposals["f"].source == "dspark" and head.asked == [BLOCK]

@@ -37,10 +37,16 @@ def speculative_configs(head: str) -> dict[str, SpeculativeConfig]:
     """The configurations `specserve serve` would run for each method."""
     return {"off": SpeculativeConfig(method="none"),
             "ngram": SpeculativeConfig(method="ngram", policy="adaptive", num_speculative_tokens=8),
+            # n-gram allowed the longest block the config takes: what copy-heavy
+            # prompts gain from longer matched runs where the policy verifies them
+            "ngram16": SpeculativeConfig(method="ngram", policy="adaptive", num_speculative_tokens=16),
             "dspark": SpeculativeConfig(method="dspark", draft_model=head, policy="adaptive",
                                         num_speculative_tokens=7),
             "hybrid": SpeculativeConfig(method="hybrid", draft_model=head, policy="adaptive",
-                                        num_speculative_tokens=7)}
+                                        num_speculative_tokens=7),
+            # the hybrid's n-gram up to 16 drafts, its head up to its block (7)
+            "hybrid16": SpeculativeConfig(method="hybrid", draft_model=head, policy="adaptive",
+                                          num_speculative_tokens=16)}
 
 
 def never_run_the_head(engine: LLMEngine) -> None:
@@ -58,8 +64,22 @@ def never_verify(engine: LLMEngine) -> None:
     policy.choose_lengths = lambda candidates, *args, **kwargs: {r.request_id: 0 for r in candidates}
 
 
+# n-gram's confidence before the fitted prior: match_len / (match_len + 1),
+# times 0.9 per position into the block.
+DECAYING_NGRAM_PRIOR = tuple(tuple(n / (n + 1) * 0.9 ** j for j in range(16)) for n in range(1, 5))
+
+
+def decaying_ngram_prior(engine: LLMEngine) -> None:
+    """`ngram-decay` / `hybrid-decay`: n-gram confidences from the old
+    heuristic instead of the fitted prior (engine/spec/ngram_prior.py)."""
+    drafter = engine.drafter
+    ngram = getattr(drafter, "ngram", drafter)  # the hybrid's own n-gram, or the drafter itself
+    ngram.survival_prior = DECAYING_NGRAM_PRIOR
+
+
 # method -> (the configuration it runs, what is changed in the built engine)
-ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "ngram-noverify": ("ngram", never_verify)}
+ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "ngram-noverify": ("ngram", never_verify),
+             "ngram-decay": ("ngram", decaying_ngram_prior), "hybrid-decay": ("hybrid", decaying_ngram_prior)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -57,7 +57,8 @@ at one stream on this CPU the policy verifies about 1.2 of a block's 7.
 Confidences are recalibrated online per source (scheduler.calibration's
 per-position, per-bin map, from realised acceptance read off the
 request's counters at the next absorb): n-gram's raw confidences are a
-heuristic of match length, and the head's STS fit may drift in serving.
+prior fitted offline on other text, and the head's STS fit may drift in
+serving.
 """
 from __future__ import annotations
 

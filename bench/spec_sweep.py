@@ -18,7 +18,7 @@ records it and goes on).
     python -m bench.spec_sweep
     python -m bench.spec_sweep --config "off=--verify-policy off" \\
         --config "k4=--speculative-method ngram --verify-policy static --num-speculative-tokens 4"
-    python -m bench.spec_sweep --rounds 3 --concurrency 8,32 --config "off=--verify-policy off" \
+    python -m bench.spec_sweep --rounds 3 --concurrency 8,32 --config "off=--verify-policy off" \\
         --config "ngram=--speculative-method ngram"
 """
 from __future__ import annotations
@@ -216,24 +216,31 @@ def run_from_args(args: argparse.Namespace, log: Callable[[str], None] = print) 
                 continue
             if rounds > 1:
                 log(f"[{config.name}] round {turn + 1} of {rounds}")
-            try:
-                levels = sweep_config(config, args.model, prompts, concurrency, load, out_dir,
-                                      args.threads, log)["levels"]
-            except ServerFailed as exc:
-                log(f"[{config.name}] server failed with flags {list(config.flags)}:\n{exc}")
-                record.update(levels=[], rounds=[], error=str(exc))
+            if not _sweep_into(record, config, args, prompts, concurrency, load, out_dir, log):
                 status = 2
                 if not args.keep_going:
                     break
-                continue
-            # Per-request records stay with the first round's levels (raw/requests.json).
-            record["rounds"].append([{k: v for k, v in lv.items() if k != "requests"} for lv in levels])
-            if turn == 0:
-                record["levels"] = levels  # the first round's, for the side-by-side table and plots
         if status and not args.keep_going:
             break
     _write(out_dir, list(records.values()), vars(args), log, rounds)
     return status
+
+
+def _sweep_into(record: dict, config: ServerConfig, args: argparse.Namespace, prompts, concurrency, load,
+                out_dir: Path, log: Callable[[str], None]) -> bool:
+    """One round of `config` into its record; False (and the error recorded)
+    if its server would not start."""
+    try:
+        levels = sweep_config(config, args.model, prompts, concurrency, load, out_dir, args.threads, log)["levels"]
+    except ServerFailed as exc:
+        log(f"[{config.name}] server failed with flags {list(config.flags)}:\n{exc}")
+        record.update(levels=[], rounds=[], error=str(exc))
+        return False
+    # Per-request records stay with the first round's levels (raw/requests.json).
+    record["rounds"].append([{k: v for k, v in lv.items() if k != "requests"} for lv in levels])
+    if len(record["rounds"]) == 1:
+        record["levels"] = levels  # the first round's, for the side-by-side table and plots
+    return True
 
 
 def _out_dir(path: str | None) -> Path:

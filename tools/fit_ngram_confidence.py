@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +47,6 @@ class SurvivalCounts:
     survived: Counter = field(default_factory=Counter)
     steps: int = 0
     emitted: int = 0
-
-    def rate(self, key: tuple[int, int]) -> float | None:
-        return self.survived[key] / self.reached[key] if self.reached[key] else None
 
 
 def replay(sequences: Iterable[tuple[list[int], list[int]]], min_n: int, max_n: int,
@@ -98,8 +96,6 @@ def fit_table(counts: SurvivalCounts, max_n: int, positions: int = MAX_POSITIONS
 
 def log_loss(counts: SurvivalCounts, table: Sequence[Sequence[float]]) -> float:
     """Mean binary cross-entropy of the table's rates on reached drafts."""
-    import math
-
     total, loss = 0, 0.0
     for (n, j), reached in counts.reached.items():
         p = min(1 - 1e-6, max(1e-6, table[min(n, len(table)) - 1][min(j, len(table[0]) - 1)]))

@@ -204,7 +204,7 @@ def run_from_args(args: argparse.Namespace, log: Callable[[str], None] = print) 
     load = LoadConfig(max_tokens=args.max_tokens, num_requests=args.requests_per_level,
                       max_seconds=args.max_seconds, drain_seconds=args.drain_seconds)
     out_dir = _out_dir(args.out_dir)
-    rounds = getattr(args, "rounds", 1)
+    rounds = args.rounds
     if rounds < 1:
         raise ValueError("--rounds must be at least 1")
     records = {c.name: {"name": c.name, "flags": list(c.flags), "levels": [], "rounds": []} for c in configs}

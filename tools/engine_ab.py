@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.datasets import DATASETS, sample
+from bench.spec_sweep import rotated
 from engine.config import EngineConfig, SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.models.default import default_model_path
@@ -115,9 +116,8 @@ def run_rounds(engines: dict[str, LLMEngine], prompts: list[list[int]], concurre
     names = list(engines)
     results = {c: {n: [] for n in names} for c in concurrencies}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
         for c in concurrencies:
-            for name in order:
+            for name in rotated(names, r):
                 results[c][name].append(run_streams(engines[name], prompts[:counts[c]], c, params))
         print("round", r, {c: {n: round(v[-1].steady_tok_s, 1) for n, v in d.items()} for c, d in results.items()},
               flush=True)

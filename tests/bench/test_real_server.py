@@ -94,7 +94,8 @@ def test_sweep_fails_loudly_on_an_unknown_server_flag(model_dir, tmp_path):
     lines = []
     args = SimpleNamespace(config=["bogus=--no-such-flag 3"], concurrency="1", dataset="chat", num_prompts=2,
                            seed=0, max_tokens=4, requests_per_level=1, max_seconds=5.0, drain_seconds=5.0,
-                           model=model_dir, threads=1, out_dir=str(tmp_path), keep_going=False)
+                           model=model_dir, threads=1, out_dir=str(tmp_path), keep_going=False,
+                           rounds=1)
     status = spec_sweep.run_from_args(args, log=lines.append)
     assert status == 2
     text = "\n".join(lines)

@@ -22,11 +22,28 @@ def linears(model):
 def test_load_installs_probed_invariant_kernels(model_dir, dtype):
     model = load_model(model_dir, dtype).model
     for role, kernels in (("layer", [m.kernel for m in linears(model)]), ("head", [model.head_kernel])):
-        preference = inference_kernels.INVARIANT_PREFERENCE[(dtype, role)]
         for kernel in kernels:
-            assert kernel.choice in preference
+            assert kernel.choice in inference_kernels.invariant_preference(dtype, role, kernel.in_features)
             assert row_invariance_failures(kernel, kernel.tiling.max_rows + 1, dtype) == []
     assert model.batch_invariant and model.kernel_description.endswith("/invariant")
+
+
+@pytest.mark.skipif(not onednn_available(torch.zeros(1)), reason="needs oneDNN")
+def test_float32_head_is_padded_to_four_rows_and_a_wide_layer_to_two_unchunked():
+    """The cheaper invariant choices for SmolLM2's shapes: the LM head padded
+    to four rows, a layer wider than the chunk limit padded to two rows in
+    one product, both still row-invariant (the probe ran on them)."""
+    vocabulary = torch.randn(4096, 64)
+    head = inference_kernels.choose_kernel(vocabulary, None, "head", batch_invariant=True)
+    assert head.tiling.min_rows == inference_kernels.FP32_HEAD_MIN_ROWS == 4
+    wide = inference_kernels.choose_kernel(torch.randn(64, 1536), None, "layer", batch_invariant=True)
+    assert (wide.kernel, wide.tiling.min_rows, len(wide.pieces)) == ("onednn", 2, 1)
+    narrow = inference_kernels.choose_kernel(torch.randn(64, 576), None, "layer", batch_invariant=True)
+    assert narrow.tiling.min_rows == 1
+    x = torch.randn(1, 64)  # one row padded to four: still that row's product
+    torch.testing.assert_close(head(x), x @ vocabulary.t(), atol=1e-4, rtol=1e-4)
+    for linear in (head, wide):
+        assert row_invariance_failures(linear, linear.tiling.max_rows + 1, torch.float32) == []
 
 
 def test_switching_modes_changes_tiling_not_results_much(model_dir):

@@ -46,6 +46,17 @@ from scheduler.scheduler import Scheduler
 log = logging.getLogger("specserve.engine")
 
 
+def loaded_dtype(loaded: LoadedModel, requested_name: str, requested: torch.dtype) -> torch.dtype:
+    """The dtype an engine runs a model it was handed in: the model's own.
+    The KV cache and the drafter follow it; `auto` (which on a bfloat16-
+    native host means bfloat16) must not give a float32 model a bfloat16
+    cache, and an explicit dtype that disagrees with the weights is refused."""
+    weights = next(loaded.model.parameters()).dtype
+    if requested_name != "auto" and requested != weights:
+        raise ValueError(f"dtype {requested_name} requested for a model loaded in {weights}")
+    return weights
+
+
 class LLMEngine:
     """Owns the model, the scheduler, the drafter and per-request text state.
 
@@ -57,6 +68,8 @@ class LLMEngine:
                  step_cost: StepCostModel | None = None, drafter: Drafter | None = None):
         self.config = config
         dtype = resolve_dtype(config.dtype, config.device)
+        if loaded is not None:
+            dtype = loaded_dtype(loaded, config.dtype, dtype)
         self.loaded = loaded or load_model(config.model, dtype, config.device)
         if self.loaded.model.batch_invariant != config.batch_invariant:
             self.loaded.model.use_inference_kernels(config.batch_invariant)

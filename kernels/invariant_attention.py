@@ -18,8 +18,8 @@ row takes part in has a shape fixed by the row's own context:
 - all math is in float32, and C is a multiple of 64 floats so elementwise
   kernels never fall into their scalar tail (vector and scalar `exp` may
   differ in the last bit);
-- no GEMM runs with a single row (one row takes a gemv path that sums in
-  another order): such a query is padded to two.
+- no GEMM runs with fewer than MIN_GEMM_ROWS rows (the fewest rows take
+  other kernels that sum in another order): shorter queries are padded.
 """
 from __future__ import annotations
 
@@ -41,8 +41,11 @@ QUERY_TILE = 128
 # Requests with at most this many query tokens (decode, verification) share
 # padded tiles; longer ones (prefill chunks) get tiles of their own.
 SHARED_TILE_MAX_QUERY = 16
-# GEMMs with one row use a different kernel (gemv) than with two or more.
-MIN_GEMM_ROWS = 2
+# GEMMs with few rows take other kernels than larger ones, which sum a row in
+# another order: MKL on the Intel hosts measured for one row (gemv), on AMD
+# Zen 4 for up to three. From four rows on, every CPU measured so far sums a
+# row alike (tests/kernels/test_invariant_attention.py checks the host).
+MIN_GEMM_ROWS = 4
 
 
 def key_chunk_size(block_size: int) -> int:

@@ -27,37 +27,38 @@ log = logging.getLogger("specserve.kernels")
 LAYER_ROWS, HEAD_ROWS = 256, 32
 # oneDNN float32 sums a single row like a batch only up to 1024 inputs.
 ONEDNN_FP32_K_CHUNK = 1024
-FP32_HEAD_MIN_ROWS = 4
+# float32 calls are padded to at least this many rows. In a whole forward,
+# where every weight streams from memory (SmolLM2's 540 MB in float32 does
+# not stay in cache), oneDNN's kernel for 4-6 rows is faster than its one-
+# and two-row kernels: a one-token step took 44.6 ms padded to four against
+# 50.8 unpadded and 57.2 padded to two; 7 rows and more cost a second pass
+# (bench/results/2026-12-01-row-padding/). Four or more rows also sum a
+# row like a batch without cutting the input dimension.
+FP32_MIN_ROWS = 4
 
 
 def _choice(kernel: str, min_rows: int, max_rows: int, k_chunk: int | None = None) -> KernelChoice:
     return KernelChoice(kernel, RowTiling(min_rows, max_rows), k_chunk)
 
 
-# Invariant mode, fastest first (one thread, SmolLM2 shapes). A single row
-# unpadded is the cheaper decode where the kernel allows it, else it is
-# padded to two rows. bf16 pays only through oneDNN's prepacked path; for
-# float32 decode oneDNN (one row unpadded) beats MKL's F.linear padded.
-# The float32 LM head is padded to four rows: oneDNN multiplies the
-# vocabulary-wide weight faster for 4-6 rows than for 1-3 (5.0 ms for four,
-# 6.9 for one, 7.9 for two on SmolLM2's 49152 x 576 here;
-# bench/results/2026-12-01-linear-padding/).
+# Invariant mode, fastest first (one thread, SmolLM2 shapes). bf16 pays only
+# through oneDNN's prepacked path, where a single row unpadded is the cheaper
+# decode if the kernel allows it, else it is padded to four rows (MKL on AMD
+# Zen 4 sums one to three rows in another order than more). float32
+# through oneDNN padded to FP32_MIN_ROWS; a single row unpadded (input cut at
+# ONEDNN_FP32_K_CHUNK) and MKL's F.linear are the fallbacks.
 INVARIANT_PREFERENCE = {
-    (torch.bfloat16, "layer"): (_choice("onednn", 1, LAYER_ROWS), _choice("onednn", 2, LAYER_ROWS),
-                                _choice("dense", 2, LAYER_ROWS)),
-    (torch.bfloat16, "head"): (_choice("onednn", 1, HEAD_ROWS), _choice("onednn", 2, HEAD_ROWS),
-                               _choice("dense", 2, HEAD_ROWS)),
-    (torch.float32, "layer"): (_choice("onednn", 1, LAYER_ROWS, ONEDNN_FP32_K_CHUNK),
-                               _choice("dense", 2, LAYER_ROWS), _choice("onednn", 2, LAYER_ROWS)),
-    (torch.float32, "head"): (_choice("onednn", FP32_HEAD_MIN_ROWS, HEAD_ROWS, ONEDNN_FP32_K_CHUNK),
+    (torch.bfloat16, "layer"): (_choice("onednn", 1, LAYER_ROWS), _choice("onednn", 4, LAYER_ROWS),
+                                _choice("dense", 4, LAYER_ROWS)),
+    (torch.bfloat16, "head"): (_choice("onednn", 1, HEAD_ROWS), _choice("onednn", 4, HEAD_ROWS),
+                               _choice("dense", 4, HEAD_ROWS)),
+    (torch.float32, "layer"): (_choice("onednn", FP32_MIN_ROWS, LAYER_ROWS),
+                               _choice("onednn", 1, LAYER_ROWS, ONEDNN_FP32_K_CHUNK),
+                               _choice("dense", 4, LAYER_ROWS)),
+    (torch.float32, "head"): (_choice("onednn", FP32_MIN_ROWS, HEAD_ROWS),
                               _choice("onednn", 1, HEAD_ROWS, ONEDNN_FP32_K_CHUNK),
-                              _choice("onednn", 2, HEAD_ROWS), _choice("dense", 2, HEAD_ROWS)),
+                              _choice("dense", 4, HEAD_ROWS)),
 }
-# A float32 layer whose input is wider than ONEDNN_FP32_K_CHUNK (the MLP's
-# down projection) would take a single row unpadded only as two partial
-# products; padding it to two rows in one product is cheaper (71 vs 105 us
-# for SmolLM2's 576 x 1536 at one row, 89 vs 135 at four).
-WIDE_FP32_LAYER_PREFERENCE = (_choice("onednn", 2, LAYER_ROWS),) + INVARIANT_PREFERENCE[(torch.float32, "layer")]
 # Free mode: one call per batch with the fastest kernel (MKL's gemv is the
 # quickest float32 single row).
 FREE_PREFERENCE = {
@@ -125,7 +126,7 @@ def choose_kernel(weight: torch.Tensor, bias, role: str, batch_invariant: bool) 
         choice = FREE_PREFERENCE.get(key, KernelChoice("dense"))
         usable = choice.kernel != "onednn" or onednn_available(weight)
         return PackedLinear(weight, bias, choice if usable else KernelChoice("dense"))
-    candidates = [c for c in invariant_preference(weight.dtype, role, weight.shape[1])
+    candidates = [c for c in INVARIANT_PREFERENCE.get(key, (_choice("dense", 4, LAYER_ROWS),))
                   if c.kernel != "onednn" or onednn_available(weight)]
     for choice in candidates:
         linear = PackedLinear(weight, bias, choice)
@@ -134,13 +135,6 @@ def choose_kernel(weight: torch.Tensor, bias, role: str, batch_invariant: bool) 
     raise RuntimeError(
         f"no linear kernel is batch-invariant for a {tuple(weight.shape)} {weight.dtype} weight on "
         f"this machine (tried {', '.join(map(str, candidates))}); run with --no-batch-invariant")
-
-
-def invariant_preference(dtype: torch.dtype, role: str, in_features: int) -> tuple[KernelChoice, ...]:
-    """Invariant-mode choices for a weight, fastest first."""
-    if (dtype, role) == (torch.float32, "layer") and in_features > ONEDNN_FP32_K_CHUNK:
-        return WIDE_FP32_LAYER_PREFERENCE
-    return INVARIANT_PREFERENCE.get((dtype, role), (_choice("dense", 2, LAYER_ROWS),))
 
 
 def _passes_probe(linear: PackedLinear, weight: torch.Tensor) -> bool:

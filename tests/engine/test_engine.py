@@ -73,3 +73,21 @@ def test_statistics_count_prompt_generation_and_speculation(model_dir):
     assert stats.num_drafts > 0 and stats.num_accepted_tokens <= stats.num_draft_tokens
     assert sum(stats.policy.verify_length_counts) > 0
     assert (stats.num_running, stats.num_waiting) == (0, 0)
+
+
+def test_a_handed_in_model_runs_in_its_own_dtype(model_dir, monkeypatch):
+    """`auto` on a bfloat16-native host must not give a float32 model a
+    bfloat16 KV cache (decoding would round every key and value); an
+    explicit dtype that disagrees with the weights is refused."""
+    import torch
+
+    from engine import engine as engine_module
+    from engine.models.loader import load_model
+
+    loaded = load_model(str(model_dir), torch.float32)
+    monkeypatch.setattr(engine_module, "resolve_dtype", lambda name, device: torch.bfloat16)
+    engine = LLMEngine(EngineConfig(model=str(model_dir), cache=CacheConfig(block_size=16, num_blocks=32)),
+                       loaded=loaded, step_cost=StepCostModel.flat())
+    assert all(cache.dtype == torch.float32 for layer in engine.runner.kv_caches for cache in layer)
+    with pytest.raises(ValueError, match="bfloat16 requested for a model loaded in torch.float32"):
+        LLMEngine(EngineConfig(model=str(model_dir), dtype="bfloat16"), loaded=loaded, step_cost=StepCostModel.flat())

@@ -25,7 +25,9 @@ PROMPTS = ["Reply in JSON: what colour is the sky?",
            'Example: {"name": "x", "ok": true, "color": "red", "n": 1} and {"name": "x", "ok": true,',
            "def add(a, b):\n    return a + b\n\ndef add(a, b):",
            "one two three four one two three four one two"]
-# Prompts whose greedy json_object output closes within the budget on this model.
+# Prompts whose greedy json_object output closes within the budget on this
+# model in float32 (the servers run float32 whatever `auto` means on the host:
+# in bfloat16 the random model's greedy walk is another one).
 OBJECT_PROMPTS = ["Hello", "What is 2+2?", "json please", "Give me a JSON object."]
 METHODS = ("none", "ngram", "draft-model")
 CUT_METRIC = "specserve:spec_grammar_cut_draft_tokens_total"
@@ -38,7 +40,7 @@ def _engine(model_dir: str, method: str, draft_dir: str) -> Any:
     from scheduler.load import StepCostModel
 
     config = EngineConfig(
-        model=model_dir, served_model_name="tiny-test-model",
+        model=model_dir, served_model_name="tiny-test-model", dtype="float32",
         cache=CacheConfig(block_size=16, num_blocks=512),
         scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=256, max_model_len=512),
         speculative=SpeculativeConfig(method=method, num_speculative_tokens=4, policy="adaptive",

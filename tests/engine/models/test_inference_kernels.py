@@ -22,28 +22,27 @@ def linears(model):
 def test_load_installs_probed_invariant_kernels(model_dir, dtype):
     model = load_model(model_dir, dtype).model
     for role, kernels in (("layer", [m.kernel for m in linears(model)]), ("head", [model.head_kernel])):
+        preference = inference_kernels.INVARIANT_PREFERENCE[(dtype, role)]
         for kernel in kernels:
-            assert kernel.choice in inference_kernels.invariant_preference(dtype, role, kernel.in_features)
+            assert kernel.choice in preference
             assert row_invariance_failures(kernel, kernel.tiling.max_rows + 1, dtype) == []
     assert model.batch_invariant and model.kernel_description.endswith("/invariant")
 
 
 @pytest.mark.skipif(not onednn_available(torch.zeros(1)), reason="needs oneDNN")
-def test_float32_head_is_padded_to_four_rows_and_a_wide_layer_to_two_unchunked():
-    """The cheaper invariant choices for SmolLM2's shapes: the LM head padded
-    to four rows, a layer wider than the chunk limit padded to two rows in
-    one product, both still row-invariant (the probe ran on them)."""
-    vocabulary = torch.randn(4096, 64)
-    head = inference_kernels.choose_kernel(vocabulary, None, "head", batch_invariant=True)
-    assert head.tiling.min_rows == inference_kernels.FP32_HEAD_MIN_ROWS == 4
-    wide = inference_kernels.choose_kernel(torch.randn(64, 1536), None, "layer", batch_invariant=True)
-    assert (wide.kernel, wide.tiling.min_rows, len(wide.pieces)) == ("onednn", 2, 1)
-    narrow = inference_kernels.choose_kernel(torch.randn(64, 576), None, "layer", batch_invariant=True)
-    assert narrow.tiling.min_rows == 1
-    x = torch.randn(1, 64)  # one row padded to four: still that row's product
-    torch.testing.assert_close(head(x), x @ vocabulary.t(), atol=1e-4, rtol=1e-4)
-    for linear in (head, wide):
-        assert row_invariance_failures(linear, linear.tiling.max_rows + 1, torch.float32) == []
+@pytest.mark.parametrize("role, shape", [("head", (4096, 64)), ("layer", (64, 1536)), ("layer", (96, 64))])
+def test_float32_calls_are_padded_to_four_rows_in_one_product(role, shape):
+    """The faster invariant float32 choice for SmolLM2's shapes: every call
+    padded to four rows, the input never cut (even wider than the single-row
+    limit), still row-invariant (the probe ran on it) and still each row's
+    own product."""
+    weight = torch.randn(*shape)
+    linear = inference_kernels.choose_kernel(weight, None, role, batch_invariant=True)
+    assert (linear.kernel, linear.tiling.min_rows, len(linear.pieces)) == ("onednn", 4, 1)
+    assert inference_kernels.FP32_MIN_ROWS == 4
+    x = torch.randn(1, shape[1])
+    torch.testing.assert_close(linear(x), x @ weight.t(), atol=1e-4, rtol=1e-4)
+    assert row_invariance_failures(linear, linear.tiling.max_rows + 1, torch.float32) == []
 
 
 def test_switching_modes_changes_tiling_not_results_much(model_dir):
@@ -58,9 +57,10 @@ def test_switching_modes_changes_tiling_not_results_much(model_dir):
 def test_a_failing_probe_moves_to_the_next_choice(model_dir, monkeypatch):
     monkeypatch.setattr(inference_kernels, "_PROBED", {})
     monkeypatch.setattr(inference_kernels, "row_invariance_failures",
-                        lambda linear, *_, **__: [] if linear.choice.tiling.min_rows == 2 else [1])
+                        lambda linear, *_, **__: [] if linear.choice.kernel == "dense" else [1])
     model = load_model(model_dir).model
-    assert {m.kernel.tiling.min_rows for m in linears(model)} == {2}
+    assert {m.kernel.choice.kernel for m in linears(model)} == {"dense"}
+    assert model.head_kernel.choice.kernel == "dense"
 
 
 def test_no_invariant_kernel_refuses_to_start(model_dir, monkeypatch):

@@ -64,7 +64,7 @@ def test_served_by_method_flag(tmp_path, tiny_dir, tiny_target):
 
     save_head(make_drafter(tiny_target, "dspark").head, str(tmp_path / "ckpt"))
     spec = SpeculativeConfig(method="hybrid", draft_model=str(tmp_path / "ckpt"), num_speculative_tokens=BLOCK)
-    config = EngineConfig(model=str(tiny_dir), cache=CacheConfig(block_size=8, num_blocks=256),
+    config = EngineConfig(model=str(tiny_dir), dtype="float32", cache=CacheConfig(block_size=8, num_blocks=256),
                           scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=512),
                           speculative=spec, machine_counters=False)
     engine = LLMEngine(config, step_cost=StepCostModel.flat())

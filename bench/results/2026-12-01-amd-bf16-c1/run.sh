@@ -1,0 +1,12 @@
+cd "$(dirname "$0")/../../.."  # ran on a clone of COMMIT (AMD EPYC Zen 4, bfloat16 by --dtype auto)
+P=.venv/bin/python
+OFF="off=--speculative-method none --no-machine-counters"
+NG="ngram=--speculative-method ngram --verify-policy adaptive --no-machine-counters"
+DS="dspark=--speculative-method dspark --draft-model checkpoints/dspark-smollm2 --verify-policy adaptive --no-machine-counters"
+HY="hybrid=--speculative-method hybrid --draft-model checkpoints/dspark-smollm2 --verify-policy adaptive --no-machine-counters"
+for ds in mt-bench humaneval; do
+  OMP_NUM_THREADS=1 $P -m bench.spec_sweep --dataset $ds --concurrency 1 --num-prompts 16 --requests-per-level 8 \
+    --max-tokens 96 --threads 1 --max-seconds 240 --drain-seconds 120 --rounds 3 \
+    --config "$OFF" --config "$NG" --config "$DS" --config "$HY" \
+    --out-dir bench/results/2026-12-01-amd-bf16-c1/$ds > bench/results/2026-12-01-amd-bf16-c1/$ds.log 2>&1
+done

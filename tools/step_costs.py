@@ -13,6 +13,7 @@ held the core: that is the figure reported; wall time is kept beside it
 (on a busy shared machine it can be twice the CPU time).
 
     python -m tools.step_costs --modes float32:free,bfloat16:invariant --passes 5
+    python -m tools.step_costs --modes float32:invariant:rows=1,float32:invariant:rows=2,float32:invariant
 """
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ import torch
 
 from engine.device import DTYPES
 from engine.model_runner import ModelRunner
+from engine.models.inference_kernels import HEAD_ROWS, LAYER_ROWS, ONEDNN_FP32_K_CHUNK, Linear
 from engine.models.loader import load_model
 from engine.profiler import CONTEXT_TOKENS, decode_shaped_batch
 from kernels.attention import AttentionMetadata
+from kernels.linear import KernelChoice, PackedLinear, RowTiling
 
 DEFAULT_MODES = ("float32:free", "float32:invariant", "bfloat16:invariant", "bfloat16:free")
 DECODE_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -40,27 +43,51 @@ NUM_BLOCKS = 512
 
 @dataclass(frozen=True)
 class Mode:
-    """A dtype and whether the kernels are batch-invariant."""
+    """A dtype, whether the kernels are batch-invariant and, optionally, the
+    fewest rows every oneDNN call is padded to (`float32:invariant:rows=1`:
+    what the preference in engine/models/inference_kernels.py would cost
+    with another padding)."""
 
     dtype: str
     batch_invariant: bool
+    min_rows: int | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.dtype}:{'invariant' if self.batch_invariant else 'free'}"
+        rows = f":rows={self.min_rows}" if self.min_rows else ""
+        return f"{self.dtype}:{'invariant' if self.batch_invariant else 'free'}{rows}"
 
     @staticmethod
     def parse(text: str) -> "Mode":
-        dtype, _, kind = text.partition(":")
-        if dtype not in DTYPES or kind not in ("invariant", "free"):
-            raise ValueError(f"mode {text!r}: want DTYPE:invariant or DTYPE:free")
-        return Mode(dtype, kind == "invariant")
+        parts = text.split(":")
+        dtype, kind = (parts + [""])[:2]
+        rows = parts[2].removeprefix("rows=") if len(parts) == 3 and parts[2].startswith("rows=") else None
+        if (dtype not in DTYPES or kind not in ("invariant", "free") or len(parts) > 3
+                or (len(parts) == 3 and not (rows and rows.isdigit() and int(rows) >= 1))):
+            raise ValueError(f"mode {text!r}: want DTYPE:invariant or DTYPE:free, optionally :rows=N")
+        return Mode(dtype, kind == "invariant", int(rows) if rows else None)
 
 
 def build_runner(model: str | None, mode: Mode) -> ModelRunner:
     loaded = load_model(model, DTYPES[mode.dtype], "cpu")
     loaded.model.use_inference_kernels(mode.batch_invariant)
+    if mode.min_rows:
+        repack_padded(loaded.model, mode.min_rows)
     return ModelRunner(loaded.model, loaded.config, NUM_BLOCKS, BLOCK_SIZE, DTYPES[mode.dtype], "cpu")
+
+
+def repack_padded(model, min_rows: int) -> None:
+    """Every linear and the LM head through oneDNN with calls padded to
+    `min_rows` rows (a float32 single row with its input cut at
+    ONEDNN_FP32_K_CHUNK, as row invariance needs there)."""
+    def packed(weight, bias, role_rows):
+        cut = ONEDNN_FP32_K_CHUNK if (min_rows == 1 and weight.dtype == torch.float32) else None
+        return PackedLinear(weight, bias, KernelChoice("onednn", RowTiling(min_rows, role_rows), cut))
+
+    for linear in (m for m in model.modules() if isinstance(m, Linear)):
+        linear.kernel = packed(linear.weight.data, None if linear.bias is None else linear.bias.data, LAYER_ROWS)
+    model.head_kernel = packed(model.lm_head_weight(), None, HEAD_ROWS)
+    model.kernel_description += f"/onednn rows >= {min_rows}"
 
 
 def verify_shaped_batch(num_drafts: int, device="cpu"):

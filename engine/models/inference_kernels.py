@@ -30,10 +30,10 @@ ONEDNN_FP32_K_CHUNK = 1024
 # float32 calls are padded to at least this many rows. In a whole forward,
 # where every weight streams from memory (SmolLM2's 540 MB in float32 does
 # not stay in cache), oneDNN's kernel for 4-6 rows is faster than its one-
-# and two-row kernels: a one-token step took 44.6 ms padded to four against
-# 50.8 unpadded and 57.2 padded to two; 7 rows and more cost a second pass
-# (bench/results/2026-12-01-row-padding/). Four or more rows also sum a
-# row like a batch without cutting the input dimension.
+# and two-row kernels: a one-token step took 45.0 ms padded to four against
+# 53.2 unpadded and 61.1 padded to two on an AMD Zen 4 host; 7 rows and more
+# cost a second pass (bench/results/2026-12-01-row-padding/). Four or more
+# rows also sum a row like a batch without cutting the input dimension.
 FP32_MIN_ROWS = 4
 
 

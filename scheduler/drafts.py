@@ -16,13 +16,16 @@ class DraftBlock:
     given that drafts before it did; by the contract (speculation.md §4) it
     may depend on what precedes position k and on the distribution x_k is
     drawn from, never on the value of x_k itself. `source` names the drafter
-    that proposed the block.
+    that proposed the block. `calibrated`: the drafter already mapped its
+    confidences to survival rates online (the hybrid, per source), so the
+    verify policy uses them as they are instead of calibrating them again.
     """
 
     token_ids: list[int] = field(default_factory=list)
     confidences: list[float] = field(default_factory=list)
     probs: Any = None
     source: str = ""
+    calibrated: bool = False
 
     def __post_init__(self) -> None:
         if len(self.confidences) != len(self.token_ids):
@@ -36,7 +39,7 @@ class DraftBlock:
         if length >= len(self.token_ids):
             return self
         probs = None if self.probs is None else self.probs[:length]
-        return DraftBlock(self.token_ids[:length], self.confidences[:length], probs, self.source)
+        return DraftBlock(self.token_ids[:length], self.confidences[:length], probs, self.source, self.calibrated)
 
 
 NO_DRAFTS = DraftBlock()

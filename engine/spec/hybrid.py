@@ -58,7 +58,8 @@ Confidences are recalibrated online per source (scheduler.calibration's
 per-position, per-bin map, from realised acceptance read off the
 request's counters at the next absorb): n-gram's raw confidences are a
 prior fitted offline on other text, and the head's STS fit may drift in
-serving.
+serving. The blocks are flagged calibrated, so the adaptive policy reads
+them as they are rather than mapping them a second time.
 """
 from __future__ import annotations
 
@@ -322,7 +323,7 @@ class HybridDrafter(Drafter):
         for rid, block in blocks.items():
             raw[rid, block.source] = list(block.confidences)
             calibrated = self.calibrators[block.source].calibrate(rid, block.confidences)
-            out[rid] = DraftBlock(block.token_ids, calibrated, block.probs, block.source)
+            out[rid] = DraftBlock(block.token_ids, calibrated, block.probs, block.source, calibrated=True)
         return out
 
     def _remember(self, request, block: DraftBlock, raw: list[float]) -> None:

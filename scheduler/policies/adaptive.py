@@ -115,7 +115,11 @@ class AdaptivePolicy(VerifyPolicy):
 
     def _survivals(self, request: Request) -> list[float]:
         raw = list(request.drafts.confidences)
-        calibrated = self.calibrator.calibrate(request.request_id, raw)
+        # A block its drafter calibrated (the hybrid, per source) is not mapped
+        # twice: a second map learnt on top of the first shifts the survivals
+        # the greedy walk reads until both have converged. It is still
+        # observed below, for the calibration report.
+        calibrated = raw if request.drafts.calibrated else self.calibrator.calibrate(request.request_id, raw)
         self._used[request.request_id] = (raw, calibrated)
         return survivals_from_confidences(calibrated)
 

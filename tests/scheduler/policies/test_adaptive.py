@@ -75,3 +75,19 @@ def test_draft_economics_follow_the_latest_load():
     # The same rule as the admission: a lone draft just above it is verified, just below it is not.
     assert policy.choose_lengths([with_drafts("a", [eight * 1.01])], budget_left=56, num_emitting=8) == {"a": 1}
     assert policy.choose_lengths([with_drafts("b", [eight * 0.99])], budget_left=56, num_emitting=8) == {"b": 0}
+
+
+def test_a_block_its_drafter_calibrated_is_not_calibrated_again():
+    """Once the policy's calibrator has learnt that drafts at 0.9 all fail,
+    it verifies none of a raw 0.9 block; a block the drafter flags as
+    calibrated (the hybrid maps each source online) is read as it is."""
+    policy = AdaptivePolicy(STEEP, max_batched_tokens=64, max_draft=2)
+    for i in range(200):
+        policy.choose_lengths([with_drafts(f"r{i}", [0.9, 0.9])], budget_left=63)
+        policy.observe(f"r{i}", num_verified=2, num_accepted=0)
+        policy.forget(f"r{i}")
+    assert policy.choose_lengths([with_drafts("raw", [0.9, 0.9])], budget_left=63) == {"raw": 0}
+    flagged = Request("flagged", [1], SamplingParams())
+    flagged.drafts = DraftBlock([5, 6], [0.9, 0.9], calibrated=True)
+    assert policy.choose_lengths([flagged], budget_left=63) == {"flagged": 2}
+    assert flagged.drafts.prefix(1).calibrated

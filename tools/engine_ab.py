@@ -20,7 +20,7 @@ import os
 import statistics
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -79,8 +79,19 @@ def decaying_ngram_prior(engine: LLMEngine) -> None:
 
 
 # method -> (the configuration it runs, what is changed in the built engine)
+def calibrated_twice(engine: LLMEngine) -> None:
+    """`hybrid-twice`: the hybrid's blocks handed to the policy unflagged, so
+    the adaptive policy maps its per-source calibrated confidences again (as
+    before the `calibrated` flag)."""
+    drafter = engine.drafter
+    flagged = drafter._calibrated
+    drafter._calibrated = lambda blocks, raw: {rid: replace(block, calibrated=False)
+                                               for rid, block in flagged(blocks, raw).items()}
+
+
 ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "ngram-noverify": ("ngram", never_verify),
-             "ngram-decay": ("ngram", decaying_ngram_prior), "hybrid-decay": ("hybrid", decaying_ngram_prior)}
+             "ngram-decay": ("ngram", decaying_ngram_prior), "hybrid-decay": ("hybrid", decaying_ngram_prior),
+             "hybrid-twice": ("hybrid", calibrated_twice)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

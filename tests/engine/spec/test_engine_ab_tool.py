@@ -87,3 +87,18 @@ def test_streams_send_their_next_prompt_as_soon_as_their_answer_finished(tiny_di
         batched.generate(prompts[i:i + 2], params[i:i + 2])
     assert streamed.snapshot_stats().num_steps + 3 <= batched.snapshot_stats().num_steps, \
         (streamed.snapshot_stats().num_steps, batched.snapshot_stats().num_steps)
+
+
+def test_calibrated_twice_hands_the_hybrids_blocks_over_unflagged():
+    """`hybrid-twice`: the same blocks and confidences, without the flag that
+    tells the policy they are calibrated already."""
+    from types import SimpleNamespace
+
+    from scheduler.drafts import DraftBlock
+
+    block = DraftBlock([3, 4], [0.8, 0.7], source="ngram", calibrated=True)
+    drafter = SimpleNamespace(_calibrated=lambda blocks, raw: {"r": block})
+    engine_ab.calibrated_twice(SimpleNamespace(drafter=drafter))
+    handed = drafter._calibrated({}, {})["r"]
+    assert not handed.calibrated
+    assert (handed.token_ids, handed.confidences, handed.source) == ([3, 4], [0.8, 0.7], "ngram")

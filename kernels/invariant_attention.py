@@ -162,18 +162,24 @@ def _get_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
 
 def _build_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
     """Short requests (decode, verification) padded into shared tiles, one
-    per query-length bucket (1, 2, 3-4, 5-8, 9-16): one request verifying 8
-    drafts must not pad every decoding request in the batch to 9 rows. Long
+    per query-length bucket (1, 2, 3-4, 5-8, 9-16) and key-chunk bucket
+    (1, 2, 3-4, 5-8, ... chunks of context): one request verifying 8 drafts
+    must not pad every decoding request in the batch to 9 rows, nor one long
+    conversation every short one to its context (at 32 streams of chat
+    prompts a single tile gathered 2.8 chunks per chunk of real context, and
+    in bfloat16 each gathered chunk is also converted to float32). Long
     ones (prefill chunks) in tiles of QUERY_TILE rows each. How a request is
     tiled never changes its rows' reductions (module doc)."""
     starts = [0]
     for q in meta.query_lens:
         starts.append(starts[-1] + q)
-    buckets: dict[int, list] = {}
+    chunk = key_chunk_size(meta.block_size)
+    buckets: dict[tuple[int, int], list] = {}
     for r, q_len in enumerate(meta.query_lens):
         if q_len <= SHARED_TILE_MAX_QUERY:
             member = (r, list(range(starts[r], starts[r + 1])), meta.seq_lens_list[r] - q_len)
-            buckets.setdefault(_query_bucket(q_len), []).append(member)
+            num_chunks = -(-meta.seq_lens_list[r] // chunk)
+            buckets.setdefault((_query_bucket(q_len), _query_bucket(num_chunks)), []).append(member)
     tile_members = [buckets[bucket] for bucket in sorted(buckets)]
     for r, q_len in enumerate(meta.query_lens):
         if q_len <= SHARED_TILE_MAX_QUERY:
@@ -188,9 +194,10 @@ def _build_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
     return tiles
 
 
-def _query_bucket(query_len: int) -> int:
-    """The power of two at or above `query_len`: its shared tile's rows."""
-    return 1 << max(0, query_len - 1).bit_length()
+def _query_bucket(length: int) -> int:
+    """The power of two at or above `length` (query rows, key chunks): its
+    shared tile's bucket."""
+    return 1 << max(0, length - 1).bit_length()
 
 
 def _make_tile(members, meta: AttentionMetadata, group: int, device) -> _Tile:

@@ -93,16 +93,20 @@ def test_long_requests_are_tiled(monkeypatch):
 
 
 def test_short_requests_share_a_tile_per_query_length_bucket():
-    """Decoding rows are not padded to a verifying request's length: a tile
-    per bucket (1, 2, 3-4, 5-8, 9-16), a prefill chunk in its own; a tile's
-    GEMMs (rows x the group's heads) get at least MIN_GEMM_ROWS rows."""
+    """Decoding rows are not padded to a verifying request's length, nor
+    short contexts to a long one: a tile per query-length bucket (1, 2, 3-4,
+    5-8, 9-16) and key-chunk bucket (1, 2, 3-4, ...), a prefill chunk in its
+    own; a tile's GEMMs (rows x the group's heads) get at least
+    MIN_GEMM_ROWS rows."""
     ctx = Contexts((4, 2, 16), torch.float32)
-    spans = [(0, 1, 200), (1, 9, 70), (2, 1, 5), (3, 3, 130), (4, 4, 64), (5, 40, 65)]
+    spans = [(0, 1, 200), (1, 9, 70), (2, 1, 5), (3, 3, 130), (4, 4, 64), (5, 40, 65), (6, 1, 1)]
     meta = AttentionMetadata.build([q for _, q, _ in spans], [s for _, _, s in spans],
                                    [ctx.tables[r] for r, _, _ in spans], BLOCK_SIZE, "cpu")
     tiles = invariant_attention._build_tiles(meta, group=2, device="cpu")
     assert invariant_attention.MIN_GEMM_ROWS == 4  # one-row queries padded to two rows of two heads
-    assert [(tile.groups, tile.rows) for tile in tiles] == [(2, 2), (2, 4), (1, 9), (1, 40)]
+    # 64-key chunks: one-token rows of 1 and 1 chunks share a tile, of 4 chunks not
+    assert [(tile.groups, tile.rows, tile.hidden.shape[1]) for tile in tiles] == [
+        (2, 2, 1), (1, 2, 4), (1, 4, 1), (1, 3, 3), (1, 9, 2), (1, 40, 2)]
     # Each row as it is alone, whatever tile it landed in.
     for (r, q, s), out in zip(spans, ctx.run(spans)):
         assert torch.equal(out[-1], ctx.run([(r, 1, s)])[0][0])

@@ -1,4 +1,4 @@
-cd "$(dirname "$0")/../../.."  # ran on a clone of 4ae5fd5 (AMD EPYC Zen 4, bfloat16 by --dtype auto)
+cd "$(dirname "$0")/../../.."  # ran on a clone of 2485ce5 (AMD EPYC Zen 4, bfloat16 by --dtype auto)
 P=.venv/bin/python
 OFF="off=--speculative-method none --no-machine-counters"
 NG="ngram=--speculative-method ngram --verify-policy adaptive --no-machine-counters"

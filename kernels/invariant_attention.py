@@ -179,7 +179,7 @@ def _build_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
         if q_len <= SHARED_TILE_MAX_QUERY:
             member = (r, list(range(starts[r], starts[r + 1])), meta.seq_lens_list[r] - q_len)
             num_chunks = -(-meta.seq_lens_list[r] // chunk)
-            buckets.setdefault((_query_bucket(q_len), _query_bucket(num_chunks)), []).append(member)
+            buckets.setdefault((_power_of_two_bucket(q_len), _power_of_two_bucket(num_chunks)), []).append(member)
     tile_members = [buckets[bucket] for bucket in sorted(buckets)]
     for r, q_len in enumerate(meta.query_lens):
         if q_len <= SHARED_TILE_MAX_QUERY:
@@ -194,7 +194,7 @@ def _build_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
     return tiles
 
 
-def _query_bucket(length: int) -> int:
+def _power_of_two_bucket(length: int) -> int:
     """The power of two at or above `length` (query rows, key chunks): its
     shared tile's bucket."""
     return 1 << max(0, length - 1).bit_length()

@@ -78,7 +78,6 @@ def decaying_ngram_prior(engine: LLMEngine) -> None:
     ngram.survival_prior = DECAYING_NGRAM_PRIOR
 
 
-# method -> (the configuration it runs, what is changed in the built engine)
 def calibrated_twice(engine: LLMEngine) -> None:
     """`hybrid-twice`: the hybrid's blocks handed to the policy unflagged, so
     the adaptive policy maps its per-source calibrated confidences again (as
@@ -89,6 +88,7 @@ def calibrated_twice(engine: LLMEngine) -> None:
                                                for rid, block in flagged(blocks, raw).items()}
 
 
+# method -> (the configuration it runs, what is changed in the built engine)
 ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "ngram-noverify": ("ngram", never_verify),
              "ngram-decay": ("ngram", decaying_ngram_prior), "hybrid-decay": ("hybrid", decaying_ngram_prior),
              "hybrid-twice": ("hybrid", calibrated_twice)}

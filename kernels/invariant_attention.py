@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from kernels.linear import SMALL_GEMM_ROWS
 from kernels.to_device import to_device
 
 if TYPE_CHECKING:  # kernels.attention imports this module
@@ -41,11 +42,8 @@ QUERY_TILE = 128
 # Requests with at most this many query tokens (decode, verification) share
 # padded tiles; longer ones (prefill chunks) get tiles of their own.
 SHARED_TILE_MAX_QUERY = 16
-# GEMMs with few rows take other kernels than larger ones, which sum a row in
-# another order: MKL on the Intel hosts measured for one row (gemv), on AMD
-# Zen 4 for up to three. From four rows on, every CPU measured so far sums a
-# row alike (tests/kernels/test_invariant_attention.py checks the host).
-MIN_GEMM_ROWS = 4
+# Score and value GEMMs get at least this many rows (kernels.linear).
+MIN_GEMM_ROWS = SMALL_GEMM_ROWS
 
 
 def key_chunk_size(block_size: int) -> int:

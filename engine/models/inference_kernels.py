@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.linear import FREE, KernelChoice, PackedLinear, RowTiling, onednn_available, row_invariance_failures
+from kernels.linear import (FREE, SMALL_GEMM_ROWS, KernelChoice, PackedLinear, RowTiling, onednn_available,
+                           row_invariance_failures)
 
 log = logging.getLogger("specserve.kernels")
 
@@ -43,21 +44,21 @@ def _choice(kernel: str, min_rows: int, max_rows: int, k_chunk: int | None = Non
 
 # Invariant mode, fastest first (one thread, SmolLM2 shapes). bf16 pays only
 # through oneDNN's prepacked path, where a single row unpadded is the cheaper
-# decode if the kernel allows it, else it is padded to four rows (MKL on AMD
-# Zen 4 sums one to three rows in another order than more). float32
+# decode if the kernel allows it, else it is padded to SMALL_GEMM_ROWS.
+# float32
 # through oneDNN padded to FP32_MIN_ROWS; a single row unpadded (input cut at
 # ONEDNN_FP32_K_CHUNK) and MKL's F.linear are the fallbacks.
 INVARIANT_PREFERENCE = {
-    (torch.bfloat16, "layer"): (_choice("onednn", 1, LAYER_ROWS), _choice("onednn", 4, LAYER_ROWS),
-                                _choice("dense", 4, LAYER_ROWS)),
-    (torch.bfloat16, "head"): (_choice("onednn", 1, HEAD_ROWS), _choice("onednn", 4, HEAD_ROWS),
-                               _choice("dense", 4, HEAD_ROWS)),
+    (torch.bfloat16, "layer"): (_choice("onednn", 1, LAYER_ROWS), _choice("onednn", SMALL_GEMM_ROWS, LAYER_ROWS),
+                                _choice("dense", SMALL_GEMM_ROWS, LAYER_ROWS)),
+    (torch.bfloat16, "head"): (_choice("onednn", 1, HEAD_ROWS), _choice("onednn", SMALL_GEMM_ROWS, HEAD_ROWS),
+                               _choice("dense", SMALL_GEMM_ROWS, HEAD_ROWS)),
     (torch.float32, "layer"): (_choice("onednn", FP32_MIN_ROWS, LAYER_ROWS),
                                _choice("onednn", 1, LAYER_ROWS, ONEDNN_FP32_K_CHUNK),
-                               _choice("dense", 4, LAYER_ROWS)),
+                               _choice("dense", SMALL_GEMM_ROWS, LAYER_ROWS)),
     (torch.float32, "head"): (_choice("onednn", FP32_MIN_ROWS, HEAD_ROWS),
                               _choice("onednn", 1, HEAD_ROWS, ONEDNN_FP32_K_CHUNK),
-                              _choice("dense", 4, HEAD_ROWS)),
+                              _choice("dense", SMALL_GEMM_ROWS, HEAD_ROWS)),
 }
 # Free mode: one call per batch with the fastest kernel (MKL's gemv is the
 # quickest float32 single row).
@@ -126,7 +127,7 @@ def choose_kernel(weight: torch.Tensor, bias, role: str, batch_invariant: bool) 
         choice = FREE_PREFERENCE.get(key, KernelChoice("dense"))
         usable = choice.kernel != "onednn" or onednn_available(weight)
         return PackedLinear(weight, bias, choice if usable else KernelChoice("dense"))
-    candidates = [c for c in INVARIANT_PREFERENCE.get(key, (_choice("dense", 4, LAYER_ROWS),))
+    candidates = [c for c in INVARIANT_PREFERENCE.get(key, (_choice("dense", SMALL_GEMM_ROWS, LAYER_ROWS),))
                   if c.kernel != "onednn" or onednn_available(weight)]
     for choice in candidates:
         linear = PackedLinear(weight, bias, choice)

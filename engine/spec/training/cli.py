@@ -103,6 +103,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=512)
     p.add_argument("--batch", type=int, default=8, help="requests decoded together")
     p.add_argument("--report", default=None, help="write the JSON report here too")
+    p.add_argument("--records", action="store_true",
+                   help="put every verification step's raw confidences and accepted count in the report "
+                        "(to fit or compare calibrations offline)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="the target's dtype (the one the head was trained with)")
     p.add_argument("--device", default="cpu")
@@ -263,6 +266,8 @@ def run_eval(args: argparse.Namespace) -> int:
             entry["calibrated"] = result.summary(args.block_size, temperatures)
             entry["calibrated"].pop("accepted_per_position", None)
         entry["seconds"] = round(time.perf_counter() - started, 1)
+        if args.records:
+            entry["records"] = [[r.confidences, r.num_accepted] for r in result.records]
         report["results"][f"temperature={temperature:g}"] = entry
         log.info("T=%g: tau %.3f over %d verification steps, %.3f tokens per decode step (%d without drafts)",
                  temperature, result.tau, result.num_steps, result.tokens_per_step, result.num_plain_steps)

@@ -76,3 +76,26 @@ def test_eval_draft_reports_tau_and_calibration(tiny_dir, tiny_target, tmp_path,
         assert {"emitted", "accepted_per_position", "ece_survival", "auroc_conditional", "calibrated",
                 "seconds"} <= set(result)
     assert set(report["results"]) == {"temperature=0", "temperature=1"}
+
+
+def test_eval_draft_records_rebuild_the_reported_calibration(tiny_dir, tiny_target, tmp_path, capsys, monkeypatch):
+    """--records puts each verification step's raw confidences and accepted
+    count in the report, enough to recompute its calibration figures."""
+    from engine.spec.heads.checkpoint import save_head
+    from engine.spec.training import data
+    from engine.spec.training.calibrate import BlockRecord, calibration_report
+    from engine.spec.training.data import Prompt
+    from tests.engine.spec.conftest import make_head
+
+    save_head(make_head("dspark", tiny_target, 3), str(tmp_path / "head"))
+    prompts = [Prompt("toy", f"toy/{i}", f"Tell me about fox {i}.") for i in range(2)]
+    monkeypatch.setattr(data, "load_prompts", lambda spec, split=None: prompts)
+    args = ["eval-draft", "--draft-model", str(tmp_path / "head"), "--target", str(tiny_dir), "--data", "toy:2",
+            "--block-size", "3", "--max-new-tokens", "8", "--temperatures", "0", "--records",
+            "--report", str(tmp_path / "eval.json"), "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    result = json.loads((tmp_path / "eval.json").read_text())["results"]["temperature=0"]
+    records = [BlockRecord(c, n) for c, n in result["records"]]
+    assert len(records) == result["steps"]
+    assert calibration_report(records, 3)["ece_conditional"] == result["ece_conditional"]

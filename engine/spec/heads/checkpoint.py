@@ -24,9 +24,15 @@ def save_head(head: DraftHead, directory: str, dtype: torch.dtype = torch.float1
                for k, v in head.state_dict().items()}  # integer buffers (draft_ids) stay exact
     weights = os.path.join(directory, WEIGHTS_FILE)
     _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"method": head.config.method}))
-    _atomic_write(os.path.join(directory, CONFIG_FILE),
-                  lambda tmp: open(tmp, "w", encoding="utf-8").write(head.config.to_json()))
+    save_head_config(head.config, directory)
     return os.path.getsize(weights)
+
+
+def save_head_config(config: HeadConfig, directory: str) -> None:
+    """Write config.json alone (a recalibrated head keeps its weights file)."""
+    os.makedirs(directory, exist_ok=True)
+    _atomic_write(os.path.join(directory, CONFIG_FILE),
+                  lambda tmp: open(tmp, "w", encoding="utf-8").write(config.to_json()))
 
 
 def _atomic_write(path: str, write) -> None:

@@ -3,6 +3,7 @@ target tensors it borrows."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -41,11 +42,13 @@ class HeadConfig:
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
     max_position_embeddings: int = 2048
-    # Sequential Temperature Scaling, one temperature per draft position
-    # (engine/spec/training/calibrate.py), fitted per sampling temperature:
-    # {"0": [...], "1": [...]} (greedy requests use "0", sampled ones the
-    # nearest other key); a plain list serves every temperature; None = raw.
-    calibration: dict[str, list[float]] | list[float] | None = None
+    # Sequential Temperature Scaling, one entry per draft position
+    # (engine/spec/training/calibrate.py): a temperature T or a pair
+    # [T, shift], c -> sigmoid(logit(c) / T + shift). Fitted per sampling
+    # temperature: {"0": [...], "1": [...]} (greedy requests use "0",
+    # sampled ones the nearest other key); a plain list serves every
+    # temperature; None = raw.
+    calibration: dict[str, list] | list | None = None
     target: str = ""  # informational: what it was trained against
     training: dict = field(default_factory=dict)  # informational: how
     format_version: int = FORMAT_VERSION
@@ -57,9 +60,11 @@ class HeadConfig:
             raise ValueError(f"aux_layers {self.aux_layers} must be non-empty layers of the target")
         if not 1 <= self.block_size <= 16 or self.num_layers < 1:
             raise ValueError("need 1 <= block_size <= 16 and num_layers >= 1")
-        for temperatures in calibration_sets(self.calibration).values():
-            if len(temperatures) != self.block_size:
-                raise ValueError("calibration needs one temperature per draft position")
+        for entries in calibration_sets(self.calibration).values():
+            if len(entries) != self.block_size:
+                raise ValueError("calibration needs one entry per draft position")
+            for entry in entries:
+                position_scaling(entry)  # ValueError for a malformed entry
         if not 0 <= self.draft_vocab_size <= self.vocab_size:
             raise ValueError(f"draft_vocab_size must be in [0, {self.vocab_size}]")
         if self.format_version != FORMAT_VERSION:
@@ -75,8 +80,8 @@ class HeadConfig:
         """Size of the head's own distribution (its draft vocabulary)."""
         return self.draft_vocab_size or self.vocab_size
 
-    def calibration_for(self, temperature: float) -> list[float] | None:
-        """The STS temperatures fitted nearest to `temperature` (greedy = 0)."""
+    def calibration_for(self, temperature: float) -> list | None:
+        """The STS entries fitted nearest to `temperature` (greedy = 0)."""
         return calibration_for(self.calibration, temperature)
 
     @classmethod
@@ -124,7 +129,21 @@ class HeadConfig:
         )
 
 
-def calibration_for(calibration, temperature: float) -> list[float] | None:
+def position_scaling(entry) -> tuple[float, float]:
+    """(temperature, shift) of one position's calibration entry: a bare
+    temperature or a [temperature, shift] pair."""
+    if isinstance(entry, (int, float)) and not isinstance(entry, bool):
+        temperature, shift = float(entry), 0.0
+    elif isinstance(entry, (list, tuple)) and len(entry) == 2:
+        temperature, shift = float(entry[0]), float(entry[1])
+    else:
+        raise ValueError(f"calibration entry {entry!r} is neither a temperature nor [temperature, shift]")
+    if not temperature > 0 or not math.isfinite(shift):
+        raise ValueError(f"calibration entry {entry!r} needs a positive temperature and a finite shift")
+    return temperature, shift
+
+
+def calibration_for(calibration, temperature: float) -> list | None:
     """From a HeadConfig.calibration value: the set fitted nearest to
     `temperature` (a plain list serves every temperature; None: raw)."""
     if calibration is None or isinstance(calibration, list):
@@ -132,7 +151,7 @@ def calibration_for(calibration, temperature: float) -> list[float] | None:
     return calibration[min(calibration, key=lambda key: abs(float(key) - temperature))]
 
 
-def calibration_sets(calibration) -> dict[str, list[float]]:
+def calibration_sets(calibration) -> dict[str, list]:
     """HeadConfig.calibration as {temperature key: temperatures}; a plain
     list (one set for every temperature) becomes {"*": list}."""
     if calibration is None:

@@ -13,7 +13,7 @@ import torch
 from engine.sampler import RowContext, target_probs
 from engine.spec.base import DraftInput
 from engine.spec.draw import draw_drafts, grammar_mask, walk_grammar
-from engine.spec.heads.config import calibration_for
+from engine.spec.heads.config import calibration_for, position_scaling
 from scheduler.drafts import DraftBlock
 
 
@@ -90,15 +90,15 @@ class DraftBatch:
     Confidences: a confidence head's output where the family has one, else
     the largest probability of the head's untransformed distribution at
     that position (never the drawn token's probability: speculation.md §4);
-    either is then scaled per position by the STS temperatures fitted for
+    either is then scaled per position by the STS entries fitted for
     the request's sampling temperature (`calibration`, a
     HeadConfig.calibration value), if given.
     """
 
     def __init__(self, items: list[DraftInput], states: list[RequestState],
-                 calibration: dict[str, list[float]] | list[float] | None = None, source: str = ""):
+                 calibration: dict[str, list] | list | None = None, source: str = ""):
         self.items, self.states = items, states
-        self.temperatures = [calibration_for(calibration, _sampling_temperature(item)) for item in items]
+        self.calibrations = [calibration_for(calibration, _sampling_temperature(item)) for item in items]
         self.source = source
         self.tokens: list[list[int]] = [[] for _ in items]
         self.probs: list[list[torch.Tensor]] = [[] for _ in items]
@@ -141,11 +141,11 @@ class DraftBatch:
             self.confidences[index].append(confidence)
 
     def _calibrated(self, confidence: float, row: int, k: int) -> float:
-        """Sequential Temperature Scaling: sigmoid(logit(c) / T_k)."""
-        temperatures = self.temperatures[row]
-        if not temperatures:
+        """Sequential Temperature Scaling: sigmoid(logit(c) / T_k + b_k)."""
+        entries = self.calibrations[row]
+        if not entries:
             return confidence
-        return scale_confidence(confidence, temperatures[k])
+        return scale_confidence(confidence, entries[k])
 
     def proposals(self) -> dict[str, DraftBlock]:
         return {item.request.request_id: DraftBlock(tokens, confidences, torch.stack(probs), self.source)
@@ -158,7 +158,9 @@ def _sampling_temperature(item: DraftInput) -> float:
     return 0.0 if params.greedy else params.temperature
 
 
-def scale_confidence(confidence: float, temperature: float) -> float:
-    """sigmoid(logit(c) / T), with c clipped away from 0 and 1."""
+def scale_confidence(confidence: float, entry) -> float:
+    """sigmoid(logit(c) / T + shift) for a calibration entry (a temperature
+    or [temperature, shift]), with c clipped away from 0 and 1."""
+    temperature, shift = position_scaling(entry)
     c = min(max(confidence, 1e-6), 1 - 1e-6)
-    return 1.0 / (1.0 + math.exp(-math.log(c / (1 - c)) / temperature))
+    return 1.0 / (1.0 + math.exp(-(math.log(c / (1 - c)) / temperature + shift)))

@@ -1,4 +1,4 @@
-"""`specserve train-draft` and `specserve eval-draft`.
+"""`specserve train-draft`, `specserve calibrate-draft` and `specserve eval-draft`.
 
 train-draft: data (pipeline.py: the target's regenerated responses and
 teacher-forced ShareGPT conversations -> cached target features) -> a
@@ -9,6 +9,9 @@ model.safetensors, shared weights excluded) and a report (report.json).
 Intermediate data lives in --work-dir (default OUT/data) and is reused by
 later runs (`--prepare-only` stops after it). Rerunning a finished run
 recalibrates and re-reports.
+
+calibrate-draft: refit a trained head's STS calibration on held-out data
+(more of it, or another method) without training again.
 
 eval-draft: real speculative decoding with the head on held-out prompts at
 each requested temperature, through the server's engine; tau (block size
@@ -21,11 +24,12 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 
 import torch
 
-from engine.spec.heads.checkpoint import load_head, save_head
+from engine.spec.heads.checkpoint import WEIGHTS_FILE, load_head, save_head, save_head_config
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.registry import HEAD_METHODS
 from engine.spec.training.evaluate import EVAL_DRAFTERS
@@ -44,25 +48,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="the target's dtype for responses and features (serve the head in the same); "
                         "auto: bfloat16 where the device multiplies it natively")
     p.add_argument("--device", default="cpu", help="torch device for the target and training (cpu, cuda)")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default="sharegpt:400", help="prompts whose responses the target regenerates, "
-                   "e.g. sharegpt:400 (train split); empty for none")
-    g.add_argument("--conversations", type=int, default=0,
-                   help="ShareGPT train-split conversations teacher-forced as they are (all turns)")
-    g.add_argument("--heldout-data", default="sharegpt:16", help="held-out prompts (test split): best/ and STS")
-    g.add_argument("--eval-data", default="", help="evaluation-only sets logged during training, "
-                   "e.g. mtbench:24,humaneval:24 (never trained on)")
-    g.add_argument("--responses", default="target", choices=("target", "dataset"),
-                   help="target: regenerate with the target (default); dataset: ShareGPT replies, "
-                        "labels from the target's argmax")
-    g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--gen-temperature", type=float, default=0.0)
-    g.add_argument("--gen-batch", type=int, default=16)
-    g.add_argument("--gen-threads", type=int, default=1, help="torch threads while regenerating responses")
-    g.add_argument("--max-prompt-tokens", type=int, default=512)
-    g.add_argument("--max-len", type=int, default=1024, help="tokens per training sequence")
-    g.add_argument("--top-k", type=int, default=20, help="target log-probs kept per token (soft labels)")
-    g.add_argument("--prepare-only", action="store_true", help="stop once the data is cached")
+    add_data_arguments(p)
     g = p.add_argument_group("head")
     g.add_argument("--block-size", type=int, default=7)
     g.add_argument("--layers", type=int, default=None, help="draft layers (default 1 for eagle3, 2 otherwise)")
@@ -88,9 +74,56 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=int, default=100)
     g.add_argument("--eval-sequences", type=int, default=16, help="sequences per set per evaluation")
     g.add_argument("--checkpoint-every", type=int, default=50)
+    _add_calibration_arguments(g)
+    _add_common(p)
+
+
+def _add_calibration_arguments(g) -> None:
     g.add_argument("--calibration-tokens", type=int, default=128,
                    help="tokens per held-out prompt decoded at T=1 to fit the sampled STS set")
+    g.add_argument("--calibration", default="sts-shift", choices=("sts-shift", "sts"),
+                   help="sts-shift: a temperature and a logit shift per position (default); "
+                        "sts: temperatures alone, as design/speculation.md s.3 states it")
+
+
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--draft-model", required=True, help="head checkpoint directory to recalibrate")
+    p.add_argument("--out", default=None, help="write the recalibrated head here (default: in place)")
+    p.add_argument("--target", default=None, help="target model (default: bundled SmolLM2)")
+    p.add_argument("--work-dir", required=True, help="cache for the held-out responses and features")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="the target's dtype (the one the head was trained with)")
+    p.add_argument("--device", default="cpu")
+    add_data_arguments(p, heldout_only=True)
+    _add_calibration_arguments(p)
     _add_common(p)
+
+
+def add_data_arguments(p: argparse.ArgumentParser, heldout_only: bool = False) -> None:
+    """Where the training, held-out and evaluation data come from
+    (pipeline.py); `heldout_only`: the held-out set and how it is generated."""
+    g = p.add_argument_group("data")
+    if not heldout_only:
+        g.add_argument("--data", default="sharegpt:400", help="prompts whose responses the target regenerates, "
+                       "e.g. sharegpt:400 (train split); empty for none")
+        g.add_argument("--conversations", type=int, default=0,
+                       help="ShareGPT train-split conversations teacher-forced as they are (all turns)")
+    g.add_argument("--heldout-data", default="sharegpt:16", help="held-out prompts (test split): best/ and STS")
+    if not heldout_only:
+        g.add_argument("--eval-data", default="", help="evaluation-only sets logged during training, "
+                       "e.g. mtbench:24,humaneval:24 (never trained on)")
+        g.add_argument("--responses", default="target", choices=("target", "dataset"),
+                       help="target: regenerate with the target (default); dataset: ShareGPT replies, "
+                            "labels from the target's argmax")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--gen-temperature", type=float, default=0.0)
+    g.add_argument("--gen-batch", type=int, default=16)
+    g.add_argument("--gen-threads", type=int, default=1, help="torch threads while regenerating responses")
+    g.add_argument("--max-prompt-tokens", type=int, default=512)
+    g.add_argument("--max-len", type=int, default=1024, help="tokens per training sequence")
+    g.add_argument("--top-k", type=int, default=20, help="target log-probs kept per token (soft labels)")
+    if not heldout_only:
+        g.add_argument("--prepare-only", action="store_true", help="stop once the data is cached")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -125,6 +158,10 @@ def register(subparsers) -> None:
     train = subparsers.add_parser("train-draft", help="train an EAGLE-3 / DFlash / DSpark draft head")
     add_train_arguments(train)
     train.set_defaults(func=run_train)
+    calibrate = subparsers.add_parser("calibrate-draft",
+                                      help="refit a trained head's STS calibration on held-out data")
+    add_calibrate_arguments(calibrate)
+    calibrate.set_defaults(func=run_calibrate)
     evaluate = subparsers.add_parser("eval-draft", help="measure a draft head's accepted length and calibration")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=run_eval)
@@ -235,11 +272,48 @@ def _calibrate_and_report(head, data, loaded, args) -> dict:
         save_head(head, args.out)
         return {}
     report = calibrate_per_temperature(head, data.heldout, loaded, data.heldout_prompts,
-                                       args.calibration_tokens, args.seed)
+                                       args.calibration_tokens, args.seed, shifts=_calibration_shifts(args))
     report["final_greedy_tau"] = {name: teacher_forced_simulation(head, s).tau
                                   for name, s in {"heldout": data.heldout, **data.eval_sets}.items()}
     save_head(head, args.out)
     return report
+
+
+def _calibration_shifts(args) -> list[float] | None:
+    from engine.spec.training.calibrate import NO_SHIFT
+
+    return NO_SHIFT if args.calibration == "sts" else None
+
+
+# ---------------------------------------------------------------- calibrate-draft
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Held-out data only (the --data/--conversations/--eval-data sets are
+    not used), STS refitted per temperature, the head saved with it and
+    the fit's report in OUT/calibration-report.json."""
+    from engine.spec.training.calibrate import calibrate_per_temperature
+    from engine.spec.training.pipeline import prepare_data
+
+    _setup(args)
+    loaded = _load_target(args.target, _resolve(args.dtype, args.device), args.device)
+    head = load_head(args.draft_model, loaded.model, next(loaded.model.parameters()).dtype, args.device)
+    data = prepare_data(argparse.Namespace(**vars(args), data="", conversations=0, eval_data="",
+                                           responses="target"), loaded, args.work_dir, head.config.aux_layers)
+    if len(data.heldout) == 0:
+        raise SystemExit("calibrate-draft: --heldout-data gave no held-out sequences")
+    report = calibrate_per_temperature(head, data.heldout, loaded, data.heldout_prompts,
+                                       args.calibration_tokens, args.seed, shifts=_calibration_shifts(args))
+    report.update(heldout_sequences=len(data.heldout), heldout_data=args.heldout_data, method=args.calibration)
+    out = args.out or args.draft_model
+    # The weights file is copied, never re-saved: the head was loaded in the
+    # target's dtype, and writing it back would round its weights.
+    if os.path.abspath(out) != os.path.abspath(args.draft_model):
+        os.makedirs(out, exist_ok=True)
+        shutil.copyfile(os.path.join(args.draft_model, WEIGHTS_FILE), os.path.join(out, WEIGHTS_FILE))
+    save_head_config(head.config, out)
+    _write_json(os.path.join(out, "calibration-report.json"), report)
+    print(json.dumps(report, indent=2, default=str))
+    return 0
 
 
 # ---------------------------------------------------------------- eval-draft
@@ -261,9 +335,9 @@ def run_eval(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         result = _decode_in_batches(loaded, head, prompts, params, args)
         entry = result.summary(args.block_size)
-        temperatures = head.config.calibration_for(temperature)
-        if temperatures and args.block_size == head.config.block_size and args.drafter == "head":
-            entry["calibrated"] = result.summary(args.block_size, temperatures)
+        calibration = head.config.calibration_for(temperature)
+        if calibration and args.block_size == head.config.block_size and args.drafter == "head":
+            entry["calibrated"] = result.summary(args.block_size, calibration)
             entry["calibrated"].pop("accepted_per_position", None)
         entry["seconds"] = round(time.perf_counter() - started, 1)
         if args.records:

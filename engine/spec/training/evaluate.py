@@ -81,11 +81,11 @@ class SpecResult:
                 self.accepted_per_position.append(0)
             self.accepted_per_position[k] += n
 
-    def summary(self, block_size: int, temperatures: list[float] | None = None) -> dict:
+    def summary(self, block_size: int, calibration: list | None = None) -> dict:
         return {"tau": self.tau, "steps": self.num_steps, "emitted": self.num_emitted,
                 "plain_steps": self.num_plain_steps, "tokens_per_step": self.tokens_per_step,
                 "accepted_per_position": self.accepted_per_position,
-                **calibration_report(self.records, block_size, temperatures)}
+                **calibration_report(self.records, block_size, calibration)}
 
 
 EVAL_DRAFTERS = ("head", "hybrid", "ngram")

@@ -1,10 +1,12 @@
 """Calibration metrics and Sequential Temperature Scaling."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from engine.spec.training.calibrate import (BlockRecord, auroc, calibration_report,
+from engine.spec.training.calibrate import (NO_SHIFT, BlockRecord, auroc, calibration_report,
                                            expected_calibration_error, fit_sts)
 from engine.spec.training.evaluate import teacher_forced_simulation
 from tests.engine.spec.conftest import make_trainer, split
@@ -40,6 +42,39 @@ def test_sts_lowers_heldout_ece():
     before = calibration_report(held, BLOCK)["ece_survival"]
     after = calibration_report(held, BLOCK, temperatures)["ece_survival"]
     assert after < 0.5 * before, (before, after, temperatures)
+
+
+def test_the_shift_corrects_a_bias_that_temperatures_cannot():
+    """Raw confidences spread around 0.5 while every position is truly
+    accepted 0.15 less often: a temperature pivots around 0.5 and cannot
+    move the mean, so only temperature-and-shift calibrates the conditional
+    confidences (and the survival products) of held-out blocks."""
+    gen = torch.Generator().manual_seed(1)
+
+    def records(n):
+        out = []
+        for _ in range(n):
+            raw = torch.rand(BLOCK, generator=gen) * 0.4 + 0.3  # says 0.3..0.7
+            accepted = 0
+            while accepted < BLOCK and torch.rand(1, generator=gen) < raw[accepted] - 0.15:
+                accepted += 1
+            out.append(BlockRecord(raw.tolist(), accepted))
+        return out
+
+    fit, held = records(3000), records(3000)
+    shifted = calibration_report(held, BLOCK, fit_sts(fit, BLOCK))
+    temperatures_only = calibration_report(held, BLOCK, fit_sts(fit, BLOCK, shifts=NO_SHIFT))
+    assert all(shift == 0.0 for _, shift in fit_sts(fit, BLOCK, shifts=NO_SHIFT))
+    assert shifted["ece_conditional"] < 0.03 < 0.08 < temperatures_only["ece_conditional"], \
+        (shifted["ece_conditional"], temperatures_only["ece_conditional"])
+    assert shifted["ece_survival"] < temperatures_only["ece_survival"]
+
+
+def test_ece_counts_every_bin_by_its_share():
+    predicted = torch.tensor([0.05, 0.05, 0.55, 0.55, 0.95])
+    observed = torch.tensor([0, 1, 1, 1, 1]).bool()
+    # bins: 0 -> |0.05 - 0.5| * 2, 5 -> |0.55 - 1| * 2, 9 -> |0.95 - 1| * 1
+    assert expected_calibration_error(predicted, observed) == pytest.approx((0.9 + 0.9 + 0.05) / 5)
 
 
 def test_sts_on_a_trained_head_lowers_heldout_ece(tiny_target, feature_set):
@@ -83,6 +118,31 @@ def test_head_drafter_uses_the_set_fitted_for_the_requests_temperature(tiny_targ
         assert scaled.confidences == pytest.approx([scale_confidence(c, sets[key][0]) for c in raw.confidences])
 
 
+def test_a_calibration_entry_is_a_temperature_or_a_temperature_and_a_shift():
+    from engine.spec.heads.config import position_scaling
+    from engine.spec.heads.drafting import scale_confidence
+
+    assert position_scaling(2.0) == (2.0, 0.0) and position_scaling([2.0, -0.5]) == (2.0, -0.5)
+    assert scale_confidence(0.5, [1.0, 0.0]) == pytest.approx(0.5)
+    assert scale_confidence(0.5, [1.0, -1.0]) == pytest.approx(1 / (1 + math.e))
+    assert scale_confidence(0.8, 2.0) == pytest.approx(scale_confidence(0.8, [2.0, 0.0]))
+    for bad in ([1.0], [0.0, 0.1], -1.0, "1", [1.0, float("nan")], True):
+        with pytest.raises(ValueError):
+            position_scaling(bad)
+
+
+def test_a_head_config_refuses_a_malformed_calibration(tiny_target):
+    from tests.engine.spec.conftest import make_head
+
+    config = make_head("dspark", tiny_target, 3).config
+    config.calibration = {"0": [[1.0, 0.2], 1.5, [2.0, -0.1]]}
+    config.__post_init__()  # a mix of bare temperatures and pairs is valid
+    for bad in ({"0": [[1.0, 0.2], 1.5]}, {"0": [[1.0, 0.2], 1.5, [0.0, 1.0]]}, {"x": [1.0, 1.0, 1.0]}):
+        config.calibration = bad
+        with pytest.raises(ValueError):
+            config.__post_init__()
+
+
 def test_sts_is_fitted_per_temperature_and_checked_out_of_sample(tiny_target, feature_set):
     from engine.spec.training.calibrate import calibrate_per_temperature
     from engine.spec.training.data import Prompt
@@ -93,7 +153,7 @@ def test_sts_is_fitted_per_temperature_and_checked_out_of_sample(tiny_target, fe
     prompts = [Prompt("toy", f"toy/{i}", f"Tell me about fox {i}.") for i in range(4)]
     report = calibrate_per_temperature(head, held, tiny_target, prompts, max_tokens=10)
     assert set(head.config.calibration) == {"0", "1"}
-    assert all(len(t) == 3 for t in head.config.calibration.values())
+    assert all(len(entries) == 3 and all(len(e) == 2 for e in entries) for entries in head.config.calibration.values())
     for key in ("T=0", "T=1"):
         assert {"check_raw", "check_sts", "tau_fit_half", "tau_check_half"} <= set(report[key])
         assert report[key]["check_sts"]["blocks"] > 0 and report[key]["tau_check_half"] >= 1.0

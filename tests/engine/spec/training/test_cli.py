@@ -99,3 +99,34 @@ def test_eval_draft_records_rebuild_the_reported_calibration(tiny_dir, tiny_targ
     records = [BlockRecord(c, n) for c, n in result["records"]]
     assert len(records) == result["steps"]
     assert calibration_report(records, 3)["ece_conditional"] == result["ece_conditional"]
+
+
+@pytest.mark.parametrize("method", ["sts-shift", "sts"])
+def test_calibrate_draft_refits_a_saved_head(tiny_dir, tiny_target, tmp_path, capsys, monkeypatch, method):
+    """calibrate-draft regenerates only held-out data, refits STS per
+    temperature (shifts only for sts-shift), keeps the weights and writes
+    the fit's report next to the head."""
+    from engine.spec.heads.checkpoint import save_head
+    from engine.spec.training import pipeline
+    from engine.spec.training.data import Prompt
+    from tests.engine.spec.conftest import make_head
+
+    save_head(make_head("dspark", tiny_target, 3), str(tmp_path / "head"))
+    prompts = [Prompt("toy", f"toy/{i}", f"Tell me about fox {i}.") for i in range(4)]
+    asked = []
+    monkeypatch.setattr(pipeline, "load_prompts", lambda spec, split=None: asked.append((spec, split)) or prompts)
+    out = tmp_path / "recalibrated"
+    assert main(["calibrate-draft", "--draft-model", str(tmp_path / "head"), "--target", str(tiny_dir),
+                 "--work-dir", str(tmp_path / "work"), "--heldout-data", "toy:4", "--max-new-tokens", "12",
+                 "--calibration-tokens", "8", "--calibration", method, "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert asked == [("toy:4", "test")]  # held-out prompts only, from the test split
+    calibration = read_head_config(str(out)).calibration
+    assert set(calibration) == {"0", "1"}
+    shifts = [shift for entries in calibration.values() for _, shift in entries]
+    assert (any(shifts) if method == "sts-shift" else not any(shifts)), calibration
+    report = json.loads((out / "calibration-report.json").read_text())
+    assert report["method"] == method and report["heldout_sequences"] == 4
+    assert {"check_raw", "check_sts"} <= set(report["T=0"])
+    # The weights stay byte for byte what they were (the head ran in the target's dtype).
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "head" / "model.safetensors").read_bytes()

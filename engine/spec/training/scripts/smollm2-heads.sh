@@ -29,7 +29,11 @@
 # EVAL_EVERY,
 # DATA_THREADS (torch threads of the extraction: 1 by default because on
 # this 2-core machine, shared with other jobs at load ~4, two threads
-# extracted 134-143 tok/s against one thread's 164-180).
+# extracted 134-143 tok/s against one thread's 164-180), DTYPE (the
+# target's dtype for the data: float32 by default, what the committed heads
+# were trained on; auto would pick bfloat16 on a bf16-native host and so
+# regenerate other data), PRECISION (training: fp32 by default, the
+# committed heads'; bf16 or auto for autocast).
 set -euo pipefail
 
 REPO=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
@@ -40,12 +44,12 @@ DATA_THREADS=${DATA_THREADS:-1}
 EVAL_EVERY=${EVAL_EVERY:-250}  # steps between held-out tau evaluations (each ~160 s on one core)
 
 DATA_ARGS=(
-  --dtype auto --data sharegpt:200 --conversations 700 --heldout-data sharegpt:32
+  --dtype "${DTYPE:-float32}" --data sharegpt:200 --conversations 700 --heldout-data sharegpt:32
   --eval-data mtbench:16,humaneval:16 --max-new-tokens 256 --max-prompt-tokens 512 --gen-batch 32
   --max-len 1024 --top-k 20 --draft-vocab 16384 --no-progress --seed 0
 )
 TRAIN_ARGS=(
-  --train-tokens "$TRAIN_TOKENS" --sequences-per-step 4 --anchors 32 --lr 1e-3 --precision auto
+  --train-tokens "$TRAIN_TOKENS" --sequences-per-step 4 --anchors 32 --lr 1e-3 --precision "${PRECISION:-fp32}"
   --eval-every "$EVAL_EVERY" --eval-sequences 12 --checkpoint-every 50 --calibration-tokens 128
 )
 

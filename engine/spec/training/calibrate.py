@@ -72,6 +72,16 @@ def expected_calibration_error(predicted: torch.Tensor, observed: torch.Tensor, 
     return float(gap.abs().sum()) / predicted.numel()
 
 
+def calibration_errors(predicted: torch.Tensor, observed: torch.Tensor, num_bins: int = NUM_BINS) -> torch.Tensor:
+    """expected_calibration_error of each row of predicted [C, M] against
+    the same observed [M]: [C] float64, in one bincount."""
+    candidates, m = predicted.shape
+    bins = (predicted * num_bins).long().clamp(max=num_bins - 1) + num_bins * torch.arange(candidates)[:, None]
+    gap = torch.bincount(bins.flatten(), weights=(predicted.double() - observed.double()).flatten(),
+                         minlength=num_bins * candidates)
+    return gap.view(candidates, num_bins).abs().sum(dim=1) / m
+
+
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Area under the ROC curve by the rank statistic (ties get average ranks).
 
@@ -115,6 +125,7 @@ def fit_sts(records: list[BlockRecord], block_size: int, grid: list[float] | Non
     grid = grid or DEFAULT_GRID
     shifts = DEFAULT_SHIFTS if shifts is None else shifts
     logits, drafted, survived = confidence_logits(records, block_size)
+    shift_column = torch.tensor(shifts, dtype=torch.float64)[:, None]
     fitted: list[list[float]] = []
     prefix = torch.ones(logits.shape[0], dtype=torch.float64)  # prod of scaled c_1..c_{k-1}
     for k in range(block_size):
@@ -122,11 +133,14 @@ def fit_sts(records: list[BlockRecord], block_size: int, grid: list[float] | Non
         if int(survived[rows, k].sum()) < min_survivals:
             fitted.append(list(fitted[-1]) if fitted else [1.0, 0.0])
         else:
-            candidates = [(t, b) for t in grid for b in shifts]
-            errors = [expected_calibration_error((prefix * torch.sigmoid(logits[:, k] / t + b))[rows],
-                                                 survived[rows, k]) for t, b in candidates]
-            t, b = candidates[min(range(len(candidates)), key=errors.__getitem__)]
-            fitted.append([float(t), float(b)])
+            x, before, observed = logits[rows, k], prefix[rows], survived[rows, k]
+            best = (float("inf"), 1.0, 0.0)
+            for t in grid:  # every shift of one temperature at once: [shifts, rows]
+                errors = calibration_errors(before * torch.sigmoid(x / t + shift_column), observed)
+                i = int(errors.argmin())
+                if float(errors[i]) < best[0]:
+                    best = (float(errors[i]), float(t), float(shifts[i]))
+            fitted.append([best[1], best[2]])
         prefix = prefix * torch.sigmoid(logits[:, k] / fitted[-1][0] + fitted[-1][1])
     return fitted
 

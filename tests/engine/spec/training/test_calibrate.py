@@ -157,3 +157,13 @@ def test_sts_is_fitted_per_temperature_and_checked_out_of_sample(tiny_target, fe
     for key in ("T=0", "T=1"):
         assert {"check_raw", "check_sts", "tau_fit_half", "tau_check_half"} <= set(report[key])
         assert report[key]["check_sts"]["blocks"] > 0 and report[key]["tau_check_half"] >= 1.0
+
+
+def test_batched_calibration_errors_equal_one_at_a_time():
+    from engine.spec.training.calibrate import calibration_errors
+
+    gen = torch.Generator().manual_seed(3)
+    predicted = torch.rand(5, 400, generator=gen, dtype=torch.float64)
+    observed = torch.rand(400, generator=gen) < 0.4
+    assert calibration_errors(predicted, observed).tolist() == \
+        pytest.approx([expected_calibration_error(row, observed) for row in predicted], abs=1e-12)

@@ -1,0 +1,207 @@
+"""Which calibration calibrates a head out of sample: fit each method on the
+held-out records, score it on evaluation sets STS never saw.
+
+    # 1. the records calibration is fitted on (what calibrate-draft fits on,
+    #    all held-out sequences at once): T=0 teacher-forced walks over the
+    #    held-out greedy responses, T=1 real decoding of the held-out prompts
+    python -m engine.spec.training.scripts.calibration_methods records \\
+        --draft-model checkpoints/dspark-smollm2 --work-dir runs/calib-data \\
+        --heldout-data sharegpt:160 --dtype float32 --out runs/calib/dspark-fit.json
+    # 2. eval-draft --records on the evaluation sets, then the table
+    python -m engine.spec.training.scripts.calibration_methods table \\
+        --fit runs/calib/dspark-fit.json --check runs/calib/dspark-mtbench.json runs/calib/dspark-humaneval.json
+
+Methods: raw confidences; `sts`, temperatures alone (speculation.md s.3);
+`sts-shift`, a temperature and a logit shift per position on the same
+criterion (the default of train-draft and calibrate-draft); `platt`,
+a scale and a shift per position fitted by log-loss on the conditional
+acceptance instead of by the survival products' ECE. Scored: ECE of the
+conditional acceptance (position k accepted given 1..k-1 were) and of the
+survival products, pooled over the check sets and per set, and the ECE a
+perfectly calibrated predictor would show on as many events (the sampling
+floor: the median over 200 simulated outcome sets).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from engine.spec.training.calibrate import (NO_SHIFT, BlockRecord, confidence_logits, expected_calibration_error,
+                                           fit_sts, scaled_logits)
+
+METHODS = ("raw", "sts", "sts-shift", "platt")
+MIN_PLATT_EVENTS = 30  # fewer reached blocks at a position: keep the previous position's fit
+
+
+def reached_positions(drafted: torch.Tensor, survived: torch.Tensor) -> torch.Tensor:
+    """[N, gamma] bool: position k's own outcome is observed (drafts 1..k-1 survived)."""
+    return drafted & torch.cat([torch.ones_like(survived[:, :1]), survived[:, :-1]], dim=1)
+
+
+def fit_platt(records: list[BlockRecord], block_size: int) -> list[list[float]]:
+    """Per position, sigmoid(a * logit(c) + b) by log-loss on the blocks that
+    reached it; returned as calibration entries [1 / a, b] (a > 0 assumed:
+    a confidence that ranks backwards is not worth calibrating)."""
+    logits, drafted, survived = confidence_logits(records, block_size)
+    reached = reached_positions(drafted, survived)
+    fitted: list[list[float]] = []
+    for k in range(block_size):
+        rows = reached[:, k]
+        if int(rows.sum()) < MIN_PLATT_EVENTS:
+            fitted.append(list(fitted[-1]) if fitted else [1.0, 0.0])
+            continue
+        scale = torch.ones((), dtype=torch.float64, requires_grad=True)
+        shift = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        optimiser = torch.optim.LBFGS([scale, shift], max_iter=200)
+        x, y = logits[rows, k], survived[rows, k].double()
+
+        def loss():
+            optimiser.zero_grad()
+            value = torch.nn.functional.binary_cross_entropy_with_logits(scale * x + shift, y)
+            value.backward()
+            return value
+
+        optimiser.step(loss)
+        fitted.append([1.0 / max(scale.item(), 1e-3), shift.item()])
+    return fitted
+
+
+def fit_method(method: str, records: list[BlockRecord], block_size: int) -> list | None:
+    if method == "raw":
+        return None
+    if method == "sts":
+        return fit_sts(records, block_size, shifts=NO_SHIFT)
+    if method == "sts-shift":
+        return fit_sts(records, block_size)
+    if method == "platt":
+        return fit_platt(records, block_size)
+    raise ValueError(f"unknown calibration method {method!r}")
+
+
+def scores(records: list[BlockRecord], block_size: int, calibration: list | None) -> dict:
+    logits, drafted, survived = confidence_logits(records, block_size)
+    reached = reached_positions(drafted, survived)
+    conditional = torch.sigmoid(scaled_logits(logits, calibration))
+    survival = conditional.cumprod(dim=1)
+    return {"ece_conditional": expected_calibration_error(conditional[reached], survived[reached]),
+            "ece_survival": expected_calibration_error(survival[drafted], survived[drafted]),
+            "events": int(reached.sum())}
+
+
+def sampling_floor(records: list[BlockRecord], block_size: int, calibration: list | None,
+                   trials: int = 200, seed: int = 0) -> float:
+    """Median conditional ECE of outcomes drawn from the calibrated
+    confidences themselves: what even a perfect calibration shows here."""
+    logits, drafted, survived = confidence_logits(records, block_size)
+    predicted = torch.sigmoid(scaled_logits(logits, calibration))[reached_positions(drafted, survived)]
+    generator = torch.Generator().manual_seed(seed)
+    simulated = [expected_calibration_error(predicted, torch.rand(predicted.shape, generator=generator,
+                                                                  dtype=torch.float64) < predicted)
+                 for _ in range(trials)]
+    return float(torch.tensor(simulated).median())
+
+
+def load_records(rows) -> list[BlockRecord]:
+    return [BlockRecord(list(confidences), int(accepted)) for confidences, accepted in rows]
+
+
+def check_records(paths: list[str], key: str) -> dict[str, list[BlockRecord]]:
+    """{set name: records} from eval-draft --records reports (files named HEAD-SET.json)."""
+    out = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+        entry = report["results"][f"temperature={key}"]
+        if "records" not in entry:
+            raise SystemExit(f"{path} has no records: run eval-draft with --records")
+        out[path.rsplit("/", 1)[-1].removesuffix(".json").rpartition("-")[2]] = load_records(entry["records"])
+    return out
+
+
+def table(fit: dict, checks: list[str], block_size: int = 7, methods=METHODS) -> list[str]:
+    """Markdown rows: per temperature and method, the fit set's and the
+    check sets' (pooled, then each) ECEs; then the sampling floor."""
+    rows = []
+    for key in sorted(fit):
+        fit_records = load_records(fit[key])
+        sets = check_records(checks, key)
+        pooled = [r for records in sets.values() for r in records]
+        names = list(sets)
+        rows += [f"\nT={key}: fitted on {len(fit_records)} held-out blocks, checked on {len(pooled)} "
+                 f"({', '.join(names)})\n",
+                 "| method | fit: conditional / survival ECE | check: conditional ECE | check: survival ECE | "
+                 + " | ".join(f"{n}: conditional ECE" for n in names) + " |",
+                 "|---" * (4 + len(names)) + "|"]
+        for method in methods:
+            calibration = fit_method(method, fit_records, block_size)
+            on_fit, on_check = scores(fit_records, block_size, calibration), scores(pooled, block_size, calibration)
+            per_set = [scores(sets[n], block_size, calibration)["ece_conditional"] for n in names]
+            rows.append(f"| {method} | {on_fit['ece_conditional']:.3f} / {on_fit['ece_survival']:.3f} "
+                        f"| {on_check['ece_conditional']:.3f} | {on_check['ece_survival']:.3f} | "
+                        + " | ".join(f"{e:.3f}" for e in per_set) + " |")
+        floor = sampling_floor(pooled, block_size, fit_method("sts-shift", fit_records, block_size))
+        rows.append(f"\nSampling floor of the pooled check's conditional ECE ({scores(pooled, block_size, None)['events']}"
+                    f" events, sts-shift confidences): {floor:.3f}")
+    return rows
+
+
+def fit_records(args) -> dict:
+    """What calibrate_per_temperature fits on, for all held-out sequences at once."""
+    from engine.spec.heads.checkpoint import load_head
+    from engine.spec.training import cli
+    from engine.spec.training.data import chat_prompt_ids
+    from engine.spec.training.evaluate import speculative_decode, teacher_forced_simulation
+    from engine.spec.training.pipeline import prepare_data
+    from scheduler.request import SamplingParams
+
+    torch.set_num_threads(max(1, args.threads))
+    loaded = cli._load_target(args.target, cli._resolve(args.dtype, "cpu"))
+    head = load_head(args.draft_model, loaded.model, next(loaded.model.parameters()).dtype)
+    data_args = argparse.Namespace(**vars(args), data="", conversations=0, eval_data="", responses="target",
+                                   gen_temperature=0.0, gen_threads=1, no_progress=True)
+    data = prepare_data(data_args, loaded, args.work_dir, head.config.aux_layers)
+    greedy = teacher_forced_simulation(head, data.heldout)
+    prompts = [chat_prompt_ids(loaded.tokenizer, p) for p in data.heldout_prompts]
+    sampled = speculative_decode(loaded, head, prompts, SamplingParams(temperature=1.0, max_tokens=args.calibration_tokens),
+                                 seed=args.seed)
+    return {"0": [[r.confidences, r.num_accepted] for r in greedy.records],
+            "1": [[r.confidences, r.num_accepted] for r in sampled.records]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    records = sub.add_parser("records", help="held-out fit records of a head (JSON)")
+    records.add_argument("--draft-model", required=True)
+    records.add_argument("--target", default=None)
+    records.add_argument("--work-dir", required=True)
+    records.add_argument("--heldout-data", required=True)
+    records.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16"))
+    records.add_argument("--max-new-tokens", type=int, default=256)
+    records.add_argument("--max-prompt-tokens", type=int, default=512)
+    records.add_argument("--max-len", type=int, default=1024)
+    records.add_argument("--top-k", type=int, default=20)
+    records.add_argument("--gen-batch", type=int, default=32)
+    records.add_argument("--calibration-tokens", type=int, default=128)
+    records.add_argument("--seed", type=int, default=0)
+    records.add_argument("--threads", type=int, default=1)
+    records.add_argument("--out", required=True)
+    compare = sub.add_parser("table", help="the methods fitted on --fit, scored on --check")
+    compare.add_argument("--fit", required=True, help="records from the records command")
+    compare.add_argument("--check", nargs="+", required=True, help="eval-draft --records reports, HEAD-SET.json")
+    compare.add_argument("--block-size", type=int, default=7)
+    args = parser.parse_args(argv)
+    if args.command == "records":
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(fit_records(args), f)
+        return 0
+    with open(args.fit, encoding="utf-8") as f:
+        fit = json.load(f)
+    print("\n".join(table(fit, args.check, args.block_size)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -28,6 +28,8 @@ import json
 
 import torch
 
+from engine.spec.heads.checkpoint import read_head_config
+from engine.spec.heads.config import calibration_for
 from engine.spec.training.calibrate import (NO_SHIFT, BlockRecord, confidence_logits, expected_calibration_error,
                                            fit_sts, scaled_logits)
 
@@ -120,9 +122,11 @@ def check_records(paths: list[str], key: str) -> dict[str, list[BlockRecord]]:
     return out
 
 
-def table(fit: dict, checks: list[str], block_size: int = 7, methods=METHODS) -> list[str]:
+def table(fit: dict, checks: list[str], block_size: int = 7, methods=METHODS,
+          stored: dict[str, dict] | None = None) -> list[str]:
     """Markdown rows: per temperature and method, the fit set's and the
-    check sets' (pooled, then each) ECEs; then the sampling floor."""
+    check sets' (pooled, then each) ECEs; then the sampling floor. `stored`:
+    {label: HeadConfig.calibration} of checkpoints, scored as rows too."""
     rows = []
     for key in sorted(fit):
         fit_records = load_records(fit[key])
@@ -134,8 +138,9 @@ def table(fit: dict, checks: list[str], block_size: int = 7, methods=METHODS) ->
                  "| method | fit: conditional / survival ECE | check: conditional ECE | check: survival ECE | "
                  + " | ".join(f"{n}: conditional ECE" for n in names) + " |",
                  "|---" * (4 + len(names)) + "|"]
-        for method in methods:
-            calibration = fit_method(method, fit_records, block_size)
+        fitted = [(method, fit_method(method, fit_records, block_size)) for method in methods]
+        fitted += [(label, calibration_for(calibration, float(key))) for label, calibration in (stored or {}).items()]
+        for method, calibration in fitted:
             on_fit, on_check = scores(fit_records, block_size, calibration), scores(pooled, block_size, calibration)
             per_set = [scores(sets[n], block_size, calibration)["ece_conditional"] for n in names]
             rows.append(f"| {method} | {on_fit['ece_conditional']:.3f} / {on_fit['ece_survival']:.3f} "
@@ -192,6 +197,8 @@ def main(argv=None) -> int:
     compare.add_argument("--fit", required=True, help="records from the records command")
     compare.add_argument("--check", nargs="+", required=True, help="eval-draft --records reports, HEAD-SET.json")
     compare.add_argument("--block-size", type=int, default=7)
+    compare.add_argument("--checkpoint", nargs="*", default=[],
+                         help="head checkpoints whose stored calibration to score as rows too")
     args = parser.parse_args(argv)
     if args.command == "records":
         with open(args.out, "w", encoding="utf-8") as f:
@@ -199,7 +206,8 @@ def main(argv=None) -> int:
         return 0
     with open(args.fit, encoding="utf-8") as f:
         fit = json.load(f)
-    print("\n".join(table(fit, args.check, args.block_size)))
+    stored = {f"stored: {path}": read_head_config(path).calibration for path in args.checkpoint}
+    print("\n".join(table(fit, args.check, args.block_size, stored=stored)))
     return 0
 
 

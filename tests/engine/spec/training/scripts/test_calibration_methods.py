@@ -52,7 +52,7 @@ def test_the_sampling_floor_is_what_calibrated_outcomes_show():
     assert scores(large, BLOCK, None)["ece_conditional"] < 3 * sampling_floor(large, BLOCK, None)
 
 
-def test_table_from_files(tmp_path, capsys):
+def test_table_from_files(tmp_path, capsys, tiny_target):
     as_rows = lambda records: [[r.confidences, r.num_accepted] for r in records]  # noqa: E731
     (tmp_path / "fit.json").write_text(json.dumps({"0": as_rows(biased_records(800, 3))}))
     for name, seed in (("mtbench", 4), ("humaneval", 5)):
@@ -64,6 +64,19 @@ def test_table_from_files(tmp_path, capsys):
     assert "mtbench: conditional ECE" in out and "humaneval: conditional ECE" in out
     assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")][1:] == \
         ["raw", "sts", "sts-shift", "platt"]
+    # A checkpoint's stored calibration is scored as one more row.
+    from engine.spec.heads.checkpoint import save_head
+    from engine.spec.training.calibrate import fit_sts
+    from tests.engine.spec.conftest import make_head
+
+    head = make_head("dspark", tiny_target, BLOCK)
+    head.config.calibration = {"0": fit_sts(biased_records(800, 3), BLOCK)}
+    save_head(head, str(tmp_path / "head"))
+    assert main(["table", "--fit", str(tmp_path / "fit.json"), "--block-size", str(BLOCK), "--check",
+                 str(tmp_path / "head-mtbench.json"), "--checkpoint", str(tmp_path / "head")]) == 0
+    rows = {line.split("|")[1].strip(): line.split("|")[3] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")}
+    assert rows[f"stored: {tmp_path / 'head'}"] == rows["sts-shift"]
     (tmp_path / "bare.json").write_text(json.dumps({"results": {"temperature=0": {"steps": 1}}}))
     with pytest.raises(SystemExit, match="--records"):
         main(["table", "--fit", str(tmp_path / "fit.json"), "--check", str(tmp_path / "bare.json")])

@@ -10,16 +10,16 @@ against the observed survival, with T_1..T_{k-1} already fixed.
 A temperature only sharpens or flattens around 0.5; it cannot move the
 mean. The trained heads' raw confidences are biased (DSpark on held-out
 ShareGPT at position 1: 0.30 predicted against 0.23 accepted at T=1), so
-by default each position also gets a shift in logit space, searched on
-the same grid together with its temperature and by the same criterion:
-c_k -> sigmoid(logit(c_k) / T_k + b_k). A position's calibration entry is
-then [T_k, b_k]; a bare number is a temperature with no shift (the
+the default calibration (`fit_logistic`) gives each position a scale and
+a shift in logit space, c_k -> sigmoid(logit(c_k) / T_k + b_k), fitted by
+log-loss on the blocks that reached position k (their conditional
+acceptance). Log-loss, a proper scoring rule, rewards confidences that
+both match the acceptance rate and tell drafts apart. ECE alone does not:
+given a shift, the ECE-minimising search (`fit_sts` with shifts) flattens
+a position to its base rate (DSpark: T_1 = 17.8, every first draft ~0.33),
+calibrated on paper and useless to the scheduler. A position's entry is
+[T_k, b_k]; a bare number is a temperature with no shift (STS, and the
 checkpoints calibrated before shifts existed).
-
-A block record holds the raw confidences of the drafts it proposed and how
-many of them were accepted; survival of position j is `j <= num_accepted`.
-Greedy and sampled decoding accept differently, so each gets its own set
-(`calibrate_per_temperature`).
 """
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ from engine.spec.heads.config import position_scaling
 DEFAULT_GRID = torch.logspace(-1.3, 1.3, 53).tolist()  # 0.05 .. 20
 DEFAULT_SHIFTS = [round(0.1 * i, 1) for i in range(-15, 16)]  # logit shifts -1.5 .. 1.5
 NO_SHIFT = [0.0]  # STS exactly as the contract states it
+MIN_LOGISTIC_EVENTS = 30  # fewer blocks reached a position: too few to fit its scale and shift
+MIN_LOGISTIC_SCALE = 1e-3
+CALIBRATIONS = ("logistic", "sts")
 NUM_BINS = 10
 MIN_SURVIVALS = 5  # fewer observed survivals at a position: too little to fit a temperature
 
@@ -145,6 +148,46 @@ def fit_sts(records: list[BlockRecord], block_size: int, grid: list[float] | Non
     return fitted
 
 
+def fit_logistic(records: list[BlockRecord], block_size: int,
+                 min_events: int = MIN_LOGISTIC_EVENTS) -> list[list[float]]:
+    """Per position, sigmoid(a * logit(c) + b) by log-loss on the blocks
+    that reached it, as calibration entries [1 / a, b]. A position reached
+    by fewer than `min_events` blocks keeps the previous position's; a
+    confidence that ranks backwards (a <= 0) gets a flat one (a tiny a):
+    its shift alone then carries the acceptance rate."""
+    logits, drafted, survived = confidence_logits(records, block_size)
+    reached = drafted & torch.cat([torch.ones_like(survived[:, :1]), survived[:, :-1]], dim=1)
+    fitted: list[list[float]] = []
+    for k in range(block_size):
+        rows = reached[:, k]
+        if int(rows.sum()) < min_events:
+            fitted.append(list(fitted[-1]) if fitted else [1.0, 0.0])
+            continue
+        scale = torch.ones((), dtype=torch.float64, requires_grad=True)
+        shift = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        optimiser = torch.optim.LBFGS([scale, shift], max_iter=200, line_search_fn="strong_wolfe")
+        x, y = logits[rows, k], survived[rows, k].double()
+
+        def loss():
+            optimiser.zero_grad()
+            value = torch.nn.functional.binary_cross_entropy_with_logits(scale * x + shift, y)
+            value.backward()
+            return value
+
+        optimiser.step(loss)
+        fitted.append([1.0 / max(scale.item(), MIN_LOGISTIC_SCALE), shift.item()])
+    return fitted
+
+
+def fit_calibration(method: str, records: list[BlockRecord], block_size: int) -> list[list[float]]:
+    """`logistic` (the default) or `sts` (temperatures alone, speculation.md s.3)."""
+    if method == "logistic":
+        return fit_logistic(records, block_size)
+    if method == "sts":
+        return fit_sts(records, block_size, shifts=NO_SHIFT)
+    raise ValueError(f"unknown calibration {method!r}; choose logistic or sts")
+
+
 def calibration_report(records: list[BlockRecord], block_size: int, calibration: list | None = None) -> dict:
     """ECE of the survival products (all positions pooled and per position),
     and ECE and AUROC of the per-position confidence for conditional
@@ -167,7 +210,7 @@ def calibration_report(records: list[BlockRecord], block_size: int, calibration:
 
 
 def calibrate_per_temperature(head, heldout, loaded, prompts, max_tokens: int, seed: int = 0,
-                              shifts: list[float] | None = None) -> dict:
+                              method: str = "logistic") -> dict:
     """Fit STS separately for greedy and sampled requests and store both
     in `head.config.calibration` ({"0": ..., "1": ...}; HeadDrafter picks
     by the request's temperature).
@@ -192,12 +235,12 @@ def calibrate_per_temperature(head, heldout, loaded, prompts, max_tokens: int, s
                      for part in _halves(len(ids))]
     report, calibration = {}, {}
     for key, (fit, check) in runs.items():
-        fitted = fit_sts(fit.records, block, shifts=shifts)
+        fitted = fit_calibration(method, fit.records, block)
         report[f"T={key}"] = {"tau_fit_half": fit.tau, "tau_check_half": check.tau,
                               "check_raw": calibration_report(check.records, block),
                               "check_sts": calibration_report(check.records, block, fitted),
                               "calibration_fit_half": fitted}
-        calibration[key] = fit_sts(fit.records + check.records, block, shifts=shifts)
+        calibration[key] = fit_calibration(method, fit.records + check.records, block)
     head.config.calibration = calibration
     report["calibration"] = calibration
     return report

@@ -81,8 +81,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def _add_calibration_arguments(g) -> None:
     g.add_argument("--calibration-tokens", type=int, default=128,
                    help="tokens per held-out prompt decoded at T=1 to fit the sampled STS set")
-    g.add_argument("--calibration", default="sts-shift", choices=("sts-shift", "sts"),
-                   help="sts-shift: a temperature and a logit shift per position (default); "
+    g.add_argument("--calibration", default="logistic", choices=("logistic", "sts"),
+                   help="logistic: a scale and a logit shift per position by log-loss (default); "
                         "sts: temperatures alone, as design/speculation.md s.3 states it")
 
 
@@ -272,17 +272,11 @@ def _calibrate_and_report(head, data, loaded, args) -> dict:
         save_head(head, args.out)
         return {}
     report = calibrate_per_temperature(head, data.heldout, loaded, data.heldout_prompts,
-                                       args.calibration_tokens, args.seed, shifts=_calibration_shifts(args))
+                                       args.calibration_tokens, args.seed, method=args.calibration)
     report["final_greedy_tau"] = {name: teacher_forced_simulation(head, s).tau
                                   for name, s in {"heldout": data.heldout, **data.eval_sets}.items()}
     save_head(head, args.out)
     return report
-
-
-def _calibration_shifts(args) -> list[float] | None:
-    from engine.spec.training.calibrate import NO_SHIFT
-
-    return NO_SHIFT if args.calibration == "sts" else None
 
 
 # ---------------------------------------------------------------- calibrate-draft
@@ -302,7 +296,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if len(data.heldout) == 0:
         raise SystemExit("calibrate-draft: --heldout-data gave no held-out sequences")
     report = calibrate_per_temperature(head, data.heldout, loaded, data.heldout_prompts,
-                                       args.calibration_tokens, args.seed, shifts=_calibration_shifts(args))
+                                       args.calibration_tokens, args.seed, method=args.calibration)
     report.update(heldout_sequences=len(data.heldout), heldout_data=args.heldout_data, method=args.calibration)
     out = args.out or args.draft_model
     # The weights file is copied, never re-saved: the head was loaded in the

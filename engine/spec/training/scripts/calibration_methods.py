@@ -13,13 +13,15 @@ held-out records, score it on evaluation sets STS never saw.
 
 Methods: raw confidences; `sts`, temperatures alone (speculation.md s.3);
 `sts-shift`, a temperature and a logit shift per position on the same
-criterion (the default of train-draft and calibrate-draft); `platt`,
-a scale and a shift per position fitted by log-loss on the conditional
-acceptance instead of by the survival products' ECE. Scored: ECE of the
-conditional acceptance (position k accepted given 1..k-1 were) and of the
-survival products, pooled over the check sets and per set, and the ECE a
-perfectly calibrated predictor would show on as many events (the sampling
-floor: the median over 200 simulated outcome sets).
+criterion (ECE of the survival products), which can flatten a position
+to its base rate; `logistic`, a scale and a shift per position fitted by
+log-loss on the conditional acceptance (the default of train-draft and
+calibrate-draft). Scored: ECE of the conditional acceptance (position k
+accepted given 1..k-1 were) and its log-loss (lower for confidences that
+also tell drafts apart), ECE of the survival products, pooled over the
+check sets, the conditional ECE per set, and the ECE a perfectly
+calibrated predictor would show on as many events (the sampling floor:
+the median over 200 simulated outcome sets).
 """
 from __future__ import annotations
 
@@ -31,43 +33,14 @@ import torch
 from engine.spec.heads.checkpoint import read_head_config
 from engine.spec.heads.config import calibration_for
 from engine.spec.training.calibrate import (NO_SHIFT, BlockRecord, confidence_logits, expected_calibration_error,
-                                           fit_sts, scaled_logits)
+                                           fit_logistic, fit_sts, scaled_logits)
 
-METHODS = ("raw", "sts", "sts-shift", "platt")
-MIN_PLATT_EVENTS = 30  # fewer reached blocks at a position: keep the previous position's fit
+METHODS = ("raw", "sts", "sts-shift", "logistic")
 
 
 def reached_positions(drafted: torch.Tensor, survived: torch.Tensor) -> torch.Tensor:
     """[N, gamma] bool: position k's own outcome is observed (drafts 1..k-1 survived)."""
     return drafted & torch.cat([torch.ones_like(survived[:, :1]), survived[:, :-1]], dim=1)
-
-
-def fit_platt(records: list[BlockRecord], block_size: int) -> list[list[float]]:
-    """Per position, sigmoid(a * logit(c) + b) by log-loss on the blocks that
-    reached it; returned as calibration entries [1 / a, b] (a > 0 assumed:
-    a confidence that ranks backwards is not worth calibrating)."""
-    logits, drafted, survived = confidence_logits(records, block_size)
-    reached = reached_positions(drafted, survived)
-    fitted: list[list[float]] = []
-    for k in range(block_size):
-        rows = reached[:, k]
-        if int(rows.sum()) < MIN_PLATT_EVENTS:
-            fitted.append(list(fitted[-1]) if fitted else [1.0, 0.0])
-            continue
-        scale = torch.ones((), dtype=torch.float64, requires_grad=True)
-        shift = torch.zeros((), dtype=torch.float64, requires_grad=True)
-        optimiser = torch.optim.LBFGS([scale, shift], max_iter=200)
-        x, y = logits[rows, k], survived[rows, k].double()
-
-        def loss():
-            optimiser.zero_grad()
-            value = torch.nn.functional.binary_cross_entropy_with_logits(scale * x + shift, y)
-            value.backward()
-            return value
-
-        optimiser.step(loss)
-        fitted.append([1.0 / max(scale.item(), 1e-3), shift.item()])
-    return fitted
 
 
 def fit_method(method: str, records: list[BlockRecord], block_size: int) -> list | None:
@@ -77,8 +50,8 @@ def fit_method(method: str, records: list[BlockRecord], block_size: int) -> list
         return fit_sts(records, block_size, shifts=NO_SHIFT)
     if method == "sts-shift":
         return fit_sts(records, block_size)
-    if method == "platt":
-        return fit_platt(records, block_size)
+    if method == "logistic":
+        return fit_logistic(records, block_size)
     raise ValueError(f"unknown calibration method {method!r}")
 
 
@@ -87,7 +60,9 @@ def scores(records: list[BlockRecord], block_size: int, calibration: list | None
     reached = reached_positions(drafted, survived)
     conditional = torch.sigmoid(scaled_logits(logits, calibration))
     survival = conditional.cumprod(dim=1)
+    p, y = conditional[reached].clamp(1e-6, 1 - 1e-6), survived[reached].double()
     return {"ece_conditional": expected_calibration_error(conditional[reached], survived[reached]),
+            "log_loss_conditional": float(-(y * p.log() + (1 - y) * (1 - p).log()).mean()),
             "ece_survival": expected_calibration_error(survival[drafted], survived[drafted]),
             "events": int(reached.sum())}
 
@@ -135,20 +110,22 @@ def table(fit: dict, checks: list[str], block_size: int = 7, methods=METHODS,
         names = list(sets)
         rows += [f"\nT={key}: fitted on {len(fit_records)} held-out blocks, checked on {len(pooled)} "
                  f"({', '.join(names)})\n",
-                 "| method | fit: conditional / survival ECE | check: conditional ECE | check: survival ECE | "
+                 "| method | fit: conditional / survival ECE | check: conditional ECE | check: conditional log-loss "
+                 "| check: survival ECE | "
                  + " | ".join(f"{n}: conditional ECE" for n in names) + " |",
-                 "|---" * (4 + len(names)) + "|"]
+                 "|---" * (5 + len(names)) + "|"]
         fitted = [(method, fit_method(method, fit_records, block_size)) for method in methods]
         fitted += [(label, calibration_for(calibration, float(key))) for label, calibration in (stored or {}).items()]
         for method, calibration in fitted:
             on_fit, on_check = scores(fit_records, block_size, calibration), scores(pooled, block_size, calibration)
             per_set = [scores(sets[n], block_size, calibration)["ece_conditional"] for n in names]
             rows.append(f"| {method} | {on_fit['ece_conditional']:.3f} / {on_fit['ece_survival']:.3f} "
-                        f"| {on_check['ece_conditional']:.3f} | {on_check['ece_survival']:.3f} | "
+                        f"| {on_check['ece_conditional']:.3f} | {on_check['log_loss_conditional']:.4f} "
+                        f"| {on_check['ece_survival']:.3f} | "
                         + " | ".join(f"{e:.3f}" for e in per_set) + " |")
-        floor = sampling_floor(pooled, block_size, fit_method("sts-shift", fit_records, block_size))
+        floor = sampling_floor(pooled, block_size, fit_method("logistic", fit_records, block_size))
         rows.append(f"\nSampling floor of the pooled check's conditional ECE ({scores(pooled, block_size, None)['events']}"
-                    f" events, sts-shift confidences): {floor:.3f}")
+                    f" events, logistic confidences): {floor:.3f}")
     return rows
 
 

@@ -70,6 +70,29 @@ def test_the_shift_corrects_a_bias_that_temperatures_cannot():
     assert shifted["ece_survival"] < temperatures_only["ece_survival"]
 
 
+def test_the_default_calibration_keeps_confidences_apart():
+    """Confidences that do tell drafts apart, over-confident by a logit shift:
+    log-loss keeps their spread, while the ECE-minimising search with a
+    shift may squeeze them towards the base rate. The default must stay
+    informative: its calibrated confidences span most of the true range."""
+    from engine.spec.training.calibrate import confidence_logits, fit_logistic, scaled_logits
+
+    gen = torch.Generator().manual_seed(4)
+    records = []
+    for _ in range(4000):
+        raw = torch.rand(BLOCK, generator=gen) * 0.94 + 0.05
+        true = torch.sigmoid(torch.logit(raw) - 0.8)  # 0.02..0.98
+        accepted = 0
+        while accepted < BLOCK and torch.rand(1, generator=gen) < true[accepted]:
+            accepted += 1
+        records.append(BlockRecord(raw.tolist(), accepted))
+    logits, _, _ = confidence_logits(records, BLOCK)
+    calibrated = torch.sigmoid(scaled_logits(logits[:, :1], fit_logistic(records, BLOCK)[:1]))
+    assert float(calibrated.max() - calibrated.min()) > 0.6
+    report = calibration_report(records, BLOCK, fit_logistic(records, BLOCK))
+    assert report["ece_conditional"] < 0.03
+
+
 def test_ece_counts_every_bin_by_its_share():
     predicted = torch.tensor([0.05, 0.05, 0.55, 0.55, 0.95])
     observed = torch.tensor([0, 1, 1, 1, 1]).bool()

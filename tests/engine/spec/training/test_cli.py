@@ -101,7 +101,7 @@ def test_eval_draft_records_rebuild_the_reported_calibration(tiny_dir, tiny_targ
     assert calibration_report(records, 3)["ece_conditional"] == result["ece_conditional"]
 
 
-@pytest.mark.parametrize("method", ["sts-shift", "sts"])
+@pytest.mark.parametrize("method", ["logistic", "sts"])
 def test_calibrate_draft_refits_a_saved_head(tiny_dir, tiny_target, tmp_path, capsys, monkeypatch, method):
     """calibrate-draft regenerates only held-out data, refits STS per
     temperature (shifts only for sts-shift), keeps the weights and writes
@@ -124,7 +124,7 @@ def test_calibrate_draft_refits_a_saved_head(tiny_dir, tiny_target, tmp_path, ca
     calibration = read_head_config(str(out)).calibration
     assert set(calibration) == {"0", "1"}
     shifts = [shift for entries in calibration.values() for _, shift in entries]
-    assert (any(shifts) if method == "sts-shift" else not any(shifts)), calibration
+    assert (any(shifts) if method == "logistic" else not any(shifts)), calibration
     report = json.loads((out / "calibration-report.json").read_text())
     assert report["method"] == method and report["heldout_sequences"] == 4
     assert {"check_raw", "check_sts"} <= set(report["T=0"])

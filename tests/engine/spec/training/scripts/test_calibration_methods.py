@@ -28,8 +28,8 @@ def biased_records(n: int, seed: int) -> list[BlockRecord]:
 def test_methods_that_can_shift_calibrate_a_biased_head_out_of_sample():
     fit, check = biased_records(3000, 0), biased_records(3000, 1)
     errors = {m: scores(check, BLOCK, fit_method(m, fit, BLOCK))["ece_conditional"]
-              for m in ("raw", "sts", "sts-shift", "platt")}
-    assert max(errors["sts-shift"], errors["platt"]) < 0.03 < 0.08 < min(errors["raw"], errors["sts"]), errors
+              for m in ("raw", "sts", "sts-shift", "logistic")}
+    assert max(errors["sts-shift"], errors["logistic"]) < 0.03 < 0.08 < min(errors["raw"], errors["sts"]), errors
 
 
 def test_the_sampling_floor_is_what_calibrated_outcomes_show():
@@ -63,20 +63,20 @@ def test_table_from_files(tmp_path, capsys, tiny_target):
     out = capsys.readouterr().out
     assert "mtbench: conditional ECE" in out and "humaneval: conditional ECE" in out
     assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")][1:] == \
-        ["raw", "sts", "sts-shift", "platt"]
+        ["raw", "sts", "sts-shift", "logistic"]
     # A checkpoint's stored calibration is scored as one more row.
     from engine.spec.heads.checkpoint import save_head
-    from engine.spec.training.calibrate import fit_sts
+    from engine.spec.training.calibrate import fit_logistic
     from tests.engine.spec.conftest import make_head
 
     head = make_head("dspark", tiny_target, BLOCK)
-    head.config.calibration = {"0": fit_sts(biased_records(800, 3), BLOCK)}
+    head.config.calibration = {"0": fit_logistic(biased_records(800, 3), BLOCK)}
     save_head(head, str(tmp_path / "head"))
     assert main(["table", "--fit", str(tmp_path / "fit.json"), "--block-size", str(BLOCK), "--check",
                  str(tmp_path / "head-mtbench.json"), "--checkpoint", str(tmp_path / "head")]) == 0
     rows = {line.split("|")[1].strip(): line.split("|")[3] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ")}
-    assert rows[f"stored: {tmp_path / 'head'}"] == rows["sts-shift"]
+    assert rows[f"stored: {tmp_path / 'head'}"] == rows["logistic"]
     (tmp_path / "bare.json").write_text(json.dumps({"results": {"temperature=0": {"steps": 1}}}))
     with pytest.raises(SystemExit, match="--records"):
         main(["table", "--fit", str(tmp_path / "fit.json"), "--check", str(tmp_path / "bare.json")])

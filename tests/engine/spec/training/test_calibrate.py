@@ -71,26 +71,27 @@ def test_the_shift_corrects_a_bias_that_temperatures_cannot():
 
 
 def test_the_default_calibration_keeps_confidences_apart():
-    """Confidences that do tell drafts apart, over-confident by a logit shift:
-    log-loss keeps their spread, while the ECE-minimising search with a
-    shift may squeeze them towards the base rate. The default must stay
-    informative: its calibrated confidences span most of the true range."""
+    """Confidences that tell drafts apart, over-confident (true logit =
+    0.5 x raw logit - 0.8, so 0.12..0.76 accepted). Log-loss keeps their
+    spread. ECE alone prefers flattening: a constant at the base rate has
+    an ECE of zero where the true curve shows its sampling noise, and the
+    ECE search with a shift squeezes position 1 to a spread of 0.09."""
     from engine.spec.training.calibrate import confidence_logits, fit_logistic, scaled_logits
 
     gen = torch.Generator().manual_seed(4)
     records = []
-    for _ in range(4000):
-        raw = torch.rand(BLOCK, generator=gen) * 0.94 + 0.05
-        true = torch.sigmoid(torch.logit(raw) - 0.8)  # 0.02..0.98
+    for _ in range(800):
+        raw = torch.rand(BLOCK, generator=gen) * 0.96 + 0.02
+        true = torch.sigmoid(0.5 * torch.logit(raw) - 0.8)
         accepted = 0
         while accepted < BLOCK and torch.rand(1, generator=gen) < true[accepted]:
             accepted += 1
         records.append(BlockRecord(raw.tolist(), accepted))
+    fitted = fit_logistic(records, BLOCK)
     logits, _, _ = confidence_logits(records, BLOCK)
-    calibrated = torch.sigmoid(scaled_logits(logits[:, :1], fit_logistic(records, BLOCK)[:1]))
-    assert float(calibrated.max() - calibrated.min()) > 0.6
-    report = calibration_report(records, BLOCK, fit_logistic(records, BLOCK))
-    assert report["ece_conditional"] < 0.03
+    first = torch.sigmoid(scaled_logits(logits, fitted))[:, 0]
+    assert float(first.max() - first.min()) > 0.6, fitted
+    assert calibration_report(records, BLOCK, fitted)["ece_conditional"] < 0.05
 
 
 def test_ece_counts_every_bin_by_its_share():

@@ -15,7 +15,7 @@ a shift in logit space, c_k -> sigmoid(logit(c_k) / T_k + b_k), fitted by
 log-loss on the blocks that reached position k (their conditional
 acceptance). Log-loss, a proper scoring rule, rewards confidences that
 both match the acceptance rate and tell drafts apart. ECE alone does not:
-given a shift, the ECE-minimising search (`fit_sts` with shifts) flattens
+given a shift, the ECE-minimising search (`fit_sts` with `DEFAULT_SHIFTS`) flattens
 a position to its base rate (DSpark: T_1 = 17.8, every first draft ~0.33),
 calibrated on paper and useless to the scheduler. A position's entry is
 [T_k, b_k]; a bare number is a temperature with no shift (STS, and the
@@ -118,15 +118,17 @@ def survival_probabilities(logits: torch.Tensor, calibration: list | None) -> to
 def fit_sts(records: list[BlockRecord], block_size: int, grid: list[float] | None = None,
             min_survivals: int = MIN_SURVIVALS, shifts: list[float] | None = None) -> list[list[float]]:
     """Sequential Temperature Scaling: one [temperature, shift] per position,
-    fitted in order on the survival products (module docstring);
-    `shifts=NO_SHIFT` fits temperatures alone.
+    fitted in order on the survival products. Temperatures alone (shift 0)
+    by default, as the contract states it; `shifts=DEFAULT_SHIFTS` also
+    searches a shift, which flattens weakly informative positions (module
+    docstring) and is kept for comparison only.
 
     A position where fewer than `min_survivals` blocks survived carries too
     little evidence (any sharpening temperature "fits" all-zero labels and
     would turn a raw 0.6 into 0.99): it keeps the previous position's.
     """
     grid = grid or DEFAULT_GRID
-    shifts = DEFAULT_SHIFTS if shifts is None else shifts
+    shifts = NO_SHIFT if shifts is None else shifts
     logits, drafted, survived = confidence_logits(records, block_size)
     shift_column = torch.tensor(shifts, dtype=torch.float64)[:, None]
     fitted: list[list[float]] = []
@@ -184,8 +186,8 @@ def fit_calibration(method: str, records: list[BlockRecord], block_size: int) ->
     if method == "logistic":
         return fit_logistic(records, block_size)
     if method == "sts":
-        return fit_sts(records, block_size, shifts=NO_SHIFT)
-    raise ValueError(f"unknown calibration {method!r}; choose logistic or sts")
+        return fit_sts(records, block_size)
+    raise ValueError(f"unknown calibration {method!r}; choose from {', '.join(CALIBRATIONS)}")
 
 
 def calibration_report(records: list[BlockRecord], block_size: int, calibration: list | None = None) -> dict:

@@ -32,6 +32,7 @@ import torch
 from engine.spec.heads.checkpoint import WEIGHTS_FILE, load_head, save_head, save_head_config
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.registry import HEAD_METHODS
+from engine.spec.training.calibrate import CALIBRATIONS
 from engine.spec.training.evaluate import EVAL_DRAFTERS
 
 log = logging.getLogger("specserve.train_draft")
@@ -81,7 +82,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def _add_calibration_arguments(g) -> None:
     g.add_argument("--calibration-tokens", type=int, default=128,
                    help="tokens per held-out prompt decoded at T=1 to fit the sampled STS set")
-    g.add_argument("--calibration", default="logistic", choices=("logistic", "sts"),
+    g.add_argument("--calibration", default="logistic", choices=CALIBRATIONS,
                    help="logistic: a scale and a logit shift per position by log-loss (default); "
                         "sts: temperatures alone, as design/speculation.md s.3 states it")
 

@@ -32,7 +32,7 @@ import torch
 
 from engine.spec.heads.checkpoint import read_head_config
 from engine.spec.heads.config import calibration_for
-from engine.spec.training.calibrate import (NO_SHIFT, BlockRecord, confidence_logits, expected_calibration_error,
+from engine.spec.training.calibrate import (DEFAULT_SHIFTS, BlockRecord, confidence_logits, expected_calibration_error,
                                            fit_logistic, fit_sts, scaled_logits)
 
 METHODS = ("raw", "sts", "sts-shift", "logistic")
@@ -47,9 +47,9 @@ def fit_method(method: str, records: list[BlockRecord], block_size: int) -> list
     if method == "raw":
         return None
     if method == "sts":
-        return fit_sts(records, block_size, shifts=NO_SHIFT)
-    if method == "sts-shift":
         return fit_sts(records, block_size)
+    if method == "sts-shift":
+        return fit_sts(records, block_size, shifts=DEFAULT_SHIFTS)
     if method == "logistic":
         return fit_logistic(records, block_size)
     raise ValueError(f"unknown calibration method {method!r}")

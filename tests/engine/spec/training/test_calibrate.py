@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from engine.spec.training.calibrate import (NO_SHIFT, BlockRecord, auroc, calibration_report,
+from engine.spec.training.calibrate import (DEFAULT_SHIFTS, BlockRecord, auroc, calibration_report,
                                            expected_calibration_error, fit_sts)
 from engine.spec.training.evaluate import teacher_forced_simulation
 from tests.engine.spec.conftest import make_trainer, split
@@ -62,9 +62,9 @@ def test_the_shift_corrects_a_bias_that_temperatures_cannot():
         return out
 
     fit, held = records(3000), records(3000)
-    shifted = calibration_report(held, BLOCK, fit_sts(fit, BLOCK))
-    temperatures_only = calibration_report(held, BLOCK, fit_sts(fit, BLOCK, shifts=NO_SHIFT))
-    assert all(shift == 0.0 for _, shift in fit_sts(fit, BLOCK, shifts=NO_SHIFT))
+    shifted = calibration_report(held, BLOCK, fit_sts(fit, BLOCK, shifts=DEFAULT_SHIFTS))
+    temperatures_only = calibration_report(held, BLOCK, fit_sts(fit, BLOCK))
+    assert all(shift == 0.0 for _, shift in fit_sts(fit, BLOCK))
     assert shifted["ece_conditional"] < 0.03 < 0.08 < temperatures_only["ece_conditional"], \
         (shifted["ece_conditional"], temperatures_only["ece_conditional"])
     assert shifted["ece_survival"] < temperatures_only["ece_survival"]

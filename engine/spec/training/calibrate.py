@@ -9,7 +9,7 @@ against the observed survival, with T_1..T_{k-1} already fixed.
 
 A temperature only sharpens or flattens around 0.5; it cannot move the
 mean. The trained heads' raw confidences are biased (DSpark on held-out
-ShareGPT at position 1: 0.30 predicted against 0.23 accepted at T=1), so
+ShareGPT at position 1: 0.30 predicted against 0.24 accepted at T=1), so
 the default calibration (`fit_logistic`) gives each position a scale and
 a shift in logit space, c_k -> sigmoid(logit(c_k) / T_k + b_k), fitted by
 log-loss on the blocks that reached position k (their conditional

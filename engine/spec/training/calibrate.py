@@ -62,6 +62,11 @@ def confidence_logits(records: list[BlockRecord], block_size: int) -> tuple[torc
     return logits, drafted, survived
 
 
+def reached_positions(drafted: torch.Tensor, survived: torch.Tensor) -> torch.Tensor:
+    """[N, gamma] bool: position k's own outcome is observed (drafts 1..k-1 survived)."""
+    return drafted & torch.cat([torch.ones_like(survived[:, :1]), survived[:, :-1]], dim=1)
+
+
 def expected_calibration_error(predicted: torch.Tensor, observed: torch.Tensor, num_bins: int = NUM_BINS) -> float:
     """Equal-width-bin ECE: sum over bins of |mean predicted - mean observed| * share.
 
@@ -158,7 +163,7 @@ def fit_logistic(records: list[BlockRecord], block_size: int,
     confidence that ranks backwards (a <= 0) gets a flat one (a tiny a):
     its shift alone then carries the acceptance rate."""
     logits, drafted, survived = confidence_logits(records, block_size)
-    reached = drafted & torch.cat([torch.ones_like(survived[:, :1]), survived[:, :-1]], dim=1)
+    reached = reached_positions(drafted, survived)
     fitted: list[list[float]] = []
     for k in range(block_size):
         rows = reached[:, k]
@@ -197,8 +202,7 @@ def calibration_report(records: list[BlockRecord], block_size: int, calibration:
     logits, drafted, survived = confidence_logits(records, block_size)
     survival = survival_probabilities(logits, calibration)
     conditional = torch.sigmoid(scaled_logits(logits, calibration))
-    # Position k's own outcome is observed only when drafts 1..k-1 survived.
-    reached = drafted & torch.cat([torch.ones_like(survived[:, :1]), survived[:, :-1]], dim=1)
+    reached = reached_positions(drafted, survived)
     return {
         "blocks": len(records),
         "ece_survival": expected_calibration_error(survival[drafted], survived[drafted]),

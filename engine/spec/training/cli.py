@@ -282,18 +282,26 @@ def _calibrate_and_report(head, data, loaded, args) -> dict:
 
 # ---------------------------------------------------------------- calibrate-draft
 
+def heldout_data(args, loaded, aux_layers):
+    """pipeline.prepare_data for the held-out set alone (args: the
+    heldout_only data arguments and --work-dir): no training or evaluation
+    data is generated or read."""
+    from engine.spec.training.pipeline import prepare_data
+
+    only_heldout = argparse.Namespace(**vars(args), data="", conversations=0, eval_data="", responses="target")
+    return prepare_data(only_heldout, loaded, args.work_dir, aux_layers)
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     """Held-out data only (the --data/--conversations/--eval-data sets are
     not used), STS refitted per temperature, the head saved with it and
     the fit's report in OUT/calibration-report.json."""
     from engine.spec.training.calibrate import calibrate_per_temperature
-    from engine.spec.training.pipeline import prepare_data
 
     _setup(args)
     loaded = _load_target(args.target, _resolve(args.dtype, args.device), args.device)
     head = load_head(args.draft_model, loaded.model, next(loaded.model.parameters()).dtype, args.device)
-    data = prepare_data(argparse.Namespace(**vars(args), data="", conversations=0, eval_data="",
-                                           responses="target"), loaded, args.work_dir, head.config.aux_layers)
+    data = heldout_data(args, loaded, head.config.aux_layers)
     if len(data.heldout) == 0:
         raise SystemExit("calibrate-draft: --heldout-data gave no held-out sequences")
     report = calibrate_per_temperature(head, data.heldout, loaded, data.heldout_prompts,

@@ -33,14 +33,9 @@ import torch
 from engine.spec.heads.checkpoint import read_head_config
 from engine.spec.heads.config import calibration_for
 from engine.spec.training.calibrate import (DEFAULT_SHIFTS, BlockRecord, confidence_logits, expected_calibration_error,
-                                           fit_logistic, fit_sts, scaled_logits)
+                                           fit_logistic, fit_sts, reached_positions, scaled_logits)
 
 METHODS = ("raw", "sts", "sts-shift", "logistic")
-
-
-def reached_positions(drafted: torch.Tensor, survived: torch.Tensor) -> torch.Tensor:
-    """[N, gamma] bool: position k's own outcome is observed (drafts 1..k-1 survived)."""
-    return drafted & torch.cat([torch.ones_like(survived[:, :1]), survived[:, :-1]], dim=1)
 
 
 def fit_method(method: str, records: list[BlockRecord], block_size: int) -> list | None:
@@ -135,15 +130,13 @@ def fit_records(args) -> dict:
     from engine.spec.training import cli
     from engine.spec.training.data import chat_prompt_ids
     from engine.spec.training.evaluate import speculative_decode, teacher_forced_simulation
-    from engine.spec.training.pipeline import prepare_data
     from scheduler.request import SamplingParams
 
     torch.set_num_threads(max(1, args.threads))
     loaded = cli._load_target(args.target, cli._resolve(args.dtype, "cpu"))
     head = load_head(args.draft_model, loaded.model, next(loaded.model.parameters()).dtype)
-    data_args = argparse.Namespace(**vars(args), data="", conversations=0, eval_data="", responses="target",
-                                   gen_temperature=0.0, gen_threads=1, no_progress=True)
-    data = prepare_data(data_args, loaded, args.work_dir, head.config.aux_layers)
+    data = cli.heldout_data(argparse.Namespace(**vars(args), gen_temperature=0.0, gen_threads=1, no_progress=True),
+                            loaded, head.config.aux_layers)
     greedy = teacher_forced_simulation(head, data.heldout)
     prompts = [chat_prompt_ids(loaded.tokenizer, p) for p in data.heldout_prompts]
     sampled = speculative_decode(loaded, head, prompts, SamplingParams(temperature=1.0, max_tokens=args.calibration_tokens),

@@ -131,6 +131,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-model", required=True, help="head checkpoint directory")
     p.add_argument("--target", default=None, help="target model (default: bundled SmolLM2)")
     p.add_argument("--data", default="humaneval:8,mtbench:8,sharegpt:8", help="prompts (test split)")
+    p.add_argument("--whole-eval-sets", action="store_true",
+                   help="MT-Bench and HumanEval prompts from the whole set, not only the test split (they are "
+                        "never trained or fitted on); ShareGPT's stay in its test split")
     p.add_argument("--block-size", type=int, default=7)
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -321,14 +324,23 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- eval-draft
 
+def _eval_draft_prompts(args: argparse.Namespace) -> list:
+    from engine.spec.training.data import evaluation_split, load_prompts, parse_sources
+
+    if not args.whole_eval_sets:
+        return load_prompts(args.data, split="test")
+    return [prompt for name, count in parse_sources(args.data)
+            for prompt in load_prompts(f"{name}:{count}" if count else name, split=evaluation_split(name))]
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    from engine.spec.training.data import chat_prompt_ids, load_prompts
+    from engine.spec.training.data import chat_prompt_ids
     from scheduler.request import SamplingParams
 
     _setup(args)
     loaded = _load_target(args.target, _resolve(args.dtype, args.device), args.device)
     head = load_head(args.draft_model, loaded.model, next(loaded.model.parameters()).dtype, args.device)
-    prompts = [ids for p in load_prompts(args.data, split="test")
+    prompts = [ids for p in _eval_draft_prompts(args)
                if len(ids := chat_prompt_ids(loaded.tokenizer, p)) <= args.max_prompt_tokens]
     report = {"draft_model": args.draft_model, "method": head.config.method, "drafter": args.drafter,
               "prompts": len(prompts),

@@ -208,6 +208,13 @@ def parse_sources(spec: str) -> list[tuple[str, int | None]]:
     return result
 
 
+def evaluation_split(name: str) -> str | None:
+    """Where evaluation draws a source's prompts from: MT-Bench and HumanEval
+    are never trained or fitted on, so any of their prompts; ShareGPT's test
+    split only (its train split is training data)."""
+    return "test" if name == "sharegpt" else None
+
+
 def load_prompts(spec: str, split: str | None = None) -> list[Prompt]:
     """Prompts from `spec` (see parse_sources), restricted to `split` if given;
     COUNT applies after the split filter."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.device import fast_dtype_name
-from engine.spec.training.data import Prompt, load_prompts, parse_sources, sharegpt_conversations
+from engine.spec.training.data import Prompt, evaluation_split, load_prompts, parse_sources, sharegpt_conversations
 from engine.spec.training.features import FeatureSet, collect_features
 from engine.spec.training.generate import Sample, conversation_sample, dataset_samples
 
@@ -98,7 +98,7 @@ def _eval_prompts(args) -> dict[str, list[Prompt]]:
     """Evaluation-only sets: MT-Bench and HumanEval are never trained on, so
     any of their prompts will do; ShareGPT's come from the test split."""
     sources = parse_sources(args.eval_data) if args.eval_data else []
-    return {name: load_prompts(f"{name}:{count}" if count else name, split="test" if name == "sharegpt" else None)
+    return {name: load_prompts(f"{name}:{count}" if count else name, split=evaluation_split(name))
             for name, count in sources}
 
 

@@ -101,6 +101,30 @@ def test_eval_draft_records_rebuild_the_reported_calibration(tiny_dir, tiny_targ
     assert calibration_report(records, 3)["ece_conditional"] == result["ece_conditional"]
 
 
+@pytest.mark.parametrize("whole, asked", [
+    (False, [("mtbench:3,sharegpt:2", "test")]),
+    (True, [("mtbench:3", None), ("sharegpt:2", "test")]),  # ShareGPT's train split never: it is trained on
+])
+def test_eval_draft_takes_whole_evaluation_sets_only_when_asked(tiny_dir, tiny_target, tmp_path, capsys, monkeypatch,
+                                                                 whole, asked):
+    from engine.spec.heads.checkpoint import save_head
+    from engine.spec.training import data
+    from engine.spec.training.data import Prompt
+    from tests.engine.spec.conftest import make_head
+
+    save_head(make_head("dspark", tiny_target, 3), str(tmp_path / "head"))
+    seen = []
+    monkeypatch.setattr(data, "load_prompts", lambda spec, split=None: seen.append((spec, split)) or
+                        [Prompt("toy", f"toy/{spec}", f"Tell me about {spec}.")])
+    args = ["eval-draft", "--draft-model", str(tmp_path / "head"), "--target", str(tiny_dir),
+            "--data", "mtbench:3,sharegpt:2", "--block-size", "3", "--max-new-tokens", "2", "--temperatures", "0",
+            "--report", str(tmp_path / "eval.json"), "--no-progress"] + (["--whole-eval-sets"] if whole else [])
+    assert main(args) == 0
+    capsys.readouterr()
+    assert seen == asked
+    assert json.loads((tmp_path / "eval.json").read_text())["prompts"] == len(asked)
+
+
 @pytest.mark.parametrize("method", ["logistic", "sts"])
 def test_calibrate_draft_refits_a_saved_head(tiny_dir, tiny_target, tmp_path, capsys, monkeypatch, method):
     """calibrate-draft regenerates only held-out data, refits STS per

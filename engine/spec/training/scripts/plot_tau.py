@@ -1,8 +1,10 @@
 """Held-out greedy tau against training tokens, one line per head and set,
-from the `log.jsonl` files the trainer writes (needs matplotlib).
+from the `log.jsonl` files the trainer writes, or a committed checkpoint's
+report.json (needs matplotlib).
 
   python -m engine.spec.training.scripts.plot_tau runs/heads-smollm2/{eagle3,dflash,dspark} \\
       --out docs/draft-heads-tau.png
+  python -m engine.spec.training.scripts.plot_tau checkpoints/{eagle3,dflash,dspark}-smollm2 --out ...
 """
 from __future__ import annotations
 
@@ -12,8 +14,14 @@ import os
 
 
 def read_evals(run_dir: str) -> list[dict]:
-    """The evaluation entries of one run's log.jsonl, in order."""
-    with open(os.path.join(run_dir, "log.jsonl"), encoding="utf-8") as f:
+    """The evaluation entries of one run's log.jsonl, in order; for a
+    committed checkpoint (no log), its report.json's history, which holds
+    the same entries."""
+    log = os.path.join(run_dir, "log.jsonl")
+    if not os.path.exists(log):
+        with open(os.path.join(run_dir, "report.json"), encoding="utf-8") as f:
+            return json.load(f)["history"]
+    with open(log, encoding="utf-8") as f:
         return [entry for entry in map(json.loads, f) if entry.get("event") == "eval"]
 
 

@@ -33,6 +33,17 @@ def test_only_evaluations_are_read_in_order(tmp_path):
     assert [(e["anchors"], e["tau"]["heldout"]) for e in evals] == [(100, 1.5), (200, 1.9)]
 
 
+def test_a_checkpoint_without_a_log_is_read_from_its_report(tmp_path):
+    history = [{"step": 250, "anchors": 100, "tau": {"heldout": 1.2}},
+               {"step": 500, "anchors": 200, "tau": {"heldout": 1.3}}]
+    (tmp_path / "head").mkdir()
+    (tmp_path / "head" / "report.json").write_text(json.dumps({"history": history, "steps": 500}))
+    assert read_evals(str(tmp_path / "head")) == history
+    write_log(tmp_path / "run", [{"heldout": 1.5}])
+    (tmp_path / "run" / "report.json").write_text(json.dumps({"history": history}))
+    assert [e["tau"] for e in read_evals(str(tmp_path / "run"))] == [{"heldout": 1.5}]  # the log wins
+
+
 def test_writes_one_panel_per_prompt_set(tmp_path):
     pytest.importorskip("matplotlib", reason="plot_tau needs matplotlib (the dev extra)")
     write_log(tmp_path / "eagle3", [{"heldout": 1.2, "mtbench": 1.1}, {"heldout": 1.4, "mtbench": 1.3}])

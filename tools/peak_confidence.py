@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from engine.spec.heads import drafting
 from engine.spec.training.calibrate import (BlockRecord, confidence_logits, expected_calibration_error,
                                            reached_positions)
+from engine.spec.training.scripts.calibration_methods import add_heldout_arguments, load_heldout, load_records
 
 MIN_EVENTS = 30  # a position with fewer reached drafts reuses the previous position's map
 FEATURE_SETS = {"confidence": ("confidence",), "peak": ("peak",), "both": ("confidence", "peak")}
@@ -130,28 +131,18 @@ def table(fit: PairedRecords, checks: dict[str, PairedRecords]) -> list[str]:
     return rows
 
 
-def _records(rows) -> list[BlockRecord]:
-    return [BlockRecord(list(confidences), int(accepted)) for confidences, accepted in rows]
-
-
 def _greedy_records(path: str) -> list[BlockRecord]:
     with open(path, encoding="utf-8") as f:
         entry = json.load(f)["results"]["temperature=0"]
     if "records" not in entry:
         raise SystemExit(f"{path} has no records: run eval-draft with --records")
-    return _records(entry["records"])
+    return load_records(entry["records"])
 
 
 def fit_records(args) -> dict:
-    from engine.spec.heads.checkpoint import load_head
-    from engine.spec.training import cli
     from engine.spec.training.evaluate import teacher_forced_simulation
 
-    torch.set_num_threads(max(1, args.threads))
-    loaded = cli._load_target(args.target, cli._resolve(args.dtype, "cpu"))
-    head = load_head(args.draft_model, loaded.model, next(loaded.model.parameters()).dtype)
-    data = cli.heldout_data(argparse.Namespace(**vars(args), gen_temperature=0.0, gen_threads=1, no_progress=True),
-                            loaded, head.config.aux_layers)
+    _, head, data = load_heldout(args)
     confidence = teacher_forced_simulation(head, data.heldout)
     with peaks_as_confidences():
         peak = teacher_forced_simulation(head, data.heldout)
@@ -167,20 +158,7 @@ def main(argv=None) -> int:
             return cli_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    fit = sub.add_parser("fit", help="held-out greedy records with confidences and with peaks (JSON)")
-    fit.add_argument("--draft-model", required=True)
-    fit.add_argument("--target", default=None)
-    fit.add_argument("--work-dir", required=True)
-    fit.add_argument("--heldout-data", required=True)
-    fit.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16"))
-    fit.add_argument("--max-new-tokens", type=int, default=256)
-    fit.add_argument("--max-prompt-tokens", type=int, default=512)
-    fit.add_argument("--max-len", type=int, default=1024)
-    fit.add_argument("--top-k", type=int, default=20)
-    fit.add_argument("--gen-batch", type=int, default=32)
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--threads", type=int, default=1)
-    fit.add_argument("--out", required=True)
+    add_heldout_arguments(sub.add_parser("fit", help="held-out greedy records with confidences and with peaks (JSON)"))
     compare = sub.add_parser("table", help="fit each feature set on --fit, score it on the checks")
     compare.add_argument("--fit", required=True)
     compare.add_argument("--confidence", nargs="+", required=True, help="eval-draft --records reports, HEAD-SET.json")
@@ -195,7 +173,7 @@ def main(argv=None) -> int:
         held_out = json.load(f)
     if len(args.confidence) != len(args.peak):
         parser.error("give one --peak report per --confidence report, in the same order")
-    fitted = PairedRecords(_records(held_out["confidence"]), _records(held_out["peak"]), args.block_size)
+    fitted = PairedRecords(load_records(held_out["confidence"]), load_records(held_out["peak"]), args.block_size)
     checks = {path.rsplit("/", 1)[-1].removesuffix(".json").rpartition("-")[2]:
               PairedRecords(_greedy_records(path), _greedy_records(peak), args.block_size)
               for path, peak in zip(args.confidence, args.peak)}

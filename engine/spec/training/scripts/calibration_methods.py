@@ -124,19 +124,44 @@ def table(fit: dict, checks: list[str], block_size: int = 7, methods=METHODS,
     return rows
 
 
-def fit_records(args) -> dict:
-    """What calibrate_per_temperature fits on, for all held-out sequences at once."""
+def add_heldout_arguments(p: argparse.ArgumentParser) -> None:
+    """A head and the held-out set its fit records come from."""
+    p.add_argument("--draft-model", required=True)
+    p.add_argument("--target", default=None)
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--heldout-data", required=True)
+    p.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16"))
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-prompt-tokens", type=int, default=512)
+    p.add_argument("--max-len", type=int, default=1024)
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--gen-batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+
+
+def load_heldout(args):
+    """(target, head, held-out data) for add_heldout_arguments' args; the
+    held-out responses are the target's greedy ones (cached in --work-dir)."""
     from engine.spec.heads.checkpoint import load_head
     from engine.spec.training import cli
-    from engine.spec.training.data import chat_prompt_ids
-    from engine.spec.training.evaluate import speculative_decode, teacher_forced_simulation
-    from scheduler.request import SamplingParams
 
     torch.set_num_threads(max(1, args.threads))
     loaded = cli._load_target(args.target, cli._resolve(args.dtype, "cpu"))
     head = load_head(args.draft_model, loaded.model, next(loaded.model.parameters()).dtype)
     data = cli.heldout_data(argparse.Namespace(**vars(args), gen_temperature=0.0, gen_threads=1, no_progress=True),
                             loaded, head.config.aux_layers)
+    return loaded, head, data
+
+
+def fit_records(args) -> dict:
+    """What calibrate_per_temperature fits on, for all held-out sequences at once."""
+    from engine.spec.training.data import chat_prompt_ids
+    from engine.spec.training.evaluate import speculative_decode, teacher_forced_simulation
+    from scheduler.request import SamplingParams
+
+    loaded, head, data = load_heldout(args)
     greedy = teacher_forced_simulation(head, data.heldout)
     prompts = [chat_prompt_ids(loaded.tokenizer, p) for p in data.heldout_prompts]
     sampled = speculative_decode(loaded, head, prompts, SamplingParams(temperature=1.0, max_tokens=args.calibration_tokens),
@@ -149,20 +174,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     records = sub.add_parser("records", help="held-out fit records of a head (JSON)")
-    records.add_argument("--draft-model", required=True)
-    records.add_argument("--target", default=None)
-    records.add_argument("--work-dir", required=True)
-    records.add_argument("--heldout-data", required=True)
-    records.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16"))
-    records.add_argument("--max-new-tokens", type=int, default=256)
-    records.add_argument("--max-prompt-tokens", type=int, default=512)
-    records.add_argument("--max-len", type=int, default=1024)
-    records.add_argument("--top-k", type=int, default=20)
-    records.add_argument("--gen-batch", type=int, default=32)
+    add_heldout_arguments(records)
     records.add_argument("--calibration-tokens", type=int, default=128)
-    records.add_argument("--seed", type=int, default=0)
-    records.add_argument("--threads", type=int, default=1)
-    records.add_argument("--out", required=True)
     compare = sub.add_parser("table", help="the methods fitted on --fit, scored on --check")
     compare.add_argument("--fit", required=True, help="records from the records command")
     compare.add_argument("--check", nargs="+", required=True, help="eval-draft --records reports, HEAD-SET.json")

@@ -343,7 +343,7 @@ def run_eval(args: argparse.Namespace) -> int:
     prompts = [ids for p in _eval_draft_prompts(args)
                if len(ids := chat_prompt_ids(loaded.tokenizer, p)) <= args.max_prompt_tokens]
     report = {"draft_model": args.draft_model, "method": head.config.method, "drafter": args.drafter,
-              "prompts": len(prompts),
+              "prompts": len(prompts), "whole_eval_sets": args.whole_eval_sets,
               "block_size": args.block_size, "max_new_tokens": args.max_new_tokens, "results": {}}
     for temperature in args.temperatures:
         params = SamplingParams(temperature=temperature, max_tokens=args.max_new_tokens, seed=args.seed)

@@ -122,7 +122,8 @@ def test_eval_draft_takes_whole_evaluation_sets_only_when_asked(tiny_dir, tiny_t
     assert main(args) == 0
     capsys.readouterr()
     assert seen == asked
-    assert json.loads((tmp_path / "eval.json").read_text())["prompts"] == len(asked)
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert (report["prompts"], report["whole_eval_sets"]) == (len(asked), whole)
 
 
 @pytest.mark.parametrize("method", ["logistic", "sts"])

@@ -34,14 +34,12 @@ import json
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from engine.spec.heads import drafting
 from engine.spec.training.calibrate import (BlockRecord, confidence_logits, expected_calibration_error,
-                                           reached_positions)
+                                           MIN_LOGISTIC_EVENTS, fit_logistic_weights, reached_positions)
 from engine.spec.training.scripts.calibration_methods import add_heldout_arguments, load_heldout, load_records
 
-MIN_EVENTS = 30  # a position with fewer reached drafts reuses the previous position's map
 FEATURE_SETS = {"confidence": ("confidence",), "peak": ("peak",), "both": ("confidence", "peak")}
 
 
@@ -59,32 +57,12 @@ def peaks_as_confidences():
 
 
 def fit_positions(features: torch.Tensor, survived: torch.Tensor, reached: torch.Tensor,
-                  min_events: int = MIN_EVENTS) -> list[torch.Tensor]:
+                  min_events: int = MIN_LOGISTIC_EVENTS) -> list[torch.Tensor]:
     """Per position k: weights w (features, then a bias) of
-    sigmoid(w . x + b) by log-loss over the blocks that reached k.
+    sigmoid(w . x + b) by log-loss over the blocks that reached k (the
+    served calibration's fit, with any number of inputs, started at 0).
     features [F, N, K] (logits), survived / reached [N, K] bool."""
-    weights: list[torch.Tensor] = []
-    for k in range(features.shape[2]):
-        rows = reached[:, k]
-        if rows.sum() < min_events:
-            if not weights:
-                raise ValueError(f"position 1 has {int(rows.sum())} events, fewer than {min_events}")
-            weights.append(weights[-1])
-            continue
-        x = torch.cat([features[:, rows, k].T.double(), torch.ones(int(rows.sum()), 1, dtype=torch.float64)], 1)
-        y = survived[rows, k].double()
-        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
-
-        def loss():
-            optimizer.zero_grad()
-            value = F.binary_cross_entropy_with_logits(x @ w, y)
-            value.backward()
-            return value
-
-        optimizer.step(loss)
-        weights.append(w.detach())
-    return weights
+    return fit_logistic_weights(features, survived, reached, [0.0] * (features.shape[0] + 1), min_events)
 
 
 def predict(features: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:

@@ -74,15 +74,13 @@ def expected_calibration_error(predicted: torch.Tensor, observed: torch.Tensor, 
     """
     if predicted.numel() == 0:
         return float("nan")
-    bins = (predicted * num_bins).long().clamp(max=num_bins - 1)
-    # Per bin, |sum predicted - sum observed| = |mean gap| * count (empty bins add 0).
-    gap = torch.bincount(bins, weights=predicted.double() - observed.double(), minlength=num_bins)
-    return float(gap.abs().sum()) / predicted.numel()
+    return float(calibration_errors(predicted.reshape(1, -1), observed.reshape(-1), num_bins)[0])
 
 
 def calibration_errors(predicted: torch.Tensor, observed: torch.Tensor, num_bins: int = NUM_BINS) -> torch.Tensor:
     """expected_calibration_error of each row of predicted [C, M] against
-    the same observed [M]: [C] float64, in one bincount."""
+    the same observed [M]: [C] float64, in one bincount. Per bin,
+    |sum predicted - sum observed| = |mean gap| * count (empty bins add 0)."""
     candidates, m = predicted.shape
     bins = (predicted * num_bins).long().clamp(max=num_bins - 1) + num_bins * torch.arange(candidates)[:, None]
     gap = torch.bincount(bins.flatten(), weights=(predicted.double() - observed.double()).flatten(),
@@ -155,6 +153,38 @@ def fit_sts(records: list[BlockRecord], block_size: int, grid: list[float] | Non
     return fitted
 
 
+def fit_logistic_weights(features: torch.Tensor, survived: torch.Tensor, reached: torch.Tensor,
+                         initial: list[float], min_events: int = MIN_LOGISTIC_EVENTS,
+                         first_fallback: list[float] | None = None) -> list[torch.Tensor]:
+    """Per position k, weights (one per input, then a bias) of
+    sigmoid(w . x + b) by log-loss over the blocks that reached k, started
+    from `initial`. features [F, N, K] (logits); survived, reached [N, K].
+    A position reached by fewer than `min_events` blocks reuses the
+    previous position's weights (the first one `first_fallback`, or an
+    error without one)."""
+    weights: list[torch.Tensor] = []
+    for k in range(features.shape[2]):
+        rows = reached[:, k]
+        if int(rows.sum()) < min_events:
+            if not weights and first_fallback is None:
+                raise ValueError(f"position 1 has {int(rows.sum())} events, fewer than {min_events}")
+            weights.append(weights[-1] if weights else torch.tensor(first_fallback, dtype=torch.float64))
+            continue
+        x, y = features[:, rows, k].T.double(), survived[rows, k].double()
+        w = torch.tensor(initial, dtype=torch.float64, requires_grad=True)
+        optimiser = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+        def loss():
+            optimiser.zero_grad()
+            value = torch.nn.functional.binary_cross_entropy_with_logits((x * w[:-1]).sum(dim=1) + w[-1], y)
+            value.backward()
+            return value
+
+        optimiser.step(loss)
+        weights.append(w.detach())
+    return weights
+
+
 def fit_logistic(records: list[BlockRecord], block_size: int,
                  min_events: int = MIN_LOGISTIC_EVENTS) -> list[list[float]]:
     """Per position, sigmoid(a * logit(c) + b) by log-loss on the blocks
@@ -163,27 +193,9 @@ def fit_logistic(records: list[BlockRecord], block_size: int,
     confidence that ranks backwards (a <= 0) gets a flat one (a tiny a):
     its shift alone then carries the acceptance rate."""
     logits, drafted, survived = confidence_logits(records, block_size)
-    reached = reached_positions(drafted, survived)
-    fitted: list[list[float]] = []
-    for k in range(block_size):
-        rows = reached[:, k]
-        if int(rows.sum()) < min_events:
-            fitted.append(list(fitted[-1]) if fitted else [1.0, 0.0])
-            continue
-        scale = torch.ones((), dtype=torch.float64, requires_grad=True)
-        shift = torch.zeros((), dtype=torch.float64, requires_grad=True)
-        optimiser = torch.optim.LBFGS([scale, shift], max_iter=200, line_search_fn="strong_wolfe")
-        x, y = logits[rows, k], survived[rows, k].double()
-
-        def loss():
-            optimiser.zero_grad()
-            value = torch.nn.functional.binary_cross_entropy_with_logits(scale * x + shift, y)
-            value.backward()
-            return value
-
-        optimiser.step(loss)
-        fitted.append([1.0 / max(scale.item(), MIN_LOGISTIC_SCALE), shift.item()])
-    return fitted
+    weights = fit_logistic_weights(logits[None], survived, reached_positions(drafted, survived), [1.0, 0.0],
+                                   min_events, first_fallback=[1.0, 0.0])
+    return [[1.0 / max(float(a), MIN_LOGISTIC_SCALE), float(b)] for a, b in weights]
 
 
 def fit_calibration(method: str, records: list[BlockRecord], block_size: int) -> list[list[float]]:

@@ -325,12 +325,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- eval-draft
 
 def _eval_draft_prompts(args: argparse.Namespace) -> list:
-    from engine.spec.training.data import evaluation_split, load_prompts, parse_sources
+    from engine.spec.training.data import load_prompts
+    from engine.spec.training.pipeline import evaluation_prompts
 
     if not args.whole_eval_sets:
         return load_prompts(args.data, split="test")
-    return [prompt for name, count in parse_sources(args.data)
-            for prompt in load_prompts(f"{name}:{count}" if count else name, split=evaluation_split(name))]
+    return [prompt for prompts in evaluation_prompts(args.data).values() for prompt in prompts]
 
 
 def run_eval(args: argparse.Namespace) -> int:

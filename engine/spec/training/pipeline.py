@@ -63,7 +63,7 @@ def prepare_data(args, loaded, work: str, aux_layers) -> TrainingData:
     heldout_prompts = load_prompts(args.heldout_data, split="test") if args.heldout_data else []
     heldout = _generate(engine, heldout_prompts, work, "heldout", args, temperature=0.0)
     eval_samples = {name: _generate(engine, prompts, work, f"eval-{name}", args, 0.0)
-                    for name, prompts in _eval_prompts(args).items()}
+                    for name, prompts in evaluation_prompts(args.eval_data).items()}
     torch.set_num_threads(threads)
     role = lambda name, samples: _features(loaded, samples, aux_layers, os.path.join(work, f"features-{name}"),  # noqa: E731
                                            args)
@@ -94,10 +94,10 @@ def _empty(loaded, aux_layers) -> FeatureSet:
     return FeatureSet(tuple(aux_layers), loaded.config.hidden_size, [])
 
 
-def _eval_prompts(args) -> dict[str, list[Prompt]]:
+def evaluation_prompts(spec: str) -> dict[str, list[Prompt]]:
     """Evaluation-only sets: MT-Bench and HumanEval are never trained on, so
     any of their prompts will do; ShareGPT's come from the test split."""
-    sources = parse_sources(args.eval_data) if args.eval_data else []
+    sources = parse_sources(spec) if spec else []
     return {name: load_prompts(f"{name}:{count}" if count else name, split=evaluation_split(name))
             for name, count in sources}
 

@@ -33,7 +33,7 @@ import torch
 from engine.spec.heads.checkpoint import read_head_config
 from engine.spec.heads.config import calibration_for
 from engine.spec.training.calibrate import (DEFAULT_SHIFTS, BlockRecord, confidence_logits, expected_calibration_error,
-                                           fit_logistic, fit_sts, reached_positions, scaled_logits)
+                                           fit_calibration, fit_sts, reached_positions, scaled_logits)
 
 METHODS = ("raw", "sts", "sts-shift", "logistic")
 
@@ -41,13 +41,9 @@ METHODS = ("raw", "sts", "sts-shift", "logistic")
 def fit_method(method: str, records: list[BlockRecord], block_size: int) -> list | None:
     if method == "raw":
         return None
-    if method == "sts":
-        return fit_sts(records, block_size)
     if method == "sts-shift":
         return fit_sts(records, block_size, shifts=DEFAULT_SHIFTS)
-    if method == "logistic":
-        return fit_logistic(records, block_size)
-    raise ValueError(f"unknown calibration method {method!r}")
+    return fit_calibration(method, records, block_size)  # what train-draft and calibrate-draft fit
 
 
 def scores(records: list[BlockRecord], block_size: int, calibration: list | None) -> dict:

@@ -108,14 +108,19 @@ def test_eval_draft_records_rebuild_the_reported_calibration(tiny_dir, tiny_targ
 def test_eval_draft_takes_whole_evaluation_sets_only_when_asked(tiny_dir, tiny_target, tmp_path, capsys, monkeypatch,
                                                                  whole, asked):
     from engine.spec.heads.checkpoint import save_head
-    from engine.spec.training import data
+    from engine.spec.training import data, pipeline
     from engine.spec.training.data import Prompt
     from tests.engine.spec.conftest import make_head
 
     save_head(make_head("dspark", tiny_target, 3), str(tmp_path / "head"))
     seen = []
-    monkeypatch.setattr(data, "load_prompts", lambda spec, split=None: seen.append((spec, split)) or
-                        [Prompt("toy", f"toy/{spec}", f"Tell me about {spec}.")])
+
+    def load_prompts(spec, split=None):
+        seen.append((spec, split))
+        return [Prompt("toy", f"toy/{spec}", f"Tell me about {spec}.")]
+
+    monkeypatch.setattr(data, "load_prompts", load_prompts)
+    monkeypatch.setattr(pipeline, "load_prompts", load_prompts)  # the whole evaluation sets' loader
     args = ["eval-draft", "--draft-model", str(tmp_path / "head"), "--target", str(tiny_dir),
             "--data", "mtbench:3,sharegpt:2", "--block-size", "3", "--max-new-tokens", "2", "--temperatures", "0",
             "--report", str(tmp_path / "eval.json"), "--no-progress"] + (["--whole-eval-sets"] if whole else [])

@@ -164,6 +164,11 @@ class Trainer:
             raise ValueError("no training sequence has a response to learn from")
         return blocks
 
+    def start_counts(self, anchors: int, positions: int, seconds: float) -> None:
+        """Count a warm start's earlier training (cli.warm_start) in the
+        anchors, positions and seconds logged; a resumed run restores its own."""
+        self.anchors_seen, self.positions_seen, self.elapsed = anchors, positions, seconds
+
     # ---- the loop ----
     def run(self) -> TrainHistory:
         """Train until `steps` (or `stop_at_step`, or `max_minutes` of training), checkpointing on the way."""

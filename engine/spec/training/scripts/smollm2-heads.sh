@@ -8,6 +8,13 @@
 #   engine/spec/training/scripts/smollm2-heads.sh data  [RUN_DIR]   # only the data
 #   engine/spec/training/scripts/smollm2-heads.sh train METHOD [RUN_DIR]
 #   engine/spec/training/scripts/smollm2-heads.sh ablate NAME [RUN_DIR]
+#   engine/spec/training/scripts/smollm2-heads.sh continue METHOD [RUN_DIR]
+#
+# continue trains METHOD on from the committed head checkpoints/METHOD-smollm2
+# (--init-from: its weights, a fresh optimizer, a new cosine schedule over
+# TRAIN_TOKENS more anchors) into RUN_DIR/METHOD-continued: for when the
+# run's train_state.pt is gone (a new host); the log counts on from the
+# checkpoint's anchors.
 #
 # ablate trains DSpark with one part changed (NAME: markov-off, markov-32,
 # markov-256, confidence-off), or EAGLE-3 on this budget's schedule (NAME:
@@ -94,6 +101,13 @@ train() {  # METHOD (one thread)
   train_draft 1 "$RUN/$method" --method "$method" "${TRAIN_ARGS[@]}" "${extra[@]}"
 }
 
+continue_training() {  # METHOD (one thread), from the committed head
+  local method=$1 extra=()
+  [ "$method" = dspark ] && extra=(--markov-rank 128)
+  train_draft 1 "$RUN/$method-continued" --method "$method" "${TRAIN_ARGS[@]}" "${extra[@]}" \
+    --init-from "checkpoints/$method-smollm2"
+}
+
 ablate() {  # NAME (one thread)
   local name=$1 method=dspark changed
   case "$name" in
@@ -109,7 +123,7 @@ ablate() {  # NAME (one thread)
     "${changed[@]}"
 }
 
-stage=${1:?usage: $0 all|data|train METHOD|ablate NAME [RUN_DIR]}
+stage=${1:?usage: $0 all|data|train METHOD|ablate NAME|continue METHOD [RUN_DIR]}
 case "$stage" in
   all)
     RUN=${2:-$REPO/runs/heads-smollm2}
@@ -122,5 +136,6 @@ case "$stage" in
   data) RUN=${2:-$REPO/runs/heads-smollm2}; data ;;
   train) RUN=${3:-$REPO/runs/heads-smollm2}; train "${2:?METHOD}" ;;
   ablate) RUN=${3:-$REPO/runs/heads-smollm2}; ablate "${2:?NAME}" ;;
+  continue) RUN=${3:-$REPO/runs/heads-smollm2}; continue_training "${2:?METHOD}" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -160,3 +160,40 @@ def test_calibrate_draft_refits_a_saved_head(tiny_dir, tiny_target, tmp_path, ca
     assert {"check_raw", "check_sts"} <= set(report["T=0"])
     # The weights stay byte for byte what they were (the head ran in the target's dtype).
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "head" / "model.safetensors").read_bytes()
+
+
+def test_train_draft_warm_starts_from_a_checkpoint(tiny_dir, tmp_path, capsys, monkeypatch):
+    """--init-from: the run starts from the checkpoint's weights (trained
+    for 0 steps it saves them unchanged), its log counts on from the
+    checkpoint's anchors, and a head of another method or draft vocabulary
+    is refused."""
+    from engine.spec.training import pipeline
+    from engine.spec.training.data import Prompt
+
+    prompts = [Prompt("toy", f"toy/{i}", f"Tell me about fox {i}.") for i in range(6)]
+    monkeypatch.setattr(pipeline, "load_prompts", lambda spec, split=None: prompts[:int(spec.split(":")[1])])
+    common = ["--target", str(tiny_dir), "--work-dir", str(tmp_path / "work"), "--data", "toy:4",
+              "--heldout-data", "toy:2", "--max-new-tokens", "12", "--block-size", "3", "--draft-vocab", "48",
+              "--sequences-per-step", "2", "--anchors", "4", "--calibration-tokens", "6", "--no-progress"]
+
+    def train(out: str, *extra: str) -> int:
+        return main(["train-draft", "--method", "dspark", "--out", str(tmp_path / out), *common, *extra])
+
+    assert train("first", "--steps", "3") == 0
+    first_anchors = read_head_config(str(tmp_path / "first")).training["anchors"]
+    assert first_anchors > 0
+    assert train("unchanged", "--steps", "0", "--init-from", str(tmp_path / "first")) == 0
+    weights = "model.safetensors"
+    assert (tmp_path / "unchanged" / weights).read_bytes() == (tmp_path / "first" / weights).read_bytes()
+    assert train("more", "--steps", "2", "--init-from", str(tmp_path / "first")) == 0
+    evals = [json.loads(line) for line in (tmp_path / "more" / "log.jsonl").read_text().splitlines()
+             if json.loads(line)["event"] == "eval"]
+    assert evals[-1]["step"] == 2 and evals[-1]["anchors"] > first_anchors
+    assert json.loads((tmp_path / "more" / "report.json").read_text())["init_from"] == str(tmp_path / "first")
+    assert (tmp_path / "more" / weights).read_bytes() != (tmp_path / "first" / weights).read_bytes()
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="is a dspark head, not dflash"):
+        main(["train-draft", "--method", "dflash", "--out", str(tmp_path / "other"), *common, "--steps", "1",
+              "--init-from", str(tmp_path / "first")])
+    with pytest.raises(ValueError, match="another draft vocabulary"):
+        train("vocab", "--steps", "1", "--draft-vocab", "40", "--init-from", str(tmp_path / "first"))

@@ -71,6 +71,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop-at-step", type=int, default=None,
                    help="stop at this step, the learning rate still scheduled for the whole budget (ablations)")
     g.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--warmup-steps", type=int, default=20,
+                   help="linear learning-rate warm-up; longer for a warm start, whose fresh optimizer "
+                        "moves every weight by about lr per step at first")
     g.add_argument("--sequences-per-step", type=int, default=4)
     g.add_argument("--anchors", type=int, default=16, help="blocks per sequence per step")
     g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
@@ -200,6 +203,7 @@ def run_train(args: argparse.Namespace) -> int:
     precision = args.precision if args.precision != "auto" else ("bf16" if native_bf16(args.device) else "fp32")
     train_config = TrainConfig(
         steps=_steps(args), max_minutes=args.max_minutes, stop_at_step=args.stop_at_step, lr=args.lr,
+        warmup_steps=args.warmup_steps,
         sequences_per_step=args.sequences_per_step,
         anchors_per_sequence=args.anchors, seed=args.seed, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, eval_sequences=args.eval_sequences, precision=precision,

@@ -40,7 +40,8 @@
 # target's dtype for the data: float32 by default, what the committed heads
 # were trained on; auto would pick bfloat16 on a bf16-native host and so
 # regenerate other data), PRECISION (training: fp32 by default, the
-# committed heads'; bf16 or auto for autocast).
+# committed heads'; bf16 or auto for autocast), LR and WARMUP_STEPS (the
+# peak learning rate, 1e-3, and its linear warm-up, 20 steps).
 set -euo pipefail
 
 REPO=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
@@ -56,7 +57,8 @@ DATA_ARGS=(
   --max-len 1024 --top-k 20 --draft-vocab 16384 --no-progress --seed 0
 )
 TRAIN_ARGS=(
-  --train-tokens "$TRAIN_TOKENS" --sequences-per-step 4 --anchors 32 --lr 1e-3 --precision "${PRECISION:-fp32}"
+  --train-tokens "$TRAIN_TOKENS" --sequences-per-step 4 --anchors 32 --lr "${LR:-1e-3}"
+  --warmup-steps "${WARMUP_STEPS:-20}" --precision "${PRECISION:-fp32}"
   --eval-every "$EVAL_EVERY" --eval-sequences 12 --checkpoint-every 50 --calibration-tokens 128
 )
 

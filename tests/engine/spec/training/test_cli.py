@@ -185,7 +185,8 @@ def test_train_draft_warm_starts_from_a_checkpoint(tiny_dir, tmp_path, capsys, m
     assert train("unchanged", "--steps", "0", "--init-from", str(tmp_path / "first")) == 0
     weights = "model.safetensors"
     assert (tmp_path / "unchanged" / weights).read_bytes() == (tmp_path / "first" / weights).read_bytes()
-    assert train("more", "--steps", "2", "--init-from", str(tmp_path / "first")) == 0
+    assert train("more", "--steps", "2", "--warmup-steps", "5", "--init-from", str(tmp_path / "first")) == 0
+    assert read_head_config(str(tmp_path / "more")).training["config"]["warmup_steps"] == 5
     evals = [json.loads(line) for line in (tmp_path / "more" / "log.jsonl").read_text().splitlines()
              if json.loads(line)["event"] == "eval"]
     assert evals[-1]["step"] == 2 and evals[-1]["anchors"] > first_anchors

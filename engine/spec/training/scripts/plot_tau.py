@@ -5,6 +5,10 @@ report.json (needs matplotlib).
   python -m engine.spec.training.scripts.plot_tau runs/heads-smollm2/{eagle3,dflash,dspark} \\
       --out docs/draft-heads-tau.png
   python -m engine.spec.training.scripts.plot_tau checkpoints/{eagle3,dflash,dspark}-smollm2 --out ...
+  # a head trained on from a checkpoint (train-draft --init-from): its
+  # segments joined with "+", in order, one line labelled by the first
+  python -m engine.spec.training.scripts.plot_tau \
+      checkpoints/dspark-smollm2+runs/heads-smollm2/dspark-continued --out ...
 """
 from __future__ import annotations
 
@@ -25,9 +29,22 @@ def read_evals(run_dir: str) -> list[dict]:
         return [entry for entry in map(json.loads, f) if entry.get("event") == "eval"]
 
 
+def read_segments(spec: str) -> tuple[str, list[dict]]:
+    """A head's label and evaluations from "DIR" or "DIR+DIR+...": the
+    segments of one head trained on in stages, joined in the order given
+    (a warm start's log counts on from its checkpoint's anchors)."""
+    dirs = spec.split("+")
+    evals = [entry for run_dir in dirs for entry in read_evals(run_dir)]
+    anchors = [entry["anchors"] for entry in evals]
+    if anchors != sorted(anchors):
+        raise ValueError(f"{spec}: the segments' anchors do not follow on from each other")
+    return os.path.basename(os.path.normpath(dirs[0])), evals
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", help="training output directories (each with log.jsonl)")
+    p.add_argument("runs", nargs="+", help="training output directories (each with log.jsonl, or a "
+                   "checkpoint's report.json); DIR+DIR joins the stages of one head")
     p.add_argument("--out", required=True, help="PNG to write")
     args = p.parse_args(argv)
     import matplotlib
@@ -35,7 +52,7 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    evals = {os.path.basename(os.path.normpath(run)): read_evals(run) for run in args.runs}
+    evals = dict(read_segments(run) for run in args.runs)
     sets = sorted({name for entries in evals.values() for e in entries for name in e["tau"]})
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], sets):

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from engine.spec.training.scripts.plot_tau import main, read_evals
+from engine.spec.training.scripts.plot_tau import main, read_evals, read_segments
 
 
 def write_log(run_dir, taus: list[dict]) -> None:
@@ -52,3 +52,18 @@ def test_writes_one_panel_per_prompt_set(tmp_path):
     assert main([str(tmp_path / "eagle3"), str(tmp_path / "dspark"), "--out", str(out)]) == 0
     # Three sets (heldout, humaneval, mtbench): 5 x 4 inches each at 120 dpi.
     assert png_size(out) == (3 * 5 * 120, 4 * 120)
+
+
+def test_the_stages_of_one_head_are_joined_in_order(tmp_path):
+    """checkpoint+continued: one head's curve across a warm start, labelled
+    by the first stage; stages given out of order are refused."""
+    history = [{"step": 1, "anchors": 50, "tau": {"heldout": 1.2}}]
+    (tmp_path / "dspark-smollm2").mkdir()
+    (tmp_path / "dspark-smollm2" / "report.json").write_text(json.dumps({"history": history}))
+    write_log(tmp_path / "continued", [{"heldout": 1.3}, {"heldout": 1.4}])
+    first, then = str(tmp_path / "dspark-smollm2"), str(tmp_path / "continued")
+    label, evals = read_segments(f"{first}+{then}")
+    assert label == "dspark-smollm2" and [e["anchors"] for e in evals] == [50, 100, 200]
+    assert [e["tau"]["heldout"] for e in evals] == [1.2, 1.3, 1.4]
+    with pytest.raises(ValueError, match="do not follow on"):
+        read_segments(f"{then}+{first}")

@@ -19,6 +19,10 @@ class DraftBlock:
     that proposed the block. `calibrated`: the drafter already mapped its
     confidences to survival rates online (the hybrid, per source), so the
     verify policy uses them as they are instead of calibrating them again.
+    `peaks`: the largest probability of a trained head's draft distribution
+    at each position (known before the draw, like the confidences), kept
+    so that evaluation records can fit a calibration that reads it; None
+    for drafters without one.
     """
 
     token_ids: list[int] = field(default_factory=list)
@@ -26,10 +30,13 @@ class DraftBlock:
     probs: Any = None
     source: str = ""
     calibrated: bool = False
+    peaks: list[float] | None = None
 
     def __post_init__(self) -> None:
         if len(self.confidences) != len(self.token_ids):
             raise ValueError(f"{len(self.token_ids)} drafts with {len(self.confidences)} confidences")
+        if self.peaks is not None and len(self.peaks) != len(self.token_ids):
+            raise ValueError(f"{len(self.token_ids)} drafts with {len(self.peaks)} peaks")
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -39,7 +46,9 @@ class DraftBlock:
         if length >= len(self.token_ids):
             return self
         probs = None if self.probs is None else self.probs[:length]
-        return DraftBlock(self.token_ids[:length], self.confidences[:length], probs, self.source, self.calibrated)
+        peaks = None if self.peaks is None else self.peaks[:length]
+        return DraftBlock(self.token_ids[:length], self.confidences[:length], probs, self.source, self.calibrated,
+                          peaks)
 
 
 NO_DRAFTS = DraftBlock()

@@ -323,7 +323,8 @@ class HybridDrafter(Drafter):
         for rid, block in blocks.items():
             raw[rid, block.source] = list(block.confidences)
             calibrated = self.calibrators[block.source].calibrate(rid, block.confidences)
-            out[rid] = DraftBlock(block.token_ids, calibrated, block.probs, block.source, calibrated=True)
+            out[rid] = DraftBlock(block.token_ids, calibrated, block.probs, block.source, calibrated=True,
+                                  peaks=block.peaks)
         return out
 
     def _remember(self, request, block: DraftBlock, raw: list[float]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
 
 import torch
 
@@ -44,7 +45,9 @@ class HeadConfig:
     max_position_embeddings: int = 2048
     # Sequential Temperature Scaling, one entry per draft position
     # (engine/spec/training/calibrate.py): a temperature T or a pair
-    # [T, shift], c -> sigmoid(logit(c) / T + shift). Fitted per sampling
+    # [T, shift], c -> sigmoid(logit(c) / T + shift), or a map that also
+    # reads the peak of the draft distribution, {"confidence": a, "peak":
+    # w, "bias": b}: sigmoid(a logit(c) + w logit(peak) + b). Fitted per sampling
     # temperature: {"0": [...], "1": [...]} (greedy requests use "0",
     # sampled ones the nearest other key); a plain list serves every
     # temperature; None = raw.
@@ -64,7 +67,7 @@ class HeadConfig:
             if len(entries) != self.block_size:
                 raise ValueError("calibration needs one entry per draft position")
             for entry in entries:
-                position_scaling(entry)  # ValueError for a malformed entry
+                position_map(entry)  # ValueError for a malformed entry
         if not 0 <= self.draft_vocab_size <= self.vocab_size:
             raise ValueError(f"draft_vocab_size must be in [0, {self.vocab_size}]")
         if self.format_version != FORMAT_VERSION:
@@ -129,18 +132,44 @@ class HeadConfig:
         )
 
 
-def position_scaling(entry) -> tuple[float, float]:
-    """(temperature, shift) of one position's calibration entry: a bare
-    temperature or a [temperature, shift] pair."""
+class PositionMap(NamedTuple):
+    """One draft position's calibration in logit space:
+    logit(c') = confidence * logit(c) + peak * logit(p_max) + bias, with c
+    the head's confidence and p_max the largest probability of the
+    distribution the draft is drawn from (both known before the draw)."""
+
+    confidence: float
+    peak: float
+    bias: float
+
+
+PEAK_MAP_KEYS = ("confidence", "peak", "bias")
+
+
+def position_map(entry) -> PositionMap:
+    """The map of one position's calibration entry: a bare temperature T
+    (1/T, 0, 0), a pair [T, shift] (1/T, 0, shift), or {"confidence": a,
+    "peak": w, "bias": b}. ValueError for anything else."""
+    if isinstance(entry, dict):
+        if sorted(entry) != sorted(PEAK_MAP_KEYS):
+            raise ValueError(f"calibration entry {entry!r} needs exactly the keys {PEAK_MAP_KEYS}")
+        return PositionMap(*(_finite(entry[key], entry) for key in PEAK_MAP_KEYS))
     if isinstance(entry, (int, float)) and not isinstance(entry, bool):
         temperature, shift = float(entry), 0.0
     elif isinstance(entry, (list, tuple)) and len(entry) == 2:
         temperature, shift = float(entry[0]), float(entry[1])
     else:
-        raise ValueError(f"calibration entry {entry!r} is neither a temperature nor [temperature, shift]")
+        raise ValueError(f"calibration entry {entry!r} is neither a temperature, [temperature, shift] "
+                         f"nor a map of {PEAK_MAP_KEYS}")
     if not temperature > 0 or not math.isfinite(shift):
         raise ValueError(f"calibration entry {entry!r} needs a positive temperature and a finite shift")
-    return temperature, shift
+    return PositionMap(1.0 / temperature, 0.0, shift)
+
+
+def _finite(value, entry) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"calibration entry {entry!r} needs finite numbers")
+    return float(value)
 
 
 def calibration_for(calibration, temperature: float) -> list | None:

@@ -13,7 +13,7 @@ import torch
 from engine.sampler import RowContext, target_probs
 from engine.spec.base import DraftInput
 from engine.spec.draw import draw_drafts, grammar_mask, walk_grammar
-from engine.spec.heads.config import calibration_for, position_scaling
+from engine.spec.heads.config import calibration_for, position_map
 from scheduler.drafts import DraftBlock
 
 
@@ -90,9 +90,11 @@ class DraftBatch:
     Confidences: a confidence head's output where the family has one, else
     the largest probability of the head's untransformed distribution at
     that position (never the drawn token's probability: speculation.md §4);
-    either is then scaled per position by the STS entries fitted for
-    the request's sampling temperature (`calibration`, a
-    HeadConfig.calibration value), if given.
+    either is then mapped per position by the calibration entries fitted
+    for the request's sampling temperature (`calibration`, a
+    HeadConfig.calibration value), if given; an entry may also read that
+    peak, which every block carries (`DraftBlock.peaks`) so that such a
+    map can be fitted on the engine's records.
     """
 
     def __init__(self, items: list[DraftInput], states: list[RequestState],
@@ -103,6 +105,7 @@ class DraftBatch:
         self.tokens: list[list[int]] = [[] for _ in items]
         self.probs: list[list[torch.Tensor]] = [[] for _ in items]
         self.confidences: list[list[float]] = [[] for _ in items]
+        self.peaks: list[list[float]] = [[] for _ in items]
 
     @property
     def size(self) -> int:
@@ -125,31 +128,33 @@ class DraftBatch:
         drafted tokens [R] long.
         """
         probs = target_probs(logits, self.row_contexts())
-        if confidence is None:
-            confidence = torch.softmax(logits, dim=-1).amax(dim=-1)
-        confidence = confidence.tolist()
+        peaks = torch.softmax(logits, dim=-1).amax(dim=-1).tolist()
+        confidence = peaks if confidence is None else confidence.tolist()
         drawn = draw_drafts(probs, self.items, [len(drafted) for drafted in self.tokens])
         for i, token in enumerate(drawn.tolist()):
-            self._add(i, token, probs[i], self._calibrated(confidence[i], i, k))
+            self._add(i, token, probs[i], self._calibrated(confidence[i], peaks[i], i, k), peaks[i])
         return drawn
 
-    def _add(self, index: int, token: int, probs: torch.Tensor, confidence: float) -> None:
+    def _add(self, index: int, token: int, probs: torch.Tensor, confidence: float, peak: float) -> None:
         if len(self.tokens[index]) < self.items[index].max_tokens:
             walk_grammar(self.items[index], token)
             self.tokens[index].append(token)
             self.probs[index].append(probs)
             self.confidences[index].append(confidence)
+            self.peaks[index].append(peak)
 
-    def _calibrated(self, confidence: float, row: int, k: int) -> float:
-        """Sequential Temperature Scaling: sigmoid(logit(c) / T_k + b_k)."""
+    def _calibrated(self, confidence: float, peak: float, row: int, k: int) -> float:
+        """The position's calibration map (STS: sigmoid(logit(c) / T_k + b_k))."""
         entries = self.calibrations[row]
         if not entries:
             return confidence
-        return scale_confidence(confidence, entries[k])
+        return scale_confidence(confidence, entries[k], peak)
 
     def proposals(self) -> dict[str, DraftBlock]:
-        return {item.request.request_id: DraftBlock(tokens, confidences, torch.stack(probs), self.source)
-                for item, tokens, probs, confidences in zip(self.items, self.tokens, self.probs, self.confidences)
+        return {item.request.request_id: DraftBlock(tokens, confidences, torch.stack(probs), self.source,
+                                                    peaks=peaks)
+                for item, tokens, probs, confidences, peaks in zip(self.items, self.tokens, self.probs,
+                                                                   self.confidences, self.peaks)
                 if tokens}
 
 
@@ -158,9 +163,20 @@ def _sampling_temperature(item: DraftInput) -> float:
     return 0.0 if params.greedy else params.temperature
 
 
-def scale_confidence(confidence: float, entry) -> float:
-    """sigmoid(logit(c) / T + shift) for a calibration entry (a temperature
-    or [temperature, shift]), with c clipped away from 0 and 1."""
-    temperature, shift = position_scaling(entry)
-    c = min(max(confidence, 1e-6), 1 - 1e-6)
-    return 1.0 / (1.0 + math.exp(-(math.log(c / (1 - c)) / temperature + shift)))
+def scale_confidence(confidence: float, entry, peak: float | None = None) -> float:
+    """A calibration entry applied to a confidence (config.position_map):
+    sigmoid(logit(c) / T + shift), or with a peak map also + w logit(peak);
+    probabilities clipped away from 0 and 1. An entry that reads the peak
+    fails without one rather than silently dropping its term."""
+    weights = position_map(entry)
+    z = weights.confidence * _logit(confidence) + weights.bias
+    if weights.peak:
+        if peak is None:
+            raise ValueError(f"calibration entry {entry!r} reads the draft distribution's peak; none given")
+        z += weights.peak * _logit(peak)
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))

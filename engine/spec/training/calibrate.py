@@ -20,6 +20,15 @@ a position to its base rate (DSpark: T_1 = 17.8, every first draft ~0.33),
 calibrated on paper and useless to the scheduler. A position's entry is
 [T_k, b_k]; a bare number is a temperature with no shift (STS, and the
 checkpoints calibrated before shifts existed).
+
+`logistic-peak` adds a second input: the peak of the head's draft
+distribution (its largest probability, known before the draw like the
+confidence; speculation.md s.4). At T=0 a draft survives only if it is the
+target's argmax, which a peaked draft distribution tracks directly; on
+DSpark's held-out records the peak alone predicted greedy survival better
+than its confidence head (docs/draft-heads.md, phase 5). Its entries are
+maps {"confidence": a, "peak": w, "bias": b}: sigmoid(a logit(c) + w
+logit(peak) + b), fitted by log-loss like `logistic`.
 """
 from __future__ import annotations
 
@@ -27,24 +36,45 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.spec.heads.config import position_scaling
+from engine.spec.heads.config import PEAK_MAP_KEYS, position_map
 
 DEFAULT_GRID = torch.logspace(-1.3, 1.3, 53).tolist()  # 0.05 .. 20
 DEFAULT_SHIFTS = [round(0.1 * i, 1) for i in range(-15, 16)]  # logit shifts -1.5 .. 1.5
 NO_SHIFT = [0.0]  # STS exactly as the contract states it
 MIN_LOGISTIC_EVENTS = 30  # fewer blocks reached a position: too few to fit its scale and shift
 MIN_LOGISTIC_SCALE = 1e-3
-CALIBRATIONS = ("logistic", "sts")
+CALIBRATIONS = ("logistic", "logistic-peak", "sts")
 NUM_BINS = 10
 MIN_SURVIVALS = 5  # fewer observed survivals at a position: too little to fit a temperature
 
 
 @dataclass
 class BlockRecord:
-    """One verification step: raw confidences of its drafts and how many survived."""
+    """One verification step: raw confidences of its drafts, how many
+    survived, and the peaks of the draft distributions where the drafter
+    reports them (a trained head)."""
 
     confidences: list[float]
     num_accepted: int
+    peaks: list[float] | None = None
+
+
+def record_row(record: BlockRecord) -> list:
+    """A record as JSON: [confidences, accepted] or [confidences, accepted, peaks]."""
+    row = [record.confidences, record.num_accepted]
+    return row if record.peaks is None else row + [record.peaks]
+
+
+def load_records(rows) -> list[BlockRecord]:
+    """Records from `record_row` rows (eval-draft --records, fit records)."""
+    return [BlockRecord(list(row[0]), int(row[1]), list(row[2]) if len(row) > 2 else None) for row in rows]
+
+
+def peak_logits(records: list[BlockRecord], block_size: int) -> torch.Tensor | None:
+    """logit(peak) [N, gamma] float64, or None if any record lacks peaks."""
+    if any(r.peaks is None for r in records):
+        return None
+    return confidence_logits([BlockRecord(r.peaks, r.num_accepted) for r in records], block_size)[0]
 
 
 def confidence_logits(records: list[BlockRecord], block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -105,17 +135,26 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def scaled_logits(logits: torch.Tensor, calibration: list | None) -> torch.Tensor:
-    """logit(c_k) / T_k + b_k per position of [N, gamma] logits (unchanged for None)."""
+def scaled_logits(logits: torch.Tensor, calibration: list | None, peaks: torch.Tensor | None = None) -> torch.Tensor:
+    """Each position's calibration map applied to [N, gamma] confidence
+    logits (logit(c_k) / T_k + b_k for STS entries; peak maps also read
+    `peaks`, the peaks' logits, and fail without them); unchanged for None."""
     if calibration is None:
         return logits
-    temperatures, shifts = zip(*(position_scaling(e) for e in calibration))
-    return logits / torch.tensor(temperatures, dtype=logits.dtype) + torch.tensor(shifts, dtype=logits.dtype)
+    maps = [position_map(e) for e in calibration]
+    weight, peak_weight, bias = (torch.tensor(column, dtype=logits.dtype) for column in zip(*maps))
+    scaled = logits * weight + bias
+    if bool(peak_weight.any()):
+        if peaks is None:
+            raise ValueError("this calibration reads the draft distributions' peaks; the records have none")
+        scaled = scaled + peaks * peak_weight
+    return scaled
 
 
-def survival_probabilities(logits: torch.Tensor, calibration: list | None) -> torch.Tensor:
+def survival_probabilities(logits: torch.Tensor, calibration: list | None,
+                           peaks: torch.Tensor | None = None) -> torch.Tensor:
     """Cumulative products of (scaled) confidences: [N, gamma]."""
-    return torch.sigmoid(scaled_logits(logits, calibration)).cumprod(dim=1)
+    return torch.sigmoid(scaled_logits(logits, calibration, peaks)).cumprod(dim=1)
 
 
 def fit_sts(records: list[BlockRecord], block_size: int, grid: list[float] | None = None,
@@ -198,10 +237,30 @@ def fit_logistic(records: list[BlockRecord], block_size: int,
     return [[1.0 / max(float(a), MIN_LOGISTIC_SCALE), float(b)] for a, b in weights]
 
 
-def fit_calibration(method: str, records: list[BlockRecord], block_size: int) -> list[list[float]]:
-    """`logistic` (the default) or `sts` (temperatures alone, speculation.md s.3)."""
+def fit_logistic_peak(records: list[BlockRecord], block_size: int,
+                      min_events: int = MIN_LOGISTIC_EVENTS) -> list[dict]:
+    """Per position, sigmoid(a logit(c) + w logit(peak) + b) by log-loss on
+    the blocks that reached it, as entries {"confidence": a, "peak": w,
+    "bias": b} (module doc). Needs records with peaks, from a head whose
+    confidence is not its peak (else the two inputs are one)."""
+    peaks = peak_logits(records, block_size)
+    if peaks is None:
+        raise ValueError("logistic-peak needs records with peaks (a trained head's drafts)")
+    logits, drafted, survived = confidence_logits(records, block_size)
+    if torch.equal(peaks[drafted], logits[drafted]):
+        raise ValueError("logistic-peak needs a confidence head: this head's confidences are its peaks")
+    weights = fit_logistic_weights(torch.stack([logits, peaks]), survived, reached_positions(drafted, survived),
+                                   [1.0, 0.0, 0.0], min_events, first_fallback=[1.0, 0.0, 0.0])
+    return [dict(zip(PEAK_MAP_KEYS, map(float, w))) for w in weights]
+
+
+def fit_calibration(method: str, records: list[BlockRecord], block_size: int) -> list:
+    """`logistic` (the default), `logistic-peak` (the confidence and the
+    draft distribution's peak) or `sts` (temperatures alone, speculation.md s.3)."""
     if method == "logistic":
         return fit_logistic(records, block_size)
+    if method == "logistic-peak":
+        return fit_logistic_peak(records, block_size)
     if method == "sts":
         return fit_sts(records, block_size)
     raise ValueError(f"unknown calibration {method!r}; choose from {', '.join(CALIBRATIONS)}")
@@ -212,8 +271,9 @@ def calibration_report(records: list[BlockRecord], block_size: int, calibration:
     and ECE and AUROC of the per-position confidence for conditional
     acceptance (position k accepted given that 1..k-1 were)."""
     logits, drafted, survived = confidence_logits(records, block_size)
-    survival = survival_probabilities(logits, calibration)
-    conditional = torch.sigmoid(scaled_logits(logits, calibration))
+    peaks = peak_logits(records, block_size)
+    survival = survival_probabilities(logits, calibration, peaks)
+    conditional = torch.sigmoid(scaled_logits(logits, calibration, peaks))
     reached = reached_positions(drafted, survived)
     return {
         "blocks": len(records),

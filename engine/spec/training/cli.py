@@ -32,7 +32,7 @@ import torch
 from engine.spec.heads.checkpoint import WEIGHTS_FILE, load_head, save_head, save_head_config
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.registry import HEAD_METHODS
-from engine.spec.training.calibrate import CALIBRATIONS
+from engine.spec.training.calibrate import CALIBRATIONS, record_row
 from engine.spec.training.evaluate import EVAL_DRAFTERS
 
 log = logging.getLogger("specserve.train_draft")
@@ -91,7 +91,8 @@ def _add_calibration_arguments(g) -> None:
                    help="tokens per held-out prompt decoded at T=1 to fit the sampled STS set")
     g.add_argument("--calibration", default="logistic", choices=CALIBRATIONS,
                    help="logistic: a scale and a logit shift per position by log-loss (default); "
-                        "sts: temperatures alone, as design/speculation.md s.3 states it")
+                        "logistic-peak: the same reading the draft distribution's peak too (heads with a "
+                        "confidence head); sts: temperatures alone, as design/speculation.md s.3 states it")
 
 
 def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
@@ -390,7 +391,7 @@ def run_eval(args: argparse.Namespace) -> int:
             entry["calibrated"].pop("accepted_per_position", None)
         entry["seconds"] = round(time.perf_counter() - started, 1)
         if args.records:
-            entry["records"] = [[r.confidences, r.num_accepted] for r in result.records]
+            entry["records"] = [record_row(r) for r in result.records]
         report["results"][f"temperature={temperature:g}"] = entry
         log.info("T=%g: tau %.3f over %d verification steps, %.3f tokens per decode step (%d without drafts)",
                  temperature, result.tau, result.num_steps, result.tokens_per_step, result.num_plain_steps)

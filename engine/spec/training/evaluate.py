@@ -31,7 +31,7 @@ from engine.spec.ngram import NgramDrafter
 from engine.spec.training.calibrate import BlockRecord, calibration_report
 from engine.spec.training.features import FeatureSet
 from engine.spec.training.generate import engine_for
-from scheduler.drafts import DraftBlock
+from scheduler.drafts import NO_DRAFTS, DraftBlock
 from scheduler.request import Request, SamplingParams
 
 KV_BLOCK = 16
@@ -58,10 +58,11 @@ class SpecResult:
         steps = self.num_steps + self.num_plain_steps
         return (self.num_emitted + self.num_plain_steps) / steps if steps else float("nan")
 
-    def record(self, confidences: list[float], num_accepted: int, emitted: int) -> None:
+    def record(self, confidences: list[float], num_accepted: int, emitted: int,
+               peaks: list[float] | None = None) -> None:
         self.num_steps += 1
         self.num_emitted += emitted
-        self.records.append(BlockRecord(list(confidences), num_accepted))
+        self.records.append(BlockRecord(list(confidences), num_accepted, None if peaks is None else list(peaks)))
         while len(self.accepted_per_position) < len(confidences):
             self.accepted_per_position.append(0)
         for k in range(num_accepted):
@@ -180,7 +181,7 @@ def _simulate(drafter: HeadDrafter, walks: list[_Walk], block_size: int, params,
             drafts = proposal.token_ids if proposal else []
             accepted = walk.verify(drafts)
             if drafts:
-                result.record(proposal.confidences, accepted, accepted + 1)
+                result.record(proposal.confidences, accepted, accepted + 1, proposal.peaks)
         active = [w for w in active if not w.done]
     drafter.forget([w.rid for w in walks])
 
@@ -188,28 +189,28 @@ def _simulate(drafter: HeadDrafter, walks: list[_Walk], block_size: int, params,
 # ---------------------------------------------------------------- real decoding (the server's step)
 
 class _RecordingDrafter(Drafter):
-    """Passes proposals through and keeps their confidences until the
-    engine step that verifies them (the next one) has run."""
+    """Passes proposals through and keeps them (confidences, peaks) until
+    the engine step that verifies them (the next one) has run."""
 
     def __init__(self, inner: Drafter):
         self.inner = inner
         for name in ("name", "aux_layers", "num_lookahead_slots", "costs_compute", "max_draft_tokens"):
             setattr(self, name, getattr(inner, name))
-        self.proposed: dict[str, list[float]] = {}
+        self.proposed: dict[str, DraftBlock] = {}
 
     def absorb(self, request, hidden) -> None:
         self.inner.absorb(request, hidden)
 
     def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
         proposals = self.inner.propose(inputs)
-        self.proposed.update({rid: list(p.confidences) for rid, p in proposals.items()})
+        self.proposed.update(proposals)
         return proposals
 
     def forget(self, request_ids: list[str]) -> None:
         self.inner.forget(request_ids)
 
-    def take(self) -> dict[str, list[float]]:
-        """Confidences of the drafts the next engine step will verify."""
+    def take(self) -> dict[str, DraftBlock]:
+        """The blocks the next engine step will verify."""
         proposed, self.proposed = self.proposed, {}
         return proposed
 
@@ -252,7 +253,7 @@ def _evaluation_engine(loaded, drafter: Drafter, prompts: list[list[int]], max_t
     return engine_for(loaded, cache, scheduler, speculative, drafter=drafter)
 
 
-def _record_verification(result: SpecResult, output, verified: dict[str, list[float]],
+def _record_verification(result: SpecResult, output, verified: dict[str, DraftBlock],
                          counts: dict[str, tuple[int, int, int]]) -> None:
     """Turn the engine's cumulative per-request speculation counters into
     this step's verification record (at most one per request per step)."""
@@ -265,8 +266,9 @@ def _record_verification(result: SpecResult, output, verified: dict[str, list[fl
         if seen and output.new_token_ids:  # a decode step without drafts (the first output is prefill's)
             result.record_plain_step()
         return
-    confidences = verified.get(rid, [])
-    if steps != 1 or len(confidences) < drafted:
+    block = verified.get(rid, NO_DRAFTS)
+    if steps != 1 or len(block) < drafted:
         raise RuntimeError(f"request {rid}: {steps} verifications of {drafted} drafts in one step, "
-                           f"{len(confidences)} drafts proposed")
-    result.record(confidences[:drafted], accepted, accepted + 1)
+                           f"{len(block)} drafts proposed")
+    block = block.prefix(drafted)
+    result.record(block.confidences, accepted, accepted + 1, block.peaks)

@@ -16,7 +16,8 @@ Methods: raw confidences; `sts`, temperatures alone (speculation.md s.3);
 criterion (ECE of the survival products), which can flatten a position
 to its base rate; `logistic`, a scale and a shift per position fitted by
 log-loss on the conditional acceptance (the default of train-draft and
-calibrate-draft). Scored: ECE of the conditional acceptance (position k
+calibrate-draft); `logistic-peak`, the same reading the peak of the draft
+distribution too (records taken since heads report peaks). Scored: ECE of the conditional acceptance (position k
 accepted given 1..k-1 were) and its log-loss (lower for confidences that
 also tell drafts apart), ECE of the survival products, pooled over the
 check sets, the conditional ECE per set, and the ECE a perfectly
@@ -33,9 +34,10 @@ import torch
 from engine.spec.heads.checkpoint import read_head_config
 from engine.spec.heads.config import calibration_for
 from engine.spec.training.calibrate import (DEFAULT_SHIFTS, BlockRecord, confidence_logits, expected_calibration_error,
-                                           fit_calibration, fit_sts, reached_positions, scaled_logits)
+                                           fit_calibration, fit_sts, load_records, peak_logits, reached_positions,
+                                           record_row, scaled_logits)
 
-METHODS = ("raw", "sts", "sts-shift", "logistic")
+METHODS = ("raw", "sts", "sts-shift", "logistic", "logistic-peak")
 
 
 def fit_method(method: str, records: list[BlockRecord], block_size: int) -> list | None:
@@ -49,7 +51,7 @@ def fit_method(method: str, records: list[BlockRecord], block_size: int) -> list
 def scores(records: list[BlockRecord], block_size: int, calibration: list | None) -> dict:
     logits, drafted, survived = confidence_logits(records, block_size)
     reached = reached_positions(drafted, survived)
-    conditional = torch.sigmoid(scaled_logits(logits, calibration))
+    conditional = torch.sigmoid(scaled_logits(logits, calibration, peak_logits(records, block_size)))
     survival = conditional.cumprod(dim=1)
     p, y = conditional[reached].clamp(1e-6, 1 - 1e-6), survived[reached].double()
     return {"ece_conditional": expected_calibration_error(conditional[reached], survived[reached]),
@@ -63,16 +65,13 @@ def sampling_floor(records: list[BlockRecord], block_size: int, calibration: lis
     """Median conditional ECE of outcomes drawn from the calibrated
     confidences themselves: what even a perfect calibration shows here."""
     logits, drafted, survived = confidence_logits(records, block_size)
-    predicted = torch.sigmoid(scaled_logits(logits, calibration))[reached_positions(drafted, survived)]
+    peaks = peak_logits(records, block_size)
+    predicted = torch.sigmoid(scaled_logits(logits, calibration, peaks))[reached_positions(drafted, survived)]
     generator = torch.Generator().manual_seed(seed)
     simulated = [expected_calibration_error(predicted, torch.rand(predicted.shape, generator=generator,
                                                                   dtype=torch.float64) < predicted)
                  for _ in range(trials)]
     return float(torch.tensor(simulated).median())
-
-
-def load_records(rows) -> list[BlockRecord]:
-    return [BlockRecord(list(confidences), int(accepted)) for confidences, accepted in rows]
 
 
 def check_records(paths: list[str], key: str) -> dict[str, list[BlockRecord]]:
@@ -162,8 +161,7 @@ def fit_records(args) -> dict:
     prompts = [chat_prompt_ids(loaded.tokenizer, p) for p in data.heldout_prompts]
     sampled = speculative_decode(loaded, head, prompts, SamplingParams(temperature=1.0, max_tokens=args.calibration_tokens),
                                  seed=args.seed)
-    return {"0": [[r.confidences, r.num_accepted] for r in greedy.records],
-            "1": [[r.confidences, r.num_accepted] for r in sampled.records]}
+    return {"0": [record_row(r) for r in greedy.records], "1": [record_row(r) for r in sampled.records]}
 
 
 def main(argv=None) -> int:
@@ -176,6 +174,8 @@ def main(argv=None) -> int:
     compare.add_argument("--fit", required=True, help="records from the records command")
     compare.add_argument("--check", nargs="+", required=True, help="eval-draft --records reports, HEAD-SET.json")
     compare.add_argument("--block-size", type=int, default=7)
+    compare.add_argument("--methods", default=",".join(METHODS),
+                         help="comma-separated; logistic-peak needs records with peaks (taken since it exists)")
     compare.add_argument("--checkpoint", nargs="*", default=[],
                          help="head checkpoints whose stored calibration to score as rows too")
     args = parser.parse_args(argv)
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     with open(args.fit, encoding="utf-8") as f:
         fit = json.load(f)
     stored = {f"stored: {path}": read_head_config(path).calibration for path in args.checkpoint}
-    print("\n".join(table(fit, args.check, args.block_size, stored=stored)))
+    print("\n".join(table(fit, args.check, args.block_size, methods=args.methods.split(","), stored=stored)))
     return 0
 
 

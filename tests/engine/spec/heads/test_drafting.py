@@ -44,6 +44,24 @@ def test_batch_samples_under_each_requests_transforms_and_caps_its_drafts():
     raw = torch.softmax(logits[1], -1)[0].item()
     assert proposals["t"].confidences == pytest.approx([raw, scale_confidence(raw, 2.0)])
     torch.testing.assert_close(proposals["t"].probs, torch.tensor([[1.0, 0.0, 0.0]] * 2))
+    # Each block carries the peaks of the head's raw distributions (not of the transformed ones).
+    assert proposals["t"].peaks == pytest.approx([raw, raw])
+    assert proposals["g"].peaks == pytest.approx([torch.softmax(logits[0], -1).max().item()])
+
+
+def test_a_peak_map_calibration_reads_the_peak_beside_the_confidence_head():
+    """With a confidence head, an entry {"confidence", "peak", "bias"} maps
+    the head's confidence and the distribution's peak together."""
+    request = Request("r", [1], SamplingParams(temperature=1.0))
+    entry = {"confidence": 0.5, "peak": 1.5, "bias": -0.25}
+    batch = DraftBatch([DraftInput(request, 1, torch.Generator(), [])], [RequestState()], calibration=[entry])
+    logits = torch.tensor([[0.0, 2.0, 1.0]])
+    batch.sample(0, logits, torch.tensor([0.3]))
+    peak = torch.softmax(logits[0], -1).max().item()
+    block = batch.proposals()["r"]
+    assert block.peaks == pytest.approx([peak])
+    assert block.confidences == pytest.approx([scale_confidence(0.3, entry, peak)])
+    assert block.confidences[0] != pytest.approx(scale_confidence(0.3, entry, 0.3))  # not the confidence twice
 
 
 def test_scale_confidence():

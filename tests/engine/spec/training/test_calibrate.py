@@ -1,13 +1,15 @@
 """Calibration metrics and Sequential Temperature Scaling."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
 from engine.spec.training.calibrate import (DEFAULT_SHIFTS, BlockRecord, auroc, calibration_report,
-                                           expected_calibration_error, fit_sts)
+                                           confidence_logits, expected_calibration_error, fit_sts,
+                                           reached_positions)
 from engine.spec.training.evaluate import teacher_forced_simulation
 from tests.engine.spec.conftest import make_trainer, split
 
@@ -142,17 +144,102 @@ def test_head_drafter_uses_the_set_fitted_for_the_requests_temperature(tiny_targ
         assert scaled.confidences == pytest.approx([scale_confidence(c, sets[key][0]) for c in raw.confidences])
 
 
-def test_a_calibration_entry_is_a_temperature_or_a_temperature_and_a_shift():
-    from engine.spec.heads.config import position_scaling
+def test_head_drafter_serves_a_peak_map_calibration(tiny_target):
+    """DSpark with {"confidence", "peak", "bias"} entries: the served
+    confidences are the raw ones mapped with each draft's peak."""
+    from engine.spec.heads.drafting import scale_confidence
+    from tests.engine.spec.conftest import absorb_and_propose, random_sequence, target_features
+    from tests.engine.spec.test_head_drafter import make_drafter, request_at
+    from scheduler.request import SamplingParams
+
+    entries = [{"confidence": 0.3 + 0.1 * k, "peak": 1.0 - 0.1 * k, "bias": -0.2} for k in range(5)]
+    tokens = random_sequence(30, seed=7)
+    raw_drafter = make_drafter(tiny_target, "dspark")
+    feats, _ = target_features(tiny_target, tokens, raw_drafter.aux_layers)
+    params = SamplingParams(temperature=0.0)
+    raw = absorb_and_propose(raw_drafter, request_at("r", tokens, 12, params), feats[:12], 5)["r"]
+    served = absorb_and_propose(make_drafter(tiny_target, "dspark", calibration={"0": entries}),
+                                request_at("r", tokens, 12, params), feats[:12], 5)["r"]
+    assert served.token_ids == raw.token_ids and served.peaks == pytest.approx(raw.peaks)
+    assert served.confidences == pytest.approx([scale_confidence(c, e, p)
+                                                for c, e, p in zip(raw.confidences, entries, raw.peaks)])
+
+
+def test_a_calibration_entry_is_a_temperature_a_temperature_and_a_shift_or_a_peak_map():
+    from engine.spec.heads.config import PositionMap, position_map
     from engine.spec.heads.drafting import scale_confidence
 
-    assert position_scaling(2.0) == (2.0, 0.0) and position_scaling([2.0, -0.5]) == (2.0, -0.5)
+    assert position_map(2.0) == PositionMap(0.5, 0.0, 0.0) and position_map([2.0, -0.5]) == PositionMap(0.5, 0.0, -0.5)
+    assert position_map({"confidence": 0.2, "peak": 0.7, "bias": -0.8}) == PositionMap(0.2, 0.7, -0.8)
     assert scale_confidence(0.5, [1.0, 0.0]) == pytest.approx(0.5)
     assert scale_confidence(0.5, [1.0, -1.0]) == pytest.approx(1 / (1 + math.e))
     assert scale_confidence(0.8, 2.0) == pytest.approx(scale_confidence(0.8, [2.0, 0.0]))
-    for bad in ([1.0], [0.0, 0.1], -1.0, "1", [1.0, float("nan")], True):
+    peak_map = {"confidence": 0.5, "peak": 2.0, "bias": 0.0}
+    assert scale_confidence(0.5, peak_map, peak=0.5) == pytest.approx(0.5)
+    assert scale_confidence(0.5, peak_map, peak=0.9) == pytest.approx(1 / (1 + 9.0 ** -2))
+    with pytest.raises(ValueError, match="peak"):
+        scale_confidence(0.5, peak_map)  # a map that reads the peak never silently drops it
+    for bad in ([1.0], [0.0, 0.1], -1.0, "1", [1.0, float("nan")], True, {"confidence": 1.0, "bias": 0.0},
+                {"confidence": 1.0, "peak": float("inf"), "bias": 0.0}, {"confidence": 1, "peak": 0, "bias": "0"}):
         with pytest.raises(ValueError):
-            position_scaling(bad)
+            position_map(bad)
+
+
+def peaked_records(n: int, seed: int, block: int = 3) -> list:
+    """Survival follows the draft distribution's peak; the confidence is
+    half peak, half noise."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        peaks = (torch.rand(block, generator=gen) * 0.85 + 0.1).tolist()
+        noise = (torch.rand(block, generator=gen) * 0.8 + 0.1).tolist()
+        accepted = 0
+        while accepted < block and float(torch.rand(1, generator=gen)) < peaks[accepted]:
+            accepted += 1
+        out.append(BlockRecord([(p + q) / 2 for p, q in zip(peaks, noise)], accepted, peaks))
+    return out
+
+
+def test_logistic_peak_reads_the_peak_where_it_predicts_survival():
+    """Out of sample: a lower conditional log-loss than the confidence alone,
+    calibrated, with the peak weighted above the confidence."""
+    from engine.spec.training.calibrate import fit_calibration, peak_logits, scaled_logits
+
+    fit, check = peaked_records(3000, 0), peaked_records(3000, 1)
+    logits, drafted, survived = confidence_logits(check, 3)
+    reached = reached_positions(drafted, survived)
+
+    def log_loss(calibration) -> float:
+        p = torch.sigmoid(scaled_logits(logits, calibration, peak_logits(check, 3)))[reached].clamp(1e-6, 1 - 1e-6)
+        y = survived[reached].double()
+        return float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
+
+    peak_maps = fit_calibration("logistic-peak", fit, 3)
+    assert all(set(entry) == {"confidence", "peak", "bias"} and entry["peak"] > entry["confidence"]
+               for entry in peak_maps), peak_maps
+    assert log_loss(peak_maps) < log_loss(fit_calibration("logistic", fit, 3)) - 0.05
+    assert calibration_report(check, 3, peak_maps)["ece_conditional"] < 0.03
+
+
+def test_logistic_peak_needs_peaks_that_are_not_the_confidences():
+    from engine.spec.training.calibrate import fit_logistic_peak, scaled_logits
+
+    records = peaked_records(200, 2)
+    with pytest.raises(ValueError, match="records with peaks"):
+        fit_logistic_peak([BlockRecord(r.confidences, r.num_accepted) for r in records], 3)
+    with pytest.raises(ValueError, match="confidence head"):
+        fit_logistic_peak([BlockRecord(r.peaks, r.num_accepted, r.peaks) for r in records], 3)
+    logits = confidence_logits(records, 3)[0]
+    with pytest.raises(ValueError, match="peaks"):
+        scaled_logits(logits, [{"confidence": 1.0, "peak": 1.0, "bias": 0.0}] * 3)
+
+
+def test_records_round_trip_as_rows_with_and_without_peaks():
+    from engine.spec.training.calibrate import load_records, record_row
+
+    records = [BlockRecord([0.5, 0.25], 1), BlockRecord([0.5], 0, [0.75])]
+    rows = json.loads(json.dumps([record_row(r) for r in records]))
+    assert rows == [[[0.5, 0.25], 1], [[0.5], 0, [0.75]]] and load_records(rows) == records
 
 
 def test_a_head_config_refuses_a_malformed_calibration(tiny_target):

@@ -79,8 +79,9 @@ def test_eval_draft_reports_tau_and_calibration(tiny_dir, tiny_target, tmp_path,
 
 
 def test_eval_draft_records_rebuild_the_reported_calibration(tiny_dir, tiny_target, tmp_path, capsys, monkeypatch):
-    """--records puts each verification step's raw confidences and accepted
-    count in the report, enough to recompute its calibration figures."""
+    """--records puts each verification step's raw confidences, accepted
+    count and the draft distributions' peaks in the report, enough to
+    recompute its calibration figures."""
     from engine.spec.heads.checkpoint import save_head
     from engine.spec.training import data
     from engine.spec.training.calibrate import BlockRecord, calibration_report
@@ -96,8 +97,8 @@ def test_eval_draft_records_rebuild_the_reported_calibration(tiny_dir, tiny_targ
     assert main(args) == 0
     capsys.readouterr()
     result = json.loads((tmp_path / "eval.json").read_text())["results"]["temperature=0"]
-    records = [BlockRecord(c, n) for c, n in result["records"]]
-    assert len(records) == result["steps"]
+    records = [BlockRecord(c, n, peaks) for c, n, peaks in result["records"]]
+    assert len(records) == result["steps"] and all(len(r.peaks) == len(r.confidences) for r in records)
     assert calibration_report(records, 3)["ece_conditional"] == result["ece_conditional"]
 
 
@@ -131,7 +132,7 @@ def test_eval_draft_takes_whole_evaluation_sets_only_when_asked(tiny_dir, tiny_t
     assert (report["prompts"], report["whole_eval_sets"]) == (len(asked), whole)
 
 
-@pytest.mark.parametrize("method", ["logistic", "sts"])
+@pytest.mark.parametrize("method", ["logistic", "logistic-peak", "sts"])
 def test_calibrate_draft_refits_a_saved_head(tiny_dir, tiny_target, tmp_path, capsys, monkeypatch, method):
     """calibrate-draft regenerates only held-out data, refits STS per
     temperature (shifts only for sts-shift), keeps the weights and writes
@@ -153,8 +154,12 @@ def test_calibrate_draft_refits_a_saved_head(tiny_dir, tiny_target, tmp_path, ca
     assert asked == [("toy:4", "test")]  # held-out prompts only, from the test split
     calibration = read_head_config(str(out)).calibration
     assert set(calibration) == {"0", "1"}
-    shifts = [shift for entries in calibration.values() for _, shift in entries]
-    assert (any(shifts) if method == "logistic" else not any(shifts)), calibration
+    if method == "logistic-peak":  # maps that read the peak beside DSpark's confidence head
+        assert all(set(entry) == {"confidence", "peak", "bias"} for entries in calibration.values()
+                   for entry in entries), calibration
+    else:
+        shifts = [shift for entries in calibration.values() for _, shift in entries]
+        assert (any(shifts) if method == "logistic" else not any(shifts)), calibration
     report = json.loads((out / "calibration-report.json").read_text())
     assert report["method"] == method and report["heldout_sequences"] == 4
     assert {"check_raw", "check_sts"} <= set(report["T=0"])

@@ -12,8 +12,10 @@ from engine.outputs import RequestOutput
 from engine.spec.head_drafter import HeadDrafter
 from engine.spec.training.evaluate import (SpecResult, _record_verification, speculative_decode,
                                            teacher_forced_simulation)
+from engine.spec.training.calibrate import BlockRecord
 from engine.spec.training.features import collect_features
 from engine.spec.training.generate import Sample
+from scheduler.drafts import DraftBlock
 from scheduler.request import SamplingParams
 from tests.engine.spec.conftest import make_head
 
@@ -42,6 +44,8 @@ def test_sampled_decoding_reports_valid_records(tiny_target, samples):
                                 SamplingParams(temperature=1.0, max_tokens=20, seed=5))
     assert result.num_steps > 0 and 1.0 <= result.tau <= BLOCK + 1
     assert all(0 <= r.num_accepted <= len(r.confidences) <= BLOCK for r in result.records)
+    # A head's records carry its distributions' peaks (EAGLE-3's confidences are those peaks).
+    assert all(r.peaks == r.confidences for r in result.records)
     report = result.summary(BLOCK)
     assert 0 <= report["ece_survival"] <= 1
 
@@ -71,9 +75,10 @@ def test_a_verification_without_its_proposal_fails_loudly():
     counts = {}
     first = RequestOutput("r", [1, 2], "", False, None, 3, 2, num_spec_steps=1, num_draft_tokens=3,
                           num_accepted_tokens=1)
-    _record_verification(result, first, {"r": [0.9, 0.5, 0.4, 0.3]}, counts)
+    proposed = DraftBlock([5, 6, 7, 8], [0.9, 0.5, 0.4, 0.3], peaks=[0.8, 0.6, 0.5, 0.2])
+    _record_verification(result, first, {"r": proposed}, counts)
     assert (result.num_steps, result.num_emitted) == (1, 2)
-    assert result.records[0].confidences == [0.9, 0.5, 0.4] and result.records[0].num_accepted == 1
+    assert result.records[0] == BlockRecord([0.9, 0.5, 0.4], 1, [0.8, 0.6, 0.5])  # the verified drafts' share
     plain = RequestOutput("r", [3], "", False, None, 3, 3, num_spec_steps=1, num_draft_tokens=3,
                           num_accepted_tokens=1)
     _record_verification(result, plain, {}, counts)  # no verification this step: a plain step

@@ -58,12 +58,15 @@ def test_table_from_files(tmp_path, capsys, tiny_target):
     for name, seed in (("mtbench", 4), ("humaneval", 5)):
         report = {"results": {"temperature=0": {"records": as_rows(biased_records(300, seed))}}}
         (tmp_path / f"head-{name}.json").write_text(json.dumps(report))
-    assert main(["table", "--fit", str(tmp_path / "fit.json"), "--block-size", str(BLOCK), "--check",
-                 str(tmp_path / "head-mtbench.json"), str(tmp_path / "head-humaneval.json")]) == 0
+    checks = [str(tmp_path / "head-mtbench.json"), str(tmp_path / "head-humaneval.json")]
+    fit = ["table", "--fit", str(tmp_path / "fit.json"), "--block-size", str(BLOCK)]
+    assert main([*fit, "--methods", "raw,sts,sts-shift,logistic", "--check", *checks]) == 0
     out = capsys.readouterr().out
     assert "mtbench: conditional ECE" in out and "humaneval: conditional ECE" in out
     assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")][1:] == \
         ["raw", "sts", "sts-shift", "logistic"]
+    with pytest.raises(ValueError, match="records with peaks"):  # all methods: these records have none
+        main([*fit, "--check", *checks])
     # A checkpoint's stored calibration is scored as one more row.
     from engine.spec.heads.checkpoint import save_head
     from engine.spec.training.calibrate import fit_logistic
@@ -72,11 +75,28 @@ def test_table_from_files(tmp_path, capsys, tiny_target):
     head = make_head("dspark", tiny_target, BLOCK)
     head.config.calibration = {"0": fit_logistic(biased_records(800, 3), BLOCK)}
     save_head(head, str(tmp_path / "head"))
-    assert main(["table", "--fit", str(tmp_path / "fit.json"), "--block-size", str(BLOCK), "--check",
-                 str(tmp_path / "head-mtbench.json"), "--checkpoint", str(tmp_path / "head")]) == 0
+    assert main([*fit, "--methods", "logistic", "--check", checks[0], "--checkpoint", str(tmp_path / "head")]) == 0
     rows = {line.split("|")[1].strip(): line.split("|")[3] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ")}
     assert rows[f"stored: {tmp_path / 'head'}"] == rows["logistic"]
     (tmp_path / "bare.json").write_text(json.dumps({"results": {"temperature=0": {"steps": 1}}}))
     with pytest.raises(SystemExit, match="--records"):
         main(["table", "--fit", str(tmp_path / "fit.json"), "--check", str(tmp_path / "bare.json")])
+
+
+def test_logistic_peak_is_a_row_where_the_records_have_peaks(tmp_path, capsys):
+    """Records taken since heads report peaks fit logistic-peak too; where
+    survival follows the peak it scores a lower log-loss than logistic."""
+    from engine.spec.training.calibrate import record_row
+    from tests.engine.spec.training.test_calibrate import peaked_records
+
+    (tmp_path / "fit.json").write_text(json.dumps({"0": [record_row(r) for r in peaked_records(3000, 0)]}))
+    report = {"results": {"temperature=0": {"records": [record_row(r) for r in peaked_records(2000, 1)]}}}
+    (tmp_path / "head-sharegpt.json").write_text(json.dumps(report))
+    assert main(["table", "--fit", str(tmp_path / "fit.json"), "--block-size", "3", "--check",
+                 str(tmp_path / "head-sharegpt.json")]) == 0
+    rows = {line.split("|")[1].strip(): line.split("|") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")}
+    assert list(rows)[1:] == ["raw", "sts", "sts-shift", "logistic", "logistic-peak"]
+    log_loss = {method: float(rows[method][4]) for method in ("logistic", "logistic-peak")}
+    assert log_loss["logistic-peak"] < log_loss["logistic"] - 0.05, log_loss

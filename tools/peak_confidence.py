@@ -25,6 +25,13 @@ then scores them on checks that no fit saw.
 The pairing is exact: under the static policy every draft is verified
 and a confidence never changes what is drafted, so both runs verify the
 same blocks (the table checks that their accepted counts agree).
+
+Since then every block carries its peaks beside its confidences
+(`DraftBlock.peaks`, the records' third column), the served calibration
+can read them (`--calibration logistic-peak`), and
+`engine.spec.training.scripts.calibration_methods table` scores that
+method on one run's records; the paired runs here are for records taken
+before.
 """
 from __future__ import annotations
 

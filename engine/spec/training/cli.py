@@ -71,6 +71,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop-at-step", type=int, default=None,
                    help="stop at this step, the learning rate still scheduled for the whole budget (ablations)")
     g.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--train-seed", type=int, default=None,
+                   help="seed of the training data order and initialisation (default --seed, which also "
+                        "picks the data): a warm start with another one draws other anchors than its first run")
     g.add_argument("--warmup-steps", type=int, default=20,
                    help="linear learning-rate warm-up; longer for a warm start, whose fresh optimizer "
                         "moves every weight by about lr per step at first")
@@ -206,7 +209,7 @@ def run_train(args: argparse.Namespace) -> int:
         steps=_steps(args), max_minutes=args.max_minutes, stop_at_step=args.stop_at_step, lr=args.lr,
         warmup_steps=args.warmup_steps,
         sequences_per_step=args.sequences_per_step,
-        anchors_per_sequence=args.anchors, seed=args.seed, eval_every=args.eval_every,
+        anchors_per_sequence=args.anchors, seed=_train_seed(args), eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, eval_sequences=args.eval_sequences, precision=precision,
         device=args.device, dspark_weights=tuple(float(x) for x in args.dspark_loss_weights.split(",")))
     trainer = Trainer(head, data.train, train_config, args.out, {"heldout": data.heldout, **data.eval_sets},
@@ -250,6 +253,10 @@ def warm_start(trainer, directory: str) -> None:
     trainer.start_counts(anchors=trained.get("anchors", 0), positions=trained.get("positions", 0),
                          seconds=trained.get("train_seconds", 0.0))
     log.info("warm start from %s (%d anchors trained)", directory, trained.get("anchors", 0))
+
+
+def _train_seed(args) -> int:
+    return args.seed if args.train_seed is None else args.train_seed
 
 
 def _steps(args) -> int:

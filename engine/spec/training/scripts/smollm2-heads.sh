@@ -14,7 +14,8 @@
 # (--init-from: its weights, a fresh optimizer, a new cosine schedule over
 # TRAIN_TOKENS more anchors) into RUN_DIR/METHOD-continued: for when the
 # run's train_state.pt is gone (a new host); the log counts on from the
-# checkpoint's anchors.
+# checkpoint's anchors. TRAIN_SEED (default 0, the first run's) seeds its
+# data order: 0 replays the first run's anchors, another draws new ones.
 #
 # ablate trains DSpark with one part changed (NAME: markov-off, markov-32,
 # markov-256, confidence-off), or EAGLE-3 on this budget's schedule (NAME:
@@ -107,7 +108,7 @@ continue_training() {  # METHOD (one thread), from the committed head
   local method=$1 extra=()
   [ "$method" = dspark ] && extra=(--markov-rank 128)
   train_draft 1 "$RUN/$method-continued" --method "$method" "${TRAIN_ARGS[@]}" "${extra[@]}" \
-    --init-from "checkpoints/$method-smollm2"
+    --init-from "checkpoints/$method-smollm2" --train-seed "${TRAIN_SEED:-0}"
 }
 
 ablate() {  # NAME (one thread)

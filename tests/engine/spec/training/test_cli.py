@@ -192,6 +192,11 @@ def test_train_draft_warm_starts_from_a_checkpoint(tiny_dir, tmp_path, capsys, m
     assert (tmp_path / "unchanged" / weights).read_bytes() == (tmp_path / "first" / weights).read_bytes()
     assert train("more", "--steps", "2", "--warmup-steps", "5", "--init-from", str(tmp_path / "first")) == 0
     assert read_head_config(str(tmp_path / "more")).training["config"]["warmup_steps"] == 5
+    assert read_head_config(str(tmp_path / "more")).training["config"]["seed"] == 0
+    assert train("reseeded", "--steps", "2", "--train-seed", "7", "--init-from", str(tmp_path / "first")) == 0
+    assert read_head_config(str(tmp_path / "reseeded")).training["config"]["seed"] == 7
+    weights = "model.safetensors"
+    assert (tmp_path / "reseeded" / weights).read_bytes() != (tmp_path / "more" / weights).read_bytes()
     evals = [json.loads(line) for line in (tmp_path / "more" / "log.jsonl").read_text().splitlines()
              if json.loads(line)["event"] == "eval"]
     assert evals[-1]["step"] == 2 and evals[-1]["anchors"] > first_anchors

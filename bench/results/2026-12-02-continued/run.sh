@@ -10,7 +10,7 @@
 # compare). From the repository root; DATA_PACKAGES as in smollm2-heads.sh.
 set -euo pipefail
 OUT=bench/results/2026-12-02-continued
-RUN=${RUN:-runs/heads-smollm2}
+RUN=${RUN:-$PWD/runs/heads-smollm2}  # absolute: the eval script runs from a snapshot
 PY=${PYTHON:-python}
 for head in dspark eagle3; do  # about 90 minutes each, side by side
   TRAIN_TOKENS=305000 EVAL_EVERY=800 PRECISION=bf16 LR=3e-4 WARMUP_STEPS=100 PYTHON=$PY \

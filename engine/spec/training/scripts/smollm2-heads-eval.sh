@@ -16,7 +16,7 @@ set -euo pipefail
 
 REPO=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 PY=${PYTHON:-python}
-RUN=${1:-$REPO/runs/heads-smollm2}
+RUN=$(realpath -m "${1:-$REPO/runs/heads-smollm2}")  # absolute: evaluations run from a snapshot
 shift || true
 HEADS=("${@:-eagle3 dflash dspark}")
 read -r -a HEADS <<< "${HEADS[*]}"

@@ -215,7 +215,7 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = Trainer(head, data.train, train_config, args.out, {"heldout": data.heldout, **data.eval_sets},
                       log=log.info, progress=not args.no_progress)
     if args.init_from:
-        warm_start(trainer, args.init_from)
+        trainer.warm_start(args.init_from)
     history = trainer.run()
     report = _calibrate_and_report(head, data, loaded, args)
     report.update(train_sequences=len(data.train), train_tokens_available=data.train.num_trainable_tokens,
@@ -229,30 +229,6 @@ def run_train(args: argparse.Namespace) -> int:
     _write_json(os.path.join(args.out, "report.json"), report)
     print(json.dumps({k: v for k, v in report.items() if k not in ("history",)}, indent=2, default=str))
     return 0
-
-
-def warm_start(trainer, directory: str) -> None:
-    """Start `trainer`'s head from the checkpoint in `directory`: weights
-    (strict), and the anchors, positions and seconds it was trained for,
-    so that the log's tau-against-anchors curve goes on from there. The
-    checkpoint must be the same method and shape with the same draft
-    vocabulary (the data it was trained on); a mismatch fails loudly."""
-    from safetensors.torch import load_file
-
-    from engine.spec.heads.checkpoint import read_head_config
-
-    config, head = read_head_config(directory), trainer.head
-    if config.method != head.config.method:
-        raise ValueError(f"--init-from {directory} is a {config.method} head, not {head.config.method}")
-    state = load_file(os.path.join(directory, WEIGHTS_FILE))
-    own = head.state_dict()
-    if "draft_ids" in own and "draft_ids" in state and not torch.equal(state["draft_ids"], own["draft_ids"]):
-        raise ValueError(f"--init-from {directory} has another draft vocabulary than this run's data")
-    head.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}, strict=True)
-    trained = config.training or {}
-    trainer.start_counts(anchors=trained.get("anchors", 0), positions=trained.get("positions", 0),
-                         seconds=trained.get("train_seconds", 0.0))
-    log.info("warm start from %s (%d anchors trained)", directory, trained.get("anchors", 0))
 
 
 def _train_seed(args) -> int:

@@ -29,9 +29,10 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from safetensors.torch import load_file
 
 from engine.spec.heads.base import DraftHead
-from engine.spec.heads.checkpoint import save_head
+from engine.spec.heads.checkpoint import WEIGHTS_FILE, read_head_config, save_head
 from engine.spec.training.batches import BlockTargets, block_loss, position_weights, sample_blocks
 from engine.spec.training.features import FeatureSet
 from engine.spec.training.losses import DSPARK_WEIGHTS
@@ -164,10 +165,26 @@ class Trainer:
             raise ValueError("no training sequence has a response to learn from")
         return blocks
 
-    def start_counts(self, anchors: int, positions: int, seconds: float) -> None:
-        """Count a warm start's earlier training (cli.warm_start) in the
-        anchors, positions and seconds logged; a resumed run restores its own."""
-        self.anchors_seen, self.positions_seen, self.elapsed = anchors, positions, seconds
+    def warm_start(self, directory: str) -> None:
+        """Start the head from the checkpoint in `directory` (train-draft
+        --init-from): its weights (strict), and the anchors, positions and
+        seconds it was trained for, so that the log's tau-against-anchors
+        curve goes on from there (a resumed run then restores its own
+        counts). The checkpoint must be the same method and shape with the
+        same draft vocabulary (the data it was trained on); a mismatch
+        fails loudly."""
+        config = read_head_config(directory)
+        if config.method != self.head.config.method:
+            raise ValueError(f"--init-from {directory} is a {config.method} head, not {self.head.config.method}")
+        state = load_file(os.path.join(directory, WEIGHTS_FILE))
+        own = self.head.state_dict()
+        if "draft_ids" in own and "draft_ids" in state and not torch.equal(state["draft_ids"], own["draft_ids"]):
+            raise ValueError(f"--init-from {directory} has another draft vocabulary than this run's data")
+        self.head.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}, strict=True)
+        trained = config.training or {}
+        self.anchors_seen, self.positions_seen = trained.get("anchors", 0), trained.get("positions", 0)
+        self.elapsed = trained.get("train_seconds", 0.0)
+        self.log(f"warm start from {directory} ({self.anchors_seen} anchors trained)")
 
     # ---- the loop ----
     def run(self) -> TrainHistory:

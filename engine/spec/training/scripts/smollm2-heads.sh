@@ -16,6 +16,8 @@
 # run's train_state.pt is gone (a new host); the log counts on from the
 # checkpoint's anchors. TRAIN_SEED (default 0, the first run's) seeds its
 # data order: 0 replays the first run's anchors, another draws new ones.
+# INIT_FROM (another checkpoint directory, e.g. an earlier continuation)
+# and CONTINUED_NAME (the output's name under RUN_DIR) chain stages.
 #
 # ablate trains DSpark with one part changed (NAME: markov-off, markov-32,
 # markov-256, confidence-off), or EAGLE-3 on this budget's schedule (NAME:
@@ -104,11 +106,13 @@ train() {  # METHOD (one thread)
   train_draft 1 "$RUN/$method" --method "$method" "${TRAIN_ARGS[@]}" "${extra[@]}"
 }
 
-continue_training() {  # METHOD (one thread), from the committed head
-  local method=$1 extra=()
+continue_training() {  # METHOD (one thread), from the committed head or INIT_FROM
+  local method=$1 extra=() init
   [ "$method" = dspark ] && extra=(--markov-rank 128)
-  train_draft 1 "$RUN/$method-continued" --method "$method" "${TRAIN_ARGS[@]}" "${extra[@]}" \
-    --init-from "checkpoints/$method-smollm2" --train-seed "${TRAIN_SEED:-0}"
+  # An absolute path: the CLI runs in the code snapshot, not in REPO.
+  init=$(realpath "${INIT_FROM:-$REPO/checkpoints/$method-smollm2}")
+  train_draft 1 "$RUN/${CONTINUED_NAME:-$method-continued}" --method "$method" "${TRAIN_ARGS[@]}" "${extra[@]}" \
+    --init-from "$init" --train-seed "${TRAIN_SEED:-0}"
 }
 
 ablate() {  # NAME (one thread)

@@ -11,6 +11,11 @@ sweep). A diagnostic beside bench.spec_sweep, not a replacement: no HTTP.
     OMP_NUM_THREADS=1 python -m tools.engine_ab mt-bench 8,32 3
     OMP_NUM_THREADS=1 python -m tools.engine_ab humaneval 1 3 --prompts 8 \\
         --methods off,ngram,dspark,hybrid --out bench/results/NAME
+
+`--candidate PATH` adds `dspark-candidate`, `hybrid-candidate` and
+`hybrid16-candidate`: the same configurations over another checkpoint (a
+retrained or recalibrated head), so a head is adopted on a side-by-side
+run, not on two runs of a drifting host.
 """
 from __future__ import annotations
 
@@ -34,8 +39,17 @@ from scheduler.request import SamplingParams
 HEAD = "checkpoints/dspark-smollm2"
 
 
-def speculative_configs(head: str) -> dict[str, SpeculativeConfig]:
-    """The configurations `specserve serve` would run for each method."""
+def speculative_configs(head: str, candidate: str | None = None) -> dict[str, SpeculativeConfig]:
+    """The configurations `specserve serve` would run for each method (and
+    the head ones again over `candidate`, suffixed `-candidate`)."""
+    configs = _configs_over(head)
+    if candidate:
+        configs.update({f"{name}-candidate": replace(configs[name], draft_model=candidate)
+                        for name in ("dspark", "hybrid", "hybrid16")})
+    return configs
+
+
+def _configs_over(head: str) -> dict[str, SpeculativeConfig]:
     return {"off": SpeculativeConfig(method="none"),
             "ngram": SpeculativeConfig(method="ngram", policy="adaptive", num_speculative_tokens=8),
             # n-gram allowed the longest block the config takes: what copy-heavy
@@ -104,15 +118,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=0, help="prompts per concurrency (default and floor: 2 x C)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--draft-model", default=HEAD)
+    parser.add_argument("--candidate", default=None, metavar="CHECKPOINT",
+                        help="another head: adds the methods dspark-candidate, hybrid-candidate, hybrid16-candidate")
     parser.add_argument("--model", default=None, help="target (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default="", help="directory for results.json")
     return parser.parse_args(argv)
 
 
-def build_engines(methods: list[str], head: str, model: str) -> dict[str, LLMEngine]:
-    configs, engines, loaded = speculative_configs(head), {}, None
+def build_engines(methods: list[str], head: str, model: str, candidate: str | None = None) -> dict[str, LLMEngine]:
+    configs, engines, loaded = speculative_configs(head, candidate), {}, None
     for name in methods:
         base, change = ABLATIONS.get(name, (name, None))
+        if base not in configs:
+            hint = " (pass --candidate CHECKPOINT)" if name.endswith("-candidate") else ""
+            raise SystemExit(f"unknown method {name!r}{hint}; known: {sorted(configs) + sorted(ABLATIONS)}")
         engines[name] = LLMEngine(EngineConfig(model=model, speculative=configs[base],
                                                machine_counters=False), loaded=loaded)
         if change:
@@ -232,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     concurrencies = [int(c) for c in args.concurrencies.split(",")]
     counts = {c: max(2 * c, args.prompts) // c * c for c in concurrencies}
-    engines = build_engines(args.methods.split(","), args.draft_model, args.model or default_model_path())
+    engines = build_engines(args.methods.split(","), args.draft_model, args.model or default_model_path(),
+                            args.candidate)
     tokenizer = next(iter(engines.values())).loaded.tokenizer
     dataset = sample(DATASETS[args.dataset](), max(counts.values()), 0)
     prompts = [tokenizer.encode(tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True))
@@ -249,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         summary[c] = {n: {"median_tok_s": round(m, 2), "ratio_to_off": round(r, 3)} for n, (m, r) in medians.items()}
         print(f"c{c}", {n: (round(m, 1), round(r, 3)) for n, (m, r) in medians.items()})
     record = {"dataset": args.dataset, "rounds": args.rounds, "max_tokens": args.max_tokens, "prompts": counts,
-              "draft_model": args.draft_model, "tok_s": results, "summary": summary,
+              "draft_model": args.draft_model, "candidate": args.candidate, "tok_s": results, "summary": summary,
               "tok_s_whole_run": whole,
               "whole_run_ratio_to_off": {c: {n: round(r, 3) for n, (_, r) in medians_and_ratios(d).items()}
                                          for c, d in whole.items() if "off" in d},

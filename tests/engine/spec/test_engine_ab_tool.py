@@ -102,3 +102,17 @@ def test_calibrated_twice_hands_the_hybrids_blocks_over_unflagged():
     handed = drafter._calibrated({}, {})["r"]
     assert not handed.calibrated
     assert (handed.token_ids, handed.confidences, handed.source) == ([3, 4], [0.8, 0.7], "ngram")
+
+
+def test_a_candidate_head_runs_beside_the_committed_one(tmp_path, tiny_dir, tiny_target):
+    """`--candidate`: `hybrid-candidate` is the hybrid over the other
+    checkpoint, in the same run; asking for it without one fails loudly."""
+    for name in ("ckpt", "other"):
+        save_head(make_drafter(tiny_target, "dspark").head, str(tmp_path / name))
+    engines = engine_ab.build_engines(["hybrid", "hybrid-candidate"], str(tmp_path / "ckpt"), str(tiny_dir),
+                                      candidate=str(tmp_path / "other"))
+    assert engines["hybrid"].config.speculative.draft_model == str(tmp_path / "ckpt")
+    assert engines["hybrid-candidate"].config.speculative.draft_model == str(tmp_path / "other")
+    assert engines["hybrid-candidate"].config.speculative.method == "hybrid"
+    with pytest.raises(SystemExit, match="pass --candidate"):
+        engine_ab.build_engines(["hybrid-candidate"], str(tmp_path / "ckpt"), str(tiny_dir))

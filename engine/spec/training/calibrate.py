@@ -266,6 +266,29 @@ def fit_calibration(method: str, records: list[BlockRecord], block_size: int) ->
     raise ValueError(f"unknown calibration {method!r}; choose from {', '.join(CALIBRATIONS)}")
 
 
+def calibration_methods(spec: str) -> dict[str, str]:
+    """`--calibration`: one method for both temperatures, or one per
+    temperature key ("0=logistic-peak,1=logistic": the peak pays at T=0,
+    where survival is an argmax match, and not at T=1, docs/draft-heads.md
+    phase 7)."""
+    pairs = [part.split("=", 1) if "=" in part else ["", part] for part in spec.split(",")]
+    if len(pairs) == 1 and not pairs[0][0]:
+        pairs = [["0", pairs[0][1]], ["1", pairs[0][1]]]
+    methods = {key.strip(): method.strip() for key, method in pairs}
+    if set(methods) != {"0", "1"} or len(pairs) != 2:
+        raise ValueError(f"--calibration {spec!r}: one method, or 0=METHOD,1=METHOD")
+    for method in methods.values():
+        if method not in CALIBRATIONS:
+            raise ValueError(f"unknown calibration {method!r}; choose from {', '.join(CALIBRATIONS)}")
+    return methods
+
+
+def methods_label(methods: dict[str, str]) -> str:
+    """The `--calibration` spelling of `calibration_methods`' result."""
+    names = set(methods.values())
+    return names.pop() if len(names) == 1 else ",".join(f"{k}={m}" for k, m in sorted(methods.items()))
+
+
 def calibration_report(records: list[BlockRecord], block_size: int, calibration: list | None = None) -> dict:
     """ECE of the survival products (all positions pooled and per position),
     and ECE and AUROC of the per-position confidence for conditional
@@ -288,10 +311,11 @@ def calibration_report(records: list[BlockRecord], block_size: int, calibration:
 
 
 def calibrate_per_temperature(head, heldout, loaded, prompts, max_tokens: int, seed: int = 0,
-                              method: str = "logistic") -> dict:
+                              method: str | dict[str, str] = "logistic") -> dict:
     """Fit STS separately for greedy and sampled requests and store both
     in `head.config.calibration` ({"0": ..., "1": ...}; HeadDrafter picks
-    by the request's temperature).
+    by the request's temperature). `method`: one for both, or one per
+    temperature key (`calibration_methods`).
 
     T=0: teacher-forced greedy walks over the held-out greedy responses
     (exact); T=1: real speculative decoding of the held-out prompts at
@@ -311,14 +335,16 @@ def calibrate_per_temperature(head, heldout, loaded, prompts, max_tokens: int, s
         params = SamplingParams(temperature=1.0, max_tokens=max_tokens)
         runs["1"] = [speculative_decode(loaded, head, [ids[i] for i in part], params, seed=seed)
                      for part in _halves(len(ids))]
+    methods = method if isinstance(method, dict) else {"0": method, "1": method}
     report, calibration = {}, {}
     for key, (fit, check) in runs.items():
-        fitted = fit_calibration(method, fit.records, block)
+        fitted = fit_calibration(methods[key], fit.records, block)
         report[f"T={key}"] = {"tau_fit_half": fit.tau, "tau_check_half": check.tau,
                               "check_raw": calibration_report(check.records, block),
                               "check_sts": calibration_report(check.records, block, fitted),
                               "calibration_fit_half": fitted}
-        calibration[key] = fit_calibration(method, fit.records + check.records, block)
+        report[f"T={key}"]["method"] = methods[key]
+        calibration[key] = fit_calibration(methods[key], fit.records + check.records, block)
     head.config.calibration = calibration
     report["calibration"] = calibration
     return report

@@ -32,7 +32,7 @@ import torch
 from engine.spec.heads.checkpoint import WEIGHTS_FILE, load_head, save_head, save_head_config
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.registry import HEAD_METHODS
-from engine.spec.training.calibrate import CALIBRATIONS, record_row
+from engine.spec.training.calibrate import calibration_methods, methods_label, record_row
 from engine.spec.training.evaluate import EVAL_DRAFTERS
 
 log = logging.getLogger("specserve.train_draft")
@@ -92,10 +92,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def _add_calibration_arguments(g) -> None:
     g.add_argument("--calibration-tokens", type=int, default=128,
                    help="tokens per held-out prompt decoded at T=1 to fit the sampled STS set")
-    g.add_argument("--calibration", default="logistic", choices=CALIBRATIONS,
+    g.add_argument("--calibration", default="logistic", type=_calibration_methods, metavar="METHOD|0=METHOD,1=METHOD",
                    help="logistic: a scale and a logit shift per position by log-loss (default); "
                         "logistic-peak: the same reading the draft distribution's peak too (heads with a "
-                        "confidence head); sts: temperatures alone, as design/speculation.md s.3 states it")
+                        "confidence head); sts: temperatures alone, as design/speculation.md s.3 states it; "
+                        "or one per temperature, e.g. 0=logistic-peak,1=logistic")
+
+
+def _calibration_methods(spec: str) -> dict[str, str]:
+    try:
+        return calibration_methods(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
@@ -327,7 +335,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise SystemExit("calibrate-draft: --heldout-data gave no held-out sequences")
     report = calibrate_per_temperature(head, data.heldout, loaded, data.heldout_prompts,
                                        args.calibration_tokens, args.seed, method=args.calibration)
-    report.update(heldout_sequences=len(data.heldout), heldout_data=args.heldout_data, method=args.calibration)
+    report.update(heldout_sequences=len(data.heldout), heldout_data=args.heldout_data,
+                  method=methods_label(args.calibration))
     out = args.out or args.draft_model
     # The weights file is copied, never re-saved: the head was loaded in the
     # target's dtype, and writing it back would round its weights.

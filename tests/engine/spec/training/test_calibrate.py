@@ -278,3 +278,15 @@ def test_batched_calibration_errors_equal_one_at_a_time():
     observed = torch.rand(400, generator=gen) < 0.4
     assert calibration_errors(predicted, observed).tolist() == \
         pytest.approx([expected_calibration_error(row, observed) for row in predicted], abs=1e-12)
+
+
+def test_calibration_methods_are_one_for_both_temperatures_or_one_each():
+    from engine.spec.training.calibrate import calibration_methods, methods_label
+
+    assert calibration_methods("logistic") == {"0": "logistic", "1": "logistic"}
+    mixed = calibration_methods("1=logistic, 0=logistic-peak")
+    assert mixed == {"0": "logistic-peak", "1": "logistic"}
+    assert methods_label(mixed) == "0=logistic-peak,1=logistic" and methods_label(calibration_methods("sts")) == "sts"
+    for bad in ("0=logistic", "0=logistic,2=sts", "0=logistic,1=nope", "nope", "0=sts,1=sts,0=sts"):
+        with pytest.raises(ValueError):
+            calibration_methods(bad)

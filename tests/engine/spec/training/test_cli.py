@@ -132,7 +132,7 @@ def test_eval_draft_takes_whole_evaluation_sets_only_when_asked(tiny_dir, tiny_t
     assert (report["prompts"], report["whole_eval_sets"]) == (len(asked), whole)
 
 
-@pytest.mark.parametrize("method", ["logistic", "logistic-peak", "sts"])
+@pytest.mark.parametrize("method", ["logistic", "logistic-peak", "sts", "0=logistic-peak,1=logistic"])
 def test_calibrate_draft_refits_a_saved_head(tiny_dir, tiny_target, tmp_path, capsys, monkeypatch, method):
     """calibrate-draft regenerates only held-out data, refits STS per
     temperature (shifts only for sts-shift), keeps the weights and writes
@@ -154,14 +154,17 @@ def test_calibrate_draft_refits_a_saved_head(tiny_dir, tiny_target, tmp_path, ca
     assert asked == [("toy:4", "test")]  # held-out prompts only, from the test split
     calibration = read_head_config(str(out)).calibration
     assert set(calibration) == {"0", "1"}
-    if method == "logistic-peak":  # maps that read the peak beside DSpark's confidence head
-        assert all(set(entry) == {"confidence", "peak", "bias"} for entries in calibration.values()
-                   for entry in entries), calibration
-    else:
+    methods = dict(part.split("=") for part in method.split(",")) if "=" in method else {"0": method, "1": method}
+    for key, entries in calibration.items():  # maps that read the peak beside DSpark's confidence head, or pairs
+        peak_map = methods[key] == "logistic-peak"
+        assert all(isinstance(entry, dict) == peak_map for entry in entries), calibration
+        assert not peak_map or all(set(entry) == {"confidence", "peak", "bias"} for entry in entries), calibration
+    if method in ("logistic", "sts"):  # shifts only where fitted by log-loss
         shifts = [shift for entries in calibration.values() for _, shift in entries]
         assert (any(shifts) if method == "logistic" else not any(shifts)), calibration
     report = json.loads((out / "calibration-report.json").read_text())
     assert report["method"] == method and report["heldout_sequences"] == 4
+    assert {key: report[f"T={key}"]["method"] for key in ("0", "1")} == methods
     assert {"check_raw", "check_sts"} <= set(report["T=0"])
     # The weights stay byte for byte what they were (the head ran in the target's dtype).
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "head" / "model.safetensors").read_bytes()

@@ -11,7 +11,8 @@
 #     candidate, and the same table scoring it as stored;
 #  3. side by side in one run per prompt set, one stream: the hybrid over
 #     the committed head and over the candidate (tools.engine_ab
-#     --candidate; the two sets in parallel, one core each);
+#     --candidate; the two sets in parallel, one core each), then chat at
+#     8 streams alone;
 #  4. the candidate becomes the committed calibration.
 set -euo pipefail
 OUT=bench/results/2026-12-02-logistic-peak
@@ -36,4 +37,6 @@ for set in mt-bench humaneval; do
     --candidate "$CANDIDATE" --out "$OUT/$set-c1" > "$OUT/$set-c1.log" 2>&1 &
 done
 wait
+"$PY" -m tools.engine_ab mt-bench 8 3 --prompts 64 --methods off,ngram,hybrid,hybrid-candidate \
+  --candidate "$CANDIDATE" --out "$OUT/mt-bench-c8" > "$OUT/mt-bench-c8.log" 2>&1
 cp "$CANDIDATE"/{config.json,calibration-report.json} checkpoints/dspark-smollm2/

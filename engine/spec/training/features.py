@@ -17,8 +17,10 @@ argmax (`relabel`: text the target did not write). About 3.6 KB per token
 for SmolLM2's three aux layers.
 
 A rerun with the same fingerprint reuses the cache; an interrupted run
-resumes after the last complete shard; a cache holding a superset of the
-layers serves a head that needs fewer.
+resumes after the last complete shard; a complete cache of the first N
+sequences grows when more follow them (`--conversations` raised: only the
+new ones are computed); a cache holding a superset of the layers serves a
+head that needs fewer.
 """
 from __future__ import annotations
 
@@ -169,6 +171,9 @@ def collect_features(loaded, samples: list[Sample], aux_layers, out_dir: str, ma
     index = _read_index(out_dir)
     if index and index.get("complete") and index["fingerprint"] == key:
         return load_features(out_dir)
+    if index and index.get("complete") and _holds_a_prefix(index, loaded, aux_layers, samples, max_len, top_k):
+        index.update(fingerprint=key, complete=False)  # keep the cached sequences, compute those after them
+        _write_index(out_dir, index)
     if not index or index["fingerprint"] != key:
         index = {"fingerprint": key, "format": FORMAT, "aux_layers": list(aux_layers),
                  "hidden_size": loaded.config.hidden_size, "top_k": top_k, "shards": [],
@@ -176,6 +181,13 @@ def collect_features(loaded, samples: list[Sample], aux_layers, out_dir: str, ma
         _write_index(out_dir, index)
     _compute_remaining(loaded, samples, out_dir, index, max_len, batch_tokens, shard_tokens, progress)
     return load_features(out_dir)
+
+
+def _holds_a_prefix(index: dict, loaded, aux_layers, samples: list[Sample], max_len: int, top_k: int) -> bool:
+    """Whether the cache is exactly the features of samples[:n], n its size."""
+    cached = index["num_sequences"]
+    return 0 < cached < len(samples) and \
+        index["fingerprint"] == fingerprint(loaded, aux_layers, samples[:cached], max_len, top_k)
 
 
 def _compute_remaining(loaded, samples, out_dir, index, max_len, batch_tokens, shard_tokens, progress):

@@ -63,6 +63,30 @@ def test_features_are_reused_and_resume_after_the_last_shard(tiny_target, sample
                                    atol=2e-3, rtol=2e-3)
 
 
+def test_a_complete_cache_grows_when_more_sequences_follow(tiny_target, samples, feature_set, tmp_path,
+                                                          monkeypatch):
+    """The first sequences cached, then all of them asked for: only the
+    new ones are computed and the cache ends equal to one made at once; a
+    list that does not start with the cached sequences starts over."""
+    out = str(tmp_path / "features")
+    collect_features(tiny_target, samples[:3], (1, 2, 3), out, progress=False)
+    computed = []
+    real = features_module.teacher_forced_states
+    monkeypatch.setattr(features_module, "teacher_forced_states",
+                        lambda model, sequences, *rest: computed.extend(sequences) or real(model, sequences, *rest))
+    grown = collect_features(tiny_target, samples, (1, 2, 3), out, progress=False)
+    assert computed == [s.tokens for s in samples[3:]]
+    assert grown.ids == feature_set.ids
+    torch.testing.assert_close(grown.sequence(len(samples) - 1).aux.float(),
+                               feature_set.sequence(len(samples) - 1).aux.float(), atol=2e-3, rtol=2e-3)
+    computed.clear()
+    collect_features(tiny_target, samples, (1, 2, 3), out, progress=False)
+    assert computed == []  # complete again: reused as it is
+    other = samples[1:]
+    collect_features(tiny_target, other, (1, 2, 3), out, progress=False)
+    assert computed == [s.tokens for s in other]
+
+
 def test_conversation_trains_on_assistant_turns_only(tiny_target):
     tok = tiny_target.tokenizer
     messages = [{"role": "user", "content": "Hello there fox"}, {"role": "assistant", "content": "Hi, the dog."},

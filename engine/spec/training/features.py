@@ -273,6 +273,14 @@ def load_features(out_dir: str) -> FeatureSet:
     return FeatureSet(tuple(index["aux_layers"]), index["hidden_size"], refs)
 
 
+def features_fingerprint(out_dir: str) -> str:
+    """The fingerprint of what `out_dir` holds (changes when it grows)."""
+    index = _read_index(out_dir)
+    if not index:
+        raise FileNotFoundError(f"no {INDEX} in {out_dir}")
+    return index["fingerprint"]
+
+
 def _read_index(out_dir: str) -> dict | None:
     path = os.path.join(out_dir, INDEX)
     if not os.path.exists(path):

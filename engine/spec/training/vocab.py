@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from engine.spec.training.features import FeatureSet, load_features
+from engine.spec.training.features import FeatureSet, features_fingerprint, load_features
 
 COUNTS_FILE = "target-choice-counts.pt"
 
@@ -27,13 +27,17 @@ def target_choice_counts(features: FeatureSet, vocab_size: int) -> torch.Tensor:
 
 
 def cached_choice_counts(directories: list[str], vocab_size: int) -> torch.Tensor:
-    """target_choice_counts summed over feature directories, each cached in it."""
+    """target_choice_counts summed over feature directories, each cached in
+    it beside the fingerprint of the features it counted (a cache that
+    grew or was recomputed is counted again)."""
     total = torch.zeros(vocab_size, dtype=torch.long)
     for directory in directories:
-        path = os.path.join(directory, COUNTS_FILE)
-        if not os.path.exists(path):
-            torch.save(target_choice_counts(load_features(directory), vocab_size), path)
-        total += torch.load(path)
+        path, key = os.path.join(directory, COUNTS_FILE), features_fingerprint(directory)
+        cached = torch.load(path) if os.path.exists(path) else None
+        if not isinstance(cached, dict) or cached.get("fingerprint") != key:
+            cached = {"fingerprint": key, "counts": target_choice_counts(load_features(directory), vocab_size)}
+            torch.save(cached, path)
+        total += cached["counts"]
     return total
 
 

@@ -47,6 +47,20 @@ def test_vocabulary_is_the_targets_most_frequent_choices(feature_set, tiny_targe
     assert coverage(held, everything, tiny_target.config.vocab_size) == 1.0
 
 
+def test_cached_counts_follow_the_features_they_count(tiny_target, samples, tmp_path):
+    """The counts cached in a feature directory are counted again once the
+    directory grows (or was computed anew), never read stale."""
+    from engine.spec.training.features import collect_features
+    from engine.spec.training.vocab import cached_choice_counts
+
+    out, size = str(tmp_path / "features"), tiny_target.config.vocab_size
+    first = collect_features(tiny_target, samples[:3], (1, 2, 3), out, progress=False)
+    assert torch.equal(cached_choice_counts([out], size), target_choice_counts(first, size))
+    grown = collect_features(tiny_target, samples, (1, 2, 3), out, progress=False)
+    assert not torch.equal(target_choice_counts(grown, size), target_choice_counts(first, size))
+    assert torch.equal(cached_choice_counts([out], size), target_choice_counts(grown, size))
+
+
 @pytest.mark.parametrize("method", HEAD_METHODS)
 def test_draft_distributions_are_full_vocabulary_and_zero_off_it(tiny_target, ids, method):
     head = vocab_head(tiny_target, method, ids)

@@ -50,14 +50,18 @@ def read_head_config(directory: str) -> HeadConfig:
         return HeadConfig.from_json(f.read())
 
 
+def read_head_weights(directory: str) -> dict[str, torch.Tensor]:
+    """The head's own tensors as saved (the target's shared ones left out)."""
+    return load_file(os.path.join(directory, WEIGHTS_FILE))
+
+
 def load_head(directory: str, target_model, dtype: torch.dtype = torch.float32,
               device: str | torch.device = "cpu") -> DraftHead:
     """Load a head checkpoint and attach it to `target_model` (strict weights)."""
     config = read_head_config(directory)
     _check_target_matches(config, target_model.config)
     head = head_class(config.method)(config)
-    state = load_file(os.path.join(directory, WEIGHTS_FILE))
-    head.load_state_dict(state, strict=True)
+    head.load_state_dict(read_head_weights(directory), strict=True)
     head.to(dtype=dtype, device=device).eval()
     head.attach_target(target_model)
     return head

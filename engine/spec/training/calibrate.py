@@ -335,7 +335,7 @@ def calibrate_per_temperature(head, heldout, loaded, prompts, max_tokens: int, s
         params = SamplingParams(temperature=1.0, max_tokens=max_tokens)
         runs["1"] = [speculative_decode(loaded, head, [ids[i] for i in part], params, seed=seed)
                      for part in _halves(len(ids))]
-    methods = method if isinstance(method, dict) else {"0": method, "1": method}
+    methods = calibration_methods(method) if isinstance(method, str) else method
     report, calibration = {}, {}
     for key, (fit, check) in runs.items():
         fitted = fit_calibration(methods[key], fit.records, block)

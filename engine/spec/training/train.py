@@ -29,10 +29,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from safetensors.torch import load_file
 
 from engine.spec.heads.base import DraftHead
-from engine.spec.heads.checkpoint import WEIGHTS_FILE, read_head_config, save_head
+from engine.spec.heads.checkpoint import read_head_config, read_head_weights, save_head
 from engine.spec.training.batches import BlockTargets, block_loss, position_weights, sample_blocks
 from engine.spec.training.features import FeatureSet
 from engine.spec.training.losses import DSPARK_WEIGHTS
@@ -176,11 +175,10 @@ class Trainer:
         config = read_head_config(directory)
         if config.method != self.head.config.method:
             raise ValueError(f"--init-from {directory} is a {config.method} head, not {self.head.config.method}")
-        state = load_file(os.path.join(directory, WEIGHTS_FILE))
-        own = self.head.state_dict()
+        state, own = read_head_weights(directory), self.head.state_dict()
         if "draft_ids" in own and "draft_ids" in state and not torch.equal(state["draft_ids"], own["draft_ids"]):
             raise ValueError(f"--init-from {directory} has another draft vocabulary than this run's data")
-        self.head.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}, strict=True)
+        self.head.load_state_dict(state, strict=True)  # copied into the head's own dtypes
         trained = config.training or {}
         self.anchors_seen, self.positions_seen = trained.get("anchors", 0), trained.get("positions", 0)
         self.elapsed = trained.get("train_seconds", 0.0)

@@ -65,8 +65,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="budget in training tokens (anchors: one per block); sets --steps")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
     g.add_argument("--init-from", default=None, metavar="CHECKPOINT_DIR",
-                   help="warm start: a trained head's weights (same method, shape and draft vocabulary), a "
-                        "fresh optimizer and a new schedule over --train-tokens more anchors; its log goes "
+                   help="warm start: a trained head's weights (same method and shape) and its draft vocabulary "
+                        "(kept, whatever this run's data would pick), a fresh optimizer and a new schedule over --train-tokens more anchors; its log goes "
                         "on counting from the checkpoint's anchors (for runs whose train_state.pt is gone)")
     g.add_argument("--stop-at-step", type=int, default=None,
                    help="stop at this step, the learning rate still scheduled for the whole budget (ablations)")
@@ -251,14 +251,19 @@ def _steps(args) -> int:
 
 def _draft_vocab(args, loaded, data, work: str) -> dict:
     """The draft vocabulary (counts cached in each training feature
-    directory) and its coverage of the held-out and evaluation sets."""
-    from engine.spec.training.vocab import cached_choice_counts, coverage, draft_vocabulary
+    directory, or --init-from's own) and its coverage of the held-out and
+    evaluation sets."""
+    from engine.spec.training import vocab as draft_vocab
 
     if not args.draft_vocab or not data.train_dirs:
         return {}
-    ids = draft_vocabulary(cached_choice_counts(data.train_dirs, loaded.config.vocab_size), args.draft_vocab)
-    sets = {"heldout": data.heldout, **data.eval_sets}
-    report = {"size": args.draft_vocab, "coverage": {name: round(coverage(s, ids, loaded.config.vocab_size), 4)
+    if args.init_from:  # a continuation keeps the vocabulary its LM head was trained over
+        ids = draft_vocab.checkpoint_draft_vocabulary(args.init_from, args.draft_vocab)
+    else:
+        counts = draft_vocab.cached_choice_counts(data.train_dirs, loaded.config.vocab_size)
+        ids = draft_vocab.draft_vocabulary(counts, args.draft_vocab)
+    sets, vocab_size = {"heldout": data.heldout, **data.eval_sets}, loaded.config.vocab_size
+    report = {"size": args.draft_vocab, "coverage": {name: round(draft_vocab.coverage(s, ids, vocab_size), 4)
                                                      for name, s in sets.items()}}
     log.info("draft vocabulary of %d tokens covers %s of the target's choices", args.draft_vocab,
              report["coverage"])

@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from engine.spec.heads.checkpoint import read_head_weights
 from engine.spec.training.features import FeatureSet, features_fingerprint, load_features
 
 COUNTS_FILE = "target-choice-counts.pt"
@@ -55,6 +56,18 @@ def draft_vocabulary(counts: torch.Tensor, size: int) -> torch.Tensor:
         raise ValueError(f"draft vocabulary size must be in [1, {counts.numel()}]")
     order = torch.sort(counts, descending=True, stable=True).indices  # stable: ties by id
     return order[:size].sort().values
+
+
+def checkpoint_draft_vocabulary(directory: str, size: int) -> torch.Tensor:
+    """The draft vocabulary a head checkpoint was trained with. A head
+    trained on from it (--init-from) keeps it: its LM-head rows are those
+    tokens, whatever the counts of more data would pick now."""
+    ids = read_head_weights(directory).get("draft_ids")
+    if ids is None:
+        raise ValueError(f"--init-from {directory} has no draft vocabulary (trained with --draft-vocab 0)")
+    if ids.numel() != size:
+        raise ValueError(f"--init-from {directory} drafts over {ids.numel()} tokens, not --draft-vocab {size}")
+    return ids.long()
 
 
 def coverage(features: FeatureSet, ids: torch.Tensor, vocab_size: int) -> float:

@@ -17,7 +17,10 @@
 # checkpoint's anchors. TRAIN_SEED (default 0, the first run's) seeds its
 # data order: 0 replays the first run's anchors, another draws new ones.
 # INIT_FROM (another checkpoint directory, e.g. an earlier continuation)
-# and CONTINUED_NAME (the output's name under RUN_DIR) chain stages.
+# and CONTINUED_NAME (the output's name under RUN_DIR) chain stages. A
+# continuation keeps its checkpoint's draft vocabulary, so it may train on
+# more data: CONVERSATIONS (default 700) ShareGPT conversations, cached in
+# DATA_DIR (default RUN_DIR/data).
 #
 # ablate trains DSpark with one part changed (NAME: markov-off, markov-32,
 # markov-256, confidence-off), or EAGLE-3 on this budget's schedule (NAME:
@@ -55,7 +58,7 @@ DATA_THREADS=${DATA_THREADS:-1}
 EVAL_EVERY=${EVAL_EVERY:-250}  # steps between held-out tau evaluations (each ~160 s on one core)
 
 DATA_ARGS=(
-  --dtype "${DTYPE:-float32}" --data sharegpt:200 --conversations 700 --heldout-data sharegpt:32
+  --dtype "${DTYPE:-float32}" --data sharegpt:200 --conversations "${CONVERSATIONS:-700}" --heldout-data sharegpt:32
   --eval-data mtbench:16,humaneval:16 --max-new-tokens 256 --max-prompt-tokens 512 --gen-batch 32
   --max-len 1024 --top-k 20 --draft-vocab 16384 --no-progress --seed 0
 )
@@ -84,7 +87,7 @@ train_draft() {  # THREADS OUT ARGS...: run the CLI from a fresh snapshot
   code=$(snapshot)
   echo "== $(date -u +%FT%TZ) $(basename "$code") train-draft --out $out $*"
   (cd "$code" && PYTHONPATH="$code${DATA_PACKAGES:+:$DATA_PACKAGES}" OMP_NUM_THREADS=$threads \
-    "$PY" -m engine.spec.training.cli train-draft --out "$out" --work-dir "$RUN/data" --threads "$threads" \
+    "$PY" -m engine.spec.training.cli train-draft --out "$out" --work-dir "${DATA_DIR:-$RUN/data}" --threads "$threads" \
     "${DATA_ARGS[@]}" "$@")
 }
 

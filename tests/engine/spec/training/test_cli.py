@@ -209,5 +209,38 @@ def test_train_draft_warm_starts_from_a_checkpoint(tiny_dir, tmp_path, capsys, m
     with pytest.raises(ValueError, match="is a dspark head, not dflash"):
         main(["train-draft", "--method", "dflash", "--out", str(tmp_path / "other"), *common, "--steps", "1",
               "--init-from", str(tmp_path / "first")])
-    with pytest.raises(ValueError, match="another draft vocabulary"):
+    with pytest.raises(ValueError, match="drafts over 48 tokens, not --draft-vocab 40"):
         train("vocab", "--steps", "1", "--draft-vocab", "40", "--init-from", str(tmp_path / "first"))
+
+
+def test_a_continuation_keeps_the_checkpoints_draft_vocabulary(tiny_dir, tiny_target, tmp_path, capsys, monkeypatch):
+    """--init-from on other data: the head drafts over the vocabulary it was
+    trained with (its LM-head rows are those tokens), not the one the new
+    data's counts would pick."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from engine.spec.training import pipeline
+    from engine.spec.training.data import Prompt
+
+    prompts = [Prompt("toy", f"toy/{i}", f"Tell me about fox {i}.") for i in range(6)]
+    monkeypatch.setattr(pipeline, "load_prompts", lambda spec, split=None: prompts[:int(spec.split(":")[1])])
+    common = ["--method", "dspark", "--target", str(tiny_dir), "--work-dir", str(tmp_path / "work"),
+              "--data", "toy:4", "--heldout-data", "toy:2", "--max-new-tokens", "12", "--block-size", "3",
+              "--draft-vocab", "48", "--sequences-per-step", "2", "--anchors", "4", "--calibration-tokens", "6",
+              "--no-progress"]
+    assert main(["train-draft", "--out", str(tmp_path / "first"), *common, "--steps", "1"]) == 0
+    # A checkpoint whose vocabulary no count of this data picks: the 48 ids after the counted ones.
+    shutil.copytree(tmp_path / "first", tmp_path / "other-vocab")
+    weights = load_file(str(tmp_path / "other-vocab" / "model.safetensors"))
+    counted = weights["draft_ids"]
+    unused = torch.tensor([t for t in range(tiny_target.config.vocab_size) if t not in set(counted.tolist())][:48])
+    weights["draft_ids"] = unused.to(counted.dtype)
+    save_file(weights, str(tmp_path / "other-vocab" / "model.safetensors"))
+    assert main(["train-draft", "--out", str(tmp_path / "continued"), *common, "--steps", "1",
+                 "--init-from", str(tmp_path / "other-vocab")]) == 0
+    capsys.readouterr()
+    continued = load_file(str(tmp_path / "continued" / "model.safetensors"))["draft_ids"]
+    assert torch.equal(continued.long(), unused) and not torch.equal(continued.long(), counted.long())

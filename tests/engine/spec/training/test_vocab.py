@@ -12,7 +12,7 @@ from engine.spec.heads.checkpoint import load_head, save_head
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.registry import HEAD_METHODS
 from engine.spec.training.recipes import build_head
-from engine.spec.training.vocab import coverage, draft_vocabulary, target_choice_counts
+from engine.spec.training.vocab import checkpoint_draft_vocabulary, coverage, draft_vocabulary, target_choice_counts
 from scheduler.request import Request, SamplingParams
 from tests.engine.spec.conftest import random_sequence, split, target_features
 from tests.engine.spec.test_head_drafter import make_engine
@@ -96,6 +96,17 @@ def test_vocabulary_survives_the_checkpoint(tmp_path, tiny_target, ids):
     assert size < save_head(full, str(tmp_path / "full"))
     with pytest.raises(ValueError, match="distinct"):
         head.set_draft_vocab(torch.zeros(VOCAB, dtype=torch.long))
+
+
+def test_a_continuation_reads_the_checkpoints_vocabulary(tmp_path, tiny_target, ids):
+    save_head(vocab_head(tiny_target, "dspark", ids), str(tmp_path / "ckpt"))
+    assert torch.equal(checkpoint_draft_vocabulary(str(tmp_path / "ckpt"), VOCAB), ids)
+    with pytest.raises(ValueError, match=f"drafts over {VOCAB} tokens, not --draft-vocab 40"):
+        checkpoint_draft_vocabulary(str(tmp_path / "ckpt"), 40)
+    full = build_head(HeadConfig.for_target("dspark", tiny_target.config, block_size=4), tiny_target.model)
+    save_head(full, str(tmp_path / "full"))
+    with pytest.raises(ValueError, match="has no draft vocabulary"):
+        checkpoint_draft_vocabulary(str(tmp_path / "full"), VOCAB)
 
 
 def test_outside_tokens_map_past_the_end(tiny_target, ids):

@@ -65,9 +65,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="budget in training tokens (anchors: one per block); sets --steps")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
     g.add_argument("--init-from", default=None, metavar="CHECKPOINT_DIR",
-                   help="warm start: a trained head's weights (same method and shape) and its draft vocabulary "
-                        "(kept, whatever this run's data would pick), a fresh optimizer and a new schedule over --train-tokens more anchors; its log goes "
-                        "on counting from the checkpoint's anchors (for runs whose train_state.pt is gone)")
+                   help="warm start: a trained head's weights (same method and shape) and its draft "
+                        "vocabulary (kept, whatever this run's data would pick), a fresh optimizer and a new "
+                        "schedule over --train-tokens more anchors; its log goes on counting from the "
+                        "checkpoint's anchors (for runs whose train_state.pt is gone)")
     g.add_argument("--stop-at-step", type=int, default=None,
                    help="stop at this step, the learning rate still scheduled for the whole budget (ablations)")
     g.add_argument("--lr", type=float, default=5e-4)

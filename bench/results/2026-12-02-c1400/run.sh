@@ -21,9 +21,10 @@ set -euo pipefail
 OUT=bench/results/2026-12-02-c1400
 RUN=${RUN:-$PWD/runs/heads-smollm2}  # absolute: the scripts run from a snapshot
 PY=${PYTHON:-python}
-NAME=dspark-c1400
-TRAIN_TOKENS=200000 EVAL_EVERY=600 PRECISION=bf16 LR=3e-4 WARMUP_STEPS=100 TRAIN_SEED=2 \
-  CONVERSATIONS=1400 DATA_DIR="$RUN/data-c1400" INIT_FROM="$RUN/dspark-stage3-seed1" CONTINUED_NAME=$NAME \
+# run-stage5.sh runs this again from this run's head: NAME, FROM, SEED, EVERY.
+NAME=${NAME:-dspark-c1400}
+TRAIN_TOKENS=200000 EVAL_EVERY=${EVERY:-600} PRECISION=bf16 LR=3e-4 WARMUP_STEPS=100 TRAIN_SEED=${SEED:-2} \
+  CONVERSATIONS=1400 DATA_DIR="$RUN/data-c1400" INIT_FROM="$RUN/${FROM:-dspark-stage3-seed1}" CONTINUED_NAME=$NAME \
   PYTHON=$PY nice -n 10 bash engine/spec/training/scripts/smollm2-heads.sh continue dspark "$RUN"
 PROMPTS=8 COMPARE=0 PYTHON=$PY engine/spec/training/scripts/smollm2-heads-eval.sh "$RUN" $NAME
 cp "$RUN"/eval/$NAME-*.json "$OUT/"

@@ -205,7 +205,7 @@ def run_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     data = prepare_data(args, loaded, work, config.aux_layers)
     data_seconds = time.perf_counter() - started
-    vocab = _draft_vocab(args, loaded, data, work)
+    vocab = _draft_vocab(args, loaded, data)
     if args.prepare_only:
         print(json.dumps({"train_sequences": len(data.train), "train_tokens": data.train.num_tokens,
                           "trained_tokens": data.train.num_trainable_tokens, "heldout": len(data.heldout),
@@ -250,7 +250,7 @@ def _steps(args) -> int:
     return -(-args.train_tokens // (args.sequences_per_step * args.anchors))
 
 
-def _draft_vocab(args, loaded, data, work: str) -> dict:
+def _draft_vocab(args, loaded, data) -> dict:
     """The draft vocabulary (counts cached in each training feature
     directory, or --init-from's own) and its coverage of the held-out and
     evaluation sets."""

@@ -102,6 +102,9 @@ def _add_speculative_flags(g: argparse._ArgumentGroup) -> None:
                         "adaptive*: draft and verification lengths from load and confidence")
     g.add_argument("--ngram-min", type=int, default=spec.ngram_min)
     g.add_argument("--ngram-max", type=int, default=spec.ngram_max)
+    g.add_argument("--ngram-datastore", default=None, metavar="PATH",
+                   help="a corpus datastore (specserve build-datastore) that ngram and hybrid draft "
+                        "from where prompt lookup finds no match")
     g.add_argument("--self-draft-layers", type=int, default=spec.self_draft_layers,
                    help="layers of the target used as its own drafter (0: a third)")
 
@@ -150,7 +153,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     speculative = SpeculativeConfig(
         method=args.speculative_method, num_speculative_tokens=args.num_speculative_tokens,
         draft_model=args.draft_model, policy=args.verify_policy, ngram_min=args.ngram_min,
-        ngram_max=args.ngram_max, self_draft_layers=args.self_draft_layers)
+        ngram_max=args.ngram_max, ngram_datastore=args.ngram_datastore, self_draft_layers=args.self_draft_layers)
     return EngineConfig(model=args.model, dtype=args.dtype, device=args.device, cache=cache,
                         scheduler=scheduler, speculative=speculative,
                         served_model_name=args.served_model_name, seed=args.seed,

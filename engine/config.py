@@ -67,6 +67,9 @@ class SchedulerConfig:
             raise ValueError("max_model_len must be > 1")
 
 
+DATASTORE_METHODS = ("ngram", "hybrid")  # the methods whose n-gram drafter reads --ngram-datastore
+
+
 @dataclass(frozen=True)
 class SpeculativeConfig:
     """Which drafter to use and how many tokens it may propose per step."""
@@ -76,6 +79,9 @@ class SpeculativeConfig:
     draft_model: str | None = None
     ngram_min: int = 1
     ngram_max: int = 4
+    # A corpus datastore (engine/spec/datastore.py) that n-gram and the
+    # hybrid draft from where prompt lookup finds no match; None: none.
+    ngram_datastore: str | None = None
     self_draft_layers: int = 0  # 0 = auto (a third of the target's layers)
     policy: str = "adaptive"
 
@@ -93,6 +99,9 @@ class SpeculativeConfig:
             raise ValueError("num_speculative_tokens must be in [1, 16]")
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError("need 1 <= ngram_min <= ngram_max")
+        if self.ngram_datastore and self.method not in DATASTORE_METHODS:
+            raise ValueError(f"--ngram-datastore drafts for {' and '.join(DATASTORE_METHODS)} only, "
+                             f"not --speculative-method {self.method}")
 
     @property
     def enabled(self) -> bool:

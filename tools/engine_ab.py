@@ -37,6 +37,7 @@ from engine.models.default import default_model_path
 from scheduler.request import SamplingParams
 
 HEAD = "checkpoints/dspark-smollm2"
+DATASTORE = "checkpoints/datastore-smollm2/datastore.safetensors"
 
 
 def speculative_configs(head: str, candidate: str | None = None) -> dict[str, SpeculativeConfig]:
@@ -61,7 +62,12 @@ def _configs_over(head: str) -> dict[str, SpeculativeConfig]:
                                         num_speculative_tokens=7),
             # the hybrid's n-gram up to 16 drafts, its head up to its block (7)
             "hybrid16": SpeculativeConfig(method="hybrid", draft_model=head, policy="adaptive",
-                                          num_speculative_tokens=16)}
+                                          num_speculative_tokens=16),
+            # the same two drafting from the corpus datastore where prompt lookup finds nothing
+            "ngram-ds": SpeculativeConfig(method="ngram", policy="adaptive", num_speculative_tokens=8,
+                                          ngram_datastore=DATASTORE),
+            "hybrid-ds": SpeculativeConfig(method="hybrid", draft_model=head, policy="adaptive",
+                                           num_speculative_tokens=7, ngram_datastore=DATASTORE)}
 
 
 def never_run_the_head(engine: LLMEngine) -> None:

@@ -69,7 +69,7 @@ from dataclasses import dataclass, field, replace
 
 from engine.spec.base import DraftInput, Drafter
 from engine.spec.head_drafter import HeadDrafter
-from engine.spec.ngram import NgramDrafter
+from engine.spec.ngram import NgramDrafter, load_datastore
 from engine.spec.registry import DrafterContext, register_drafter
 from scheduler.calibration import ConfidenceCalibrator
 from scheduler.drafts import DraftBlock, DraftEconomics
@@ -204,10 +204,10 @@ class HybridDrafter(Drafter):
         # past the head's block); the head drafts at most its block.
         self.max_draft_tokens = None
         self.head_source = head.name
-        self.calibrators = {ngram.name: ConfidenceCalibrator(), head.name: ConfidenceCalibrator()}
+        self.calibrators = {source: ConfidenceCalibrator() for source in (*ngram.sources, head.name)}
         self.head_rates = PositionRates()
         self.pending: dict[str, _Pending] = {}
-        self.choices = {ngram.name: 0, head.name: 0}  # proposals handed out per source
+        self.choices = {source: 0 for source in (*ngram.sources, head.name)}  # proposals handed out per source
         self.payoff = HeadPayoff()
         self.head_lengths = HeadLengths()
         # Requests x steps the head did not run for, by reason (its first draft
@@ -395,4 +395,5 @@ def _build_hybrid(context: DrafterContext) -> Drafter:
     config = context.config
     spec = config.speculative
     head = HeadDrafter.from_checkpoint(spec.draft_model, context.target.model, context.dtype, config.device)
-    return HybridDrafter(head, NgramDrafter(spec.ngram_min, spec.ngram_max))
+    datastore = load_datastore(spec.ngram_datastore, context.target.tokenizer)
+    return HybridDrafter(head, NgramDrafter(spec.ngram_min, spec.ngram_max, datastore=datastore))

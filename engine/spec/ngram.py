@@ -1,8 +1,11 @@
 """Prompt-lookup drafting: propose what followed the latest earlier match of
-the request's own recent suffix (prompt and output). No weights."""
+the request's own recent suffix (prompt and output). No weights; where
+nothing matches, optionally a corpus datastore's continuation
+(engine/spec/datastore.py)."""
 from __future__ import annotations
 
 from engine.spec.base import DraftInput, Drafter
+from engine.spec.datastore import NgramDatastore, tokenizer_fingerprint
 from engine.spec.ngram_prior import SURVIVAL_BY_MATCH_AND_POSITION
 from engine.spec.registry import DrafterContext, register_drafter
 from scheduler.drafts import DraftBlock
@@ -75,16 +78,28 @@ class NgramDrafter(Drafter):
     block's first: a copied run goes on. The load-aware scheduler
     recalibrates it from realised acceptance. Drafts are deterministic, so
     the confidence never depends on a drawn token.
+
+    With a `datastore`, a request whose suffix matched nothing earlier gets
+    the datastore's continuation instead, as a block of source "datastore"
+    (its confidences the corpus's shares, calibrated apart by the hybrid).
     """
 
     name = "ngram"
+    datastore_source = "datastore"
     costs_compute = False
 
     def __init__(self, min_n: int = 1, max_n: int = 4,
-                 survival_prior: tuple[tuple[float, ...], ...] = SURVIVAL_BY_MATCH_AND_POSITION):
+                 survival_prior: tuple[tuple[float, ...], ...] = SURVIVAL_BY_MATCH_AND_POSITION,
+                 datastore: NgramDatastore | None = None):
         self.min_n, self.max_n = min_n, max_n
         self.survival_prior = survival_prior
+        self.datastore = datastore
         self.indexes: dict[str, NgramIndex] = {}
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The block sources this drafter emits."""
+        return (self.name, self.datastore_source) if self.datastore is not None else (self.name,)
 
     def confidences(self, match_len: int, num_drafts: int) -> list[float]:
         """Prior conditional survivals of a block after a match of
@@ -112,10 +127,24 @@ class NgramDrafter(Drafter):
             if follow:
                 proposals[item.request.request_id] = DraftBlock(
                     follow, self.confidences(match_len, len(follow)), None, self.name)
+            elif self.datastore is not None:
+                tokens, confidences = self.datastore.continuation(index.tokens, item.max_tokens)
+                if tokens:
+                    proposals[item.request.request_id] = DraftBlock(
+                        tokens, confidences, None, self.datastore_source)
         return proposals
+
+
+def load_datastore(path: str | None, tokenizer) -> NgramDatastore | None:
+    """The datastore at `path` (None: none), checked against the target's
+    tokenizer: one built over another vocabulary raises ValueError."""
+    if not path:
+        return None
+    return NgramDatastore.load(path, tokenizer_fingerprint(tokenizer.backend.get_vocab()))
 
 
 @register_drafter("ngram", help="prompt lookup over the request's own tokens (no weights)")
 def _build_ngram(context: DrafterContext) -> Drafter:
     spec = context.config.speculative
-    return NgramDrafter(spec.ngram_min, spec.ngram_max)
+    return NgramDrafter(spec.ngram_min, spec.ngram_max,
+                        datastore=load_datastore(spec.ngram_datastore, context.target.tokenizer))

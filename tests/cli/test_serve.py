@@ -52,6 +52,14 @@ def test_flags_build_engine_config():
             c.speculative.self_draft_layers) == (2, 5, 4)
 
 
+def test_the_datastore_flag_reaches_the_speculative_config():
+    args = _serve_args("--model", "/models/x", "--ngram-datastore", "/stores/d.safetensors")
+    assert cli.engine_config_from_args(args).speculative.ngram_datastore == "/stores/d.safetensors"
+    with pytest.raises(ValueError, match="ngram and hybrid only"):
+        cli.engine_config_from_args(_serve_args("--model", "/models/x", "--speculative-method", "self-draft",
+                                                "--ngram-datastore", "/stores/d.safetensors"))
+
+
 @pytest.mark.parametrize("argv", [["--speculative-method", "magic"], ["--verify-policy", "x"],
                                   ["--dtype", "int3"], ["--port", "http"]])
 def test_bad_flags_exit(argv, capsys):

@@ -36,6 +36,7 @@ from engine.config import CacheConfig, EngineConfig, SchedulerConfig, Speculativ
 from engine.kv_cache import allocate_kv_caches
 from engine.models.loader import load_model
 from engine.sampler import RowContext, target_probs
+from engine.spec.datastore import build_datastore, tokenizer_fingerprint
 from engine.spec.base import Drafter
 from engine.spec.heads.checkpoint import save_head
 from engine.spec.heads.config import HeadConfig
@@ -101,10 +102,28 @@ def head_checkpoints(vocab_target, tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def draft_models(vocab_draft_dir, head_checkpoints) -> dict[str, str]:
+def vocab_datastore(vocab_target, tmp_path_factory) -> str:
+    """A corpus datastore over the target's vocabulary, counted on random
+    sequences: its drafts are often wrong, so both outcomes get verified."""
+    generator = torch.Generator().manual_seed(0)
+    sequences = torch.randint(0, VOCAB, (40, 30), generator=generator).tolist()
+    fingerprint = tokenizer_fingerprint(vocab_target.tokenizer.backend.get_vocab())
+    path = str(tmp_path_factory.mktemp("datastore") / "datastore.safetensors")
+    build_datastore(sequences, max_n=3, min_count=2, tokenizer=fingerprint).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def draft_models(vocab_draft_dir, head_checkpoints, vocab_datastore) -> dict[str, str]:
     """--draft-model of every method that needs one (the hybrid drafts from
-    a DSpark head beside n-gram)."""
-    return {"draft-model": vocab_draft_dir, **head_checkpoints, "hybrid": head_checkpoints["dspark"]}
+    a DSpark head beside n-gram), and the datastore of `ngram-datastore`."""
+    return {"draft-model": vocab_draft_dir, **head_checkpoints, "hybrid": head_checkpoints["dspark"],
+            DATASTORE_METHOD: vocab_datastore}
+
+
+# n-gram with a datastore (`draft_models` maps it to the file), prompt
+# lookup kept to 4-token matches so that most blocks come from the datastore
+DATASTORE_METHOD = "ngram-datastore"
 
 
 def engine_config(target, method: str, policy: str, draft_model: str | None, num_speculative_tokens: int,
@@ -112,8 +131,12 @@ def engine_config(target, method: str, policy: str, draft_model: str | None, num
     """The engine setup of these tests: float32, self-draft from 1 of 2 layers,
     no machine counters (what is verified must not depend on what else runs
     on the machine)."""
-    spec = SpeculativeConfig(method=method, num_speculative_tokens=num_speculative_tokens,
-                             draft_model=draft_model, self_draft_layers=1, policy=policy)
+    if method == DATASTORE_METHOD:
+        spec = SpeculativeConfig(method="ngram", num_speculative_tokens=num_speculative_tokens, policy=policy,
+                                 ngram_min=4, ngram_max=4, ngram_datastore=draft_model)
+    else:
+        spec = SpeculativeConfig(method=method, num_speculative_tokens=num_speculative_tokens,
+                                 draft_model=draft_model, self_draft_layers=1, policy=policy)
     return EngineConfig(model=target.path, cache=CacheConfig(block_size=8, num_blocks=2048),
                         scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=1024,
                                                   max_model_len=64),

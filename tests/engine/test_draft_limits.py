@@ -17,7 +17,7 @@ from engine.spec.heads.registry import HEAD_METHODS
 from scheduler.load import StepCostModel
 from scheduler.request import SamplingParams
 from tests.engine.lossless_harness import (  # noqa: F401 (fixtures)
-    HEAD_BLOCK, draft_models, engine_config, head_checkpoints, vocab_draft_dir, vocab_target, vocab_target_dir)
+    HEAD_BLOCK, draft_models, engine_config, head_checkpoints, vocab_datastore, vocab_draft_dir, vocab_target, vocab_target_dir)
 
 METHODS = ("ngram", "draft-model", "self-draft", *HEAD_METHODS)
 PROMPTS = [[3, 1, 3, 0, 3, 1, 3], [0, 1, 2, 3], [2, 2, 3]]

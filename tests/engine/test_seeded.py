@@ -24,10 +24,10 @@ from engine.spec.heads.registry import HEAD_METHODS
 from engine.spec.rejection import coupled_verify, rejection_sample, verify_drafts
 from scheduler.request import SamplingParams
 from tests.engine.lossless_harness import (  # noqa: F401 (fixtures)
-    ALPHA, SETTINGS, cell_counts, chi2_sf, draft_models, engine_config, exact_distribution,
-    goodness_of_fit, head_checkpoints, knee_cost, serve, vocab_draft_dir, vocab_target, vocab_target_dir)
+    ALPHA, DATASTORE_METHOD, SETTINGS, cell_counts, chi2_sf, draft_models, engine_config, exact_distribution,
+    goodness_of_fit, head_checkpoints, knee_cost, serve, vocab_datastore, vocab_draft_dir, vocab_target, vocab_target_dir)
 
-METHODS = ("ngram", "draft-model", "self-draft", *HEAD_METHODS)
+METHODS = ("ngram", DATASTORE_METHOD, "draft-model", "self-draft", *HEAD_METHODS)
 MASK = 0xFFFFFFFF
 
 
@@ -173,6 +173,9 @@ def test_seeded_requests_reproduce_with_speculation_on(vocab_target, draft_model
     assert concurrent.generate(SEEDED_PROMPTS, SEEDED) == seeded_plain
     for engine in (alone, concurrent):
         assert engine.stats.num_accepted_tokens > 0, "no draft was accepted: nothing was tested"
+        if method == DATASTORE_METHOD:
+            datastore = engine.stats.spec_by_source["datastore"]
+            assert 0 < datastore.num_accepted_tokens < datastore.num_draft_tokens
 
 
 def test_seeded_plain_decoding_has_the_target_distribution(vocab_target):

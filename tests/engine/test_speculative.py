@@ -7,6 +7,7 @@ concurrent batches, with stop strings, max_tokens and logprobs.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -250,3 +251,41 @@ def test_verify_policy_off_means_no_speculation(model_dir):
     assert engine.drafter is None and engine.verify_policy is None
     engine.generate(encode_all(engine)[:2], GREEDY)
     assert engine.stats.num_drafts == 0
+
+
+def test_drafting_from_a_datastore_equals_plain_decoding_alone_and_batched(model_dir, reference, tmp_path):
+    """n-gram with a corpus datastore (prompt lookup kept to 4-token matches,
+    so most blocks are the datastore's): counted on the target's own outputs
+    (accepted drafts) and on random text (rejected ones)."""
+    from engine.spec.datastore import build_datastore, tokenizer_fingerprint
+
+    plain = make_engine(model_dir)
+    noise = random.Random(0)
+    corpus = reference + [[noise.randrange(200) for _ in range(30)] for _ in range(20)]
+    path = str(tmp_path / "datastore.safetensors")
+    fingerprint = tokenizer_fingerprint(plain.tokenizer.backend.get_vocab())
+    build_datastore(corpus, max_n=3, min_count=1, tokenizer=fingerprint).save(path)
+    spec = SpeculativeConfig(method="ngram", num_speculative_tokens=6, ngram_min=4, ngram_max=4,
+                             ngram_datastore=path)
+    engine = LLMEngine(dataclasses.replace(plain.config, speculative=spec), loaded=plain.loaded,
+                       step_cost=StepCostModel.flat())
+    prompts = encode_all(engine)
+    assert [engine.generate([p], GREEDY)[0] for p in prompts] == reference
+    assert engine.generate(prompts * 3, GREEDY) == reference * 3
+    datastore = engine.stats.spec_by_source["datastore"]
+    assert 0 < datastore.num_accepted_tokens < datastore.num_draft_tokens
+    engine.scheduler.block_manager.check_integrity()
+
+
+def test_a_datastore_of_another_tokenizer_or_method_is_refused(model_dir, tmp_path):
+    from engine.spec.datastore import build_datastore
+
+    path = str(tmp_path / "other.safetensors")
+    build_datastore([[1, 2, 3]] * 2, max_n=2, min_count=1, tokenizer="another-vocabulary").save(path)
+    plain = make_engine(model_dir)
+    spec = SpeculativeConfig(method="ngram", ngram_datastore=path)
+    with pytest.raises(ValueError, match="built for tokenizer another-vocabulary"):
+        LLMEngine(dataclasses.replace(plain.config, speculative=spec), loaded=plain.loaded,
+                  step_cost=StepCostModel.flat())
+    with pytest.raises(ValueError, match="ngram and hybrid only"):
+        SpeculativeConfig(method="self-draft", ngram_datastore=path)

@@ -46,15 +46,16 @@ from scheduler.load import StepCostModel
 from scheduler.policies import policy_spec
 from scheduler.request import SamplingParams
 from tests.engine.lossless_harness import (  # noqa: F401 (fixtures)
-    OUTPUT_LEN, PLAIN, DrawnTokenConfidence, deterministic_streams, draft_models, engine_config, fit_by_setting, head_checkpoints,
-    knee_cost, mixed_requests, serve, vocab_draft_dir, vocab_target, vocab_target_dir)
+    DATASTORE_METHOD, OUTPUT_LEN, PLAIN, DrawnTokenConfidence, deterministic_streams, draft_models, engine_config, fit_by_setting, head_checkpoints,
+    knee_cost, mixed_requests, serve, vocab_datastore, vocab_draft_dir, vocab_target, vocab_target_dir)
 
 METHODS = ("ngram", "draft-model", "self-draft", *HEAD_METHODS)
 POLICIES = ("static", "adaptive", "adaptive-async")
 # The hybrid under the static policy only: its online calibration learns
 # that a random head's drafts are rarely accepted, and the adaptive policies
 # then verify too few drafts (139 in 7000 requests) for the test to have power.
-SETTINGS = [(method, policy) for method in METHODS for policy in POLICIES] + [("hybrid", "static")]
+SETTINGS = [(method, policy) for method in METHODS for policy in POLICIES] + [("hybrid", "static")] + [
+    (DATASTORE_METHOD, "static"), (DATASTORE_METHOD, "adaptive")]
 PER_SETTING = 3500
 MAX_NUM_SEQS = 128
 ARRIVALS_PER_STEP = 32
@@ -119,6 +120,10 @@ def test_sampling_through_the_engine_is_lossless(vocab_target, draft_models, exa
     fits, exact = run_mixed(engine, PER_SETTING)
     assert exact == exact_outputs, "greedy or seeded requests differ from plain decoding"
     assert_speculation_happened(engine, policy, 2 * PER_SETTING)
+    if method == DATASTORE_METHOD:  # most blocks came from the datastore, accepted and rejected
+        by_source = engine.stats.spec_by_source
+        assert by_source["datastore"].num_drafts > by_source.get("ngram", by_source["datastore"]).num_drafts / 2
+        assert 0 < by_source["datastore"].num_accepted_tokens < by_source["datastore"].num_draft_tokens
     for name, fit in fits.items():
         assert fit.power >= 0.9, f"{name}: too few samples for the power asked for ({fit})"
         assert not fit.rejects, f"{method} x {policy}, {name}: {fit}"

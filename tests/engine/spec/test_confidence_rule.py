@@ -23,7 +23,7 @@ from engine.spec.heads.registry import HEAD_METHODS
 from scheduler.request import Request, SamplingParams
 from tests.engine.lossless_harness import (  # noqa: F401 (fixtures)
     FILTERED, HEAD_BLOCK, PLAIN, DrawnTokenConfidence, draft_models, engine_config, head_checkpoints,
-    sequence_features, vocab_draft_dir, vocab_target, vocab_target_dir)
+    sequence_features, vocab_datastore, vocab_draft_dir, vocab_target, vocab_target_dir)
 
 METHODS = ("ngram", "draft-model", "self-draft", *HEAD_METHODS, "hybrid")
 SAMPLED = ("draft-model", "self-draft", *HEAD_METHODS, "hybrid")  # drafters whose drafts are random

@@ -266,3 +266,24 @@ def test_ngram_drafts_past_the_heads_block_and_the_head_stays_within_it():
     proposals = hybrid.propose([DraftInput(r, 16, torch.Generator(), []) for r in (copying, free)])
     assert proposals["c"].source == "ngram" and proposals["c"].token_ids == run[4:20]
     assert proposals["f"].source == "dspark" and head.asked == [BLOCK]
+
+
+def test_the_hybrid_chooses_between_its_head_and_the_datastore_and_stays_lossless(tiny_dir, tiny_target, tmp_path):
+    """The n-gram half with a datastore (prompt lookup kept to 4-token
+    matches): datastore blocks compete with the head's, each source
+    calibrated apart, and the output is plain decoding's."""
+    from engine.spec.datastore import build_datastore, tokenizer_fingerprint
+
+    plain_engine = make_engine(tiny_dir)
+    prompts = [plain_engine.tokenizer.encode(p) for p in PROMPTS]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    plain = plain_engine.generate(prompts, params)
+    fingerprint = tokenizer_fingerprint(plain_engine.tokenizer.backend.get_vocab())
+    datastore = build_datastore(plain[:2] + [list(range(40, 70))] * 2, max_n=3, min_count=1, tokenizer=fingerprint)
+    hybrid = HybridDrafter(make_drafter(plain_engine.loaded, "dspark"), NgramDrafter(4, 4, datastore=datastore))
+    assert set(hybrid.calibrators) == {"ngram", "datastore", "dspark"}
+    engine = make_engine(tiny_dir, plain_engine.loaded, hybrid)
+    assert [engine.generate([p], params)[0] for p in prompts] == plain
+    assert engine.generate(prompts * 2, params) == plain * 2
+    assert hybrid.choices["datastore"] > 0 and hybrid.choices["dspark"] > 0
+    assert engine.stats.spec_by_source["datastore"].num_accepted_tokens > 0

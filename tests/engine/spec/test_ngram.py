@@ -40,3 +40,19 @@ def test_confidences_are_the_prior_of_the_match_length_and_position():
     four = _propose(NgramDrafter(1, 4, survival_prior=prior), [1, 2, 3, 4, 9, 8, 1, 2, 3, 4], 2)
     assert four.token_ids == [9, 8] and four.confidences == [0.7, 0.8]  # a 4-token match reads the last row
 
+
+
+def test_the_datastore_drafts_only_where_prompt_lookup_finds_nothing():
+    from engine.spec.datastore import build_datastore
+
+    datastore = build_datastore([[1, 2, 3, 4]] * 3, max_n=2, min_count=2, tokenizer="t")
+    drafter = NgramDrafter(1, 4, datastore=datastore)
+    assert drafter.sources == ("ngram", "datastore")
+    copied = _propose(drafter, [1, 9, 8, 1], 3)  # "1" recurs: prompt lookup copies what followed it
+    assert copied.source == "ngram" and copied.token_ids == [9, 8, 1]
+    fresh = _propose(NgramDrafter(1, 4, datastore=datastore), [7, 1], 3)  # nothing recurs
+    assert fresh.source == "datastore" and fresh.token_ids == [2, 3, 4] and fresh.confidences == [1.0] * 3
+    assert fresh.probs is None  # a deterministic proposal, like prompt lookup's
+    assert _propose(NgramDrafter(1, 4, datastore=datastore), [7, 6], 3) is None  # neither has anything
+    assert NgramDrafter(1, 4).sources == ("ngram",)
+    assert _propose(NgramDrafter(1, 4), [7, 1], 3) is None

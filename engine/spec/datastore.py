@@ -1,0 +1,180 @@
+"""A datastore of what most often follows short contexts in a text corpus,
+for drafting where a request's own tokens offer nothing to copy.
+
+Prompt lookup (engine/spec/ngram.py) drafts only when the request's recent
+suffix occurred earlier in the request. Where it did not, this table
+proposes the corpus's most frequent continuation of the longest context
+(up to `max_n` tokens) it holds, one token at a time: retrieval in place
+of a draft model, as REST (He et al., 2023) drafts from a datastore. It
+costs a lookup per draft, no forward.
+
+Each entry keys a context (its length and tokens, hashed to 64 bits) to
+the token that followed it most often in the corpus and that token's
+share of the context's continuations: the draft's confidence, read as the
+chance that it survives given that the drafts before it did
+(speculation.md s.1). Only contexts seen at least `min_count` times are
+kept. The file is a safetensors file with the tokenizer's fingerprint in
+its metadata, so a datastore is never used with another vocabulary.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+FORMAT = "specserve-ngram-datastore"
+VERSION = "1"
+_MULTIPLIER = 1_000_003
+_MASK = (1 << 64) - 1
+
+
+def context_key(context: Sequence[int]) -> int:
+    """64-bit key of a context: its length, then each token, folded by a
+    polynomial hash (the same arithmetic as `_window_keys`, wrapping at 2**64)."""
+    key = len(context)
+    for token in context:
+        key = (key * _MULTIPLIER + token + 1) & _MASK
+    return key
+
+
+def tokenizer_fingerprint(vocab: dict[str, int]) -> str:
+    """A digest of a tokenizer's vocabulary (token text -> id)."""
+    digest = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class NgramDatastore:
+    """Sorted context keys, the most frequent next token of each, its share."""
+
+    keys: np.ndarray  # uint64, sorted, unique
+    next_tokens: np.ndarray  # int32
+    confidences: np.ndarray  # float16: the next token's share of the context's continuations
+    max_n: int
+    tokenizer: str  # tokenizer_fingerprint of the vocabulary the tokens belong to
+    description: str = ""
+
+    def __len__(self) -> int:
+        return int(self.keys.size)
+
+    def lookup(self, context: Sequence[int]) -> tuple[int, float] | None:
+        """The next token and its confidence for the longest suffix of
+        `context` (at most max_n tokens) the datastore holds; None if none."""
+        context = list(context[-self.max_n:])
+        queries = np.array([context_key(context[len(context) - n:]) for n in range(len(context), 0, -1)],
+                           dtype=np.uint64)
+        if not queries.size or not self.keys.size:
+            return None
+        at = np.minimum(np.searchsorted(self.keys, queries), self.keys.size - 1)
+        hits = np.flatnonzero(self.keys[at] == queries)
+        if not hits.size:
+            return None
+        entry = at[hits[0]]  # the first hit is the longest context
+        return int(self.next_tokens[entry]), float(self.confidences[entry])
+
+    def continuation(self, context: Sequence[int], k: int) -> tuple[list[int], list[float]]:
+        """Up to k drafts, each the datastore's next token after the context
+        and the drafts before it; stops where no suffix is held."""
+        window = list(context[-self.max_n:])
+        tokens: list[int] = []
+        confidences: list[float] = []
+        for _ in range(k):
+            hit = self.lookup(window)
+            if hit is None:
+                break
+            tokens.append(hit[0])
+            confidences.append(hit[1])
+            window = (window + [hit[0]])[-self.max_n:]
+        return tokens, confidences
+
+    # ---- files ----
+    def save(self, path: str) -> None:
+        from safetensors.numpy import save_file
+
+        save_file({"keys": self.keys, "next_tokens": self.next_tokens, "confidences": self.confidences},
+                  path, metadata={"format": FORMAT, "version": VERSION, "max_n": str(self.max_n),
+                                  "tokenizer": self.tokenizer, "description": self.description})
+
+    @classmethod
+    def load(cls, path: str, tokenizer: str | None = None) -> "NgramDatastore":
+        """Read a datastore; ValueError if it is not one, or was built for
+        another tokenizer than `tokenizer` (a fingerprint) when given."""
+        from safetensors import safe_open
+
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+                raise ValueError(f"{path} is not a {FORMAT} v{VERSION} file (metadata {meta})")
+            if tokenizer is not None and meta.get("tokenizer") != tokenizer:
+                raise ValueError(f"{path} was built for tokenizer {meta.get('tokenizer')}, "
+                                 f"the model's is {tokenizer}")
+            arrays = {name: f.get_tensor(name) for name in ("keys", "next_tokens", "confidences")}
+        return cls(arrays["keys"], arrays["next_tokens"], arrays["confidences"], int(meta["max_n"]),
+                   meta["tokenizer"], meta.get("description", ""))
+
+
+def build_datastore(sequences: Iterable[Sequence[int]], max_n: int, min_count: int, tokenizer: str,
+                    description: str = "") -> NgramDatastore:
+    """Count, for every context of 1..max_n tokens inside one sequence, which
+    token followed it; keep the contexts seen at least `min_count` times
+    with their most frequent follower (ties: the lowest id)."""
+    if max_n < 1 or min_count < 1:
+        raise ValueError("need max_n >= 1 and min_count >= 1")
+    tokens = _joined(sequences)
+    tables = [_count_contexts(tokens, n, min_count) for n in range(1, max_n + 1)]
+    keys = np.concatenate([t[0] for t in tables])
+    order = np.argsort(keys, kind="stable")
+    keys, first = np.unique(keys[order], return_index=True)  # a 64-bit collision keeps one entry
+    chosen = order[first]
+    next_tokens = np.concatenate([t[1] for t in tables])[chosen].astype(np.int32)
+    confidences = np.concatenate([t[2] for t in tables])[chosen].astype(np.float16)
+    return NgramDatastore(keys, next_tokens, confidences, max_n, tokenizer, description)
+
+
+def _joined(sequences: Iterable[Sequence[int]]) -> np.ndarray:
+    """The sequences end to end, -1 between them (no context spans two)."""
+    parts = [np.asarray(list(s) + [-1], dtype=np.int64) for s in sequences]
+    joined = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if (joined[joined != -1] < 0).any():
+        raise ValueError("token ids must be non-negative")
+    return joined
+
+
+def _window_keys(tokens: np.ndarray, n: int) -> np.ndarray:
+    """keys[i] = context_key(tokens[i-n:i]) for i >= n (garbage below n)."""
+    keys = np.full(tokens.size, n, dtype=np.uint64)
+    shifted = (tokens + 1).astype(np.uint64)
+    for m in range(n):  # token i-n+m enters the fold
+        lagged = np.zeros(tokens.size, dtype=np.uint64)
+        lagged[n - m:] = shifted[: tokens.size - (n - m)]
+        keys = keys * np.uint64(_MULTIPLIER) + lagged
+    return keys
+
+
+def _count_contexts(tokens: np.ndarray, n: int, min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keys of the n-token contexts seen >= min_count times, their most
+    frequent next token, and its share."""
+    separators = np.concatenate([[0], np.cumsum(tokens < 0)])
+    positions = np.arange(n, tokens.size)
+    # the context tokens[i-n:i] and the next token tokens[i] hold no separator
+    clean = separators[positions + 1] - separators[positions - n] == 0
+    positions = positions[clean]
+    if not positions.size:
+        empty = np.zeros(0, dtype=np.uint64)
+        return empty, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    keys, nexts = _window_keys(tokens, n)[positions], tokens[positions]
+    order = np.lexsort((nexts, keys))
+    keys, nexts = keys[order], nexts[order]
+    pair_start = np.flatnonzero(np.concatenate([[True], (keys[1:] != keys[:-1]) | (nexts[1:] != nexts[:-1])]))
+    pair_keys, pair_nexts = keys[pair_start], nexts[pair_start]
+    pair_counts = np.diff(np.append(pair_start, keys.size))
+    context_start = np.flatnonzero(np.concatenate([[True], pair_keys[1:] != pair_keys[:-1]]))
+    totals = np.add.reduceat(pair_counts, context_start)
+    group = np.repeat(np.arange(context_start.size), np.diff(np.append(context_start, pair_keys.size)))
+    by_count = np.lexsort((pair_nexts, -pair_counts, group))  # per context: most counted, then lowest id
+    best = by_count[np.concatenate([[True], group[by_count][1:] != group[by_count][:-1]])]
+    keep = totals >= min_count
+    return pair_keys[best][keep], pair_nexts[best][keep], (pair_counts[best] / totals)[keep]

@@ -1,0 +1,109 @@
+"""The corpus datastore holds, for every context seen often enough, the
+follower a brute-force count picks; it drafts by chaining its longest
+held contexts, and refuses a file built over another vocabulary."""
+import random
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+
+from engine.spec.datastore import NgramDatastore, build_datastore, context_key, tokenizer_fingerprint
+
+
+def random_sequences(seed: int, alphabet: int = 6, count: int = 60) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(alphabet) for _ in range(rng.randrange(0, 40))] for _ in range(count)]
+
+
+def brute_force_counts(sequences, max_n: int) -> dict[tuple, Counter]:
+    counts: dict[tuple, Counter] = defaultdict(Counter)
+    for sequence in sequences:
+        for i in range(len(sequence)):
+            for n in range(1, min(max_n, i) + 1):
+                counts[tuple(sequence[i - n:i])][sequence[i]] += 1
+    return counts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_context_seen_often_enough_gets_its_most_frequent_follower(seed):
+    sequences = random_sequences(seed)
+    datastore = build_datastore(sequences, max_n=3, min_count=2, tokenizer="t")
+    counts = brute_force_counts(sequences, 3)
+    kept = {context: c for context, c in counts.items() if sum(c.values()) >= 2}
+    assert len(datastore) == len(kept) > 100
+    for context, followers in kept.items():
+        best = min(followers, key=lambda token: (-followers[token], token))  # ties: the lowest id
+        token, confidence = datastore.lookup(list(context))
+        assert token == best
+        assert confidence == pytest.approx(followers[best] / sum(followers.values()), abs=1e-3)
+
+
+def test_a_rare_context_falls_back_to_its_longest_held_suffix():
+    # "7 1" is seen once (dropped at min_count 2); "1" is seen three times, followed by 2, 2, 3.
+    datastore = build_datastore([[7, 1, 2], [5, 1, 2], [1, 3]], max_n=2, min_count=2, tokenizer="t")
+    assert datastore.lookup([7, 1]) == (2, pytest.approx(2 / 3, abs=1e-3))
+    assert datastore.lookup([9]) is None  # never seen
+
+
+def test_no_context_spans_two_sequences():
+    datastore = build_datastore([[1, 2], [3, 4], [1, 2], [3, 4]], max_n=2, min_count=2, tokenizer="t")
+    assert datastore.lookup([2]) is None  # 2 ends every sequence: nothing followed it
+    assert datastore.lookup([1]) == (2, 1.0)
+
+
+def test_the_key_of_a_context_is_the_one_the_table_was_built_with():
+    datastore = build_datastore([[4, 5, 6]] * 2, max_n=2, min_count=2, tokenizer="t")
+    assert set(datastore.keys.tolist()) == {context_key(c) for c in ([4], [5], [4, 5])}
+    assert context_key([5]) != context_key([0, 5])  # the length is part of the key
+
+
+def test_a_continuation_chains_the_tables_drafts_and_stops_where_nothing_is_held():
+    datastore = build_datastore([[1, 2, 3, 4], [1, 2, 3, 4], [2, 3, 9]], max_n=2, min_count=2, tokenizer="t")
+    tokens, confidences = datastore.continuation([8, 1], 6)
+    assert tokens == [2, 3, 4]  # after "2 3", 4 (twice) beats 9 (once); nothing followed 4
+    assert confidences == pytest.approx([1.0, 1.0, 2 / 3], abs=1e-3)
+    assert datastore.continuation([1], 2) == ([2, 3], [1.0, 1.0])
+
+
+def test_building_twice_gives_the_same_table():
+    first = build_datastore(random_sequences(5), max_n=4, min_count=2, tokenizer="t")
+    second = build_datastore(random_sequences(5), max_n=4, min_count=2, tokenizer="t")
+    for name in ("keys", "next_tokens", "confidences"):
+        assert np.array_equal(getattr(first, name), getattr(second, name))
+
+
+def test_a_saved_datastore_loads_back_and_refuses_another_tokenizer(tmp_path):
+    datastore = build_datastore(random_sequences(3), max_n=3, min_count=2, tokenizer="abc", description="toy")
+    path = str(tmp_path / "datastore.safetensors")
+    datastore.save(path)
+    loaded = NgramDatastore.load(path, tokenizer="abc")
+    assert (loaded.max_n, loaded.tokenizer, loaded.description) == (3, "abc", "toy")
+    assert np.array_equal(loaded.keys, datastore.keys) and np.array_equal(loaded.next_tokens, datastore.next_tokens)
+    with pytest.raises(ValueError, match="built for tokenizer abc"):
+        NgramDatastore.load(path, tokenizer="xyz")
+
+
+def test_a_file_that_is_not_a_datastore_is_refused(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = str(tmp_path / "weights.safetensors")
+    save_file({"keys": np.zeros(2, dtype=np.uint64)}, path)
+    with pytest.raises(ValueError, match="is not a specserve-ngram-datastore"):
+        NgramDatastore.load(path)
+
+
+def test_bad_build_arguments_are_refused():
+    with pytest.raises(ValueError):
+        build_datastore([[1, 2]], max_n=0, min_count=1, tokenizer="t")
+    with pytest.raises(ValueError, match="non-negative"):
+        build_datastore([[1, -5, 2]], max_n=2, min_count=1, tokenizer="t")
+
+
+def test_an_empty_corpus_gives_an_empty_datastore_that_drafts_nothing():
+    datastore = build_datastore([], max_n=3, min_count=1, tokenizer="t")
+    assert len(datastore) == 0 and datastore.continuation([1, 2], 4) == ([], [])
+
+
+def test_the_fingerprint_follows_the_vocabulary():
+    assert tokenizer_fingerprint({"a": 0, "b": 1}) == tokenizer_fingerprint({"b": 1, "a": 0})
+    assert tokenizer_fingerprint({"a": 0, "b": 1}) != tokenizer_fingerprint({"a": 1, "b": 0})

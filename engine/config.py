@@ -80,7 +80,8 @@ class SpeculativeConfig:
     ngram_min: int = 1
     ngram_max: int = 4
     # A corpus datastore (engine/spec/datastore.py) that n-gram and the
-    # hybrid draft from where prompt lookup finds no match; None: none.
+    # hybrid draft from where prompt lookup finds no match: a path, "auto"
+    # (the bundled one of the model's tokenizer, if any) or None.
     ngram_datastore: str | None = None
     self_draft_layers: int = 0  # 0 = auto (a third of the target's layers)
     policy: str = "adaptive"
@@ -99,7 +100,7 @@ class SpeculativeConfig:
             raise ValueError("num_speculative_tokens must be in [1, 16]")
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError("need 1 <= ngram_min <= ngram_max")
-        if self.ngram_datastore and self.method not in DATASTORE_METHODS:
+        if self.ngram_datastore not in (None, "auto") and self.method not in DATASTORE_METHODS:
             raise ValueError(f"--ngram-datastore drafts for {' and '.join(DATASTORE_METHODS)} only, "
                              f"not --speculative-method {self.method}")
 

@@ -37,7 +37,7 @@ from engine.models.default import default_model_path
 from scheduler.request import SamplingParams
 
 HEAD = "checkpoints/dspark-smollm2"
-DATASTORE = "checkpoints/datastore-smollm2/datastore.safetensors"
+DATASTORE = "engine/spec/datastores/smollm2.safetensors"
 
 
 def speculative_configs(head: str, candidate: str | None = None) -> dict[str, SpeculativeConfig]:

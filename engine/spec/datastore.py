@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
+from importlib import resources
 from typing import Iterable, Sequence
 
 import numpy as np
 
+log = logging.getLogger("specserve.datastore")
+
 FORMAT = "specserve-ngram-datastore"
+AUTO = "auto"  # --ngram-datastore auto: the bundled datastore of the served tokenizer, if one exists
 VERSION = "1"
 _MULTIPLIER = 1_000_003
 _MASK = (1 << 64) - 1
@@ -114,6 +119,38 @@ class NgramDatastore:
             arrays = {name: f.get_tensor(name) for name in ("keys", "next_tokens", "confidences")}
         return cls(arrays["keys"], arrays["next_tokens"], arrays["confidences"], int(meta["max_n"]),
                    meta["tokenizer"], meta.get("description", ""))
+
+
+def bundled_datastore(tokenizer: str) -> str | None:
+    """The path of the datastore shipped in engine/spec/datastores that was
+    built over the tokenizer with this fingerprint; None if none was."""
+    for entry in sorted(resources.files("engine.spec.datastores").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".safetensors") and _metadata(str(entry)).get("tokenizer") == tokenizer:
+            return str(entry)
+    return None
+
+
+def resolve_datastore(path: str | None, tokenizer: str) -> NgramDatastore | None:
+    """The datastore `--ngram-datastore` names: None for none, `auto` for the
+    bundled one of this tokenizer (none if it has none, and the log says
+    so), else the file, which must have been built over this tokenizer."""
+    if not path:
+        return None
+    if path == AUTO:
+        path = bundled_datastore(tokenizer)
+        if path is None:
+            log.info("no bundled n-gram datastore for tokenizer %s: prompt lookup only", tokenizer)
+            return None
+    datastore = NgramDatastore.load(path, tokenizer)
+    log.info("n-gram datastore %s: %d contexts (%s)", path, len(datastore), datastore.description)
+    return datastore
+
+
+def _metadata(path: str) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        return f.metadata() or {}
 
 
 def build_datastore(sequences: Iterable[Sequence[int]], max_n: int, min_count: int, tokenizer: str,

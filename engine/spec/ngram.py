@@ -5,7 +5,7 @@ nothing matches, optionally a corpus datastore's continuation
 from __future__ import annotations
 
 from engine.spec.base import DraftInput, Drafter
-from engine.spec.datastore import NgramDatastore, tokenizer_fingerprint
+from engine.spec.datastore import NgramDatastore, resolve_datastore, tokenizer_fingerprint
 from engine.spec.ngram_prior import SURVIVAL_BY_MATCH_AND_POSITION
 from engine.spec.registry import DrafterContext, register_drafter
 from scheduler.drafts import DraftBlock
@@ -136,11 +136,10 @@ class NgramDrafter(Drafter):
 
 
 def load_datastore(path: str | None, tokenizer) -> NgramDatastore | None:
-    """The datastore at `path` (None: none), checked against the target's
-    tokenizer: one built over another vocabulary raises ValueError."""
-    if not path:
-        return None
-    return NgramDatastore.load(path, tokenizer_fingerprint(tokenizer.backend.get_vocab()))
+    """The datastore `--ngram-datastore` names (None: none; `auto`: the
+    bundled one of the target's tokenizer, if any), checked against the
+    target's tokenizer: one built over another vocabulary raises ValueError."""
+    return resolve_datastore(path, tokenizer_fingerprint(tokenizer.backend.get_vocab()))
 
 
 @register_drafter("ngram", help="prompt lookup over the request's own tokens (no weights)")

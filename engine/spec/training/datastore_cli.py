@@ -5,7 +5,7 @@ tokenizer. Deterministic: the same flags give the same arrays and metadata
 (safetensors may write the metadata's keys in another order).
 
     specserve build-datastore --conversations 20000 --max-n 4 --min-count 4 \\
-        --out checkpoints/datastore-smollm2/datastore.safetensors
+        --out engine/spec/datastores/smollm2.safetensors
 """
 from __future__ import annotations
 

@@ -107,3 +107,31 @@ def test_an_empty_corpus_gives_an_empty_datastore_that_drafts_nothing():
 def test_the_fingerprint_follows_the_vocabulary():
     assert tokenizer_fingerprint({"a": 0, "b": 1}) == tokenizer_fingerprint({"b": 1, "a": 0})
     assert tokenizer_fingerprint({"a": 0, "b": 1}) != tokenizer_fingerprint({"a": 1, "b": 0})
+
+
+def test_auto_serves_the_bundled_datastore_of_the_tokenizer_and_none_for_another(tmp_path, monkeypatch, caplog):
+    import engine.spec.datastores as bundled_package
+    from engine.spec import datastore as module
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    build_datastore([[1, 2]] * 2, max_n=1, min_count=1, tokenizer="vocab-a").save(str(shipped / "a.safetensors"))
+    build_datastore([[3, 4]] * 2, max_n=1, min_count=1, tokenizer="vocab-b").save(str(shipped / "b.safetensors"))
+    monkeypatch.setattr(module.resources, "files", lambda package: shipped)
+    assert module.bundled_datastore("vocab-b") == str(shipped / "b.safetensors")
+    assert module.resolve_datastore("auto", "vocab-b").lookup([3]) == (4, 1.0)
+    with caplog.at_level("INFO", logger="specserve.datastore"):
+        assert module.resolve_datastore("auto", "vocab-c") is None
+    assert "no bundled n-gram datastore for tokenizer vocab-c" in caplog.text
+    assert module.resolve_datastore(None, "vocab-a") is None
+    with pytest.raises(ValueError, match="built for tokenizer vocab-a"):
+        module.resolve_datastore(str(shipped / "a.safetensors"), "vocab-c")  # a named file must fit
+    assert bundled_package.__doc__
+
+
+def test_the_shipped_smollm2_datastore_is_found_for_its_fingerprint():
+    from engine.spec.datastore import _metadata, bundled_datastore
+
+    shipped = bundled_datastore("237d1306abb03682")  # SmolLM2's vocabulary (tokenizer_fingerprint)
+    assert shipped is not None and shipped.endswith("smollm2.safetensors")
+    assert _metadata(shipped)["max_n"] == "4"

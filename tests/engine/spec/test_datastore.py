@@ -129,9 +129,17 @@ def test_auto_serves_the_bundled_datastore_of_the_tokenizer_and_none_for_another
     assert bundled_package.__doc__
 
 
-def test_the_shipped_smollm2_datastore_is_found_for_its_fingerprint():
-    from engine.spec.datastore import _metadata, bundled_datastore
+@pytest.mark.slow
+def test_the_shipped_datastore_is_the_one_auto_serves_the_default_model():
+    from gguf import GGUFReader
 
-    shipped = bundled_datastore("237d1306abb03682")  # SmolLM2's vocabulary (tokenizer_fingerprint)
+    from engine.models.default import default_model_path
+    from engine.models.gguf_loader import build_tokenizer, read_metadata
+    from engine.spec.datastore import bundled_datastore
+
+    backend, _ = build_tokenizer(read_metadata(GGUFReader(default_model_path())))
+    shipped = bundled_datastore(tokenizer_fingerprint(backend.get_vocab()))
     assert shipped is not None and shipped.endswith("smollm2.safetensors")
-    assert _metadata(shipped)["max_n"] == "4"
+    datastore = NgramDatastore.load(shipped)
+    text = backend.encode("I hope this helps! Let me know if", add_special_tokens=False).ids
+    assert datastore.continuation(text[:-2], 2)[0] == text[-2:]  # ShareGPT's sign-off is held

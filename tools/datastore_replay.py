@@ -1,0 +1,132 @@
+"""Offline replay of n-gram drafting over the target's own greedy outputs:
+tokens per target step when every draft of a block is verified, for
+prompt lookup alone, the corpus datastore alone, and prompt lookup else
+the datastore (what `--ngram-datastore` serves), with the calibration of
+the datastore's confidences on the drafts it made.
+
+    OMP_NUM_THREADS=1 python -m tools.datastore_replay generate humaneval 40 OUT.json
+    python -m tools.datastore_replay replay OUT.json [--datastore PATH] [--block 8]
+
+Greedy outputs make the replay exact: a draft survives iff it is the
+token the target emitted there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Callable
+
+from engine.spec.datastore import NgramDatastore
+from engine.spec.ngram import NgramIndex
+
+DEFAULT_DATASTORE = "engine/spec/datastores/smollm2.safetensors"
+Proposer = Callable[[list[int], int], tuple[list[int], list[float] | None]]
+
+
+def prompt_lookup(min_n: int = 1, max_n: int = 4) -> Proposer:
+    def propose(context: list[int], k: int):
+        index = NgramIndex(min_n, max_n)
+        index.extend(context)
+        return index.continuation(k)[0], None
+    return propose
+
+
+def from_datastore(datastore: NgramDatastore) -> Proposer:
+    return lambda context, k: datastore.continuation(context, k)
+
+
+def lookup_else(first: Proposer, second: Proposer) -> Proposer:
+    def propose(context: list[int], k: int):
+        tokens, confidences = first(context, k)
+        return (tokens, confidences) if tokens else second(context, k)
+    return propose
+
+
+def replay(records: list[dict], propose: Proposer, block: int) -> tuple[float, list[tuple[float, bool]]]:
+    """Tokens per step over the records, and (confidence, survived) of every
+    draft that had a confidence and whose predecessors survived."""
+    steps = tokens = 0
+    observed: list[tuple[float, bool]] = []
+    for record in records:
+        prompt, output = record["prompt"], record["output"]
+        position = 0
+        while position < len(output):
+            drafts, confidences = propose(prompt + output[:position], block)
+            accepted = 0
+            for j, token in enumerate(drafts[:block]):
+                survived = position + j < len(output) and token == output[position + j]
+                if confidences is not None:
+                    observed.append((confidences[j], survived))
+                if not survived:
+                    break
+                accepted += 1
+            position += accepted + 1
+            steps += 1
+        tokens += len(output)
+    return tokens / max(1, steps), observed
+
+
+def calibration(observed: list[tuple[float, bool]], bins: int = 10) -> dict:
+    """Mean confidence, survival rate and 10-bin ECE of the drafts observed."""
+    if not observed:
+        return {"drafts": 0}
+    table: dict[int, list[float]] = {}
+    for confidence, survived in observed:
+        row = table.setdefault(min(bins - 1, int(confidence * bins)), [0.0, 0.0, 0])
+        row[0] += confidence
+        row[1] += survived
+        row[2] += 1
+    ece = sum(abs(c - s) for c, s, _ in table.values()) / len(observed)
+    return {"drafts": len(observed), "mean_confidence": round(sum(c for c, _ in observed) / len(observed), 3),
+            "survival": round(sum(s for _, s in observed) / len(observed), 3), "ece": round(ece, 3)}
+
+
+def generate(dataset: str, prompts: int, out: str, max_tokens: int) -> None:
+    import torch
+
+    from bench.datasets import DATASETS, sample
+    from engine.config import EngineConfig, SpeculativeConfig
+    from engine.engine import LLMEngine
+    from engine.models.default import default_model_path
+    from scheduler.request import SamplingParams
+
+    torch.set_num_threads(1)
+    engine = LLMEngine(EngineConfig(model=default_model_path(), speculative=SpeculativeConfig(method="none"),
+                                    machine_counters=False))
+    tokenizer = engine.loaded.tokenizer
+    ids = [tokenizer.encode(tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True))
+           for p in sample(DATASETS[dataset](), prompts, 0)]
+    outputs = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=max_tokens))
+    with open(out, "w") as f:
+        json.dump([{"prompt": p, "output": o} for p, o in zip(ids, outputs)], f)
+    print(f"{dataset}: {len(outputs)} outputs, {sum(map(len, outputs))} tokens -> {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate")
+    gen.add_argument("dataset")
+    gen.add_argument("prompts", type=int)
+    gen.add_argument("out")
+    gen.add_argument("--max-tokens", type=int, default=128)
+    rep = sub.add_parser("replay")
+    rep.add_argument("records")
+    rep.add_argument("--datastore", default=DEFAULT_DATASTORE)
+    rep.add_argument("--block", type=int, default=8)
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        generate(args.dataset, args.prompts, args.out, args.max_tokens)
+        return
+    with open(args.records) as f:
+        records = json.load(f)
+    datastore = NgramDatastore.load(args.datastore)
+    proposers = {"prompt lookup": prompt_lookup(), "datastore": from_datastore(datastore),
+                 "prompt lookup, else datastore": lookup_else(prompt_lookup(), from_datastore(datastore))}
+    for name, propose in proposers.items():
+        tokens_per_step, observed = replay(records, propose, args.block)
+        print(f"{name}: {tokens_per_step:.3f} tokens per step", json.dumps(calibration(observed)) if observed else "")
+
+
+if __name__ == "__main__":
+    main()

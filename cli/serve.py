@@ -32,6 +32,9 @@ METRICS_API_KEY_ENV = "SPECSERVE_METRICS_API_KEY"
 GRACEFUL_SHUTDOWN_S = 5  # after the engine died: open streams already got their error
 SERVE_DEFAULT_METHOD = "ngram"
 SERVE_DEFAULT_NUM_SPECULATIVE = 8
+# n-gram drafts from the bundled corpus datastore of the served tokenizer
+# where prompt lookup finds nothing (docs/draft-heads.md, "Phase 9").
+SERVE_DEFAULT_DATASTORE = "auto"
 DEFAULT_PORT = 8000
 DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -102,9 +105,10 @@ def _add_speculative_flags(g: argparse._ArgumentGroup) -> None:
                         "adaptive*: draft and verification lengths from load and confidence")
     g.add_argument("--ngram-min", type=int, default=spec.ngram_min)
     g.add_argument("--ngram-max", type=int, default=spec.ngram_max)
-    g.add_argument("--ngram-datastore", default=None, metavar="PATH",
-                   help="a corpus datastore (specserve build-datastore) that ngram and hybrid draft "
-                        "from where prompt lookup finds no match")
+    g.add_argument("--ngram-datastore", default=SERVE_DEFAULT_DATASTORE, metavar="PATH|auto|none",
+                   help="a corpus datastore (specserve build-datastore) that ngram and hybrid draft from "
+                        "where prompt lookup finds no match; auto: the bundled one built over the model's "
+                        "tokenizer, if any")
     g.add_argument("--self-draft-layers", type=int, default=spec.self_draft_layers,
                    help="layers of the target used as its own drafter (0: a third)")
 
@@ -153,7 +157,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     speculative = SpeculativeConfig(
         method=args.speculative_method, num_speculative_tokens=args.num_speculative_tokens,
         draft_model=args.draft_model, policy=args.verify_policy, ngram_min=args.ngram_min,
-        ngram_max=args.ngram_max, ngram_datastore=args.ngram_datastore, self_draft_layers=args.self_draft_layers)
+        ngram_max=args.ngram_max, ngram_datastore=None if args.ngram_datastore == "none" else args.ngram_datastore, self_draft_layers=args.self_draft_layers)
     return EngineConfig(model=args.model, dtype=args.dtype, device=args.device, cache=cache,
                         scheduler=scheduler, speculative=speculative,
                         served_model_name=args.served_model_name, seed=args.seed,

@@ -28,7 +28,7 @@ def test_defaults_follow_the_configs():
     assert config.scheduler == default.scheduler
     assert config.cache == default.cache
     # Speculation defaults to the measured-fastest configuration, not the record's "none".
-    assert config.speculative == SpeculativeConfig(method="ngram", num_speculative_tokens=8)
+    assert config.speculative == SpeculativeConfig(method="ngram", num_speculative_tokens=8, ngram_datastore="auto")
 
 
 def test_flags_build_engine_config():
@@ -55,6 +55,11 @@ def test_flags_build_engine_config():
 def test_the_datastore_flag_reaches_the_speculative_config():
     args = _serve_args("--model", "/models/x", "--ngram-datastore", "/stores/d.safetensors")
     assert cli.engine_config_from_args(args).speculative.ngram_datastore == "/stores/d.safetensors"
+    none = _serve_args("--model", "/models/x", "--ngram-datastore", "none")
+    assert cli.engine_config_from_args(none).speculative.ngram_datastore is None
+    # auto is the default whatever the method: methods without n-gram ignore it
+    assert cli.engine_config_from_args(_serve_args("--model", "/models/x", "--speculative-method", "self-draft")
+                                       ).speculative.ngram_datastore == "auto"
     with pytest.raises(ValueError, match="ngram and hybrid only"):
         cli.engine_config_from_args(_serve_args("--model", "/models/x", "--speculative-method", "self-draft",
                                                 "--ngram-datastore", "/stores/d.safetensors"))

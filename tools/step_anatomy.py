@@ -1,0 +1,86 @@
+"""Where a one-stream engine step's time goes, per speculative method: the
+target forward, scheduling, drafting, the output update, the rest; and
+tokens per step, so that a method's speed reads as tokens per step over
+its step time against `off`'s.
+
+    OMP_NUM_THREADS=1 python -m tools.step_anatomy humaneval off,ngram,ngram-ds --prompts 8
+
+Methods are tools.engine_ab's. One request at a time, greedy, after a
+warm-up; a diagnostic, not a benchmark (no interleaved rounds).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+
+import torch
+
+from bench.datasets import DATASETS, sample
+from engine.engine import LLMEngine
+from engine.models.default import default_model_path
+from scheduler.request import SamplingParams
+from tools.engine_ab import ABLATIONS, HEAD, build_engines, speculative_configs
+
+# engine attribute path -> the part of the step it is
+PARTS = {("scheduler", "schedule"): "schedule", ("", "_execute"): "forward",
+         ("scheduler", "update_from_output"): "update", ("", "_draft"): "draft", ("", "_emit"): "emit"}
+
+
+def timed_parts(engine: LLMEngine) -> collections.Counter:
+    """Wrap the step's parts so each call adds its seconds to the counter returned."""
+    seconds: collections.Counter = collections.Counter()
+    for (owner_name, method), part in PARTS.items():
+        owner = getattr(engine, owner_name) if owner_name else engine
+        setattr(owner, method, _timed(getattr(owner, method), seconds, part))
+    return seconds
+
+
+def _timed(function, seconds: collections.Counter, part: str):
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds[part] += time.perf_counter() - started
+    return wrapper
+
+
+def anatomy(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> dict:
+    """Per step: milliseconds of each part and of the whole, and tokens."""
+    engine.generate(prompts[:1], params)  # warm-up
+    seconds = timed_parts(engine)
+    before = engine.snapshot_stats()
+    started = time.perf_counter()
+    tokens = sum(len(engine.generate([prompt], params)[0]) for prompt in prompts)
+    total = time.perf_counter() - started
+    after = engine.snapshot_stats()
+    steps = after.num_steps - before.num_steps
+    parts = {part: round(1000 * s / steps, 2) for part, s in seconds.items()}
+    parts["other"] = round(1000 * (total - sum(seconds.values())) / steps, 2)
+    return {"tok_s": round(tokens / total, 1), "tokens": tokens, "steps": steps,
+            "accepted_drafts": after.num_accepted_tokens - before.num_accepted_tokens,
+            "tokens_per_step": round(tokens / steps, 3),
+            "ms_per_step": round(1000 * total / steps, 2), "ms_by_part": parts}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", choices=sorted(DATASETS))
+    parser.add_argument("methods", help=f"comma-separated, of {sorted(speculative_configs(HEAD)) + sorted(ABLATIONS)}")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--model", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    engines = build_engines(args.methods.split(","), HEAD, args.model or default_model_path())
+    tokenizer = next(iter(engines.values())).loaded.tokenizer
+    prompts = [tokenizer.encode(tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True))
+               for p in sample(DATASETS[args.dataset](), args.prompts, 0)]
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
+    for name, engine in engines.items():
+        print(name, anatomy(engine, prompts, params), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -96,7 +96,9 @@ def _add_batching_flags(g: argparse._ArgumentGroup) -> None:
 def _add_speculative_flags(g: argparse._ArgumentGroup) -> None:
     spec = SpeculativeConfig()
     # Defaults: the fastest lossless configuration measured on the CPU machine
-    # (README, "Load-aware verification"): n-gram drafts, up to 8, adaptive.
+    # (README, "Load-aware verification", "n-gram with the corpus datastore"):
+    # n-gram drafts (from the bundled datastore where prompt lookup finds
+    # nothing), up to 8, adaptive.
     g.add_argument("--speculative-method", default=SERVE_DEFAULT_METHOD, choices=method_names())
     g.add_argument("--num-speculative-tokens", type=int, default=SERVE_DEFAULT_NUM_SPECULATIVE)
     g.add_argument("--draft-model", default=None, help="draft model path (draft-model method)")

@@ -159,7 +159,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     speculative = SpeculativeConfig(
         method=args.speculative_method, num_speculative_tokens=args.num_speculative_tokens,
         draft_model=args.draft_model, policy=args.verify_policy, ngram_min=args.ngram_min,
-        ngram_max=args.ngram_max, ngram_datastore=None if args.ngram_datastore == "none" else args.ngram_datastore, self_draft_layers=args.self_draft_layers)
+        ngram_max=args.ngram_max, self_draft_layers=args.self_draft_layers,
+        ngram_datastore=None if args.ngram_datastore == "none" else args.ngram_datastore)
     return EngineConfig(model=args.model, dtype=args.dtype, device=args.device, cache=cache,
                         scheduler=scheduler, speculative=speculative,
                         served_model_name=args.served_model_name, seed=args.seed,

@@ -20,7 +20,8 @@ from engine.spec.training.data import sharegpt_conversations
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="target whose tokenizer is used (default: the bundled model)")
     parser.add_argument("--conversations", type=int, default=20000,
-                        help="ShareGPT train-split conversations whose assistant replies are counted")
+                        help="ShareGPT train-split conversations whose assistant replies are counted "
+                             "(the first N; the package holds 9,989)")
     parser.add_argument("--max-n", type=int, default=4, help="longest context, in tokens")
     parser.add_argument("--min-count", type=int, default=4, help="contexts seen fewer times are dropped")
     parser.add_argument("--out", required=True, help="the .safetensors file to write")

@@ -2,7 +2,7 @@
 the target's tokens, and writes a datastore the engine accepts for that
 target (and refuses for another)."""
 from engine.spec import ngram
-from engine.spec.datastore import NgramDatastore, tokenizer_fingerprint
+from engine.spec.datastore import NgramDatastore, context_key, tokenizer_fingerprint
 from engine.spec.training import datastore_cli
 from engine.tokenizer import Tokenizer
 from cli.main import main
@@ -39,3 +39,41 @@ def test_reads_only_the_train_split(monkeypatch):
 
     monkeypatch.setattr(datastore_cli, "sharegpt_conversations", conversations)
     assert datastore_cli.assistant_replies(5) == [] and seen == [(5, "train")]
+
+
+def test_generates_the_targets_replies_once_and_counts_them_by_their_weight(tmp_path, monkeypatch):
+    from engine.spec.training import data
+    from engine.spec.training.data import Prompt
+    from engine.spec.training.generate import read_samples
+
+    model_dir = make_tiny_model_dir(tmp_path / "target", seed=1)
+    monkeypatch.setattr(datastore_cli, "assistant_replies", lambda n: [])
+    asked = []
+
+    def toy_prompts(spec, split=None):
+        asked.append((spec, split))
+        return [Prompt("toy", f"toy/{i}", f"Tell me about fox {i}.") for i in range(int(spec.split(":")[1]))]
+
+    monkeypatch.setattr(data, "load_prompts", toy_prompts)
+    responses, out = tmp_path / "responses.jsonl", tmp_path / "d.safetensors"
+    common = ["build-datastore", "--model", str(model_dir), "--out", str(out), "--responses", str(responses),
+              "--max-new-tokens", "12", "--gen-batch", "2", "--max-n", "2", "--min-count", "3"]
+    assert main(common + ["--generate", "3", "--responses-weight", "3"]) == 0
+    samples = read_samples(str(responses))
+    assert asked == [("sharegpt:3", "train")] and [s.id for s in samples] == ["toy/0", "toy/1", "toy/2"]
+    assert all(0 < len(s.response_ids) <= 12 for s in samples)
+    datastore = NgramDatastore.load(str(out))
+    first = samples[0].response_ids
+    # Seen once, counted three times: every context of the reply reaches --min-count 3.
+    assert context_key(first[:2]) in set(datastore.keys.tolist())
+    assert "responses.jsonl x3" in datastore.description
+    assert main(common + ["--generate", "3", "--responses-weight", "2"]) == 0  # nothing left to generate
+    assert len(read_samples(str(responses))) == 3
+    assert len(NgramDatastore.load(str(out))) < len(datastore)  # counted twice: fewer contexts reach 3
+
+
+def test_generate_needs_a_responses_file():
+    import pytest
+
+    with pytest.raises(SystemExit, match="needs --responses"):
+        main(["build-datastore", "--out", "x.safetensors", "--generate", "2"])

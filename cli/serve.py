@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+from engine.config import DATASTORE_AUTO, CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from engine.spec.registry import method_names
 from scheduler.policies import policy_names
 from server.limits import RequestLimits
@@ -34,7 +34,7 @@ SERVE_DEFAULT_METHOD = "ngram"
 SERVE_DEFAULT_NUM_SPECULATIVE = 8
 # n-gram drafts from the bundled corpus datastore of the served tokenizer
 # where prompt lookup finds nothing (docs/draft-heads.md, "Phase 9").
-SERVE_DEFAULT_DATASTORE = "auto"
+SERVE_DEFAULT_DATASTORE = DATASTORE_AUTO
 DEFAULT_PORT = 8000
 DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")

@@ -68,6 +68,7 @@ class SchedulerConfig:
 
 
 DATASTORE_METHODS = ("ngram", "hybrid")  # the methods whose n-gram drafter reads --ngram-datastore
+DATASTORE_AUTO = "auto"  # --ngram-datastore auto: the bundled datastore of the served tokenizer, if any
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class SpeculativeConfig:
             raise ValueError("num_speculative_tokens must be in [1, 16]")
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError("need 1 <= ngram_min <= ngram_max")
-        if self.ngram_datastore not in (None, "auto") and self.method not in DATASTORE_METHODS:
+        if self.ngram_datastore not in (None, DATASTORE_AUTO) and self.method not in DATASTORE_METHODS:
             raise ValueError(f"--ngram-datastore drafts for {' and '.join(DATASTORE_METHODS)} only, "
                              f"not --speculative-method {self.method}")
 

@@ -17,18 +17,14 @@ import json
 from typing import Callable
 
 from engine.spec.datastore import NgramDatastore
-from engine.spec.ngram import NgramIndex
+from engine.spec.ngram import find_ngram_continuation
 
 DEFAULT_DATASTORE = "engine/spec/datastores/smollm2.safetensors"
 Proposer = Callable[[list[int], int], tuple[list[int], list[float] | None]]
 
 
 def prompt_lookup(min_n: int = 1, max_n: int = 4) -> Proposer:
-    def propose(context: list[int], k: int):
-        index = NgramIndex(min_n, max_n)
-        index.extend(context)
-        return index.continuation(k)[0], None
-    return propose
+    return lambda context, k: (find_ngram_continuation(context, min_n, max_n, k)[0], None)
 
 
 def from_datastore(datastore: NgramDatastore) -> Proposer:
@@ -84,18 +80,16 @@ def calibration(observed: list[tuple[float, bool]], bins: int = 10) -> dict:
 def generate(dataset: str, prompts: int, out: str, max_tokens: int) -> None:
     import torch
 
-    from bench.datasets import DATASETS, sample
     from engine.config import EngineConfig, SpeculativeConfig
     from engine.engine import LLMEngine
     from engine.models.default import default_model_path
     from scheduler.request import SamplingParams
+    from tools.engine_ab import dataset_prompt_ids
 
     torch.set_num_threads(1)
     engine = LLMEngine(EngineConfig(model=default_model_path(), speculative=SpeculativeConfig(method="none"),
                                     machine_counters=False))
-    tokenizer = engine.loaded.tokenizer
-    ids = [tokenizer.encode(tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True))
-           for p in sample(DATASETS[dataset](), prompts, 0)]
+    ids = dataset_prompt_ids(engine.loaded.tokenizer, dataset, prompts)
     outputs = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=max_tokens))
     with open(out, "w") as f:
         json.dump([{"prompt": p, "output": o} for p, o in zip(ids, outputs)], f)

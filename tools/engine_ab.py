@@ -70,6 +70,12 @@ def _configs_over(head: str) -> dict[str, SpeculativeConfig]:
                                            num_speculative_tokens=7, ngram_datastore=DATASTORE)}
 
 
+def dataset_prompt_ids(tokenizer, dataset: str, count: int) -> list[list[int]]:
+    """The first `count` prompts of a bench dataset (seed 0), in the target's chat template."""
+    return [tokenizer.encode(tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True))
+            for p in sample(DATASETS[dataset](), count, 0)]
+
+
 def never_run_the_head(engine: LLMEngine) -> None:
     """`hybrid-nohead`: the hybrid with its head never run, so n-gram plus
     what the hybrid costs by itself (target features captured and kept,
@@ -260,9 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     engines = build_engines(args.methods.split(","), args.draft_model, args.model or default_model_path(),
                             args.candidate)
     tokenizer = next(iter(engines.values())).loaded.tokenizer
-    dataset = sample(DATASETS[args.dataset](), max(counts.values()), 0)
-    prompts = [tokenizer.encode(tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True))
-               for p in dataset]
+    prompts = dataset_prompt_ids(tokenizer, args.dataset, max(counts.values()))
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
     for engine in engines.values():  # warm-up: kernels, step-cost profile
         engine.generate(prompts[:2], params)

@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from bench.datasets import DATASETS, sample
+from bench.datasets import DATASETS
 from engine.engine import LLMEngine
 from engine.models.default import default_model_path
 from scheduler.request import SamplingParams
-from tools.engine_ab import ABLATIONS, HEAD, build_engines, speculative_configs
+from tools.engine_ab import ABLATIONS, HEAD, build_engines, dataset_prompt_ids, speculative_configs
 
 # engine attribute path -> the part of the step it is
 PARTS = {("scheduler", "schedule"): "schedule", ("", "_execute"): "forward",
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     engines = build_engines(args.methods.split(","), HEAD, args.model or default_model_path())
     tokenizer = next(iter(engines.values())).loaded.tokenizer
-    prompts = [tokenizer.encode(tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True))
-               for p in sample(DATASETS[args.dataset](), args.prompts, 0)]
+    prompts = dataset_prompt_ids(tokenizer, args.dataset, args.prompts)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
     for name, engine in engines.items():
         print(name, anatomy(engine, prompts, params), flush=True)

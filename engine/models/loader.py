@@ -30,6 +30,12 @@ class LoadedModel:
 
 def load_model(path: str | None, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
     """Load weights, config and tokenizer; `path` None means the default model."""
+    return load_hf_dir(resolve_model_dir(path), dtype, device)
+
+
+def resolve_model_dir(path: str | None) -> str:
+    """The HF-layout directory a model path names (None: the default model;
+    a .gguf, or a directory holding only one, is converted on first use)."""
     if path is None:
         from engine.models.default import default_model_path
 
@@ -41,7 +47,7 @@ def load_model(path: str | None, dtype: torch.dtype = torch.float32, device: str
         path = convert_gguf_to_hf_dir(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model path {path!r} is neither an HF model directory nor a .gguf file")
-    return load_hf_dir(path, dtype, device)
+    return path
 
 
 def _single_gguf_in_dir(path: str) -> str:

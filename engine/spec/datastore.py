@@ -27,10 +27,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from engine.config import DATASTORE_AUTO
+
 log = logging.getLogger("specserve.datastore")
 
 FORMAT = "specserve-ngram-datastore"
-AUTO = "auto"  # --ngram-datastore auto: the bundled datastore of the served tokenizer, if one exists
 VERSION = "1"
 _MULTIPLIER = 1_000_003
 _MASK = (1 << 64) - 1
@@ -136,7 +137,7 @@ def resolve_datastore(path: str | None, tokenizer: str) -> NgramDatastore | None
     so), else the file, which must have been built over this tokenizer."""
     if not path:
         return None
-    if path == AUTO:
+    if path == DATASTORE_AUTO:
         path = bundled_datastore(tokenizer)
         if path is None:
             log.info("no bundled n-gram datastore for tokenizer %s: prompt lookup only", tokenizer)

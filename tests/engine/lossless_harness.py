@@ -101,6 +101,11 @@ def head_checkpoints(vocab_target, tmp_path_factory) -> dict[str, str]:
     return paths
 
 
+# n-gram with a datastore (`draft_models` maps it to the file), prompt
+# lookup kept to 4-token matches so that most blocks come from the datastore
+DATASTORE_METHOD = "ngram-datastore"
+
+
 @pytest.fixture(scope="session")
 def vocab_datastore(vocab_target, tmp_path_factory) -> str:
     """A corpus datastore over the target's vocabulary, counted on random
@@ -120,10 +125,6 @@ def draft_models(vocab_draft_dir, head_checkpoints, vocab_datastore) -> dict[str
     return {"draft-model": vocab_draft_dir, **head_checkpoints, "hybrid": head_checkpoints["dspark"],
             DATASTORE_METHOD: vocab_datastore}
 
-
-# n-gram with a datastore (`draft_models` maps it to the file), prompt
-# lookup kept to 4-token matches so that most blocks come from the datastore
-DATASTORE_METHOD = "ngram-datastore"
 
 
 def engine_config(target, method: str, policy: str, draft_model: str | None, num_speculative_tokens: int,

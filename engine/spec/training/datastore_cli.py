@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "prompts into --responses (only those missing)")
     parser.add_argument("--max-new-tokens", type=int, default=192, help="length of each generated reply")
     parser.add_argument("--gen-batch", type=int, default=32, help="replies generated at once")
+    parser.add_argument("--max-prompt-tokens", type=int, default=512, help="longer prompts get no reply")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -89,27 +90,20 @@ def target_replies(path: str | None, weight: int):
 def generate_target_replies(args: argparse.Namespace) -> None:
     """The target's greedy replies to the first `args.generate` train-split
     ShareGPT prompts, appended to `args.responses` where missing."""
-    from engine.config import CacheConfig, SchedulerConfig
     from engine.models.loader import load_model
     from engine.spec.training.data import load_prompts
-    from engine.spec.training.generate import engine_for, generate_responses
+    from engine.spec.training.generate import generate_responses
+    from engine.spec.training.pipeline import engine_for_generation
 
-    loaded = load_model(args.model)
-    max_len = 512 + args.max_new_tokens
-    engine = engine_for(loaded, CacheConfig(block_size=16, num_blocks=args.gen_batch * (max_len // 16 + 2) + 16),
-                        SchedulerConfig(max_num_seqs=args.gen_batch, max_num_batched_tokens=2048,
-                                        max_model_len=max_len + 1))
+    engine = engine_for_generation(load_model(args.model), args)
     generate_responses(engine, load_prompts(f"sharegpt:{args.generate}", split="train"), args.responses,
-                       max_tokens=args.max_new_tokens, batch_size=args.gen_batch, max_prompt_tokens=512)
+                       max_tokens=args.max_new_tokens, batch_size=args.gen_batch,
+                       max_prompt_tokens=args.max_prompt_tokens)
 
 
 def target_tokenizer(model: str | None):
     """The target's tokenizer, without loading its weights."""
-    from engine.models.default import default_model_path
-    from engine.models.gguf_loader import convert_gguf_to_hf_dir
+    from engine.models.loader import resolve_model_dir
     from engine.tokenizer import Tokenizer
 
-    path = os.path.expanduser(model or default_model_path())
-    if os.path.isfile(path) and path.endswith(".gguf"):
-        path = convert_gguf_to_hf_dir(path)
-    return Tokenizer.from_dir(path)
+    return Tokenizer.from_dir(resolve_model_dir(model))

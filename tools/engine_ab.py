@@ -12,6 +12,11 @@ sweep). A diagnostic beside bench.spec_sweep, not a replacement: no HTTP.
     OMP_NUM_THREADS=1 python -m tools.engine_ab humaneval 1 3 --prompts 8 \\
         --methods off,ngram,dspark,hybrid --out bench/results/NAME
 
+`--interleave-prompts` runs one stream prompt by prompt (every method
+answers a prompt before the next), and each method's ratio to `off` (and
+to `--versus METHOD`) is also taken within each round, then its median:
+pairs that ran seconds apart, on the same host speed.
+
 `--candidate PATH` adds `dspark-candidate`, `hybrid-candidate` and
 `hybrid16-candidate`: the same configurations over another checkpoint (a
 retrained or recalibrated head), so a head is adopted on a side-by-side
@@ -66,8 +71,9 @@ def _configs_over(head: str) -> dict[str, SpeculativeConfig]:
             # the same two drafting from the corpus datastore where prompt lookup finds nothing
             "ngram-ds": SpeculativeConfig(method="ngram", policy="adaptive", num_speculative_tokens=8,
                                           ngram_datastore=DATASTORE),
+            # n-gram up to 8 drafts as in ngram-ds (serve's default), the head up to its block (7)
             "hybrid-ds": SpeculativeConfig(method="hybrid", draft_model=head, policy="adaptive",
-                                           num_speculative_tokens=7, ngram_datastore=DATASTORE)}
+                                           num_speculative_tokens=8, ngram_datastore=DATASTORE)}
 
 
 def dataset_prompt_ids(tokenizer, dataset: str, count: int) -> list[list[int]]:
@@ -115,7 +121,8 @@ def calibrated_twice(engine: LLMEngine) -> None:
 
 
 # method -> (the configuration it runs, what is changed in the built engine)
-ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "ngram-noverify": ("ngram", never_verify),
+ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "hybrid-ds-nohead": ("hybrid-ds", never_run_the_head),
+             "ngram-noverify": ("ngram", never_verify),
              "ngram-decay": ("ngram", decaying_ngram_prior), "hybrid-decay": ("hybrid", decaying_ngram_prior),
              "hybrid-twice": ("hybrid", calibrated_twice)}
 
@@ -134,6 +141,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="another head: adds the methods dspark-candidate, hybrid-candidate, hybrid16-candidate")
     parser.add_argument("--model", default=None, help="target (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default="", help="directory for results.json")
+    parser.add_argument("--interleave-prompts", action="store_true",
+                        help="at one stream, every method answers each prompt before the next one")
+    parser.add_argument("--versus", default="", metavar="METHOD",
+                        help="also each method's paired ratio to METHOD (default: to off only)")
     return parser.parse_args(argv)
 
 
@@ -153,17 +164,39 @@ def build_engines(methods: list[str], head: str, model: str, candidate: str | No
 
 
 def run_rounds(engines: dict[str, LLMEngine], prompts: list[list[int]], concurrencies: list[int],
-               counts: dict[int, int], rounds: int, params: SamplingParams) -> dict[int, dict[str, list[StreamRun]]]:
-    """Each method's runs per concurrency and round; methods rotate their order per round."""
+               counts: dict[int, int], rounds: int, params: SamplingParams,
+               interleave_prompts: bool = False) -> dict[int, dict[str, list[StreamRun]]]:
+    """Each method's runs per concurrency and round; methods rotate their
+    order per round (at one stream with `interleave_prompts`, per prompt)."""
     names = list(engines)
     results = {c: {n: [] for n in names} for c in concurrencies}
     for r in range(rounds):
         for c in concurrencies:
+            if c == 1 and interleave_prompts:
+                for name, run in run_prompt_by_prompt(engines, prompts[:counts[c]], r, params).items():
+                    results[c][name].append(run)
+                continue
             for name in rotated(names, r):
                 results[c][name].append(run_streams(engines[name], prompts[:counts[c]], c, params))
         print("round", r, {c: {n: round(v[-1].steady_tok_s, 1) for n, v in d.items()} for c, d in results.items()},
               flush=True)
     return results
+
+
+def run_prompt_by_prompt(engines: dict[str, LLMEngine], prompts: list[list[int]], round_index: int,
+                         params: SamplingParams) -> dict[str, StreamRun]:
+    """One stream, every method answering a prompt before the next prompt,
+    in an order rotated per prompt: the host's speed drifts over tens of
+    seconds (one method's 8 prompts), so methods compared a prompt apart
+    see the same host. Each method's run is the sum of its answers."""
+    names = list(engines)
+    tokens, seconds = dict.fromkeys(names, 0), dict.fromkeys(names, 0.0)
+    for i, prompt in enumerate(prompts):
+        for name in rotated(names, round_index + i):
+            started = time.perf_counter()
+            tokens[name] += len(engines[name].generate([prompt], params)[0])
+            seconds[name] += time.perf_counter() - started
+    return {n: StreamRun(tokens[n], seconds[n], tokens[n], seconds[n]) for n in names}
 
 
 @dataclass
@@ -241,6 +274,18 @@ def medians_and_ratios(tok_s: dict[str, list[float]]) -> dict[str, tuple[float, 
     return {n: (m, m / base) for n, m in medians.items()}
 
 
+def paired_ratios(tok_s: dict[str, list[float]], base: str) -> dict[str, dict[str, float]]:
+    """Per method: its tok/s over `base`'s in the same round, median and
+    range over the rounds (rounds pair methods that ran minutes apart at
+    most, so the host's drift cancels more than in a ratio of medians)."""
+    out = {}
+    for name, values in tok_s.items():
+        ratios = [v / b for v, b in zip(values, tok_s[base])]
+        out[name] = {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
+                     "max": round(max(ratios), 3)}
+    return out
+
+
 def drafter_stats(engine: LLMEngine) -> dict:
     """The drafter's own figures (the hybrid's choices and payoff); {} for none."""
     stats = getattr(engine.drafter, "stats", None)  # engine.drafter is None with speculation off
@@ -270,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
     for engine in engines.values():  # warm-up: kernels, step-cost profile
         engine.generate(prompts[:2], params)
-    runs = run_rounds(engines, prompts, concurrencies, counts, args.rounds, params)
+    runs = run_rounds(engines, prompts, concurrencies, counts, args.rounds, params, args.interleave_prompts)
     results = {c: {n: [run.steady_tok_s for run in v] for n, v in d.items()} for c, d in runs.items()}
     whole = {c: {n: [run.tok_s for run in v] for n, v in d.items()} for c, d in runs.items()}
     summary = {}
@@ -278,7 +323,13 @@ def main(argv: list[str] | None = None) -> None:
         medians = medians_and_ratios(results[c])
         summary[c] = {n: {"median_tok_s": round(m, 2), "ratio_to_off": round(r, 3)} for n, (m, r) in medians.items()}
         print(f"c{c}", {n: (round(m, 1), round(r, 3)) for n, (m, r) in medians.items()})
+        for base in [b for b in ("off", args.versus) if b in results[c]]:
+            paired = paired_ratios(results[c], base)
+            for name, figures in paired.items():
+                summary[c][name][f"paired_ratio_to_{base}"] = figures
+            print(f"c{c} paired, ratio to {base}:", {n: f["median"] for n, f in paired.items()})
     record = {"dataset": args.dataset, "rounds": args.rounds, "max_tokens": args.max_tokens, "prompts": counts,
+              "interleave_prompts": args.interleave_prompts,
               "draft_model": args.draft_model, "candidate": args.candidate, "tok_s": results, "summary": summary,
               "tok_s_whole_run": whole,
               "whole_run_ratio_to_off": {c: {n: round(r, 3) for n, (_, r) in medians_and_ratios(d).items()}

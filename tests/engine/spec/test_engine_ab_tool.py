@@ -116,3 +116,41 @@ def test_a_candidate_head_runs_beside_the_committed_one(tmp_path, tiny_dir, tiny
     assert engines["hybrid-candidate"].config.speculative.method == "hybrid"
     with pytest.raises(SystemExit, match="pass --candidate"):
         engine_ab.build_engines(["hybrid-candidate"], str(tmp_path / "ckpt"), str(tiny_dir))
+
+
+def test_prompt_by_prompt_rounds_pair_every_method_on_the_same_prompts(tmp_path, tiny_dir):
+    """--interleave-prompts: each method answers every prompt once per round
+    (greedy, so the same tokens), and the paired ratios are those of each
+    round's own figures."""
+    engine_ab.main(["chat", "1", "3", "--prompts", "3", "--max-tokens", "4", "--methods", "off,ngram,ngram16",
+                    "--model", str(tiny_dir), "--interleave-prompts", "--versus", "ngram", "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["interleave_prompts"] is True
+    tok_s, summary = record["tok_s"]["1"], record["summary"]["1"]
+    assert all(len(rounds) == 3 for rounds in tok_s.values())
+    for name, rounds in tok_s.items():
+        ratios = sorted(v / b for v, b in zip(rounds, tok_s["off"]))
+        assert summary[name]["paired_ratio_to_off"]["median"] == pytest.approx(ratios[1], abs=1e-3)
+        assert summary[name]["paired_ratio_to_off"]["min"] == pytest.approx(ratios[0], abs=1e-3)
+        against_ngram = sorted(v / b for v, b in zip(rounds, tok_s["ngram"]))
+        assert summary[name]["paired_ratio_to_ngram"]["median"] == pytest.approx(against_ngram[1], abs=1e-3)
+    assert summary["off"]["paired_ratio_to_off"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+
+
+def test_prompt_by_prompt_run_sums_each_methods_answers(tiny_dir):
+    """Every method answers each prompt (tokens summed per method), in an
+    order rotated per prompt."""
+    config = EngineConfig(model=str(tiny_dir), speculative=SpeculativeConfig(method="none"), machine_counters=False,
+                          cache=CacheConfig(block_size=8, num_blocks=128),
+                          scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256))
+    first = LLMEngine(config)
+    engines = {"a": first, "b": LLMEngine(config, loaded=first.loaded)}
+    order = []
+    for name, engine in engines.items():
+        generate = engine.generate
+        engine.generate = lambda prompts, params, name=name, generate=generate: (order.append(name),
+                                                                                 generate(prompts, params))[1]
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+    runs = engine_ab.run_prompt_by_prompt(engines, [[5, 6, 7], [8, 9, 10], [11, 12, 13]], 0, params)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert runs["a"].tokens == runs["b"].tokens == 9 and runs["a"].seconds > 0

@@ -12,10 +12,10 @@ sweep). A diagnostic beside bench.spec_sweep, not a replacement: no HTTP.
     OMP_NUM_THREADS=1 python -m tools.engine_ab humaneval 1 3 --prompts 8 \\
         --methods off,ngram,dspark,hybrid --out bench/results/NAME
 
-`--interleave-prompts` runs one stream prompt by prompt (every method
-answers a prompt before the next), and each method's ratio to `off` (and
-to `--versus METHOD`) is also taken within each round, then its median:
-pairs that ran seconds apart, on the same host speed.
+`--lockstep` runs one stream per method with the methods taking engine
+steps in turn, each step timed alone (the host's speed drifts over
+seconds; a step apart it does not). Each method's ratio to `off` (and to
+`--versus METHOD`) is also taken within each round, then its median.
 
 `--candidate PATH` adds `dspark-candidate`, `hybrid-candidate` and
 `hybrid16-candidate`: the same configurations over another checkpoint (a
@@ -141,8 +141,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="another head: adds the methods dspark-candidate, hybrid-candidate, hybrid16-candidate")
     parser.add_argument("--model", default=None, help="target (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default="", help="directory for results.json")
-    parser.add_argument("--interleave-prompts", action="store_true",
-                        help="at one stream, every method answers each prompt before the next one")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="at one stream, the methods take engine steps in turn, each step timed alone")
     parser.add_argument("--versus", default="", metavar="METHOD",
                         help="also each method's paired ratio to METHOD (default: to off only)")
     return parser.parse_args(argv)
@@ -165,15 +165,15 @@ def build_engines(methods: list[str], head: str, model: str, candidate: str | No
 
 def run_rounds(engines: dict[str, LLMEngine], prompts: list[list[int]], concurrencies: list[int],
                counts: dict[int, int], rounds: int, params: SamplingParams,
-               interleave_prompts: bool = False) -> dict[int, dict[str, list[StreamRun]]]:
+               lockstep: bool = False) -> dict[int, dict[str, list[StreamRun]]]:
     """Each method's runs per concurrency and round; methods rotate their
-    order per round (at one stream with `interleave_prompts`, per prompt)."""
+    order per round (at one stream with `lockstep`, stepping in turn)."""
     names = list(engines)
     results = {c: {n: [] for n in names} for c in concurrencies}
     for r in range(rounds):
         for c in concurrencies:
-            if c == 1 and interleave_prompts:
-                for name, run in run_prompt_by_prompt(engines, prompts[:counts[c]], r, params).items():
+            if c == 1 and lockstep:
+                for name, run in run_in_lockstep(engines, prompts[:counts[c]], r, params).items():
                     results[c][name].append(run)
                 continue
             for name in rotated(names, r):
@@ -183,19 +183,35 @@ def run_rounds(engines: dict[str, LLMEngine], prompts: list[list[int]], concurre
     return results
 
 
-def run_prompt_by_prompt(engines: dict[str, LLMEngine], prompts: list[list[int]], round_index: int,
-                         params: SamplingParams) -> dict[str, StreamRun]:
-    """One stream, every method answering a prompt before the next prompt,
-    in an order rotated per prompt: the host's speed drifts over tens of
-    seconds (one method's 8 prompts), so methods compared a prompt apart
-    see the same host. Each method's run is the sum of its answers."""
-    names = list(engines)
+def run_in_lockstep(engines: dict[str, LLMEngine], prompts: list[list[int]], round_index: int,
+                    params: SamplingParams) -> dict[str, StreamRun]:
+    """One stream per method, all answering `prompts` one after another,
+    the methods taking engine steps in turn (order rotated per round) and
+    each step timed alone: the host's speed drifts by 10-20% over seconds,
+    so methods compared a step (~50 ms) apart see the same host, where
+    prompt by prompt or run by run they do not. A method's run is the sum
+    of its steps."""
+    names = rotated(list(engines), round_index)
+    queues = {n: deque(prompts) for n in names}
+    current: dict[str, str | None] = dict.fromkeys(names)
     tokens, seconds = dict.fromkeys(names, 0), dict.fromkeys(names, 0.0)
-    for i, prompt in enumerate(prompts):
-        for name in rotated(names, round_index + i):
+    while any(queues.values()) or any(current.values()):
+        for name in names:
+            engine = engines[name]
+            if current[name] is None:
+                if not queues[name]:
+                    continue
+                current[name] = f"lockstep-{time.monotonic_ns()}"
+                engine.add_request(current[name], queues[name].popleft(), params)
             started = time.perf_counter()
-            tokens[name] += len(engines[name].generate([prompt], params)[0])
+            outputs = engine.step()
             seconds[name] += time.perf_counter() - started
+            for out in outputs:
+                tokens[name] += len(out.new_token_ids)
+                if out.finished and out.request_id == current[name]:
+                    current[name] = None
+            for failure in engine.take_failures():
+                raise failure.as_error() from failure.error
     return {n: StreamRun(tokens[n], seconds[n], tokens[n], seconds[n]) for n in names}
 
 
@@ -315,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
     for engine in engines.values():  # warm-up: kernels, step-cost profile
         engine.generate(prompts[:2], params)
-    runs = run_rounds(engines, prompts, concurrencies, counts, args.rounds, params, args.interleave_prompts)
+    runs = run_rounds(engines, prompts, concurrencies, counts, args.rounds, params, args.lockstep)
     results = {c: {n: [run.steady_tok_s for run in v] for n, v in d.items()} for c, d in runs.items()}
     whole = {c: {n: [run.tok_s for run in v] for n, v in d.items()} for c, d in runs.items()}
     summary = {}
@@ -329,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
                 summary[c][name][f"paired_ratio_to_{base}"] = figures
             print(f"c{c} paired, ratio to {base}:", {n: f["median"] for n, f in paired.items()})
     record = {"dataset": args.dataset, "rounds": args.rounds, "max_tokens": args.max_tokens, "prompts": counts,
-              "interleave_prompts": args.interleave_prompts,
+              "lockstep": args.lockstep,
               "draft_model": args.draft_model, "candidate": args.candidate, "tok_s": results, "summary": summary,
               "tok_s_whole_run": whole,
               "whole_run_ratio_to_off": {c: {n: round(r, 3) for n, (_, r) in medians_and_ratios(d).items()}

@@ -118,14 +118,13 @@ def test_a_candidate_head_runs_beside_the_committed_one(tmp_path, tiny_dir, tiny
         engine_ab.build_engines(["hybrid-candidate"], str(tmp_path / "ckpt"), str(tiny_dir))
 
 
-def test_prompt_by_prompt_rounds_pair_every_method_on_the_same_prompts(tmp_path, tiny_dir):
-    """--interleave-prompts: each method answers every prompt once per round
-    (greedy, so the same tokens), and the paired ratios are those of each
-    round's own figures."""
+def test_lockstep_rounds_pair_every_method_on_the_same_prompts(tmp_path, tiny_dir):
+    """--lockstep: each method answers every prompt once per round, and the
+    paired ratios are those of each round's own figures."""
     engine_ab.main(["chat", "1", "3", "--prompts", "3", "--max-tokens", "4", "--methods", "off,ngram,ngram16",
-                    "--model", str(tiny_dir), "--interleave-prompts", "--versus", "ngram", "--out", str(tmp_path)])
+                    "--model", str(tiny_dir), "--lockstep", "--versus", "ngram", "--out", str(tmp_path)])
     record = json.loads((tmp_path / "results.json").read_text())
-    assert record["interleave_prompts"] is True
+    assert record["lockstep"] is True
     tok_s, summary = record["tok_s"]["1"], record["summary"]["1"]
     assert all(len(rounds) == 3 for rounds in tok_s.values())
     for name, rounds in tok_s.items():
@@ -137,20 +136,22 @@ def test_prompt_by_prompt_rounds_pair_every_method_on_the_same_prompts(tmp_path,
     assert summary["off"]["paired_ratio_to_off"] == {"median": 1.0, "min": 1.0, "max": 1.0}
 
 
-def test_prompt_by_prompt_run_sums_each_methods_answers(tiny_dir):
-    """Every method answers each prompt (tokens summed per method), in an
-    order rotated per prompt."""
+def test_lockstep_engines_take_steps_in_turn_and_answer_every_prompt(tiny_dir):
+    """Two engines step alternately (one step each, in turn) until both have
+    answered every prompt, one at a time; each step is timed to its engine."""
     config = EngineConfig(model=str(tiny_dir), speculative=SpeculativeConfig(method="none"), machine_counters=False,
                           cache=CacheConfig(block_size=8, num_blocks=128),
                           scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256))
     first = LLMEngine(config)
     engines = {"a": first, "b": LLMEngine(config, loaded=first.loaded)}
-    order = []
+    steps, in_flight = [], []
     for name, engine in engines.items():
-        generate = engine.generate
-        engine.generate = lambda prompts, params, name=name, generate=generate: (order.append(name),
-                                                                                 generate(prompts, params))[1]
+        step = engine.step
+        engine.step = lambda name=name, engine=engine, step=step: (
+            steps.append(name), in_flight.append(len(engine.requests)), step())[2]
+    prompts = [[5, 6, 7], [8, 9, 10], [11, 12, 13]]
     params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
-    runs = engine_ab.run_prompt_by_prompt(engines, [[5, 6, 7], [8, 9, 10], [11, 12, 13]], 0, params)
-    assert order == ["a", "b", "b", "a", "a", "b"]
+    runs = engine_ab.run_in_lockstep(engines, prompts, 1, params)
+    assert steps[:4] == ["b", "a", "b", "a"]  # round 1 starts with the second method
+    assert steps.count("a") == steps.count("b") and max(in_flight) == 1
     assert runs["a"].tokens == runs["b"].tokens == 9 and runs["a"].seconds > 0

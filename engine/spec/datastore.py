@@ -155,21 +155,14 @@ def _metadata(path: str) -> dict:
 
 
 def build_datastore(sequences: Iterable[Sequence[int]], max_n: int, min_count: int, tokenizer: str,
-                    description: str = "", followers: Iterable[Sequence[int]] | None = None) -> NgramDatastore:
+                    description: str = "") -> NgramDatastore:
     """Count, for every context of 1..max_n tokens inside one sequence, which
     token followed it; keep the contexts seen at least `min_count` times
-    with their most frequent follower (ties: the lowest id).
-
-    `followers`, one per sequence and as long: the token counted after each
-    context in place of the text's own next token, `followers[s][i]` after
-    a context ending at `sequences[s][i - 1]` (the target's greedy choice
-    there, from a teacher-forced pass: what a greedy draft must match)."""
+    with their most frequent follower (ties: the lowest id)."""
     if max_n < 1 or min_count < 1:
         raise ValueError("need max_n >= 1 and min_count >= 1")
-    sequences = list(sequences)
     tokens = _joined(sequences)
-    nexts = tokens if followers is None else _joined(_aligned(sequences, followers))
-    tables = [_count_contexts(tokens, nexts, n, min_count) for n in range(1, max_n + 1)]
+    tables = [_count_contexts(tokens, n, min_count) for n in range(1, max_n + 1)]
     keys = np.concatenate([t[0] for t in tables])
     order = np.argsort(keys, kind="stable")
     keys, first = np.unique(keys[order], return_index=True)  # a 64-bit collision keeps one entry
@@ -177,13 +170,6 @@ def build_datastore(sequences: Iterable[Sequence[int]], max_n: int, min_count: i
     next_tokens = np.concatenate([t[1] for t in tables])[chosen].astype(np.int32)
     confidences = np.concatenate([t[2] for t in tables])[chosen].astype(np.float16)
     return NgramDatastore(keys, next_tokens, confidences, max_n, tokenizer, description)
-
-
-def _aligned(sequences: list[Sequence[int]], followers: Iterable[Sequence[int]]) -> list[list[int]]:
-    followers = [list(f) for f in followers]
-    if len(followers) != len(sequences) or any(len(f) != len(s) for f, s in zip(followers, sequences)):
-        raise ValueError("followers must be one per sequence, each as long as its sequence")
-    return followers
 
 
 def _joined(sequences: Iterable[Sequence[int]]) -> np.ndarray:
@@ -206,11 +192,9 @@ def _window_keys(tokens: np.ndarray, n: int) -> np.ndarray:
     return keys
 
 
-def _count_contexts(tokens: np.ndarray, followers: np.ndarray, n: int,
-                    min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _count_contexts(tokens: np.ndarray, n: int, min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keys of the n-token contexts seen >= min_count times, their most
-    frequent follower (`followers[i]` follows the context ending at i - 1),
-    and its share."""
+    frequent next token, and its share."""
     separators = np.concatenate([[0], np.cumsum(tokens < 0)])
     positions = np.arange(n, tokens.size)
     # the context tokens[i-n:i] and the next token tokens[i] hold no separator
@@ -219,7 +203,7 @@ def _count_contexts(tokens: np.ndarray, followers: np.ndarray, n: int,
     if not positions.size:
         empty = np.zeros(0, dtype=np.uint64)
         return empty, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-    keys, nexts = _window_keys(tokens, n)[positions], followers[positions]
+    keys, nexts = _window_keys(tokens, n)[positions], tokens[positions]
     order = np.lexsort((nexts, keys))
     keys, nexts = keys[order], nexts[order]
     pair_start = np.flatnonzero(np.concatenate([[True], (keys[1:] != keys[:-1]) | (nexts[1:] != nexts[:-1])]))

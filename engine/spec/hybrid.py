@@ -41,6 +41,12 @@ policy's terms at the current load):
   the head's forward is dear next to a decode step never lets it pay.
 Exploration: once in EXPLORE_EVERY steps that skipped the head, it runs
 anyway for ONE of the skipped requests, so the figures follow a change.
+Each exploration that leaves the head skipped doubles that wait (up to
+EXPLORE_EVERY_MAX steps); a step where the head pays for a request resets
+it. Where the head never pays (this CPU's one stream beside the corpus
+datastore: a run costs about a fifth of a step for a quarter of an
+accepted draft) the hybrid then costs what n-gram does, give or take its
+feature bookkeeping.
 Counted in steps, not in requests x steps: at 32 streams the latter
 explored every other step, and each explored run folds the whole backlog
 of a request the head never ran for (its prompt and all it generated):
@@ -103,6 +109,7 @@ class PositionRates:
 
 
 EXPLORE_EVERY = 64  # steps that skipped the head; then it runs for one skipped request
+EXPLORE_EVERY_MAX = 1024  # the wait after explorations that left the head skipped (doubling)
 # Positions a head that drafts every step folds in per request and run: the
 # tokens its last verification emitted (1 + accepted; about 2 with a head
 # that pays).
@@ -216,6 +223,7 @@ class HybridDrafter(Drafter):
         self.head_skipped = {"threshold": 0, "cost": 0}
         self.explored = 0
         self._steps_since_explore = 0
+        self._explore_every = EXPLORE_EVERY
 
     # ---- the Drafter interface ----
     def absorb(self, request, hidden) -> None:
@@ -278,6 +286,8 @@ class HybridDrafter(Drafter):
                 run.append(item)
             else:
                 skipped.append((item, reason))
+        if run:  # the head pays for someone at this load: explore at the first pace again
+            self._explore_every = EXPLORE_EVERY
         explore = self._exploring(skipped)
         for item, reason in skipped:
             if item is explore:
@@ -305,14 +315,16 @@ class HybridDrafter(Drafter):
         return None
 
     def _exploring(self, skipped: list[tuple[DraftInput, str]]) -> DraftInput | None:
-        """Once in EXPLORE_EVERY steps with skips, the skipped request whose
-        run folds the fewest features; else None."""
+        """Once in `_explore_every` steps with skips, the skipped request
+        whose run folds the fewest features; else None. Each exploration
+        doubles the wait until the head pays again (module doc)."""
         if not skipped:
             return None
         self._steps_since_explore += 1
-        if self._steps_since_explore < EXPLORE_EVERY:
+        if self._steps_since_explore < self._explore_every:
             return None
         self._steps_since_explore = 0
+        self._explore_every = min(EXPLORE_EVERY_MAX, 2 * self._explore_every)
         self.explored += 1
         return min((item for item, _ in skipped), key=lambda item: self.head.backlog(item.request))
 
@@ -362,6 +374,7 @@ class HybridDrafter(Drafter):
 
     def stats(self) -> dict:
         return {"chosen": dict(self.choices), "head_skipped": dict(self.head_skipped), "explored": self.explored,
+                "explore_every": self._explore_every,
                 "head_accepted_per_run": round(self.payoff.accepted_per_run, 3),
                 "head_seconds_per_run": round(self.payoff.seconds_per_run, 5),
                 "head_verified_per_run": round(self.payoff.verified_per_run, 3),

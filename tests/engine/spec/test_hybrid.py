@@ -10,7 +10,7 @@ import torch
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.spec.base import DraftInput
-from engine.spec.hybrid import (EXPLORE_EVERY, STEADY_FOLD_POSITIONS, HeadPayoff, HybridDrafter, PositionRates,
+from engine.spec.hybrid import (EXPLORE_EVERY, EXPLORE_EVERY_MAX, STEADY_FOLD_POSITIONS, HeadPayoff, HybridDrafter, PositionRates,
                                 choose, expected_accepted)
 from engine.spec.ngram import NgramDrafter
 from engine.spec.heads.registry import HEAD_METHODS
@@ -211,9 +211,10 @@ def test_the_head_is_not_run_when_its_runs_do_not_pay_but_is_tried_now_and_then(
 
 def test_exploration_runs_the_head_for_one_request_per_explore_period_whatever_the_batch():
     """Exploring is counted in steps: with 32 streams skipped it still runs
-    the head once per EXPLORE_EVERY steps, not every other step, and for
-    the request whose run folds the fewest features (an explored run for a
-    request the head never ran for folds its whole context)."""
+    the head after EXPLORE_EVERY steps, not every other step, and for the
+    request whose run folds the fewest features (an explored run for a
+    request the head never ran for folds its whole context); each
+    exploration that leaves the head skipped doubles the wait."""
     head = _StubHead()
     hybrid = HybridDrafter(head, NgramDrafter(1, 4))
     hybrid.head_rates = PositionRates(trials=[10.0], accepted=[1.0])  # first-draft acceptance 0.17
@@ -221,11 +222,37 @@ def test_exploration_runs_the_head_for_one_request_per_explore_period_whatever_t
     requests = [Request(f"f{i}", [1, 2, 3, 4 + i], SamplingParams(temperature=0.0)) for i in range(32)]
     head.backlogs = {r.request_id: 100 + abs(i - 20) for i, r in enumerate(requests)}  # f20 is cheapest
     busy = DraftEconomics(first_draft_threshold=0.5)
-    for _ in range(3 * EXPLORE_EVERY):
+    explored_at = []
+    for step in range(1, 7 * EXPLORE_EVERY + 1):
         hybrid.propose([DraftInput(r, BLOCK, torch.Generator(), [], economics=busy) for r in requests])
         hybrid.pending.clear()
-    assert head.calls == hybrid.explored == 3 and head.ran_for == ["f20"]
-    assert hybrid.head_skipped == {"threshold": 32 * 3 * EXPLORE_EVERY - 3, "cost": 0}
+        if hybrid.explored > len(explored_at):
+            explored_at.append(step)
+    assert explored_at == [EXPLORE_EVERY, 3 * EXPLORE_EVERY, 7 * EXPLORE_EVERY]  # waits of 64, 128, 256 steps
+    assert head.calls == 3 and head.ran_for == ["f20"]
+    assert hybrid.head_skipped == {"threshold": 32 * 7 * EXPLORE_EVERY - 3, "cost": 0}
+
+
+def test_the_wait_between_explorations_doubles_to_its_cap_and_resets_when_the_head_pays():
+    """Explorations that leave the head skipped double the wait up to
+    EXPLORE_EVERY_MAX; one step where the head pays (runs unexplored)
+    brings it back to EXPLORE_EVERY."""
+    head = _StubHead()
+    hybrid = HybridDrafter(head, NgramDrafter(1, 4))
+    hybrid.head_rates = PositionRates(trials=[10.0], accepted=[1.0])  # first-draft acceptance 0.17
+    head.block = DraftBlock([9] * BLOCK, [0.99] * BLOCK, None, "dspark")
+    free = Request("f", [1, 2, 3, 4], SamplingParams(temperature=0.0))  # no n-gram match
+
+    def steps(count: int, threshold: float) -> None:
+        for _ in range(count):
+            hybrid.propose([DraftInput(free, BLOCK, torch.Generator(), [],
+                                       economics=DraftEconomics(first_draft_threshold=threshold))])
+            hybrid.pending.clear()
+
+    steps(EXPLORE_EVERY * (2 * EXPLORE_EVERY_MAX // EXPLORE_EVERY), threshold=0.5)
+    assert hybrid.stats()["explore_every"] == EXPLORE_EVERY_MAX
+    steps(1, threshold=0.1)  # the head runs unexplored: it pays at this load
+    assert hybrid.stats()["explore_every"] == EXPLORE_EVERY
 
 
 def test_the_head_drafts_one_more_than_the_policy_verified_of_its_recent_blocks():

@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
     concurrencies = [int(c) for c in args.concurrencies.split(",")]
+    if args.versus and args.versus not in args.methods.split(","):
+        raise SystemExit(f"--versus {args.versus}: not one of the methods run ({args.methods})")
     counts = {c: max(2 * c, args.prompts) // c * c for c in concurrencies}
     engines = build_engines(args.methods.split(","), args.draft_model, args.model or default_model_path(),
                             args.candidate)
@@ -339,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         medians = medians_and_ratios(results[c])
         summary[c] = {n: {"median_tok_s": round(m, 2), "ratio_to_off": round(r, 3)} for n, (m, r) in medians.items()}
         print(f"c{c}", {n: (round(m, 1), round(r, 3)) for n, (m, r) in medians.items()})
-        for base in [b for b in ("off", args.versus) if b in results[c]]:
+        for base in [b for b in ("off", args.versus) if b in results[c]]:  # off: where it was run
             paired = paired_ratios(results[c], base)
             for name, figures in paired.items():
                 summary[c][name][f"paired_ratio_to_{base}"] = figures

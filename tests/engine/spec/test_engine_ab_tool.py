@@ -155,3 +155,8 @@ def test_lockstep_engines_take_steps_in_turn_and_answer_every_prompt(tiny_dir):
     assert steps[:4] == ["b", "a", "b", "a"]  # round 1 starts with the second method
     assert steps.count("a") == steps.count("b") and max(in_flight) == 1
     assert runs["a"].tokens == runs["b"].tokens == 9 and runs["a"].seconds > 0
+
+
+def test_versus_a_method_that_is_not_run_is_refused(tiny_dir):
+    with pytest.raises(SystemExit, match="--versus hybrid"):
+        engine_ab.main(["chat", "1", "1", "--methods", "off,ngram", "--versus", "hybrid", "--model", str(tiny_dir)])

@@ -31,8 +31,13 @@ policy's terms at the current load):
 - its historical first-position acceptance is below the survival the
   policy requires of a first draft (a busy machine on a batch-sensitive
   device raises it), or
-- what a head run has brought, accepted drafts per run (moving average),
-  times the seconds an accepted token is worth at this load, is less than
+- what a head run has brought, drafts gained per run (moving average:
+  those its chosen blocks got accepted beyond the expectation of the
+  n-gram blocks they displaced, `HeadPayoff`; beside the corpus datastore
+  n-gram nearly always has a block on offer, and crediting the head with
+  all its accepted drafts kept it running where it brought a few
+  hundredths of a token more), times the seconds an accepted token is
+  worth at this load, is less than
   what a run has cost: its measured seconds per request (less the folding
   of features that piled up while it was skipped) plus the step time
   its verified drafts added (verified drafts per run times what one more
@@ -119,31 +124,36 @@ STEADY_FOLD_POSITIONS = 2
 @dataclass
 class HeadPayoff:
     """What running the head for one request has cost (seconds, measured;
-    drafts of its blocks verified) and brought (drafts accepted), as sums
-    decayed by `keep` per proposal batch. Starts optimistic (one accepted
-    draft per run, no cost known), so the head is tried."""
+    drafts of its blocks verified) and gained: the drafts its chosen blocks
+    got accepted beyond what the n-gram blocks they displaced were expected
+    to get (the choice's own calibrated figure; a run whose block was not
+    chosen gains nothing). As sums decayed by `keep` per proposal batch.
+    Starts optimistic (one draft gained per run, no cost known), so the
+    head is tried."""
 
     keep: float = 0.98
     runs: float = 1.0
-    accepted: float = 1.0
+    gained: float = 1.0
     verified: float = 0.0
     seconds: float = 0.0
     timed_runs: float = 0.0
 
     def record_runs(self, num_runs: int, seconds: float) -> None:
         self.runs = self.runs * self.keep + num_runs
-        self.accepted *= self.keep
+        self.gained *= self.keep
         self.verified *= self.keep
         self.seconds = self.seconds * self.keep + seconds
         self.timed_runs = self.timed_runs * self.keep + num_runs
 
-    def record_outcome(self, num_verified: int, num_accepted: int) -> None:
+    def record_outcome(self, num_verified: int, num_accepted: int, displaced: float = 0.0) -> None:
+        """A chosen head block was verified; `displaced`: the expected
+        accepted drafts of the n-gram block it was chosen over (0: none)."""
         self.verified += num_verified
-        self.accepted += num_accepted
+        self.gained += num_accepted - displaced
 
     @property
-    def accepted_per_run(self) -> float:
-        return self.accepted / self.runs
+    def gained_per_run(self) -> float:
+        return self.gained / self.runs
 
     @property
     def verified_per_run(self) -> float:
@@ -155,7 +165,7 @@ class HeadPayoff:
 
     def pays(self, economics: DraftEconomics) -> bool:
         cost = self.seconds_per_run + self.verified_per_run * economics.verify_token_seconds
-        return self.accepted_per_run * economics.accepted_token_seconds >= cost
+        return self.gained_per_run * economics.accepted_token_seconds >= cost
 
 
 class HeadLengths:
@@ -183,6 +193,7 @@ class _Pending:
     raw: list[float]
     calibrated: list[float]
     counters: tuple[int, int, int]  # the request's (spec steps, drafts verified, accepted) at proposal
+    displaced: float = 0.0  # a head block: the expected accepted drafts of the n-gram block it beat
 
 
 def expected_accepted(confidences: list[float]) -> float:
@@ -248,9 +259,12 @@ class HybridDrafter(Drafter):
         proposals = {}
         for item in items:
             rid = item.request.request_id
-            chosen = choose(ngram.get(rid), head.get(rid), self.head_rates, item.max_tokens)
+            ngram_block = ngram.get(rid)
+            chosen = choose(ngram_block, head.get(rid), self.head_rates, item.max_tokens)
             if chosen is not None:
-                self._remember(item.request, chosen, raw[rid, chosen.source])
+                displaced = expected_accepted(ngram_block.confidences) \
+                    if ngram_block is not None and chosen is not ngram_block else 0.0
+                self._remember(item.request, chosen, raw[rid, chosen.source], displaced)
                 proposals[rid] = chosen
         return proposals
 
@@ -339,9 +353,9 @@ class HybridDrafter(Drafter):
                                   peaks=block.peaks)
         return out
 
-    def _remember(self, request, block: DraftBlock, raw: list[float]) -> None:
+    def _remember(self, request, block: DraftBlock, raw: list[float], displaced: float) -> None:
         counters = (request.num_spec_steps, request.num_draft_tokens, request.num_accepted_tokens)
-        self.pending[request.request_id] = _Pending(block.source, raw, block.confidences, counters)
+        self.pending[request.request_id] = _Pending(block.source, raw, block.confidences, counters, displaced)
         self.choices[block.source] += 1
 
     def _observe_verification(self, request) -> None:
@@ -364,7 +378,7 @@ class HybridDrafter(Drafter):
                                                  pending.calibrated[:verified], accepted)
         if pending.source == self.head_source:
             self.head_rates.observe(verified, accepted)
-            self.payoff.record_outcome(verified, accepted)
+            self.payoff.record_outcome(verified, accepted, pending.displaced)
 
     def events(self) -> dict[str, int]:
         """Head runs skipped per request and step (where the head could have
@@ -375,7 +389,7 @@ class HybridDrafter(Drafter):
     def stats(self) -> dict:
         return {"chosen": dict(self.choices), "head_skipped": dict(self.head_skipped), "explored": self.explored,
                 "explore_every": self._explore_every,
-                "head_accepted_per_run": round(self.payoff.accepted_per_run, 3),
+                "head_gained_per_run": round(self.payoff.gained_per_run, 3),
                 "head_seconds_per_run": round(self.payoff.seconds_per_run, 5),
                 "head_verified_per_run": round(self.payoff.verified_per_run, 3),
                 "head_length_cap": self.head_lengths.cap(self.head.max_draft_tokens or 0),

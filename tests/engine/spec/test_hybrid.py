@@ -10,8 +10,8 @@ import torch
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.spec.base import DraftInput
-from engine.spec.hybrid import (EXPLORE_EVERY, EXPLORE_EVERY_MAX, STEADY_FOLD_POSITIONS, HeadPayoff, HybridDrafter, PositionRates,
-                                choose, expected_accepted)
+from engine.spec.hybrid import (EXPLORE_EVERY, EXPLORE_EVERY_MAX, STEADY_FOLD_POSITIONS, HeadPayoff, HybridDrafter,
+                                PositionRates, choose, expected_accepted)
 from engine.spec.ngram import NgramDrafter
 from engine.spec.heads.registry import HEAD_METHODS
 from scheduler.drafts import DraftBlock, DraftEconomics
@@ -198,7 +198,7 @@ def test_the_head_is_not_run_when_its_runs_do_not_pay_but_is_tried_now_and_then(
     figures can change."""
     hybrid, head, propose = _load_case()
     # Per run: 0.5 accepted, 2 verified, 10 ms of drafting.
-    hybrid.payoff = HeadPayoff(runs=10.0, accepted=5.0, verified=20.0, seconds=0.1, timed_runs=10.0)
+    hybrid.payoff = HeadPayoff(runs=10.0, gained=5.0, verified=20.0, seconds=0.1, timed_runs=10.0)
     assert hybrid.payoff.pays(DraftEconomics(accepted_token_seconds=0.03))  # 15 ms of worth per run
     assert not hybrid.payoff.pays(DraftEconomics(accepted_token_seconds=0.03, verify_token_seconds=0.003))
     assert propose(accepted_token_seconds=0.03) == {"r": "dspark", "f": "dspark"}
@@ -253,6 +253,36 @@ def test_the_wait_between_explorations_doubles_to_its_cap_and_resets_when_the_he
     assert hybrid.stats()["explore_every"] == EXPLORE_EVERY_MAX
     steps(1, threshold=0.1)  # the head runs unexplored: it pays at this load
     assert hybrid.stats()["explore_every"] == EXPLORE_EVERY
+
+
+def test_a_head_block_chosen_over_ngrams_is_credited_only_what_it_got_beyond_ngrams_expectation():
+    """The payoff's gain: a head block chosen over an n-gram block earns its
+    accepted drafts less the expected accepted drafts of the block it
+    displaced; with no n-gram block on offer, all of them."""
+    hybrid, head, _ = _load_case()
+    hybrid.head_rates = PositionRates(trials=[10.0, 10.0], accepted=[9.0, 9.0])
+    offered, calibrated = {}, hybrid._calibrated
+
+    def spy(blocks, raw):  # the n-gram blocks on offer, as the choice saw them
+        out = calibrated(blocks, raw)
+        offered.update({rid: block for rid, block in out.items() if block.source == "ngram"})
+        return out
+
+    hybrid._calibrated = spy
+    copying = Request("r", [5, 6, 7, 5, 6], SamplingParams(temperature=0.0))  # n-gram proposes 7 ...
+    free = Request("f", [1, 2, 3, 4], SamplingParams(temperature=0.0))  # no n-gram match
+    proposals = hybrid.propose([DraftInput(r, BLOCK, torch.Generator(), []) for r in (copying, free)])
+    assert proposals["r"].source == proposals["f"].source == "dspark"
+    displaced = expected_accepted(offered["r"].confidences)
+    assert "f" not in offered and displaced > 0 and hybrid.pending["r"].displaced == pytest.approx(displaced)
+    assert hybrid.pending["f"].displaced == 0.0
+    gained = hybrid.payoff.gained
+    for request, accepted in ((copying, 3), (free, 2)):
+        request.num_spec_steps += 1
+        request.num_draft_tokens += 4
+        request.num_accepted_tokens += accepted
+        hybrid.absorb(request, None)
+    assert hybrid.payoff.gained == pytest.approx(gained + 3 - displaced + 2)
 
 
 def test_the_head_drafts_one_more_than_the_policy_verified_of_its_recent_blocks():

@@ -3,9 +3,10 @@
 # (engine/spec/hybrid.py, EXPLORE_EVERY_MAX): same lockstep runs as run.sh,
 # without the ablation and the head alone.
 #   bash bench/results/2026-12-02-hybrid-paired/run-backoff.sh
+#   OUT=bench/results/2026-12-02-hybrid-paired/net-gain bash ...   # after the payoff counts net gains
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-OUT=bench/results/2026-12-02-hybrid-paired/backoff
+OUT=${OUT:-bench/results/2026-12-02-hybrid-paired/backoff}
 PY=${PYTHON:-python}
 export OMP_NUM_THREADS=1
 for set in humaneval mt-bench; do

@@ -124,7 +124,9 @@ def calibrated_twice(engine: LLMEngine) -> None:
 ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "hybrid-ds-nohead": ("hybrid-ds", never_run_the_head),
              "ngram-noverify": ("ngram", never_verify),
              "ngram-decay": ("ngram", decaying_ngram_prior), "hybrid-decay": ("hybrid", decaying_ngram_prior),
-             "hybrid-twice": ("hybrid", calibrated_twice)}
+             "hybrid-twice": ("hybrid", calibrated_twice),
+             # a second engine of the same configuration: the A/A check of a comparison's floor
+             "ngram-ds-again": ("ngram-ds", None)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -162,7 +162,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", default=None, help="write the JSON report here too")
     p.add_argument("--records", action="store_true",
                    help="put every verification step's raw confidences and accepted count in the report "
-                        "(to fit or compare calibrations offline)")
+                        "(to fit or compare calibrations offline), and each one's request number and engine step "
+                        "(record_origins, to replay an online calibrator in order)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="the target's dtype (the one the head was trained with)")
     p.add_argument("--device", default="cpu")
@@ -390,6 +391,7 @@ def run_eval(args: argparse.Namespace) -> int:
         entry["seconds"] = round(time.perf_counter() - started, 1)
         if args.records:
             entry["records"] = [record_row(r) for r in result.records]
+            entry["record_origins"] = result.origins  # [request number, engine step] of each
         report["results"][f"temperature={temperature:g}"] = entry
         log.info("T=%g: tau %.3f over %d verification steps, %.3f tokens per decode step (%d without drafts)",
                  temperature, result.tau, result.num_steps, result.tokens_per_step, result.num_plain_steps)
@@ -406,7 +408,7 @@ def _decode_in_batches(loaded, head, prompts, params, args):
     for start in range(0, len(prompts), args.batch):
         total.merge(speculative_decode(loaded, head, prompts[start: start + args.batch], params,
                                        block_size=args.block_size, seed=args.seed + start,
-                                       drafter=args.drafter))
+                                       drafter=args.drafter, first_request=start))
     return total
 
 

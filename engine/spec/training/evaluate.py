@@ -46,6 +46,10 @@ class SpecResult:
     num_plain_steps: int = 0  # decode steps without drafts (one token each; n-gram found no match)
     records: list[BlockRecord] = field(default_factory=list)
     accepted_per_position: list[int] = field(default_factory=list)
+    # Where each record came from, (request number, engine step), for a
+    # replay of what an online calibrator saw in order; empty for walks.
+    origins: list[tuple[int, int]] = field(default_factory=list)
+    num_engine_steps: int = 0
 
     @property
     def tau(self) -> float:
@@ -59,8 +63,10 @@ class SpecResult:
         return (self.num_emitted + self.num_plain_steps) / steps if steps else float("nan")
 
     def record(self, confidences: list[float], num_accepted: int, emitted: int,
-               peaks: list[float] | None = None) -> None:
+               peaks: list[float] | None = None, origin: tuple[int, int] | None = None) -> None:
         self.num_steps += 1
+        if origin is not None:
+            self.origins.append(origin)
         self.num_emitted += emitted
         self.records.append(BlockRecord(list(confidences), num_accepted, None if peaks is None else list(peaks)))
         while len(self.accepted_per_position) < len(confidences):
@@ -77,6 +83,9 @@ class SpecResult:
         self.num_steps += other.num_steps
         self.num_emitted += other.num_emitted
         self.records.extend(other.records)
+        # The other run's steps come after this one's.
+        self.origins.extend((request, step + self.num_engine_steps) for request, step in other.origins)
+        self.num_engine_steps += other.num_engine_steps
         for k, n in enumerate(other.accepted_per_position):
             if k >= len(self.accepted_per_position):
                 self.accepted_per_position.append(0)
@@ -217,24 +226,28 @@ class _RecordingDrafter(Drafter):
 
 @torch.no_grad()
 def speculative_decode(loaded, head: DraftHead, prompts: list[list[int]], params: SamplingParams,
-                       block_size: int | None = None, seed: int = 0, drafter: str = "head") -> SpecResult:
+                       block_size: int | None = None, seed: int = 0, drafter: str = "head",
+                       first_request: int = 0) -> SpecResult:
     """Decode `prompts` through LLMEngine, the head drafting and every one of
     `block_size` drafts verified per step (static policy): tau and the
     confidence records of what the server does. Request i samples with
     seed `seed + i` (its drafts with the engine's draft seed from it) and
     stops where the server would (max_tokens, stop tokens, EOS). `drafter`
     picks what drafts (`evaluation_drafter`); decode steps in which it
-    proposed nothing count in `tokens_per_step`, not in tau."""
+    proposed nothing count in `tokens_per_step`, not in tau. Each record's
+    origin is (first_request + i, the engine step that verified it)."""
     block_size = block_size or head.config.block_size
     drafter = _RecordingDrafter(evaluation_drafter(head, drafter))
     engine = _evaluation_engine(loaded, drafter, prompts, params.max_tokens, block_size)
+    numbers = {f"eval{i}": first_request + i for i in range(len(prompts))}
     for i, prompt in enumerate(prompts):
         engine.add_request(f"eval{i}", prompt, replace(params, seed=seed + i))
     result, counts = SpecResult(), {}
     while engine.has_unfinished():
         verified = drafter.take()
         for output in engine.step():
-            _record_verification(result, output, verified, counts)
+            _record_verification(result, output, verified, counts, numbers)
+        result.num_engine_steps += 1
     return result
 
 
@@ -254,7 +267,8 @@ def _evaluation_engine(loaded, drafter: Drafter, prompts: list[list[int]], max_t
 
 
 def _record_verification(result: SpecResult, output, verified: dict[str, DraftBlock],
-                         counts: dict[str, tuple[int, int, int]]) -> None:
+                         counts: dict[str, tuple[int, int, int]],
+                         request_numbers: dict[str, int] | None = None) -> None:
     """Turn the engine's cumulative per-request speculation counters into
     this step's verification record (at most one per request per step)."""
     rid = output.request_id
@@ -271,4 +285,5 @@ def _record_verification(result: SpecResult, output, verified: dict[str, DraftBl
         raise RuntimeError(f"request {rid}: {steps} verifications of {drafted} drafts in one step, "
                            f"{len(block)} drafts proposed")
     block = block.prefix(drafted)
-    result.record(block.confidences, accepted, accepted + 1, block.peaks)
+    origin = None if request_numbers is None else (request_numbers[rid], result.num_engine_steps)
+    result.record(block.confidences, accepted, accepted + 1, block.peaks, origin)

@@ -102,6 +102,36 @@ def test_eval_draft_records_rebuild_the_reported_calibration(tiny_dir, tiny_targ
     assert calibration_report(records, 3)["ece_conditional"] == result["ece_conditional"]
 
 
+def test_eval_draft_records_say_which_request_and_step_each_came_from(tiny_dir, tiny_target, tmp_path, capsys,
+                                                                       monkeypatch):
+    """record_origins: one [request number, engine step] per record, request
+    numbers unique across --batch batches, steps in order across them (an
+    online calibrator's replay reads them in that order)."""
+    from engine.spec.heads.checkpoint import save_head
+    from engine.spec.training import data
+    from engine.spec.training.data import Prompt
+    from tests.engine.spec.conftest import make_head
+
+    save_head(make_head("dspark", tiny_target, 3), str(tmp_path / "head"))
+    prompts = [Prompt("toy", f"toy/{i}", f"Tell me about fox {i}.") for i in range(3)]
+    monkeypatch.setattr(data, "load_prompts", lambda spec, split=None: prompts)
+    assert main(["eval-draft", "--draft-model", str(tmp_path / "head"), "--target", str(tiny_dir), "--data", "toy:3",
+                 "--block-size", "3", "--max-new-tokens", "8", "--temperatures", "0", "--records", "--batch", "2",
+                 "--report", str(tmp_path / "eval.json"), "--no-progress"]) == 0
+    capsys.readouterr()
+    result = json.loads((tmp_path / "eval.json").read_text())["results"]["temperature=0"]
+    origins = result["record_origins"]
+    assert len(origins) == len(result["records"])
+    assert {request for request, _ in origins} == {0, 1, 2}
+    steps = [step for _, step in origins]
+    assert steps == sorted(steps)
+    # The third request ran in the second batch, after every step of the first.
+    first_batch_last = max(step for request, step in origins if request < 2)
+    assert min(step for request, step in origins if request == 2) > first_batch_last
+    # No request is verified twice in one step.
+    assert len(set(map(tuple, origins))) == len(origins)
+
+
 @pytest.mark.parametrize("whole, asked", [
     (False, [("mtbench:3,sharegpt:2", "test")]),
     (True, [("mtbench:3", None), ("sharegpt:2", "test")]),  # ShareGPT's train split never: it is trained on

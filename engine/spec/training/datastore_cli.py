@@ -12,7 +12,8 @@ training toolkit's JSONL, engine/spec/training/generate.py), each
 `--responses-weight` times: per token the target's text predicts its
 drafts far better than ShareGPT's. `--generate N` first generates the
 replies to the first N ShareGPT train-split prompts into FILE (resumable:
-a rerun generates only what is missing).
+a rerun generates only what is missing; `--generate-from S` starts at
+prompt S, so that processes can split the range).
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generate", type=int, default=0, metavar="N",
                         help="first generate the target's greedy replies to the first N ShareGPT train-split "
                              "prompts into --responses (only those missing)")
+    parser.add_argument("--generate-from", type=int, default=0, metavar="S",
+                        help="with --generate N: only prompts S..N-1 (processes in parallel over disjoint "
+                             "ranges, each into its own file; concatenate the files)")
     parser.add_argument("--max-new-tokens", type=int, default=192, help="length of each generated reply")
     parser.add_argument("--gen-batch", type=int, default=32, help="replies generated at once")
     parser.add_argument("--max-prompt-tokens", type=int, default=512, help="longer prompts get no reply")
@@ -48,6 +52,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     started = time.time()
     if args.generate and not args.responses:
         raise SystemExit("--generate N needs --responses FILE to write the replies to")
+    if not 0 <= args.generate_from < max(args.generate, 1):
+        raise SystemExit(f"--generate-from {args.generate_from} must lie in 0..{args.generate - 1} (--generate N)")
     if args.generate:
         generate_target_replies(args)
     tokenizer = target_tokenizer(args.model)
@@ -88,15 +94,17 @@ def target_replies(path: str | None, weight: int):
 
 
 def generate_target_replies(args: argparse.Namespace) -> None:
-    """The target's greedy replies to the first `args.generate` train-split
-    ShareGPT prompts, appended to `args.responses` where missing."""
+    """The target's greedy replies to train-split ShareGPT prompts
+    `args.generate_from`..`args.generate - 1`, appended to `args.responses`
+    where missing."""
     from engine.models.loader import load_model
     from engine.spec.training.data import load_prompts
     from engine.spec.training.generate import generate_responses
     from engine.spec.training.pipeline import engine_for_generation
 
     engine = engine_for_generation(load_model(args.model), args)
-    generate_responses(engine, load_prompts(f"sharegpt:{args.generate}", split="train"), args.responses,
+    prompts = load_prompts(f"sharegpt:{args.generate}", split="train")[args.generate_from:]
+    generate_responses(engine, prompts, args.responses,
                        max_tokens=args.max_new_tokens, batch_size=args.gen_batch,
                        max_prompt_tokens=args.max_prompt_tokens)
 

@@ -72,6 +72,30 @@ def test_generates_the_targets_replies_once_and_counts_them_by_their_weight(tmp_
     assert len(NgramDatastore.load(str(out))) < len(datastore)  # counted twice: fewer contexts reach 3
 
 
+def test_generate_from_takes_only_the_rest_of_the_range(tmp_path, monkeypatch):
+    from engine.spec.training import data
+    from engine.spec.training.data import Prompt
+    from engine.spec.training.generate import read_samples
+
+    model_dir = make_tiny_model_dir(tmp_path / "target", seed=1)
+    monkeypatch.setattr(datastore_cli, "assistant_replies", lambda n: [])
+    monkeypatch.setattr(data, "load_prompts", lambda spec, split=None: [
+        Prompt("toy", f"toy/{i}", f"Tell me about fox {i}.") for i in range(int(spec.split(":")[1]))])
+    responses = tmp_path / "second-half.jsonl"
+    assert main(["build-datastore", "--model", str(model_dir), "--out", str(tmp_path / "d.safetensors"),
+                 "--responses", str(responses), "--max-new-tokens", "4", "--min-count", "1",
+                 "--generate", "4", "--generate-from", "2"]) == 0
+    assert [s.id for s in read_samples(str(responses))] == ["toy/2", "toy/3"]
+
+
+def test_generate_from_outside_the_range_is_refused():
+    import pytest
+
+    with pytest.raises(SystemExit, match="must lie in 0..1"):
+        main(["build-datastore", "--out", "x.safetensors", "--responses", "r.jsonl", "--generate", "2",
+              "--generate-from", "2"])
+
+
 def test_generate_needs_a_responses_file():
     import pytest
 

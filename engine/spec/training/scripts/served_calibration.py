@@ -19,7 +19,8 @@ Streams: each set alone (a server seeing only that traffic, the online
 map starting from nothing), then the sets one after the other through one
 calibrator, in the order given and reversed (traffic that changes
 domain). Scored: conditional ECE (position k accepted given 1..k-1 were)
-and its log-loss, per set.
+and its log-loss, per set, and the ECE outcomes drawn from the online
+confidences themselves would show (the sampling floor).
 """
 from __future__ import annotations
 
@@ -65,6 +66,15 @@ class Events:
         return {"ece_conditional": expected_calibration_error(p, y),
                 "log_loss_conditional": float(-(y * q.log() + (1 - y) * (1 - q).log()).mean()),
                 "events": len(self.predicted)}
+
+    def sampling_floor(self, trials: int = 200, seed: int = 0) -> float:
+        """Median ECE of outcomes drawn from these confidences themselves:
+        what a perfect calibration shows on as many events."""
+        p = torch.tensor(self.predicted, dtype=torch.float64)
+        generator = torch.Generator().manual_seed(seed)
+        return float(torch.tensor([expected_calibration_error(p, torch.rand(p.shape, generator=generator,
+                                                                            dtype=torch.float64) < p)
+                                   for _ in range(trials)]).median())
 
 
 def load_check(path: str, temperature: str) -> CheckSet:
@@ -117,15 +127,15 @@ def check_rows(sets: list[CheckSet], calibration: list | None, block_size: int) 
     streams = [(f"{s.name} alone", [s]) for s in sets]
     if len(sets) > 1:
         streams += [(" then ".join(s.name for s in order), order) for order in (sets, sets[::-1])]
-    rows = ["| stream | set | events | stored map: ECE (log-loss) | stored map + online: ECE (log-loss) |",
-            "|---|---|---|---|---|"]
+    rows = ["| stream | set | events | stored map: ECE (log-loss) | stored map + online: ECE (log-loss) "
+            "| sampling floor |", "|---|---|---|---|---|---|"]
     for label, order in streams:
         for name, (offline, online) in replay(order, calibration, block_size,
                                               ConfidenceCalibrator(max_positions=block_size)).items():
             a, b = offline.scores(), online.scores()
             rows.append(f"| {label} | {name} | {a['events']} | {a['ece_conditional']:.3f} "
                         f"({a['log_loss_conditional']:.4f}) | {b['ece_conditional']:.3f} "
-                        f"({b['log_loss_conditional']:.4f}) |")
+                        f"({b['log_loss_conditional']:.4f}) | {online.sampling_floor():.3f} |")
     return rows
 
 

@@ -75,6 +75,13 @@ def test_the_stored_map_is_applied_before_the_online_one():
     assert online.predicted == pytest.approx(stored[0])  # nothing observed yet: the prior is the stored value
 
 
+def test_the_sampling_floor_is_what_perfect_confidences_show():
+    events = served.Events([0.5] * 4000, [True, False] * 2000)
+    floor = events.sampling_floor()
+    assert 0.0 < floor < 0.03  # ~ 0.4 / sqrt(4000): sampling noise alone
+    assert events.scores()["ece_conditional"] == 0.0  # these outcomes happen to match exactly
+
+
 def test_reports_without_origins_are_refused(tmp_path):
     path = tmp_path / "dspark-humaneval.json"
     path.write_text(json.dumps({"results": {"temperature=0": {"records": [[[0.5], 1]]}}}))

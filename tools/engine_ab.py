@@ -20,7 +20,9 @@ seconds; a step apart it does not). Each method's ratio to `off` (and to
 `--candidate PATH` adds `dspark-candidate`, `hybrid-candidate` and
 `hybrid16-candidate`: the same configurations over another checkpoint (a
 retrained or recalibrated head), so a head is adopted on a side-by-side
-run, not on two runs of a drifting host.
+run, not on two runs of a drifting host. `--candidate-datastore PATH`
+likewise adds `ngram-ds-candidate` and `hybrid-ds-candidate`: n-gram and
+the hybrid drafting from another corpus datastore.
 """
 from __future__ import annotations
 
@@ -45,13 +47,18 @@ HEAD = "checkpoints/dspark-smollm2"
 DATASTORE = "engine/spec/datastores/smollm2.safetensors"
 
 
-def speculative_configs(head: str, candidate: str | None = None) -> dict[str, SpeculativeConfig]:
+def speculative_configs(head: str, candidate: str | None = None,
+                        candidate_datastore: str | None = None) -> dict[str, SpeculativeConfig]:
     """The configurations `specserve serve` would run for each method (and
-    the head ones again over `candidate`, suffixed `-candidate`)."""
+    the head ones again over `candidate`, the datastore ones over
+    `candidate_datastore`, suffixed `-candidate`)."""
     configs = _configs_over(head)
     if candidate:
         configs.update({f"{name}-candidate": replace(configs[name], draft_model=candidate)
                         for name in ("dspark", "hybrid", "hybrid16")})
+    if candidate_datastore:
+        configs.update({f"{name}-candidate": replace(configs[name], ngram_datastore=candidate_datastore)
+                        for name in ("ngram-ds", "hybrid-ds")})
     return configs
 
 
@@ -141,6 +148,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--draft-model", default=HEAD)
     parser.add_argument("--candidate", default=None, metavar="CHECKPOINT",
                         help="another head: adds the methods dspark-candidate, hybrid-candidate, hybrid16-candidate")
+    parser.add_argument("--candidate-datastore", default=None, metavar="PATH",
+                        help="another corpus datastore: adds the methods ngram-ds-candidate, hybrid-ds-candidate")
     parser.add_argument("--model", default=None, help="target (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default="", help="directory for results.json")
     parser.add_argument("--lockstep", action="store_true",
@@ -150,12 +159,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_engines(methods: list[str], head: str, model: str, candidate: str | None = None) -> dict[str, LLMEngine]:
-    configs, engines, loaded = speculative_configs(head, candidate), {}, None
+def build_engines(methods: list[str], head: str, model: str, candidate: str | None = None,
+                  candidate_datastore: str | None = None) -> dict[str, LLMEngine]:
+    configs, engines, loaded = speculative_configs(head, candidate, candidate_datastore), {}, None
     for name in methods:
         base, change = ABLATIONS.get(name, (name, None))
         if base not in configs:
-            hint = " (pass --candidate CHECKPOINT)" if name.endswith("-candidate") else ""
+            hint = ""
+            if name.endswith("-candidate"):
+                hint = (" (pass --candidate-datastore PATH)" if name.removesuffix("-candidate").endswith("-ds")
+                        else " (pass --candidate CHECKPOINT)")
             raise SystemExit(f"unknown method {name!r}{hint}; known: {sorted(configs) + sorted(ABLATIONS)}")
         engines[name] = LLMEngine(EngineConfig(model=model, speculative=configs[base],
                                                machine_counters=False), loaded=loaded)
@@ -329,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--versus {args.versus}: not one of the methods run ({args.methods})")
     counts = {c: max(2 * c, args.prompts) // c * c for c in concurrencies}
     engines = build_engines(args.methods.split(","), args.draft_model, args.model or default_model_path(),
-                            args.candidate)
+                            args.candidate, args.candidate_datastore)
     tokenizer = next(iter(engines.values())).loaded.tokenizer
     prompts = dataset_prompt_ids(tokenizer, args.dataset, max(counts.values()))
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
@@ -350,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"c{c} paired, ratio to {base}:", {n: f["median"] for n, f in paired.items()})
     record = {"dataset": args.dataset, "rounds": args.rounds, "max_tokens": args.max_tokens, "prompts": counts,
               "lockstep": args.lockstep,
-              "draft_model": args.draft_model, "candidate": args.candidate, "tok_s": results, "summary": summary,
+              "draft_model": args.draft_model, "candidate": args.candidate,
+              "candidate_datastore": args.candidate_datastore, "tok_s": results, "summary": summary,
               "tok_s_whole_run": whole,
               "whole_run_ratio_to_off": {c: {n: round(r, 3) for n, (_, r) in medians_and_ratios(d).items()}
                                          for c, d in whole.items() if "off" in d},

@@ -5,6 +5,7 @@ n-gram with nothing verified (what the speculative path costs by itself)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -116,6 +117,18 @@ def test_a_candidate_head_runs_beside_the_committed_one(tmp_path, tiny_dir, tiny
     assert engines["hybrid-candidate"].config.speculative.method == "hybrid"
     with pytest.raises(SystemExit, match="pass --candidate"):
         engine_ab.build_engines(["hybrid-candidate"], str(tmp_path / "ckpt"), str(tiny_dir))
+
+
+def test_a_candidate_datastore_runs_beside_the_shipped_one(tmp_path, tiny_dir):
+    """`--candidate-datastore`: `ngram-ds-candidate` is n-gram + datastore over
+    the other file, in the same run; asking for it without one fails loudly
+    and names the flag."""
+    configs = engine_ab.speculative_configs("ckpt", candidate_datastore="other.safetensors")
+    assert configs["ngram-ds-candidate"] == replace(configs["ngram-ds"], ngram_datastore="other.safetensors")
+    assert configs["hybrid-ds-candidate"] == replace(configs["hybrid-ds"], ngram_datastore="other.safetensors")
+    assert "dspark-candidate" not in configs
+    with pytest.raises(SystemExit, match="pass --candidate-datastore"):
+        engine_ab.build_engines(["ngram-ds-candidate"], "ckpt", str(tiny_dir))
 
 
 def test_lockstep_rounds_pair_every_method_on_the_same_prompts(tmp_path, tiny_dir):

@@ -13,7 +13,8 @@ only outcomes of earlier steps (a prequential check, out of sample).
 
     python -m engine.spec.training.scripts.served_calibration \\
         --checkpoint checkpoints/dspark-smollm2 \\
-        --check runs/calib/whole/dspark-mtbench.json runs/calib/whole/dspark-humaneval.json
+        --check runs/calib-s13/whole/dspark-mtbench.json runs/calib-s13/whole/dspark-humaneval.json
+    # (the records: bench/results/2026-12-02-served-calibration/run.sh)
 
 Streams: each set alone (a server seeing only that traffic, the online
 map starting from nothing), then the sets one after the other through one
@@ -34,7 +35,7 @@ import torch
 from engine.spec.heads.checkpoint import read_head_config
 from engine.spec.heads.config import calibration_for
 from engine.spec.training.calibrate import (BlockRecord, confidence_logits, expected_calibration_error, load_records,
-                                           peak_logits, reached_positions, scaled_logits)
+                                           peak_logits, scaled_logits)
 from scheduler.calibration import ConfidenceCalibrator
 
 

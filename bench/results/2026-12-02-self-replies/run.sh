@@ -15,6 +15,9 @@
 #                   datastore, the same again (A/A), n-gram + the candidate
 #   STAGE=lockstep-reversed  the same with the engines built in the other
 #                   order (engines built later run up to 4% slower, phase 10)
+#   STAGE=load      8 and 32 streams, 3 interleaved rounds (code and chat in
+#                   parallel): off, n-gram + the shipped (new) datastore, and
+#                   n-gram + the ShareGPT-only one it replaced (from ab11f5e)
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 OUT=bench/results/2026-12-02-self-replies
@@ -52,6 +55,15 @@ lockstep|lockstep-reversed)
     "$PY" -m tools.engine_ab $set 1 5 --prompts 8 --max-tokens 96 --lockstep --versus ngram-ds \
       --methods $METHODS --candidate-datastore "$RUN/smollm2-self-x4.safetensors" \
       --out "$OUT/$set-c1$SUFFIX" > "$OUT/$set-c1$SUFFIX/log.txt" 2>&1 &
+  done
+  wait ;;
+load)
+  git show ab11f5e:engine/spec/datastores/smollm2.safetensors > "$RUN/smollm2-sharegpt-only.safetensors"
+  for set in humaneval mt-bench; do
+    mkdir -p "$OUT/$set-load"
+    "$PY" -m tools.engine_ab $set 8,32 3 --prompts 64 --max-tokens 64 --methods off,ngram-ds-candidate,ngram-ds \
+      --candidate-datastore "$RUN/smollm2-sharegpt-only.safetensors" --out "$OUT/$set-load" \
+      > "$OUT/$set-load/log.txt" 2>&1 &
   done
   wait ;;
 esac

@@ -75,3 +75,7 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMAN
         parser.print_help(sys.stderr)
         return 2
     return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":  # `python -m cli.main` must not import and exit silently
+    sys.exit(main())

@@ -38,3 +38,14 @@ def test_python_m_cli_lists_every_command():
                          timeout=120, cwd=ROOT)
     for command in ("serve", "bench", "spec-sweep", "train-draft", "eval-draft"):
         assert command in out.stdout, out.stdout + out.stderr
+
+
+def test_python_m_cli_main_runs_the_cli_too():
+    """`python -m cli.main` used to import the module and exit 0 without
+    doing anything; it is the CLI, like `python -m cli`."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "cli.main", "build-datastore", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--generate-from" in done.stdout

@@ -45,6 +45,9 @@ from scheduler.request import SamplingParams
 
 HEAD = "checkpoints/dspark-smollm2"
 DATASTORE = "engine/spec/datastores/smollm2.safetensors"
+# The configurations run again over a candidate, and the flag that names it.
+HEAD_CANDIDATES = ("dspark", "hybrid", "hybrid16")  # --candidate CHECKPOINT
+DATASTORE_CANDIDATES = ("ngram-ds", "hybrid-ds")  # --candidate-datastore PATH
 
 
 def speculative_configs(head: str, candidate: str | None = None,
@@ -55,10 +58,10 @@ def speculative_configs(head: str, candidate: str | None = None,
     configs = _configs_over(head)
     if candidate:
         configs.update({f"{name}-candidate": replace(configs[name], draft_model=candidate)
-                        for name in ("dspark", "hybrid", "hybrid16")})
+                        for name in HEAD_CANDIDATES})
     if candidate_datastore:
         configs.update({f"{name}-candidate": replace(configs[name], ngram_datastore=candidate_datastore)
-                        for name in ("ngram-ds", "hybrid-ds")})
+                        for name in DATASTORE_CANDIDATES})
     return configs
 
 
@@ -165,10 +168,9 @@ def build_engines(methods: list[str], head: str, model: str, candidate: str | No
     for name in methods:
         base, change = ABLATIONS.get(name, (name, None))
         if base not in configs:
-            hint = ""
-            if name.endswith("-candidate"):
-                hint = (" (pass --candidate-datastore PATH)" if name.removesuffix("-candidate").endswith("-ds")
-                        else " (pass --candidate CHECKPOINT)")
+            flags = {f"{n}-candidate": " (pass --candidate CHECKPOINT)" for n in HEAD_CANDIDATES}
+            flags.update({f"{n}-candidate": " (pass --candidate-datastore PATH)" for n in DATASTORE_CANDIDATES})
+            hint = flags.get(name, "")
             raise SystemExit(f"unknown method {name!r}{hint}; known: {sorted(configs) + sorted(ABLATIONS)}")
         engines[name] = LLMEngine(EngineConfig(model=model, speculative=configs[base],
                                                machine_counters=False), loaded=loaded)

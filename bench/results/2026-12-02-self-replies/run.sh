@@ -19,6 +19,8 @@
 #                   parallel): off, n-gram + the shipped (new) datastore, and
 #                   n-gram + the ShareGPT-only one it replaced (from ab11f5e)
 set -euo pipefail
+# Each background job is waited for by its pid, so that a failed one stops the script.
+wait_all() { for job in $(jobs -p); do wait "$job"; done; }
 cd "$(git rev-parse --show-toplevel)"
 OUT=bench/results/2026-12-02-self-replies
 RUN=${RUN:-runs/self-replies}
@@ -33,7 +35,7 @@ generate)
     --max-new-tokens 192 --responses "$RUN/replies-a.jsonl" --out "$RUN/scratch-a.safetensors" &
   "$PY" -m cli build-datastore "${COMMON[@]}" --generate 4800 --generate-from 2400 --gen-batch 64 \
     --max-new-tokens 192 --responses "$RUN/replies-b.jsonl" --out "$RUN/scratch-b.safetensors" &
-  wait
+  wait_all
   cat "$RUN/replies-a.jsonl" "$RUN/replies-b.jsonl" > "$RUN/replies.jsonl" ;;
 build)
   for weight in 2 4 8; do
@@ -56,7 +58,7 @@ lockstep|lockstep-reversed)
       --methods $METHODS --candidate-datastore "$RUN/smollm2-self-x4.safetensors" \
       --out "$OUT/$set-c1$SUFFIX" > "$OUT/$set-c1$SUFFIX/log.txt" 2>&1 &
   done
-  wait ;;
+  wait_all ;;
 load)
   git show ab11f5e:engine/spec/datastores/smollm2.safetensors > "$RUN/smollm2-sharegpt-only.safetensors"
   for set in humaneval mt-bench; do
@@ -65,5 +67,5 @@ load)
       --candidate-datastore "$RUN/smollm2-sharegpt-only.safetensors" --out "$OUT/$set-load" \
       > "$OUT/$set-load/log.txt" 2>&1 &
   done
-  wait ;;
+  wait_all ;;
 esac

@@ -7,6 +7,8 @@
 # whole-set check (80 prompts per set, 96 tokens, T=0 and T=1, float32),
 # about 12 minutes with the two sets in parallel, one core each.
 set -euo pipefail
+# Each background job is waited for by its pid, so that a failed one stops the script.
+wait_all() { for job in $(jobs -p); do wait "$job"; done; }
 OUT=bench/results/2026-12-02-served-calibration
 RUN=${RUN:-runs/calib-s13/whole}
 PY=${PYTHON:-python}
@@ -18,6 +20,6 @@ for set in mtbench humaneval; do
     --max-new-tokens 96 --temperatures 0 1 --dtype float32 --threads 1 --no-progress --records \
     --report "$RUN/dspark-$set.json" > /dev/null &
 done
-wait
+wait_all
 "$PY" -m engine.spec.training.scripts.served_calibration --checkpoint checkpoints/dspark-smollm2 \
   --check "$RUN/dspark-mtbench.json" "$RUN/dspark-humaneval.json" > "$OUT/dspark-whole-sets.md"

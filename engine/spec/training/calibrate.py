@@ -107,6 +107,22 @@ def expected_calibration_error(predicted: torch.Tensor, observed: torch.Tensor, 
     return float(calibration_errors(predicted.reshape(1, -1), observed.reshape(-1), num_bins)[0])
 
 
+def log_loss(predicted: torch.Tensor, observed: torch.Tensor) -> float:
+    """Mean binary log-loss of predicted [M] in [0, 1] against observed [M] 0/1."""
+    p, y = predicted.double().clamp(1e-6, 1 - 1e-6), observed.double()
+    return float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
+
+
+def sampling_floor(predicted: torch.Tensor, trials: int = 200, seed: int = 0) -> float:
+    """Median ECE of outcomes drawn from `predicted` [M] itself: what a
+    perfectly calibrated predictor shows on as many events."""
+    p = predicted.double()
+    generator = torch.Generator().manual_seed(seed)
+    return float(torch.tensor([expected_calibration_error(p, torch.rand(p.shape, generator=generator,
+                                                                        dtype=torch.float64) < p)
+                               for _ in range(trials)]).median())
+
+
 def calibration_errors(predicted: torch.Tensor, observed: torch.Tensor, num_bins: int = NUM_BINS) -> torch.Tensor:
     """expected_calibration_error of each row of predicted [C, M] against
     the same observed [M]: [C] float64, in one bincount. Per bin,

@@ -34,8 +34,9 @@ import torch
 from engine.spec.heads.checkpoint import read_head_config
 from engine.spec.heads.config import calibration_for
 from engine.spec.training.calibrate import (DEFAULT_SHIFTS, BlockRecord, confidence_logits, expected_calibration_error,
-                                           fit_calibration, fit_sts, load_records, peak_logits, reached_positions,
-                                           record_row, scaled_logits)
+                                           fit_calibration, fit_sts, load_records, log_loss, peak_logits,
+                                           reached_positions, record_row, scaled_logits)
+from engine.spec.training.calibrate import sampling_floor as events_sampling_floor
 
 METHODS = ("raw", "sts", "sts-shift", "logistic", "logistic-peak")
 
@@ -53,9 +54,8 @@ def scores(records: list[BlockRecord], block_size: int, calibration: list | None
     reached = reached_positions(drafted, survived)
     conditional = torch.sigmoid(scaled_logits(logits, calibration, peak_logits(records, block_size)))
     survival = conditional.cumprod(dim=1)
-    p, y = conditional[reached].clamp(1e-6, 1 - 1e-6), survived[reached].double()
     return {"ece_conditional": expected_calibration_error(conditional[reached], survived[reached]),
-            "log_loss_conditional": float(-(y * p.log() + (1 - y) * (1 - p).log()).mean()),
+            "log_loss_conditional": log_loss(conditional[reached], survived[reached]),
             "ece_survival": expected_calibration_error(survival[drafted], survived[drafted]),
             "events": int(reached.sum())}
 
@@ -67,11 +67,7 @@ def sampling_floor(records: list[BlockRecord], block_size: int, calibration: lis
     logits, drafted, survived = confidence_logits(records, block_size)
     peaks = peak_logits(records, block_size)
     predicted = torch.sigmoid(scaled_logits(logits, calibration, peaks))[reached_positions(drafted, survived)]
-    generator = torch.Generator().manual_seed(seed)
-    simulated = [expected_calibration_error(predicted, torch.rand(predicted.shape, generator=generator,
-                                                                  dtype=torch.float64) < predicted)
-                 for _ in range(trials)]
-    return float(torch.tensor(simulated).median())
+    return events_sampling_floor(predicted, trials, seed)
 
 
 def check_records(paths: list[str], key: str) -> dict[str, list[BlockRecord]]:

@@ -35,7 +35,7 @@ import torch
 from engine.spec.heads.checkpoint import read_head_config
 from engine.spec.heads.config import calibration_for
 from engine.spec.training.calibrate import (BlockRecord, confidence_logits, expected_calibration_error, load_records,
-                                           peak_logits, scaled_logits)
+                                           log_loss, peak_logits, sampling_floor, scaled_logits)
 from scheduler.calibration import ConfidenceCalibrator
 
 
@@ -63,19 +63,12 @@ class Events:
     def scores(self) -> dict:
         p = torch.tensor(self.predicted, dtype=torch.float64)
         y = torch.tensor(self.survived, dtype=torch.float64)
-        q = p.clamp(1e-6, 1 - 1e-6)
-        return {"ece_conditional": expected_calibration_error(p, y),
-                "log_loss_conditional": float(-(y * q.log() + (1 - y) * (1 - q).log()).mean()),
+        return {"ece_conditional": expected_calibration_error(p, y), "log_loss_conditional": log_loss(p, y),
                 "events": len(self.predicted)}
 
     def sampling_floor(self, trials: int = 200, seed: int = 0) -> float:
-        """Median ECE of outcomes drawn from these confidences themselves:
-        what a perfect calibration shows on as many events."""
-        p = torch.tensor(self.predicted, dtype=torch.float64)
-        generator = torch.Generator().manual_seed(seed)
-        return float(torch.tensor([expected_calibration_error(p, torch.rand(p.shape, generator=generator,
-                                                                            dtype=torch.float64) < p)
-                                   for _ in range(trials)]).median())
+        """What a perfect calibration shows on as many events (calibrate.sampling_floor)."""
+        return sampling_floor(torch.tensor(self.predicted, dtype=torch.float64), trials, seed)
 
 
 def load_check(path: str, temperature: str) -> CheckSet:

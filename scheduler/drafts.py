@@ -54,6 +54,16 @@ class DraftBlock:
 NO_DRAFTS = DraftBlock()
 
 
+def expected_accepted(confidences: list[float]) -> float:
+    """sum_j prod_{i<=j} c_i: expected accepted drafts of a block whose
+    confidences are conditional survival chances."""
+    total, survival = 0.0, 1.0
+    for c in confidences:
+        survival *= c
+        total += survival
+    return total
+
+
 @dataclass(frozen=True)
 class DraftEconomics:
     """What a draft must be worth at the current load (the verify policy's

@@ -1,8 +1,10 @@
 """Offline replay of n-gram drafting over the target's own greedy outputs:
 tokens per target step when every draft of a block is verified, for
-prompt lookup alone, the corpus datastore alone, and prompt lookup else
-the datastore (what `--ngram-datastore` serves), with the calibration of
-the datastore's confidences on the drafts it made.
+prompt lookup alone, the corpus datastore alone, prompt lookup else the
+datastore, and the block of the two that promises more accepted drafts
+(what `--ngram-datastore` serves when the datastore carries a fitted
+survival map), with the calibration of the datastore's confidences (its
+map's rates where it has one) on the drafts it made.
 
     OMP_NUM_THREADS=1 python -m tools.datastore_replay generate humaneval 40 OUT.json
     python -m tools.datastore_replay replay OUT.json [--datastore PATH] [--block 8]
@@ -17,7 +19,7 @@ import json
 from typing import Callable
 
 from engine.spec.datastore import NgramDatastore
-from engine.spec.ngram import find_ngram_continuation
+from engine.spec.ngram import NgramDrafter, NgramIndex, find_ngram_continuation
 
 DEFAULT_DATASTORE = "engine/spec/datastores/smollm2.safetensors"
 Proposer = Callable[[list[int], int], tuple[list[int], list[float] | None]]
@@ -28,7 +30,25 @@ def prompt_lookup(min_n: int = 1, max_n: int = 4) -> Proposer:
 
 
 def from_datastore(datastore: NgramDatastore) -> Proposer:
-    return lambda context, k: datastore.continuation(context, k)
+    def propose(context: list[int], k: int):
+        tokens, shares = datastore.continuation(context, k)
+        return tokens, datastore.calibrated(shares)
+    return propose
+
+
+def better_block(datastore: NgramDatastore, min_n: int = 1, max_n: int = 4) -> Proposer:
+    """What n-gram serves: `NgramDrafter.block_for` over the context; only
+    the datastore's drafts report confidences, as in the other proposers."""
+    drafter = NgramDrafter(min_n, max_n, datastore=datastore)
+
+    def propose(context: list[int], k: int):
+        index = NgramIndex(min_n, max_n)
+        index.extend(context)
+        block = drafter.block_for(index, k)
+        if block is None:
+            return [], None
+        return block.token_ids, (block.confidences if block.source == drafter.datastore_source else None)
+    return propose
 
 
 def lookup_else(first: Proposer, second: Proposer) -> Proposer:
@@ -40,7 +60,8 @@ def lookup_else(first: Proposer, second: Proposer) -> Proposer:
 
 def replay(records: list[dict], propose: Proposer, block: int) -> tuple[float, list[tuple[float, bool]]]:
     """Tokens per step over the records, and (confidence, survived) of every
-    draft that had a confidence and whose predecessors survived."""
+    draft that had a confidence and whose predecessors survived (a block
+    without confidences reports None)."""
     steps = tokens = 0
     observed: list[tuple[float, bool]] = []
     for record in records:
@@ -117,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     datastore = NgramDatastore.load(args.datastore)
     proposers = {"prompt lookup": prompt_lookup(), "datastore": from_datastore(datastore),
                  "prompt lookup, else datastore": lookup_else(prompt_lookup(), from_datastore(datastore))}
+    if datastore.survival is not None:
+        proposers["the better block"] = better_block(datastore)
     for name, propose in proposers.items():
         tokens_per_step, observed = replay(records, propose, args.block)
         print(f"{name}: {tokens_per_step:.3f} tokens per step", json.dumps(calibration(observed)) if observed else "")

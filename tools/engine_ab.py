@@ -50,12 +50,12 @@ HEAD_CANDIDATES = ("dspark", "hybrid", "hybrid16")  # --candidate CHECKPOINT
 DATASTORE_CANDIDATES = ("ngram-ds", "hybrid-ds")  # --candidate-datastore PATH
 
 
-def speculative_configs(head: str, candidate: str | None = None,
-                        candidate_datastore: str | None = None) -> dict[str, SpeculativeConfig]:
-    """The configurations `specserve serve` would run for each method (and
-    the head ones again over `candidate`, the datastore ones over
-    `candidate_datastore`, suffixed `-candidate`)."""
-    configs = _configs_over(head)
+def speculative_configs(head: str, candidate: str | None = None, candidate_datastore: str | None = None,
+                        datastore: str = DATASTORE) -> dict[str, SpeculativeConfig]:
+    """The configurations `specserve serve` would run for each method, the
+    `-ds` ones over `datastore` (and the head ones again over `candidate`,
+    the datastore ones over `candidate_datastore`, suffixed `-candidate`)."""
+    configs = _configs_over(head, datastore)
     if candidate:
         configs.update({f"{name}-candidate": replace(configs[name], draft_model=candidate)
                         for name in HEAD_CANDIDATES})
@@ -65,7 +65,7 @@ def speculative_configs(head: str, candidate: str | None = None,
     return configs
 
 
-def _configs_over(head: str) -> dict[str, SpeculativeConfig]:
+def _configs_over(head: str, datastore: str) -> dict[str, SpeculativeConfig]:
     return {"off": SpeculativeConfig(method="none"),
             "ngram": SpeculativeConfig(method="ngram", policy="adaptive", num_speculative_tokens=8),
             # n-gram allowed the longest block the config takes: what copy-heavy
@@ -80,10 +80,10 @@ def _configs_over(head: str) -> dict[str, SpeculativeConfig]:
                                           num_speculative_tokens=16),
             # the same two drafting from the corpus datastore where prompt lookup finds nothing
             "ngram-ds": SpeculativeConfig(method="ngram", policy="adaptive", num_speculative_tokens=8,
-                                          ngram_datastore=DATASTORE),
+                                          ngram_datastore=datastore),
             # n-gram up to 8 drafts as in ngram-ds (serve's default), the head up to its block (7)
             "hybrid-ds": SpeculativeConfig(method="hybrid", draft_model=head, policy="adaptive",
-                                           num_speculative_tokens=8, ngram_datastore=DATASTORE)}
+                                           num_speculative_tokens=8, ngram_datastore=datastore)}
 
 
 def dataset_prompt_ids(tokenizer, dataset: str, count: int) -> list[list[int]]:
@@ -153,6 +153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="another head: adds the methods dspark-candidate, hybrid-candidate, hybrid16-candidate")
     parser.add_argument("--candidate-datastore", default=None, metavar="PATH",
                         help="another corpus datastore: adds the methods ngram-ds-candidate, hybrid-ds-candidate")
+    parser.add_argument("--datastore", default=DATASTORE, metavar="PATH",
+                        help="the corpus datastore of ngram-ds and hybrid-ds (default: the shipped one)")
     parser.add_argument("--model", default=None, help="target (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default="", help="directory for results.json")
     parser.add_argument("--lockstep", action="store_true",
@@ -163,8 +165,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_engines(methods: list[str], head: str, model: str, candidate: str | None = None,
-                  candidate_datastore: str | None = None) -> dict[str, LLMEngine]:
-    configs, engines, loaded = speculative_configs(head, candidate, candidate_datastore), {}, None
+                  candidate_datastore: str | None = None, datastore: str = DATASTORE) -> dict[str, LLMEngine]:
+    configs, engines, loaded = speculative_configs(head, candidate, candidate_datastore, datastore), {}, None
     for name in methods:
         base, change = ABLATIONS.get(name, (name, None))
         if base not in configs:
@@ -344,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--versus {args.versus}: not one of the methods run ({args.methods})")
     counts = {c: max(2 * c, args.prompts) // c * c for c in concurrencies}
     engines = build_engines(args.methods.split(","), args.draft_model, args.model or default_model_path(),
-                            args.candidate, args.candidate_datastore)
+                            args.candidate, args.candidate_datastore, args.datastore)
     tokenizer = next(iter(engines.values())).loaded.tokenizer
     prompts = dataset_prompt_ids(tokenizer, args.dataset, max(counts.values()))
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
@@ -366,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {"dataset": args.dataset, "rounds": args.rounds, "max_tokens": args.max_tokens, "prompts": counts,
               "lockstep": args.lockstep,
               "draft_model": args.draft_model, "candidate": args.candidate,
-              "candidate_datastore": args.candidate_datastore, "tok_s": results, "summary": summary,
+              "datastore": args.datastore, "candidate_datastore": args.candidate_datastore, "tok_s": results, "summary": summary,
               "tok_s_whole_run": whole,
               "whole_run_ratio_to_off": {c: {n: round(r, 3) for n, (_, r) in medians_and_ratios(d).items()}
                                          for c, d in whole.items() if "off" in d},

@@ -15,6 +15,13 @@ chance that it survives given that the drafts before it did
 (speculation.md s.1). Only contexts seen at least `min_count` times are
 kept. The file is a safetensors file with the tokenizer's fingerprint in
 its metadata, so a datastore is never used with another vocabulary.
+
+A share over-states survival (the corpus is not the target). A datastore
+may carry a fitted map from (position in the block, share in tenths) to
+the survival rate measured on the target's own outputs
+(tools.fit_datastore_confidence); its drafts then carry those rates, on
+the same scale as prompt lookup's fitted prior, so that n-gram can draft
+from whichever of the two promises the longer accepted run.
 """
 from __future__ import annotations
 
@@ -28,11 +35,13 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from engine.config import DATASTORE_AUTO
+from scheduler.drafts import expected_accepted
 
 log = logging.getLogger("specserve.datastore")
 
 FORMAT = "specserve-ngram-datastore"
 VERSION = "1"
+SHARE_BINS = 10  # the fitted survival map reads a share in tenths
 _MULTIPLIER = 1_000_003
 _MASK = (1 << 64) - 1
 
@@ -62,6 +71,28 @@ class NgramDatastore:
     max_n: int
     tokenizer: str  # tokenizer_fingerprint of the vocabulary the tokens belong to
     description: str = ""
+    # float32 [positions, SHARE_BINS]: the survival rate of a draft at that
+    # position with a share in that tenth (given that the drafts before it
+    # survived); None where none was fitted. Positions past the last read it.
+    survival: np.ndarray | None = None
+    survival_fit: str = ""  # what the map was fitted on
+
+    def calibrated(self, shares: Sequence[float]) -> list[float]:
+        """Each draft's fitted survival rate from its position and share; the
+        shares as they are if no map was fitted."""
+        if self.survival is None:
+            return [float(share) for share in shares]
+        last = self.survival.shape[0] - 1
+        return [float(self.survival[min(j, last), share_bin(share)]) for j, share in enumerate(shares)]
+
+    def best_expected(self, k: int) -> float:
+        """An upper bound on the expected accepted drafts of any block of k
+        this datastore can draft (every position at its best fitted rate);
+        infinite without a map."""
+        if self.survival is None:
+            return float("inf")
+        best = self.survival.max(axis=1)
+        return expected_accepted([float(best[min(j, len(best) - 1)]) for j in range(k)])
 
     def __len__(self) -> int:
         return int(self.keys.size)
@@ -100,9 +131,12 @@ class NgramDatastore:
     def save(self, path: str) -> None:
         from safetensors.numpy import save_file
 
-        save_file({"keys": self.keys, "next_tokens": self.next_tokens, "confidences": self.confidences},
-                  path, metadata={"format": FORMAT, "version": VERSION, "max_n": str(self.max_n),
-                                  "tokenizer": self.tokenizer, "description": self.description})
+        arrays = {"keys": self.keys, "next_tokens": self.next_tokens, "confidences": self.confidences}
+        if self.survival is not None:
+            arrays["survival"] = np.ascontiguousarray(self.survival, dtype=np.float32)
+        save_file(arrays, path, metadata={"format": FORMAT, "version": VERSION, "max_n": str(self.max_n),
+                                          "tokenizer": self.tokenizer, "description": self.description,
+                                          "survival_fit": self.survival_fit})
 
     @classmethod
     def load(cls, path: str, tokenizer: str | None = None) -> "NgramDatastore":
@@ -117,9 +151,12 @@ class NgramDatastore:
             if tokenizer is not None and meta.get("tokenizer") != tokenizer:
                 raise ValueError(f"{path} was built for tokenizer {meta.get('tokenizer')}, "
                                  f"the model's is {tokenizer}")
-            arrays = {name: f.get_tensor(name) for name in ("keys", "next_tokens", "confidences")}
+            arrays = {name: f.get_tensor(name) for name in f.keys()}
+        survival = arrays.get("survival")
+        if survival is not None and (survival.ndim != 2 or survival.shape[1] != SHARE_BINS):
+            raise ValueError(f"{path}: survival map of shape {survival.shape}, expected [positions, {SHARE_BINS}]")
         return cls(arrays["keys"], arrays["next_tokens"], arrays["confidences"], int(meta["max_n"]),
-                   meta["tokenizer"], meta.get("description", ""))
+                   meta["tokenizer"], meta.get("description", ""), survival, meta.get("survival_fit", ""))
 
 
 def bundled_datastore(tokenizer: str) -> str | None:
@@ -144,7 +181,15 @@ def resolve_datastore(path: str | None, tokenizer: str) -> NgramDatastore | None
             return None
     datastore = NgramDatastore.load(path, tokenizer)
     log.info("n-gram datastore %s: %d contexts (%s)", path, len(datastore), datastore.description)
+    if datastore.survival is None:
+        log.warning("n-gram datastore %s has no fitted survival map (tools.fit_datastore_confidence): "
+                    "it drafts only where prompt lookup finds nothing, with its raw shares", path)
     return datastore
+
+
+def share_bin(share: float) -> int:
+    """The tenth of [0, 1] a share falls in (1.0 in the last)."""
+    return min(SHARE_BINS - 1, max(0, int(share * SHARE_BINS)))
 
 
 def _metadata(path: str) -> dict:

@@ -83,7 +83,7 @@ from engine.spec.head_drafter import HeadDrafter
 from engine.spec.ngram import NgramDrafter, load_datastore
 from engine.spec.registry import DrafterContext, register_drafter
 from scheduler.calibration import ConfidenceCalibrator
-from scheduler.drafts import DraftBlock, DraftEconomics
+from scheduler.drafts import DraftBlock, DraftEconomics, expected_accepted
 
 
 @dataclass
@@ -194,15 +194,6 @@ class _Pending:
     calibrated: list[float]
     counters: tuple[int, int, int]  # the request's (spec steps, drafts verified, accepted) at proposal
     displaced: float = 0.0  # a head block: the expected accepted drafts of the n-gram block it beat
-
-
-def expected_accepted(confidences: list[float]) -> float:
-    """sum_j prod_{i<=j} c_i: expected accepted drafts of a block."""
-    total, survival = 0.0, 1.0
-    for c in confidences:
-        survival *= c
-        total += survival
-    return total
 
 
 class HybridDrafter(Drafter):

@@ -8,7 +8,7 @@ from engine.spec.base import DraftInput, Drafter
 from engine.spec.datastore import NgramDatastore, resolve_datastore, tokenizer_fingerprint
 from engine.spec.ngram_prior import SURVIVAL_BY_MATCH_AND_POSITION
 from engine.spec.registry import DrafterContext, register_drafter
-from scheduler.drafts import DraftBlock
+from scheduler.drafts import DraftBlock, expected_accepted
 
 
 def find_ngram_continuation(tokens: list[int], min_n: int, max_n: int, k: int) -> tuple[list[int], int]:
@@ -79,9 +79,17 @@ class NgramDrafter(Drafter):
     recalibrates it from realised acceptance. Drafts are deterministic, so
     the confidence never depends on a drawn token.
 
-    With a `datastore`, a request whose suffix matched nothing earlier gets
-    the datastore's continuation instead, as a block of source "datastore"
-    (its confidences the corpus's shares, calibrated apart by the hybrid).
+    With a `datastore` that carries a fitted survival map, each step drafts
+    from whichever of prompt lookup and the datastore promises more
+    accepted drafts (expected_accepted over the fitted rates): a one-token
+    match continues the text about one time in five, where a long corpus
+    context may do far better. The datastore's block has source
+    "datastore" (calibrated apart by the hybrid). The datastore is not
+    consulted where prompt lookup's block already promises more than any
+    datastore block could (`best_expected`). A datastore without a map
+    drafts only where prompt lookup finds nothing, with its raw shares.
+    Either way the block is a function of the request's tokens alone, so
+    verification stays lossless.
     """
 
     name = "ngram"
@@ -122,17 +130,29 @@ class NgramDrafter(Drafter):
         proposals = {}
         for item in inputs:
             self.absorb(item.request)  # tokens emitted after the last absorb
-            index = self.indexes[item.request.request_id]
-            follow, match_len = index.continuation(item.max_tokens)
-            if follow:
-                proposals[item.request.request_id] = DraftBlock(
-                    follow, self.confidences(match_len, len(follow)), None, self.name)
-            elif self.datastore is not None:
-                tokens, confidences = self.datastore.continuation(index.tokens, item.max_tokens)
-                if tokens:
-                    proposals[item.request.request_id] = DraftBlock(
-                        tokens, confidences, None, self.datastore_source)
+            block = self.block_for(self.indexes[item.request.request_id], item.max_tokens)
+            if block is not None:
+                proposals[item.request.request_id] = block
         return proposals
+
+    def block_for(self, index: NgramIndex, k: int) -> DraftBlock | None:
+        """Up to k drafts after the indexed tokens: prompt lookup's block or
+        the datastore's, whichever promises more accepted drafts (class doc)."""
+        follow, match_len = index.continuation(k)
+        lookup = DraftBlock(follow, self.confidences(match_len, len(follow)), None, self.name) if follow else None
+        datastore = self.datastore
+        if datastore is None:
+            return lookup
+        if lookup is not None and (datastore.survival is None
+                                   or expected_accepted(lookup.confidences) >= datastore.best_expected(k)):
+            return lookup
+        tokens, shares = datastore.continuation(index.tokens, k)
+        if not tokens:
+            return lookup
+        corpus = DraftBlock(tokens, datastore.calibrated(shares), None, self.datastore_source)
+        if lookup is not None and expected_accepted(lookup.confidences) >= expected_accepted(corpus.confidences):
+            return lookup
+        return corpus
 
 
 def load_datastore(path: str | None, tokenizer) -> NgramDatastore | None:

@@ -29,6 +29,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,7 +37,7 @@ from engine.config import CacheConfig, EngineConfig, SchedulerConfig, Speculativ
 from engine.kv_cache import allocate_kv_caches
 from engine.models.loader import load_model
 from engine.sampler import RowContext, target_probs
-from engine.spec.datastore import build_datastore, tokenizer_fingerprint
+from engine.spec.datastore import SHARE_BINS, build_datastore, tokenizer_fingerprint
 from engine.spec.base import Drafter
 from engine.spec.heads.checkpoint import save_head
 from engine.spec.heads.config import HeadConfig
@@ -114,7 +115,11 @@ def vocab_datastore(vocab_target, tmp_path_factory) -> str:
     sequences = torch.randint(0, VOCAB, (40, 30), generator=generator).tolist()
     fingerprint = tokenizer_fingerprint(vocab_target.tokenizer.backend.get_vocab())
     path = str(tmp_path_factory.mktemp("datastore") / "datastore.safetensors")
-    build_datastore(sequences, max_n=3, min_count=2, tokenizer=fingerprint).save(path)
+    datastore = build_datastore(sequences, max_n=3, min_count=2, tokenizer=fingerprint)
+    # A fitted map, as the shipped one has: n-gram then drafts whichever of
+    # lookup and datastore promises more, and that choice is verified too.
+    datastore.survival = np.tile(np.linspace(0.1, 0.9, SHARE_BINS, dtype=np.float32), (3, 1))
+    datastore.save(path)
     return path
 
 

@@ -18,3 +18,11 @@ def test_a_prefix_keeps_tokens_confidences_and_probabilities_aligned():
 def test_every_draft_needs_a_confidence():
     with pytest.raises(ValueError, match="2 drafts with 1 confidences"):
         DraftBlock([1, 2], [0.5])
+
+
+def test_expected_accepted_sums_the_chances_of_surviving_to_each_position():
+    from scheduler.drafts import expected_accepted
+
+    assert expected_accepted([]) == 0.0
+    assert expected_accepted([0.5, 0.5, 1.0]) == pytest.approx(0.5 + 0.25 + 0.25)
+    assert expected_accepted([0.0, 0.9]) == 0.0  # nothing past a sure miss

@@ -2,6 +2,8 @@
 for greedy outputs, and scores the datastore's confidences on its drafts."""
 import json
 
+import pytest
+
 from engine.spec.datastore import build_datastore
 from tools import datastore_replay as tool
 
@@ -36,3 +38,24 @@ def test_the_replay_command_prints_each_drafter(tmp_path, capsys):
     tool.main(["replay", str(records), "--datastore", path, "--block", "4"])
     out = capsys.readouterr().out
     assert "prompt lookup: 1.000 tokens per step" in out and "prompt lookup, else datastore: 3.000" in out
+
+
+def test_with_a_map_the_served_choice_is_replayed_and_scored_on_its_rates(tmp_path, capsys):
+    import numpy as np
+
+    from engine.spec.datastore import SHARE_BINS
+
+    datastore = build_datastore([[1, 2, 3]] * 2, max_n=2, min_count=2, tokenizer="t")
+    datastore.survival = np.full((2, SHARE_BINS), 0.9, dtype=np.float32)
+    # [5 1 9 8 1]: lookup copies "9 8 1" after a one-token match ("1"),
+    # expecting ~0.4 accepted; the datastore's "2 3" at 0.9 promises 1.71.
+    records = [{"prompt": [5, 1, 9, 8, 1], "output": [2, 3, 4]}]
+    lookup_first, _ = tool.replay(records, tool.lookup_else(tool.prompt_lookup(), tool.from_datastore(datastore)), 4)
+    better, observed = tool.replay(records, tool.better_block(datastore), block=4)
+    assert lookup_first == 3 / 2 and better == 3.0  # lookup misses first; the datastore drafts 2, 3 at once
+    assert observed == [(pytest.approx(0.9), True), (pytest.approx(0.9), True)]
+    path = str(tmp_path / "d.safetensors")
+    datastore.save(path)
+    (tmp_path / "r.json").write_text(json.dumps(records))
+    tool.main(["replay", str(tmp_path / "r.json"), "--datastore", path, "--block", "4"])
+    assert "the better block: 3.000 tokens per step" in capsys.readouterr().out

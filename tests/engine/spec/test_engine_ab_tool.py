@@ -129,6 +129,11 @@ def test_a_candidate_datastore_runs_beside_the_shipped_one(tmp_path, tiny_dir):
     assert "dspark-candidate" not in configs
     with pytest.raises(SystemExit, match="pass --candidate-datastore"):
         engine_ab.build_engines(["ngram-ds-candidate"], "ckpt", str(tiny_dir))
+    # --datastore: the baseline's datastore is another file, the candidate's unchanged
+    moved = engine_ab.speculative_configs("ckpt", candidate_datastore="other.safetensors", datastore="old.safetensors")
+    assert moved["ngram-ds"].ngram_datastore == moved["hybrid-ds"].ngram_datastore == "old.safetensors"
+    assert moved["ngram-ds-candidate"].ngram_datastore == "other.safetensors"
+    assert configs["ngram-ds"].ngram_datastore == engine_ab.DATASTORE
 
 
 def test_lockstep_rounds_pair_every_method_on_the_same_prompts(tmp_path, tiny_dir):

@@ -11,10 +11,10 @@ from engine.config import CacheConfig, EngineConfig, SchedulerConfig, Speculativ
 from engine.engine import LLMEngine
 from engine.spec.base import DraftInput
 from engine.spec.hybrid import (EXPLORE_EVERY, EXPLORE_EVERY_MAX, STEADY_FOLD_POSITIONS, HeadPayoff, HybridDrafter,
-                                PositionRates, choose, expected_accepted)
+                                PositionRates, choose)
 from engine.spec.ngram import NgramDrafter
 from engine.spec.heads.registry import HEAD_METHODS
-from scheduler.drafts import DraftBlock, DraftEconomics
+from scheduler.drafts import DraftBlock, DraftEconomics, expected_accepted
 from scheduler.load import StepCostModel
 from scheduler.request import Request, SamplingParams
 from tests.engine.spec.test_head_drafter import BLOCK, make_drafter, make_engine

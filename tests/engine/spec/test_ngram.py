@@ -2,6 +2,7 @@
 does; the drafter's confidences come from its survival prior."""
 import random
 
+import pytest
 import torch
 
 from engine.spec.base import DraftInput
@@ -56,3 +57,49 @@ def test_the_datastore_drafts_only_where_prompt_lookup_finds_nothing():
     assert _propose(NgramDrafter(1, 4, datastore=datastore), [7, 6], 3) is None  # neither has anything
     assert NgramDrafter(1, 4).sources == ("ngram",)
     assert _propose(NgramDrafter(1, 4), [7, 1], 3) is None
+
+
+def _mapped_datastore(rate: float):
+    """A datastore over [1 2 3 4] whose fitted map gives every draft `rate`."""
+    import numpy as np
+
+    from engine.spec.datastore import SHARE_BINS, build_datastore
+
+    datastore = build_datastore([[1, 2, 3, 4]] * 3, max_n=2, min_count=2, tokenizer="t")
+    datastore.survival = np.full((4, SHARE_BINS), rate, dtype=np.float32)
+    return datastore
+
+
+def test_with_a_fitted_map_the_block_that_promises_more_accepted_drafts_is_drafted():
+    prior = ((0.2, 0.5, 0.5), (0.5, 0.6, 0.6), (0.7, 0.8, 0.8), (0.9, 0.9, 0.9))
+    # "1" recurs (a one-token match: 0.2 + 0.1 + 0.05 expected) where the
+    # datastore's [2 3 4] at 0.6 each promises 0.6 + 0.36 + 0.216.
+    weak = _propose(NgramDrafter(1, 4, prior, _mapped_datastore(0.6)), [1, 9, 8, 1], 3)
+    assert weak.source == "datastore" and weak.token_ids == [2, 3, 4]
+    assert weak.confidences == pytest.approx([0.6] * 3)  # the map's rates, not the shares (1.0)
+    # The same match against a datastore mapped to 0.1: lookup promises more.
+    kept = _propose(NgramDrafter(1, 4, prior, _mapped_datastore(0.1)), [1, 9, 8, 1], 3)
+    assert kept.source == "ngram" and kept.token_ids == [9, 8, 1]
+    # Nothing recurs: the datastore's block, however low its rates.
+    assert _propose(NgramDrafter(1, 4, prior, _mapped_datastore(0.1)), [7, 1], 3).source == "datastore"
+
+
+def test_the_datastore_is_not_consulted_where_lookup_promises_more_than_it_ever_could():
+    prior = ((0.2, 0.5, 0.5), (0.5, 0.6, 0.6), (0.7, 0.8, 0.8), (0.95, 0.95, 0.95))
+    datastore = _mapped_datastore(0.6)
+    calls = []
+    original = datastore.continuation
+    datastore.continuation = lambda context, k: calls.append(k) or original(context, k)
+    drafter = NgramDrafter(1, 4, prior, datastore)
+    assert _propose(drafter, [5, 6, 7, 1, 9, 5, 6, 7, 1], 3).source == "ngram"  # a 4-token match
+    assert calls == []
+    assert _propose(NgramDrafter(1, 4, prior, datastore), [1, 9, 8, 1], 3).source == "datastore"
+    assert calls == [3]
+
+
+def test_without_a_map_the_datastore_drafts_only_where_lookup_has_nothing():
+    from engine.spec.datastore import build_datastore
+
+    datastore = build_datastore([[1, 2, 3, 4]] * 3, max_n=2, min_count=2, tokenizer="t")
+    weak = _propose(NgramDrafter(1, 4, ((0.01,),) * 4, datastore), [1, 9, 8, 1], 3)
+    assert weak.source == "ngram"  # however weak the match: raw shares are no survival rates

@@ -30,10 +30,7 @@ def prompt_lookup(min_n: int = 1, max_n: int = 4) -> Proposer:
 
 
 def from_datastore(datastore: NgramDatastore) -> Proposer:
-    def propose(context: list[int], k: int):
-        tokens, shares = datastore.continuation(context, k)
-        return tokens, datastore.calibrated(shares)
-    return propose
+    return lambda context, k: datastore.calibrated_continuation(context, k)
 
 
 def better_block(datastore: NgramDatastore, min_n: int = 1, max_n: int = 4) -> Proposer:

@@ -7,10 +7,12 @@ lookup and the datastore by expected accepted drafts, so both must speak
 survival rates (speculation.md s.1: the chance that a draft survives given
 that the drafts before it did). This tool replays the datastore alone over
 token sequences the target produced greedily, verifying every draft up to
-the first miss as greedy verification does, counts per (position, share in
-tenths) how often a reached draft survived, and writes those rates into the
-datastore file (`NgramDatastore.survival`), each cell shrunk towards its
-share bin's rate pooled over positions where counts are few.
+the first miss as greedy verification does, counts per (position, length
+of the held context, share in tenths) how often a reached draft survived,
+and writes those rates into the datastore file (`NgramDatastore.survival`).
+Where counts are few a cell shrinks towards its (position, share) rate
+over all context lengths, which shrinks towards its share's rate over all
+positions.
 
     python -m tools.fit_datastore_confidence generate 300 RUN/sharegpt-test.jsonl
     python -m tools.fit_datastore_confidence fit engine/spec/datastores/smollm2.safetensors \\
@@ -40,7 +42,8 @@ SHRINK = 8.0  # pseudo-trials of the pooled rate behind each cell
 
 @dataclass
 class ShareCounts:
-    """Drafts reached and drafts that survived, per (position, share bin)."""
+    """Drafts reached and drafts that survived, per (position, context
+    length, share bin)."""
 
     reached: Counter = field(default_factory=Counter)
     survived: Counter = field(default_factory=Counter)
@@ -59,10 +62,10 @@ def replay(datastore: NgramDatastore, sequences: Sequence[tuple[list[int], list[
         tokens = prompt + response
         at, end = len(prompt), len(tokens)
         while at < end:
-            drafts, shares = datastore.continuation(tokens[:at], min(block, end - at - 1))
             accepted = 0
-            for position, (token, share) in enumerate(zip(drafts, shares)):
-                cell = (min(position, POSITIONS - 1), share_bin(share))
+            drafts = datastore.chain(tokens[:at], min(block, end - at - 1))
+            for position, (token, share, length) in enumerate(drafts):
+                cell = (min(position, POSITIONS - 1), length, share_bin(share))
                 counts.reached[cell] += 1
                 if token != tokens[at + position]:
                     break
@@ -74,32 +77,36 @@ def replay(datastore: NgramDatastore, sequences: Sequence[tuple[list[int], list[
     return counts
 
 
-def fit_map(counts: ShareCounts, shrink: float = SHRINK) -> np.ndarray:
-    """[POSITIONS, SHARE_BINS] survival rates: each cell shrunk towards its
-    share bin's rate pooled over positions, which shrinks towards the bin's
-    middle share where even the pool is thin."""
-    table = np.zeros((POSITIONS, SHARE_BINS), dtype=np.float32)
+def fit_map(counts: ShareCounts, max_n: int, shrink: float = SHRINK) -> np.ndarray:
+    """[POSITIONS, max_n, SHARE_BINS] survival rates, shrunk (module doc);
+    a share bin never reached reads its middle share."""
+    def rate(cells: list[tuple], prior: float) -> float:
+        reached = sum(counts.reached[cell] for cell in cells)
+        return (sum(counts.survived[cell] for cell in cells) + shrink * prior) / (reached + shrink)
+
+    lengths, positions = range(1, max_n + 1), range(POSITIONS)
+    table = np.zeros((POSITIONS, max_n, SHARE_BINS), dtype=np.float32)
     for b in range(SHARE_BINS):
-        reached = sum(counts.reached[(j, b)] for j in range(POSITIONS))
-        survived = sum(counts.survived[(j, b)] for j in range(POSITIONS))
-        pooled = (survived + shrink * (b + 0.5) / SHARE_BINS) / (reached + shrink)
-        for j in range(POSITIONS):
-            table[j, b] = (counts.survived[(j, b)] + shrink * pooled) / (counts.reached[(j, b)] + shrink)
+        by_share = rate([(j, n, b) for j in positions for n in lengths], (b + 0.5) / SHARE_BINS)
+        for j in positions:
+            by_position = rate([(j, n, b) for n in lengths], by_share)
+            for n in lengths:
+                table[j, n - 1, b] = rate([(j, n, b)], by_position)
     return table
 
 
 def log_loss(counts: ShareCounts, rate) -> float:
-    """Mean binary cross-entropy of `rate(position, bin)` on reached drafts."""
+    """Mean binary cross-entropy of `rate(position, length, bin)` on reached drafts."""
     total, loss = 0, 0.0
-    for (j, b), reached in counts.reached.items():
-        p = min(1 - 1e-6, max(1e-6, rate(j, b)))
-        survived = counts.survived[(j, b)]
+    for cell, reached in counts.reached.items():
+        p = min(1 - 1e-6, max(1e-6, rate(*cell)))
+        survived = counts.survived[cell]
         loss -= survived * math.log(p) + (reached - survived) * math.log(1 - p)
         total += reached
     return loss / total if total else float("nan")
 
 
-def raw_share(j: int, b: int) -> float:
+def raw_share(j: int, n: int, b: int) -> float:
     """A bin's middle share: the raw confidence, for the before/after loss."""
     return (b + 0.5) / SHARE_BINS
 
@@ -127,13 +134,14 @@ def generate(count: int, out: str, max_tokens: int, batch: int) -> None:
 def fit(datastore_path: str, responses: Sequence[str], write: bool) -> np.ndarray:
     datastore = NgramDatastore.load(datastore_path)
     counts = replay(datastore, read_sequences(responses))
-    table = fit_map(counts)
+    table = fit_map(counts, datastore.max_n)
     print(f"fit: {counts.steps} steps, {sum(counts.reached.values())} drafts reached, "
           f"{counts.emitted / max(1, counts.steps):.3f} tokens/step (datastore alone, every draft verified)")
-    for j, row in enumerate(table):
-        print(f"  position {j}: " + " ".join(f"{v:.2f}" for v in row))
+    for j in (0, POSITIONS - 1):
+        for n in range(1, datastore.max_n + 1):
+            print(f"  position {j}, context {n}: " + " ".join(f"{v:.2f}" for v in table[j, n - 1]))
     print(f"  log loss: raw shares {log_loss(counts, raw_share):.4f}, "
-          f"fitted {log_loss(counts, lambda j, b: float(table[j, b])):.4f}")
+          f"fitted {log_loss(counts, lambda j, n, b: float(table[j, n - 1, b])):.4f}")
     if write:
         datastore.survival = table
         datastore.survival_fit = (f"tools.fit_datastore_confidence over {len(read_sequences(responses))} "

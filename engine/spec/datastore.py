@@ -17,8 +17,9 @@ kept. The file is a safetensors file with the tokenizer's fingerprint in
 its metadata, so a datastore is never used with another vocabulary.
 
 A share over-states survival (the corpus is not the target). A datastore
-may carry a fitted map from (position in the block, share in tenths) to
-the survival rate measured on the target's own outputs
+may carry a fitted map from (position in the block, length of the held
+context, share in tenths) to the survival rate measured on the target's
+own outputs
 (tools.fit_datastore_confidence); its drafts then carry those rates, on
 the same scale as prompt lookup's fitted prior, so that n-gram can draft
 from whichever of the two promises the longer accepted run.
@@ -71,35 +72,24 @@ class NgramDatastore:
     max_n: int
     tokenizer: str  # tokenizer_fingerprint of the vocabulary the tokens belong to
     description: str = ""
-    # float32 [positions, SHARE_BINS]: the survival rate of a draft at that
-    # position with a share in that tenth (given that the drafts before it
-    # survived); None where none was fitted. Positions past the last read it.
+    # float32 [positions, max_n, SHARE_BINS]: survival[j, n - 1, b] is the
+    # rate at which a draft at position j, read after a held context of n
+    # tokens with a share in tenth b, survived given that the drafts before
+    # it did; None where none was fitted. Positions past the last read it.
     survival: np.ndarray | None = None
     survival_fit: str = ""  # what the map was fitted on
-
-    def calibrated(self, shares: Sequence[float]) -> list[float]:
-        """Each draft's fitted survival rate from its position and share; the
-        shares as they are if no map was fitted."""
-        if self.survival is None:
-            return [float(share) for share in shares]
-        last = self.survival.shape[0] - 1
-        return [float(self.survival[min(j, last), share_bin(share)]) for j, share in enumerate(shares)]
-
-    def best_expected(self, k: int) -> float:
-        """An upper bound on the expected accepted drafts of any block of k
-        this datastore can draft (every position at its best fitted rate);
-        infinite without a map."""
-        if self.survival is None:
-            return float("inf")
-        best = self.survival.max(axis=1)
-        return expected_accepted([float(best[min(j, len(best) - 1)]) for j in range(k)])
 
     def __len__(self) -> int:
         return int(self.keys.size)
 
     def lookup(self, context: Sequence[int]) -> tuple[int, float] | None:
-        """The next token and its confidence for the longest suffix of
-        `context` (at most max_n tokens) the datastore holds; None if none."""
+        """The next token and its share for the longest suffix of `context`
+        (at most max_n tokens) the datastore holds; None if none."""
+        hit = self._longest_hit(context)
+        return None if hit is None else hit[:2]
+
+    def _longest_hit(self, context: Sequence[int]) -> tuple[int, float, int] | None:
+        """(next token, share, context length) of the longest held suffix."""
         context = list(context[-self.max_n:])
         queries = np.array([context_key(context[len(context) - n:]) for n in range(len(context), 0, -1)],
                            dtype=np.uint64)
@@ -110,22 +100,48 @@ class NgramDatastore:
         if not hits.size:
             return None
         entry = at[hits[0]]  # the first hit is the longest context
-        return int(self.next_tokens[entry]), float(self.confidences[entry])
+        return int(self.next_tokens[entry]), float(self.confidences[entry]), len(context) - int(hits[0])
 
-    def continuation(self, context: Sequence[int], k: int) -> tuple[list[int], list[float]]:
-        """Up to k drafts, each the datastore's next token after the context
-        and the drafts before it; stops where no suffix is held."""
+    def chain(self, context: Sequence[int], k: int) -> list[tuple[int, float, int]]:
+        """Up to k drafts as (token, share, context length), each the
+        datastore's next token after the context and the drafts before it;
+        stops where no suffix is held."""
         window = list(context[-self.max_n:])
-        tokens: list[int] = []
-        confidences: list[float] = []
+        drafts: list[tuple[int, float, int]] = []
         for _ in range(k):
-            hit = self.lookup(window)
+            hit = self._longest_hit(window)
             if hit is None:
                 break
-            tokens.append(hit[0])
-            confidences.append(hit[1])
+            drafts.append(hit)
             window = (window + [hit[0]])[-self.max_n:]
-        return tokens, confidences
+        return drafts
+
+    def continuation(self, context: Sequence[int], k: int) -> tuple[list[int], list[float]]:
+        """Up to k drafts (`chain`) and their shares."""
+        drafts = self.chain(context, k)
+        return [token for token, _, _ in drafts], [share for _, share, _ in drafts]
+
+    def calibrated_continuation(self, context: Sequence[int], k: int) -> tuple[list[int], list[float]]:
+        """Up to k drafts and their fitted survival rates (`rate`); their
+        shares where no map was fitted."""
+        drafts = self.chain(context, k)
+        return ([token for token, _, _ in drafts],
+                [self.rate(j, length, share) for j, (_, share, length) in enumerate(drafts)])
+
+    def rate(self, position: int, length: int, share: float) -> float:
+        """The fitted survival rate of a draft; its share without a map."""
+        if self.survival is None:
+            return float(share)
+        return float(self.survival[min(position, self.survival.shape[0] - 1), length - 1, share_bin(share)])
+
+    def best_expected(self, k: int) -> float:
+        """An upper bound on the expected accepted drafts of any block of k
+        this datastore can draft (every position at its best fitted rate);
+        infinite without a map."""
+        if self.survival is None:
+            return float("inf")
+        best = self.survival.max(axis=(1, 2))
+        return expected_accepted([float(best[min(j, len(best) - 1)]) for j in range(k)])
 
     # ---- files ----
     def save(self, path: str) -> None:
@@ -152,10 +168,11 @@ class NgramDatastore:
                 raise ValueError(f"{path} was built for tokenizer {meta.get('tokenizer')}, "
                                  f"the model's is {tokenizer}")
             arrays = {name: f.get_tensor(name) for name in f.keys()}
-        survival = arrays.get("survival")
-        if survival is not None and (survival.ndim != 2 or survival.shape[1] != SHARE_BINS):
-            raise ValueError(f"{path}: survival map of shape {survival.shape}, expected [positions, {SHARE_BINS}]")
-        return cls(arrays["keys"], arrays["next_tokens"], arrays["confidences"], int(meta["max_n"]),
+        survival, max_n = arrays.get("survival"), int(meta["max_n"])
+        if survival is not None and (survival.ndim != 3 or survival.shape[1:] != (max_n, SHARE_BINS)):
+            raise ValueError(f"{path}: survival map of shape {survival.shape}, "
+                             f"expected [positions, {max_n}, {SHARE_BINS}]")
+        return cls(arrays["keys"], arrays["next_tokens"], arrays["confidences"], max_n,
                    meta["tokenizer"], meta.get("description", ""), survival, meta.get("survival_fit", ""))
 
 

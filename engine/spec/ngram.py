@@ -146,10 +146,10 @@ class NgramDrafter(Drafter):
         if lookup is not None and (datastore.survival is None
                                    or expected_accepted(lookup.confidences) >= datastore.best_expected(k)):
             return lookup
-        tokens, shares = datastore.continuation(index.tokens, k)
+        tokens, rates = datastore.calibrated_continuation(index.tokens, k)
         if not tokens:
             return lookup
-        corpus = DraftBlock(tokens, datastore.calibrated(shares), None, self.datastore_source)
+        corpus = DraftBlock(tokens, rates, None, self.datastore_source)
         if lookup is not None and expected_accepted(lookup.confidences) >= expected_accepted(corpus.confidences):
             return lookup
         return corpus

@@ -118,7 +118,7 @@ def vocab_datastore(vocab_target, tmp_path_factory) -> str:
     datastore = build_datastore(sequences, max_n=3, min_count=2, tokenizer=fingerprint)
     # A fitted map, as the shipped one has: n-gram then drafts whichever of
     # lookup and datastore promises more, and that choice is verified too.
-    datastore.survival = np.tile(np.linspace(0.1, 0.9, SHARE_BINS, dtype=np.float32), (3, 1))
+    datastore.survival = np.tile(np.linspace(0.1, 0.9, SHARE_BINS, dtype=np.float32), (3, 3, 1))
     datastore.save(path)
     return path
 

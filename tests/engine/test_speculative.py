@@ -273,7 +273,7 @@ def test_drafting_from_a_datastore_equals_plain_decoding_alone_and_batched(model
     fingerprint = tokenizer_fingerprint(plain.tokenizer.backend.get_vocab())
     datastore: NgramDatastore = build_datastore(corpus, max_n=3, min_count=1, tokenizer=fingerprint)
     if fitted_map:  # rates rising with the share, so that each source wins some steps
-        datastore.survival = np.tile(np.linspace(0.05, 0.5, SHARE_BINS, dtype=np.float32), (3, 1))
+        datastore.survival = np.tile(np.linspace(0.05, 0.5, SHARE_BINS, dtype=np.float32), (3, 3, 1))
     datastore.save(path)
     min_n = 1 if fitted_map else 4
     spec = SpeculativeConfig(method="ngram", num_speculative_tokens=6, ngram_min=min_n, ngram_max=4,

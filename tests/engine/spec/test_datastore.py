@@ -146,33 +146,37 @@ def test_the_shipped_datastore_is_the_one_auto_serves_the_default_model():
     assert datastore.continuation(text[:-2], 2)[0] == text[-2:]  # ShareGPT's sign-off is held
 
 
-def _with_map(datastore: NgramDatastore, rows: list[list[float]]) -> NgramDatastore:
-    datastore.survival = np.array(rows, dtype=np.float32)
+def _with_map(datastore: NgramDatastore, table) -> NgramDatastore:
+    datastore.survival = np.asarray(table, dtype=np.float32)
     datastore.survival_fit = "by hand"
     return datastore
 
 
-def test_a_fitted_map_turns_shares_into_survival_rates_by_position_and_tenth():
-    datastore = build_datastore([[1, 2, 3]] * 2, max_n=2, min_count=2, tokenizer="t")
-    assert datastore.calibrated([0.35, 1.0]) == [0.35, 1.0]  # no map: the shares as they are
+def test_a_fitted_map_turns_shares_into_survival_rates_by_position_context_and_tenth():
+    # After 1: 2 (share 1/2, context [1]) or 5; after 1 2: 3 (share 1, context [1 2]).
+    datastore = build_datastore([[1, 2, 3]] * 2 + [[1, 5]] * 2, max_n=2, min_count=2, tokenizer="t")
+    assert datastore.chain([1], 3) == [(2, 0.5, 1), (3, 1.0, 2)]  # ties go to the smaller token
+    assert datastore.calibrated_continuation([1], 3) == ([2, 3], [0.5, 1.0])  # no map: the shares
     assert datastore.best_expected(4) == float("inf")
-    rows = [[b / 100 for b in range(SHARE_BINS)], [0.5 + b / 100 for b in range(SHARE_BINS)]]
-    _with_map(datastore, rows)
-    # position 0 share 0.35 -> bin 3; position 1 share 1.0 -> the last bin;
-    # position 2 reads the last row; a share of 0 the first bin.
-    assert datastore.calibrated([0.35, 1.0, 0.0]) == pytest.approx([0.03, 0.59, 0.5])
+    table = np.zeros((2, 2, SHARE_BINS))
+    table[0, 0, 5] = 0.3  # position 0, a 1-token context, share 0.5
+    table[1, 1, 9] = 0.8  # position 1, a 2-token context, share 1.0
+    table[1, 0, 2] = 0.95  # the best rate at position 1 (never drafted here)
+    _with_map(datastore, table)
+    assert datastore.calibrated_continuation([1], 3) == ([2, 3], [pytest.approx(0.3), pytest.approx(0.8)])
+    assert datastore.rate(5, 2, 1.0) == pytest.approx(0.8)  # deeper positions read the last row
     assert share_bin(0.999) == SHARE_BINS - 1 and share_bin(0.1) == 1 and share_bin(0.0999) == 0
-    best = [0.09, 0.59, 0.59]  # each position's largest rate; deeper positions read the last row
-    assert datastore.best_expected(3) == pytest.approx(best[0] + best[0] * best[1] + best[0] * best[1] * best[2])
+    # each position's largest rate; deeper positions read the last row
+    assert datastore.best_expected(3) == pytest.approx(0.3 + 0.3 * 0.95 + 0.3 * 0.95 * 0.95)
 
 
 def test_the_map_and_what_it_was_fitted_on_survive_a_save(tmp_path):
     path = str(tmp_path / "d.safetensors")
     _with_map(build_datastore(random_sequences(4), max_n=3, min_count=2, tokenizer="t"),
-              [[0.25] * SHARE_BINS] * 3).save(path)
+              np.full((4, 3, SHARE_BINS), 0.25)).save(path)
     loaded = NgramDatastore.load(path)
-    assert loaded.survival.shape == (3, SHARE_BINS) and loaded.survival_fit == "by hand"
-    assert loaded.calibrated([0.9, 0.1]) == [0.25, 0.25]
+    assert loaded.survival.shape == (4, 3, SHARE_BINS) and loaded.survival_fit == "by hand"
+    assert loaded.rate(0, 3, 0.9) == loaded.rate(7, 1, 0.1) == 0.25
     build_datastore(random_sequences(4), max_n=3, min_count=2, tokenizer="t").save(path)
     assert NgramDatastore.load(path).survival is None
 
@@ -181,9 +185,10 @@ def test_a_map_of_the_wrong_shape_is_refused_and_a_datastore_without_one_is_logg
     from engine.spec import datastore as module
 
     path = str(tmp_path / "d.safetensors")
-    _with_map(build_datastore([[1, 2]] * 2, max_n=1, min_count=1, tokenizer="t"), [[0.5] * 4]).save(path)
-    with pytest.raises(ValueError, match="survival map of shape"):
-        NgramDatastore.load(path)
+    for shape in [(2, SHARE_BINS), (2, 2, SHARE_BINS), (2, 1, 4)]:  # max_n is 1
+        _with_map(build_datastore([[1, 2]] * 2, max_n=1, min_count=1, tokenizer="t"), np.zeros(shape)).save(path)
+        with pytest.raises(ValueError, match="survival map of shape"):
+            NgramDatastore.load(path)
     build_datastore([[1, 2]] * 2, max_n=1, min_count=1, tokenizer="t").save(path)
     with caplog.at_level("WARNING", logger="specserve.datastore"):
         module.resolve_datastore(path, "t")

@@ -46,7 +46,7 @@ def test_with_a_map_the_served_choice_is_replayed_and_scored_on_its_rates(tmp_pa
     from engine.spec.datastore import SHARE_BINS
 
     datastore = build_datastore([[1, 2, 3]] * 2, max_n=2, min_count=2, tokenizer="t")
-    datastore.survival = np.full((2, SHARE_BINS), 0.9, dtype=np.float32)
+    datastore.survival = np.full((2, 2, SHARE_BINS), 0.9, dtype=np.float32)
     # [5 1 9 8 1]: lookup copies "9 8 1" after a one-token match ("1"),
     # expecting ~0.4 accepted; the datastore's "2 3" at 0.9 promises 1.71.
     records = [{"prompt": [5, 1, 9, 8, 1], "output": [2, 3, 4]}]

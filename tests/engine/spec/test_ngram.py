@@ -66,7 +66,7 @@ def _mapped_datastore(rate: float):
     from engine.spec.datastore import SHARE_BINS, build_datastore
 
     datastore = build_datastore([[1, 2, 3, 4]] * 3, max_n=2, min_count=2, tokenizer="t")
-    datastore.survival = np.full((4, SHARE_BINS), rate, dtype=np.float32)
+    datastore.survival = np.full((4, 2, SHARE_BINS), rate, dtype=np.float32)
     return datastore
 
 
@@ -88,8 +88,8 @@ def test_the_datastore_is_not_consulted_where_lookup_promises_more_than_it_ever_
     prior = ((0.2, 0.5, 0.5), (0.5, 0.6, 0.6), (0.7, 0.8, 0.8), (0.95, 0.95, 0.95))
     datastore = _mapped_datastore(0.6)
     calls = []
-    original = datastore.continuation
-    datastore.continuation = lambda context, k: calls.append(k) or original(context, k)
+    original = datastore.chain
+    datastore.chain = lambda context, k: calls.append(k) or original(context, k)
     drafter = NgramDrafter(1, 4, prior, datastore)
     assert _propose(drafter, [5, 6, 7, 1, 9, 5, 6, 7, 1], 3).source == "ngram"  # a 4-token match
     assert calls == []

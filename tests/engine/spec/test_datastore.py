@@ -144,6 +144,8 @@ def test_the_shipped_datastore_is_the_one_auto_serves_the_default_model():
     datastore = NgramDatastore.load(shipped)
     text = backend.encode("I hope this helps! Let me know if", add_special_tokens=False).ids
     assert datastore.continuation(text[:-2], 2)[0] == text[-2:]  # ShareGPT's sign-off is held
+    # Its fitted survival map (README): n-gram drafts the better of lookup and datastore.
+    assert datastore.survival is not None and datastore.survival.shape[1:] == (datastore.max_n, SHARE_BINS)
 
 
 def _with_map(datastore: NgramDatastore, table) -> NgramDatastore:

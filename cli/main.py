@@ -35,7 +35,7 @@ COMMANDS: tuple[Command, ...] = (
             "bench.spec_sweep"),
     Command("train-draft", "Train an EAGLE-3 / DFlash / DSpark draft head",
             "engine.spec.training.cli", "add_train_arguments", "run_train"),
-    Command("build-datastore", "Build the corpus datastore n-gram drafts from where prompt lookup finds nothing",
+    Command("build-datastore", "Build the corpus datastore n-gram drafts from beside prompt lookup",
             "engine.spec.training.datastore_cli"),
     Command("eval-draft", "Measure a draft head's accepted length and calibration",
             "engine.spec.training.cli", "add_eval_arguments", "run_eval"),

@@ -32,8 +32,9 @@ METRICS_API_KEY_ENV = "SPECSERVE_METRICS_API_KEY"
 GRACEFUL_SHUTDOWN_S = 5  # after the engine died: open streams already got their error
 SERVE_DEFAULT_METHOD = "ngram"
 SERVE_DEFAULT_NUM_SPECULATIVE = 8
-# n-gram drafts from the bundled corpus datastore of the served tokenizer
-# where prompt lookup finds nothing (docs/draft-heads.md, "Phase 9").
+# n-gram reads the bundled corpus datastore of the served tokenizer beside
+# prompt lookup (docs/draft-heads.md, "Phase 9"), drafting whichever block
+# promises more accepted drafts by the datastore's fitted map ("Phase 12").
 SERVE_DEFAULT_DATASTORE = DATASTORE_AUTO
 DEFAULT_PORT = 8000
 DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")
@@ -97,8 +98,8 @@ def _add_speculative_flags(g: argparse._ArgumentGroup) -> None:
     spec = SpeculativeConfig()
     # Defaults: the fastest lossless configuration measured on the CPU machine
     # (README, "Load-aware verification", "n-gram with the corpus datastore"):
-    # n-gram drafts (from the bundled datastore where prompt lookup finds
-    # nothing), up to 8, adaptive.
+    # n-gram drafts (prompt lookup's block or the bundled datastore's,
+    # whichever promises more), up to 8, adaptive.
     g.add_argument("--speculative-method", default=SERVE_DEFAULT_METHOD, choices=method_names())
     g.add_argument("--num-speculative-tokens", type=int, default=SERVE_DEFAULT_NUM_SPECULATIVE)
     g.add_argument("--draft-model", default=None, help="draft model path (draft-model method)")

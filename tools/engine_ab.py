@@ -78,7 +78,7 @@ def _configs_over(head: str, datastore: str) -> dict[str, SpeculativeConfig]:
             # the hybrid's n-gram up to 16 drafts, its head up to its block (7)
             "hybrid16": SpeculativeConfig(method="hybrid", draft_model=head, policy="adaptive",
                                           num_speculative_tokens=16),
-            # the same two drafting from the corpus datastore where prompt lookup finds nothing
+            # the same two drafting from the corpus datastore beside prompt lookup
             "ngram-ds": SpeculativeConfig(method="ngram", policy="adaptive", num_speculative_tokens=8,
                                           ngram_datastore=datastore),
             # n-gram up to 8 drafts as in ngram-ds (serve's default), the head up to its block (7)

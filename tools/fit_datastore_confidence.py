@@ -132,8 +132,8 @@ def generate(count: int, out: str, max_tokens: int, batch: int) -> None:
 
 
 def fit(datastore_path: str, responses: Sequence[str], write: bool) -> np.ndarray:
-    datastore = NgramDatastore.load(datastore_path)
-    counts = replay(datastore, read_sequences(responses))
+    datastore, sequences = NgramDatastore.load(datastore_path), read_sequences(responses)
+    counts = replay(datastore, sequences)
     table = fit_map(counts, datastore.max_n)
     print(f"fit: {counts.steps} steps, {sum(counts.reached.values())} drafts reached, "
           f"{counts.emitted / max(1, counts.steps):.3f} tokens/step (datastore alone, every draft verified)")
@@ -144,7 +144,7 @@ def fit(datastore_path: str, responses: Sequence[str], write: bool) -> np.ndarra
           f"fitted {log_loss(counts, lambda j, n, b: float(table[j, n - 1, b])):.4f}")
     if write:
         datastore.survival = table
-        datastore.survival_fit = (f"tools.fit_datastore_confidence over {len(read_sequences(responses))} "
+        datastore.survival_fit = (f"tools.fit_datastore_confidence over {len(sequences)} "
                                   f"of the target's greedy replies ({', '.join(responses)})")
         datastore.save(datastore_path)
         print(f"wrote the map into {datastore_path}")

@@ -1,12 +1,12 @@
 """A datastore of what most often follows short contexts in a text corpus,
-for drafting where a request's own tokens offer nothing to copy.
+for drafting where a request's own tokens offer little or nothing to copy.
 
 Prompt lookup (engine/spec/ngram.py) drafts only when the request's recent
-suffix occurred earlier in the request. Where it did not, this table
-proposes the corpus's most frequent continuation of the longest context
-(up to `max_n` tokens) it holds, one token at a time: retrieval in place
-of a draft model, as REST (He et al., 2023) drafts from a datastore. It
-costs a lookup per draft, no forward.
+suffix occurred earlier in the request, and a short match is a poor
+guess. This table proposes the corpus's most frequent continuation of the
+longest context (up to `max_n` tokens) it holds, one token at a time:
+retrieval in place of a draft model, as REST (He et al., 2023) drafts
+from a datastore. It costs a lookup per draft, no forward.
 
 Each entry keys a context (its length and tokens, hashed to 64 bits) to
 the token that followed it most often in the corpus and that token's
@@ -19,10 +19,9 @@ its metadata, so a datastore is never used with another vocabulary.
 A share over-states survival (the corpus is not the target). A datastore
 may carry a fitted map from (position in the block, length of the held
 context, share in tenths) to the survival rate measured on the target's
-own outputs
-(tools.fit_datastore_confidence); its drafts then carry those rates, on
-the same scale as prompt lookup's fitted prior, so that n-gram can draft
-from whichever of the two promises the longer accepted run.
+own outputs (tools.fit_datastore_confidence). Its drafts then carry those
+rates, on the same scale as prompt lookup's fitted prior, so that n-gram
+can draft from whichever of the two promises the longer accepted run.
 """
 from __future__ import annotations
 

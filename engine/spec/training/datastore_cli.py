@@ -1,5 +1,5 @@
-"""`specserve build-datastore`: the corpus datastore n-gram drafts from where
-prompt lookup finds nothing (engine/spec/datastore.py), built from the
+"""`specserve build-datastore`: the corpus datastore n-gram drafts from beside
+prompt lookup (engine/spec/datastore.py), built from the
 assistant replies of ShareGPT's train split, tokenized by the target's
 tokenizer. Deterministic: the same flags give the same arrays and metadata
 (safetensors may write the metadata's keys in another order).

@@ -7,12 +7,12 @@
 # STAGE=generate bash bench/results/2026-12-02-self-replies/run.sh).
 #   STAGE=generate  greedy float32 replies (192 tokens at most) to prompts
 #                   4800..7999, two processes over halves (50 min, one core
-#                   each), then every reply so far in RUN/replies.jsonl
+#                   each; the phase 11 script's generate stage over that
+#                   range), then every reply so far in RUN/all.jsonl
 #   STAGE=build     datastores over ShareGPT + every reply so far, x4 and x2
 # Their survival maps, the replay and the end-to-end comparison:
 # bench/results/2026-12-02-datastore-choice/run.sh.
 set -euo pipefail
-wait_all() { for job in $(jobs -p); do wait "$job"; done; }
 cd "$(git rev-parse --show-toplevel)"
 RUN=${RUN:-runs/self-replies-more}
 EARLIER=${EARLIER:-runs/self-replies/replies.jsonl}
@@ -22,15 +22,11 @@ COMMON=(--conversations 20000 --max-n 4 --min-count 4)
 mkdir -p "$RUN"
 case ${STAGE:?STAGE=generate or build} in
 generate)
-  "$PY" -m cli build-datastore "${COMMON[@]}" --generate 6400 --generate-from 4800 --gen-batch 64 \
-    --max-new-tokens 192 --responses "$RUN/replies-c.jsonl" --out "$RUN/scratch-c.safetensors" &
-  "$PY" -m cli build-datastore "${COMMON[@]}" --generate 8000 --generate-from 6400 --gen-batch 64 \
-    --max-new-tokens 192 --responses "$RUN/replies-d.jsonl" --out "$RUN/scratch-d.safetensors" &
-  wait_all
-  cat "$EARLIER" "$RUN/replies-c.jsonl" "$RUN/replies-d.jsonl" > "$RUN/replies.jsonl" ;;
+  STAGE=generate FIRST=4800 LAST=8000 RUN=$RUN bash bench/results/2026-12-02-self-replies/run.sh
+  cat "$EARLIER" "$RUN/replies.jsonl" > "$RUN/all.jsonl" ;;
 build)
   for weight in 2 4; do
-    "$PY" -m cli build-datastore "${COMMON[@]}" --responses "$RUN/replies.jsonl" \
+    "$PY" -m cli build-datastore "${COMMON[@]}" --responses "$RUN/all.jsonl" \
       --responses-weight $weight --out "$RUN/smollm2-self-x$weight.safetensors"
   done ;;
 esac

@@ -4,7 +4,8 @@
 # repository; DATA_PACKAGES as in smollm2-heads.sh (ShareGPT); PYTHON the
 # interpreter; RUN the scratch folder (replies, candidate datastores).
 #   STAGE=generate  the target's greedy float32 replies (192 tokens at most)
-#                   to ShareGPT train-split prompts 0..4799, two processes
+#                   to ShareGPT train-split prompts 0..4799 (FIRST..LAST-1
+#                   if set), two processes
 #                   over halves (about 65 minutes, one core each), then
 #                   the two files concatenated
 #   STAGE=build     datastores: ShareGPT as shipped + the replies x4 (the
@@ -31,9 +32,11 @@ COMMON=(--conversations 20000 --max-n 4 --min-count 4)
 mkdir -p "$RUN"
 case ${STAGE:?STAGE=generate, build, replay or lockstep} in
 generate)
-  "$PY" -m cli build-datastore "${COMMON[@]}" --generate 2400 --generate-from 0 --gen-batch 64 \
+  FIRST=${FIRST:-0} LAST=${LAST:-4800}  # the prompt range, halved between the two processes
+  MIDDLE=$(( (FIRST + LAST) / 2 ))
+  "$PY" -m cli build-datastore "${COMMON[@]}" --generate $MIDDLE --generate-from $FIRST --gen-batch 64 \
     --max-new-tokens 192 --responses "$RUN/replies-a.jsonl" --out "$RUN/scratch-a.safetensors" &
-  "$PY" -m cli build-datastore "${COMMON[@]}" --generate 4800 --generate-from 2400 --gen-batch 64 \
+  "$PY" -m cli build-datastore "${COMMON[@]}" --generate $LAST --generate-from $MIDDLE --gen-batch 64 \
     --max-new-tokens 192 --responses "$RUN/replies-b.jsonl" --out "$RUN/scratch-b.safetensors" &
   wait_all
   cat "$RUN/replies-a.jsonl" "$RUN/replies-b.jsonl" > "$RUN/replies.jsonl" ;;

@@ -21,6 +21,8 @@
 #   STAGE=lockstep-reversed  the same, engines built in the other order
 #   STAGE=load      8 and 32 streams, 3 interleaved rounds: off, the shipped
 #                   datastore without a map, CANDIDATE
+#   STAGE=load-chat chat again at 8 and 32 streams, 3 interleaved rounds:
+#                   off and n-gram + the shipped (mapped) datastore alone
 #   STAGE=hybrid    one stream, lockstep, 5 rounds per set: off, n-gram + the
 #                   shipped (mapped) datastore, the same again (A/A), and the
 #                   hybrid + that datastore (its n-gram half drafts the better
@@ -37,7 +39,7 @@ REPLAY=bench/results/2026-12-02-datastore/replay
 UNMAPPED=$RUN/shipped-c63b799.safetensors
 CANDIDATE=${CANDIDATE:-$RUN/mapped-shipped-c63b799.safetensors}
 mkdir -p "$RUN"
-case ${STAGE:?STAGE=fit-data, fit, replay, lockstep, lockstep-reversed, load or hybrid} in
+case ${STAGE:?STAGE=fit-data, fit, replay, lockstep, lockstep-reversed, load, load-chat or hybrid} in
 fit-data)
   "$PY" -m tools.fit_datastore_confidence generate 300 "$RUN/sharegpt-test.jsonl" ;;
 fit)
@@ -74,6 +76,10 @@ load)
       > "$OUT/$set-load/log.txt" 2>&1 &
   done
   wait_all ;;
+load-chat)
+  mkdir -p "$OUT/mt-bench-load-again"
+  "$PY" -m tools.engine_ab mt-bench 8,32 3 --prompts 64 --max-tokens 64 --methods off,ngram-ds \
+    --out "$OUT/mt-bench-load-again" > "$OUT/mt-bench-load-again/log.txt" 2>&1 ;;
 hybrid)
   for set in humaneval mt-bench; do
     mkdir -p "$OUT/$set-hybrid"

@@ -27,7 +27,6 @@ evaluation (tools.datastore_replay).
 from __future__ import annotations
 
 import argparse
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -35,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.spec.datastore import SHARE_BINS, NgramDatastore, share_bin
+from tools.fit_ngram_confidence import counted_log_loss, read_sequences
 
 POSITIONS = 8  # the served block's default length; deeper drafts read the last row
 SHRINK = 8.0  # pseudo-trials of the pooled rate behind each cell
@@ -97,24 +97,12 @@ def fit_map(counts: ShareCounts, max_n: int, shrink: float = SHRINK) -> np.ndarr
 
 def log_loss(counts: ShareCounts, rate) -> float:
     """Mean binary cross-entropy of `rate(position, length, bin)` on reached drafts."""
-    total, loss = 0, 0.0
-    for cell, reached in counts.reached.items():
-        p = min(1 - 1e-6, max(1e-6, rate(*cell)))
-        survived = counts.survived[cell]
-        loss -= survived * math.log(p) + (reached - survived) * math.log(1 - p)
-        total += reached
-    return loss / total if total else float("nan")
+    return counted_log_loss(counts.reached, counts.survived, lambda cell: rate(*cell))
 
 
 def raw_share(j: int, n: int, b: int) -> float:
     """A bin's middle share: the raw confidence, for the before/after loss."""
     return (b + 0.5) / SHARE_BINS
-
-
-def read_sequences(paths: Sequence[str]) -> list[tuple[list[int], list[int]]]:
-    from engine.spec.training.generate import read_samples
-
-    return [(s.prompt_ids, s.response_ids) for path in paths for s in read_samples(path)]
 
 
 def generate(count: int, out: str, max_tokens: int, batch: int) -> None:

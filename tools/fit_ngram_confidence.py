@@ -31,7 +31,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from engine.spec.ngram import NgramIndex
 
@@ -94,15 +94,21 @@ def fit_table(counts: SurvivalCounts, max_n: int, positions: int = MAX_POSITIONS
              for j in range(positions)] for n in range(1, max_n + 1)]
 
 
+def counted_log_loss(reached: Counter, survived: Counter, rate: Callable[[tuple], float]) -> float:
+    """Mean binary cross-entropy of `rate(cell)` over drafts counted per
+    cell (reached, and of those survived)."""
+    total, loss = 0, 0.0
+    for cell, count in reached.items():
+        p = min(1 - 1e-6, max(1e-6, rate(cell)))
+        loss -= survived[cell] * math.log(p) + (count - survived[cell]) * math.log(1 - p)
+        total += count
+    return loss / total if total else float("nan")
+
+
 def log_loss(counts: SurvivalCounts, table: Sequence[Sequence[float]]) -> float:
     """Mean binary cross-entropy of the table's rates on reached drafts."""
-    total, loss = 0, 0.0
-    for (n, j), reached in counts.reached.items():
-        p = min(1 - 1e-6, max(1e-6, table[min(n, len(table)) - 1][min(j, len(table[0]) - 1)]))
-        survived = counts.survived[(n, j)]
-        loss -= survived * math.log(p) + (reached - survived) * math.log(1 - p)
-        total += reached
-    return loss / total if total else float("nan")
+    return counted_log_loss(counts.reached, counts.survived,
+                            lambda cell: table[min(cell[0], len(table)) - 1][min(cell[1], len(table[0]) - 1)])
 
 
 def read_sequences(paths: Sequence[str]) -> list[tuple[list[int], list[int]]]:

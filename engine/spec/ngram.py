@@ -143,14 +143,14 @@ class NgramDrafter(Drafter):
         datastore = self.datastore
         if datastore is None:
             return lookup
-        if lookup is not None and (datastore.survival is None
-                                   or expected_accepted(lookup.confidences) >= datastore.best_expected(k)):
+        promised = expected_accepted(lookup.confidences) if lookup is not None else 0.0
+        if lookup is not None and (datastore.survival is None or promised >= datastore.best_expected(k)):
             return lookup
         tokens, rates = datastore.calibrated_continuation(index.tokens, k)
         if not tokens:
             return lookup
         corpus = DraftBlock(tokens, rates, None, self.datastore_source)
-        if lookup is not None and expected_accepted(lookup.confidences) >= expected_accepted(corpus.confidences):
+        if lookup is not None and promised >= expected_accepted(corpus.confidences):
             return lookup
         return corpus
 

@@ -12,9 +12,9 @@ sweep). A diagnostic beside bench.spec_sweep, not a replacement: no HTTP.
     OMP_NUM_THREADS=1 python -m tools.engine_ab humaneval 1 3 --prompts 8 \\
         --methods off,ngram,dspark,hybrid --out bench/results/NAME
 
-`--lockstep` runs one stream per method with the methods taking engine
-steps in turn, each step timed alone (the host's speed drifts over
-seconds; a step apart it does not). Each method's ratio to `off` (and to
+`--lockstep` runs the methods' streams side by side, the methods taking
+engine steps in turn, each step timed alone (the host's speed drifts over
+seconds; a step apart it does not), at every concurrency. Each method's ratio to `off` (and to
 `--versus METHOD`) is also taken within each round, then its median.
 
 `--candidate PATH` adds `dspark-candidate`, `hybrid-candidate` and
@@ -158,7 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="target (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default="", help="directory for results.json")
     parser.add_argument("--lockstep", action="store_true",
-                        help="at one stream, the methods take engine steps in turn, each step timed alone")
+                        help="the methods take engine steps in turn, each step timed alone (every concurrency)")
     parser.add_argument("--versus", default="", metavar="METHOD",
                         help="also each method's paired ratio to METHOD (default: to off only)")
     return parser.parse_args(argv)
@@ -186,13 +186,13 @@ def run_rounds(engines: dict[str, LLMEngine], prompts: list[list[int]], concurre
                counts: dict[int, int], rounds: int, params: SamplingParams,
                lockstep: bool = False) -> dict[int, dict[str, list[StreamRun]]]:
     """Each method's runs per concurrency and round; methods rotate their
-    order per round (at one stream with `lockstep`, stepping in turn)."""
+    order per round (with `lockstep`, stepping in turn)."""
     names = list(engines)
     results = {c: {n: [] for n in names} for c in concurrencies}
     for r in range(rounds):
         for c in concurrencies:
-            if c == 1 and lockstep:
-                for name, run in run_in_lockstep(engines, prompts[:counts[c]], r, params).items():
+            if lockstep:
+                for name, run in run_in_lockstep(engines, prompts[:counts[c]], r, params, c).items():
                     results[c][name].append(run)
                 continue
             for name in rotated(names, r):
@@ -203,35 +203,19 @@ def run_rounds(engines: dict[str, LLMEngine], prompts: list[list[int]], concurre
 
 
 def run_in_lockstep(engines: dict[str, LLMEngine], prompts: list[list[int]], round_index: int,
-                    params: SamplingParams) -> dict[str, StreamRun]:
-    """One stream per method, all answering `prompts` one after another,
-    the methods taking engine steps in turn (order rotated per round) and
-    each step timed alone: the host's speed drifts by 10-20% over seconds,
-    so methods compared a step (~50 ms) apart see the same host, where
-    prompt by prompt or run by run they do not. A method's run is the sum
-    of its steps."""
-    names = rotated(list(engines), round_index)
-    queues = {n: deque(prompts) for n in names}
-    current: dict[str, str | None] = dict.fromkeys(names)
-    tokens, seconds = dict.fromkeys(names, 0), dict.fromkeys(names, 0.0)
-    while any(queues.values()) or any(current.values()):
-        for name in names:
-            engine = engines[name]
-            if current[name] is None:
-                if not queues[name]:
-                    continue
-                current[name] = f"lockstep-{time.monotonic_ns()}"
-                engine.add_request(current[name], queues[name].popleft(), params)
-            started = time.perf_counter()
-            outputs = engine.step()
-            seconds[name] += time.perf_counter() - started
-            for out in outputs:
-                tokens[name] += len(out.new_token_ids)
-                if out.finished and out.request_id == current[name]:
-                    current[name] = None
-            for failure in engine.take_failures():
-                raise failure.as_error() from failure.error
-    return {n: StreamRun(tokens[n], seconds[n], tokens[n], seconds[n]) for n in names}
+                    params: SamplingParams, streams: int = 1) -> dict[str, StreamRun]:
+    """`streams` streams per method, all methods answering `prompts`, the
+    methods taking engine steps in turn (order rotated per round) and each
+    step timed alone: the host's speed drifts by 10-20% over seconds, so
+    methods compared a step apart see the same host, where prompt by prompt
+    or run by run they do not. A method's run is the sum of its steps; one
+    that finishes first leaves the others stepping alone."""
+    drivers = {n: StreamDriver(engines[n], prompts, streams, params) for n in rotated(list(engines), round_index)}
+    while any(d.busy for d in drivers.values()):
+        for driver in drivers.values():
+            if driver.busy:
+                driver.step()
+    return {n: d.run() for n, d in drivers.items()}
 
 
 @dataclass
@@ -241,7 +225,8 @@ class StreamRun:
     every stream had a request in flight. The rest is the drain, where the
     run waits for its slowest streams: with a few prompts per stream it is
     much of the run, and speculation, which finishes some requests early,
-    gains nothing there."""
+    gains nothing there. One stream waits for no other: its whole run is
+    steady."""
 
     tokens: int
     seconds: float
@@ -257,48 +242,70 @@ class StreamRun:
         return self.steady_tokens / self.steady_seconds
 
 
-def run_streams(engine: LLMEngine, prompts: list[list[int]], streams: int,
-                params: SamplingParams | list[SamplingParams]) -> StreamRun:
-    """Run `prompts` as `streams` users would, each sending its next prompt
+class StreamDriver:
+    """`streams` users of one engine sending `prompts`, each its next prompt
     as soon as its last answer finished, so `streams` requests stay in
     flight until the prompts run out (the HTTP sweep's load, not batches
     that wait for their slowest member: those give speculation nothing for
-    the requests it finishes early)."""
-    if len(prompts) <= streams:
-        raise ValueError(f"{len(prompts)} prompts for {streams} streams: no steady part (need more prompts)")
-    params_list = params if isinstance(params, list) else [params] * len(prompts)
-    queue = deque(zip(range(len(prompts)), prompts, params_list))
-    in_flight: set[str] = set()
-    tokens = steady_tokens = 0
-    steady_seconds = 0.0
+    the requests it finishes early). Advanced one timed engine step at a
+    time, so several drivers can take turns."""
 
-    def send_next() -> None:
-        index, prompt, request_params = queue.popleft()
+    def __init__(self, engine: LLMEngine, prompts: list[list[int]], streams: int,
+                 params: SamplingParams | list[SamplingParams]):
+        if streams > 1 and len(prompts) <= streams:
+            raise ValueError(f"{len(prompts)} prompts for {streams} streams: no steady part (need more prompts)")
+        params_list = params if isinstance(params, list) else [params] * len(prompts)
+        self.engine, self.streams = engine, streams
+        self.queue = deque(zip(range(len(prompts)), prompts, params_list))
+        self.in_flight: set[str] = set()
+        self.tokens = self.steady_tokens = 0
+        self.seconds = self.steady_seconds = 0.0
+        while self.queue and len(self.in_flight) < streams:
+            self._send_next()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.in_flight)
+
+    def _send_next(self) -> None:
+        index, prompt, request_params = self.queue.popleft()
         request_id = f"ab-{time.monotonic_ns()}-{index}"
-        engine.add_request(request_id, prompt, request_params)
-        in_flight.add(request_id)
+        self.engine.add_request(request_id, prompt, request_params)
+        self.in_flight.add(request_id)
 
-    while queue and len(in_flight) < streams:
-        send_next()
-    started = time.perf_counter()
-    while in_flight:
-        steady = bool(queue)
+    def step(self) -> None:
+        steady = bool(self.queue) or self.streams == 1
+        started = time.perf_counter()
+        outputs = self.engine.step()
+        seconds = time.perf_counter() - started
         step_tokens = 0
-        for out in engine.step():
-            if out.request_id not in in_flight:
+        for out in outputs:
+            if out.request_id not in self.in_flight:
                 continue
             step_tokens += len(out.new_token_ids)
             if out.finished:
-                in_flight.discard(out.request_id)
-                if queue:
-                    send_next()
-        for failure in engine.take_failures():
+                self.in_flight.discard(out.request_id)
+                if self.queue:
+                    self._send_next()
+        for failure in self.engine.take_failures():
             raise failure.as_error() from failure.error
-        tokens += step_tokens
+        self.tokens += step_tokens
+        self.seconds += seconds
         if steady:
-            steady_tokens += step_tokens
-            steady_seconds = time.perf_counter() - started
-    return StreamRun(tokens, time.perf_counter() - started, steady_tokens, steady_seconds)
+            self.steady_tokens += step_tokens
+            self.steady_seconds += seconds
+
+    def run(self) -> StreamRun:
+        return StreamRun(self.tokens, self.seconds, self.steady_tokens, self.steady_seconds)
+
+
+def run_streams(engine: LLMEngine, prompts: list[list[int]], streams: int,
+                params: SamplingParams | list[SamplingParams]) -> StreamRun:
+    """One engine's run of `prompts` by `streams` streams (`StreamDriver`)."""
+    driver = StreamDriver(engine, prompts, streams, params)
+    while driver.busy:
+        driver.step()
+    return driver.run()
 
 
 def medians_and_ratios(tok_s: dict[str, list[float]]) -> dict[str, tuple[float, float]]:

@@ -175,6 +175,31 @@ def test_lockstep_engines_take_steps_in_turn_and_answer_every_prompt(tiny_dir):
     assert runs["a"].tokens == runs["b"].tokens == 9 and runs["a"].seconds > 0
 
 
+def test_lockstep_under_load_keeps_every_methods_streams_busy(tiny_dir):
+    """At two streams each engine keeps two requests in flight while prompts
+    wait, the engines still stepping in turn; its steady part ends when its
+    prompts ran out."""
+    config = EngineConfig(model=str(tiny_dir), speculative=SpeculativeConfig(method="none"), machine_counters=False,
+                          cache=CacheConfig(block_size=8, num_blocks=128),
+                          scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256))
+    first = LLMEngine(config)
+    engines = {"a": first, "b": LLMEngine(config, loaded=first.loaded)}
+    steps, in_flight = [], {"a": [], "b": []}
+    for name, engine in engines.items():
+        step = engine.step
+        engine.step = lambda name=name, engine=engine, step=step: (
+            steps.append(name), in_flight[name].append(len(engine.requests)), step())[2]
+    prompts = [[5, 6, 7 + i] for i in range(5)]
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in (4, 2, 2, 2, 2)]
+    runs = engine_ab.run_in_lockstep({"a": engines["a"]}, prompts, 0, params, streams=2)
+    assert runs["a"].tokens == 12 and max(in_flight["a"]) == 2 and in_flight["a"][0] == 2
+    assert 0 < runs["a"].steady_tokens < runs["a"].tokens and runs["a"].steady_seconds < runs["a"].seconds
+    steps.clear()
+    short = [SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)] * 5
+    runs = engine_ab.run_in_lockstep(engines, prompts, 0, short, streams=2)
+    assert steps[:4] == ["a", "b", "a", "b"] and runs["a"].tokens == runs["b"].tokens == 10
+
+
 def test_versus_a_method_that_is_not_run_is_refused(tiny_dir):
     with pytest.raises(SystemExit, match="--versus hybrid"):
         engine_ab.main(["chat", "1", "1", "--methods", "off,ngram", "--versus", "hybrid", "--model", str(tiny_dir)])

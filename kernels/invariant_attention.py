@@ -44,6 +44,14 @@ QUERY_TILE = 128
 SHARED_TILE_MAX_QUERY = 16
 # Score and value GEMMs get at least this many rows (kernels.linear).
 MIN_GEMM_ROWS = SMALL_GEMM_ROWS
+# Short requests share tiles planned by `partition_by_chunks`: a tile's fixed
+# cost (a dozen kernel calls per layer, whatever its size) in request-chunks
+# of work, and the most request-chunks one tile holds (each gathers 96 KiB
+# of float32 keys and values at SmolLM2's 3 x 64 kv dims; larger tiles
+# spill out of the cache between their kernels and cost more per chunk).
+# Chosen with tools.attention_tiles (docs/draft-heads.md, "Phase 13").
+TILE_COST_CHUNKS = 4
+MAX_TILE_CHUNKS = 48
 
 
 def key_chunk_size(block_size: int) -> int:
@@ -159,26 +167,30 @@ def _get_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
 
 
 def _build_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
-    """Short requests (decode, verification) padded into shared tiles, one
-    per query-length bucket (1, 2, 3-4, 5-8, 9-16) and key-chunk bucket
-    (1, 2, 3-4, 5-8, ... chunks of context): one request verifying 8 drafts
-    must not pad every decoding request in the batch to 9 rows, nor one long
-    conversation every short one to its context (at 32 streams of chat
-    prompts a single tile gathered 2.8 chunks per chunk of real context, and
-    in bfloat16 each gathered chunk is also converted to float32). Long
-    ones (prefill chunks) in tiles of QUERY_TILE rows each. How a request is
-    tiled never changes its rows' reductions (module doc)."""
+    """Short requests (decode, verification) padded into shared tiles: per
+    query-length bucket (1, 2, 3-4, 5-8, 9-16), so one request verifying 8
+    drafts does not pad every decoding request in the batch to 9 rows, and
+    within a bucket grouped by context length (`partition_by_chunks`), so
+    one long conversation does not pad every short one to its context
+    (each chunk a tile holds per request is gathered, converted to float32
+    and scored, needed or not). Long ones (prefill chunks) in tiles of
+    QUERY_TILE rows each. How a request is tiled never changes its rows'
+    reductions (module doc)."""
     starts = [0]
     for q in meta.query_lens:
         starts.append(starts[-1] + q)
     chunk = key_chunk_size(meta.block_size)
-    buckets: dict[tuple[int, int], list] = {}
+    by_rows: dict[int, list] = {}
     for r, q_len in enumerate(meta.query_lens):
         if q_len <= SHARED_TILE_MAX_QUERY:
             member = (r, list(range(starts[r], starts[r + 1])), meta.seq_lens_list[r] - q_len)
             num_chunks = -(-meta.seq_lens_list[r] // chunk)
-            buckets.setdefault((_power_of_two_bucket(q_len), _power_of_two_bucket(num_chunks)), []).append(member)
-    tile_members = [buckets[bucket] for bucket in sorted(buckets)]
+            by_rows.setdefault(_power_of_two_bucket(q_len), []).append((num_chunks, member))
+    tile_members = []
+    for bucket in sorted(by_rows):
+        members = sorted(by_rows[bucket], key=lambda item: -item[0])
+        for first, end in partition_by_chunks([num_chunks for num_chunks, _ in members]):
+            tile_members.append([member for _, member in members[first:end]])
     for r, q_len in enumerate(meta.query_lens):
         if q_len <= SHARED_TILE_MAX_QUERY:
             continue
@@ -192,9 +204,35 @@ def _build_tiles(meta: AttentionMetadata, group: int, device) -> list[_Tile]:
     return tiles
 
 
+def partition_by_chunks(chunk_counts: list[int], tile_cost: int = TILE_COST_CHUNKS,
+                        max_tile_chunks: int = MAX_TILE_CHUNKS) -> list[tuple[int, int]]:
+    """Requests' key-chunk counts, in descending order, cut into contiguous
+    tiles [first, end) at the least cost: each tile costs `tile_cost` plus
+    its members times its largest count (every member is padded to it),
+    and holds at most `max_tile_chunks` of those unless it is one request.
+    Dynamic programming over the cut points: O(n^2) for n requests, planned
+    once per forward for all its layers."""
+    if any(a < b for a, b in zip(chunk_counts, chunk_counts[1:])):
+        raise ValueError("chunk counts must be in descending order")
+    n = len(chunk_counts)
+    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    for end in range(1, n + 1):
+        for first in range(end - 1, -1, -1):
+            padded = chunk_counts[first] * (end - first)  # the first is the largest
+            if padded > max_tile_chunks and end - first > 1:
+                break  # an earlier first only adds members and padding
+            cost = best[first] + tile_cost + padded
+            if cost < best[end]:
+                best[end], cut[end] = cost, first
+    tiles, end = [], n
+    while end > 0:
+        tiles.append((cut[end], end))
+        end = cut[end]
+    return tiles[::-1]
+
+
 def _power_of_two_bucket(length: int) -> int:
-    """The power of two at or above `length` (query rows, key chunks): its
-    shared tile's bucket."""
+    """The power of two at or above `length`: a query length's shared tile bucket."""
     return 1 << max(0, length - 1).bit_length()
 
 

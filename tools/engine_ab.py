@@ -42,6 +42,7 @@ from engine.config import EngineConfig, SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.models.default import default_model_path
 from scheduler.request import SamplingParams
+from tools.attention_tiles import power_of_two_partition, tiles_planned_by
 
 HEAD = "checkpoints/dspark-smollm2"
 DATASTORE = "engine/spec/datastores/smollm2.safetensors"
@@ -130,13 +131,26 @@ def calibrated_twice(engine: LLMEngine) -> None:
                                                for rid, block in flagged(blocks, raw).items()}
 
 
+def power_of_two_tiles(engine: LLMEngine) -> None:
+    """`off-pow2-tiles` / `ngram-ds-pow2-tiles`: the CPU attention's shared
+    tiles planned as before `partition_by_chunks` (one per power-of-two
+    bucket of key chunks) during this engine's steps only."""
+    step = engine.step
+
+    def step_with_power_of_two_tiles():
+        with tiles_planned_by(power_of_two_partition):
+            return step()
+    engine.step = step_with_power_of_two_tiles
+
+
 # method -> (the configuration it runs, what is changed in the built engine)
 ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "hybrid-ds-nohead": ("hybrid-ds", never_run_the_head),
              "ngram-noverify": ("ngram", never_verify),
              "ngram-decay": ("ngram", decaying_ngram_prior), "hybrid-decay": ("hybrid", decaying_ngram_prior),
              "hybrid-twice": ("hybrid", calibrated_twice),
              # a second engine of the same configuration: the A/A check of a comparison's floor
-             "ngram-ds-again": ("ngram-ds", None)}
+             "ngram-ds-again": ("ngram-ds", None),
+             "off-pow2-tiles": ("off", power_of_two_tiles), "ngram-ds-pow2-tiles": ("ngram-ds", power_of_two_tiles)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

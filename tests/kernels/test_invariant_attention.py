@@ -92,24 +92,40 @@ def test_long_requests_are_tiled(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(whole, tiled))
 
 
-def test_short_requests_share_a_tile_per_query_length_bucket():
-    """Decoding rows are not padded to a verifying request's length, nor
-    short contexts to a long one: a tile per query-length bucket (1, 2, 3-4,
-    5-8, 9-16) and key-chunk bucket (1, 2, 3-4, ...), a prefill chunk in its
-    own; a tile's GEMMs (rows x the group's heads) get at least
-    MIN_GEMM_ROWS rows."""
+def test_short_requests_share_tiles_per_query_length_bucket_grouped_by_context():
+    """Decoding rows are not padded to a verifying request's length: a tile
+    per query-length bucket (1, 2, 3-4, 5-8, 9-16), within it requests
+    grouped by key chunks as `partition_by_chunks` cuts them, a prefill
+    chunk in its own; a tile's GEMMs (rows x the group's heads) get at
+    least MIN_GEMM_ROWS rows."""
     ctx = Contexts((4, 2, 16), torch.float32)
     spans = [(0, 1, 200), (1, 9, 70), (2, 1, 5), (3, 3, 130), (4, 4, 64), (5, 40, 65), (6, 1, 1)]
     meta = AttentionMetadata.build([q for _, q, _ in spans], [s for _, _, s in spans],
                                    [ctx.tables[r] for r, _, _ in spans], BLOCK_SIZE, "cpu")
     tiles = invariant_attention._build_tiles(meta, group=2, device="cpu")
     assert invariant_attention.MIN_GEMM_ROWS == 4  # one-row queries padded to two rows of two heads
-    # 64-key chunks: one-token rows of 1 and 1 chunks share a tile, of 4 chunks not
+    # 64-key chunks. One-token rows of 4, 1 and 1 chunks: the 4 alone (padding
+    # the two 1s to 4 costs more than a tile), the 1s together. Rows of 3 and
+    # 4 tokens over 3 and 1 chunks: together (2 chunks of padding < a tile).
     assert [(tile.groups, tile.rows, tile.hidden.shape[1]) for tile in tiles] == [
-        (2, 2, 1), (1, 2, 4), (1, 4, 1), (1, 3, 3), (1, 9, 2), (1, 40, 2)]
+        (1, 2, 4), (2, 2, 1), (2, 4, 3), (1, 9, 2), (1, 40, 2)]
     # Each row as it is alone, whatever tile it landed in.
     for (r, q, s), out in zip(spans, ctx.run(spans)):
         assert torch.equal(out[-1], ctx.run([(r, 1, s)])[0][0])
+
+
+def test_tiles_are_cut_where_padding_costs_more_than_a_tile():
+    partition = invariant_attention.partition_by_chunks
+    assert partition([3, 2], tile_cost=4) == [(0, 2)]  # 1 chunk of padding < a tile
+    assert partition([8, 2], tile_cost=4) == [(0, 1), (1, 2)]  # 6 chunks of padding > a tile
+    assert partition([40, 2, 2, 1], tile_cost=4, max_tile_chunks=48) == [(0, 1), (1, 4)]
+    assert partition([100, 3], tile_cost=4, max_tile_chunks=48) == [(0, 1), (1, 2)]  # one request may exceed the cap
+    even = partition([5] * 20, tile_cost=4, max_tile_chunks=48)
+    assert len(even) == 3 and all(5 * (end - first) <= 48 for first, end in even)  # as few tiles as the cap allows
+    assert [i for first, end in even for i in range(first, end)] == list(range(20))
+    assert partition([]) == []
+    with pytest.raises(ValueError, match="descending"):
+        partition([1, 2])
 
 
 def test_rejects_a_query_that_does_not_match_the_metadata():

@@ -200,6 +200,26 @@ def test_lockstep_under_load_keeps_every_methods_streams_busy(tiny_dir):
     assert steps[:4] == ["a", "b", "a", "b"] and runs["a"].tokens == runs["b"].tokens == 10
 
 
+def test_an_engine_plans_its_attention_tiles_the_old_way_in_its_own_steps_only(tiny_dir, monkeypatch):
+    """`off-pow2-tiles`: its forwards tile by power-of-two buckets, the other
+    engine's by partition_by_chunks, with the same tokens out."""
+    from kernels import invariant_attention
+    from tools.attention_tiles import power_of_two_partition
+
+    planners = []
+    build = invariant_attention._build_tiles
+    monkeypatch.setattr(invariant_attention, "_build_tiles", lambda *args: (
+        planners.append(invariant_attention.partition_by_chunks), build(*args))[1])
+    first = engine_ab.build_engines(["off-pow2-tiles"], engine_ab.HEAD, str(tiny_dir))["off-pow2-tiles"]
+    plain = LLMEngine(first.config, loaded=first.loaded)
+    prompts, params = [[5, 6, 7, 8], list(range(9, 80))], SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    old = first.generate(prompts, params)
+    assert planners and set(planners) == {power_of_two_partition}
+    planners.clear()
+    assert plain.generate(prompts, params) == old
+    assert planners and set(planners) == {invariant_attention.partition_by_chunks}
+
+
 def test_versus_a_method_that_is_not_run_is_refused(tiny_dir):
     with pytest.raises(SystemExit, match="--versus hybrid"):
         engine_ab.main(["chat", "1", "1", "--methods", "off,ngram", "--versus", "hybrid", "--model", str(tiny_dir)])

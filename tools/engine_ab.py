@@ -12,10 +12,11 @@ sweep). A diagnostic beside bench.spec_sweep, not a replacement: no HTTP.
     OMP_NUM_THREADS=1 python -m tools.engine_ab humaneval 1 3 --prompts 8 \\
         --methods off,ngram,dspark,hybrid --out bench/results/NAME
 
-`--lockstep` runs the methods' streams side by side, the methods taking
-engine steps in turn, each step timed alone (the host's speed drifts over
-seconds; a step apart it does not), at every concurrency. Each method's ratio to `off` (and to
-`--versus METHOD`) is also taken within each round, then its median.
+`--lockstep` runs the methods' streams side by side at every concurrency,
+the methods taking engine steps in turn, each step timed alone (the
+host's speed drifts over seconds; a step apart it does not). Each
+method's ratio to `off` (and to `--versus METHOD`) is also taken within
+each round, then its median.
 
 `--candidate PATH` adds `dspark-candidate`, `hybrid-candidate` and
 `hybrid16-candidate`: the same configurations over another checkpoint (a

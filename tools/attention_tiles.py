@@ -25,6 +25,7 @@ from functools import partial
 
 import torch
 
+from bench.spec_sweep import rotated
 from kernels import invariant_attention
 from kernels.attention import AttentionMetadata
 
@@ -36,16 +37,13 @@ BATCHES = [(n, lo, hi, rows) for n in (2, 8, 32) for lo, hi in ((20, 200), (100,
 def power_of_two_partition(chunk_counts: list[int]) -> list[tuple[int, int]]:
     """The plan before `partition_by_chunks`: one tile per power-of-two
     bucket of key chunks (1, 2, 3-4, 5-8, ...), of counts in descending order."""
+    bucket = invariant_attention._power_of_two_bucket
     tiles, first = [], 0
     for i in range(1, len(chunk_counts) + 1):
-        if i == len(chunk_counts) or _bucket(chunk_counts[i]) != _bucket(chunk_counts[first]):
+        if i == len(chunk_counts) or bucket(chunk_counts[i]) != bucket(chunk_counts[first]):
             tiles.append((first, i))
             first = i
     return tiles
-
-
-def _bucket(count: int) -> int:
-    return 1 << max(0, count - 1).bit_length()
 
 
 @contextmanager
@@ -72,13 +70,14 @@ def random_batch(rng: random.Random, n: int, lo: int, hi: int, rows: tuple[int, 
 
 
 def planned_forward(meta, query, cache, partition):
-    """One forward's attention calls (LAYERS of them) under `partition`'s plan."""
+    """One forward's attention calls (LAYERS of them) under `partition`'s
+    plan, planned afresh by the first as in an engine forward; the output
+    and the plan's tile count."""
+    meta._plan_cache.clear()
     with tiles_planned_by(partition):
-        tiles = invariant_attention._build_tiles(meta, HEADS // KV_HEADS, "cpu")
-    meta._plan_cache[("invariant_tiles", HEADS // KV_HEADS, "cpu")] = tiles
-    for _ in range(LAYERS):
-        out = invariant_attention.invariant_paged_attention(query, *cache, meta, 1 / HEAD_DIM ** 0.5)
-    return out, len(tiles)
+        for _ in range(LAYERS):
+            out = invariant_attention.invariant_paged_attention(query, *cache, meta, 1 / HEAD_DIM ** 0.5)
+    return out, len(invariant_attention._get_tiles(meta, HEADS // KV_HEADS, "cpu"))
 
 
 def plans(costs: list[int], caps: list[int]) -> dict:
@@ -112,8 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             if not torch.equal(out, reference):
                 raise SystemExit(f"plan {name} changed the outputs: tiling must never change a row")
         for rep in range(args.reps):
-            order = list(named)[rep % len(named):] + list(named)[:rep % len(named)]
-            for name in order:
+            for name in rotated(list(named), rep):
                 started = time.perf_counter()
                 planned_forward(meta, query, cache, named[name])
                 seconds[name] += time.perf_counter() - started

@@ -3,8 +3,10 @@ tokens per target step when every draft of a block is verified, for
 prompt lookup alone, the corpus datastore alone, prompt lookup else the
 datastore, and the block of the two that promises more accepted drafts
 (what `--ngram-datastore` serves when the datastore carries a fitted
-survival map), with the calibration of the datastore's confidences (its
-map's rates where it has one) on the drafts it made.
+survival map), also with prompt lookup's prior pooled over its follower
+classes (as before them), with the calibration of the confidences on the
+drafts made: the datastore's (its map's rates where it has one), and for
+the better block every draft's, as the scheduler reads them.
 
     OMP_NUM_THREADS=1 python -m tools.datastore_replay generate humaneval 40 OUT.json
     python -m tools.datastore_replay replay OUT.json [--datastore PATH] [--block 8]
@@ -19,7 +21,8 @@ import json
 from typing import Callable
 
 from engine.spec.datastore import NgramDatastore
-from engine.spec.ngram import NgramDrafter, NgramIndex, find_ngram_continuation
+from engine.spec.ngram import FOLLOWER_CLASSES, NgramDrafter, NgramIndex, find_ngram_continuation
+from engine.spec.ngram_prior import SURVIVAL_BY_FOLLOWERS_MATCH_AND_POSITION, SURVIVAL_BY_MATCH_AND_POSITION
 
 DEFAULT_DATASTORE = "engine/spec/datastores/smollm2.safetensors"
 Proposer = Callable[[list[int], int], tuple[list[int], list[float] | None]]
@@ -33,18 +36,17 @@ def from_datastore(datastore: NgramDatastore) -> Proposer:
     return lambda context, k: datastore.calibrated_continuation(context, k)
 
 
-def better_block(datastore: NgramDatastore, min_n: int = 1, max_n: int = 4) -> Proposer:
-    """What n-gram serves: `NgramDrafter.block_for` over the context; only
-    the datastore's drafts report confidences, as in the other proposers."""
-    drafter = NgramDrafter(min_n, max_n, datastore=datastore)
+def better_block(datastore: NgramDatastore, min_n: int = 1, max_n: int = 4,
+                 prior=SURVIVAL_BY_FOLLOWERS_MATCH_AND_POSITION) -> Proposer:
+    """What n-gram serves: `NgramDrafter.block_for` over the context, with
+    prompt lookup's `prior`; every draft reports its confidence."""
+    drafter = NgramDrafter(min_n, max_n, survival_prior=prior, datastore=datastore)
 
     def propose(context: list[int], k: int):
         index = NgramIndex(min_n, max_n)
         index.extend(context)
         block = drafter.block_for(index, k)
-        if block is None:
-            return [], None
-        return block.token_ids, (block.confidences if block.source == drafter.datastore_source else None)
+        return (block.token_ids, block.confidences) if block is not None else ([], None)
     return propose
 
 
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
                  "prompt lookup, else datastore": lookup_else(prompt_lookup(), from_datastore(datastore))}
     if datastore.survival is not None:
         proposers["the better block"] = better_block(datastore)
+        proposers["the better block, follower classes pooled"] = better_block(
+            datastore, prior=(SURVIVAL_BY_MATCH_AND_POSITION,) * FOLLOWER_CLASSES)
     for name, propose in proposers.items():
         tokens_per_step, observed = replay(records, propose, args.block)
         print(f"{name}: {tokens_per_step:.3f} tokens per step", json.dumps(calibration(observed)) if observed else "")

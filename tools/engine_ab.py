@@ -42,6 +42,8 @@ from bench.spec_sweep import rotated
 from engine.config import EngineConfig, SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.models.default import default_model_path
+from engine.spec.ngram import FOLLOWER_CLASSES
+from engine.spec.ngram_prior import SURVIVAL_BY_MATCH_AND_POSITION
 from scheduler.request import SamplingParams
 from tools.attention_tiles import power_of_two_partition, tiles_planned_by
 
@@ -110,8 +112,8 @@ def never_verify(engine: LLMEngine) -> None:
 
 
 # n-gram's confidence before the fitted prior: match_len / (match_len + 1),
-# times 0.9 per position into the block.
-DECAYING_NGRAM_PRIOR = tuple(tuple(n / (n + 1) * 0.9 ** j for j in range(16)) for n in range(1, 5))
+# times 0.9 per position into the block, whatever the follower class.
+DECAYING_NGRAM_PRIOR = (tuple(tuple(n / (n + 1) * 0.9 ** j for j in range(16)) for n in range(1, 5)),) * FOLLOWER_CLASSES
 
 
 def decaying_ngram_prior(engine: LLMEngine) -> None:
@@ -120,6 +122,13 @@ def decaying_ngram_prior(engine: LLMEngine) -> None:
     drafter = engine.drafter
     ngram = getattr(drafter, "ngram", drafter)  # the hybrid's own n-gram, or the drafter itself
     ngram.survival_prior = DECAYING_NGRAM_PRIOR
+
+
+def prior_pooled_over_followers(engine: LLMEngine) -> None:
+    """`ngram-ds-pooled-prior`: n-gram's prior fitted on the same replies
+    with its follower classes pooled (engine/spec/ngram_prior.py), so a
+    repeated match reads the same rates however it went on before."""
+    engine.drafter.survival_prior = (SURVIVAL_BY_MATCH_AND_POSITION,) * FOLLOWER_CLASSES
 
 
 def calibrated_twice(engine: LLMEngine) -> None:
@@ -151,6 +160,7 @@ ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "hybrid-ds-nohead"
              "hybrid-twice": ("hybrid", calibrated_twice),
              # a second engine of the same configuration: the A/A check of a comparison's floor
              "ngram-ds-again": ("ngram-ds", None),
+             "ngram-ds-pooled-prior": ("ngram-ds", prior_pooled_over_followers),
              "off-pow2-tiles": ("off", power_of_two_tiles), "ngram-ds-pow2-tiles": ("ngram-ds", power_of_two_tiles)}
 
 

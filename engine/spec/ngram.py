@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from engine.spec.base import DraftInput, Drafter
 from engine.spec.datastore import NgramDatastore, resolve_datastore, tokenizer_fingerprint
-from engine.spec.ngram_prior import SURVIVAL_BY_MATCH_AND_POSITION
+from engine.spec.ngram_prior import SURVIVAL_BY_FOLLOWERS_MATCH_AND_POSITION
 from engine.spec.registry import DrafterContext, register_drafter
 from scheduler.drafts import DraftBlock, expected_accepted
 
@@ -36,26 +36,50 @@ def _last_occurrence(tokens: list[int], pattern: list[int], end: int) -> int:
     return -1
 
 
+# How the earlier occurrences of a matched suffix went on (`NgramIndex.followers`):
+FOLLOWED_ONCE = 0  # it occurred once before
+FOLLOWED_ALIKE = 1  # it occurred more than once, always followed by the same token
+FOLLOWED_VARIOUSLY = 2  # its occurrences were followed by different tokens
+FOLLOWER_CLASSES = 3
+
+
 class NgramIndex:
     """Latest start of every n-gram (min_n..max_n) of one token sequence,
     except the n-grams that end at the last token, updated as tokens arrive:
     O(max_n) per token instead of a scan of the history per step.
-    Finds the same continuation as `find_ngram_continuation`."""
+    Finds the same continuation as `find_ngram_continuation`. Also keeps,
+    per n-gram, whether its occurrences were all followed by the same
+    token: a suffix that went on differently each time is a poor guess."""
 
     def __init__(self, min_n: int, max_n: int):
         self.min_n, self.max_n = min_n, max_n
         self.tokens: list[int] = []
         self.latest: dict[int, dict[tuple, int]] = {n: {} for n in range(min_n, max_n + 1)}
+        # n-gram -> (the token after its first occurrence, occurrences
+        # followed so far, whether every one was followed by that token)
+        self.follow_stats: dict[int, dict[tuple, tuple[int, int, bool]]] = {n: {} for n in range(min_n, max_n + 1)}
 
     def extend(self, tokens: list[int]) -> None:
         for token in tokens:
             self.tokens.append(token)
-            # The n-gram that ended at the previous token is no longer final.
+            # The n-gram that ended at the previous token is no longer final:
+            # `token` follows it.
             last = len(self.tokens) - 2
             for n in range(self.min_n, self.max_n + 1):
                 start = last - n + 1
                 if start >= 0:
-                    self.latest[n][tuple(self.tokens[start:last + 1])] = start
+                    gram = tuple(self.tokens[start:last + 1])
+                    self.latest[n][gram] = start
+                    first, count, alike = self.follow_stats[n].get(gram, (token, 0, True))
+                    self.follow_stats[n][gram] = (first, count + 1, alike and token == first)
+
+    def followers(self, match_len: int) -> int:
+        """FOLLOWED_ONCE, _ALIKE or _VARIOUSLY: how the earlier occurrences
+        of the last `match_len` tokens went on (a suffix `continuation` matched)."""
+        _, count, alike = self.follow_stats[match_len][tuple(self.tokens[len(self.tokens) - match_len:])]
+        if not alike:
+            return FOLLOWED_VARIOUSLY
+        return FOLLOWED_ONCE if count == 1 else FOLLOWED_ALIKE
 
     def continuation(self, k: int) -> tuple[list[int], int]:
         total = len(self.tokens)
@@ -71,11 +95,13 @@ class NgramDrafter(Drafter):
 
     Confidence of the draft at position j after an n-token match: the
     survival rate measured there, given the drafts before it survived
-    (`survival_prior`, rows by match length, columns by position; fitted
-    by tools.fit_ngram_confidence). A one-token match continues the
-    target's text about one time in five, a four-token match nine in ten,
-    and a draft deep in a surviving block survives more often than the
-    block's first: a copied run goes on. The load-aware scheduler
+    (`survival_prior`: by how the matched suffix went on before, then
+    match length, then position; fitted by tools.fit_ngram_confidence). A
+    one-token match continues the target's text about one time in five,
+    far less often when that token went on differently each time it
+    occurred; a four-token match nine in ten; and a draft deep in a
+    surviving block survives more often than the block's first: a copied
+    run goes on. The load-aware scheduler
     recalibrates it from realised acceptance. Drafts are deterministic, so
     the confidence never depends on a drawn token.
 
@@ -97,7 +123,7 @@ class NgramDrafter(Drafter):
     costs_compute = False
 
     def __init__(self, min_n: int = 1, max_n: int = 4,
-                 survival_prior: tuple[tuple[float, ...], ...] = SURVIVAL_BY_MATCH_AND_POSITION,
+                 survival_prior: tuple[tuple[tuple[float, ...], ...], ...] = SURVIVAL_BY_FOLLOWERS_MATCH_AND_POSITION,
                  datastore: NgramDatastore | None = None):
         self.min_n, self.max_n = min_n, max_n
         self.survival_prior = survival_prior
@@ -109,11 +135,13 @@ class NgramDrafter(Drafter):
         """The block sources this drafter emits."""
         return (self.name, self.datastore_source) if self.datastore is not None else (self.name,)
 
-    def confidences(self, match_len: int, num_drafts: int) -> list[float]:
+    def confidences(self, match_len: int, num_drafts: int, followers: int) -> list[float]:
         """Prior conditional survivals of a block after a match of
-        `match_len` tokens (longer matches and later positions than the
-        table holds read its last row and column)."""
-        row = self.survival_prior[min(match_len, len(self.survival_prior)) - 1]
+        `match_len` tokens whose earlier occurrences went on as `followers`
+        says (FOLLOWED_*; longer matches and later positions than the table
+        holds read its last row and column)."""
+        rows = self.survival_prior[followers]
+        row = rows[min(match_len, len(rows)) - 1]
         return [row[min(j, len(row) - 1)] for j in range(num_drafts)]
 
     def absorb(self, request, hidden=None) -> None:
@@ -139,7 +167,10 @@ class NgramDrafter(Drafter):
         """Up to k drafts after the indexed tokens: prompt lookup's block or
         the datastore's, whichever promises more accepted drafts (class doc)."""
         follow, match_len = index.continuation(k)
-        lookup = DraftBlock(follow, self.confidences(match_len, len(follow)), None, self.name) if follow else None
+        lookup = None
+        if follow:
+            confidences = self.confidences(match_len, len(follow), index.followers(match_len))
+            lookup = DraftBlock(follow, confidences, None, self.name)
         datastore = self.datastore
         if datastore is None:
             return lookup

@@ -58,4 +58,20 @@ def test_with_a_map_the_served_choice_is_replayed_and_scored_on_its_rates(tmp_pa
     datastore.save(path)
     (tmp_path / "r.json").write_text(json.dumps(records))
     tool.main(["replay", str(tmp_path / "r.json"), "--datastore", path, "--block", "4"])
-    assert "the better block: 3.000 tokens per step" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "the better block: 3.000 tokens per step" in out
+    assert "the better block, follower classes pooled: 3.000 tokens per step" in out
+
+
+def test_the_better_block_scores_prompt_lookups_drafts_on_the_prior_it_is_given():
+    """Every draft of the served choice reports its confidence: lookup's
+    from the prior of its follower class."""
+    from engine.spec.ngram import FOLLOWED_VARIOUSLY
+
+    datastore = build_datastore([[1, 2, 3]] * 2, max_n=2, min_count=2, tokenizer="t")  # no map: lookup first
+    prior = [[[0.5] * 4 for _ in range(4)] for _ in range(3)]
+    prior[FOLLOWED_VARIOUSLY][0][0] = 0.1
+    # "7" went on as 1, then as 5: lookup copies 5 (right), then 6 (wrong)
+    records = [{"prompt": [7, 1, 2, 7, 5, 6, 7], "output": [5, 9]}]
+    _, observed = tool.replay(records, tool.better_block(datastore, prior=prior), block=2)
+    assert observed[:2] == [(0.1, True), (0.5, False)]

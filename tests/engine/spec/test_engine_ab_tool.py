@@ -223,3 +223,20 @@ def test_an_engine_plans_its_attention_tiles_the_old_way_in_its_own_steps_only(t
 def test_versus_a_method_that_is_not_run_is_refused(tiny_dir):
     with pytest.raises(SystemExit, match="--versus hybrid"):
         engine_ab.main(["chat", "1", "1", "--methods", "off,ngram", "--versus", "hybrid", "--model", str(tiny_dir)])
+
+
+def test_the_pooled_prior_ablation_reads_the_same_rates_in_every_follower_class():
+    """`ngram-ds-pooled-prior`: a repeated match reads the prior fitted with
+    the follower classes pooled, however the suffix went on before."""
+    from types import SimpleNamespace
+
+    from engine.spec.ngram import FOLLOWED_ONCE, FOLLOWED_VARIOUSLY, NgramDrafter
+    from engine.spec.ngram_prior import SURVIVAL_BY_MATCH_AND_POSITION
+
+    engine = SimpleNamespace(drafter=NgramDrafter(1, 4))
+    assert engine.drafter.confidences(1, 3, FOLLOWED_ONCE) != engine.drafter.confidences(1, 3, FOLLOWED_VARIOUSLY)
+    method, ablate = engine_ab.ABLATIONS["ngram-ds-pooled-prior"]
+    assert method == "ngram-ds"
+    ablate(engine)
+    for followers in (FOLLOWED_ONCE, FOLLOWED_VARIOUSLY):
+        assert engine.drafter.confidences(1, 3, followers) == list(SURVIVAL_BY_MATCH_AND_POSITION[0][:3])

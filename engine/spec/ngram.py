@@ -54,10 +54,10 @@ class NgramIndex:
     def __init__(self, min_n: int, max_n: int):
         self.min_n, self.max_n = min_n, max_n
         self.tokens: list[int] = []
-        self.latest: dict[int, dict[tuple, int]] = {n: {} for n in range(min_n, max_n + 1)}
-        # n-gram -> (the token after its first occurrence, occurrences
-        # followed so far, whether every one was followed by that token)
-        self.follow_stats: dict[int, dict[tuple, tuple[int, int, bool]]] = {n: {} for n in range(min_n, max_n + 1)}
+        # per length, n-gram -> (its latest start, the token after its first
+        # occurrence, occurrences followed so far, whether every one was
+        # followed by that token)
+        self.grams: dict[int, dict[tuple, tuple[int, int, int, bool]]] = {n: {} for n in range(min_n, max_n + 1)}
 
     def extend(self, tokens: list[int]) -> None:
         for token in tokens:
@@ -68,15 +68,14 @@ class NgramIndex:
             for n in range(self.min_n, self.max_n + 1):
                 start = last - n + 1
                 if start >= 0:
-                    gram = tuple(self.tokens[start:last + 1])
-                    self.latest[n][gram] = start
-                    first, count, alike = self.follow_stats[n].get(gram, (token, 0, True))
-                    self.follow_stats[n][gram] = (first, count + 1, alike and token == first)
+                    grams, gram = self.grams[n], tuple(self.tokens[start:last + 1])
+                    _, first, count, alike = grams.get(gram, (start, token, 0, True))
+                    grams[gram] = (start, first, count + 1, alike and token == first)
 
     def followers(self, match_len: int) -> int:
         """FOLLOWED_ONCE, _ALIKE or _VARIOUSLY: how the earlier occurrences
         of the last `match_len` tokens went on (a suffix `continuation` matched)."""
-        _, count, alike = self.follow_stats[match_len][tuple(self.tokens[len(self.tokens) - match_len:])]
+        _, _, count, alike = self.grams[match_len][tuple(self.tokens[len(self.tokens) - match_len:])]
         if not alike:
             return FOLLOWED_VARIOUSLY
         return FOLLOWED_ONCE if count == 1 else FOLLOWED_ALIKE
@@ -84,8 +83,9 @@ class NgramIndex:
     def continuation(self, k: int) -> tuple[list[int], int]:
         total = len(self.tokens)
         for n in range(min(self.max_n, total - 1), self.min_n - 1, -1):
-            start = self.latest[n].get(tuple(self.tokens[total - n:]))
-            if start is not None:
+            entry = self.grams[n].get(tuple(self.tokens[total - n:]))
+            if entry is not None:
+                start = entry[0]
                 return self.tokens[start + n: start + n + k], n
         return [], 0
 

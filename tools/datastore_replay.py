@@ -21,7 +21,7 @@ import json
 from typing import Callable
 
 from engine.spec.datastore import NgramDatastore
-from engine.spec.ngram import FOLLOWER_CLASSES, NgramDrafter, NgramIndex, find_ngram_continuation
+from engine.spec.ngram import NgramDrafter, NgramIndex, find_ngram_continuation, prior_for_every_follower_class
 from engine.spec.ngram_prior import SURVIVAL_BY_FOLLOWERS_MATCH_AND_POSITION, SURVIVAL_BY_MATCH_AND_POSITION
 
 DEFAULT_DATASTORE = "engine/spec/datastores/smollm2.safetensors"
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     if datastore.survival is not None:
         proposers["the better block"] = better_block(datastore)
         proposers["the better block, follower classes pooled"] = better_block(
-            datastore, prior=(SURVIVAL_BY_MATCH_AND_POSITION,) * FOLLOWER_CLASSES)
+            datastore, prior=prior_for_every_follower_class(SURVIVAL_BY_MATCH_AND_POSITION))
     for name, propose in proposers.items():
         tokens_per_step, observed = replay(records, propose, args.block)
         print(f"{name}: {tokens_per_step:.3f} tokens per step", json.dumps(calibration(observed)) if observed else "")

@@ -42,7 +42,7 @@ from bench.spec_sweep import rotated
 from engine.config import EngineConfig, SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.models.default import default_model_path
-from engine.spec.ngram import FOLLOWER_CLASSES
+from engine.spec.ngram import prior_for_every_follower_class
 from engine.spec.ngram_prior import SURVIVAL_BY_MATCH_AND_POSITION
 from scheduler.request import SamplingParams
 from tools.attention_tiles import power_of_two_partition, tiles_planned_by
@@ -113,7 +113,8 @@ def never_verify(engine: LLMEngine) -> None:
 
 # n-gram's confidence before the fitted prior: match_len / (match_len + 1),
 # times 0.9 per position into the block, whatever the follower class.
-DECAYING_NGRAM_PRIOR = (tuple(tuple(n / (n + 1) * 0.9 ** j for j in range(16)) for n in range(1, 5)),) * FOLLOWER_CLASSES
+DECAYING_NGRAM_PRIOR = prior_for_every_follower_class(
+    tuple(tuple(n / (n + 1) * 0.9 ** j for j in range(16)) for n in range(1, 5)))
 
 
 def decaying_ngram_prior(engine: LLMEngine) -> None:
@@ -128,7 +129,7 @@ def prior_pooled_over_followers(engine: LLMEngine) -> None:
     """`ngram-ds-pooled-prior`: n-gram's prior fitted on the same replies
     with its follower classes pooled (engine/spec/ngram_prior.py), so a
     repeated match reads the same rates however it went on before."""
-    engine.drafter.survival_prior = (SURVIVAL_BY_MATCH_AND_POSITION,) * FOLLOWER_CLASSES
+    engine.drafter.survival_prior = prior_for_every_follower_class(SURVIVAL_BY_MATCH_AND_POSITION)
 
 
 def calibrated_twice(engine: LLMEngine) -> None:

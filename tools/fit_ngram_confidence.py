@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from engine.spec.ngram import FOLLOWER_CLASSES, NgramIndex
+from engine.spec.ngram import FOLLOWER_CLASS_NAMES, FOLLOWER_CLASSES, NgramIndex, prior_for_every_follower_class
 
 MAX_POSITIONS = 16  # --num-speculative-tokens' ceiling (engine/config.py)
 SHRINK = 8.0  # pseudo-trials of the pooled rate behind each cell
@@ -68,7 +68,7 @@ def replay(sequences: Iterable[tuple[list[int], list[int]]], min_n: int, max_n: 
         index.extend(tokens[:at])
         while at < end:
             drafts, match = index.continuation(min(block, end - at - 1))
-            followers = index.followers(match) if drafts else 0
+            followers = index.followers(match) if drafts else None  # nothing counted without drafts
             accepted = 0
             for position, token in enumerate(drafts):
                 counts.reached[(followers, match, position)] += 1
@@ -148,13 +148,10 @@ def read_sequences(paths: Sequence[str]) -> list[tuple[list[int], list[int]]]:
     return out
 
 
-FOLLOWER_NAMES = ("once", "alike", "variously")  # engine.spec.ngram's FOLLOWED_* in order
-
-
 def module_text(table: list[list[list[float]]], pooled: list[list[float]], command: str,
                 counts: SurvivalCounts) -> str:
     classes = ",\n".join(f"    (  # followed {name}\n" + table_lines(by_match, "        ") + ",\n    )"
-                          for name, by_match in zip(FOLLOWER_NAMES, table))
+                          for name, by_match in zip(FOLLOWER_CLASS_NAMES, table))
     return f'''"""The n-gram drafter's confidence prior: the chance that the draft at
 position j (0-based) survives given that the ones before it did, after a
 match of n tokens (row n - 1) whose earlier occurrences were followed once,
@@ -194,10 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = replay(read_sequences(args.responses), args.min_n, args.max_n)
     table = fit_table(counts, args.max_n)
     pooled_rows = pooled_table(counts, args.max_n)
-    pooled = [pooled_rows] * FOLLOWER_CLASSES
+    pooled = prior_for_every_follower_class(pooled_rows)
     print(f"fit: {counts.steps} steps, {counts.emitted / counts.steps:.3f} tokens/step with every draft verified")
-    for name, by_match in zip(FOLLOWER_NAMES, table):
-        reached = sum(c for (f, _, _), c in counts.reached.items() if FOLLOWER_NAMES[f] == name)
+    for followers, (name, by_match) in enumerate(zip(FOLLOWER_CLASS_NAMES, table)):
+        reached = sum(count for (f, _, _), count in counts.reached.items() if f == followers)
         print(f"  followed {name} ({reached} drafts reached)")
         for n, row in enumerate(by_match, start=1):
             print(f"    match {n}: " + " ".join(f"{v:.2f}" for v in row))

@@ -40,7 +40,14 @@ def _last_occurrence(tokens: list[int], pattern: list[int], end: int) -> int:
 FOLLOWED_ONCE = 0  # it occurred once before
 FOLLOWED_ALIKE = 1  # it occurred more than once, always followed by the same token
 FOLLOWED_VARIOUSLY = 2  # its occurrences were followed by different tokens
-FOLLOWER_CLASSES = 3
+FOLLOWER_CLASS_NAMES = ("once", "alike", "variously")  # by FOLLOWED_* value
+FOLLOWER_CLASSES = len(FOLLOWER_CLASS_NAMES)
+
+
+def prior_for_every_follower_class(table: tuple[tuple[float, ...], ...]) -> tuple:
+    """A (match length, position) survival table read alike whatever the
+    follower class: the shape `NgramDrafter`'s `survival_prior` takes."""
+    return (table,) * FOLLOWER_CLASSES
 
 
 class NgramIndex:

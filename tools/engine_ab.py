@@ -142,6 +142,25 @@ def calibrated_twice(engine: LLMEngine) -> None:
                                                for rid, block in flagged(blocks, raw).items()}
 
 
+def ngram_blocks_mapped_by_the_policy(engine: LLMEngine) -> None:
+    """`hybrid-ds-policy-map`: the hybrid chooses as before, on its per-source
+    calibrated confidences, but hands an n-gram or datastore block to the
+    policy with its raw confidences and unflagged, so the adaptive policy's
+    one calibrator maps it as it maps n-gram + datastore's blocks. Whether
+    the hybrid's per-source maps are what makes it verify more drafts than
+    n-gram + datastore under load."""
+    drafter = engine.drafter
+    propose = drafter.propose
+
+    def propose_with_raw_ngram_confidences(inputs):
+        proposals = propose(inputs)
+        for rid, block in proposals.items():
+            if block.source != drafter.head_source:
+                proposals[rid] = replace(block, confidences=list(drafter.pending[rid].raw), calibrated=False)
+        return proposals
+    drafter.propose = propose_with_raw_ngram_confidences
+
+
 def power_of_two_tiles(engine: LLMEngine) -> None:
     """`off-pow2-tiles` / `ngram-ds-pow2-tiles`: the CPU attention's shared
     tiles planned as before `partition_by_chunks` (one per power-of-two
@@ -159,6 +178,7 @@ ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "hybrid-ds-nohead"
              "ngram-noverify": ("ngram", never_verify),
              "ngram-decay": ("ngram", decaying_ngram_prior), "hybrid-decay": ("hybrid", decaying_ngram_prior),
              "hybrid-twice": ("hybrid", calibrated_twice),
+             "hybrid-ds-policy-map": ("hybrid-ds", ngram_blocks_mapped_by_the_policy),
              # a second engine of the same configuration: the A/A check of a comparison's floor
              "ngram-ds-again": ("ngram-ds", None),
              "ngram-ds-pooled-prior": ("ngram-ds", prior_pooled_over_followers),

@@ -10,7 +10,11 @@
 #   STAGE=load-reversed  the same, engines built in the reverse order
 # SUFFIX names the output folder's variant (METHODS=off,off-pow2-tiles,
 # ngram-ds,ngram-ds-pow2-tiles SUFFIX=-tiles: the CPU attention's tile plan
-# against the one before it, mt-bench-load-tiles).
+# against the one before it, mt-bench-load-tiles; METHODS=off,ngram-ds,
+# hybrid-ds,hybrid-ds-policy-map SUFFIX=-hybrid-map with STAGE=load, and
+# SUFFIX=-hybrid-map-reversed with STAGE=load-reversed, the two at once on
+# the two cores: the hybrid in both build orders, and its n-gram blocks
+# mapped by the policy's calibrator instead of its own per-source maps).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 OUT=bench/results/2026-12-03-load-lockstep

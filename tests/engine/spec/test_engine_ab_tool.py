@@ -105,6 +105,25 @@ def test_calibrated_twice_hands_the_hybrids_blocks_over_unflagged():
     assert (handed.token_ids, handed.confidences, handed.source) == ([3, 4], [0.8, 0.7], "ngram")
 
 
+def test_the_policy_map_ablation_hands_ngram_blocks_over_raw_and_head_blocks_as_calibrated():
+    """`hybrid-ds-policy-map`: the hybrid's choice stands; an n-gram or
+    datastore block reaches the policy with the raw confidences the hybrid
+    recorded for it and unflagged, a head block as the hybrid calibrated it."""
+    from types import SimpleNamespace
+
+    from scheduler.drafts import DraftBlock
+
+    proposals = {"a": DraftBlock([3, 4], [0.5, 0.4], source="datastore", calibrated=True),
+                 "b": DraftBlock([5], [0.6], source="dspark", calibrated=True)}
+    pending = {"a": SimpleNamespace(raw=[0.9, 0.8]), "b": SimpleNamespace(raw=[0.7])}
+    drafter = SimpleNamespace(propose=lambda inputs: dict(proposals), pending=pending, head_source="dspark")
+    engine_ab.ngram_blocks_mapped_by_the_policy(SimpleNamespace(drafter=drafter))
+    handed = drafter.propose([])
+    assert (handed["a"].token_ids, handed["a"].confidences, handed["a"].calibrated) == ([3, 4], [0.9, 0.8], False)
+    assert handed["a"].source == "datastore"
+    assert handed["b"] is proposals["b"]
+
+
 def test_a_candidate_head_runs_beside_the_committed_one(tmp_path, tiny_dir, tiny_target):
     """`--candidate`: `hybrid-candidate` is the hybrid over the other
     checkpoint, in the same run; asking for it without one fails loudly."""

@@ -70,17 +70,22 @@ class ConfidenceCalibrator:
         # Ratio of realised to predicted acceptance, shrunk towards 1.
         return (history.accepted + self.request_prior) / (history.predicted + self.request_prior)
 
-    def observe(self, request_id: str, raw: list[float], predicted: list[float], num_accepted: int) -> None:
+    def observe(self, request_id: str, raw: list[float], predicted: list[float], num_accepted: int,
+                learn: bool = True) -> None:
         """Record one verification: positions 1..num_accepted survived, the
-        next one (if verified) was rejected, later ones were not observed."""
+        next one (if verified) was rejected, later ones were not observed.
+        `learn=False`: confidences some other map produced (a block its
+        drafter calibrated); they go into the report only, since the bins and
+        the request's luck are what this map reads raw confidences with."""
         observed = min(len(raw), num_accepted + 1)
-        history = self.requests.setdefault(request_id, _RequestHistory())
+        history = self.requests.setdefault(request_id, _RequestHistory()) if learn else None
         for position in range(observed):
             accepted = 1.0 if position < num_accepted else 0.0
-            self._update_bin(position, raw[position], accepted)
-            history.predicted += predicted[position]
-            history.accepted += accepted
             self._update_report(predicted[position], accepted)
+            if history is not None:
+                self._update_bin(position, raw[position], accepted)
+                history.predicted += predicted[position]
+                history.accepted += accepted
 
     def _update_bin(self, position: int, raw: float, accepted: float) -> None:
         b = self._bin(position, raw)

@@ -72,7 +72,7 @@ class AdaptivePolicy(VerifyPolicy):
         self.asynchronous = asynchronous
         self.lengths = LengthHistogram(max_draft)
         self.last_length: dict[str, int] = {}
-        self._used: dict[str, tuple[list[float], list[float]]] = {}
+        self._used: dict[str, tuple[list[float], list[float], bool]] = {}  # raw, as read, drafter-calibrated
         self._previous_ranked: list[float] = []
         self.backoff = DraftingBackoff()
         self._latest_base: StepBase | None = None
@@ -115,19 +115,22 @@ class AdaptivePolicy(VerifyPolicy):
 
     def _survivals(self, request: Request) -> list[float]:
         raw = list(request.drafts.confidences)
-        # A block its drafter calibrated (the hybrid, per source) is not mapped
-        # twice: a second map learnt on top of the first shifts the survivals
-        # the greedy walk reads until both have converged. It is still
-        # observed below, for the calibration report.
-        calibrated = raw if request.drafts.calibrated else self.calibrator.calibrate(request.request_id, raw)
-        self._used[request.request_id] = (raw, calibrated)
+        # A block its drafter calibrated (the hybrid's head blocks) is not
+        # mapped twice: a second map learnt on top of the first shifts the
+        # survivals the greedy walk reads until both have converged. Its
+        # outcome goes into the calibration report only (observe below), so
+        # it does not teach the map that raw blocks are read with.
+        flagged = request.drafts.calibrated
+        calibrated = raw if flagged else self.calibrator.calibrate(request.request_id, raw)
+        self._used[request.request_id] = (raw, calibrated, flagged)
         return survivals_from_confidences(calibrated)
 
     def observe(self, request_id: str, num_verified: int, num_accepted: int) -> None:
         """Feed back one verification's outcome into the calibration."""
-        raw, calibrated = self._used.pop(request_id, ([], []))
+        raw, calibrated, flagged = self._used.pop(request_id, ([], [], False))
         if num_verified and raw:
-            self.calibrator.observe(request_id, raw[:num_verified], calibrated[:num_verified], num_accepted)
+            self.calibrator.observe(request_id, raw[:num_verified], calibrated[:num_verified], num_accepted,
+                                    learn=not flagged)
         if num_accepted:
             self.backoff.paid(request_id)
         elif num_verified:

@@ -14,7 +14,9 @@
 # hybrid-ds,hybrid-ds-policy-map SUFFIX=-hybrid-map with STAGE=load, and
 # SUFFIX=-hybrid-map-reversed with STAGE=load-reversed, the two at once on
 # the two cores: the hybrid in both build orders, and its n-gram blocks
-# mapped by the policy's calibrator instead of its own per-source maps).
+# mapped by the policy's calibrator instead of its own per-source maps; that
+# ablation is today's hybrid since phase 15, and the hybrid of then is
+# `hybrid-ds-own-map`).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 OUT=bench/results/2026-12-03-load-lockstep

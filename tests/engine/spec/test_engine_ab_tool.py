@@ -5,6 +5,7 @@ n-gram with nothing verified (what the speculative path costs by itself)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from dataclasses import replace
 
 import pytest
@@ -93,8 +94,6 @@ def test_streams_send_their_next_prompt_as_soon_as_their_answer_finished(tiny_di
 def test_calibrated_twice_hands_the_hybrids_blocks_over_unflagged():
     """`hybrid-twice`: the same blocks and confidences, without the flag that
     tells the policy they are calibrated already."""
-    from types import SimpleNamespace
-
     from scheduler.drafts import DraftBlock
 
     block = DraftBlock([3, 4], [0.8, 0.7], source="ngram", calibrated=True)
@@ -105,23 +104,20 @@ def test_calibrated_twice_hands_the_hybrids_blocks_over_unflagged():
     assert (handed.token_ids, handed.confidences, handed.source) == ([3, 4], [0.8, 0.7], "ngram")
 
 
-def test_the_policy_map_ablation_hands_ngram_blocks_over_raw_and_head_blocks_as_calibrated():
-    """`hybrid-ds-policy-map`: the hybrid's choice stands; an n-gram or
-    datastore block reaches the policy with the raw confidences the hybrid
-    recorded for it and unflagged, a head block as the hybrid calibrated it."""
-    from types import SimpleNamespace
-
+def test_the_own_map_ablation_hands_every_block_over_as_the_hybrid_mapped_it():
+    """`hybrid-ds-own-map`: the hybrid before phase 15, an n-gram block
+    handed to the policy with the hybrid's per-source calibrated
+    confidences and flagged, as a head block is."""
+    from engine.spec.hybrid import HybridDrafter
+    from engine.spec.ngram import NgramDrafter
     from scheduler.drafts import DraftBlock
+    from tests.engine.spec.test_hybrid import _StubHead
 
-    proposals = {"a": DraftBlock([3, 4], [0.5, 0.4], source="datastore", calibrated=True),
-                 "b": DraftBlock([5], [0.6], source="dspark", calibrated=True)}
-    pending = {"a": SimpleNamespace(raw=[0.9, 0.8]), "b": SimpleNamespace(raw=[0.7])}
-    drafter = SimpleNamespace(propose=lambda inputs: dict(proposals), pending=pending, head_source="dspark")
-    engine_ab.ngram_blocks_mapped_by_the_policy(SimpleNamespace(drafter=drafter))
-    handed = drafter.propose([])
-    assert (handed["a"].token_ids, handed["a"].confidences, handed["a"].calibrated) == ([3, 4], [0.9, 0.8], False)
-    assert handed["a"].source == "datastore"
-    assert handed["b"] is proposals["b"]
+    drafter = HybridDrafter(_StubHead(), NgramDrafter(1, 4))
+    block = DraftBlock([3, 4], [0.5, 0.4], source="datastore", calibrated=True)
+    assert drafter._as_handed(block, [0.9, 0.8]).confidences == [0.9, 0.8]
+    engine_ab.ngram_blocks_mapped_by_the_hybrid(SimpleNamespace(drafter=drafter))
+    assert drafter._as_handed(block, [0.9, 0.8]) is block
 
 
 def test_a_candidate_head_runs_beside_the_committed_one(tmp_path, tiny_dir, tiny_target):
@@ -247,8 +243,6 @@ def test_versus_a_method_that_is_not_run_is_refused(tiny_dir):
 def test_the_pooled_prior_ablation_reads_the_same_rates_in_every_follower_class():
     """`ngram-ds-pooled-prior`: a repeated match reads the prior fitted with
     the follower classes pooled, however the suffix went on before."""
-    from types import SimpleNamespace
-
     from engine.spec.ngram import FOLLOWED_ONCE, FOLLOWED_VARIOUSLY, NgramDrafter
     from engine.spec.ngram_prior import SURVIVAL_BY_MATCH_AND_POSITION
 

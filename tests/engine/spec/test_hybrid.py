@@ -285,6 +285,35 @@ def test_a_head_block_chosen_over_ngrams_is_credited_only_what_it_got_beyond_ngr
     assert hybrid.payoff.gained == pytest.approx(gained + 3 - displaced + 2)
 
 
+class _HalvingCalibrator:
+    """A per-source map that halves every confidence, so that mapped and raw
+    confidences differ."""
+
+    def calibrate(self, request_id, confidences):
+        return [c / 2 for c in confidences]
+
+
+def test_ngram_blocks_reach_the_policy_raw_and_head_blocks_as_the_hybrid_mapped_them():
+    """The policy maps an n-gram block with its own calibrator, as it maps
+    plain n-gram's (raw, unflagged); a head block comes mapped by the
+    hybrid's head calibrator and flagged. The hybrid keeps its mapped
+    figures for its own calibrators either way."""
+    hybrid, head, _ = _load_case()
+    hybrid.calibrators = {source: _HalvingCalibrator() for source in hybrid.calibrators}
+    head.block = DraftBlock([9] * BLOCK, [0.1] * BLOCK, None, "dspark")  # n-gram's block wins where it has one
+    copying = Request("r", [5, 6, 7, 5, 6], SamplingParams(temperature=0.0))  # n-gram proposes 7 ...
+    free = Request("f", [1, 2, 3, 4], SamplingParams(temperature=0.0))  # no n-gram match
+    raw_ngram = hybrid.ngram.propose([DraftInput(copying, BLOCK, torch.Generator(), [])])["r"]
+    proposals = hybrid.propose([DraftInput(r, BLOCK, torch.Generator(), []) for r in (copying, free)])
+    ngram_block, head_block = proposals["r"], proposals["f"]
+    assert (ngram_block.source, head_block.source) == ("ngram", "dspark")
+    assert ngram_block.token_ids == raw_ngram.token_ids and not ngram_block.calibrated
+    assert ngram_block.confidences == raw_ngram.confidences
+    assert head_block.calibrated and head_block.confidences == [c / 2 for c in head.block.confidences]
+    assert hybrid.pending["r"].calibrated == [c / 2 for c in raw_ngram.confidences]
+    assert hybrid.pending["r"].raw == raw_ngram.confidences
+
+
 def test_the_head_drafts_one_more_than_the_policy_verified_of_its_recent_blocks():
     """Drafts past what the policy verifies are sequential work thrown away:
     the head is asked for one more than the most verified of its last

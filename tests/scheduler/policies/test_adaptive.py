@@ -91,3 +91,19 @@ def test_a_block_its_drafter_calibrated_is_not_calibrated_again():
     flagged.drafts = DraftBlock([5, 6], [0.9, 0.9], calibrated=True)
     assert policy.choose_lengths([flagged], budget_left=63) == {"flagged": 2}
     assert flagged.drafts.prefix(1).calibrated
+
+
+def test_a_flagged_blocks_outcomes_are_reported_but_do_not_teach_the_map_raw_blocks_read():
+    """The hybrid's head blocks come flagged, its n-gram blocks raw: the
+    head's failures must not teach the policy's map to distrust n-gram's
+    raw 0.9, nor count against the request's luck; the calibration report
+    still counts them."""
+    policy = AdaptivePolicy(STEEP, max_batched_tokens=64, max_draft=2)
+    for i in range(200):
+        flagged = Request(f"r{i}", [1], SamplingParams())
+        flagged.drafts = DraftBlock([5, 6], [0.9, 0.9], calibrated=True)
+        policy.choose_lengths([flagged], budget_left=63)
+        policy.observe(f"r{i}", num_verified=2, num_accepted=0)
+    assert policy.choose_lengths([with_drafts("r0", [0.9, 0.9])], budget_left=63) == {"r0": 2}
+    report = policy.calibrator.report()
+    assert report.observations == 200 and report.mean_realised == 0.0

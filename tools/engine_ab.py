@@ -146,8 +146,8 @@ def ngram_blocks_mapped_by_the_hybrid(engine: LLMEngine) -> None:
     """`hybrid-ds-own-map`: the hybrid as it was before phase 15, handing
     every chosen block to the policy as its own per-source calibrators
     mapped it, flagged, instead of an n-gram or datastore block raw for the
-    policy's calibrator. Under load it verified 4-9% more drafts than n-gram
-    + datastore for no more speed (bench/results/2026-12-03-load-lockstep,
+    policy's calibrator. Under load it verified 4-10% more drafts than
+    n-gram + datastore on chat, level in time (bench/results/2026-12-03-load-lockstep,
     `-hybrid-map` runs, where this was `hybrid-ds` and today's hybrid was
     `hybrid-ds-policy-map`)."""
     engine.drafter._as_handed = lambda block, raw: block

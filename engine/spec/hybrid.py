@@ -268,8 +268,9 @@ class HybridDrafter(Drafter):
         its raw confidences, unflagged: the policy maps it with its own
         calibrator, as it maps plain n-gram's, so where the head does not
         pay the hybrid verifies what n-gram + datastore would. Handed over
-        with the per-source maps, it verified 4-9% more drafts than n-gram +
-        datastore under load for no more speed (docs/draft-heads.md, phase 15)."""
+        with the per-source maps, it verified 4-10% more drafts than n-gram
+        + datastore on chat under load, level in time either way
+        (docs/draft-heads.md, phase 15)."""
         if block.source == self.head_source:
             return block
         return replace(block, confidences=list(raw), calibrated=False)

@@ -5,8 +5,8 @@ n-gram with nothing verified (what the speculative path costs by itself)."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 

@@ -150,7 +150,7 @@ def ngram_blocks_mapped_by_the_hybrid(engine: LLMEngine) -> None:
     n-gram + datastore on chat, level in time (bench/results/2026-12-03-load-lockstep,
     `-hybrid-map` runs, where this was `hybrid-ds` and today's hybrid was
     `hybrid-ds-policy-map`)."""
-    engine.drafter._as_handed = lambda block, raw: block
+    engine.drafter._as_handed = lambda block, drafted: block
 
 
 def power_of_two_tiles(engine: LLMEngine) -> None:

@@ -247,7 +247,8 @@ class HybridDrafter(Drafter):
     def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
         items = [item for item in inputs if item.max_tokens > 0]
         raw: dict[tuple[str, str], list[float]] = {}
-        ngram = self._calibrated(self.ngram.propose(items), raw)
+        drafted = self.ngram.propose(items)  # as plain n-gram hands them to the policy
+        ngram = self._calibrated(drafted, raw)
         need_head = self._heads_to_run(items, ngram)
         head = self._calibrated(self._run_head(need_head), raw) if need_head else {}
         proposals = {}
@@ -259,21 +260,20 @@ class HybridDrafter(Drafter):
                 displaced = expected_accepted(ngram_block.confidences) \
                     if ngram_block is not None and chosen is not ngram_block else 0.0
                 self._remember(item.request, chosen, raw[rid, chosen.source], displaced)
-                proposals[rid] = self._as_handed(chosen, raw[rid, chosen.source])
+                proposals[rid] = self._as_handed(chosen, drafted.get(rid))
         return proposals
 
-    def _as_handed(self, block: DraftBlock, raw: list[float]) -> DraftBlock:
+    def _as_handed(self, block: DraftBlock, drafted: DraftBlock | None) -> DraftBlock:
         """The block the verify policy gets. A head block goes as the head's
-        calibrator mapped it, flagged. An n-gram or datastore block goes with
-        its raw confidences, unflagged: the policy maps it with its own
-        calibrator, as it maps plain n-gram's, so where the head does not
-        pay the hybrid verifies what n-gram + datastore would. Handed over
+        calibrator mapped it, flagged. For an n-gram or datastore block it is
+        `drafted`, n-gram's block as drafted (raw confidences, unflagged):
+        the policy maps it with its own calibrator, as it maps plain
+        n-gram's, so where the head does not pay the hybrid verifies what
+        n-gram + datastore would. Handed over
         with the per-source maps, it verified 4-10% more drafts than n-gram
         + datastore on chat under load, level in time either way
         (docs/draft-heads.md, phase 15)."""
-        if block.source == self.head_source:
-            return block
-        return replace(block, confidences=list(raw), calibrated=False)
+        return block if block.source == self.head_source else drafted
 
     def _run_head(self, items: list[DraftInput]) -> dict[str, DraftBlock]:
         items = [replace(item, max_tokens=self._head_length(item)) for item in items]

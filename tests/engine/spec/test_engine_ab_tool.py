@@ -115,9 +115,10 @@ def test_the_own_map_ablation_hands_every_block_over_as_the_hybrid_mapped_it():
 
     drafter = HybridDrafter(_StubHead(), NgramDrafter(1, 4))
     block = DraftBlock([3, 4], [0.5, 0.4], source="datastore", calibrated=True)
-    assert drafter._as_handed(block, [0.9, 0.8]).confidences == [0.9, 0.8]
+    drafted = DraftBlock([3, 4], [0.9, 0.8], source="datastore")
+    assert drafter._as_handed(block, drafted).confidences == [0.9, 0.8]
     engine_ab.ngram_blocks_mapped_by_the_hybrid(SimpleNamespace(drafter=drafter))
-    assert drafter._as_handed(block, [0.9, 0.8]) is block
+    assert drafter._as_handed(block, drafted) is block
 
 
 def test_a_candidate_head_runs_beside_the_committed_one(tmp_path, tiny_dir, tiny_target):

@@ -26,6 +26,11 @@ log = logging.getLogger("specserve.kernels")
 # invariant up to 256; LM head (vocabulary-wide): two elements change from
 # 64 rows on there. (bench/results/*-bf16/README.md has the measurements.)
 LAYER_ROWS, HEAD_ROWS = 256, 32
+# How far oneDNN keeps bf16 rows invariant depends on the host, not only on
+# the shape: on a second AMX host (2026-12-03) every SmolLM2 layer shape
+# changed row 0 from 33 rows on, at 64, 128 and 256-row tiles alike. Smaller
+# tiles are probed next: invariance kept, larger batches cut into more calls.
+NARROW_LAYER_ROWS = (64, HEAD_ROWS)
 # oneDNN float32 sums a single row like a batch only up to 1024 inputs.
 ONEDNN_FP32_K_CHUNK = 1024
 # float32 calls are padded to at least this many rows. In a whole forward,
@@ -50,6 +55,7 @@ def _choice(kernel: str, min_rows: int, max_rows: int, k_chunk: int | None = Non
 # ONEDNN_FP32_K_CHUNK) and MKL's F.linear are the fallbacks.
 INVARIANT_PREFERENCE = {
     (torch.bfloat16, "layer"): (_choice("onednn", 1, LAYER_ROWS), _choice("onednn", SMALL_GEMM_ROWS, LAYER_ROWS),
+                                *(_choice("onednn", 1, rows) for rows in NARROW_LAYER_ROWS),
                                 _choice("dense", SMALL_GEMM_ROWS, LAYER_ROWS)),
     (torch.bfloat16, "head"): (_choice("onednn", 1, HEAD_ROWS), _choice("onednn", SMALL_GEMM_ROWS, HEAD_ROWS),
                                _choice("dense", SMALL_GEMM_ROWS, HEAD_ROWS)),
@@ -101,6 +107,12 @@ def install_inference_kernels(model, batch_invariant: bool) -> str:
     description = (f"{str(head_weight.dtype).removeprefix('torch.')}/layers={'+'.join(layers)}"
                    f"/head={model.head_kernel.choice}/{'invariant' if batch_invariant else 'free'}")
     log.info("inference kernels: %s", description)
+    narrow = sorted({m.kernel.tiling.max_rows for m in linears
+                     if batch_invariant and (m.kernel.tiling.max_rows or LAYER_ROWS) < LAYER_ROWS})
+    if narrow:
+        log.warning("this host keeps a layer's rows batch-invariant only up to %d rows: larger batches "
+                    "(prefill chunks, big verify steps) run in calls of that many, slower; "
+                    "--no-batch-invariant trades the invariance for speed", narrow[0])
     return description
 
 

@@ -63,6 +63,20 @@ def test_a_failing_probe_moves_to_the_next_choice(model_dir, monkeypatch):
     assert model.head_kernel.choice.kernel == "dense"
 
 
+@pytest.mark.skipif(not onednn_available(torch.zeros(1, dtype=torch.bfloat16)), reason="needs oneDNN")
+def test_a_host_invariant_only_in_narrow_tiles_gets_them_and_is_told(model_dir, monkeypatch, caplog):
+    """A second AMX host kept bf16 rows invariant only up to 32: the layers
+    fall back to 32-row oneDNN tiles (not to the slower dense kernel, not
+    to a refusal), and the log says what that costs."""
+    monkeypatch.setattr(inference_kernels, "_PROBED", {})
+    monkeypatch.setattr(inference_kernels, "row_invariance_failures",
+                        lambda linear, *_, **__: [33] if (linear.tiling.max_rows or 10**9) > 32 else [])
+    with caplog.at_level("WARNING", logger="specserve.kernels"):
+        model = load_model(model_dir, torch.bfloat16).model
+    assert {(m.kernel.choice.kernel, m.kernel.tiling.max_rows) for m in linears(model)} == {("onednn", 32)}
+    assert "only up to 32 rows" in caplog.text
+
+
 def test_no_invariant_kernel_refuses_to_start(model_dir, monkeypatch):
     monkeypatch.setattr(inference_kernels, "_PROBED", {})
     monkeypatch.setattr(inference_kernels, "row_invariance_failures", lambda *_, **__: [2])

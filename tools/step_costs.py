@@ -173,15 +173,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="default: the bundled SmolLM2")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES))
     p.add_argument("--passes", type=int, default=5)
+    p.add_argument("--sizes", default=",".join(map(str, DECODE_SIZES)), help="decode-shaped batch sizes B")
+    p.add_argument("--drafts", default=",".join(map(str, VERIFY_DRAFTS)), help="drafts k of the verify shapes")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    result = run(args.model, [Mode.parse(m) for m in args.modes.split(",")], args.passes)
+    result = run(args.model, [Mode.parse(m) for m in args.modes.split(",")], args.passes,
+                 sizes=_counts(args.sizes), drafts=_counts(args.drafts))
     print("thread CPU time\n" + result["table"] + "\n\nwall time\n" + result["wall_table"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return 0
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part)
 
 
 if __name__ == "__main__":

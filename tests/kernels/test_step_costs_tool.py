@@ -31,3 +31,12 @@ def test_a_padded_mode_repacks_every_linear_and_the_head(tmp_path, rows):
     assert model.kernel_description.endswith(f"/onednn rows >= {rows}")
     x = torch.randn(3, model.config.hidden_size)
     torch.testing.assert_close(model.compute_logits(x), x @ model.lm_head_weight().t(), atol=1e-4, rtol=1e-4)
+
+
+def test_the_command_measures_the_sizes_and_drafts_it_is_given(tmp_path, capsys):
+    from tools.step_costs import main
+
+    main(["--model", str(make_tiny_model_dir(tmp_path)), "--modes", "float32:free", "--passes", "1",
+          "--sizes", "3", "--drafts", "0,5"])
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[:4] == ["shape", "B=3", "verify k=0", "verify k=5"] and len(rows) == 8  # CPU, then wall

@@ -9,7 +9,11 @@ drafts made: the datastore's (its map's rates where it has one), and for
 the better block every draft's, as the scheduler reads them.
 
     OMP_NUM_THREADS=1 python -m tools.datastore_replay generate humaneval 40 OUT.json
-    python -m tools.datastore_replay replay OUT.json [--datastore PATH] [--block 8]
+    python -m tools.datastore_replay replay OUT.json [--datastore PATH] [--block 8] [--branches 3]
+
+`--branches N` adds what verifying several blocks per step (a token tree)
+would accept: prompt lookup's block beside the datastore's, and up to N
+continuations of the matched suffix beside the datastore's.
 
 Greedy outputs make the replay exact: a draft survives iff it is the
 token the target emitted there.
@@ -55,6 +59,60 @@ def lookup_else(first: Proposer, second: Proposer) -> Proposer:
         tokens, confidences = first(context, k)
         return (tokens, confidences) if tokens else second(context, k)
     return propose
+
+
+Branches = Callable[[list[int], int], list[list[int]]]
+
+
+def suffix_continuations(context: list[int], k: int, most: int, min_n: int = 1, max_n: int = 4) -> list[list[int]]:
+    """Up to `most` continuations (k tokens each, at most) of the longest
+    suffix that occurred earlier, one per distinct first token, the most
+    recent occurrence first: prompt lookup's block, then what the other
+    occurrences went on with."""
+    total = len(context)
+    for n in range(min(max_n, total - 1), min_n - 1, -1):
+        suffix, found = context[total - n:], {}
+        for start in range(total - n - 1, -1, -1):
+            follow = context[start + n:start + n + k]
+            if follow and follow[0] not in found and context[start:start + n] == suffix:
+                found[follow[0]] = follow
+                if len(found) == most:
+                    break
+        if found:
+            return list(found.values())
+    return []
+
+
+def branches_of(*sources: Callable[[list[int], int], list[list[int]]]) -> Branches:
+    """Every block the sources offer, the empty ones dropped."""
+    return lambda context, k: [b for source in sources for b in source(context, k) if b]
+
+
+def replay_branches(records: list[dict], branches: Branches, block: int) -> tuple[float, float]:
+    """Tokens per step and drafts verified per step when every branch a
+    step offers is verified at once as one token tree (branches that start
+    alike share those nodes: the drafts verified are its distinct
+    prefixes); the step keeps the branch with the longest accepted prefix."""
+    steps = tokens = verified = 0
+    for record in records:
+        prompt, output = record["prompt"], record["output"]
+        position = 0
+        while position < len(output):
+            offered = [b[:block] for b in branches(prompt + output[:position], block)]
+            verified += len({tuple(b[:i + 1]) for b in offered for i in range(len(b))})
+            position += max((_accepted_prefix(b, output, position) for b in offered), default=0) + 1
+            steps += 1
+        tokens += len(output)
+    return tokens / max(1, steps), verified / max(1, steps)
+
+
+def _accepted_prefix(drafts: list[int], output: list[int], position: int) -> int:
+    accepted = 0
+    for j, token in enumerate(drafts):
+        if position + j >= len(output) or token != output[position + j]:
+            break
+        accepted += 1
+    return accepted
 
 
 def replay(records: list[dict], propose: Proposer, block: int) -> tuple[float, list[tuple[float, bool]]]:
@@ -128,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("records")
     rep.add_argument("--datastore", default=DEFAULT_DATASTORE)
     rep.add_argument("--block", type=int, default=8)
+    rep.add_argument("--branches", type=int, default=0, metavar="N",
+                     help="also replay verifying several blocks per step: prompt lookup's and the datastore's, "
+                          "and up to N continuations of the matched suffix beside the datastore's")
     args = parser.parse_args(argv)
     if args.command == "generate":
         generate(args.dataset, args.prompts, args.out, args.max_tokens)
@@ -144,6 +205,22 @@ def main(argv: list[str] | None = None) -> None:
     for name, propose in proposers.items():
         tokens_per_step, observed = replay(records, propose, args.block)
         print(f"{name}: {tokens_per_step:.3f} tokens per step", json.dumps(calibration(observed)) if observed else "")
+    if args.branches:
+        for name, branches in branch_variants(datastore, args.branches).items():
+            tokens_per_step, verified = replay_branches(records, branches, args.block)
+            print(f"{name}: {tokens_per_step:.3f} tokens per step, {verified:.2f} drafts verified per step")
+
+
+def branch_variants(datastore: NgramDatastore, most: int) -> dict[str, Branches]:
+    """Several blocks verified per step: what a token tree over n-gram's
+    sources would accept (no engine verifies trees yet)."""
+    def as_branch(propose: Proposer):
+        return lambda context, k: [propose(context, k)[0]]
+    lookup, store = as_branch(prompt_lookup()), as_branch(from_datastore(datastore))
+    continuations = lambda context, k: suffix_continuations(context, k, most)  # noqa: E731
+    return {"branches: prompt lookup and datastore": branches_of(lookup, store),
+            f"branches: up to {most} continuations of the matched suffix and datastore":
+                branches_of(continuations, store)}
 
 
 if __name__ == "__main__":

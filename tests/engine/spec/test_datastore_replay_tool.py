@@ -75,3 +75,38 @@ def test_the_better_block_scores_prompt_lookups_drafts_on_the_prior_it_is_given(
     records = [{"prompt": [7, 1, 2, 7, 5, 6, 7], "output": [5, 9]}]
     _, observed = tool.replay(records, tool.better_block(datastore, prior=prior), block=2)
     assert observed[:2] == [(0.1, True), (0.5, False)]
+
+
+def test_suffix_continuations_gives_one_block_per_distinct_next_token_most_recent_first():
+    # "7" went on as 1 2, then as 5 6, then as 1 9: lookup's block is "1 9",
+    # then "5 6"; the oldest "1 2" starts like "1 9" and is left out.
+    context = [7, 1, 2, 7, 5, 6, 7, 1, 9, 7]
+    assert tool.suffix_continuations(context, 2, most=3) == [[1, 9], [5, 6]]
+    assert tool.suffix_continuations(context, 2, most=1) == [[1, 9]]
+    assert tool.suffix_continuations([1, 2, 3], 2, most=3) == []  # nothing recurs
+
+
+def test_a_step_over_branches_keeps_the_longest_accepted_and_counts_the_tree_once():
+    datastore = build_datastore([[3, 4, 8]] * 2, max_n=2, min_count=2, tokenizer="t")
+    # Prompt lookup copies "4 5" after "3" (wrong at once); the datastore
+    # drafts "4 8" (both right): the step emits 4, 8 and the correction 6.
+    records = [{"prompt": [3, 4, 5, 3], "output": [4, 8, 6]}]
+    lookup = lambda context, k: [tool.prompt_lookup()(context, k)[0]]  # noqa: E731
+    store = lambda context, k: [tool.from_datastore(datastore)(context, k)[0]]  # noqa: E731
+    alone, _ = tool.replay(records, tool.prompt_lookup(), block=2)
+    both, verified = tool.replay_branches(records, tool.branches_of(lookup, store), block=2)
+    assert both == 3 / 1 and alone < both
+    assert verified == 3  # "4" is shared: nodes 4, 4-5, 4-8
+    one, _ = tool.replay_branches(records, tool.branches_of(lookup), block=2)
+    assert one == alone
+
+
+def test_the_replay_command_prints_the_branches_when_asked(tmp_path, capsys):
+    path = str(tmp_path / "d.safetensors")
+    build_datastore([[3, 4, 8]] * 2, max_n=2, min_count=2, tokenizer="t").save(path)
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps([{"prompt": [3, 4, 5, 3], "output": [4, 8, 6]}]))
+    tool.main(["replay", str(records), "--datastore", path, "--block", "2", "--branches", "2"])
+    out = capsys.readouterr().out
+    assert "branches: prompt lookup and datastore: 3.000 tokens per step, 3.00 drafts verified" in out
+    assert "branches: up to 2 continuations of the matched suffix and datastore: 3.000" in out

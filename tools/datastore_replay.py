@@ -100,13 +100,14 @@ def replay_branches(records: list[dict], branches: Branches, block: int) -> tupl
         while position < len(output):
             offered = [b[:block] for b in branches(prompt + output[:position], block)]
             verified += len({tuple(b[:i + 1]) for b in offered for i in range(len(b))})
-            position += max((_accepted_prefix(b, output, position) for b in offered), default=0) + 1
+            position += max((accepted_prefix(b, output, position) for b in offered), default=0) + 1
             steps += 1
         tokens += len(output)
     return tokens / max(1, steps), verified / max(1, steps)
 
 
-def _accepted_prefix(drafts: list[int], output: list[int], position: int) -> int:
+def accepted_prefix(drafts: list[int], output: list[int], position: int) -> int:
+    """How many of `drafts` greedy verification keeps at `position` of `output`."""
     accepted = 0
     for j, token in enumerate(drafts):
         if position + j >= len(output) or token != output[position + j]:

@@ -16,3 +16,15 @@ for block in 8 6 4; do
   done
 done > $D/replay.txt
 OMP_NUM_THREADS=1 $PY -m tools.step_costs --modes bfloat16:invariant --passes 25 --sizes 1 --drafts 0,4,8,12,16,20,24,31 > $D/step-costs.md
+# Through the engine, with the DSpark head's block as one more branch
+# (tools.tree_replay, blocks of 7). Its records must be this host's greedy
+# outputs: humaneval-40.json and mt-bench-40.json were generated here by
+# `tools.datastore_replay generate SET 40` on the 2026-12-03 host; delete
+# them to regenerate on another.
+for set in humaneval mt-bench; do
+  [ -f $D/$set-40.json ] || OMP_NUM_THREADS=1 $PY -m tools.datastore_replay generate $set 40 $D/$set-40.json
+  for drafts in 0 2 7; do
+    OMP_NUM_THREADS=1 $PY -m tools.tree_replay $D/$set-40.json --draft-model checkpoints/dspark-smollm2 \
+      --head-drafts $drafts 2>/dev/null
+  done
+done > $D/tree-replay.jsonl

@@ -70,7 +70,7 @@ def suffix_continuations(context: list[int], k: int, most: int, min_n: int = 1, 
     recent occurrence first: prompt lookup's block, then what the other
     occurrences went on with."""
     total = len(context)
-    for n in range(min(max_n, total - 1), min_n - 1, -1):
+    for n in range(min(max_n, total - 1) if most > 0 else 0, min_n - 1, -1):
         suffix, found = context[total - n:], {}
         for start in range(total - n - 1, -1, -1):
             follow = context[start + n:start + n + k]

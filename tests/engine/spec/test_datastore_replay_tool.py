@@ -84,6 +84,7 @@ def test_suffix_continuations_gives_one_block_per_distinct_next_token_most_recen
     assert tool.suffix_continuations(context, 2, most=3) == [[1, 9], [5, 6]]
     assert tool.suffix_continuations(context, 2, most=1) == [[1, 9]]
     assert tool.suffix_continuations([1, 2, 3], 2, most=3) == []  # nothing recurs
+    assert tool.suffix_continuations(context, 2, most=0) == []
 
 
 def test_a_step_over_branches_keeps_the_longest_accepted_and_counts_the_tree_once():

@@ -77,13 +77,18 @@ def test_a_kept_branch_the_engine_does_not_accept_whole_fails_the_run(tiny_dir, 
         replay(tiny_dir, tiny_target, records)
 
 
-def test_more_branches_take_no_more_steps_here(tiny_dir, tiny_target, records):
+def test_the_tree_keeps_the_branch_that_goes_furthest(tiny_dir, tiny_target, records):
     """A datastore of the outputs themselves beside prompt lookup: the tree
-    keeps its branch where it goes further."""
+    keeps its branch where it goes further, whatever the branches' order."""
     datastore = build_datastore([r["output"] for r in records] * 4, max_n=3, min_count=2, tokenizer="t")
     lookup_only = replay(tiny_dir, tiny_target, records, continuations=1)
+    datastore_only = replay(tiny_dir, tiny_target, records, datastore=datastore, continuations=0)
     both = replay(tiny_dir, tiny_target, records, datastore=datastore, continuations=3)
+    assert "prompt lookup" not in datastore_only["kept_by_source"]
     assert both["decode_steps"] < lookup_only["decode_steps"] and both["kept_by_source"].get("datastore", 0) > 0
+    # The datastore knows these very outputs: lookup's branches, offered first,
+    # are kept only where they go at least as far.
+    assert both["decode_steps"] <= datastore_only["decode_steps"]
 
 
 def test_the_head_branch_is_offered_only_when_asked(tiny_dir, tiny_target, records):

@@ -61,7 +61,7 @@ def measure(engine, prompt_ids: list[int], new_tokens: int, repeats: int) -> dic
             "steps": len(step.seconds), "tau": round(stats.mean_accepted_length, 3) if stats.num_drafts else None}
 
 
-def run(draft_model: str, model: str | None, new_tokens: int, repeats: int) -> dict:
+def run(draft_model: str, model: str | None, new_tokens: int, repeats: int, drafts: int | None = None) -> dict:
     from engine.models.default import default_model_path
     from engine.config import EngineConfig, SpeculativeConfig
     from engine.engine import LLMEngine
@@ -71,7 +71,7 @@ def run(draft_model: str, model: str | None, new_tokens: int, repeats: int) -> d
     model = model or default_model_path()
     method = read_head_config(draft_model).method
     spec = SpeculativeConfig(method=method, draft_model=draft_model, policy="static",
-                             num_speculative_tokens=read_head_config(draft_model).block_size)
+                             num_speculative_tokens=drafts or read_head_config(draft_model).block_size)
     served = LLMEngine(EngineConfig(model=model, speculative=spec, machine_counters=False))
     prompt_ids = served.tokenizer.encode(served.tokenizer.apply_chat_template(
         [{"role": "user", "content": PROMPT}], add_generation_prompt=True))
@@ -88,7 +88,8 @@ def run(draft_model: str, model: str | None, new_tokens: int, repeats: int) -> d
     for name in ("served (packed)", "plain modules"):
         results[name]["propose_over_decode_step"] = round(results[name]["propose_ms"] / decode_ms, 3)
     return {"draft_model": draft_model, "method": method, "model": model, "new_tokens": new_tokens,
-            "repeats": repeats, "prompt_tokens": len(prompt_ids), "results": results}
+            "repeats": repeats, "drafts": spec.num_speculative_tokens, "prompt_tokens": len(prompt_ids),
+            "results": results}
 
 
 def table(report: dict) -> str:
@@ -106,13 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="target (default: the bundled SmolLM2-135M-Instruct)")
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--drafts", type=int, default=None, help="drafts per block (default: the head's block size)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="directory for head_cost.json and table.md")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    report = run(args.draft_model, args.model, args.new_tokens, args.repeats)
+    report = run(args.draft_model, args.model, args.new_tokens, args.repeats, args.drafts)
     report["threads"] = args.threads
     text = table(report)
     print(text)

@@ -15,7 +15,7 @@ for block in 8 6 4; do
     $PY -m tools.datastore_replay replay $R/$set-40.json --block $block --branches 3
   done
 done > $D/replay.txt
-OMP_NUM_THREADS=1 $PY -m tools.step_costs --modes bfloat16:invariant --passes 25 --sizes 1 --drafts 0,4,8,12,16,20,24,31 > $D/step-costs.md
+OMP_NUM_THREADS=1 $PY -m tools.step_costs --modes bfloat16:invariant --passes 25 --sizes 1 --drafts 0,4,8,12,16,20,24,31 > $D/step-costs.md 2>/dev/null
 # Through the engine, with the DSpark head's block as one more branch
 # (tools.tree_replay, blocks of 7). Its records must be this host's greedy
 # outputs: humaneval-40.json and mt-bench-40.json were generated here by
@@ -25,6 +25,6 @@ for set in humaneval mt-bench; do
   [ -f $D/$set-40.json ] || OMP_NUM_THREADS=1 $PY -m tools.datastore_replay generate $set 40 $D/$set-40.json
   for drafts in 0 2 7; do
     OMP_NUM_THREADS=1 $PY -m tools.tree_replay $D/$set-40.json --draft-model checkpoints/dspark-smollm2 \
-      --head-drafts $drafts 2>/dev/null
+      --head-drafts $drafts
   done
 done > $D/tree-replay.jsonl

@@ -25,3 +25,11 @@ def test_head_cost_reports_the_served_and_plain_head_against_decoding(tmp_path, 
     assert all(r["steps"] > 0 and r["step_ms"] > 0 for r in results.values())
     table = (tmp_path / "out" / "table.md").read_text()
     assert table.count("\n") == 5 and "| served (packed) |" in table and table in capsys.readouterr().out + "\n"
+
+
+def test_head_cost_drafts_as_many_as_it_is_told(tmp_path, tiny_dir, tiny_target):
+    save_head(make_drafter(tiny_target, "dspark").head, str(tmp_path / "ckpt"))
+    head_cost.main(["--draft-model", str(tmp_path / "ckpt"), "--model", str(tiny_dir), "--new-tokens", "6",
+                    "--repeats", "1", "--drafts", "2", "--out", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "head_cost.json").read_text())
+    assert report["drafts"] == 2 and 1 <= report["results"]["served (packed)"]["tau"] <= 3

@@ -90,15 +90,19 @@ class TreeOracle(HeadDrafter):
 
 def replay_tree(engine_for, head: DraftHead, records: list[dict], datastore: NgramDatastore | None,
                 continuations: int, head_drafts: int) -> dict:
-    """Greedy decode of every record's prompt through `engine_for(drafter)`
-    with a TreeOracle drafting; fails unless the outputs are the records'."""
+    """Greedy decode of every record's prompt, one at a time, through
+    `engine_for(drafter)` with a TreeOracle drafting; fails unless the
+    outputs are the records' and the engine accepted every kept draft."""
     from scheduler.request import SamplingParams
 
     references = {tuple(r["prompt"]): r["output"] for r in records}
     oracle = TreeOracle(head, references, datastore, continuations, head_drafts)
     engine = engine_for(oracle)
     longest = max(len(r["output"]) for r in records)
-    outputs = engine.generate([r["prompt"] for r in records], SamplingParams(temperature=0.0, max_tokens=longest))
+    # One stream, one record at a time: batched, the step's token budget
+    # would cut some kept branches short.
+    params = SamplingParams(temperature=0.0, max_tokens=longest)
+    outputs = [engine.generate([r["prompt"]], params)[0] for r in records]
     differing = sum(out != r["output"] for out, r in zip(outputs, records))
     if differing:
         raise RuntimeError(f"{differing} of {len(records)} greedy outputs differ from the records: they were "

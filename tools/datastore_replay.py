@@ -69,8 +69,10 @@ def suffix_continuations(context: list[int], k: int, most: int, min_n: int = 1, 
     suffix that occurred earlier, one per distinct first token, the most
     recent occurrence first: prompt lookup's block, then what the other
     occurrences went on with."""
+    if most <= 0:
+        return []
     total = len(context)
-    for n in range(min(max_n, total - 1) if most > 0 else 0, min_n - 1, -1):
+    for n in range(min(max_n, total - 1), min_n - 1, -1):
         suffix, found = context[total - n:], {}
         for start in range(total - n - 1, -1, -1):
             follow = context[start + n:start + n + k]
@@ -215,10 +217,13 @@ def main(argv: list[str] | None = None) -> None:
 def branch_variants(datastore: NgramDatastore, most: int) -> dict[str, Branches]:
     """Several blocks verified per step: what a token tree over n-gram's
     sources would accept (no engine verifies trees yet)."""
-    def as_branch(propose: Proposer):
+    def as_branch(propose: Proposer) -> Callable[[list[int], int], list[list[int]]]:
         return lambda context, k: [propose(context, k)[0]]
+
+    def continuations(context: list[int], k: int) -> list[list[int]]:
+        return suffix_continuations(context, k, most)
+
     lookup, store = as_branch(prompt_lookup()), as_branch(from_datastore(datastore))
-    continuations = lambda context, k: suffix_continuations(context, k, most)  # noqa: E731
     return {"branches: prompt lookup and datastore": branches_of(lookup, store),
             f"branches: up to {most} continuations of the matched suffix and datastore":
                 branches_of(continuations, store)}

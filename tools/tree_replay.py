@@ -24,7 +24,7 @@ import argparse
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from engine.spec.base import DraftInput
 from engine.spec.datastore import NgramDatastore
@@ -88,7 +88,7 @@ class TreeOracle(HeadDrafter):
         return [(source, tokens) for source, tokens in branches if tokens]
 
 
-def replay_tree(engine_for, head: DraftHead, records: list[dict], datastore: NgramDatastore | None,
+def replay_tree(engine_for: Callable[[HeadDrafter], object], head: DraftHead, records: list[dict], datastore: NgramDatastore | None,
                 continuations: int, head_drafts: int) -> dict:
     """Greedy decode of every record's prompt, one at a time, through
     `engine_for(drafter)` with a TreeOracle drafting; fails unless the

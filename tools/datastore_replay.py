@@ -95,17 +95,31 @@ def replay_branches(records: list[dict], branches: Branches, block: int) -> tupl
     step offers is verified at once as one token tree (branches that start
     alike share those nodes: the drafts verified are its distinct
     prefixes); the step keeps the branch with the longest accepted prefix."""
-    steps = tokens = verified = 0
+    verified = 0
+
+    def step(context: list[int], output: list[int], position: int) -> int:
+        nonlocal verified
+        offered = [b[:block] for b in branches(context, block)]
+        verified += len({tuple(b[:i + 1]) for b in offered for i in range(len(b))})
+        return max((accepted_prefix(b, output, position) for b in offered), default=0)
+
+    tokens_per_step, steps = _walk(records, step)
+    return tokens_per_step, verified / max(1, steps)
+
+
+def _walk(records: list[dict], step: Callable[[list[int], list[int], int], int]) -> tuple[float, int]:
+    """Greedy verification over each record's output: `step(context,
+    output, position)` gives the drafts accepted there, and the step emits
+    one token more. Returns tokens per step and the number of steps."""
+    steps = tokens = 0
     for record in records:
         prompt, output = record["prompt"], record["output"]
         position = 0
         while position < len(output):
-            offered = [b[:block] for b in branches(prompt + output[:position], block)]
-            verified += len({tuple(b[:i + 1]) for b in offered for i in range(len(b))})
-            position += max((accepted_prefix(b, output, position) for b in offered), default=0) + 1
+            position += step(prompt + output[:position], output, position) + 1
             steps += 1
         tokens += len(output)
-    return tokens / max(1, steps), verified / max(1, steps)
+    return tokens / max(1, steps), steps
 
 
 def accepted_prefix(drafts: list[int], output: list[int], position: int) -> int:
@@ -122,25 +136,18 @@ def replay(records: list[dict], propose: Proposer, block: int) -> tuple[float, l
     """Tokens per step over the records, and (confidence, survived) of every
     draft that had a confidence and whose predecessors survived (a block
     without confidences reports None)."""
-    steps = tokens = 0
     observed: list[tuple[float, bool]] = []
-    for record in records:
-        prompt, output = record["prompt"], record["output"]
-        position = 0
-        while position < len(output):
-            drafts, confidences = propose(prompt + output[:position], block)
-            accepted = 0
-            for j, token in enumerate(drafts[:block]):
-                survived = position + j < len(output) and token == output[position + j]
-                if confidences is not None:
-                    observed.append((confidences[j], survived))
-                if not survived:
-                    break
-                accepted += 1
-            position += accepted + 1
-            steps += 1
-        tokens += len(output)
-    return tokens / max(1, steps), observed
+
+    def step(context: list[int], output: list[int], position: int) -> int:
+        drafts, confidences = propose(context, block)
+        drafts = drafts[:block]
+        accepted = accepted_prefix(drafts, output, position)
+        if confidences is not None:
+            observed.extend((confidences[j], j < accepted) for j in range(min(len(drafts), accepted + 1)))
+        return accepted
+
+    tokens_per_step, _ = _walk(records, step)
+    return tokens_per_step, observed
 
 
 def calibration(observed: list[tuple[float, bool]], bins: int = 10) -> dict:

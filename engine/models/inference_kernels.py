@@ -107,12 +107,11 @@ def install_inference_kernels(model, batch_invariant: bool) -> str:
     description = (f"{str(head_weight.dtype).removeprefix('torch.')}/layers={'+'.join(layers)}"
                    f"/head={model.head_kernel.choice}/{'invariant' if batch_invariant else 'free'}")
     log.info("inference kernels: %s", description)
-    narrow = sorted({m.kernel.tiling.max_rows for m in linears
-                     if batch_invariant and (m.kernel.tiling.max_rows or LAYER_ROWS) < LAYER_ROWS})
-    if narrow:
+    tile = min((m.kernel.tiling.max_rows or LAYER_ROWS for m in linears), default=LAYER_ROWS)
+    if batch_invariant and tile < LAYER_ROWS:
         log.warning("this host keeps a layer's rows batch-invariant only up to %d rows: larger batches "
                     "(prefill chunks, big verify steps) run in calls of that many, slower; "
-                    "--no-batch-invariant trades the invariance for speed", narrow[0])
+                    "--no-batch-invariant trades the invariance for speed", tile)
     return description
 
 

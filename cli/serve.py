@@ -112,6 +112,10 @@ def _add_speculative_flags(g: argparse._ArgumentGroup) -> None:
                    help="a corpus datastore (specserve build-datastore) that ngram and hybrid draft from "
                         "where prompt lookup finds no match; auto: the bundled one built over the model's "
                         "tokenizer, if any")
+    g.add_argument("--ngram-alternatives", action=argparse.BooleanOptionalAction,
+                   default=spec.ngram_alternatives,
+                   help="greedy token trees: verify the datastore's and prompt lookup's blocks side by side "
+                        "where they start differently (ngram with a datastore)")
     g.add_argument("--self-draft-layers", type=int, default=spec.self_draft_layers,
                    help="layers of the target used as its own drafter (0: a third)")
 
@@ -161,7 +165,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         method=args.speculative_method, num_speculative_tokens=args.num_speculative_tokens,
         draft_model=args.draft_model, policy=args.verify_policy, ngram_min=args.ngram_min,
         ngram_max=args.ngram_max, self_draft_layers=args.self_draft_layers,
-        ngram_datastore=None if args.ngram_datastore == "none" else args.ngram_datastore)
+        ngram_datastore=None if args.ngram_datastore == "none" else args.ngram_datastore,
+        ngram_alternatives=args.ngram_alternatives)
     return EngineConfig(model=args.model, dtype=args.dtype, device=args.device, cache=cache,
                         scheduler=scheduler, speculative=speculative,
                         served_model_name=args.served_model_name, seed=args.seed,

@@ -84,6 +84,9 @@ class SpeculativeConfig:
     # hybrid draft from where prompt lookup finds no match: a path, "auto"
     # (the bundled one of the model's tokenizer, if any) or None.
     ngram_datastore: str | None = None
+    # Greedy token trees: n-gram's block carries the other source's block as
+    # an alternative branch; a step verifies both (engine/spec/tree.py).
+    ngram_alternatives: bool = False
     self_draft_layers: int = 0  # 0 = auto (a third of the target's layers)
     policy: str = "adaptive"
 
@@ -104,6 +107,9 @@ class SpeculativeConfig:
         if self.ngram_datastore not in (None, DATASTORE_AUTO) and self.method not in DATASTORE_METHODS:
             raise ValueError(f"--ngram-datastore drafts for {' and '.join(DATASTORE_METHODS)} only, "
                              f"not --speculative-method {self.method}")
+        if self.ngram_alternatives and self.method != "ngram":
+            raise ValueError(f"--ngram-alternatives branches n-gram's drafts only, not --speculative-method "
+                             f"{self.method}")
 
     @property
     def enabled(self) -> bool:

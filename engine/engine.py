@@ -45,6 +45,10 @@ from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("specserve.engine")
 
+# Alternative draft branches one step computes at most (engine/spec/tree.py);
+# they pay at light load, where few requests run.
+FORKS_PER_STEP = 16
+
 
 def loaded_dtype(loaded: LoadedModel, requested_name: str, requested: torch.dtype) -> torch.dtype:
     """The dtype an engine runs a model it was handed in: the model's own.
@@ -83,7 +87,8 @@ class LLMEngine:
         self.runner = ModelRunner(self.loaded.model, self.model_config, cache.num_blocks,
                                   cache.block_size, dtype, config.device,
                                   aux_layers=self.drafter.aux_layers if self.drafter else (),
-                                  cuda_graph_len=self._cuda_graph_len(), grammars=self.grammars)
+                                  cuda_graph_len=self._cuda_graph_len(), grammars=self.grammars,
+                                  fork_blocks=self._fork_blocks())
         self.verify_policy = self._build_verify_policy(step_cost)
         # Machine counters for the scheduler's load signal, read off the step loop.
         counters = source_for_device(config.device) if config.machine_counters else None
@@ -115,6 +120,14 @@ class LLMEngine:
             log.warning("CUDA graphs off: they need triton installed and a power-of-two block size")
             return None
         return self.max_model_len
+
+    def _fork_blocks(self) -> int:
+        """Scratch KV blocks for the drafts' alternative branches: room for
+        FORKS_PER_STEP branches of a full block each, wherever the anchor sits."""
+        spec, block_size = self.config.speculative, self.config.cache.block_size
+        if not (spec.ngram_alternatives and spec.enabled):
+            return 0
+        return FORKS_PER_STEP * -(-(block_size + spec.num_speculative_tokens) // block_size)
 
     def _build_verify_policy(self, step_cost: StepCostModel | None) -> VerifyPolicy | None:
         if self.drafter is None:
@@ -344,6 +357,10 @@ class LLMEngine:
         stats.num_preemptions = self.scheduler.num_preemptions
         stats.prefix_cache_queries = self.scheduler.num_prefix_cache_queries
         stats.prefix_cache_hits = self.scheduler.num_prefix_cache_hits
+        tree = self.runner.tree_counts
+        stats.num_alternatives, stats.num_alternative_draft_tokens = tree.verified, tree.draft_tokens
+        stats.num_alternative_wins, stats.num_alternative_accepted_tokens = tree.wins, tree.accepted_tokens
+        stats.num_alternatives_dropped = tree.dropped
         snapshot = EngineStats(**vars(stats) | {
             "accepted_per_position": list(stats.accepted_per_position),
             "spec_by_source": {source: replace(counts) for source, counts in stats.spec_by_source.items()},

@@ -18,6 +18,7 @@ from engine.cuda_graphs import CudaGraphRunner
 from engine.kv_cache import allocate_feature_cache, allocate_kv_caches
 from engine.sampler import RowContext, logprob_tensors, make_generator, target_probs, token_logprob
 from engine.spec.rejection import DeviceAcceptance, verify_drafts_on_device
+from engine.spec.tree import BranchForks, StepForks, TreeCounts, accepted_slots, copy_blocks, copy_slots
 from engine.transfer import fetch
 from kernels.attention import AttentionMetadata
 from kernels.to_device import to_device
@@ -79,17 +80,24 @@ class ModelRunner:
     `cuda_graph_len` (the longest context, on CUDA only) replays decode and
     verification steps from CUDA graphs (engine/cuda_graphs.py); the cache
     then holds one more block, block `num_blocks`, for padding rows.
+    `fork_blocks` scratch blocks after those hold the rows of drafts'
+    alternative branches (engine/spec/tree.py); 0: drafts never branch.
     """
 
     def __init__(self, model, model_config, num_blocks: int, block_size: int,
                  dtype: torch.dtype, device: str, aux_layers: tuple[int, ...] = (),
-                 cuda_graph_len: int | None = None, grammars=None):
+                 cuda_graph_len: int | None = None, grammars=None, fork_blocks: int = 0):
+        if fork_blocks and aux_layers:
+            raise ValueError("drafts branch only for drafters that read no target features")
         self.model = model
         self.model_config = model_config
         self.block_size = block_size
         self.device = device
         extra = 0 if cuda_graph_len is None else 1
-        self.kv_caches = allocate_kv_caches(model_config, num_blocks + extra, block_size, dtype, device)
+        self.kv_caches = allocate_kv_caches(model_config, num_blocks + extra + fork_blocks, block_size, dtype,
+                                            device)
+        self.forks = BranchForks(num_blocks + extra, fork_blocks, block_size)
+        self.tree_counts = TreeCounts()
         self.generators: dict[str, torch.Generator] = {}
         self.aux_layers = aux_layers
         self.feature_cache = allocate_feature_cache(model_config, aux_layers, num_blocks + extra, block_size,
@@ -113,12 +121,18 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        batch = pack_batch(sched.scheduled, self.block_size, self.device)
+        forks = self.forks.expand(sched.scheduled)
+        if self.grammars is not None and any(self.grammars.get(f.item.request) for f in forks.forks):
+            raise ValueError("drafts branch only for requests without a response_format grammar")
+        self.tree_counts.record_step(forks)
+        copy_blocks(self.kv_caches, forks.partial_copies)
+        # Forks go last: the scheduled requests' rows keep their offsets.
+        batch = pack_batch(sched.scheduled + forks.items, self.block_size, self.device)
         hidden, aux = self.forward(batch.input_ids, batch.positions, batch.meta)
         output = RunnerOutput()
         if batch.sampling:
             logits = self.model.compute_logits(hidden[to_device(batch.sample_rows, torch.long, self.device)])
-            self._accept(batch.sampling, logits, output)
+            self._accept(batch.sampling, logits, output, forks)
         if self.aux_layers:
             features = torch.cat(aux, dim=-1)[: batch.meta.slot_mapping.shape[0]]  # real rows (graphs pad)
             features = features.to(self.feature_cache.dtype)
@@ -136,19 +150,22 @@ class ModelRunner:
                 return out
         return self.model(input_ids, positions, self.kv_caches, meta, aux_layers=self.aux_layers)
 
-    def _accept(self, sampling: list[ScheduledRequest], logits: torch.Tensor, output: RunnerOutput) -> None:
-        """Verify drafts (or plain-sample) for every sampling request; the
-        results reach the host in one transfer."""
+    def _accept(self, sampling: list[ScheduledRequest], logits: torch.Tensor, output: RunnerOutput,
+                forks: StepForks) -> None:
+        """Verify drafts (or plain-sample) for every sampling request and
+        fork; the results reach the host in one transfer."""
         acceptance = self._verify(sampling, logits)
         tensors = {"num_accepted": acceptance.num_accepted, "final": acceptance.final_tokens}
         wanted = [i for i, item in enumerate(sampling) if item.request.sampling_params.logprobs is not None]
         if wanted:
             tensors.update(self._logprob_tensors(sampling, wanted, logits, acceptance))
         host = fetch(tensors)
+        chosen = self._keep_longest_branches(sampling, host["num_accepted"], forks)
         logprob_row = 0
-        for i, item in enumerate(sampling):
-            rid, accepted = item.request.request_id, host["num_accepted"][i]
-            emitted = item.spec_token_ids[:accepted] + [host["final"][i]]
+        for i, item in enumerate(sampling[: len(sampling) - len(forks.forks)]):
+            winner = chosen.get(i, i)
+            rid, accepted = item.request.request_id, host["num_accepted"][winner]
+            emitted = sampling[winner].spec_token_ids[:accepted] + [host["final"][winner]]
             output.sampled_token_ids[rid] = emitted
             output.num_accepted[rid] = accepted
             if self.grammars is not None:  # roll back the rejected drafts, accept the final token
@@ -157,6 +174,26 @@ class ModelRunner:
             if num_top is not None:
                 output.logprobs[rid] = [token_logprob(host, logprob_row + j, num_top) for j in range(len(emitted))]
                 logprob_row += item.num_spec_tokens + 1
+
+    def _keep_longest_branches(self, sampling: list[ScheduledRequest], num_accepted: list[int],
+                               forks: StepForks) -> dict[int, int]:
+        """For each request whose drafts branched, the sampling row group
+        that accepted most (its own on a tie), by the request's group index;
+        a winning fork's accepted KV is copied into the request's slots."""
+        if not forks.forks:
+            return {}
+        first_fork = len(sampling) - len(forks.forks)
+        group_of = {id(item): i for i, item in enumerate(sampling[:first_fork])}
+        chosen: dict[int, int] = {}
+        for j, fork in enumerate(forks.forks, start=first_fork):
+            main = group_of[id(fork.main)]
+            if num_accepted[j] > num_accepted[chosen.get(main, main)]:
+                chosen[main] = j
+        for main, j in chosen.items():
+            self.tree_counts.record_win(num_accepted[j])
+            copy_slots(self.kv_caches, *accepted_slots(sampling[main], sampling[j], num_accepted[j],
+                                                       self.block_size))
+        return chosen
 
     def _logprob_tensors(self, sampling, wanted: list[int], logits: torch.Tensor,
                          acceptance: DeviceAcceptance) -> dict[str, torch.Tensor]:

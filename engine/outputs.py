@@ -75,6 +75,15 @@ class EngineStats:
     drafter_events: dict[str, int] = field(default_factory=dict)
     # Drafts cut before verification because the request's grammar forbids them.
     num_grammar_cut_draft_tokens: int = 0
+    # Greedy token trees (engine/spec/tree.py, the runner's TreeCounts):
+    # alternative branches verified and their drafts, the steps one of them
+    # won and the drafts it kept, and branches left out for want of scratch
+    # KV blocks.
+    num_alternatives: int = 0
+    num_alternative_draft_tokens: int = 0
+    num_alternative_wins: int = 0
+    num_alternative_accepted_tokens: int = 0
+    num_alternatives_dropped: int = 0
     # What the verification policy reports (empty without speculation).
     policy: PolicyStats = field(default_factory=PolicyStats)
     # The load the scheduler saw and where the step budget went.

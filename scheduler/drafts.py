@@ -1,6 +1,7 @@
 """Drafts proposed for one request, awaiting verification (no torch)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,12 @@ class DraftBlock:
     at each position (known before the draw, like the confidences), kept
     so that evaluation records can fit a calibration that reads it; None
     for drafters without one.
+    `alternatives`: other deterministic blocks for the same positions, none
+    longer than this one, each starting with a token no other block starts
+    with (a token tree of branches from the anchor). Only for greedy
+    requests: the runner verifies every branch and keeps the one with the
+    longest accepted prefix, which is exactly what greedy decoding emits
+    (engine/spec/tree.py).
     """
 
     token_ids: list[int] = field(default_factory=list)
@@ -31,12 +38,25 @@ class DraftBlock:
     source: str = ""
     calibrated: bool = False
     peaks: list[float] | None = None
+    alternatives: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.confidences) != len(self.token_ids):
             raise ValueError(f"{len(self.token_ids)} drafts with {len(self.confidences)} confidences")
         if self.peaks is not None and len(self.peaks) != len(self.token_ids):
             raise ValueError(f"{len(self.token_ids)} drafts with {len(self.peaks)} peaks")
+        if self.alternatives:
+            self._check_alternatives()
+
+    def _check_alternatives(self) -> None:
+        if self.probs is not None or not self.token_ids:
+            raise ValueError("alternatives go with a deterministic block of drafts")
+        firsts = [self.token_ids[0]] + [branch[0] if branch else None for branch in self.alternatives]
+        if None in firsts or len(set(firsts)) != len(firsts):
+            raise ValueError("each alternative is non-empty and starts with a token no other block starts with")
+        if max(map(len, self.alternatives)) > len(self.token_ids):
+            # The KV slots a step reserves are the main block's.
+            raise ValueError("an alternative is longer than the block of drafts")
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -48,7 +68,25 @@ class DraftBlock:
         probs = None if self.probs is None else self.probs[:length]
         peaks = None if self.peaks is None else self.peaks[:length]
         return DraftBlock(self.token_ids[:length], self.confidences[:length], probs, self.source, self.calibrated,
-                          peaks)
+                          peaks, tuple(branch[:length] for branch in self.alternatives) if length > 0 else ())
+
+    @property
+    def num_alternative_rows(self) -> int:
+        """Rows the alternatives add to a step: each repeats the anchor."""
+        return sum(1 + len(branch) for branch in self.alternatives)
+
+    def within_alternative_rows(self, rows: int) -> "DraftBlock":
+        """The block with only the alternatives that fit in `rows` extra rows
+        (the last one cut short if it has at least one draft left)."""
+        kept, left = [], rows
+        for branch in self.alternatives:
+            if left < 2:
+                break
+            kept.append(branch[: left - 1])
+            left -= 1 + len(kept[-1])
+        if len(kept) == len(self.alternatives) and all(map(tuple.__eq__, kept, self.alternatives)):
+            return self
+        return dataclasses.replace(self, alternatives=tuple(kept))
 
 
 NO_DRAFTS = DraftBlock()

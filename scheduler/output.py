@@ -62,6 +62,12 @@ class ScheduledRequest:
         return self.num_query_tokens + self.num_spec_tokens
 
     @property
+    def num_rows(self) -> int:
+        """Rows this request adds to the packed forward: its new tokens and
+        its drafts' alternative branches (each with its own anchor row)."""
+        return self.num_new_tokens + self.drafts.num_alternative_rows
+
+    @property
     def samples(self) -> bool:
         return self.start_position + self.num_query_tokens == self.request.num_tokens
 
@@ -77,7 +83,7 @@ class SchedulerOutput:
 
     @property
     def total_num_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
+        return sum(s.num_rows for s in self.scheduled)
 
     @property
     def is_empty(self) -> bool:

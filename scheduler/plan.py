@@ -26,6 +26,9 @@ class StepPlan:
     request: Request
     num_query_tokens: int
     num_spec_tokens: int = 0
+    # Rows granted to the drafts' alternative branches (greedy token trees):
+    # computed this step, but no KV of theirs stays with the request.
+    num_alternative_rows: int = 0
     # Slots reserved past the end for a draft model's KV; only worth it when
     # this step samples, and dropped first when blocks are short.
     num_lookahead_slots: int = 0
@@ -60,8 +63,11 @@ class StepPlan:
 
     @property
     def drafts(self) -> DraftBlock:
-        """The drafts this step verifies: a prefix of the request's."""
-        return self.request.drafts.prefix(self.num_spec_tokens) if self.num_spec_tokens else NO_DRAFTS
+        """The drafts this step verifies: a prefix of the request's, with the
+        alternatives that fit in the rows granted to them."""
+        if not self.num_spec_tokens:
+            return NO_DRAFTS
+        return self.request.drafts.prefix(self.num_spec_tokens).within_alternative_rows(self.num_alternative_rows)
 
     def drop_optional_slots(self) -> bool:
         """Give up the lookahead slots; False when there are none. (Drafts

@@ -178,6 +178,7 @@ class Scheduler:
         if not num_drafts:
             return
         plan.num_spec_tokens = budget.take(num_drafts)
+        plan.num_alternative_rows = budget.take(plan.request.drafts.prefix(plan.num_spec_tokens).num_alternative_rows)
         block_ids = self.block_manager.allocate_slots(plan.request.request_id, plan.num_slots)
         if block_ids is None:  # the KV room said it fits: a bookkeeping bug
             raise AssertionError(f"{plan.request.request_id}: drafts inside the KV room found no blocks")

@@ -76,6 +76,7 @@ class EngineStatsCollector(Collector):
         yield _counter("spec_grammar_cut_draft_tokens",
                        "Draft tokens cut before verification because the request's grammar forbids them",
                        stats.num_grammar_cut_draft_tokens)
+        yield from _alternative_metrics(stats)
         per_pos = CounterMetricFamily(
             PREFIX + "spec_decode_num_accepted_tokens_per_pos",
             "Accepted draft tokens by position in the draft", labels=["position"])
@@ -113,6 +114,19 @@ class EngineStatsCollector(Collector):
         for batch_tokens, steps_per_second in stats.step_cost_table:
             sps.add_metric([str(batch_tokens)], steps_per_second)
         yield sps
+
+
+def _alternative_metrics(stats: EngineStats) -> Iterator[Metric]:
+    """Greedy token trees: the drafts' alternative branches."""
+    yield _counter("spec_tree_alternatives", "Alternative draft branches verified", stats.num_alternatives)
+    yield _counter("spec_tree_alternative_draft_tokens", "Draft tokens of the alternative branches verified",
+                   stats.num_alternative_draft_tokens)
+    yield _counter("spec_tree_alternative_wins", "Verification steps whose emitted drafts came from an alternative",
+                   stats.num_alternative_wins)
+    yield _counter("spec_tree_alternative_accepted_tokens", "Draft tokens accepted from alternative branches",
+                   stats.num_alternative_accepted_tokens)
+    yield _counter("spec_tree_alternatives_dropped", "Alternative branches left out for want of scratch KV blocks",
+                   stats.num_alternatives_dropped)
 
 
 def _source_metrics(stats: EngineStats) -> Iterator[Metric]:

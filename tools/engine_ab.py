@@ -85,6 +85,9 @@ def _configs_over(head: str, datastore: str) -> dict[str, SpeculativeConfig]:
             # the same two drafting from the corpus datastore beside prompt lookup
             "ngram-ds": SpeculativeConfig(method="ngram", policy="adaptive", num_speculative_tokens=8,
                                           ngram_datastore=datastore),
+            # ngram-ds verifying the other source's block beside its own (greedy token trees)
+            "ngram-ds-tree": SpeculativeConfig(method="ngram", policy="adaptive", num_speculative_tokens=8,
+                                               ngram_datastore=datastore, ngram_alternatives=True),
             # n-gram up to 8 drafts as in ngram-ds (serve's default), the head up to its block (7)
             "hybrid-ds": SpeculativeConfig(method="hybrid", draft_model=head, policy="adaptive",
                                            num_speculative_tokens=8, ngram_datastore=datastore)}
@@ -375,12 +378,19 @@ def drafter_stats(engine: LLMEngine) -> dict:
 def verification_stats(engine: LLMEngine) -> dict:
     """Over the whole run (every concurrency and round, warm-up included):
     engine steps, verified blocks, drafts verified and accepted, and how
-    often the policy chose each verify length."""
+    often the policy chose each verify length; with token trees, the
+    alternative branches verified, their drafts, wins and drafts kept."""
     stats = engine.snapshot_stats()
     lengths = stats.policy.verify_length_counts if stats.policy else []
-    return {"steps": stats.num_steps, "verified_blocks": stats.num_drafts,
-            "drafts_verified": stats.num_draft_tokens, "drafts_accepted": stats.num_accepted_tokens,
-            "verify_length_counts": list(lengths)}
+    figures = {"steps": stats.num_steps, "verified_blocks": stats.num_drafts,
+               "drafts_verified": stats.num_draft_tokens, "drafts_accepted": stats.num_accepted_tokens,
+               "verify_length_counts": list(lengths)}
+    if stats.num_alternatives:
+        figures.update(alternatives=stats.num_alternatives,
+                       alternative_drafts=stats.num_alternative_draft_tokens,
+                       alternative_wins=stats.num_alternative_wins,
+                       alternative_accepted=stats.num_alternative_accepted_tokens)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ from engine.spec.base import DraftInput, Drafter
 from engine.spec.datastore import NgramDatastore, resolve_datastore, tokenizer_fingerprint
 from engine.spec.ngram_prior import SURVIVAL_BY_FOLLOWERS_MATCH_AND_POSITION
 from engine.spec.registry import DrafterContext, register_drafter
-from scheduler.drafts import DraftBlock, expected_accepted
+from scheduler.drafts import DraftBlock, DraftEconomics, expected_accepted
 
 
 def find_ngram_continuation(tokens: list[int], min_n: int, max_n: int, k: int) -> tuple[list[int], int]:
@@ -123,6 +123,11 @@ class NgramDrafter(Drafter):
     drafts only where prompt lookup finds nothing, with its raw shares.
     Either way the block is a function of the request's tokens alone, so
     verification stays lossless.
+
+    With `alternatives`, a greedy request's block also carries the other
+    source's block as an alternative branch (where it starts with another
+    token), cut to the length that pays at the current load: a step
+    verifies both and keeps the longer accepted run (engine/spec/tree.py).
     """
 
     name = "ngram"
@@ -131,8 +136,11 @@ class NgramDrafter(Drafter):
 
     def __init__(self, min_n: int = 1, max_n: int = 4,
                  survival_prior: tuple[tuple[tuple[float, ...], ...], ...] = SURVIVAL_BY_FOLLOWERS_MATCH_AND_POSITION,
-                 datastore: NgramDatastore | None = None):
+                 datastore: NgramDatastore | None = None, alternatives: bool = False):
+        if alternatives and datastore is None:
+            raise ValueError("n-gram alternatives come from the datastore: name one (--ngram-datastore)")
         self.min_n, self.max_n = min_n, max_n
+        self.alternatives = alternatives
         self.survival_prior = survival_prior
         self.datastore = datastore
         self.indexes: dict[str, NgramIndex] = {}
@@ -165,7 +173,10 @@ class NgramDrafter(Drafter):
         proposals = {}
         for item in inputs:
             self.absorb(item.request)  # tokens emitted after the last absorb
-            block = self.block_for(self.indexes[item.request.request_id], item.max_tokens)
+            index = self.indexes[item.request.request_id]
+            block = self.block_for(index, item.max_tokens)
+            if block is not None and self.alternatives and takes_alternatives(item):
+                block = self.with_alternative(block, index, item.max_tokens, item.economics)
             if block is not None:
                 proposals[item.request.request_id] = block
         return proposals
@@ -192,6 +203,57 @@ class NgramDrafter(Drafter):
             return lookup
         return corpus
 
+    def with_alternative(self, block: DraftBlock, index: NgramIndex, k: int,
+                         economics: DraftEconomics) -> DraftBlock:
+        """`block` with the other source's block as its alternative branch,
+        where that starts with another token and pays (`paying_length`)."""
+        other = self._other_source_block(block, index, k)
+        if other is None or other.token_ids[0] == block.token_ids[0]:
+            return block
+        length = min(paying_length(other.confidences, economics), len(block))
+        if not length:
+            return block
+        return DraftBlock(block.token_ids, block.confidences, None, block.source, block.calibrated,
+                          alternatives=(tuple(other.token_ids[:length]),))
+
+    def _other_source_block(self, block: DraftBlock, index: NgramIndex, k: int) -> DraftBlock | None:
+        if block.source == self.datastore_source:
+            follow, match_len = index.continuation(k)
+            if not follow:
+                return None
+            return DraftBlock(follow, self.confidences(match_len, len(follow), index.followers(match_len)),
+                              None, self.name)
+        tokens, rates = self.datastore.calibrated_continuation(index.tokens, k)
+        return DraftBlock(tokens, rates, None, self.datastore_source) if tokens else None
+
+
+def takes_alternatives(item: DraftInput) -> bool:
+    """Whether a request's drafts may branch: greedy verification keeps
+    the branch with the longest accepted run. Sampled requests would need
+    recursive rejection; logprobs and grammars are kept for one branch."""
+    params = item.request.sampling_params
+    return params.greedy and params.logprobs is None and item.grammar is None
+
+
+def paying_length(confidences: list[float], economics: DraftEconomics) -> int:
+    """How many drafts of an alternative branch to verify: the length whose
+    expected accepted drafts (its first token differs from the main block's,
+    so they are all gain) are worth most over the rows it adds (one more
+    for its own anchor); 0 when no length pays."""
+    if not confidences or confidences[0] < economics.first_draft_threshold:
+        return 0
+    best, best_length, gain, survival = 0.0, 0, 0.0, 1.0
+    for length, confidence in enumerate(confidences, start=1):
+        survival *= confidence
+        gain += survival
+        if economics.accepted_token_seconds == float("inf"):
+            worth = gain
+        else:
+            worth = gain * economics.accepted_token_seconds - (1 + length) * economics.verify_token_seconds
+        if worth > best:
+            best, best_length = worth, length
+    return best_length
+
 
 def load_datastore(path: str | None, tokenizer) -> NgramDatastore | None:
     """The datastore `--ngram-datastore` names (None: none; `auto`: the
@@ -204,4 +266,5 @@ def load_datastore(path: str | None, tokenizer) -> NgramDatastore | None:
 def _build_ngram(context: DrafterContext) -> Drafter:
     spec = context.config.speculative
     return NgramDrafter(spec.ngram_min, spec.ngram_max,
-                        datastore=load_datastore(spec.ngram_datastore, context.target.tokenizer))
+                        datastore=load_datastore(spec.ngram_datastore, context.target.tokenizer),
+                        alternatives=spec.ngram_alternatives)

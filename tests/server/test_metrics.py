@@ -140,6 +140,19 @@ def test_speculative_counters_per_draft_source_and_drafter_events():
     assert _value(events, "_total", event="head_explored") == 1
 
 
+def test_token_tree_counters():
+    engine = FakeEngineClient(spec_tokens=3)
+    figures = {"alternatives": 11, "alternative_draft_tokens": 40, "alternative_wins": 4,
+               "alternative_accepted_tokens": 9, "alternatives_dropped": 2}
+    for name, value in figures.items():
+        setattr(engine._stats, f"num_{name}", value)
+    with live_server(engine) as srv, httpx.Client(base_url=srv.url) as http:
+        families = _scrape(http)
+    for name, value in figures.items():
+        family = families[f"specserve:spec_tree_{name}"]
+        assert family.type == "counter" and _value(family, "_total") == value
+
+
 def test_scrape_survives_failing_stats():
     class Flaky(FakeEngineClient):
         def stats(self):

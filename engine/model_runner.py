@@ -168,6 +168,8 @@ class ModelRunner:
             emitted = sampling[winner].spec_token_ids[:accepted] + [host["final"][winner]]
             output.sampled_token_ids[rid] = emitted
             output.num_accepted[rid] = accepted
+            if winner != i:
+                output.block_accepted[rid] = host["num_accepted"][i]
             if self.grammars is not None:  # roll back the rejected drafts, accept the final token
                 self.grammars.commit(item.request, emitted, accepted)
             num_top = item.request.sampling_params.logprobs

@@ -26,9 +26,9 @@ class DraftBlock:
     for drafters without one.
     `alternatives`: other deterministic blocks for the same positions, none
     longer than this one, each starting with a token no other block starts
-    with (a token tree of branches from the anchor). Only for greedy
-    requests: the runner verifies every branch and keeps the one with the
-    longest accepted prefix, which is exactly what greedy decoding emits
+    with (a token tree of branches from the anchor). Only for greedy and
+    seeded requests: the runner verifies every branch and keeps the one
+    with the longest accepted prefix, exactly what plain decoding emits
     (engine/spec/tree.py).
     """
 

@@ -114,6 +114,10 @@ class RunnerOutput:
     sampled_token_ids: dict[str, list[int]] = field(default_factory=dict)
     logprobs: dict[str, list[TokenLogprob]] = field(default_factory=dict)
     num_accepted: dict[str, int] = field(default_factory=dict)
+    # Where an alternative branch's drafts were emitted (engine/spec/tree.py):
+    # how many of the request's own block survived, what its confidences
+    # are calibrated against.
+    block_accepted: dict[str, int] = field(default_factory=dict)
     hidden_states: dict[str, Any] = field(default_factory=dict)
 
 

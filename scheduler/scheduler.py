@@ -315,7 +315,10 @@ class Scheduler:
             request.num_spec_steps += 1
             request.num_draft_tokens += item.num_spec_tokens
             request.num_accepted_tokens += num_accepted
-            self.verify_policy.observe(request.request_id, item.num_spec_tokens, num_accepted)
+            # The policy calibrates the block's own confidences: an alternative
+            # branch's win is not theirs.
+            own = runner_output.block_accepted.get(request.request_id, num_accepted)
+            self.verify_policy.observe(request.request_id, item.num_spec_tokens, own)
         return self._append_tokens(request, sampled, check_stop)
 
     def _append_tokens(self, request: Request, sampled: list[int],

@@ -27,6 +27,7 @@ from typing import Callable
 from engine.spec.datastore import NgramDatastore
 from engine.spec.ngram import NgramDrafter, NgramIndex, find_ngram_continuation, prior_for_every_follower_class
 from engine.spec.ngram_prior import SURVIVAL_BY_FOLLOWERS_MATCH_AND_POSITION, SURVIVAL_BY_MATCH_AND_POSITION
+from scheduler.drafts import FREE_DRAFTING
 
 DEFAULT_DATASTORE = "engine/spec/datastores/smollm2.safetensors"
 Proposer = Callable[[list[int], int], tuple[list[int], list[float] | None]]
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def branch_variants(datastore: NgramDatastore, most: int) -> dict[str, Branches]:
     """Several blocks verified per step: what a token tree over n-gram's
-    sources would accept (no engine verifies trees yet)."""
+    sources would accept, and what the engine verifies with
+    --ngram-alternatives."""
     def as_branch(propose: Proposer) -> Callable[[list[int], int], list[list[int]]]:
         return lambda context, k: [propose(context, k)[0]]
 
@@ -231,9 +233,30 @@ def branch_variants(datastore: NgramDatastore, most: int) -> dict[str, Branches]
         return suffix_continuations(context, k, most)
 
     lookup, store = as_branch(prompt_lookup()), as_branch(from_datastore(datastore))
-    return {"branches: prompt lookup and datastore": branches_of(lookup, store),
+    variants = {"branches: prompt lookup and datastore": branches_of(lookup, store),
             f"branches: up to {most} continuations of the matched suffix and datastore":
                 branches_of(continuations, store)}
+    if datastore.survival is not None:
+        variants["served (--ngram-alternatives): the better block, the other as its alternative"] = \
+            served_alternatives(datastore)
+    return variants
+
+
+def served_alternatives(datastore: NgramDatastore, min_n: int = 1, max_n: int = 4) -> Branches:
+    """What `--ngram-alternatives` verifies at idle: the better block and
+    the other source's block as its alternative branch, where they start
+    differently (`NgramDrafter.with_alternative`)."""
+    drafter = NgramDrafter(min_n, max_n, datastore=datastore, alternatives=True)
+
+    def branches(context: list[int], k: int) -> list[list[int]]:
+        index = NgramIndex(min_n, max_n)
+        index.extend(context)
+        block = drafter.block_for(index, k)
+        if block is None:
+            return []
+        block = drafter.with_alternative(block, index, k, FREE_DRAFTING)
+        return [block.token_ids] + [list(branch) for branch in block.alternatives]
+    return branches
 
 
 if __name__ == "__main__":

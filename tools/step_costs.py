@@ -14,6 +14,7 @@ held the core: that is the figure reported; wall time is kept beside it
 
     python -m tools.step_costs --modes float32:free,bfloat16:invariant --passes 5
     python -m tools.step_costs --modes float32:invariant:rows=1,float32:invariant:rows=2,float32:invariant
+    python -m tools.step_costs --modes bfloat16:invariant --sizes 1 --drafts 0,8,16 --forks 1
 """
 from __future__ import annotations
 
@@ -101,10 +102,26 @@ def verify_shaped_batch(num_drafts: int, device="cpu"):
     return torch.zeros(query, dtype=torch.long, device=device), positions, meta
 
 
-def shapes(sizes: Sequence[int], drafts: Sequence[int]) -> dict[str, tuple]:
+def forked_verify_batch(num_drafts: int, num_forks: int, device="cpu"):
+    """One request verifying `num_drafts` drafts and `num_forks` alternative
+    branches of as many, each a sequence of its own over the same context
+    (how engine/spec/tree.py computes a token tree)."""
+    query = 1 + num_drafts
+    seq = CONTEXT_TOKENS + query
+    blocks = -(-seq // BLOCK_SIZE)
+    sequences = 1 + num_forks
+    tables = [list(range(i * blocks, (i + 1) * blocks)) for i in range(sequences)]
+    meta = AttentionMetadata.build([query] * sequences, [seq] * sequences, tables, BLOCK_SIZE, device)
+    positions = torch.arange(seq - query, seq, device=device).repeat(sequences)
+    return torch.zeros(query * sequences, dtype=torch.long, device=device), positions, meta
+
+
+def shapes(sizes: Sequence[int], drafts: Sequence[int], forks: int = 0) -> dict[str, tuple]:
     """label -> (tokens, positions, meta)."""
     out = {f"B={b}": decode_shaped_batch(b, MAX_SEQS, BLOCK_SIZE, NUM_BLOCKS, "cpu") for b in sizes}
     out.update({f"verify k={k}": verify_shaped_batch(k) for k in drafts})
+    if forks:
+        out.update({f"verify k={k} + {forks} fork(s)": forked_verify_batch(k, forks) for k in drafts if k})
     return out
 
 
@@ -146,7 +163,7 @@ def table_markdown(best: dict[str, dict[str, float]]) -> str:
         for n in names:
             ms = best[n][label] * 1000
             ratio = ""
-            if label.startswith("verify"):
+            if label.startswith("verify") and "verify k=0" in best[n]:
                 ratio = f" ({best[n][label] / best[n]['verify k=0']:.2f}x)"
             cells.append(f"{ms:.1f}{ratio}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -154,7 +171,7 @@ def table_markdown(best: dict[str, dict[str, float]]) -> str:
 
 
 def run(model: str | None, modes: Sequence[Mode], passes: int, sizes=DECODE_SIZES, drafts=VERIFY_DRAFTS,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, forks: int = 0) -> dict:
     if torch.get_num_threads() != 1:
         log(f"warning: {torch.get_num_threads()} torch threads (the figures in bench/results use 1)")
     runners = {}
@@ -162,7 +179,7 @@ def run(model: str | None, modes: Sequence[Mode], passes: int, sizes=DECODE_SIZE
         log(f"loading {mode.name}")
         runners[mode.name] = build_runner(model, mode)
     kernels = {name: r.model.kernel_description for name, r in runners.items()}
-    cpu, wall = measure(runners, shapes(sizes, drafts), passes, log)
+    cpu, wall = measure(runners, shapes(sizes, drafts, forks), passes, log)
     return {"threads": torch.get_num_threads(), "passes": passes, "kernels": kernels,
             "cpu_seconds": cpu, "wall_seconds": wall,
             "table": table_markdown(cpu), "wall_table": table_markdown(wall)}
@@ -175,11 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--passes", type=int, default=5)
     p.add_argument("--sizes", default=",".join(map(str, DECODE_SIZES)), help="decode-shaped batch sizes B")
     p.add_argument("--drafts", default=",".join(map(str, VERIFY_DRAFTS)), help="drafts k of the verify shapes")
+    p.add_argument("--forks", type=int, default=0,
+                   help="also each verify shape with this many alternative branches as forks (token trees)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     result = run(args.model, [Mode.parse(m) for m in args.modes.split(",")], args.passes,
-                 sizes=_counts(args.sizes), drafts=_counts(args.drafts))
+                 sizes=_counts(args.sizes), drafts=_counts(args.drafts), forks=args.forks)
     print("thread CPU time\n" + result["table"] + "\n\nwall time\n" + result["wall_table"])
     if args.json:
         with open(args.json, "w") as f:

@@ -8,6 +8,7 @@ from engine.spec.base import DraftInput, Drafter
 from engine.spec.datastore import NgramDatastore, resolve_datastore, tokenizer_fingerprint
 from engine.spec.ngram_prior import SURVIVAL_BY_FOLLOWERS_MATCH_AND_POSITION
 from engine.spec.registry import DrafterContext, register_drafter
+from engine.spec.tree import can_branch
 from scheduler.drafts import DraftBlock, DraftEconomics, expected_accepted
 
 
@@ -124,10 +125,11 @@ class NgramDrafter(Drafter):
     Either way the block is a function of the request's tokens alone, so
     verification stays lossless.
 
-    With `alternatives`, a greedy request's block also carries the other
-    source's block as an alternative branch (where it starts with another
-    token), cut to the length that pays at the current load: a step
-    verifies both and keeps the longer accepted run (engine/spec/tree.py).
+    With `alternatives`, a greedy or seeded request's block also carries
+    the other source's block as an alternative branch (where it starts
+    with another token), cut to the length that pays at the current load:
+    a step verifies both and keeps the longer accepted run
+    (engine/spec/tree.py).
     """
 
     name = "ngram"
@@ -210,7 +212,10 @@ class NgramDrafter(Drafter):
         other = self._other_source_block(block, index, k)
         if other is None or other.token_ids[0] == block.token_ids[0]:
             return block
-        length = min(paying_length(other.confidences, economics), len(block))
+        # The two first drafts differ, so the alternative's can survive only
+        # where the block's does not.
+        confidences = [min(other.confidences[0], 1.0 - block.confidences[0])] + other.confidences[1:]
+        length = min(paying_length(confidences, economics), len(block))
         if not length:
             return block
         return DraftBlock(block.token_ids, block.confidences, None, block.source, block.calibrated,
@@ -228,11 +233,13 @@ class NgramDrafter(Drafter):
 
 
 def takes_alternatives(item: DraftInput) -> bool:
-    """Whether a request's drafts may branch: greedy verification keeps
-    the branch with the longest accepted run. Sampled requests would need
-    recursive rejection; logprobs and grammars are kept for one branch."""
+    """Whether a request's drafts may branch (engine/spec/tree.py): greedy
+    and seeded requests, whose every row emits a token fixed by what comes
+    before it, so the branch with the longest accepted run is exact.
+    Unseeded sampling would need recursive rejection; logprobs and grammars
+    are kept for one branch."""
     params = item.request.sampling_params
-    return params.greedy and params.logprobs is None and item.grammar is None
+    return can_branch(params) and item.grammar is None
 
 
 def paying_length(confidences: list[float], economics: DraftEconomics) -> int:

@@ -1,6 +1,6 @@
-"""Greedy token trees: a step verifies a request's drafts and their
-alternative branches side by side and keeps the branch greedy decoding
-follows furthest.
+"""Token trees for greedy and seeded requests: a step verifies a
+request's drafts and their alternative branches side by side and keeps the
+branch the target's own choices follow furthest.
 
 Each alternative branch runs as a request of its own in the packed forward
 (`BranchForks.expand`): it shares the request's full KV blocks before the
@@ -13,10 +13,12 @@ that is an alternative, the KV of its accepted drafts is copied into the
 request's own slots (reserved for the main block, which is never shorter).
 
 Why this is lossless: under greedy decoding the target's choice at each
-position is fixed by the tokens before it, and a branch's accepted prefix
-is exactly the target's own continuation as far as it goes. Keeping the
-longest accepted prefix, then the target's token after it, emits what
-plain decoding would: only more of it per step. With batch-invariant
+position is fixed by the tokens before it, and so it is for a seeded
+request (the Gumbel-max token of engine/gumbel.py, keyed by the seed and
+the output position). A branch's accepted prefix is then exactly the
+target's own continuation as far as it goes. Keeping the longest accepted
+prefix, then the target's token after it, emits what plain decoding would:
+only more of it per step. With batch-invariant
 kernels the extra rows change no other row's result.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from scheduler.block_manager import cdiv
 from scheduler.drafts import DraftBlock
 from scheduler.output import ScheduledRequest
+from scheduler.request import SamplingParams
 
 
 @dataclass
@@ -108,11 +111,17 @@ class BranchForks:
         return Fork(main, item)
 
 
+def can_branch(params: SamplingParams) -> bool:
+    """Greedy and seeded requests: each row emits a token fixed by the
+    tokens before it (the argmax, or the Gumbel-max token keyed by the seed
+    and the output position), whatever was drafted, so keeping the branch
+    that matched furthest is exact. Not with logprobs (kept for one branch)."""
+    return (params.greedy or params.seed is not None) and params.logprobs is None
+
+
 def _check_can_branch(item: ScheduledRequest) -> None:
-    """Only what greedy verification of one request's anchor can branch."""
-    params = item.request.sampling_params
-    if not (params.greedy and params.logprobs is None and item.num_query_tokens == 1 and item.samples):
-        raise ValueError(f"{item.request.request_id}: drafts branch only for a greedy decode step "
+    if not (can_branch(item.request.sampling_params) and item.num_query_tokens == 1 and item.samples):
+        raise ValueError(f"{item.request.request_id}: drafts branch only for a greedy or seeded decode step "
                          "without logprobs")
 
 

@@ -40,3 +40,17 @@ def test_the_command_measures_the_sizes_and_drafts_it_is_given(tmp_path, capsys)
           "--sizes", "3", "--drafts", "0,5"])
     rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[:4] == ["shape", "B=3", "verify k=0", "verify k=5"] and len(rows) == 8  # CPU, then wall
+
+
+def test_forks_add_a_verify_shape_per_draft_count_with_a_sequence_per_branch(tmp_path, capsys):
+    from tools.step_costs import CONTEXT_TOKENS, forked_verify_batch, main
+
+    tokens, positions, meta = forked_verify_batch(4, 2)
+    assert tokens.shape[0] == 15 and meta.query_lens == [5, 5, 5]
+    assert positions.tolist() == list(range(CONTEXT_TOKENS, CONTEXT_TOKENS + 5)) * 3
+    tables = meta.block_tables_list
+    assert len({block for table in tables for block in table}) == sum(map(len, tables))  # no block shared
+    main(["--model", str(make_tiny_model_dir(tmp_path)), "--modes", "float32:free", "--passes", "1",
+          "--sizes", "1", "--drafts", "0,3", "--forks", "1"])
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[:5] == ["shape", "B=1", "verify k=0", "verify k=3", "verify k=3 + 1 fork(s)"]

@@ -111,3 +111,20 @@ def test_the_replay_command_prints_the_branches_when_asked(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "branches: prompt lookup and datastore: 3.000 tokens per step, 3.00 drafts verified" in out
     assert "branches: up to 2 continuations of the matched suffix and datastore: 3.000" in out
+
+
+def test_the_served_alternative_is_the_other_sources_block_and_wins_where_the_better_one_misses():
+    import numpy as np
+
+    from engine.spec.datastore import SHARE_BINS
+
+    datastore = build_datastore([[1, 2, 3]] * 2, max_n=2, min_count=2, tokenizer="t")
+    datastore.survival = np.full((2, 2, SHARE_BINS), 0.9, dtype=np.float32)
+    # The datastore's "2 3" promises more than lookup's "9 8" after a
+    # one-token match, but the target copies: 9, 8, then 4.
+    records = [{"prompt": [5, 1, 9, 8, 1], "output": [9, 8, 4]}]
+    better, _ = tool.replay(records, tool.better_block(datastore), block=2)
+    served, verified = tool.replay_branches(records, tool.served_alternatives(datastore), block=2)
+    assert better == 3 / 2  # "2 3" misses: 9 alone, then lookup drafts 8 after "9"
+    assert served == 3 / 1  # one step emits 9, 8 and the correction 4
+    assert verified == 4  # "2 3" and "9 8"

@@ -58,6 +58,19 @@ def test_branching_drafts_equal_plain_decoding_alone_and_batched(model_dir, refe
     engine.scheduler.block_manager.check_integrity()
 
 
+def test_the_policy_calibrates_the_blocks_own_survival_not_an_alternatives(model_dir, reference, corpus,  # noqa: F811
+                                                                            tmp_path):
+    engine = _branching_engine(make_engine(model_dir), tmp_path, corpus)
+    observed, observe = [], engine.verify_policy.observe
+    engine.verify_policy.observe = lambda rid, verified, accepted: observed.append(accepted) or observe(
+        rid, verified, accepted)
+    assert engine.generate(encode_all(engine), GREEDY) == reference
+    stats = engine.snapshot_stats()
+    assert stats.num_alternative_wins > 0
+    # a win emitted more drafts than the request's own block kept
+    assert sum(observed) < stats.num_accepted_tokens
+
+
 def test_scratch_blocks_running_out_drop_branches_and_stay_lossless(model_dir, reference, corpus, tmp_path):  # noqa: F811
     engine = _branching_engine(make_engine(model_dir), tmp_path, corpus)
     engine.runner.forks.num_blocks = 2  # one fork a step at most
@@ -66,10 +79,29 @@ def test_scratch_blocks_running_out_drop_branches_and_stay_lossless(model_dir, r
     assert stats.num_alternatives_dropped > 0 and stats.num_alternative_wins > 0
 
 
-def test_sampled_and_logprob_requests_get_no_alternatives(model_dir, corpus, tmp_path):  # noqa: F811
+SEEDED = [SamplingParams(temperature=t, top_k=k, seed=100 + i, max_tokens=24, ignore_eos=True)
+          for i, (t, k) in enumerate([(0.3, 0), (0.5, 0), (0.3, 5), (0.7, 0), (0.2, 0), (0.4, 3)])]
+
+
+def test_seeded_requests_branch_and_emit_what_seeded_plain_decoding_does(model_dir, corpus, tmp_path):  # noqa: F811
+    """A seeded row emits the Gumbel-max token of its seed and output
+    position whatever was drafted, so a fork's accepted run is exact too.
+    Low temperatures: the seeded outputs stay close to the greedy ones the
+    datastore was counted on, so branches are accepted and win."""
+    plain = make_engine(model_dir)
+    prompts = encode_all(plain)
+    expected = plain.generate(prompts, SEEDED)
+    engine = _branching_engine(plain, tmp_path, corpus)
+    assert [engine.generate([p], s)[0] for p, s in zip(prompts, SEEDED)] == expected
+    assert engine.generate(prompts, SEEDED) == expected
+    stats = engine.snapshot_stats()
+    assert stats.num_alternatives > 0 and stats.num_alternative_wins > 0
+
+
+def test_unseeded_sampled_and_logprob_requests_get_no_alternatives(model_dir, corpus, tmp_path):  # noqa: F811
     engine = _branching_engine(make_engine(model_dir), tmp_path, corpus)
     prompts = encode_all(engine)
-    engine.generate(prompts, SamplingParams(temperature=0.8, max_tokens=16, seed=3, ignore_eos=True))
+    engine.generate(prompts, SamplingParams(temperature=0.3, max_tokens=16, ignore_eos=True))
     engine.generate(prompts, dataclasses.replace(GREEDY, logprobs=2))
     stats = engine.snapshot_stats()
     assert stats.num_drafts > 0 and stats.num_alternatives == 0
@@ -115,6 +147,20 @@ def test_an_alternative_is_verified_as_far_as_it_pays():
     assert paying_length(confidences, DraftEconomics(accepted_token_seconds=1.0, verify_token_seconds=0.5)) == 0
 
 
+def test_an_alternative_is_worth_only_what_the_block_leaves_it(monkeypatch):
+    """The alternative's first draft differs from the block's: it can only
+    survive where the block's first draft does not."""
+    datastore = build_datastore([[1, 2, 3]] * 2, max_n=2, min_count=2, tokenizer="t")
+    drafter = NgramDrafter(datastore=datastore, alternatives=True)
+    monkeypatch.setattr(drafter, "_other_source_block",
+                        lambda block, index, k: DraftBlock([7, 8], [0.5, 0.9], None, "datastore"))
+    busy = DraftEconomics(accepted_token_seconds=1.0, verify_token_seconds=0.15)
+    confident, unsure = (DraftBlock([4, 5], [c, 0.9], None, "ngram") for c in (0.9, 0.3))
+    assert drafter.with_alternative(confident, None, 2, busy).alternatives == ()  # 0.1 left: not worth a fork
+    assert drafter.with_alternative(unsure, None, 2, busy).alternatives == ((7, 8),)
+    assert drafter.with_alternative(confident, None, 2, DraftEconomics()).alternatives == ((7, 8),)  # idle
+
+
 def _decode_item(start: int, block_ids: list[int], drafts: DraftBlock, **params) -> ScheduledRequest:
     request = Request("r", list(range(start + 1)), SamplingParams(**({"temperature": 0.0, "max_tokens": 8} | params)))
     return ScheduledRequest(request=request, start_position=start, num_query_tokens=1, block_ids=block_ids,
@@ -141,7 +187,8 @@ def test_an_anchor_at_a_block_start_copies_nothing_and_forks_wait_for_blocks():
     assert step.partial_copies == [] and step.num_dropped == 1
 
 
-@pytest.mark.parametrize("params", [{"logprobs": 1}, {"temperature": 0.7}])
+@pytest.mark.parametrize("params", [{"logprobs": 1}, {"temperature": 0.7}, {"temperature": 0.7, "seed": 5,
+                                                                         "logprobs": 0}])
 def test_forking_a_request_that_cannot_branch_fails_loudly(params):
     drafts = DraftBlock([1, 2], [0.5] * 2, alternatives=((5, 6),))
     item = _decode_item(8, [3, 9, 4], drafts, **params)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import numpy as np
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.client import AsyncEngineClient
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from engine.engine import LLMEngine
+from engine.spec.datastore import SHARE_BINS, build_datastore, tokenizer_fingerprint
 from scheduler.load import StepCostModel
 from tests.server.helpers import live_server, wait_until
 from tests.tiny_model import make_tiny_model_dir
@@ -19,12 +22,13 @@ TOPICS = ["caches", "trees", "rivers", "compilers", "tea", "maps", "clocks", "be
           "lamps", "boats", "codes", "stars", "roads", "bread", "wind", "glass"]
 
 
-def make_client(model_dir, method: str) -> AsyncEngineClient:
+def make_client(model_dir, method: str, **speculative) -> AsyncEngineClient:
     config = EngineConfig(
         model=model_dir, served_model_name="tiny", machine_counters=False,
         cache=CacheConfig(block_size=8, num_blocks=400),
         scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=96, max_model_len=512),
-        speculative=SpeculativeConfig(method=method, num_speculative_tokens=4, self_draft_layers=1))
+        speculative=SpeculativeConfig(method=method, num_speculative_tokens=4, self_draft_layers=1,
+                                      **speculative))
     return AsyncEngineClient(LLMEngine(config, step_cost=StepCostModel.flat()), "tiny")
 
 
@@ -52,6 +56,38 @@ def test_16_concurrent_greedy_streams_equal_their_solo_runs(model_dir, method):
         solo, together = asyncio.run(scenario())
     assert all(solo)
     assert together == solo
+
+
+def test_token_trees_over_http_equal_plain_solo_runs(model_dir, tmp_path):
+    """n-gram with a datastore and --ngram-alternatives: 16 streams at once
+    (alternatives verified as forks beside other requests' rows) equal
+    plain decoding's solo runs, and /metrics counts the alternatives."""
+    plain = make_client(model_dir, "none")
+    with live_server(plain) as srv:
+        client = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        solo = asyncio.run(_each_alone(client))
+    tokenizer = plain.engine.tokenizer
+    corpus = [tokenizer.encode(text) for text in solo] * 2 + [tokenizer.encode(f"{t} and tea") for t in TOPICS]
+    path = str(tmp_path / "datastore.safetensors")
+    datastore = build_datastore(corpus, max_n=3, min_count=1, tokenizer=tokenizer_fingerprint(
+        tokenizer.backend.get_vocab()))
+    datastore.survival = np.tile(np.linspace(0.05, 0.25, SHARE_BINS, dtype=np.float32), (3, 3, 1))
+    datastore.save(path)
+    trees = make_client(model_dir, "ngram", ngram_datastore=path, ngram_alternatives=True)
+    with live_server(trees) as srv:
+        async def together():
+            client = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+            return await asyncio.gather(*(one_stream(client, t) for t in TOPICS))
+        assert asyncio.run(together()) == solo
+        with httpx.Client(base_url=srv.url) as http:
+            families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+    verified = families["specserve:spec_tree_alternatives"].samples[0].value
+    assert verified > 0 and verified == trees.stats().num_alternatives
+    assert trees.stats().num_alternative_wins > 0
+
+
+async def _each_alone(client: openai.AsyncOpenAI) -> list[str]:
+    return [await one_stream(client, t) for t in TOPICS]
 
 
 def test_disconnect_mid_stream_frees_slot_and_blocks(model_dir):

@@ -13,6 +13,7 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import torch
 
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
@@ -21,10 +22,12 @@ from engine.kv_cache import allocate_kv_caches
 from engine.model_runner import ModelRunner
 from engine.models.loader import load_model
 from engine.profiler import decode_shaped_batch
+from engine.spec.datastore import SHARE_BINS, build_datastore, tokenizer_fingerprint
 from kernels.attention import AttentionMetadata
 from scheduler.load import StepCostModel
 from scheduler.request import SamplingParams
 from tests.tiny_model import make_tiny_model_dir
+from tools.step_costs import forked_verify_batch
 
 DEVICE = "cuda"
 TOPICS = ["caches", "trees", "rivers", "compilers", "tea", "maps", "clocks", "bees",
@@ -59,15 +62,17 @@ def pytest_on_cuda(paths: list[str], timeout_s: int = 420) -> dict:
             "tail": (done.stdout + done.stderr)[-3000:]}
 
 
-def make_engine(model_dir, method="none", policy="static", draft_model=None, graphs=True, block_size=16):
+def make_engine(model_dir, method="none", policy="static", draft_model=None, graphs=True, block_size=16,
+                step_cost: StepCostModel | None = None, **speculative):
     config = EngineConfig(
         model=str(model_dir), dtype="bfloat16", device=DEVICE, cuda_graphs=graphs,
         cache=CacheConfig(block_size=block_size, num_blocks=600),
         scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=128, max_model_len=512),
         speculative=SpeculativeConfig(method=method, num_speculative_tokens=5, draft_model=draft_model,
-                                      self_draft_layers=1 if method == "self-draft" else 0, policy=policy))
+                                      self_draft_layers=1 if method == "self-draft" else 0, policy=policy,
+                                      **speculative))
     slope = 0.0005 if method == "draft-model" else 0.004
-    return LLMEngine(config, step_cost=StepCostModel.linear(0.01, slope))
+    return LLMEngine(config, step_cost=step_cost or StepCostModel.linear(0.01, slope))
 
 
 def _count_syncs(fn) -> int:
@@ -189,6 +194,30 @@ def greedy_speculation(model_dir, draft_dir) -> dict:
     return {"ok": ok, **results}
 
 
+def token_trees(model_dir, workdir: str, graphs: bool = True) -> dict:
+    """n-gram + datastore with --ngram-alternatives (forks on scratch
+    blocks, CUDA graphs on): greedy outputs equal plain decoding alone and
+    16 at once, and alternatives are verified and win."""
+    reference_engine = make_engine(model_dir, graphs=False)
+    prompts = [reference_engine.tokenizer.encode(p) for p in PROMPTS]
+    reference = [reference_engine.generate([p], GREEDY)[0] for p in prompts]
+    path = os.path.join(workdir, "tiny-datastore.safetensors")
+    fingerprint = tokenizer_fingerprint(reference_engine.tokenizer.backend.get_vocab())
+    datastore = build_datastore(reference + [p[::-1] for p in prompts], max_n=3, min_count=1, tokenizer=fingerprint)
+    datastore.survival = np.tile(np.linspace(0.05, 0.25, SHARE_BINS, dtype=np.float32), (3, 3, 1))
+    datastore.save(path)
+    # A flat step cost: alternatives verified whenever they might win.
+    engine = make_engine(model_dir, "ngram", "adaptive", graphs=graphs, step_cost=StepCostModel.flat(),
+                         ngram_datastore=path, ngram_alternatives=True)
+    alone = [engine.generate([p], GREEDY)[0] for p in prompts]
+    together = engine.generate(prompts, GREEDY)
+    differ = sum(a != r for a, r in zip(alone, reference)) + sum(t != r for t, r in zip(together, reference))
+    stats = engine.snapshot_stats()
+    return {"ok": differ == 0 and stats.num_alternative_wins > 0, "differ": differ,
+            "alternatives": stats.num_alternatives, "wins": stats.num_alternative_wins,
+            "accepted_from_alternatives": stats.num_alternative_accepted_tokens}
+
+
 def graphs_equal_eager(model_dir) -> dict:
     """Every replayed step's hidden rows bitwise equal the same padded step run eagerly."""
     engine = make_engine(model_dir, "ngram")
@@ -241,6 +270,10 @@ def step_costs(model_dir, sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256), drafts=(0, 2
                              cuda_graph_len=2048 if graphs else None)
         shapes = {f"B={b}": decode_shaped_batch(b, 32, 16, 1024, DEVICE) for b in sizes}
         shapes.update({f"verify k={k}": _verify_batch(k) for k in drafts})
+        # A token tree's alternative as a fork (engine/spec/tree.py): does a
+        # second sequence of k + 1 rows cost what k more rows in one would?
+        shapes.update({f"verify k={k} + 1 fork": forked_verify_batch(k, 1, DEVICE) for k in drafts if k})
+        shapes.update({f"verify k={2 * k + 1}": _verify_batch(2 * k + 1) for k in drafts if k})
         table["graphs" if graphs else "eager"] = {label: _best_ms(runner, batch, repeats)
                                                   for label, batch in shapes.items()}
     return {"ok": True, "model": str(model_dir), "ms": table}

@@ -40,6 +40,7 @@ def run_checks(workdir: str, skip_costs: bool = False) -> dict:
         "graphs_equal_eager": lambda: gpu_checks.graphs_equal_eager(target),
         "greedy_speculation_tiny": lambda: gpu_checks.greedy_speculation(target, draft),
         "greedy_speculation_default_model": gpu_checks.default_model_speculation,
+        "token_trees_tiny": lambda: gpu_checks.token_trees(target, workdir),
     }
     if not skip_costs:
         checks["step_costs_bf16"] = lambda: gpu_checks.step_costs(

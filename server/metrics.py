@@ -117,16 +117,18 @@ class EngineStatsCollector(Collector):
 
 
 def _alternative_metrics(stats: EngineStats) -> Iterator[Metric]:
-    """Greedy token trees: the drafts' alternative branches."""
-    yield _counter("spec_tree_alternatives", "Alternative draft branches verified", stats.num_alternatives)
-    yield _counter("spec_tree_alternative_draft_tokens", "Draft tokens of the alternative branches verified",
-                   stats.num_alternative_draft_tokens)
-    yield _counter("spec_tree_alternative_wins", "Verification steps whose emitted drafts came from an alternative",
-                   stats.num_alternative_wins)
-    yield _counter("spec_tree_alternative_accepted_tokens", "Draft tokens accepted from alternative branches",
-                   stats.num_alternative_accepted_tokens)
-    yield _counter("spec_tree_alternatives_dropped", "Alternative branches left out for want of scratch KV blocks",
-                   stats.num_alternatives_dropped)
+    """Token trees: the drafts' alternative branches (engine/spec/tree.py)."""
+    for name, doc, attribute in (
+            ("alternatives", "Alternative draft branches verified", "num_alternatives"),
+            ("alternative_draft_tokens", "Draft tokens of the alternative branches verified",
+             "num_alternative_draft_tokens"),
+            ("alternative_wins", "Verification steps whose emitted drafts came from an alternative",
+             "num_alternative_wins"),
+            ("alternative_accepted_tokens", "Draft tokens accepted from alternative branches",
+             "num_alternative_accepted_tokens"),
+            ("alternatives_dropped", "Alternative branches left out for want of scratch KV blocks",
+             "num_alternatives_dropped")):
+        yield _counter(f"spec_tree_{name}", doc, getattr(stats, attribute))
 
 
 def _source_metrics(stats: EngineStats) -> Iterator[Metric]:

@@ -34,6 +34,7 @@ from engine.sampler import draft_generator
 from kernels.attention import triton_attention_available
 from engine.spec.base import DraftInput, Drafter
 from engine.spec.factory import build_drafter
+from engine.spec.tree import FORKS_PER_STEP
 from engine.trace import StepLoad, StepTrace, step_traces
 from engine.structured.outputs import StructuredOutputs
 from scheduler.drafting import DraftingLimits
@@ -44,10 +45,6 @@ from scheduler.request import Request, RequestStatus, SamplingParams
 from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("specserve.engine")
-
-# Alternative draft branches one step computes at most (engine/spec/tree.py);
-# they pay at light load, where few requests run.
-FORKS_PER_STEP = 16
 
 
 def loaded_dtype(loaded: LoadedModel, requested_name: str, requested: torch.dtype) -> torch.dtype:

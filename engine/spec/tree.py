@@ -32,6 +32,10 @@ from scheduler.drafts import DraftBlock
 from scheduler.output import ScheduledRequest
 from scheduler.request import SamplingParams
 
+# Alternative branches one step computes at most: the engine sizes the
+# scratch pool for this many. They pay at light load, where few requests run.
+FORKS_PER_STEP = 16
+
 
 @dataclass
 class TreeCounts:

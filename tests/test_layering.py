@@ -86,3 +86,21 @@ def test_the_documentation_examples_import_only_the_rooms_they_extend():
             with open(os.path.join(examples, name), encoding="utf-8") as f:
                 imported = imported_packages(f.read())
             assert not {p for p in imported if p in OURS} - allowed, name
+
+
+def test_no_installed_distribution_claims_our_top_level_names():
+    """Our rooms are top-level import names. A third-party distribution
+    with the same import name (Hugging Face's `kernels`, which transformers
+    requires from 5.25; pyproject.toml keeps transformers below it) is
+    shadowed by ours, and whoever imports it gets our package instead."""
+    import importlib.metadata
+
+    claimed = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        top_level = (dist.read_text("top_level.txt") or "").split()
+        if name and name.lower() != "specserve":
+            for package in set(top_level) | {name.lower().replace("-", "_")}:
+                if package in OURS - {"tests"}:
+                    claimed[package] = name
+    assert not claimed, f"installed distributions claim our top-level names: {claimed}"

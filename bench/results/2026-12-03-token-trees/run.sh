@@ -9,6 +9,9 @@
 #   STAGE=c1           engines built in that order
 #   STAGE=c1-reversed  built in the reverse order
 #   STAGE=load         8 and 32 streams, 96 prompts of 64 tokens, 3 rounds
+# METHODS replaces the stage's engines and SUFFIX names the output folder's
+# variant (METHODS=off,ngram-ds,ngram-ds-again,ngram-ds-tree SUFFIX=-aa with
+# STAGE=load: an A/A pair of n-gram + datastore beside the trees).
 set -euo pipefail
 wait_all() { for job in $(jobs -p); do wait "$job"; done; }
 cd "$(git rev-parse --show-toplevel)"
@@ -21,10 +24,12 @@ c1-reversed) methods=ngram-ds-tree,ngram-ds,off; runs="1 5 --prompts 8 --max-tok
 load) methods=off,ngram-ds,ngram-ds-tree; runs="8,32 3 --prompts 96 --max-tokens 64" ;;
 *) echo "unknown STAGE=$STAGE" >&2; exit 2 ;;
 esac
+methods=${METHODS:-$methods}
 for set in humaneval mt-bench; do
-  mkdir -p "$OUT/$set-$STAGE"
+  dir="$OUT/$set-$STAGE${SUFFIX:-}"
+  mkdir -p "$dir"
   # shellcheck disable=SC2086  # $runs is the concurrencies, rounds and options
   "$PY" -m tools.engine_ab "$set" $runs --lockstep --versus ngram-ds \
-    --methods "$methods" --out "$OUT/$set-$STAGE" > "$OUT/$set-$STAGE/log.txt" 2>&1 &
+    --methods "$methods" --out "$dir" > "$dir/log.txt" 2>&1 &
 done
 wait_all

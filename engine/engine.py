@@ -38,6 +38,7 @@ from engine.spec.tree import FORKS_PER_STEP
 from engine.trace import StepLoad, StepTrace, step_traces
 from engine.structured.outputs import StructuredOutputs
 from scheduler.drafting import DraftingLimits
+from scheduler.block_manager import cdiv
 from scheduler.load import StepCostModel
 from scheduler.output import DraftSlot, RunnerOutput, SchedulerOutput
 from scheduler.policies import PolicyContext, VerifyPolicy, build_policy, policy_spec
@@ -124,7 +125,7 @@ class LLMEngine:
         spec, block_size = self.config.speculative, self.config.cache.block_size
         if not (spec.ngram_alternatives and spec.enabled):
             return 0
-        return FORKS_PER_STEP * -(-(block_size + spec.num_speculative_tokens) // block_size)
+        return FORKS_PER_STEP * cdiv(block_size + spec.num_speculative_tokens, block_size)
 
     def _build_verify_policy(self, step_cost: StepCostModel | None) -> VerifyPolicy | None:
         if self.drafter is None:

@@ -25,7 +25,8 @@ import json
 from typing import Callable
 
 from engine.spec.datastore import NgramDatastore
-from engine.spec.ngram import NgramDrafter, NgramIndex, find_ngram_continuation, prior_for_every_follower_class
+from engine.spec.ngram import (NgramDrafter, NgramIndex, find_ngram_continuation, prior_for_every_follower_class,
+                               with_alternative)
 from engine.spec.ngram_prior import SURVIVAL_BY_FOLLOWERS_MATCH_AND_POSITION, SURVIVAL_BY_MATCH_AND_POSITION
 from scheduler.drafts import FREE_DRAFTING
 
@@ -245,16 +246,17 @@ def branch_variants(datastore: NgramDatastore, most: int) -> dict[str, Branches]
 def served_alternatives(datastore: NgramDatastore, min_n: int = 1, max_n: int = 4) -> Branches:
     """What `--ngram-alternatives` verifies at idle: the better block and
     the other source's block as its alternative branch, where they start
-    differently (`NgramDrafter.with_alternative`)."""
+    differently (`engine.spec.ngram.with_alternative`)."""
     drafter = NgramDrafter(min_n, max_n, datastore=datastore, alternatives=True)
 
     def branches(context: list[int], k: int) -> list[list[int]]:
         index = NgramIndex(min_n, max_n)
         index.extend(context)
-        block = drafter.block_for(index, k)
+        block, other = drafter.blocks_for(index, k, other=True)
         if block is None:
             return []
-        block = drafter.with_alternative(block, index, k, FREE_DRAFTING)
+        if other is not None:
+            block = with_alternative(block, other, FREE_DRAFTING)
         return [block.token_ids] + [list(branch) for branch in block.alternatives]
     return branches
 

@@ -94,12 +94,7 @@ def repack_padded(model, min_rows: int) -> None:
 def verify_shaped_batch(num_drafts: int, device="cpu"):
     """One request: its last real token plus `num_drafts` drafts, behind
     CONTEXT_TOKENS of context."""
-    query = 1 + num_drafts
-    seq = CONTEXT_TOKENS + query
-    table = list(range(-(-seq // BLOCK_SIZE)))
-    meta = AttentionMetadata.build([query], [seq], [table], BLOCK_SIZE, device)
-    positions = torch.arange(seq - query, seq, device=device)
-    return torch.zeros(query, dtype=torch.long, device=device), positions, meta
+    return forked_verify_batch(num_drafts, 0, device)
 
 
 def forked_verify_batch(num_drafts: int, num_forks: int, device="cpu"):

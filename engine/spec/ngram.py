@@ -176,9 +176,10 @@ class NgramDrafter(Drafter):
         for item in inputs:
             self.absorb(item.request)  # tokens emitted after the last absorb
             index = self.indexes[item.request.request_id]
-            block = self.block_for(index, item.max_tokens)
-            if block is not None and self.alternatives and takes_alternatives(item):
-                block = self.with_alternative(block, index, item.max_tokens, item.economics)
+            branching = self.alternatives and takes_alternatives(item)
+            block, other = self.blocks_for(index, item.max_tokens, other=branching)
+            if block is not None and other is not None and branching:
+                block = with_alternative(block, other, item.economics)
             if block is not None:
                 proposals[item.request.request_id] = block
         return proposals
@@ -186,50 +187,51 @@ class NgramDrafter(Drafter):
     def block_for(self, index: NgramIndex, k: int) -> DraftBlock | None:
         """Up to k drafts after the indexed tokens: prompt lookup's block or
         the datastore's, whichever promises more accepted drafts (class doc)."""
-        follow, match_len = index.continuation(k)
-        lookup = None
-        if follow:
-            confidences = self.confidences(match_len, len(follow), index.followers(match_len))
-            lookup = DraftBlock(follow, confidences, None, self.name)
+        return self.blocks_for(index, k)[0]
+
+    def blocks_for(self, index: NgramIndex, k: int, other: bool = False
+                   ) -> tuple[DraftBlock | None, DraftBlock | None]:
+        """(the block `block_for` drafts, the other source's block). The
+        other is looked up only when asked for (`other`) or needed for the
+        choice; None where that source has nothing."""
+        lookup = self._lookup_block(index, k)
         datastore = self.datastore
         if datastore is None:
-            return lookup
+            return lookup, None
         promised = expected_accepted(lookup.confidences) if lookup is not None else 0.0
-        if lookup is not None and (datastore.survival is None or promised >= datastore.best_expected(k)):
-            return lookup
-        tokens, rates = datastore.calibrated_continuation(index.tokens, k)
-        if not tokens:
-            return lookup
-        corpus = DraftBlock(tokens, rates, None, self.datastore_source)
-        if lookup is not None and promised >= expected_accepted(corpus.confidences):
-            return lookup
-        return corpus
+        settled = lookup is not None and (datastore.survival is None or promised >= datastore.best_expected(k))
+        if settled and not other:
+            return lookup, None
+        corpus = self._corpus_block(index, k)
+        if settled or corpus is None or (lookup is not None and promised >= expected_accepted(corpus.confidences)):
+            return lookup, corpus
+        return corpus, lookup
 
-    def with_alternative(self, block: DraftBlock, index: NgramIndex, k: int,
-                         economics: DraftEconomics) -> DraftBlock:
-        """`block` with the other source's block as its alternative branch,
-        where that starts with another token and pays (`paying_length`)."""
-        other = self._other_source_block(block, index, k)
-        if other is None or other.token_ids[0] == block.token_ids[0]:
-            return block
-        # The two first drafts differ, so the alternative's can survive only
-        # where the block's does not.
-        confidences = [min(other.confidences[0], 1.0 - block.confidences[0])] + other.confidences[1:]
-        length = min(paying_length(confidences, economics), len(block))
-        if not length:
-            return block
-        return DraftBlock(block.token_ids, block.confidences, None, block.source, block.calibrated,
-                          alternatives=(tuple(other.token_ids[:length]),))
+    def _lookup_block(self, index: NgramIndex, k: int) -> DraftBlock | None:
+        follow, match_len = index.continuation(k)
+        if not follow:
+            return None
+        return DraftBlock(follow, self.confidences(match_len, len(follow), index.followers(match_len)), None,
+                          self.name)
 
-    def _other_source_block(self, block: DraftBlock, index: NgramIndex, k: int) -> DraftBlock | None:
-        if block.source == self.datastore_source:
-            follow, match_len = index.continuation(k)
-            if not follow:
-                return None
-            return DraftBlock(follow, self.confidences(match_len, len(follow), index.followers(match_len)),
-                              None, self.name)
+    def _corpus_block(self, index: NgramIndex, k: int) -> DraftBlock | None:
         tokens, rates = self.datastore.calibrated_continuation(index.tokens, k)
         return DraftBlock(tokens, rates, None, self.datastore_source) if tokens else None
+
+
+def with_alternative(block: DraftBlock, other: DraftBlock, economics: DraftEconomics) -> DraftBlock:
+    """`block` with `other` (the other source's block) as its alternative
+    branch, where that starts with another token and pays (`paying_length`)."""
+    if other.token_ids[0] == block.token_ids[0]:
+        return block
+    # The two first drafts differ, so the alternative's can survive only
+    # where the block's does not.
+    confidences = [min(other.confidences[0], 1.0 - block.confidences[0])] + other.confidences[1:]
+    length = min(paying_length(confidences, economics), len(block))
+    if not length:
+        return block
+    return DraftBlock(block.token_ids, block.confidences, None, block.source, block.calibrated,
+                      alternatives=(tuple(other.token_ids[:length]),))
 
 
 def takes_alternatives(item: DraftInput) -> bool:

@@ -18,8 +18,8 @@ request (the Gumbel-max token of engine/gumbel.py, keyed by the seed and
 the output position). A branch's accepted prefix is then exactly the
 target's own continuation as far as it goes. Keeping the longest accepted
 prefix, then the target's token after it, emits what plain decoding would:
-only more of it per step. With batch-invariant
-kernels the extra rows change no other row's result.
+only more of it per step. With batch-invariant kernels the extra rows
+change no other row's result.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kernels.to_device import to_device
 from scheduler.block_manager import cdiv
 from scheduler.drafts import DraftBlock
 from scheduler.output import ScheduledRequest
@@ -145,8 +146,8 @@ def copy_slots(kv_caches: list[tuple[torch.Tensor, torch.Tensor]], sources: list
 
 def _copy_rows(kv_caches, sources: list[int], destinations: list[int], flat: bool) -> None:
     device = kv_caches[0][0].device
-    src = torch.tensor(sources, dtype=torch.long, device=device)
-    dst = torch.tensor(destinations, dtype=torch.long, device=device)
+    src = to_device(sources, dtype=torch.long, device=device)
+    dst = to_device(destinations, dtype=torch.long, device=device)
     for cache in (tensor for layer in kv_caches for tensor in layer):
         rows = cache.view(-1, *cache.shape[2:]) if flat else cache
         rows.index_copy_(0, dst, rows.index_select(0, src))

@@ -27,7 +27,7 @@ from kernels.attention import AttentionMetadata
 from scheduler.load import StepCostModel
 from scheduler.request import SamplingParams
 from tests.tiny_model import make_tiny_model_dir
-from tools.step_costs import forked_verify_batch
+from tools.step_costs import forked_verify_batch, verify_shaped_batch
 
 DEVICE = "cuda"
 TOPICS = ["caches", "trees", "rivers", "compilers", "tea", "maps", "clocks", "bees",
@@ -269,20 +269,14 @@ def step_costs(model_dir, sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256), drafts=(0, 2
         runner = ModelRunner(loaded.model, loaded.config, 1024, 16, torch.bfloat16, DEVICE,
                              cuda_graph_len=2048 if graphs else None)
         shapes = {f"B={b}": decode_shaped_batch(b, 32, 16, 1024, DEVICE) for b in sizes}
-        shapes.update({f"verify k={k}": _verify_batch(k) for k in drafts})
+        shapes.update({f"verify k={k}": verify_shaped_batch(k, DEVICE) for k in drafts})
         # A token tree's alternative as a fork (engine/spec/tree.py): does a
         # second sequence of k + 1 rows cost what k more rows in one would?
         shapes.update({f"verify k={k} + 1 fork": forked_verify_batch(k, 1, DEVICE) for k in drafts if k})
-        shapes.update({f"verify k={2 * k + 1}": _verify_batch(2 * k + 1) for k in drafts if k})
+        shapes.update({f"verify k={2 * k + 1}": verify_shaped_batch(2 * k + 1, DEVICE) for k in drafts if k})
         table["graphs" if graphs else "eager"] = {label: _best_ms(runner, batch, repeats)
                                                   for label, batch in shapes.items()}
     return {"ok": True, "model": str(model_dir), "ms": table}
-
-
-def _verify_batch(num_drafts: int, context: int = 128):
-    query, seq = 1 + num_drafts, context + 1 + num_drafts
-    meta = AttentionMetadata.build([query], [seq], [list(range(-(-seq // 16)))], 16, DEVICE)
-    return torch.zeros(query, dtype=torch.long, device=DEVICE), torch.arange(seq - query, seq, device=DEVICE), meta
 
 
 @torch.inference_mode()

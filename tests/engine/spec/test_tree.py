@@ -12,7 +12,7 @@ import torch
 from engine.config import SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.spec.datastore import SHARE_BINS, build_datastore, tokenizer_fingerprint
-from engine.spec.ngram import NgramDrafter, paying_length
+from engine.spec.ngram import NgramDrafter, paying_length, with_alternative
 from engine.spec.tree import BranchForks, accepted_slots, copy_blocks, copy_slots
 from scheduler.drafts import DraftBlock, DraftEconomics
 from scheduler.load import StepCostModel
@@ -147,18 +147,15 @@ def test_an_alternative_is_verified_as_far_as_it_pays():
     assert paying_length(confidences, DraftEconomics(accepted_token_seconds=1.0, verify_token_seconds=0.5)) == 0
 
 
-def test_an_alternative_is_worth_only_what_the_block_leaves_it(monkeypatch):
+def test_an_alternative_is_worth_only_what_the_block_leaves_it():
     """The alternative's first draft differs from the block's: it can only
     survive where the block's first draft does not."""
-    datastore = build_datastore([[1, 2, 3]] * 2, max_n=2, min_count=2, tokenizer="t")
-    drafter = NgramDrafter(datastore=datastore, alternatives=True)
-    monkeypatch.setattr(drafter, "_other_source_block",
-                        lambda block, index, k: DraftBlock([7, 8], [0.5, 0.9], None, "datastore"))
+    other = DraftBlock([7, 8], [0.5, 0.9], None, "datastore")
     busy = DraftEconomics(accepted_token_seconds=1.0, verify_token_seconds=0.15)
     confident, unsure = (DraftBlock([4, 5], [c, 0.9], None, "ngram") for c in (0.9, 0.3))
-    assert drafter.with_alternative(confident, None, 2, busy).alternatives == ()  # 0.1 left: not worth a fork
-    assert drafter.with_alternative(unsure, None, 2, busy).alternatives == ((7, 8),)
-    assert drafter.with_alternative(confident, None, 2, DraftEconomics()).alternatives == ((7, 8),)  # idle
+    assert with_alternative(confident, other, busy).alternatives == ()  # 0.1 left: not worth a fork
+    assert with_alternative(unsure, other, busy).alternatives == ((7, 8),)
+    assert with_alternative(confident, other, DraftEconomics()).alternatives == ((7, 8),)  # idle
 
 
 def _decode_item(start: int, block_ids: list[int], drafts: DraftBlock, **params) -> ScheduledRequest:

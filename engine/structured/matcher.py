@@ -24,8 +24,12 @@ non-empty mask would do: nothing after a stop token is ever emitted.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-import xgrammar as xgr
+
+if TYPE_CHECKING:  # imported where a matcher is built (grammar.py says why)
+    import xgrammar as xgr
 
 _BIT = None  # [32] int32 bit weights, built on first use
 
@@ -39,6 +43,8 @@ class RequestGrammar:
 
     def __init__(self, compiled: xgr.CompiledGrammar, stop_token_ids: list[int], vocab_size: int,
                  max_rows: int, banned: torch.Tensor | None = None):
+        import xgrammar as xgr
+
         self.matcher = xgr.GrammarMatcher(compiled, override_stop_tokens=stop_token_ids)
         self.vocab_size = vocab_size
         # Tokens forbidden on top of the grammar ([V] bool; grammar.py says why).
@@ -77,6 +83,8 @@ class RequestGrammar:
         of the row after each draft. Leaves the matcher after all drafts."""
         self.sync(output_token_ids)
         if len(drafts) + 1 > self._bitmask.shape[0]:
+            import xgrammar as xgr
+
             self._bitmask = xgr.allocate_token_bitmask(len(drafts) + 1, self.vocab_size)
         rows = [self._fill(0)]
         for j, token in enumerate(drafts):

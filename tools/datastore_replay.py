@@ -30,7 +30,7 @@ from engine.spec.ngram import (NgramDrafter, NgramIndex, find_ngram_continuation
 from engine.spec.ngram_prior import SURVIVAL_BY_FOLLOWERS_MATCH_AND_POSITION, SURVIVAL_BY_MATCH_AND_POSITION
 from scheduler.drafts import FREE_DRAFTING
 
-DEFAULT_DATASTORE = "engine/spec/datastores/smollm2.safetensors"
+DEFAULT_DATASTORE = "engine/spec/datastores/smollm2.safetensors.xz"
 Proposer = Callable[[list[int], int], tuple[list[int], list[float] | None]]
 
 

@@ -48,7 +48,7 @@ from scheduler.request import SamplingParams
 from tools.attention_tiles import power_of_two_partition, tiles_planned_by
 
 HEAD = "checkpoints/dspark-smollm2"
-DATASTORE = "engine/spec/datastores/smollm2.safetensors"
+DATASTORE = "engine/spec/datastores/smollm2.safetensors.xz"
 # The configurations run again over a candidate, and the flag that names it.
 HEAD_CANDIDATES = ("dspark", "hybrid", "hybrid16")  # --candidate CHECKPOINT
 DATASTORE_CANDIDATES = ("ngram-ds", "hybrid-ds")  # --candidate-datastore PATH

@@ -15,7 +15,7 @@ over all context lengths, which shrinks towards its share's rate over all
 positions.
 
     python -m tools.fit_datastore_confidence generate 300 RUN/sharegpt-test.jsonl
-    python -m tools.fit_datastore_confidence fit engine/spec/datastores/smollm2.safetensors \\
+    python -m tools.fit_datastore_confidence fit engine/spec/datastores/smollm2.safetensors.xz \\
         RUN/sharegpt-test.jsonl --write
 
 `generate` writes the target's greedy float32 replies to ShareGPT

@@ -14,7 +14,8 @@ share of the context's continuations: the draft's confidence, read as the
 chance that it survives given that the drafts before it did
 (speculation.md s.1). Only contexts seen at least `min_count` times are
 kept. The file is a safetensors file with the tokenizer's fingerprint in
-its metadata, so a datastore is never used with another vocabulary.
+its metadata, so a datastore is never used with another vocabulary; a
+path ending in .xz is read and written xz-packed (engine/packed_files.py).
 
 A share over-states survival (the corpus is not the target). A datastore
 may carry a fitted map from (position in the block, length of the held
@@ -35,6 +36,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from engine.config import DATASTORE_AUTO
+from engine.packed_files import plain_file, plain_name, safetensors_metadata, write_maybe_packed
 from scheduler.drafts import expected_accepted
 
 log = logging.getLogger("specserve.datastore")
@@ -149,9 +151,9 @@ class NgramDatastore:
         arrays = {"keys": self.keys, "next_tokens": self.next_tokens, "confidences": self.confidences}
         if self.survival is not None:
             arrays["survival"] = np.ascontiguousarray(self.survival, dtype=np.float32)
-        save_file(arrays, path, metadata={"format": FORMAT, "version": VERSION, "max_n": str(self.max_n),
-                                          "tokenizer": self.tokenizer, "description": self.description,
-                                          "survival_fit": self.survival_fit})
+        metadata = {"format": FORMAT, "version": VERSION, "max_n": str(self.max_n), "tokenizer": self.tokenizer,
+                    "description": self.description, "survival_fit": self.survival_fit}
+        write_maybe_packed(path, lambda plain: save_file(arrays, plain, metadata=metadata))
 
     @classmethod
     def load(cls, path: str, tokenizer: str | None = None) -> "NgramDatastore":
@@ -159,7 +161,7 @@ class NgramDatastore:
         another tokenizer than `tokenizer` (a fingerprint) when given."""
         from safetensors import safe_open
 
-        with safe_open(path, framework="numpy") as f:
+        with plain_file(path) as plain, safe_open(plain, framework="numpy") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT or meta.get("version") != VERSION:
                 raise ValueError(f"{path} is not a {FORMAT} v{VERSION} file (metadata {meta})")
@@ -179,7 +181,8 @@ def bundled_datastore(tokenizer: str) -> str | None:
     """The path of the datastore shipped in engine/spec/datastores that was
     built over the tokenizer with this fingerprint; None if none was."""
     for entry in sorted(resources.files("engine.spec.datastores").iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".safetensors") and _metadata(str(entry)).get("tokenizer") == tokenizer:
+        if (plain_name(entry.name).endswith(".safetensors")
+                and safetensors_metadata(str(entry)).get("tokenizer") == tokenizer):
             return str(entry)
     return None
 
@@ -206,13 +209,6 @@ def resolve_datastore(path: str | None, tokenizer: str) -> NgramDatastore | None
 def share_bin(share: float) -> int:
     """The tenth of [0, 1] a share falls in (1.0 in the last)."""
     return min(SHARE_BINS - 1, max(0, int(share * SHARE_BINS)))
-
-
-def _metadata(path: str) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="numpy") as f:
-        return f.metadata() or {}
 
 
 def build_datastore(sequences: Iterable[Sequence[int]], max_n: int, min_count: int, tokenizer: str,

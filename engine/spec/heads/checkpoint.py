@@ -1,13 +1,17 @@
 """Head checkpoints: config.json plus model.safetensors (the head's own
-weights only; the shared embedding and LM head come from the target)."""
+weights only; the shared embedding and LM head come from the target). The
+weights may be packed as model.safetensors.xz (engine/packed_files.py says
+why the committed heads are)."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from engine.config import ModelConfig
+from engine.packed_files import PACKED_SUFFIX, existing_form, plain_file
 from engine.spec.heads.base import DraftHead
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.registry import head_class
@@ -24,6 +28,8 @@ def save_head(head: DraftHead, directory: str, dtype: torch.dtype = torch.float1
                for k, v in head.state_dict().items()}  # integer buffers (draft_ids) stay exact
     weights = os.path.join(directory, WEIGHTS_FILE)
     _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"method": head.config.method}))
+    with contextlib.suppress(FileNotFoundError):  # a packed copy would be the old weights
+        os.remove(weights + PACKED_SUFFIX)
     save_head_config(head.config, directory)
     return os.path.getsize(weights)
 
@@ -50,9 +56,15 @@ def read_head_config(directory: str) -> HeadConfig:
         return HeadConfig.from_json(f.read())
 
 
+def weights_path(directory: str) -> str:
+    """The checkpoint's weights file: model.safetensors or its packed form."""
+    return existing_form(os.path.join(directory, WEIGHTS_FILE))
+
+
 def read_head_weights(directory: str) -> dict[str, torch.Tensor]:
     """The head's own tensors as saved (the target's shared ones left out)."""
-    return load_file(os.path.join(directory, WEIGHTS_FILE))
+    with plain_file(weights_path(directory)) as plain:
+        return load_file(plain)
 
 
 def load_head(directory: str, target_model, dtype: torch.dtype = torch.float32,

@@ -5,7 +5,7 @@ tokenizer. Deterministic: the same flags give the same arrays and metadata
 (safetensors may write the metadata's keys in another order).
 
     specserve build-datastore --conversations 20000 --max-n 4 --min-count 4 \\
-        --out engine/spec/datastores/smollm2.safetensors
+        --out engine/spec/datastores/smollm2.safetensors.xz
 
 `--responses FILE` counts the target's own greedy replies too (the
 training toolkit's JSONL, engine/spec/training/generate.py), each

@@ -73,13 +73,17 @@ def test_building_twice_gives_the_same_table():
         assert np.array_equal(getattr(first, name), getattr(second, name))
 
 
-def test_a_saved_datastore_loads_back_and_refuses_another_tokenizer(tmp_path):
+@pytest.mark.parametrize("name", ["datastore.safetensors", "datastore.safetensors.xz"])
+def test_a_saved_datastore_loads_back_and_refuses_another_tokenizer(tmp_path, name):
     datastore = build_datastore(random_sequences(3), max_n=3, min_count=2, tokenizer="abc", description="toy")
-    path = str(tmp_path / "datastore.safetensors")
+    datastore.survival = np.linspace(0, 1, 3 * 3 * SHARE_BINS, dtype=np.float32).reshape(3, 3, SHARE_BINS)
+    path = str(tmp_path / name)
     datastore.save(path)
+    assert (open(path, "rb").read(6) == b"\xfd7zXZ\x00") == name.endswith(".xz")
     loaded = NgramDatastore.load(path, tokenizer="abc")
     assert (loaded.max_n, loaded.tokenizer, loaded.description) == (3, "abc", "toy")
-    assert np.array_equal(loaded.keys, datastore.keys) and np.array_equal(loaded.next_tokens, datastore.next_tokens)
+    for array in ("keys", "next_tokens", "confidences", "survival"):
+        assert np.array_equal(getattr(loaded, array), getattr(datastore, array))
     with pytest.raises(ValueError, match="built for tokenizer abc"):
         NgramDatastore.load(path, tokenizer="xyz")
 
@@ -117,9 +121,10 @@ def test_auto_serves_the_bundled_datastore_of_the_tokenizer_and_none_for_another
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     build_datastore([[1, 2]] * 2, max_n=1, min_count=1, tokenizer="vocab-a").save(str(shipped / "a.safetensors"))
-    build_datastore([[3, 4]] * 2, max_n=1, min_count=1, tokenizer="vocab-b").save(str(shipped / "b.safetensors"))
+    build_datastore([[3, 4]] * 2, max_n=1, min_count=1, tokenizer="vocab-b").save(str(shipped / "b.safetensors.xz"))
+    (shipped / "README.md").write_text("not a datastore")
     monkeypatch.setattr(module.resources, "files", lambda package: shipped)
-    assert module.bundled_datastore("vocab-b") == str(shipped / "b.safetensors")
+    assert module.bundled_datastore("vocab-b") == str(shipped / "b.safetensors.xz")  # packed, as shipped
     assert module.resolve_datastore("auto", "vocab-b").lookup([3]) == (4, 1.0)
     with caplog.at_level("INFO", logger="specserve.datastore"):
         assert module.resolve_datastore("auto", "vocab-c") is None
@@ -140,7 +145,7 @@ def test_the_shipped_datastore_is_the_one_auto_serves_the_default_model():
 
     backend, _ = build_tokenizer(read_metadata(GGUFReader(default_model_path())))
     shipped = bundled_datastore(tokenizer_fingerprint(backend.get_vocab()))
-    assert shipped is not None and shipped.endswith("smollm2.safetensors")
+    assert shipped is not None and shipped.endswith("smollm2.safetensors.xz")
     datastore = NgramDatastore.load(shipped)
     text = backend.encode("I hope this helps! Let me know if", add_special_tokens=False).ids
     assert datastore.continuation(text[:-2], 2)[0] == text[-2:]  # ShareGPT's sign-off is held

@@ -7,9 +7,9 @@ import pathlib
 
 import pytest
 import torch
-from safetensors import safe_open
 
-from engine.spec.heads.checkpoint import load_head, read_head_config, save_head
+from engine.packed_files import write_maybe_packed
+from engine.spec.heads.checkpoint import load_head, read_head_config, read_head_weights, save_head
 from engine.spec.heads.registry import HEAD_METHODS, head_class
 from tests.engine.spec.conftest import make_head
 
@@ -45,6 +45,22 @@ def test_checkpoint_refuses_another_target(tiny_target, tmp_path, tmp_path_facto
         load_head(str(tmp_path), other.model)
 
 
+def test_a_packed_checkpoint_loads_the_same_weights_and_a_new_save_replaces_it(tiny_target, tmp_path):
+    head = make_head("dspark", tiny_target, BLOCK)
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    save_head(head, str(plain))
+    save_head(head, str(packed))
+    weights = str(packed / "model.safetensors")
+    write_maybe_packed(weights + ".xz", lambda path: os.replace(weights, path))
+    assert sorted(os.listdir(packed)) == ["config.json", "model.safetensors.xz"]
+    expected = read_head_weights(str(plain))
+    assert {k: v.tolist() for k, v in read_head_weights(str(packed)).items()} == {
+        k: v.tolist() for k, v in expected.items()}
+    load_head(str(packed), tiny_target.model)  # strict: every tensor found
+    save_head(head, str(packed))  # the packed weights would be the stale ones
+    assert sorted(os.listdir(packed)) == ["config.json", "model.safetensors"]
+
+
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a draft head checkpoint"):
         read_head_config(str(tmp_path))
@@ -60,6 +76,5 @@ def test_committed_checkpoint_matches_its_class(method):
     assert config.method == method
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in head_class(method)(config).state_dict().items()}
-    with safe_open(os.path.join(directory, "model.safetensors"), "pt") as weights:
-        stored = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
+    stored = {k: tuple(v.shape) for k, v in read_head_weights(directory).items()}
     assert stored == expected

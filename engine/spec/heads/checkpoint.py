@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -59,6 +60,17 @@ def read_head_config(directory: str) -> HeadConfig:
 def weights_path(directory: str) -> str:
     """The checkpoint's weights file: model.safetensors or its packed form."""
     return existing_form(os.path.join(directory, WEIGHTS_FILE))
+
+
+def copy_head_weights(source: str, directory: str) -> None:
+    """Copy `source`'s weights file as it is (packed or not) into
+    `directory`, replacing whatever weights file that held."""
+    weights = weights_path(source)
+    os.makedirs(directory, exist_ok=True)
+    for name in (WEIGHTS_FILE, WEIGHTS_FILE + PACKED_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, name))
+    shutil.copyfile(weights, os.path.join(directory, os.path.basename(weights)))
 
 
 def read_head_weights(directory: str) -> dict[str, torch.Tensor]:

@@ -24,12 +24,11 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import time
 
 import torch
 
-from engine.spec.heads.checkpoint import load_head, save_head, save_head_config, weights_path
+from engine.spec.heads.checkpoint import copy_head_weights, load_head, save_head, save_head_config
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.registry import HEAD_METHODS
 from engine.spec.training.calibrate import calibration_methods, methods_label, record_row
@@ -348,9 +347,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     # The weights file is copied, never re-saved: the head was loaded in the
     # target's dtype, and writing it back would round its weights.
     if os.path.abspath(out) != os.path.abspath(args.draft_model):
-        os.makedirs(out, exist_ok=True)
-        weights = weights_path(args.draft_model)  # packed or not, as it is
-        shutil.copyfile(weights, os.path.join(out, os.path.basename(weights)))
+        copy_head_weights(args.draft_model, out)
     save_head_config(head.config, out)
     _write_json(os.path.join(out, "calibration-report.json"), report)
     print(json.dumps(report, indent=2, default=str))

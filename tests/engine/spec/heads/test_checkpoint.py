@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from engine.packed_files import write_maybe_packed
-from engine.spec.heads.checkpoint import load_head, read_head_config, read_head_weights, save_head
+from engine.spec.heads.checkpoint import (copy_head_weights, load_head, read_head_config, read_head_weights,
+                                         save_head)
 from engine.spec.heads.registry import HEAD_METHODS, head_class
 from tests.engine.spec.conftest import make_head
 
@@ -59,6 +60,17 @@ def test_a_packed_checkpoint_loads_the_same_weights_and_a_new_save_replaces_it(t
     load_head(str(packed), tiny_target.model)  # strict: every tensor found
     save_head(head, str(packed))  # the packed weights would be the stale ones
     assert sorted(os.listdir(packed)) == ["config.json", "model.safetensors"]
+
+
+def test_copied_weights_keep_their_form_and_replace_the_old_ones(tiny_target, tmp_path):
+    packed, out = tmp_path / "packed", tmp_path / "out"
+    save_head(make_head("dspark", tiny_target, BLOCK), str(packed))
+    weights = str(packed / "model.safetensors")
+    write_maybe_packed(weights + ".xz", lambda path: os.replace(weights, path))
+    save_head(make_head("eagle3", tiny_target, BLOCK), str(out))  # another head's plain weights
+    copy_head_weights(str(packed), str(out))
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors.xz"]
+    assert (out / "model.safetensors.xz").read_bytes() == (packed / "model.safetensors.xz").read_bytes()
 
 
 def test_not_a_checkpoint(tmp_path):

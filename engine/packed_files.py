@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Iterator
 
 PACKED_SUFFIX = ".xz"
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own bound on a header
 
 
 def existing_form(path: str) -> str:
@@ -49,7 +50,12 @@ def safetensors_metadata(path: str) -> dict[str, str]:
     opener = lzma.open if is_packed(path) else open
     with opener(path, "rb") as f:
         length = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(length))
+        if length > MAX_HEADER_BYTES:
+            raise ValueError(f"{path} is not a safetensors file (header of {length} bytes)")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise ValueError(f"{path} is not a safetensors file (header unreadable: {exc})") from exc
     return header.get("__metadata__") or {}
 
 
@@ -76,6 +82,11 @@ def write_maybe_packed(path: str, write_plain) -> None:
     with tempfile.TemporaryDirectory(prefix="specserve-packing-") as folder:
         plain = os.path.join(folder, plain_name(path))
         write_plain(plain)
-        with open(plain, "rb") as source, lzma.open(path + ".tmp", "wb", preset=9 | lzma.PRESET_EXTREME) as out:
-            shutil.copyfileobj(source, out, 1 << 20)
+        try:
+            with open(plain, "rb") as source, lzma.open(path + ".tmp", "wb", preset=9 | lzma.PRESET_EXTREME) as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path + ".tmp")
+            raise
     os.replace(path + ".tmp", path)  # an interrupted pack never leaves half a file

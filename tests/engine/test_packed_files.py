@@ -75,3 +75,27 @@ def test_a_writer_that_fails_leaves_no_file(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_maybe_packed(packed, broken)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["junk.safetensors", "junk.safetensors.xz"])
+def test_a_file_that_is_not_safetensors_is_refused_by_name(tmp_path, name):
+    path = str(tmp_path / name)
+    write_maybe_packed(path, lambda plain: open(plain, "wb").write(b"\xff" * 64))
+    with pytest.raises(ValueError, match=f"{name} is not a safetensors file"):
+        safetensors_metadata(path)
+    write_maybe_packed(path, lambda plain: open(plain, "wb").write((12).to_bytes(8, "little") + b"\xff" * 12))
+    with pytest.raises(ValueError, match="header unreadable"):
+        safetensors_metadata(path)
+
+
+def test_a_pack_that_fails_leaves_no_file(tmp_path, monkeypatch):
+    import engine.packed_files as module
+
+    def failing_copy(source, out, length):
+        out.write(b"part")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(module.shutil, "copyfileobj", failing_copy)
+    with pytest.raises(OSError, match="disk full"):
+        write_maybe_packed(str(tmp_path / "w.safetensors.xz"), _write_weights)
+    assert os.listdir(tmp_path) == []

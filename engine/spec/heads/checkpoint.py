@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.config import ModelConfig
-from engine.packed_files import PACKED_SUFFIX, existing_form, plain_file
+from engine.packed_files import PACKED_SUFFIX, existing_form, is_packed, plain_file
 from engine.spec.heads.base import DraftHead
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.registry import head_class
@@ -29,8 +29,7 @@ def save_head(head: DraftHead, directory: str, dtype: torch.dtype = torch.float1
                for k, v in head.state_dict().items()}  # integer buffers (draft_ids) stay exact
     weights = os.path.join(directory, WEIGHTS_FILE)
     _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"method": head.config.method}))
-    with contextlib.suppress(FileNotFoundError):  # a packed copy would be the old weights
-        os.remove(weights + PACKED_SUFFIX)
+    _drop_other_form(weights)
     save_head_config(head.config, directory)
     return os.path.getsize(weights)
 
@@ -67,10 +66,17 @@ def copy_head_weights(source: str, directory: str) -> None:
     `directory`, replacing whatever weights file that held."""
     weights = weights_path(source)
     os.makedirs(directory, exist_ok=True)
-    for name in (WEIGHTS_FILE, WEIGHTS_FILE + PACKED_SUFFIX):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(directory, name))
-    shutil.copyfile(weights, os.path.join(directory, os.path.basename(weights)))
+    kept = os.path.join(directory, os.path.basename(weights))
+    _atomic_write(kept, lambda tmp: shutil.copyfile(weights, tmp))
+    _drop_other_form(kept)
+
+
+def _drop_other_form(kept: str) -> None:
+    """Remove the weights file beside `kept` in the other form (packed or
+    plain): it would hold older weights, and the plain one is read first."""
+    other = kept[:-len(PACKED_SUFFIX)] if is_packed(kept) else kept + PACKED_SUFFIX
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(other)
 
 
 def read_head_weights(directory: str) -> dict[str, torch.Tensor]:

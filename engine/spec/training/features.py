@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.spec.training.generate import Sample, _progress
-from engine.spec.training.prefill import teacher_forced_states
+from engine.spec.training.prefill import batch_free_kernels, teacher_forced_states
 
 INDEX = "features.json"
 FORMAT = 2
@@ -195,14 +195,15 @@ def _compute_remaining(loaded, samples, out_dir, index, max_len, batch_tokens, s
     bar = _progress(len(todo), "features", progress)
     aux_layers, top_k = tuple(index["aux_layers"]), index["top_k"]
     shard: list[tuple[Sample, list[int], object]] = []
-    for batch in _batches(todo, max_len, batch_tokens):
-        sequences = [s.tokens[:max_len] for s in batch]
-        states = teacher_forced_states(loaded.model, sequences, aux_layers, top_k)
-        shard.extend(zip(batch, sequences, states))
-        bar.update(len(batch), sum(len(s) for s in sequences))
-        if sum(len(seq) for _, seq, _ in shard) >= shard_tokens:
-            _write_shard(out_dir, index, shard, max_len)
-            shard = []
+    with batch_free_kernels(loaded.model) as model:
+        for batch in _batches(todo, max_len, batch_tokens):
+            sequences = [s.tokens[:max_len] for s in batch]
+            states = teacher_forced_states(model, sequences, aux_layers, top_k)
+            shard.extend(zip(batch, sequences, states))
+            bar.update(len(batch), sum(len(s) for s in sequences))
+            if sum(len(seq) for _, seq, _ in shard) >= shard_tokens:
+                _write_shard(out_dir, index, shard, max_len)
+                shard = []
     if shard:
         _write_shard(out_dir, index, shard, max_len)
     index["complete"] = True

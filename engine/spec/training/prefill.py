@@ -13,6 +13,7 @@ the pass against the serving forward.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,23 @@ class TargetStates:
     aux: torch.Tensor
     topk_ids: torch.Tensor
     topk_logprobs: torch.Tensor
+
+
+@contextmanager
+def batch_free_kernels(model):
+    """The model's batch-free kernels for the duration (and its own mode
+    again afterwards). Training features are never served, so they need no
+    batch invariance, and on a host whose invariant bfloat16 kernels split
+    each layer into 32-row calls the free ones run this pass ~1.4x faster
+    (SmolLM2, 2,000-token batches, one thread: 1,117 tok/s against 780)."""
+    invariant = getattr(model, "batch_invariant", False)
+    if invariant:
+        model.use_inference_kernels(batch_invariant=False)
+    try:
+        yield model
+    finally:
+        if invariant:
+            model.use_inference_kernels(batch_invariant=True)
 
 
 @torch.inference_mode()

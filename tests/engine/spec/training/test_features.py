@@ -109,3 +109,24 @@ def test_sets_of_several_directories_concatenate(feature_set):
     assert torch.equal(joined.sequence(2).aux, feature_set.sequence(5).aux)
     with pytest.raises(ValueError, match="same aux layers"):
         type(feature_set).concat([first, second.select_layers((1,))])
+
+
+def test_features_run_on_batch_free_kernels_and_the_served_mode_comes_back(tiny_dir, samples, tmp_path,
+                                                                           monkeypatch):
+    """Training features need no batch invariance, so the pass takes the
+    faster free kernels; the model (shared with the engine that regenerated
+    the responses) is batch-invariant again afterwards."""
+    from engine.models.loader import load_model
+
+    target = load_model(tiny_dir)
+    assert target.model.batch_invariant
+    modes, real_pass = [], features_module.teacher_forced_states
+
+    def recording_pass(model, *args, **kwargs):
+        modes.append(model.batch_invariant)
+        return real_pass(model, *args, **kwargs)
+
+    monkeypatch.setattr(features_module, "teacher_forced_states", recording_pass)
+    collect_features(target, samples[:6], (1, 2, 3), str(tmp_path / "f"), batch_tokens=64, progress=False)
+    assert modes and not any(modes)
+    assert target.model.batch_invariant

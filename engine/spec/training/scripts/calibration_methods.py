@@ -83,36 +83,62 @@ def check_records(paths: list[str], key: str) -> dict[str, list[BlockRecord]]:
     return out
 
 
-def table(fit: dict, checks: list[str], block_size: int = 7, methods=METHODS,
+def table(fit: dict | None, checks: list[str], block_size: int = 7, methods=METHODS,
           stored: dict[str, dict] | None = None) -> list[str]:
     """Markdown rows: per temperature and method, the fit set's and the
     check sets' (pooled, then each) ECEs; then the sampling floor. `stored`:
-    {label: HeadConfig.calibration} of checkpoints, scored as rows too."""
+    {label: HeadConfig.calibration} of checkpoints, scored as rows too.
+    Without `fit` (None) only the stored rows are scored, at the check
+    files' temperatures: a checkpoint's calibration checked out of fit
+    without walking its held-out set again."""
+    if fit is None and not stored:
+        raise ValueError("nothing to score: no fit records and no stored calibration")
     rows = []
-    for key in sorted(fit):
-        fit_records = load_records(fit[key])
+    for key in sorted(fit) if fit is not None else check_temperatures(checks):
+        fit_records = load_records(fit[key]) if fit is not None else None
         sets = check_records(checks, key)
         pooled = [r for records in sets.values() for r in records]
         names = list(sets)
-        rows += [f"\nT={key}: fitted on {len(fit_records)} held-out blocks, checked on {len(pooled)} "
-                 f"({', '.join(names)})\n",
+        fitted_on = f"fitted on {len(fit_records)} held-out blocks" if fit_records is not None else "stored calibrations"
+        rows += [f"\nT={key}: {fitted_on}, checked on {len(pooled)} ({', '.join(names)})\n",
                  "| method | fit: conditional / survival ECE | check: conditional ECE | check: conditional log-loss "
                  "| check: survival ECE | "
                  + " | ".join(f"{n}: conditional ECE" for n in names) + " |",
                  "|---" * (5 + len(names)) + "|"]
-        fitted = [(method, fit_method(method, fit_records, block_size)) for method in methods]
+        fitted = [(method, fit_method(method, fit_records, block_size)) for method in methods] \
+            if fit_records is not None else []
         fitted += [(label, calibration_for(calibration, float(key))) for label, calibration in (stored or {}).items()]
         for method, calibration in fitted:
-            on_fit, on_check = scores(fit_records, block_size, calibration), scores(pooled, block_size, calibration)
+            on_check = scores(pooled, block_size, calibration)
             per_set = [scores(sets[n], block_size, calibration)["ece_conditional"] for n in names]
-            rows.append(f"| {method} | {on_fit['ece_conditional']:.3f} / {on_fit['ece_survival']:.3f} "
+            rows.append(f"| {method} | {_fit_cell(fit_records, block_size, calibration)} "
                         f"| {on_check['ece_conditional']:.3f} | {on_check['log_loss_conditional']:.4f} "
                         f"| {on_check['ece_survival']:.3f} | "
                         + " | ".join(f"{e:.3f}" for e in per_set) + " |")
-        floor = sampling_floor(pooled, block_size, fit_method("logistic", fit_records, block_size))
+        floor_calibration = fit_method("logistic", fit_records, block_size) if fit_records is not None \
+            else fitted[0][1]
+        floor = sampling_floor(pooled, block_size, floor_calibration)
         rows.append(f"\nSampling floor of the pooled check's conditional ECE ({scores(pooled, block_size, None)['events']}"
-                    f" events, logistic confidences): {floor:.3f}")
+                    f" events, {'logistic' if fit_records is not None else fitted[0][0]} confidences): {floor:.3f}")
     return rows
+
+
+def _fit_cell(fit_records, block_size: int, calibration) -> str:
+    if fit_records is None:
+        return "-"
+    on_fit = scores(fit_records, block_size, calibration)
+    return f"{on_fit['ece_conditional']:.3f} / {on_fit['ece_survival']:.3f}"
+
+
+def check_temperatures(paths: list[str]) -> list[str]:
+    """The temperatures (as record keys) every check file has records for."""
+    keys = None
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)["results"]
+        found = {k.removeprefix("temperature=") for k, v in results.items() if "records" in v}
+        keys = found if keys is None else keys & found
+    return sorted(keys or ())
 
 
 def add_heldout_arguments(p: argparse.ArgumentParser) -> None:
@@ -167,7 +193,8 @@ def main(argv=None) -> int:
     add_heldout_arguments(records)
     records.add_argument("--calibration-tokens", type=int, default=128)
     compare = sub.add_parser("table", help="the methods fitted on --fit, scored on --check")
-    compare.add_argument("--fit", required=True, help="records from the records command")
+    compare.add_argument("--fit", default=None,
+                         help="records from the records command; without it only --checkpoint rows are scored")
     compare.add_argument("--check", nargs="+", required=True, help="eval-draft --records reports, HEAD-SET.json")
     compare.add_argument("--block-size", type=int, default=7)
     compare.add_argument("--methods", default=",".join(METHODS),
@@ -179,8 +206,10 @@ def main(argv=None) -> int:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(fit_records(args), f)
         return 0
-    with open(args.fit, encoding="utf-8") as f:
-        fit = json.load(f)
+    fit = None
+    if args.fit is not None:
+        with open(args.fit, encoding="utf-8") as f:
+            fit = json.load(f)
     stored = {f"stored: {path}": read_head_config(path).calibration for path in args.checkpoint}
     print("\n".join(table(fit, args.check, args.block_size, methods=args.methods.split(","), stored=stored)))
     return 0

@@ -79,6 +79,15 @@ def test_table_from_files(tmp_path, capsys, tiny_target):
     rows = {line.split("|")[1].strip(): line.split("|")[3] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ")}
     assert rows[f"stored: {tmp_path / 'head'}"] == rows["logistic"]
+    # Without fit records: the stored row alone, with the same check figures.
+    assert main(["table", "--block-size", str(BLOCK), "--check", checks[0], "--checkpoint", str(tmp_path / "head")]) == 0
+    alone = {line.split("|")[1].strip(): line.split("|") for line in capsys.readouterr().out.splitlines()
+             if line.startswith("| ")}
+    assert list(alone)[1:] == [f"stored: {tmp_path / 'head'}"]
+    assert alone[f"stored: {tmp_path / 'head'}"][2].strip() == "-"
+    assert alone[f"stored: {tmp_path / 'head'}"][3] == rows["logistic"]
+    with pytest.raises(ValueError, match="nothing to score"):
+        main(["table", "--check", checks[0]])
     (tmp_path / "bare.json").write_text(json.dumps({"results": {"temperature=0": {"steps": 1}}}))
     with pytest.raises(SystemExit, match="--records"):
         main(["table", "--fit", str(tmp_path / "fit.json"), "--check", str(tmp_path / "bare.json")])

@@ -6,7 +6,7 @@
 # has time left to train after extracting. From the committed DSpark head,
 # on 2,800 ShareGPT conversations, the draft vocabulary kept, a data order
 # no earlier run used (TRAIN_SEED=5), lr 3e-4 after 100 warm-up steps,
-# cosine over TRAIN_TOKENS more anchors (400,000 by default: ~65 min on one
+# cosine over TRAIN_TOKENS more anchors (250,000 by default: ~40 min on one
 # core), bfloat16 autocast, one thread. Resumable like phase 18's run.sh.
 # From the repository root; DATA_PACKAGES as in smollm2-heads.sh.
 #
@@ -23,7 +23,7 @@ case "${STAGE:?data, train or eval}" in
   data)
     nice -n 10 bash engine/spec/training/scripts/smollm2-heads.sh data "$RUN" ;;
   train)
-    TRAIN_TOKENS=${TRAIN_TOKENS:-400000} EVAL_EVERY=600 PRECISION=bf16 LR=3e-4 WARMUP_STEPS=100 TRAIN_SEED=5 \
+    TRAIN_TOKENS=${TRAIN_TOKENS:-250000} EVAL_EVERY=600 PRECISION=bf16 LR=3e-4 WARMUP_STEPS=100 TRAIN_SEED=5 \
       CONTINUED_NAME=$NAME nice -n 10 bash engine/spec/training/scripts/smollm2-heads.sh continue dspark "$RUN" ;;
   eval)
     PROMPTS=8 COMPARE=0 engine/spec/training/scripts/smollm2-heads-eval.sh "$RUN" $NAME

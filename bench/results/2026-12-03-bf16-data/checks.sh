@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issue 13, phase 19: what a trained DSpark head needs before it replaces the
+# committed one, after run.sh's STAGE=train. Two cores, about 45 minutes:
+#   core 1: calibrate-draft with a method per temperature (phase 7:
+#           0=logistic-peak,1=logistic) on 160 held-out ShareGPT sequences;
+#   core 2: run.sh's STAGE=eval (tau per set, 8 prompts, T=0 and T=1, as
+#           phases 5-8), then the whole-set records (80 MT-Bench and 80
+#           HumanEval prompts, 96 tokens, float32, every draft of 7
+#           verified, as phase 7).
+# Then the calibrated head's stored calibration scored out of fit on those
+# records (dspark-whole-sets.md). From the repository root; DATA_PACKAGES
+# as in smollm2-heads.sh; PYTHON the interpreter.
+set -euo pipefail
+OUT=bench/results/2026-12-03-bf16-data
+RUN=${RUN:-$PWD/runs/heads-smollm2}
+HEAD=$RUN/dspark-bf16data
+CANDIDATE=$HEAD-calibrated
+CHECKS=runs/calib-bf16data/whole
+PY=${PYTHON:-python}
+export PYTHONPATH=.${DATA_PACKAGES:+:$DATA_PACKAGES} OMP_NUM_THREADS=1
+mkdir -p "$CHECKS"
+[ -f "$CANDIDATE/config.json" ] || "$PY" -m engine.spec.training.cli calibrate-draft \
+  --draft-model "$HEAD" --out "$CANDIDATE" --work-dir runs/calib-data --dtype float32 \
+  --heldout-data sharegpt:160 --max-new-tokens 256 --gen-batch 32 --calibration-tokens 128 \
+  --calibration 0=logistic-peak,1=logistic --seed 0 --threads 1 > /dev/null &
+calibration=$!
+STAGE=eval PYTHON=$PY bash $OUT/run.sh
+for set in mtbench humaneval; do
+  [ -f "$CHECKS/dspark-$set.json" ] || "$PY" -m engine.spec.training.cli eval-draft \
+    --draft-model "$HEAD" --drafter head --data "$set:80" --whole-eval-sets \
+    --max-new-tokens 96 --temperatures 0 1 --dtype float32 --threads 1 --no-progress --records \
+    --report "$CHECKS/dspark-$set.json" > /dev/null
+done
+wait "$calibration"
+cp "$CANDIDATE/calibration-report.json" "$OUT/calibration-report.json"
+"$PY" -m engine.spec.training.scripts.calibration_methods table \
+  --check "$CHECKS"/dspark-{mtbench,humaneval}.json --checkpoint "$CANDIDATE" > "$OUT/dspark-whole-sets.md"

@@ -2,7 +2,9 @@
 # Issue 13, phase 19: what a trained DSpark head needs before it replaces the
 # committed one, after run.sh's STAGE=train. Two cores, about 45 minutes:
 #   core 1: calibrate-draft with a method per temperature (phase 7:
-#           0=logistic-peak,1=logistic) on 160 held-out ShareGPT sequences;
+#           0=logistic-peak,1=logistic) on 160 held-out ShareGPT sequences,
+#           then the hybrid (n-gram + the calibrated head) per set, as
+#           smollm2-heads-eval.sh evaluates it;
 #   core 2: run.sh's STAGE=eval (tau per set, 8 prompts, T=0 and T=1, as
 #           phases 5-8), then the whole-set records (80 MT-Bench and 80
 #           HumanEval prompts, 96 tokens, float32, every draft of 7
@@ -19,10 +21,21 @@ CHECKS=runs/calib-bf16data/whole
 PY=${PYTHON:-python}
 export PYTHONPATH=.${DATA_PACKAGES:+:$DATA_PACKAGES} OMP_NUM_THREADS=1
 mkdir -p "$CHECKS"
-[ -f "$CANDIDATE/config.json" ] || "$PY" -m engine.spec.training.cli calibrate-draft \
-  --draft-model "$HEAD" --out "$CANDIDATE" --work-dir runs/calib-data --dtype float32 \
-  --heldout-data sharegpt:160 --max-new-tokens 256 --gen-batch 32 --calibration-tokens 128 \
-  --calibration 0=logistic-peak,1=logistic --seed 0 --threads 1 > /dev/null &
+calibrate_then_hybrid() {
+  [ -f "$CANDIDATE/config.json" ] || "$PY" -m engine.spec.training.cli calibrate-draft \
+    --draft-model "$HEAD" --out "$CANDIDATE" --work-dir runs/calib-data --dtype float32 \
+    --heldout-data sharegpt:160 --max-new-tokens 256 --gen-batch 32 --calibration-tokens 128 \
+    --calibration 0=logistic-peak,1=logistic --seed 0 --threads 1 > /dev/null
+  for set in mtbench humaneval sharegpt; do
+    report=$RUN/eval/hybrid-$(basename "$HEAD")-$set.json
+    [ -f "$report" ] || "$PY" -m engine.spec.training.cli eval-draft --draft-model "$CANDIDATE" --drafter hybrid \
+      --data "$set:8" --max-new-tokens 96 --temperatures 0 1 --dtype float32 --threads 1 --no-progress \
+      --report "$report" > /dev/null
+    cp "$report" "$OUT/"
+  done
+}
+mkdir -p "$RUN/eval"
+calibrate_then_hybrid &
 calibration=$!
 STAGE=eval PYTHON=$PY bash $OUT/run.sh
 for set in mtbench humaneval; do

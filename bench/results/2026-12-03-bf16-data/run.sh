@@ -10,7 +10,7 @@
 # core), bfloat16 autocast, one thread. Resumable like phase 18's run.sh.
 # From the repository root; DATA_PACKAGES as in smollm2-heads.sh.
 #
-#   STAGE=data  bash bench/results/2026-12-03-bf16-data/run.sh   # two cores
+#   STAGE=data  bash bench/results/2026-12-03-bf16-data/run.sh   # two cores, 34 min
 #   STAGE=train bash bench/results/2026-12-03-bf16-data/run.sh   # one core, resumable
 #   STAGE=eval  bash bench/results/2026-12-03-bf16-data/run.sh   # tau beside the committed head's
 set -euo pipefail

@@ -10,14 +10,16 @@
 #           HumanEval prompts, 96 tokens, float32, every draft of 7
 #           verified, as phase 7).
 # Then the calibrated head's stored calibration scored out of fit on those
-# records (dspark-whole-sets.md). From the repository root; DATA_PACKAGES
+# records (dspark-whole-sets.md). Another trained head: HEAD_DIR (its
+# run directory), OUT (a new results folder) and CHECKS (a new records
+# folder), e.g. for a follow-on run (docs/draft-heads.md, phase 19). From the repository root; DATA_PACKAGES
 # as in smollm2-heads.sh; PYTHON the interpreter.
 set -euo pipefail
-OUT=bench/results/2026-12-03-bf16-data
+OUT=${OUT:-bench/results/2026-12-03-bf16-data}  # another run: a new results folder
 RUN=${RUN:-$PWD/runs/heads-smollm2}
-HEAD=$RUN/dspark-bf16data
+HEAD=${HEAD_DIR:-$RUN/dspark-bf16data}  # the trained head to check
 CANDIDATE=$HEAD-calibrated
-CHECKS=runs/calib-bf16data/whole
+CHECKS=${CHECKS:-runs/calib-bf16data/whole}  # another head: another folder
 PY=${PYTHON:-python}
 export PYTHONPATH=.${DATA_PACKAGES:+:$DATA_PACKAGES} OMP_NUM_THREADS=1
 mkdir -p "$CHECKS"
@@ -37,7 +39,10 @@ calibrate_then_hybrid() {
 mkdir -p "$RUN/eval"
 calibrate_then_hybrid &
 calibration=$!
-STAGE=eval PYTHON=$PY bash $OUT/run.sh
+name=$(basename "$HEAD")  # run.sh's STAGE=eval for any trained head
+PYTHON=$PY PROMPTS=8 COMPARE=0 engine/spec/training/scripts/smollm2-heads-eval.sh "$RUN" "$name"
+cp "$RUN"/eval/"$name"-*.json "$HEAD/log.jsonl" "$OUT/"
+cp "$HEAD/report.json" "$OUT/$name-report.json"
 for set in mtbench humaneval; do
   [ -f "$CHECKS/dspark-$set.json" ] || "$PY" -m engine.spec.training.cli eval-draft \
     --draft-model "$HEAD" --drafter head --data "$set:80" --whole-eval-sets \

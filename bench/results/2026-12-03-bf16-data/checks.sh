@@ -22,7 +22,7 @@ CANDIDATE=$HEAD-calibrated
 CHECKS=${CHECKS:-runs/calib-bf16data/whole}  # another head: another folder
 PY=${PYTHON:-python}
 export PYTHONPATH=.${DATA_PACKAGES:+:$DATA_PACKAGES} OMP_NUM_THREADS=1
-mkdir -p "$CHECKS"
+mkdir -p "$CHECKS" "$OUT"
 calibrate_then_hybrid() {
   [ -f "$CANDIDATE/config.json" ] || "$PY" -m engine.spec.training.cli calibrate-draft \
     --draft-model "$HEAD" --out "$CANDIDATE" --work-dir runs/calib-data --dtype float32 \

@@ -5,7 +5,7 @@
 #           0=logistic-peak,1=logistic) on 160 held-out ShareGPT sequences,
 #           then the hybrid (n-gram + the calibrated head) per set, as
 #           smollm2-heads-eval.sh evaluates it;
-#   core 2: run.sh's STAGE=eval (tau per set, 8 prompts, T=0 and T=1, as
+#   core 2: phase 18's run.sh STAGE=eval (tau per set, 8 prompts, T=0 and T=1, as
 #           phases 5-8), then the whole-set records (80 MT-Bench and 80
 #           HumanEval prompts, 96 tokens, float32, every draft of 7
 #           verified, as phase 7).
@@ -39,10 +39,7 @@ calibrate_then_hybrid() {
 mkdir -p "$RUN/eval"
 calibrate_then_hybrid &
 calibration=$!
-name=$(basename "$HEAD")  # run.sh's STAGE=eval for any trained head
-PYTHON=$PY PROMPTS=8 COMPARE=0 engine/spec/training/scripts/smollm2-heads-eval.sh "$RUN" "$name"
-cp "$RUN"/eval/"$name"-*.json "$HEAD/log.jsonl" "$OUT/"
-cp "$HEAD/report.json" "$OUT/$name-report.json"
+STAGE=eval NAME=$(basename "$HEAD") OUT=$OUT RUN=$RUN PYTHON=$PY bash bench/results/2026-12-03-c2800/run.sh
 for set in mtbench humaneval; do
   [ -f "$CHECKS/dspark-$set.json" ] || "$PY" -m engine.spec.training.cli eval-draft \
     --draft-model "$HEAD" --drafter head --data "$set:80" --whole-eval-sets \

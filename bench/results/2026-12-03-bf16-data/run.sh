@@ -14,20 +14,7 @@
 #   STAGE=train bash bench/results/2026-12-03-bf16-data/run.sh   # one core, resumable
 #   STAGE=eval  bash bench/results/2026-12-03-bf16-data/run.sh   # tau beside the committed head's
 set -euo pipefail
-OUT=bench/results/2026-12-03-bf16-data
-RUN=${RUN:-$PWD/runs/heads-smollm2}  # absolute: the scripts run from a snapshot
-PY=${PYTHON:-python}
-NAME=dspark-bf16data
-export CONVERSATIONS=2800 DATA_DIR="$RUN/data-c2800-bf16" DTYPE=bfloat16 PYTHON=$PY
-case "${STAGE:?data, train or eval}" in
-  data)
-    nice -n 10 bash engine/spec/training/scripts/smollm2-heads.sh data "$RUN" ;;
-  train)
-    TRAIN_TOKENS=${TRAIN_TOKENS:-250000} EVAL_EVERY=600 PRECISION=bf16 LR=3e-4 WARMUP_STEPS=100 TRAIN_SEED=5 \
-      CONTINUED_NAME=$NAME nice -n 10 bash engine/spec/training/scripts/smollm2-heads.sh continue dspark "$RUN" ;;
-  eval)
-    PROMPTS=8 COMPARE=0 engine/spec/training/scripts/smollm2-heads-eval.sh "$RUN" $NAME
-    cp "$RUN"/eval/$NAME-*.json "$RUN/$NAME/log.jsonl" "$OUT/"
-    cp "$RUN/$NAME/report.json" "$OUT/$NAME-report.json" ;;
-  *) echo "STAGE: data, train or eval" >&2; exit 2 ;;
-esac
+RUN=${RUN:-$PWD/runs/heads-smollm2}
+# Phase 18's stages with this run's data, seed, budget and names.
+OUT=bench/results/2026-12-03-bf16-data NAME=dspark-bf16data DATA_DIR="$RUN/data-c2800-bf16" DTYPE=bfloat16 \
+  TRAIN_SEED=5 TRAIN_TOKENS=${TRAIN_TOKENS:-250000} RUN=$RUN exec bash bench/results/2026-12-03-c2800/run.sh

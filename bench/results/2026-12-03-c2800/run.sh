@@ -13,17 +13,20 @@
 #   STAGE=data  bash bench/results/2026-12-03-c2800/run.sh   # ~75 min on two cores
 #   STAGE=train bash bench/results/2026-12-03-c2800/run.sh   # one core, resumable
 #   STAGE=eval  bash bench/results/2026-12-03-c2800/run.sh   # tau table beside the committed heads'
+#
+# Later runs reuse it with their own NAME, OUT, DATA_DIR, DTYPE, TRAIN_SEED
+# and TRAIN_TOKENS (unset: this run's), e.g. phase 19's run.sh.
 set -euo pipefail
-OUT=bench/results/2026-12-03-c2800
+OUT=${OUT:-bench/results/2026-12-03-c2800}
 RUN=${RUN:-$PWD/runs/heads-smollm2}  # absolute: the scripts run from a snapshot
 PY=${PYTHON:-python}
-NAME=dspark-c2800
-export CONVERSATIONS=2800 DATA_DIR="$RUN/data-c2800" PYTHON=$PY
+NAME=${NAME:-dspark-c2800}
+export CONVERSATIONS=2800 DATA_DIR="${DATA_DIR:-$RUN/data-c2800}" DTYPE=${DTYPE:-float32} PYTHON=$PY
 case "${STAGE:?data, train or eval}" in
   data)
     nice -n 10 bash engine/spec/training/scripts/smollm2-heads.sh data "$RUN" ;;
   train)
-    TRAIN_TOKENS=${TRAIN_TOKENS:-1000000} EVAL_EVERY=600 PRECISION=bf16 LR=3e-4 WARMUP_STEPS=100 TRAIN_SEED=4 \
+    TRAIN_TOKENS=${TRAIN_TOKENS:-1000000} EVAL_EVERY=600 PRECISION=bf16 LR=3e-4 WARMUP_STEPS=100 TRAIN_SEED=${TRAIN_SEED:-4} \
       CONTINUED_NAME=$NAME nice -n 10 bash engine/spec/training/scripts/smollm2-heads.sh continue dspark "$RUN" ;;
   eval)
     PROMPTS=8 COMPARE=0 engine/spec/training/scripts/smollm2-heads-eval.sh "$RUN" $NAME

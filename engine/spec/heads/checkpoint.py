@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.config import ModelConfig
-from engine.packed_files import PACKED_SUFFIX, existing_form, is_packed, plain_file
+from engine.packed_files import PACKED_SUFFIX, existing_form, is_packed, plain_file, plain_name
 from engine.spec.heads.base import DraftHead
 from engine.spec.heads.config import HeadConfig
 from engine.spec.heads.registry import head_class
@@ -74,7 +74,7 @@ def copy_head_weights(source: str, directory: str) -> None:
 def _drop_other_form(kept: str) -> None:
     """Remove the weights file beside `kept` in the other form (packed or
     plain): it would hold older weights, and the plain one is read first."""
-    other = kept[:-len(PACKED_SUFFIX)] if is_packed(kept) else kept + PACKED_SUFFIX
+    other = os.path.join(os.path.dirname(kept), plain_name(kept)) if is_packed(kept) else kept + PACKED_SUFFIX
     with contextlib.suppress(FileNotFoundError):
         os.remove(other)
 

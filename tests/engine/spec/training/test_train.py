@@ -101,3 +101,18 @@ def test_training_with_a_draft_vocabulary(tiny_target, feature_set):
     trainer.optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
     first, last = fit_one_batch(trainer, 25)
     assert last["ce"] < 0.8 * first["ce"] and 0.5 < last["covered"] <= 1.0
+
+
+def test_a_state_saved_by_the_unfused_update_resumes_fused(tiny_target, feature_set, tmp_path):
+    """Runs started before the fused AdamW update resume with it: the
+    checkpoint's optimizer state loads, the update's implementation stays
+    this run's."""
+    old = make_trainer(tiny_target, feature_set, "dspark", BLOCK, str(tmp_path), steps=20)
+    old.optimizer = torch.optim.AdamW(old.optimizer.param_groups[0]["params"], lr=old.config.lr,
+                                      weight_decay=old.config.weight_decay)
+    old.train_step()
+    old.save()
+    resumed = make_trainer(tiny_target, feature_set, "dspark", BLOCK, str(tmp_path), steps=20)
+    assert resumed.resume() and resumed.step == 1
+    assert all(group["fused"] for group in resumed.optimizer.param_groups)
+    resumed.train_step()

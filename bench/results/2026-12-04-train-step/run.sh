@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Training step time before and after the loss's exp/argmax change,
+# Training step time before (877fde5) and after this session's changes (the
+# loss's exp and top-1, the fused AdamW update),
 # interleaved, each side's engine on PYTHONPATH, the same head and
 # features (one thread; phase 19's data from
 # bench/results/2026-12-03-bf16-data/run.sh STAGE=data).

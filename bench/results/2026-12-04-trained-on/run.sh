@@ -11,13 +11,8 @@
 # git-ignored): these files are its measurements; the head committed in
 # phase 20 is bench/results/2026-12-04-rerun's.
 set -euo pipefail
-RUN=${RUN:-$PWD/runs/heads-smollm2}
-PY=${PYTHON:-$PWD/.venv/bin/python}  # absolute: the scripts run from a code snapshot
-if [ "${STAGE:-train}" = train ]; then
-  RUN=$RUN CONVERSATIONS=2800 DATA_DIR=$RUN/data-c2800-bf16 DTYPE=bfloat16 PYTHON=$PY \
-    TRAIN_TOKENS=${TRAIN_TOKENS:-700000} EVAL_EVERY=600 PRECISION=bf16 LR=3e-4 WARMUP_STEPS=100 TRAIN_SEED=6 \
-    CONTINUED_NAME=dspark-bf16data-2 bash engine/spec/training/scripts/smollm2-heads.sh continue dspark "$RUN"
-else
-  HEAD_DIR=$RUN/dspark-bf16data-2 OUT=bench/results/2026-12-04-trained-on CHECKS=runs/calib-bf16data-2/whole \
-    RUN=$RUN PYTHON=$PY bash bench/results/2026-12-03-bf16-data/checks.sh
-fi
+# The rerun's stages with this run's name, seed, budget and evaluations
+# (train without STAGE, as it was run; anything else: the checks).
+[ "${STAGE:-train}" = train ] || STAGE=check
+STAGE=${STAGE:-train} NAME=dspark-bf16data-2 OUT=bench/results/2026-12-04-trained-on TRAIN_SEED=6 \
+  TRAIN_TOKENS=${TRAIN_TOKENS:-700000} EVAL_EVERY=600 exec bash bench/results/2026-12-04-rerun/run.sh

@@ -47,7 +47,10 @@
 # were trained on; auto would pick bfloat16 on a bf16-native host and so
 # regenerate other data), PRECISION (training: fp32 by default, the
 # committed heads'; bf16 or auto for autocast), LR and WARMUP_STEPS (the
-# peak learning rate, 1e-3, and its linear warm-up, 20 steps).
+# peak learning rate, 1e-3, and its linear warm-up, 20 steps),
+# TRAIN_THREADS (torch threads of train and continue: 1 by default, so
+# another job has the second core; a DSpark step ran 0.53-0.57 s on two
+# threads against 0.72-1.00 s on one, tools.train_step_speed, phase 21).
 set -euo pipefail
 
 REPO=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
@@ -103,18 +106,18 @@ data() {  # responses, conversations, features, draft vocabulary
   train_draft "$DATA_THREADS" "$RUN/data-only" --method dspark --prepare-only
 }
 
-train() {  # METHOD (one thread)
+train() {  # METHOD (TRAIN_THREADS)
   local method=$1 extra=()
   [ "$method" = dspark ] && extra=(--markov-rank 128)  # rank 256 does not fit 25 MB (docs/draft-heads.md)
-  train_draft 1 "$RUN/$method" --method "$method" "${TRAIN_ARGS[@]}" "${extra[@]}"
+  train_draft "${TRAIN_THREADS:-1}" "$RUN/$method" --method "$method" "${TRAIN_ARGS[@]}" "${extra[@]}"
 }
 
-continue_training() {  # METHOD (one thread), from the committed head or INIT_FROM
+continue_training() {  # METHOD (TRAIN_THREADS), from the committed head or INIT_FROM
   local method=$1 extra=() init
   [ "$method" = dspark ] && extra=(--markov-rank 128)
   # An absolute path: the CLI runs in the code snapshot, not in REPO.
   init=$(realpath "${INIT_FROM:-$REPO/checkpoints/$method-smollm2}")
-  train_draft 1 "$RUN/${CONTINUED_NAME:-$method-continued}" --method "$method" "${TRAIN_ARGS[@]}" "${extra[@]}" \
+  train_draft "${TRAIN_THREADS:-1}" "$RUN/${CONTINUED_NAME:-$method-continued}" --method "$method" "${TRAIN_ARGS[@]}" "${extra[@]}" \
     --init-from "$init" --train-seed "${TRAIN_SEED:-0}"
 }
 

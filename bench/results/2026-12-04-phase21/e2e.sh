@@ -4,8 +4,9 @@
 # timed alone), as phase 10 measured its parts: speculation off, n-gram +
 # datastore, the hybrid + datastore, the DSpark head alone; ROUNDS
 # interleaved rounds of 8 prompts of 96 tokens per set, ratios within each
-# round (to off and to n-gram + datastore), then their median. One thread,
-# a quiet machine. From the repository root.
+# round (to off and to n-gram + datastore), then their median. One thread
+# (the committed results ran beside the test suite on the other core,
+# docs/draft-heads.md phase 21). From the repository root.
 set -euo pipefail
 OUT=bench/results/2026-12-04-phase21/e2e
 PY=${PYTHON:-.venv/bin/python}

@@ -14,14 +14,14 @@
 #   STAGE=train bash bench/results/2026-12-03-c2800/run.sh   # one core, resumable
 #   STAGE=eval  bash bench/results/2026-12-03-c2800/run.sh   # tau table beside the committed heads'
 #
-# Later runs reuse it with their own NAME, OUT, DATA_DIR, DTYPE, TRAIN_SEED
-# and TRAIN_TOKENS (unset: this run's), e.g. phase 19's run.sh.
+# Later runs reuse it with their own NAME, OUT, DATA_DIR, DTYPE, TRAIN_SEED,
+# TRAIN_TOKENS and CONVERSATIONS (unset: this run's), e.g. phase 19's run.sh.
 set -euo pipefail
 OUT=${OUT:-bench/results/2026-12-03-c2800}
 RUN=${RUN:-$PWD/runs/heads-smollm2}  # absolute: the scripts run from a snapshot
 PY=${PYTHON:-python}
 NAME=${NAME:-dspark-c2800}
-export CONVERSATIONS=2800 DATA_DIR="${DATA_DIR:-$RUN/data-c2800}" DTYPE=${DTYPE:-float32} PYTHON=$PY
+export CONVERSATIONS=${CONVERSATIONS:-2800} DATA_DIR="${DATA_DIR:-$RUN/data-c2800}" DTYPE=${DTYPE:-float32} PYTHON=$PY
 case "${STAGE:?data, train or eval}" in
   data)
     nice -n 10 bash engine/spec/training/scripts/smollm2-heads.sh data "$RUN" ;;

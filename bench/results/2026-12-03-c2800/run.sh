@@ -26,7 +26,7 @@ case "${STAGE:?data, train or eval}" in
   data)
     nice -n 10 bash engine/spec/training/scripts/smollm2-heads.sh data "$RUN" ;;
   train)
-    TRAIN_TOKENS=${TRAIN_TOKENS:-1000000} EVAL_EVERY=600 PRECISION=bf16 LR=3e-4 WARMUP_STEPS=100 TRAIN_SEED=${TRAIN_SEED:-4} \
+    TRAIN_TOKENS=${TRAIN_TOKENS:-1000000} EVAL_EVERY=${EVAL_EVERY:-600} PRECISION=bf16 LR=3e-4 WARMUP_STEPS=100 TRAIN_SEED=${TRAIN_SEED:-4} \
       CONTINUED_NAME=$NAME nice -n 10 bash engine/spec/training/scripts/smollm2-heads.sh continue dspark "$RUN" ;;
   eval)
     PROMPTS=8 COMPARE=0 engine/spec/training/scripts/smollm2-heads-eval.sh "$RUN" $NAME

@@ -11,7 +11,8 @@
 # into OUT (trained/, calibrated/): the work tree is what a cut-off
 # session recovers, runs/ is not. From the repository root; DATA_PACKAGES
 # as in smollm2-heads.sh. The first run's run.sh calls this one with its
-# own NAME, OUT, seed, budget and evaluation interval.
+# own NAME, OUT, seed, budget and evaluation interval; DATA_DIR and
+# CONVERSATIONS another data stage's (bench/results/2026-12-04-c5600-data).
 #
 #   STAGE=train bash bench/results/2026-12-04-rerun/run.sh   # one core, ~35 min, resumable
 #   STAGE=check bash bench/results/2026-12-04-rerun/run.sh   # two cores
@@ -27,10 +28,10 @@ pack() {  # HEAD_DIR DEST: the head's weights and config into the work tree
 }
 case "${STAGE:?train or check}" in
   train)
-    RUN=$RUN CONVERSATIONS=2800 DATA_DIR=$RUN/data-c2800-bf16 DTYPE=bfloat16 PYTHON=$PY \
-      TRAIN_TOKENS=${TRAIN_TOKENS:-250000} EVAL_EVERY=${EVAL_EVERY:-0} PRECISION=bf16 LR=3e-4 WARMUP_STEPS=100 \
-      TRAIN_SEED=${TRAIN_SEED:-7} CONTINUED_NAME=$NAME nice -n 10 \
-      bash engine/spec/training/scripts/smollm2-heads.sh continue dspark "$RUN"
+    # Phase 18's training stage (lr, warm-up, precision) on phase 19's data.
+    STAGE=train RUN=$RUN NAME=$NAME DATA_DIR=${DATA_DIR:-$RUN/data-c2800-bf16} DTYPE=bfloat16 PYTHON=$PY \
+      TRAIN_TOKENS=${TRAIN_TOKENS:-250000} EVAL_EVERY=${EVAL_EVERY:-0} TRAIN_SEED=${TRAIN_SEED:-7} \
+      bash bench/results/2026-12-03-c2800/run.sh
     pack "$RUN/$NAME" "$OUT/trained" ;;
   check)
     HEAD_DIR=$RUN/$NAME OUT=$OUT CHECKS=runs/calib-${NAME#dspark-}/whole \

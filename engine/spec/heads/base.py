@@ -21,7 +21,7 @@ from torch import nn
 from engine.models.inference_kernels import choose_kernel, pack_linears
 from engine.models.llama import RMSNorm
 from engine.spec.heads.config import HeadConfig, SharedWeights, target_shared_weights
-from engine.spec.heads.drafting import DraftBatch, RequestState
+from engine.spec.heads.drafting import CompactLogits, DraftBatch, RequestState
 from engine.spec.heads.layers import Rotary
 
 
@@ -109,6 +109,14 @@ class DraftHead(nn.Module):
             return tokens
         self._require_shared()
         return self._vocab_index[tokens]
+
+    def draft_logits(self, logits: torch.Tensor) -> torch.Tensor | CompactLogits:
+        """Logits [R, output_size] as DraftBatch.sample takes them: compact
+        over a draft vocabulary (it expands them only where a row needs the
+        full vocabulary), else as they are."""
+        if not self.config.draft_vocab_size:
+            return logits
+        return CompactLogits(logits, self.draft_ids, self.config.vocab_size)
 
     def expand_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary logits [..., output_size] -> target-vocabulary

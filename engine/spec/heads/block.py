@@ -122,5 +122,5 @@ class BlockHead(DraftHead):
         base = self.logits(hidden)  # [R, k, output_size]
         prev = anchors[:, 0]
         for k in range(hidden.shape[1]):
-            logits = self.expand_logits(self.sequential_logits(base[:, k], prev))
+            logits = self.draft_logits(self.sequential_logits(base[:, k], prev))
             prev = batch.sample(k, logits, self.draft_confidence(hidden[:, k], prev))

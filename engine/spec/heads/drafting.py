@@ -7,6 +7,7 @@ drafts before it counted as output), so rejection sampling stays exact.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -67,9 +68,12 @@ class RequestState:
 
 def padded_context(states: list[RequestState], num_layers: int):
     """Per layer (k, v) [R, Cmax, kvh, hd] padded with zeros, and valid [R, Cmax] bool."""
+    like = states[0].kv[0].keys
+    if len(states) == 1:  # one request (a single stream): its caches as they are, no padded copy
+        valid = torch.ones(1, states[0].num_context, dtype=torch.bool, device=like.device)
+        return [tuple(t[None] for t in cache.view()) for cache in states[0].kv[:num_layers]], valid
     lengths = [s.num_context for s in states]
     longest = max(lengths)
-    like = states[0].kv[0].keys
     valid = torch.zeros(len(states), longest, dtype=torch.bool, device=like.device)
     for i, n in enumerate(lengths):
         valid[i, :n] = True
@@ -82,6 +86,29 @@ def padded_context(states: list[RequestState], num_layers: int):
             k[i, : k_i.shape[0]], v[i, : v_i.shape[0]] = k_i, v_i
         layers.append((k, v))
     return layers, valid
+
+
+class CompactLogits(NamedTuple):
+    """A head's logits over its draft vocabulary: [R, Vd] float32, with
+    `ids` [Vd] their target ids. The distribution they stand for is the
+    target-vocabulary one with -inf off the draft vocabulary (`expand`)."""
+
+    logits: torch.Tensor
+    ids: torch.Tensor
+    vocab_size: int
+
+    def expand(self) -> torch.Tensor:
+        full = self.logits.new_full((self.logits.shape[0], self.vocab_size), float("-inf"))
+        full[:, self.ids] = self.logits
+        return full
+
+    def first_argmax(self) -> torch.Tensor:
+        """[R] target ids: the argmax of `expand()` (on ties the smallest
+        target id, as argmax over the full vocabulary breaks them) without
+        building it."""
+        top = self.logits.amax(dim=-1, keepdim=True)
+        tied = torch.where(self.logits == top, self.ids, self.vocab_size)
+        return tied.amin(dim=-1)
 
 
 class DraftBatch:
@@ -120,17 +147,27 @@ class DraftBatch:
         return [RowContext.for_request(item.request, drafted, grammar_mask(item))
                 for item, drafted in zip(self.items, self.tokens)]
 
-    def sample(self, k: int, logits: torch.Tensor, confidence: torch.Tensor | None) -> torch.Tensor:
+    def sample(self, k: int, logits: torch.Tensor | CompactLogits,
+               confidence: torch.Tensor | None) -> torch.Tensor:
         """Sample draft k for every request from its transformed distribution.
 
-        logits [R, V] float32; confidence [R] from a confidence head, or
-        None to use the peak of the head's raw distribution. Returns the
-        drafted tokens [R] long.
+        logits [R, V] float32, or a head's CompactLogits; confidence [R]
+        from a confidence head, or None to use the peak of the head's raw
+        distribution. Returns the drafted tokens [R] long.
         """
-        probs = target_probs(logits, self.row_contexts())
-        peaks = torch.softmax(logits, dim=-1).amax(dim=-1).tolist()
+        compact = logits.logits if isinstance(logits, CompactLogits) else logits
+        # -inf off a draft vocabulary adds nothing to the softmax: the compact peak is the full one.
+        peaks = torch.softmax(compact, dim=-1).amax(dim=-1).tolist()
         confidence = peaks if confidence is None else confidence.tolist()
-        drawn = draw_drafts(probs, self.items, [len(drafted) for drafted in self.tokens])
+        if isinstance(logits, CompactLogits) and all(_plain_greedy(item) for item in self.items):
+            # What target_probs and draw_drafts give these rows (the one-hot of
+            # the full argmax), without three passes over the target's vocabulary.
+            drawn = logits.first_argmax()
+            probs = compact.new_zeros((len(self.items), logits.vocab_size)).scatter_(1, drawn[:, None], 1.0)
+        else:
+            full = logits.expand() if isinstance(logits, CompactLogits) else logits
+            probs = target_probs(full, self.row_contexts())
+            drawn = draw_drafts(probs, self.items, [len(drafted) for drafted in self.tokens])
         for i, token in enumerate(drawn.tolist()):
             self._add(i, token, probs[i], self._calibrated(confidence[i], peaks[i], i, k), peaks[i])
         return drawn
@@ -156,6 +193,12 @@ class DraftBatch:
                 for item, tokens, probs, confidences, peaks in zip(self.items, self.tokens, self.probs,
                                                                    self.confidences, self.peaks)
                 if tokens}
+
+
+def _plain_greedy(item: DraftInput) -> bool:
+    """Greedy with no transform before the argmax (penalty, logit_bias, grammar)."""
+    params = item.request.sampling_params
+    return params.greedy and not params.has_penalties and not params.logit_bias and item.grammar is None
 
 
 def _sampling_temperature(item: DraftInput) -> float:

@@ -85,7 +85,7 @@ class Eagle3Head(DraftHead):
         past_k, past_v = layers[0]
         lengths = to_device([s.num_context for s in batch.states], device=past_k.device)
         out = torch.stack([s.last for s in batch.states])  # [R, H]
-        prev = batch.sample(0, self.expand_logits(self.logits(out)), None)
+        prev = batch.sample(0, self.draft_logits(self.logits(out)), None)
         for k in range(1, batch.longest):
             position = (lengths - 1 + k)[:, None]
             valid = torch.cat([valid, valid.new_ones(batch.size, 1)], dim=1)
@@ -93,7 +93,7 @@ class Eagle3Head(DraftHead):
                                           valid[:, None, :])
             past_k, past_v = torch.cat([past_k, new_k], 1), torch.cat([past_v, new_v], 1)
             out = out[:, 0]
-            prev = batch.sample(k, self.expand_logits(self.logits(out)), None)
+            prev = batch.sample(k, self.draft_logits(self.logits(out)), None)
 
     def _empty_kv(self, like: torch.Tensor):
         shape = (0, self.config.num_kv_heads, self.config.head_dim)

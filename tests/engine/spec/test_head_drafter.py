@@ -150,8 +150,10 @@ def test_a_prefix_cache_hit_gives_the_head_the_features_it_would_compute(tiny_di
 
 @pytest.mark.parametrize("method", HEAD_METHODS)
 def test_a_served_head_runs_packed_kernels_and_drafts_as_the_plain_one(tmp_path, tiny_target, method):
-    """from_checkpoint packs every linear and the restricted LM head for
-    inference (free mode); its drafts, distributions and confidences are
+    """from_checkpoint packs every linear (but DSpark's one-output
+    confidence head, a dot product) and the restricted LM head for
+    inference (free mode), and DSpark's Markov output W2; its drafts,
+    distributions and confidences are
     the unpacked head's up to float rounding. With gradients on, the plain
     path runs (the packed copies would not train)."""
     from engine.models.inference_kernels import Linear
@@ -161,8 +163,11 @@ def test_a_served_head_runs_packed_kernels_and_drafts_as_the_plain_one(tmp_path,
     save_head(make_drafter(tiny_target, method).head, str(tmp_path / "ckpt"))
     served = HeadDrafter.from_checkpoint(str(tmp_path / "ckpt"), tiny_target.model)
     plain = HeadDrafter(load_head(str(tmp_path / "ckpt"), tiny_target.model))
-    linears = [m for m in served.head.modules() if isinstance(m, Linear)]
+    confidence = getattr(served.head, "confidence", None)
+    linears = [m for m in served.head.modules() if isinstance(m, Linear) and m is not confidence]
     assert linears and all(m.kernel is not None for m in linears) and served.head._head_kernel is not None
+    if method == "dspark":
+        assert confidence.kernel is None and served.head._markov_kernel is not None
     assert all(m.kernel is None for m in plain.head.modules() if isinstance(m, Linear))
     tokens = torch.randint(3, 500, (40,), generator=torch.Generator().manual_seed(2))
     feats, _ = target_features(tiny_target, tokens, served.aux_layers)

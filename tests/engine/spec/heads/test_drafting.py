@@ -7,7 +7,7 @@ import torch
 
 from engine.sampler import DRAFT_SEED_OFFSET, RowContext, draft_generator, make_generator
 from engine.spec.base import DraftInput
-from engine.spec.heads.drafting import DraftBatch, GrowingKV, RequestState, scale_confidence
+from engine.spec.heads.drafting import CompactLogits, DraftBatch, GrowingKV, RequestState, scale_confidence
 from scheduler.request import Request, SamplingParams
 
 
@@ -76,3 +76,44 @@ def test_draft_generator_is_offset_from_the_sampling_seed():
     assert not torch.equal(torch.rand(4, generator=draft_generator(5)), torch.rand(4, generator=make_generator(5)))
     assert not torch.equal(torch.rand(4, generator=draft_generator(None)),
                            torch.rand(4, generator=draft_generator(None)))
+
+
+def test_compact_logits_argmax_breaks_ties_by_target_id_as_the_full_argmax_does():
+    ids = torch.tensor([7, 2, 5, 0])  # a draft vocabulary in frequency order, not id order
+    compact = CompactLogits(torch.tensor([[1.0, 3.0, 3.0, 0.0], [4.0, 1.0, 2.0, 4.0], [0.0, 0.0, 0.0, 0.0]]), ids, 9)
+    full = compact.expand()
+    assert full.shape == (3, 9) and torch.isinf(full[:, [1, 3, 4, 6, 8]]).all()
+    assert compact.first_argmax().tolist() == full.argmax(dim=-1).tolist() == [2, 0, 0]
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0.0),
+                                    SamplingParams(temperature=0.0, repetition_penalty=2.0),
+                                    SamplingParams(temperature=0.0, logit_bias=[(2, 5.0)]),
+                                    SamplingParams(temperature=0.8, seed=3)],
+                         ids=["greedy", "greedy-penalised", "greedy-logit-bias", "seeded"])
+def test_a_batch_drafts_the_same_from_compact_logits_as_from_expanded_ones(params):
+    """Plain greedy rows skip the full-vocabulary passes; every row must
+    still get the tokens, distributions, confidences and peaks the
+    expanded logits give (tokens and distributions exactly)."""
+    ids = torch.tensor([11, 2, 7, 5, 0, 9])
+    generator = torch.Generator().manual_seed(0)
+    steps = []
+    for _ in range(3):
+        logits = torch.randn(2, 6, generator=generator).round().abs()
+        logits[:, 2] = logits.amax(dim=-1) + 0.5  # token 7, seen in the prompt: a penalty moves the argmax
+        steps.append(CompactLogits(logits, ids, 12))
+    blocks = []
+    for expand in (False, True):
+        requests = [Request(f"r{i}", [2, 7, 7], params) for i in range(2)]
+        batch = DraftBatch([DraftInput(r, 3, torch.Generator().manual_seed(1), []) for r in requests],
+                           [RequestState(), RequestState()])
+        for k, logits in enumerate(steps):
+            batch.sample(k, logits.expand() if expand else logits, None)
+        blocks.append(batch.proposals())
+    for rid in ("r0", "r1"):
+        compact, full = blocks[0][rid], blocks[1][rid]
+        assert compact.token_ids == full.token_ids
+        assert torch.equal(compact.probs, full.probs)
+        # The softmax sums its terms in another order without the -inf ones: rounding only.
+        assert compact.confidences == pytest.approx(full.confidences, rel=1e-6)
+        assert compact.peaks == pytest.approx(full.peaks, rel=1e-6)

@@ -8,7 +8,7 @@
 # (the committed results ran beside the test suite on the other core,
 # docs/draft-heads.md phase 21). From the repository root.
 set -euo pipefail
-OUT=bench/results/2026-12-04-phase21/e2e
+OUT=${OUT:-bench/results/2026-12-04-phase21/e2e}  # phase 22 calls this with its own
 PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=1
 for set in humaneval mt-bench; do

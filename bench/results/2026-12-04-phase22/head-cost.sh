@@ -10,14 +10,15 @@
 #   bash bench/results/2026-12-04-phase22/head-cost.sh   # ~4 min
 set -euo pipefail
 OUT=bench/results/2026-12-04-phase22/head-cost
-PY=${PYTHON:-$PWD/.venv/bin/python}
+REPO=$PWD
+PY=${PYTHON:-$REPO/.venv/bin/python}
 BEFORE=$(mktemp -d)
 trap 'rm -rf "$BEFORE"' EXIT
 git archive 6da96c2 | tar -x -C "$BEFORE"
 for round in 1 2; do
   for side in before after; do
-    code=$PWD; [ $side = before ] && code=$BEFORE
-    (cd "$code" && OMP_NUM_THREADS=1 "$PY" -m tools.head_cost --draft-model "$OLDPWD/checkpoints/dspark-smollm2" \
-      --out "$OLDPWD/$OUT/$side-$round") 2>&1 | grep -v specserve
+    code=$REPO; [ $side = before ] && code=$BEFORE
+    (cd "$code" && OMP_NUM_THREADS=1 "$PY" -m tools.head_cost --draft-model "$REPO/checkpoints/dspark-smollm2" \
+      --out "$REPO/$OUT/$side-$round") 2>&1 | grep -v specserve
   done
 done

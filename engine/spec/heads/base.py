@@ -123,9 +123,7 @@ class DraftHead(nn.Module):
         logits [..., V], -inf off the draft vocabulary."""
         if not self.config.draft_vocab_size:
             return logits
-        full = logits.new_full((*logits.shape[:-1], self.config.vocab_size), float("-inf"))
-        full[..., self.draft_ids] = logits
-        return full
+        return CompactLogits(logits, self.draft_ids, self.config.vocab_size).expand()
 
     def lm_head_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The frozen (restricted) LM head [output_size, H] in `dtype`, cached."""

@@ -98,8 +98,9 @@ class CompactLogits(NamedTuple):
     vocab_size: int
 
     def expand(self) -> torch.Tensor:
-        full = self.logits.new_full((self.logits.shape[0], self.vocab_size), float("-inf"))
-        full[:, self.ids] = self.logits
+        """[..., V]: the logits at their target ids, -inf elsewhere."""
+        full = self.logits.new_full((*self.logits.shape[:-1], self.vocab_size), float("-inf"))
+        full[..., self.ids] = self.logits
         return full
 
     def first_argmax(self) -> torch.Tensor:

@@ -9,6 +9,8 @@ report.json (needs matplotlib).
   # segments joined with "+", in order, one line labelled by the first
   python -m engine.spec.training.scripts.plot_tau \
       checkpoints/dspark-smollm2+runs/heads-smollm2/dspark-continued --out ...
+  # LABEL=...: the line's label instead of the first segment's folder name
+  python -m engine.spec.training.scripts.plot_tau dspark=bench/results/A+bench/results/B --out ...
 """
 from __future__ import annotations
 
@@ -32,19 +34,21 @@ def read_evals(run_dir: str) -> list[dict]:
 def read_segments(spec: str) -> tuple[str, list[dict]]:
     """A head's label and evaluations from "DIR" or "DIR+DIR+...": the
     segments of one head trained on in stages, joined in the order given
-    (a warm start's log counts on from its checkpoint's anchors)."""
-    dirs = spec.split("+")
+    (a warm start's log counts on from its checkpoint's anchors); "LABEL=..."
+    names the line, else the first folder does."""
+    label, _, joined = spec.rpartition("=")
+    dirs = joined.split("+")
     evals = [entry for run_dir in dirs for entry in read_evals(run_dir)]
     anchors = [entry["anchors"] for entry in evals]
     if anchors != sorted(anchors):
         raise ValueError(f"{spec}: the segments' anchors do not follow on from each other")
-    return os.path.basename(os.path.normpath(dirs[0])), evals
+    return label or os.path.basename(os.path.normpath(dirs[0])), evals
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="training output directories (each with log.jsonl, or a "
-                   "checkpoint's report.json); DIR+DIR joins the stages of one head")
+                   "checkpoint's report.json); DIR+DIR joins the stages of one head, LABEL=DIR+DIR names it")
     p.add_argument("--out", required=True, help="PNG to write")
     args = p.parse_args(argv)
     import matplotlib

@@ -67,3 +67,5 @@ def test_the_stages_of_one_head_are_joined_in_order(tmp_path):
     assert [e["tau"]["heldout"] for e in evals] == [1.2, 1.3, 1.4]
     with pytest.raises(ValueError, match="do not follow on"):
         read_segments(f"{then}+{first}")
+    label, named = read_segments(f"dspark={first}+{then}")
+    assert label == "dspark" and named == evals

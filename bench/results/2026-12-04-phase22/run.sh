@@ -14,7 +14,7 @@
 #   STAGE=check bash bench/results/2026-12-04-phase22/run.sh   # two cores, ~22 min
 set -euo pipefail
 RUN=${RUN:-$PWD/runs/heads-smollm2}
-# Phase 23's run.sh calls this one with its own NAME, OUT, seed and budget.
+# Phases 23 and 24's run.sh call this one with their own NAME, OUT, seed and budget.
 NAME=${NAME:-dspark-c5600-1} OUT=${OUT:-bench/results/2026-12-04-phase22} TRAIN_SEED=${TRAIN_SEED:-9} TRAIN_THREADS=2 \
   DATA_DIR=$RUN/data-c5600-bf16 CONVERSATIONS=5600 RUN=$RUN \
   TRAIN_TOKENS=${TRAIN_TOKENS:-700000} EVAL_EVERY=${EVAL_EVERY:-0} \

@@ -42,6 +42,7 @@ from bench.spec_sweep import rotated
 from engine.config import EngineConfig, SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.models.default import default_model_path
+from engine.spec.hybrid import HeadPayoff
 from engine.spec.ngram import prior_for_every_follower_class
 from engine.spec.ngram_prior import SURVIVAL_BY_MATCH_AND_POSITION
 from scheduler.request import SamplingParams
@@ -104,6 +105,16 @@ def never_run_the_head(engine: LLMEngine) -> None:
     what the hybrid costs by itself (target features captured and kept,
     bookkeeping), a diagnostic against `ngram`."""
     engine.drafter._head_could_win = lambda item, ngram_block: False
+
+
+def one_payoff_for_every_band(engine: LLMEngine) -> None:
+    """`hybrid-ds-one-payoff`: the hybrid as it was before phase 24, with one
+    head payoff over all steps instead of one per band of what n-gram's
+    block on offer is expected to get, and an accepted draft valued at a
+    whole step whatever its request's tokens per step."""
+    engine.drafter.payoff_edges = ()
+    engine.drafter.payoffs = [HeadPayoff()]
+    engine.drafter._steps_saved_per_token = lambda request: 1.0
 
 
 def never_verify(engine: LLMEngine) -> None:
@@ -174,6 +185,7 @@ ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "hybrid-ds-nohead"
              "ngram-decay": ("ngram", decaying_ngram_prior), "hybrid-decay": ("hybrid", decaying_ngram_prior),
              "hybrid-twice": ("hybrid", calibrated_twice),
              "hybrid-ds-own-map": ("hybrid-ds", ngram_blocks_mapped_by_the_hybrid),
+             "hybrid-ds-one-payoff": ("hybrid-ds", one_payoff_for_every_band),
              # a second engine of the same configuration: the A/A check of a comparison's floor
              "ngram-ds-again": ("ngram-ds", None),
              "ngram-ds-pooled-prior": ("ngram-ds", prior_pooled_over_followers),

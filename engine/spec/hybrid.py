@@ -37,13 +37,23 @@ policy's terms at the current load):
   n-gram nearly always has a block on offer, and crediting the head with
   all its accepted drafts kept it running where it brought a few
   hundredths of a token more), times the seconds an accepted token is
-  worth at this load, is less than
+  worth at this load (the policy's figure, a decode step over the users
+  it delays, times the share of a step one more token saves the request:
+  1 over the tokens it emits per step, so half a step where n-gram
+  already brings two tokens a step), is less than
   what a run has cost: its measured seconds per request (less the folding
   of features that piled up while it was skipped) plus the step time
   its verified drafts added (verified drafts per run times what one more
   verified token costs at this load). A busy machine makes a token
   worth less (more users wait for each second of drafting); a machine where
   the head's forward is dear next to a decode step never lets it pay.
+The payoff is kept apart per band of what n-gram's block on offer is
+expected to get (`PAYOFF_BUCKET_EDGES`; no block: 0): beside a strong
+n-gram block a head run is rarely chosen and gains a few hundredths of a
+draft, beside a weak one or none it is chosen and gains most of what it
+gets accepted. One figure over all steps averaged the two, and the head
+was skipped everywhere where it paid only beside weak blocks. The band is
+read off n-gram's block, a function of the context: pre-draw.
 Exploration: once in EXPLORE_EVERY steps that skipped the head, it runs
 anyway for ONE of the skipped requests, so the figures follow a change.
 Each exploration that leaves the head skipped doubles that wait (up to
@@ -78,7 +88,8 @@ exactly as plain n-gram's blocks are (`_as_handed`).
 from __future__ import annotations
 
 import time
-from collections import deque
+from bisect import bisect_right
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 
 from engine.spec.base import DraftInput, Drafter
@@ -116,6 +127,9 @@ class PositionRates:
             self.accepted[position] += 1.0 if position < num_accepted else 0.0
 
 
+# Bands of the expected accepted drafts of n-gram's block on offer (its
+# calibrated confidences; 0 with no block) with a payoff of their own.
+PAYOFF_BUCKET_EDGES = (0.25, 0.5, 1.0)
 EXPLORE_EVERY = 64  # steps that skipped the head; then it runs for one skipped request
 EXPLORE_EVERY_MAX = 1024  # the wait after explorations that left the head skipped (doubling)
 # Positions a head that drafts every step folds in per request and run: the
@@ -166,9 +180,11 @@ class HeadPayoff:
     def seconds_per_run(self) -> float:
         return self.seconds / self.timed_runs if self.timed_runs else 0.0
 
-    def pays(self, economics: DraftEconomics) -> bool:
+    def pays(self, economics: DraftEconomics, steps_saved_per_token: float = 1.0) -> bool:
+        """Whether a run is worth what it costs; `steps_saved_per_token`: the
+        share of a step one more accepted draft saves the request (module doc)."""
         cost = self.seconds_per_run + self.verified_per_run * economics.verify_token_seconds
-        return self.gained_per_run * economics.accepted_token_seconds >= cost
+        return self.gained_per_run * economics.accepted_token_seconds * steps_saved_per_token >= cost
 
 
 class HeadLengths:
@@ -197,6 +213,7 @@ class _Pending:
     calibrated: list[float]
     counters: tuple[int, int, int]  # the request's (spec steps, drafts verified, accepted) at proposal
     displaced: float = 0.0  # a head block: the expected accepted drafts of the n-gram block it beat
+    bucket: int = 0  # a head block: the payoff band of the n-gram block on offer
 
 
 class HybridDrafter(Drafter):
@@ -209,7 +226,8 @@ class HybridDrafter(Drafter):
     costs_compute = False
     num_lookahead_slots = 0
 
-    def __init__(self, head: HeadDrafter, ngram: NgramDrafter):
+    def __init__(self, head: HeadDrafter, ngram: NgramDrafter,
+                 payoff_edges: tuple[float, ...] = PAYOFF_BUCKET_EDGES):
         self.head, self.ngram = head, ngram
         self.aux_layers = head.aux_layers
         # n-gram drafts up to --num-speculative-tokens (a copied run can go on
@@ -220,7 +238,8 @@ class HybridDrafter(Drafter):
         self.head_rates = PositionRates()
         self.pending: dict[str, _Pending] = {}
         self.choices = {source: 0 for source in (*ngram.sources, head.name)}  # proposals handed out per source
-        self.payoff = HeadPayoff()
+        self.payoff_edges = payoff_edges
+        self.payoffs = [HeadPayoff() for _ in range(len(payoff_edges) + 1)]  # per band (module doc)
         self.head_lengths = HeadLengths()
         # Requests x steps the head did not run for, by reason (its first draft
         # would not be verified at the load; its runs have not paid), and the
@@ -250,18 +269,25 @@ class HybridDrafter(Drafter):
         drafted = self.ngram.propose(items)  # as plain n-gram hands them to the policy
         ngram = self._calibrated(drafted, raw)
         need_head = self._heads_to_run(items, ngram)
-        head = self._calibrated(self._run_head(need_head), raw) if need_head else {}
+        head = self._calibrated(self._run_head(need_head, ngram), raw) if need_head else {}
         proposals = {}
         for item in items:
             rid = item.request.request_id
             ngram_block = ngram.get(rid)
             chosen = choose(ngram_block, head.get(rid), self.head_rates, item.max_tokens)
             if chosen is not None:
-                displaced = expected_accepted(ngram_block.confidences) \
-                    if ngram_block is not None and chosen is not ngram_block else 0.0
-                self._remember(item.request, chosen, raw[rid, chosen.source], displaced)
+                offered = ngram_expectation(ngram_block)
+                displaced = 0.0 if chosen is ngram_block else offered
+                self._remember(item.request, chosen, raw[rid, chosen.source], displaced, self._bucket(offered))
                 proposals[rid] = self._as_handed(chosen, drafted.get(rid))
         return proposals
+
+    def _bucket(self, offered: float) -> int:
+        """The payoff band of an n-gram block expected to get `offered`."""
+        return bisect_right(self.payoff_edges, offered)
+
+    def _payoff(self, ngram_block: DraftBlock | None) -> HeadPayoff:
+        return self.payoffs[self._bucket(ngram_expectation(ngram_block))]
 
     def _as_handed(self, block: DraftBlock, drafted: DraftBlock | None) -> DraftBlock:
         """The block the verify policy gets. A head block goes as the head's
@@ -275,12 +301,15 @@ class HybridDrafter(Drafter):
         (docs/draft-heads.md, phase 15)."""
         return block if block.source == self.head_source else drafted
 
-    def _run_head(self, items: list[DraftInput]) -> dict[str, DraftBlock]:
+    def _run_head(self, items: list[DraftInput], ngram: dict[str, DraftBlock]) -> dict[str, DraftBlock]:
         items = [replace(item, max_tokens=self._head_length(item)) for item in items]
         started = time.perf_counter()
         blocks = self.head.propose(items)
         elapsed = time.perf_counter() - started
-        self.payoff.record_runs(len(items), max(0.0, elapsed - self._catch_up_seconds(len(items))))
+        seconds_per_run = max(0.0, elapsed - self._catch_up_seconds(len(items))) / len(items)
+        runs = Counter(self._bucket(ngram_expectation(ngram.get(item.request.request_id))) for item in items)
+        for bucket, num_runs in runs.items():
+            self.payoffs[bucket].record_runs(num_runs, seconds_per_run * num_runs)
         return blocks
 
     def _catch_up_seconds(self, num_runs: int) -> float:
@@ -302,7 +331,7 @@ class HybridDrafter(Drafter):
         for item in items:
             if not self._head_could_win(item, ngram.get(item.request.request_id)):
                 continue
-            reason = self._skip_reason(item.economics)
+            reason = self._skip_reason(item, self._payoff(ngram.get(item.request.request_id)))
             if reason is None:
                 run.append(item)
             else:
@@ -319,21 +348,27 @@ class HybridDrafter(Drafter):
 
     def _head_could_win(self, item: DraftInput, ngram_block: DraftBlock | None) -> bool:
         """Whether the head's proposal could beat n-gram's even with c_1 = 1."""
-        if ngram_block is None:
-            return True
-        return head_expectation(1.0, self.head_rates, self._head_length(item)) > \
-            expected_accepted(ngram_block.confidences)
+        return head_expectation(1.0, self.head_rates, self._head_length(item)) > ngram_expectation(ngram_block)
 
     def _head_length(self, item: DraftInput) -> int:
         return self.head_lengths.cap(min(item.max_tokens, self.head.max_draft_tokens or item.max_tokens))
 
-    def _skip_reason(self, economics) -> str | None:
-        """Why running the head for a request does not pay at this load, or None."""
-        if self.head_rates.rate(0) < economics.first_draft_threshold:
+    def _skip_reason(self, item: DraftInput, payoff: HeadPayoff) -> str | None:
+        """Why running the head for a request does not pay at this load
+        (`payoff`: its band's, beside the n-gram block on offer), or None."""
+        if self.head_rates.rate(0) < item.economics.first_draft_threshold:
             return "threshold"
-        if not self.payoff.pays(economics):
+        if not payoff.pays(item.economics, self._steps_saved_per_token(item.request)):
             return "cost"
         return None
+
+    @staticmethod
+    def _steps_saved_per_token(request) -> float:
+        """The share of a step one more accepted draft saves `request`: 1 over
+        the tokens it has emitted per step so far (each step emits one token
+        of the target's plus the drafts accepted; 1 before any were)."""
+        steps = request.num_output_tokens - request.num_accepted_tokens
+        return steps / request.num_output_tokens if steps > 0 else 1.0
 
     def _exploring(self, skipped: list[tuple[DraftInput, str]]) -> DraftInput | None:
         """Once in `_explore_every` steps with skips, the skipped request
@@ -360,9 +395,10 @@ class HybridDrafter(Drafter):
                                   peaks=block.peaks)
         return out
 
-    def _remember(self, request, block: DraftBlock, raw: list[float], displaced: float) -> None:
+    def _remember(self, request, block: DraftBlock, raw: list[float], displaced: float, bucket: int) -> None:
         counters = (request.num_spec_steps, request.num_draft_tokens, request.num_accepted_tokens)
-        self.pending[request.request_id] = _Pending(block.source, raw, block.confidences, counters, displaced)
+        self.pending[request.request_id] = _Pending(block.source, raw, block.confidences, counters, displaced,
+                                                    bucket)
         self.choices[block.source] += 1
 
     def _observe_verification(self, request) -> None:
@@ -385,7 +421,7 @@ class HybridDrafter(Drafter):
                                                  pending.calibrated[:verified], accepted)
         if pending.source == self.head_source:
             self.head_rates.observe(verified, accepted)
-            self.payoff.record_outcome(verified, accepted, pending.displaced)
+            self.payoffs[pending.bucket].record_outcome(verified, accepted, pending.displaced)
 
     def events(self) -> dict[str, int]:
         """Head runs skipped per request and step (where the head could have
@@ -396,12 +432,19 @@ class HybridDrafter(Drafter):
     def stats(self) -> dict:
         return {"chosen": dict(self.choices), "head_skipped": dict(self.head_skipped), "explored": self.explored,
                 "explore_every": self._explore_every,
-                "head_gained_per_run": round(self.payoff.gained_per_run, 3),
-                "head_seconds_per_run": round(self.payoff.seconds_per_run, 5),
-                "head_verified_per_run": round(self.payoff.verified_per_run, 3),
+                "payoff_edges": list(self.payoff_edges),  # the bands of the per-band figures below
+                "head_runs": [round(payoff.runs, 1) for payoff in self.payoffs],
+                "head_gained_per_run": [round(payoff.gained_per_run, 3) for payoff in self.payoffs],
+                "head_seconds_per_run": [round(payoff.seconds_per_run, 5) for payoff in self.payoffs],
+                "head_verified_per_run": [round(payoff.verified_per_run, 3) for payoff in self.payoffs],
                 "head_length_cap": self.head_lengths.cap(self.head.max_draft_tokens or 0),
                 "head_position_rates": [round(self.head_rates.rate(i), 3)
                                                                       for i in range(len(self.head_rates.trials))]}
+
+
+def ngram_expectation(block: DraftBlock | None) -> float:
+    """Expected accepted drafts of n-gram's block on offer; 0 with none."""
+    return expected_accepted(block.confidences) if block is not None else 0.0
 
 
 def head_expectation(first_confidence: float, rates: PositionRates, max_tokens: int) -> float:

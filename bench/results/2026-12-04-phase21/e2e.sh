@@ -8,11 +8,11 @@
 # (the committed results ran beside the test suite on the other core,
 # docs/draft-heads.md phase 21). From the repository root.
 set -euo pipefail
-OUT=${OUT:-bench/results/2026-12-04-phase21/e2e}  # phase 22 calls this with its own
+OUT=${OUT:-bench/results/2026-12-04-phase21/e2e}  # later phases call this with their own (and METHODS)
 PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=1
 for set in humaneval mt-bench; do
   mkdir -p $OUT/$set
   $PY -m tools.engine_ab $set 1 ${ROUNDS:-3} --prompts 8 --max-tokens 96 --lockstep --versus ngram-ds \
-    --methods off,ngram-ds,hybrid-ds,dspark --out $OUT/$set | tee $OUT/$set/log.txt
+    --methods ${METHODS:-off,ngram-ds,hybrid-ds,dspark} --out $OUT/$set | tee $OUT/$set/log.txt
 done

@@ -121,6 +121,19 @@ def test_the_own_map_ablation_hands_every_block_over_as_the_hybrid_mapped_it():
     assert drafter._as_handed(block, drafted) is block
 
 
+def test_the_one_payoff_ablation_keeps_a_single_payoff_for_every_band():
+    """`hybrid-ds-one-payoff`: the hybrid before phase 24, one head payoff
+    whatever n-gram's block on offer is expected to get."""
+    from engine.spec.hybrid import HybridDrafter
+    from engine.spec.ngram import NgramDrafter
+    from tests.engine.spec.test_hybrid import _StubHead
+
+    drafter = HybridDrafter(_StubHead(), NgramDrafter(1, 4))
+    assert len(drafter.payoffs) > 1 and drafter._bucket(5.0) > 0
+    engine_ab.one_payoff_for_every_band(SimpleNamespace(drafter=drafter))
+    assert len(drafter.payoffs) == 1 and drafter._bucket(0.0) == drafter._bucket(5.0) == 0
+
+
 def test_a_candidate_head_runs_beside_the_committed_one(tmp_path, tiny_dir, tiny_target):
     """`--candidate`: `hybrid-candidate` is the hybrid over the other
     checkpoint, in the same run; asking for it without one fails loudly."""

@@ -144,11 +144,11 @@ def test_choice_prefers_the_larger_expected_acceptance():
     assert choose(None, weak, rates, 4) is weak and choose(ngram, None, rates, 4) is ngram
 
 
-def _load_case():
+def _load_case(**hybrid_options):
     """A hybrid with a stub head, and a proposer for a copying request (n-gram
     matches) and a free-text one (no match) under given economics."""
     head = _StubHead()
-    hybrid = HybridDrafter(head, NgramDrafter(1, 4))
+    hybrid = HybridDrafter(head, NgramDrafter(1, 4), **hybrid_options)
     hybrid.head_rates = PositionRates(trials=[10.0], accepted=[4.0])  # first-draft acceptance 0.42
     head.block = DraftBlock([9] * BLOCK, [0.99] * BLOCK, None, "dspark")
     copying = Request("r", [5, 6, 7, 5, 6], SamplingParams(temperature=0.0))  # n-gram proposes 7 ...
@@ -185,10 +185,13 @@ def test_a_run_after_a_skip_is_not_charged_for_folding_the_backlog(monkeypatch):
     head.seconds, head.last_fold = 0.1, (0.08, 40)  # 80 of its 100 ms folded 40 positions for 2 requests
     propose(accepted_token_seconds=1.0)
     steady = 2 * STEADY_FOLD_POSITIONS
-    assert hybrid.payoff.seconds_per_run == pytest.approx((0.1 - 0.08 * (40 - steady) / 40) / 2)
+    charged = 0.1 - 0.08 * (40 - steady) / 40
+    ran = [payoff for payoff in hybrid.payoffs if payoff.timed_runs]  # the bands of r and f
+    assert len(ran) == 2 and all(payoff.seconds_per_run == pytest.approx(charged / 2) for payoff in ran)
     head.last_fold = (0.01, steady)  # a run in steady state: all of it counts
     propose(accepted_token_seconds=1.0)
-    assert hybrid.payoff.seconds == pytest.approx((0.1 - 0.08 * (40 - steady) / 40) * hybrid.payoff.keep + 0.1)
+    keep = hybrid.payoffs[0].keep
+    assert sum(payoff.seconds for payoff in hybrid.payoffs) == pytest.approx(charged * keep + 0.1)
 
 
 def test_the_head_is_not_run_when_its_runs_do_not_pay_but_is_tried_now_and_then():
@@ -198,15 +201,39 @@ def test_the_head_is_not_run_when_its_runs_do_not_pay_but_is_tried_now_and_then(
     figures can change."""
     hybrid, head, propose = _load_case()
     # Per run: 0.5 accepted, 2 verified, 10 ms of drafting.
-    hybrid.payoff = HeadPayoff(runs=10.0, gained=5.0, verified=20.0, seconds=0.1, timed_runs=10.0)
-    assert hybrid.payoff.pays(DraftEconomics(accepted_token_seconds=0.03))  # 15 ms of worth per run
-    assert not hybrid.payoff.pays(DraftEconomics(accepted_token_seconds=0.03, verify_token_seconds=0.003))
+    hybrid.payoffs = [HeadPayoff(runs=10.0, gained=5.0, verified=20.0, seconds=0.1, timed_runs=10.0)
+                      for _ in hybrid.payoffs]  # every band alike
+    assert hybrid.payoffs[0].pays(DraftEconomics(accepted_token_seconds=0.03))  # 15 ms of worth per run
+    assert not hybrid.payoffs[0].pays(DraftEconomics(accepted_token_seconds=0.03, verify_token_seconds=0.003))
     assert propose(accepted_token_seconds=0.03) == {"r": "dspark", "f": "dspark"}
     runs = head.calls
     steps = [propose(accepted_token_seconds=0.01) for _ in range(EXPLORE_EVERY)]  # 2 requests a step
     assert steps.count({"r": "ngram"}) == EXPLORE_EVERY - 1  # about 5 ms of worth: does not pay
     assert head.calls == runs + 1 and hybrid.explored == 1 and head.ran_for == ["r"]
     assert hybrid.head_skipped["cost"] == 2 * EXPLORE_EVERY - 1
+
+
+def test_a_draft_is_worth_the_share_of_a_step_it_saves_a_request_that_n_gram_speeds_along():
+    """One more accepted draft saves a request 1 / (its tokens per step) of a
+    step: a head that pays for a request emitting a token a step does not
+    pay where n-gram already brings two a step."""
+    hybrid, head, propose = _load_case()
+    hybrid.payoffs = [HeadPayoff(runs=10.0, gained=5.0, verified=0.0, seconds=0.1, timed_runs=10.0)
+                      for _ in hybrid.payoffs]  # half a draft gained for 10 ms a run
+    assert propose(accepted_token_seconds=0.03) == {"r": "dspark", "f": "dspark"}  # 15 ms of worth
+    fast = Request("x", [1, 2, 3, 4], SamplingParams(temperature=0.0))
+    fast.output_token_ids = list(range(10))
+    fast.num_accepted_tokens = 5  # 10 tokens in 5 steps
+    assert hybrid._steps_saved_per_token(fast) == pytest.approx(0.5)
+    calls = head.calls
+    proposal = hybrid.propose([DraftInput(fast, BLOCK, torch.Generator(), [],
+                                          economics=DraftEconomics(accepted_token_seconds=0.03))])
+    assert proposal == {} and head.calls == calls  # 7.5 ms of worth: skipped for cost
+    assert hybrid.head_skipped["cost"] == 1
+    fast.num_accepted_tokens = 0  # a token a step: worth the whole 15 ms again
+    assert hybrid._steps_saved_per_token(fast) == 1.0
+    assert hybrid.propose([DraftInput(fast, BLOCK, torch.Generator(), [],
+                                      economics=DraftEconomics(accepted_token_seconds=0.03))])["x"].source == "dspark"
 
 
 def test_exploration_runs_the_head_for_one_request_per_explore_period_whatever_the_batch():
@@ -276,13 +303,36 @@ def test_a_head_block_chosen_over_ngrams_is_credited_only_what_it_got_beyond_ngr
     displaced = expected_accepted(offered["r"].confidences)
     assert "f" not in offered and displaced > 0 and hybrid.pending["r"].displaced == pytest.approx(displaced)
     assert hybrid.pending["f"].displaced == 0.0
-    gained = hybrid.payoff.gained
+    band = hybrid._bucket(displaced)
+    assert band > 0 and hybrid.pending["r"].bucket == band and hybrid.pending["f"].bucket == 0
+    gained = [payoff.gained for payoff in hybrid.payoffs]
     for request, accepted in ((copying, 3), (free, 2)):
         request.num_spec_steps += 1
         request.num_draft_tokens += 4
         request.num_accepted_tokens += accepted
         hybrid.absorb(request, None)
-    assert hybrid.payoff.gained == pytest.approx(gained + 3 - displaced + 2)
+    # Each in the payoff of the band of the n-gram block it was chosen over.
+    assert hybrid.payoffs[band].gained == pytest.approx(gained[band] + 3 - displaced)
+    assert hybrid.payoffs[0].gained == pytest.approx(gained[0] + 2)
+
+
+def test_the_head_runs_beside_weak_ngram_blocks_where_it_pays_there_and_not_beside_strong_ones():
+    """The payoff is kept per band of n-gram's expectation: a head whose runs
+    gained nothing beside a strong n-gram block, and a draft per run with no
+    block on offer, runs for the free-text request only. One payoff for all
+    (`payoff_edges=()`) averages the two and runs for neither."""
+    hybrid, head, propose = _load_case()
+    propose(accepted_token_seconds=1.0)  # both run: their bands are r's (strong n-gram) and 0 (none)
+    (strong,) = [band for band, payoff in enumerate(hybrid.payoffs) if band > 0 and payoff.timed_runs]
+    hybrid.payoffs[0] = HeadPayoff(runs=10.0, gained=10.0, verified=20.0, seconds=0.1, timed_runs=10.0)
+    hybrid.payoffs[strong] = HeadPayoff(runs=10.0, gained=0.0, verified=0.0, seconds=0.1, timed_runs=10.0)
+    assert propose(accepted_token_seconds=0.015) == {"r": "ngram", "f": "dspark"}  # 15 ms vs 10 ms a run
+    assert head.ran_for == ["f"] and hybrid.head_skipped["cost"] == 1
+
+    pooled, head, propose = _load_case(payoff_edges=())
+    pooled.payoffs = [HeadPayoff(runs=20.0, gained=10.0, verified=20.0, seconds=0.2, timed_runs=20.0)]
+    assert propose(accepted_token_seconds=0.015) == {"r": "ngram"}  # 7.5 ms vs 10 ms a run
+    assert head.calls == 0 and pooled.head_skipped["cost"] == 2
 
 
 class _HalvingCalibrator:

@@ -51,9 +51,10 @@ The payoff is kept apart per band of what n-gram's block on offer is
 expected to get (`PAYOFF_BUCKET_EDGES`; no block: 0): beside a strong
 n-gram block a head run is rarely chosen and gains a few hundredths of a
 draft, beside a weak one or none it is chosen and gains most of what it
-gets accepted. One figure over all steps averaged the two, and the head
-was skipped everywhere where it paid only beside weak blocks. The band is
-read off n-gram's block, a function of the context: pre-draw.
+gets accepted. One figure over all steps averages the two, so it can
+skip the head beside weak blocks where it pays and run it beside strong
+ones where it does not. The band is read off n-gram's block, a function
+of the context: pre-draw.
 Exploration: once in EXPLORE_EVERY steps that skipped the head, it runs
 anyway for ONE of the skipped requests, so the figures follow a change.
 Each exploration that leaves the head skipped doubles that wait (up to

@@ -19,7 +19,7 @@
 # `hybrid-ds-own-map`).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-OUT=bench/results/2026-12-03-load-lockstep
+OUT=${OUT:-bench/results/2026-12-03-load-lockstep}  # phase 24's load.sh calls this with its own
 PY=${PYTHON:-python}
 export PYTHONPATH=.${DATA_PACKAGES:+:$DATA_PACKAGES} OMP_NUM_THREADS=1
 METHODS=${METHODS:-off,ngram-ds,ngram-ds-again}
@@ -27,9 +27,9 @@ SETS=${SETS:-mt-bench}
 reversed_methods() { echo "$1" | tr ',' '\n' | tac | paste -sd, -; }
 # 96 prompts of 64 tokens at both levels.
 case ${STAGE:?STAGE=load or load-reversed} in
-load) order=$METHODS; name=load${SUFFIX:-}; runs="8,32 4 --prompts 96 --max-tokens 64" ;;
+load) order=$METHODS; name=load${SUFFIX:-}; runs="8,32 ${ROUNDS:-4} --prompts 96 --max-tokens 64" ;;
 load-reversed) order=$(reversed_methods "$METHODS"); name=load${SUFFIX:--reversed}
-  runs="8,32 4 --prompts 96 --max-tokens 64" ;;
+  runs="8,32 ${ROUNDS:-4} --prompts 96 --max-tokens 64" ;;
 *) echo "unknown STAGE=$STAGE" >&2; exit 2 ;;
 esac
 for set in $SETS; do

@@ -20,7 +20,8 @@ from bench.datasets import DATASETS
 from engine.engine import LLMEngine
 from engine.models.default import default_model_path
 from scheduler.request import SamplingParams
-from tools.engine_ab import ABLATIONS, HEAD, build_engines, dataset_prompt_ids, speculative_configs
+from tools.engine_ab import HEAD, build_engines, dataset_prompt_ids, speculative_configs
+from tools.engine_ab_ablations import ABLATIONS
 
 # engine attribute path -> the part of the step it is
 PARTS = {("scheduler", "schedule"): "schedule", ("", "_execute"): "forward",

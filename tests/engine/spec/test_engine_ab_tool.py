@@ -16,6 +16,7 @@ from engine.spec.heads.checkpoint import save_head
 from scheduler.request import SamplingParams
 from tests.engine.spec.test_head_drafter import make_drafter
 from tools import engine_ab
+from tools import engine_ab_ablations as ablations
 
 
 def test_engine_ab_runs_the_methods_interleaved_and_writes_their_figures(tmp_path, tiny_dir, tiny_target):
@@ -56,7 +57,7 @@ def test_never_verify_keeps_drafting_but_verifies_nothing(tiny_dir):
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     plain = LLMEngine(config)
     patched = LLMEngine(config, loaded=plain.loaded)
-    engine_ab.never_verify(patched)
+    ablations.never_verify(patched)
     proposed = []
     propose = patched.drafter.propose
     patched.drafter.propose = lambda inputs: proposed.append(propose(inputs)) or proposed[-1]
@@ -98,7 +99,7 @@ def test_calibrated_twice_hands_the_hybrids_blocks_over_unflagged():
 
     block = DraftBlock([3, 4], [0.8, 0.7], source="ngram", calibrated=True)
     drafter = SimpleNamespace(_calibrated=lambda blocks, raw: {"r": block})
-    engine_ab.calibrated_twice(SimpleNamespace(drafter=drafter))
+    ablations.calibrated_twice(SimpleNamespace(drafter=drafter))
     handed = drafter._calibrated({}, {})["r"]
     assert not handed.calibrated
     assert (handed.token_ids, handed.confidences, handed.source) == ([3, 4], [0.8, 0.7], "ngram")
@@ -117,7 +118,7 @@ def test_the_own_map_ablation_hands_every_block_over_as_the_hybrid_mapped_it():
     block = DraftBlock([3, 4], [0.5, 0.4], source="datastore", calibrated=True)
     drafted = DraftBlock([3, 4], [0.9, 0.8], source="datastore")
     assert drafter._as_handed(block, drafted).confidences == [0.9, 0.8]
-    engine_ab.ngram_blocks_mapped_by_the_hybrid(SimpleNamespace(drafter=drafter))
+    ablations.ngram_blocks_mapped_by_the_hybrid(SimpleNamespace(drafter=drafter))
     assert drafter._as_handed(block, drafted) is block
 
 
@@ -130,7 +131,7 @@ def test_the_one_payoff_ablation_keeps_a_single_payoff_for_every_band():
 
     drafter = HybridDrafter(_StubHead(), NgramDrafter(1, 4))
     assert len(drafter.payoffs) > 1 and drafter._bucket(5.0) > 0
-    engine_ab.one_payoff_for_every_band(SimpleNamespace(drafter=drafter))
+    ablations.one_payoff_for_every_band(SimpleNamespace(drafter=drafter))
     assert len(drafter.payoffs) == 1 and drafter._bucket(0.0) == drafter._bucket(5.0) == 0
 
 
@@ -262,7 +263,7 @@ def test_the_pooled_prior_ablation_reads_the_same_rates_in_every_follower_class(
 
     engine = SimpleNamespace(drafter=NgramDrafter(1, 4))
     assert engine.drafter.confidences(1, 3, FOLLOWED_ONCE) != engine.drafter.confidences(1, 3, FOLLOWED_VARIOUSLY)
-    method, ablate = engine_ab.ABLATIONS["ngram-ds-pooled-prior"]
+    method, ablate = ablations.ABLATIONS["ngram-ds-pooled-prior"]
     assert method == "ngram-ds"
     ablate(engine)
     for followers in (FOLLOWED_ONCE, FOLLOWED_VARIOUSLY):

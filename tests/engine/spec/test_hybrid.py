@@ -10,8 +10,8 @@ import torch
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.spec.base import DraftInput
-from engine.spec.hybrid import (EXPLORE_EVERY, EXPLORE_EVERY_MAX, STEADY_FOLD_POSITIONS, HeadPayoff, HybridDrafter,
-                                PositionRates, choose)
+from engine.spec.head_payoff import HeadPayoff, PositionRates
+from engine.spec.hybrid import EXPLORE_EVERY, EXPLORE_EVERY_MAX, STEADY_FOLD_POSITIONS, HybridDrafter, choose
 from engine.spec.ngram import NgramDrafter
 from engine.spec.heads.registry import HEAD_METHODS
 from scheduler.drafts import DraftBlock, DraftEconomics, expected_accepted

@@ -17,7 +17,7 @@ def never_run_the_head(engine: LLMEngine) -> None:
     """`hybrid-nohead`: the hybrid with its head never run, so n-gram plus
     what the hybrid costs by itself (target features captured and kept,
     bookkeeping), a diagnostic against `ngram`."""
-    engine.drafter._head_could_win = lambda item, ngram_block: False
+    engine.drafter._head_could_win = lambda item, offered: False
 
 
 def one_payoff_for_every_band(engine: LLMEngine) -> None:

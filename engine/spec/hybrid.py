@@ -175,26 +175,24 @@ class HybridDrafter(Drafter):
         raw: dict[tuple[str, str], list[float]] = {}
         drafted = self.ngram.propose(items)  # as plain n-gram hands them to the policy
         ngram = self._calibrated(drafted, raw)
-        need_head = self._heads_to_run(items, ngram)
-        head = self._calibrated(self._run_head(need_head, ngram), raw) if need_head else {}
+        # Expected accepted drafts of n-gram's block on offer per request (0: none).
+        offered = {item.request.request_id: ngram_expectation(ngram.get(item.request.request_id)) for item in items}
+        need_head = self._heads_to_run(items, offered)
+        head = self._calibrated(self._run_head(need_head, offered), raw) if need_head else {}
         proposals = {}
         for item in items:
             rid = item.request.request_id
             ngram_block = ngram.get(rid)
             chosen = choose(ngram_block, head.get(rid), self.head_rates, item.max_tokens)
             if chosen is not None:
-                offered = ngram_expectation(ngram_block)
-                displaced = 0.0 if chosen is ngram_block else offered
-                self._remember(item.request, chosen, raw[rid, chosen.source], displaced, self._bucket(offered))
+                displaced = 0.0 if chosen is ngram_block else offered[rid]
+                self._remember(item.request, chosen, raw[rid, chosen.source], displaced, self._bucket(offered[rid]))
                 proposals[rid] = self._as_handed(chosen, drafted.get(rid))
         return proposals
 
     def _bucket(self, offered: float) -> int:
         """The payoff band of an n-gram block expected to get `offered`."""
         return bisect_right(self.payoff_edges, offered)
-
-    def _payoff(self, ngram_block: DraftBlock | None) -> HeadPayoff:
-        return self.payoffs[self._bucket(ngram_expectation(ngram_block))]
 
     def _as_handed(self, block: DraftBlock, drafted: DraftBlock | None) -> DraftBlock:
         """The block the verify policy gets. A head block goes as the head's
@@ -208,13 +206,13 @@ class HybridDrafter(Drafter):
         (docs/draft-heads.md, phase 15)."""
         return block if block.source == self.head_source else drafted
 
-    def _run_head(self, items: list[DraftInput], ngram: dict[str, DraftBlock]) -> dict[str, DraftBlock]:
+    def _run_head(self, items: list[DraftInput], offered: dict[str, float]) -> dict[str, DraftBlock]:
         items = [replace(item, max_tokens=self._head_length(item)) for item in items]
         started = time.perf_counter()
         blocks = self.head.propose(items)
         elapsed = time.perf_counter() - started
         seconds_per_run = max(0.0, elapsed - self._catch_up_seconds(len(items))) / len(items)
-        runs = Counter(self._bucket(ngram_expectation(ngram.get(item.request.request_id))) for item in items)
+        runs = Counter(self._bucket(offered[item.request.request_id]) for item in items)
         for bucket, num_runs in runs.items():
             self.payoffs[bucket].record_runs(num_runs, seconds_per_run * num_runs)
         return blocks
@@ -230,15 +228,16 @@ class HybridDrafter(Drafter):
         return fold_seconds * (folded - steady) / folded if folded > steady else 0.0
 
     # ---- choice and calibration ----
-    def _heads_to_run(self, items: list[DraftInput], ngram: dict[str, DraftBlock]) -> list[DraftInput]:
+    def _heads_to_run(self, items: list[DraftInput], offered: dict[str, float]) -> list[DraftInput]:
         """The requests the head runs for: those whose proposal could beat
         n-gram's where running it pays at this load, and now and then one
         skipped request to explore (module doc). Pre-draw information only."""
         run, skipped = [], []
         for item in items:
-            if not self._head_could_win(item, ngram.get(item.request.request_id)):
+            rid = item.request.request_id
+            if not self._head_could_win(item, offered[rid]):
                 continue
-            reason = self._skip_reason(item, self._payoff(ngram.get(item.request.request_id)))
+            reason = self._skip_reason(item, self.payoffs[self._bucket(offered[rid])])
             if reason is None:
                 run.append(item)
             else:
@@ -253,9 +252,10 @@ class HybridDrafter(Drafter):
                 self.head_skipped[reason] += 1
         return run
 
-    def _head_could_win(self, item: DraftInput, ngram_block: DraftBlock | None) -> bool:
-        """Whether the head's proposal could beat n-gram's even with c_1 = 1."""
-        return head_expectation(1.0, self.head_rates, self._head_length(item)) > ngram_expectation(ngram_block)
+    def _head_could_win(self, item: DraftInput, offered: float) -> bool:
+        """Whether the head's proposal could beat n-gram's block (expected to
+        get `offered`) even with c_1 = 1."""
+        return head_expectation(1.0, self.head_rates, self._head_length(item)) > offered
 
     def _head_length(self, item: DraftInput) -> int:
         return self.head_lengths.cap(min(item.max_tokens, self.head.max_draft_tokens or item.max_tokens))

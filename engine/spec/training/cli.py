@@ -128,6 +128,9 @@ def add_data_arguments(p: argparse.ArgumentParser, heldout_only: bool = False) -
                        "e.g. sharegpt:400 (train split); empty for none")
         g.add_argument("--conversations", type=int, default=0,
                        help="ShareGPT train-split conversations teacher-forced as they are (all turns)")
+        g.add_argument("--skip-conversations", type=int, default=0,
+                       help="train-split conversations passed over before --conversations are taken: new "
+                            "conversations for a head trained on an earlier data folder's first ones")
     g.add_argument("--heldout-data", default="sharegpt:16", help="held-out prompts (test split): best/ and STS")
     if not heldout_only:
         g.add_argument("--eval-data", default="", help="evaluation-only sets logged during training, "

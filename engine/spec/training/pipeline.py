@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from itertools import islice
 from dataclasses import dataclass, field
 
 import torch
@@ -124,9 +125,13 @@ def _train_responses(args, loaded, engine, work: str) -> list[Sample]:
 
 
 def _conversations(args, loaded) -> list[Sample]:
-    """Whole train-split conversations, teacher-forced as they are."""
-    samples = (conversation_sample(loaded.tokenizer, c, args.max_len)
-               for c in sharegpt_conversations(args.conversations, split="train")) if args.conversations else ()
+    """Whole train-split conversations, teacher-forced as they are: the
+    `conversations` after the first `skip_conversations`."""
+    if not args.conversations:
+        return []
+    skip = args.skip_conversations
+    chosen = islice(sharegpt_conversations(skip + args.conversations, split="train"), skip, None)
+    samples = (conversation_sample(loaded.tokenizer, c, args.max_len) for c in chosen)
     return [s for s in samples if s is not None]
 
 

@@ -20,7 +20,8 @@
 # and CONTINUED_NAME (the output's name under RUN_DIR) chain stages. A
 # continuation keeps its checkpoint's draft vocabulary, so it may train on
 # more data: CONVERSATIONS (default 700) ShareGPT conversations, cached in
-# DATA_DIR (default RUN_DIR/data).
+# DATA_DIR (default RUN_DIR/data), after the first SKIP_CONVERSATIONS
+# (default 0: new conversations for a head trained on earlier ones).
 #
 # ablate trains DSpark with one part changed (NAME: markov-off, markov-32,
 # markov-256, confidence-off), or EAGLE-3 on this budget's schedule (NAME:
@@ -61,7 +62,8 @@ DATA_THREADS=${DATA_THREADS:-1}
 EVAL_EVERY=${EVAL_EVERY:-250}  # steps between held-out tau evaluations (each ~160 s on one core)
 
 DATA_ARGS=(
-  --dtype "${DTYPE:-float32}" --data sharegpt:200 --conversations "${CONVERSATIONS:-700}" --heldout-data sharegpt:32
+  --dtype "${DTYPE:-float32}" --data sharegpt:200 --conversations "${CONVERSATIONS:-700}"
+  --skip-conversations "${SKIP_CONVERSATIONS:-0}" --heldout-data sharegpt:32
   --eval-data mtbench:16,humaneval:16 --max-new-tokens 256 --max-prompt-tokens 512 --gen-batch 32
   --max-len 1024 --top-k 20 --draft-vocab 16384 --no-progress --seed 0
 )
@@ -95,14 +97,22 @@ train_draft() {  # THREADS OUT ARGS...: run the CLI from a fresh snapshot
 }
 
 data() {  # responses, conversations, features, draft vocabulary
-  # Two processes: the conversations' features (no decoding) while the
-  # other one regenerates responses and extracts theirs; then one pass that
-  # finds everything cached and picks the draft vocabulary.
-  train_draft "$DATA_THREADS" "$RUN/data-conversations" --method dspark --prepare-only \
-    --data "" --heldout-data "" --eval-data "" &
-  local conversations=$!
-  train_draft "$DATA_THREADS" "$RUN/data-responses" --method dspark --prepare-only --conversations 0
-  wait "$conversations"
+  # At one thread, two processes: the conversations' features (no
+  # decoding) while the other one regenerates responses and extracts
+  # theirs. At more, one after the other (two processes of two threads on
+  # two cores would fight). Then one pass that finds everything cached and
+  # picks the draft vocabulary.
+  if [ "$DATA_THREADS" = 1 ]; then
+    train_draft 1 "$RUN/data-conversations" --method dspark --prepare-only \
+      --data "" --heldout-data "" --eval-data "" &
+    local conversations=$!
+    train_draft 1 "$RUN/data-responses" --method dspark --prepare-only --conversations 0
+    wait "$conversations"
+  else
+    train_draft "$DATA_THREADS" "$RUN/data-responses" --method dspark --prepare-only --conversations 0
+    train_draft "$DATA_THREADS" "$RUN/data-conversations" --method dspark --prepare-only \
+      --data "" --heldout-data "" --eval-data ""
+  fi
   train_draft "$DATA_THREADS" "$RUN/data-only" --method dspark --prepare-only
 }
 

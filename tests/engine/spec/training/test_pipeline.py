@@ -58,6 +58,7 @@ def test_explicit_dtypes_are_kept_and_unknown_ones_refused(monkeypatch):
 def data_args(work) -> SimpleNamespace:
     """train-draft's data options, small."""
     return SimpleNamespace(data="toy", heldout_data="toy", eval_data="mtbench:2", conversations=None,
+                           skip_conversations=0,
                            responses="target", max_new_tokens=6, max_prompt_tokens=64, max_len=128, top_k=4,
                            gen_batch=4, gen_threads=1, gen_temperature=0.0, seed=0, no_progress=True)
 
@@ -81,3 +82,22 @@ def test_prepare_data_assembles_every_role(tiny_target, tmp_path, monkeypatch):
     sequence = data.train.sequence(0)
     assert sequence.aux.shape[1] == 2 * tiny_target.config.hidden_size and sequence.topk_ids.shape[1] == 4
     assert 0 < data.train.num_trainable_tokens <= 3 * 6
+
+
+def test_skipped_conversations_are_left_out_and_the_next_ones_taken(tiny_target, monkeypatch):
+    """--skip-conversations 3 --conversations 2: the fourth and fifth
+    train-split conversations, none of the first three (new data for a head
+    trained on an earlier folder's first conversations)."""
+    from engine.spec.training.data import Conversation
+
+    def conversations(limit, split):
+        assert split == "train"
+        chat = lambda i: Conversation(f"toy/c{i}", [{"role": "user", "content": f"Hi {i}"},  # noqa: E731
+                                                    {"role": "assistant", "content": f"Hello {i}."}])
+        return (chat(i) for i in range(limit))
+
+    monkeypatch.setattr(pipeline, "sharegpt_conversations", conversations)
+    args = SimpleNamespace(conversations=2, skip_conversations=3, max_len=64)
+    assert [s.id for s in pipeline._conversations(args, tiny_target)] == ["toy/c3", "toy/c4"]
+    args.skip_conversations = 0
+    assert [s.id for s in pipeline._conversations(args, tiny_target)] == ["toy/c0", "toy/c1"]

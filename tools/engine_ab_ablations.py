@@ -27,7 +27,7 @@ def one_payoff_for_every_band(engine: LLMEngine) -> None:
     whole step whatever its request's tokens per step."""
     engine.drafter.payoff_edges = ()
     engine.drafter.payoffs = [HeadPayoff()]
-    engine.drafter._steps_saved_per_token = lambda request: 1.0
+    engine.drafter.value_share_of_step = False
 
 
 def never_verify(engine: LLMEngine) -> None:

@@ -50,6 +50,18 @@ class DraftInput:
     # expected to fall short.
     economics: DraftEconomics = FREE_DRAFTING
 
+    @property
+    def steps_saved_per_token(self) -> float:
+        """The share of a step one more accepted draft saves the request: 1
+        over the tokens it has emitted per step so far (each step emits one
+        token of the target's plus the drafts accepted; 1 before any were).
+        `economics.accepted_token_seconds` values a draft at a whole step;
+        a request that speculation already speeds along finishes 1/r steps
+        sooner per token at r tokens a step."""
+        request = self.request
+        steps = request.num_output_tokens - request.num_accepted_tokens
+        return steps / request.num_output_tokens if steps > 0 else 1.0
+
 
 class Drafter(ABC):
     """Proposes draft tokens for a batch of requests; owns its own state."""

@@ -147,6 +147,10 @@ class HybridDrafter(Drafter):
         self.choices = {source: 0 for source in (*ngram.sources, head.name)}  # proposals handed out per source
         self.payoff_edges = payoff_edges
         self.payoffs = [HeadPayoff() for _ in range(len(payoff_edges) + 1)]  # per band (module doc)
+        # An accepted draft is worth its request's share of a step
+        # (DraftInput.steps_saved_per_token); False: a whole step, as
+        # before phase 24 (tools.engine_ab's hybrid-ds-one-payoff).
+        self.value_share_of_step = True
         self.head_lengths = HeadLengths()
         # Requests x steps the head did not run for, by reason (its first draft
         # would not be verified at the load; its runs have not paid), and the
@@ -265,17 +269,9 @@ class HybridDrafter(Drafter):
         (`payoff`: its band's, beside the n-gram block on offer), or None."""
         if self.head_rates.rate(0) < item.economics.first_draft_threshold:
             return "threshold"
-        if not payoff.pays(item.economics, self._steps_saved_per_token(item.request)):
+        if not payoff.pays(item.economics, item.steps_saved_per_token if self.value_share_of_step else 1.0):
             return "cost"
         return None
-
-    @staticmethod
-    def _steps_saved_per_token(request) -> float:
-        """The share of a step one more accepted draft saves `request`: 1 over
-        the tokens it has emitted per step so far (each step emits one token
-        of the target's plus the drafts accepted; 1 before any were)."""
-        steps = request.num_output_tokens - request.num_accepted_tokens
-        return steps / request.num_output_tokens if steps > 0 else 1.0
 
     def _exploring(self, skipped: list[tuple[DraftInput, str]]) -> DraftInput | None:
         """Once in `_explore_every` steps with skips, the skipped request

@@ -179,7 +179,7 @@ class NgramDrafter(Drafter):
             branching = self.alternatives and takes_alternatives(item)
             block, other = self.blocks_for(index, item.max_tokens, other=branching)
             if block is not None and other is not None and branching:
-                block = with_alternative(block, other, item.economics)
+                block = with_alternative(block, other, item.economics, item.steps_saved_per_token)
             if block is not None:
                 proposals[item.request.request_id] = block
         return proposals
@@ -219,7 +219,8 @@ class NgramDrafter(Drafter):
         return DraftBlock(tokens, rates, None, self.datastore_source) if tokens else None
 
 
-def with_alternative(block: DraftBlock, other: DraftBlock, economics: DraftEconomics) -> DraftBlock:
+def with_alternative(block: DraftBlock, other: DraftBlock, economics: DraftEconomics,
+                     steps_saved_per_token: float = 1.0) -> DraftBlock:
     """`block` with `other` (the other source's block) as its alternative
     branch, where that starts with another token and pays (`paying_length`)."""
     if other.token_ids[0] == block.token_ids[0]:
@@ -227,7 +228,7 @@ def with_alternative(block: DraftBlock, other: DraftBlock, economics: DraftEcono
     # The two first drafts differ, so the alternative's can survive only
     # where the block's does not.
     confidences = [min(other.confidences[0], 1.0 - block.confidences[0])] + other.confidences[1:]
-    length = min(paying_length(confidences, economics), len(block))
+    length = min(paying_length(confidences, economics, steps_saved_per_token), len(block))
     if not length:
         return block
     return DraftBlock(block.token_ids, block.confidences, None, block.source, block.calibrated,
@@ -244,11 +245,13 @@ def takes_alternatives(item: DraftInput) -> bool:
     return can_branch(params) and item.grammar is None
 
 
-def paying_length(confidences: list[float], economics: DraftEconomics) -> int:
+def paying_length(confidences: list[float], economics: DraftEconomics, steps_saved_per_token: float = 1.0) -> int:
     """How many drafts of an alternative branch to verify: the length whose
     expected accepted drafts (its first token differs from the main block's,
     so they are all gain) are worth most over the rows it adds (one more
-    for its own anchor); 0 when no length pays."""
+    for its own anchor); 0 when no length pays. An accepted draft is worth
+    `steps_saved_per_token` of a step (DraftInput.steps_saved_per_token), as
+    in the hybrid's payoff."""
     if not confidences or confidences[0] < economics.first_draft_threshold:
         return 0
     best, best_length, gain, survival = 0.0, 0, 0.0, 1.0
@@ -258,7 +261,8 @@ def paying_length(confidences: list[float], economics: DraftEconomics) -> int:
         if economics.accepted_token_seconds == float("inf"):
             worth = gain
         else:
-            worth = gain * economics.accepted_token_seconds - (1 + length) * economics.verify_token_seconds
+            worth = (gain * economics.accepted_token_seconds * steps_saved_per_token
+                     - (1 + length) * economics.verify_token_seconds)
         if worth > best:
             best, best_length = worth, length
     return best_length

@@ -124,7 +124,8 @@ def test_the_own_map_ablation_hands_every_block_over_as_the_hybrid_mapped_it():
 
 def test_the_one_payoff_ablation_keeps_a_single_payoff_for_every_band():
     """`hybrid-ds-one-payoff`: the hybrid before phase 24, one head payoff
-    whatever n-gram's block on offer is expected to get."""
+    whatever n-gram's block on offer is expected to get, and an accepted
+    draft worth a whole step."""
     from engine.spec.hybrid import HybridDrafter
     from engine.spec.ngram import NgramDrafter
     from tests.engine.spec.test_hybrid import _StubHead
@@ -133,6 +134,7 @@ def test_the_one_payoff_ablation_keeps_a_single_payoff_for_every_band():
     assert len(drafter.payoffs) > 1 and drafter._bucket(5.0) > 0
     ablations.one_payoff_for_every_band(SimpleNamespace(drafter=drafter))
     assert len(drafter.payoffs) == 1 and drafter._bucket(0.0) == drafter._bucket(5.0) == 0
+    assert drafter.value_share_of_step is False
 
 
 def test_a_candidate_head_runs_beside_the_committed_one(tmp_path, tiny_dir, tiny_target):

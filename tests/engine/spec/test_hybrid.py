@@ -224,14 +224,14 @@ def test_a_draft_is_worth_the_share_of_a_step_it_saves_a_request_that_n_gram_spe
     fast = Request("x", [1, 2, 3, 4], SamplingParams(temperature=0.0))
     fast.output_token_ids = list(range(10))
     fast.num_accepted_tokens = 5  # 10 tokens in 5 steps
-    assert hybrid._steps_saved_per_token(fast) == pytest.approx(0.5)
+    assert DraftInput(fast, BLOCK, torch.Generator(), []).steps_saved_per_token == pytest.approx(0.5)
     calls = head.calls
     proposal = hybrid.propose([DraftInput(fast, BLOCK, torch.Generator(), [],
                                           economics=DraftEconomics(accepted_token_seconds=0.03))])
     assert proposal == {} and head.calls == calls  # 7.5 ms of worth: skipped for cost
     assert hybrid.head_skipped["cost"] == 1
     fast.num_accepted_tokens = 0  # a token a step: worth the whole 15 ms again
-    assert hybrid._steps_saved_per_token(fast) == 1.0
+    assert DraftInput(fast, BLOCK, torch.Generator(), []).steps_saved_per_token == 1.0
     assert hybrid.propose([DraftInput(fast, BLOCK, torch.Generator(), [],
                                       economics=DraftEconomics(accepted_token_seconds=0.03))])["x"].source == "dspark"
 

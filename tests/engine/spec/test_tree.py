@@ -11,6 +11,7 @@ import torch
 
 from engine.config import SpeculativeConfig
 from engine.engine import LLMEngine
+from engine.spec.base import DraftInput
 from engine.spec.datastore import SHARE_BINS, build_datastore, tokenizer_fingerprint
 from engine.spec.ngram import NgramDrafter, paying_length, with_alternative
 from engine.spec.tree import BranchForks, accepted_slots, copy_blocks, copy_slots
@@ -145,6 +146,37 @@ def test_an_alternative_is_verified_as_far_as_it_pays():
     # worth 0.5, 0.75, 0.8, 0.67 for 1..4 drafts
     assert paying_length(confidences, busy) == 3
     assert paying_length(confidences, DraftEconomics(accepted_token_seconds=1.0, verify_token_seconds=0.5)) == 0
+
+
+def test_an_alternatives_drafts_are_worth_the_share_of_a_step_they_save_the_request():
+    """A request that emits two tokens a step finishes half a step sooner
+    per accepted draft: at half the worth a shorter branch pays, at a
+    tenth none."""
+    confidences = [0.8, 0.5, 0.5, 0.1]
+    busy = DraftEconomics(accepted_token_seconds=1.0, verify_token_seconds=0.15)
+    # worth 0.4 - 0.3, 0.6 - 0.45, 0.7 - 0.6, 0.71 - 0.75 for 1..4 drafts
+    assert paying_length(confidences, busy, steps_saved_per_token=0.5) == 2
+    assert paying_length(confidences, busy, steps_saved_per_token=0.1) == 0
+    assert paying_length(confidences, DraftEconomics(), steps_saved_per_token=0.1) == 4  # idle: every draft
+
+
+def test_the_drafter_values_a_branch_by_its_requests_tokens_per_step():
+    """NgramDrafter.propose hands with_alternative the request's share of a
+    step: the branch a request at a token a step gets is dropped for one
+    that speculation already brings ten tokens a step."""
+    datastore = build_datastore([[1, 2, 3, 4]] * 3, max_n=2, min_count=2, tokenizer="t")
+    busy = DraftEconomics(accepted_token_seconds=1.0, verify_token_seconds=0.15)
+
+    def proposed(accepted: int) -> DraftBlock:
+        request = Request("r", [1, 5, 1], SamplingParams(temperature=0.0))
+        request.output_token_ids = [9] * 9 + [1]  # lookup: "1" went on with 9; the datastore: with 2
+        request.num_accepted_tokens = accepted
+        drafter = NgramDrafter(1, 4, datastore=datastore, alternatives=True)
+        return drafter.propose([DraftInput(request, 3, torch.Generator(), [], economics=busy)])["r"]
+
+    slow, fast = proposed(0), proposed(9)
+    assert slow.alternatives and slow.alternatives[0][0] != slow.token_ids[0]
+    assert fast.token_ids == slow.token_ids and fast.alternatives == ()
 
 
 def test_an_alternative_is_worth_only_what_the_block_leaves_it():

@@ -7,14 +7,13 @@
 # conversations after those 5,600 (--skip-conversations; the split holds
 # 9,989), teacher-forced in bfloat16 on two threads into a new folder, then
 # the committed head (4,699,963 anchors, phase 24) trained on by TRAIN_TOKENS
-# more anchors of them (520,000: ~55 min on two threads, what the session
-# had room for after the data), TRAIN_SEED=12,
+# more anchors of them (600,000: ~50 min on two threads at 0.68 s a step), TRAIN_SEED=12,
 # then phase 19's checks. Phase 20's rerun run.sh and phase 18's data stage
 # with this run's name, folder, data and budget. From the repository root;
 # DATA_PACKAGES as in smollm2-heads.sh.
 #
 #   STAGE=data  bash bench/results/2026-12-05-phase25/run.sh   # two cores, ~50 min
-#   STAGE=train bash bench/results/2026-12-05-phase25/run.sh   # two cores, ~55 min, resumable
+#   STAGE=train bash bench/results/2026-12-05-phase25/run.sh   # two cores, ~50 min, resumable
 #   STAGE=check bash bench/results/2026-12-05-phase25/run.sh   # two cores, ~25 min
 set -euo pipefail
 RUN=${RUN:-$PWD/runs/heads-smollm2}
@@ -26,7 +25,7 @@ case "${STAGE:?data, train or check}" in
       PYTHON=${PYTHON:-$PWD/.venv/bin/python} exec bash bench/results/2026-12-03-c2800/run.sh ;;
   train|check)
     NAME=dspark-c8000-1 OUT=bench/results/2026-12-05-phase25 TRAIN_SEED=12 TRAIN_THREADS=2 \
-      DATA_DIR=$DATA_DIR RUN=$RUN TRAIN_TOKENS=${TRAIN_TOKENS:-520000} EVAL_EVERY=0 \
+      DATA_DIR=$DATA_DIR RUN=$RUN TRAIN_TOKENS=${TRAIN_TOKENS:-600000} EVAL_EVERY=0 \
       exec bash bench/results/2026-12-04-rerun/run.sh ;;
   *) echo "STAGE: data, train or check" >&2; exit 2 ;;
 esac

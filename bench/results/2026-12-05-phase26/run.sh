@@ -11,7 +11,8 @@
 # own text; the 200 regenerated so far were 32% code),
 # then the committed head (5,289,465 anchors) trained on by TRAIN_TOKENS
 # more anchors of them (400,000 by default: ~36 min on two threads),
-# TRAIN_SEED=13, then phase 19's checks: phase 25's run.sh with this run's
+# TRAIN_SEED=13, then phase 19's checks with STS fitted on the code-heavier
+# held-out set of code-calibration/run.sh: phase 25's run.sh with this run's
 # conversations, folder, name and seed. From the repository root;
 # DATA_PACKAGES as in smollm2-heads.sh.
 #
@@ -21,6 +22,7 @@
 set -euo pipefail
 RUN=${RUN:-$PWD/runs/heads-smollm2}
 export RESPONSE_DATA=sharegpt:200,sharegpt-code:400  # every stage: the data's fingerprint
+export HELDOUT_DATA=sharegpt:160,sharegpt-code:160 CALIBRATION_DATA=runs/calib-data-code
 CONVERSATIONS=1989 SKIP_CONVERSATIONS=8000 DATA_DIR=$RUN/data-c8000-9989-bf16 \
   NAME=dspark-c9989-1 OUT=bench/results/2026-12-05-phase26 TRAIN_SEED=13 \
   TRAIN_TOKENS=${TRAIN_TOKENS:-400000} RUN=$RUN \

@@ -10,7 +10,7 @@
 # short set, and a head learns the target's replies best from the target's
 # own text; the 200 regenerated so far were 32% code),
 # then the committed head (5,289,465 anchors) trained on by TRAIN_TOKENS
-# more anchors of them (400,000 by default: ~36 min on two threads),
+# more anchors of them (350,000 by default: ~31 min on two threads),
 # TRAIN_SEED=13, then phase 19's checks with STS fitted on the code-heavier
 # held-out set of code-calibration/run.sh: phase 25's run.sh with this run's
 # conversations, folder, name and seed. From the repository root;
@@ -25,5 +25,5 @@ export RESPONSE_DATA=sharegpt:200,sharegpt-code:400  # every stage: the data's f
 export HELDOUT_DATA=sharegpt:160,sharegpt-code:160 CALIBRATION_DATA=runs/calib-data-code
 CONVERSATIONS=1989 SKIP_CONVERSATIONS=8000 DATA_DIR=$RUN/data-c8000-9989-bf16 \
   NAME=dspark-c9989-1 OUT=bench/results/2026-12-05-phase26 TRAIN_SEED=13 \
-  TRAIN_TOKENS=${TRAIN_TOKENS:-400000} RUN=$RUN \
+  TRAIN_TOKENS=${TRAIN_TOKENS:-350000} RUN=$RUN \
   exec bash bench/results/2026-12-05-phase25/run.sh

@@ -12,8 +12,8 @@
 # Then the calibrated head's stored calibration scored out of fit on those
 # records (dspark-whole-sets.md). Another trained head: HEAD_DIR (its
 # run directory), OUT (a new results folder) and CHECKS (a new records
-# folder), HELDOUT_DATA and CALIBRATION_DATA (the STS fit's prompts and
-# their cache), e.g. for a follow-on run (docs/draft-heads.md, phase 19). From the repository root; DATA_PACKAGES
+# folder), HELDOUT_DATA, CALIBRATION_DATA and CALIBRATION_TOKENS (the
+# STS fit's prompts, their cache, T=1 tokens per prompt), e.g. for a follow-on run (docs/draft-heads.md, phase 19). From the repository root; DATA_PACKAGES
 # as in smollm2-heads.sh; PYTHON the interpreter.
 set -euo pipefail
 OUT=${OUT:-bench/results/2026-12-03-bf16-data}  # another run: a new results folder
@@ -23,13 +23,15 @@ CANDIDATE=$HEAD-calibrated
 CHECKS=${CHECKS:-runs/calib-bf16data/whole}  # another head: another folder
 PY=${PYTHON:-python}
 # The STS fit's held-out prompts and their cache (phase 26: with code).
+# CALIBRATION_TOKENS: decoded per prompt at T=1 for that temperature's fit.
 HELDOUT_DATA=${HELDOUT_DATA:-sharegpt:160} CALIBRATION_DATA=${CALIBRATION_DATA:-runs/calib-data}
+CALIBRATION_TOKENS=${CALIBRATION_TOKENS:-128}
 export PYTHONPATH=.${DATA_PACKAGES:+:$DATA_PACKAGES} OMP_NUM_THREADS=1
 mkdir -p "$CHECKS" "$OUT"
 calibrate_then_hybrid() {
   [ -f "$CANDIDATE/config.json" ] || "$PY" -m engine.spec.training.cli calibrate-draft \
     --draft-model "$HEAD" --out "$CANDIDATE" --work-dir "$CALIBRATION_DATA" --dtype float32 \
-    --heldout-data "$HELDOUT_DATA" --max-new-tokens 256 --gen-batch 32 --calibration-tokens 128 \
+    --heldout-data "$HELDOUT_DATA" --max-new-tokens 256 --gen-batch 32 --calibration-tokens "$CALIBRATION_TOKENS" \
     --calibration 0=logistic-peak,1=logistic --seed 0 --threads 1 > /dev/null
   for set in mtbench humaneval sharegpt; do
     report=$RUN/eval/hybrid-$(basename "$HEAD")-$set.json

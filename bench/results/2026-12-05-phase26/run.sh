@@ -22,7 +22,9 @@
 set -euo pipefail
 RUN=${RUN:-$PWD/runs/heads-smollm2}
 export RESPONSE_DATA=sharegpt:200,sharegpt-code:400  # every stage: the data's fingerprint
-export HELDOUT_DATA=sharegpt:160,sharegpt-code:160 CALIBRATION_DATA=runs/calib-data-code
+# 259 prompts: 64 tokens each at T=1 (as many events as phase 25's 160 x 128,
+# and the check's calibration core no longer the slower of its two).
+export HELDOUT_DATA=sharegpt:160,sharegpt-code:160 CALIBRATION_DATA=runs/calib-data-code CALIBRATION_TOKENS=64
 CONVERSATIONS=1989 SKIP_CONVERSATIONS=8000 DATA_DIR=$RUN/data-c8000-9989-bf16 \
   NAME=dspark-c9989-1 OUT=bench/results/2026-12-05-phase26 TRAIN_SEED=13 \
   TRAIN_TOKENS=${TRAIN_TOKENS:-350000} RUN=$RUN \

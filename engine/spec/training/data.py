@@ -197,7 +197,8 @@ def humaneval_prompts() -> list[Prompt]:
 
 # ---------------------------------------------------------------- selection
 
-SOURCES = ("sharegpt", "sharegpt-code", "mtbench", "humaneval")
+SHAREGPT_SOURCES = ("sharegpt", "sharegpt-code")
+SOURCES = SHAREGPT_SOURCES + ("mtbench", "humaneval")
 
 
 def parse_sources(spec: str) -> list[tuple[str, int | None]]:
@@ -217,7 +218,7 @@ def evaluation_split(name: str) -> str | None:
     """Where evaluation draws a source's prompts from: MT-Bench and HumanEval
     are never trained or fitted on, so any of their prompts; ShareGPT's test
     split only (its train split is training data)."""
-    return "test" if name.startswith("sharegpt") else None
+    return "test" if name in SHAREGPT_SOURCES else None
 
 
 def load_prompts(spec: str, split: str | None = None) -> list[Prompt]:
@@ -225,7 +226,7 @@ def load_prompts(spec: str, split: str | None = None) -> list[Prompt]:
     COUNT applies after the split filter."""
     prompts: dict[str, Prompt] = {}
     for name, count in parse_sources(spec):
-        if name.startswith("sharegpt"):
+        if name in SHAREGPT_SOURCES:
             rows = list(sharegpt_prompts(count, split, code_only=name == "sharegpt-code"))
         else:
             rows = mtbench_prompts() if name == "mtbench" else humaneval_prompts()

@@ -94,7 +94,7 @@ def power_of_two_tiles(engine: LLMEngine) -> None:
 
 # method -> (the configuration it runs, what is changed in the built engine)
 ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "hybrid-ds-nohead": ("hybrid-ds", never_run_the_head),
-             "ngram-noverify": ("ngram", never_verify),
+             "ngram-noverify": ("ngram", never_verify), "ngram-ds-noverify": ("ngram-ds", never_verify),
              "ngram-decay": ("ngram", decaying_ngram_prior), "hybrid-decay": ("hybrid", decaying_ngram_prior),
              "hybrid-twice": ("hybrid", calibrated_twice),
              "hybrid-ds-own-map": ("hybrid-ds", ngram_blocks_mapped_by_the_hybrid),

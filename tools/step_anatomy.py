@@ -4,9 +4,11 @@ tokens per step, so that a method's speed reads as tokens per step over
 its step time against `off`'s.
 
     OMP_NUM_THREADS=1 python -m tools.step_anatomy humaneval off,ngram,ngram-ds --prompts 8
+    OMP_NUM_THREADS=1 python -m tools.step_anatomy mt-bench off,ngram-ds --prompts 64 --streams 32
 
-Methods are tools.engine_ab's. One request at a time, greedy, after a
-warm-up; a diagnostic, not a benchmark (no interleaved rounds).
+Methods are tools.engine_ab's. `--streams` requests at a time (default
+one), greedy, after a warm-up; a diagnostic, not a benchmark (no
+interleaved rounds).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from bench.datasets import DATASETS
 from engine.engine import LLMEngine
 from engine.models.default import default_model_path
 from scheduler.request import SamplingParams
-from tools.engine_ab import HEAD, build_engines, dataset_prompt_ids, speculative_configs
+from tools.engine_ab import HEAD, build_engines, dataset_prompt_ids, run_streams, speculative_configs
 from tools.engine_ab_ablations import ABLATIONS
 
 # engine attribute path -> the part of the step it is
@@ -47,13 +49,15 @@ def _timed(function, seconds: collections.Counter, part: str):
     return wrapper
 
 
-def anatomy(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> dict:
-    """Per step: milliseconds of each part and of the whole, and tokens."""
+def anatomy(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams, streams: int = 1) -> dict:
+    """Per step: milliseconds of each part and of the whole, and tokens;
+    `streams` requests in flight, each stream sending its next prompt when
+    its last answer is done (tools.engine_ab.StreamDriver)."""
     engine.generate(prompts[:1], params)  # warm-up
     seconds = timed_parts(engine)
     before = engine.snapshot_stats()
     started = time.perf_counter()
-    tokens = sum(len(engine.generate([prompt], params)[0]) for prompt in prompts)
+    tokens = run_streams(engine, prompts, streams, params).tokens
     total = time.perf_counter() - started
     after = engine.snapshot_stats()
     steps = after.num_steps - before.num_steps
@@ -61,6 +65,7 @@ def anatomy(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams)
     parts["other"] = round(1000 * (total - sum(seconds.values())) / steps, 2)
     return {"tok_s": round(tokens / total, 1), "tokens": tokens, "steps": steps,
             "accepted_drafts": after.num_accepted_tokens - before.num_accepted_tokens,
+            "verified_drafts": after.num_draft_tokens - before.num_draft_tokens,
             "tokens_per_step": round(tokens / steps, 3),
             "ms_per_step": round(1000 * total / steps, 2), "ms_by_part": parts}
 
@@ -71,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("methods", help=f"comma-separated, of {sorted(speculative_configs(HEAD)) + sorted(ABLATIONS)}")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--streams", type=int, default=1, help="requests at a time")
     parser.add_argument("--model", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = dataset_prompt_ids(tokenizer, args.dataset, args.prompts)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
     for name, engine in engines.items():
-        print(name, anatomy(engine, prompts, params), flush=True)
+        print(name, anatomy(engine, prompts, params, args.streams), flush=True)
 
 
 if __name__ == "__main__":

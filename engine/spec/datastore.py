@@ -91,30 +91,50 @@ class NgramDatastore:
 
     def _longest_hit(self, context: Sequence[int]) -> tuple[int, float, int] | None:
         """(next token, share, context length) of the longest held suffix."""
-        context = list(context[-self.max_n:])
-        queries = np.array([context_key(context[len(context) - n:]) for n in range(len(context), 0, -1)],
-                           dtype=np.uint64)
-        if not queries.size or not self.keys.size:
-            return None
-        at = np.minimum(np.searchsorted(self.keys, queries), self.keys.size - 1)
-        hits = np.flatnonzero(self.keys[at] == queries)
-        if not hits.size:
-            return None
-        entry = at[hits[0]]  # the first hit is the longest context
-        return int(self.next_tokens[entry]), float(self.confidences[entry]), len(context) - int(hits[0])
+        return self._longest_hits([list(context[-self.max_n:])])[0]
+
+    def _longest_hits(self, windows: list[list[int]]) -> list[tuple[int, float, int] | None]:
+        """`_longest_hit` of each window (at most max_n tokens each), all
+        windows' suffixes looked up in ONE search: at 32 streams a step
+        drafts a few hundred chained lookups, and numpy's per-call overhead,
+        not the search, is what a lookup cost one at a time."""
+        queries = [context_key(window[len(window) - n:]) for window in windows for n in range(len(window), 0, -1)]
+        if not queries or not self.keys.size:
+            return [None] * len(windows)
+        wanted = np.array(queries, dtype=np.uint64)
+        at = np.minimum(np.searchsorted(self.keys, wanted), self.keys.size - 1)
+        found, at = (self.keys[at] == wanted).tolist(), at.tolist()
+        hits, start = [], 0
+        for window in windows:  # each window's queries run from its longest suffix down
+            end = start + len(window)
+            first = next((i for i in range(start, end) if found[i]), None)
+            hits.append(None if first is None else
+                        (int(self.next_tokens[at[first]]), float(self.confidences[at[first]]), end - first))
+            start = end
+        return hits
 
     def chain(self, context: Sequence[int], k: int) -> list[tuple[int, float, int]]:
         """Up to k drafts as (token, share, context length), each the
         datastore's next token after the context and the drafts before it;
         stops where no suffix is held."""
-        window = list(context[-self.max_n:])
-        drafts: list[tuple[int, float, int]] = []
-        for _ in range(k):
-            hit = self._longest_hit(window)
-            if hit is None:
-                break
-            drafts.append(hit)
-            window = (window + [hit[0]])[-self.max_n:]
+        return self.chains([context], [k])[0]
+
+    def chains(self, contexts: list[Sequence[int]], ks: list[int]) -> list[list[tuple[int, float, int]]]:
+        """`chain` of each context with its own k, the contexts' lookups at
+        each position of the chain made together (`_longest_hits`)."""
+        windows = [list(context[-self.max_n:]) for context in contexts]
+        drafts: list[list[tuple[int, float, int]]] = [[] for _ in contexts]
+        active = [i for i, k in enumerate(ks) if k > 0]
+        while active:
+            going_on = []
+            for i, hit in zip(active, self._longest_hits([windows[i] for i in active])):
+                if hit is None:
+                    continue
+                drafts[i].append(hit)
+                windows[i] = (windows[i] + [hit[0]])[-self.max_n:]
+                if len(drafts[i]) < ks[i]:
+                    going_on.append(i)
+            active = going_on
         return drafts
 
     def continuation(self, context: Sequence[int], k: int) -> tuple[list[int], list[float]]:
@@ -125,9 +145,14 @@ class NgramDatastore:
     def calibrated_continuation(self, context: Sequence[int], k: int) -> tuple[list[int], list[float]]:
         """Up to k drafts and their fitted survival rates (`rate`); their
         shares where no map was fitted."""
-        drafts = self.chain(context, k)
-        return ([token for token, _, _ in drafts],
-                [self.rate(j, length, share) for j, (_, share, length) in enumerate(drafts)])
+        return self.calibrated_continuations([context], [k])[0]
+
+    def calibrated_continuations(self, contexts: list[Sequence[int]], ks: list[int]
+                                 ) -> list[tuple[list[int], list[float]]]:
+        """`calibrated_continuation` of each context, looked up together (`chains`)."""
+        return [([token for token, _, _ in drafts],
+                 [self.rate(j, length, share) for j, (_, share, length) in enumerate(drafts)])
+                for drafts in self.chains(contexts, ks)]
 
     def rate(self, position: int, length: int, share: float) -> float:
         """The fitted survival rate of a draft; its share without a map."""

@@ -172,16 +172,24 @@ class NgramDrafter(Drafter):
             self.indexes.pop(rid, None)
 
     def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
-        proposals = {}
+        items = []
         for item in inputs:
             self.absorb(item.request)  # tokens emitted after the last absorb
-            index = self.indexes[item.request.request_id]
             branching = self.alternatives and takes_alternatives(item)
-            block, other = self.blocks_for(index, item.max_tokens, other=branching)
+            index = self.indexes[item.request.request_id]
+            items.append((item, index, branching, self._lookup_block(index, item.max_tokens)))
+        # The datastore's chains of every request that needs one, looked up together.
+        wanted = {item.request.request_id: (index, item.max_tokens) for item, index, branching, lookup in items
+                  if self._needs_corpus(lookup, item.max_tokens, branching)}
+        corpus = dict(zip(wanted, self._corpus_blocks(list(wanted.values()))))
+        proposals = {}
+        for item, index, branching, lookup in items:
+            rid = item.request.request_id
+            block, other = self._settle(lookup, corpus[rid], item.max_tokens) if rid in corpus else (lookup, None)
             if block is not None and other is not None and branching:
                 block = with_alternative(block, other, item.economics, item.steps_saved_per_token)
             if block is not None:
-                proposals[item.request.request_id] = block
+                proposals[rid] = block
         return proposals
 
     def block_for(self, index: NgramIndex, k: int) -> DraftBlock | None:
@@ -195,15 +203,28 @@ class NgramDrafter(Drafter):
         other is looked up only when asked for (`other`) or needed for the
         choice; None where that source has nothing."""
         lookup = self._lookup_block(index, k)
+        if not self._needs_corpus(lookup, k, other):
+            return lookup, None
+        return self._settle(lookup, self._corpus_blocks([(index, k)])[0], k)
+
+    def _needs_corpus(self, lookup: DraftBlock | None, k: int, other: bool) -> bool:
+        """Whether the datastore's block is wanted: asked for (`other`), or
+        lookup's block might promise less than it (a bound on what the
+        datastore can promise spares the lookups where it cannot win)."""
+        if self.datastore is None:
+            return False
+        return other or not self._lookup_settles(lookup, k)
+
+    def _lookup_settles(self, lookup: DraftBlock | None, k: int) -> bool:
         datastore = self.datastore
-        if datastore is None:
-            return lookup, None
-        promised = expected_accepted(lookup.confidences) if lookup is not None else 0.0
-        settled = lookup is not None and (datastore.survival is None or promised >= datastore.best_expected(k))
-        if settled and not other:
-            return lookup, None
-        corpus = self._corpus_block(index, k)
-        if settled or corpus is None or (lookup is not None and promised >= expected_accepted(corpus.confidences)):
+        return lookup is not None and (datastore.survival is None or
+                                       expected_accepted(lookup.confidences) >= datastore.best_expected(k))
+
+    def _settle(self, lookup: DraftBlock | None, corpus: DraftBlock | None, k: int
+                ) -> tuple[DraftBlock | None, DraftBlock | None]:
+        """(chosen, other) of lookup's and the datastore's blocks."""
+        if self._lookup_settles(lookup, k) or corpus is None or \
+                (lookup is not None and expected_accepted(lookup.confidences) >= expected_accepted(corpus.confidences)):
             return lookup, corpus
         return corpus, lookup
 
@@ -214,9 +235,14 @@ class NgramDrafter(Drafter):
         return DraftBlock(follow, self.confidences(match_len, len(follow), index.followers(match_len)), None,
                           self.name)
 
-    def _corpus_block(self, index: NgramIndex, k: int) -> DraftBlock | None:
-        tokens, rates = self.datastore.calibrated_continuation(index.tokens, k)
-        return DraftBlock(tokens, rates, None, self.datastore_source) if tokens else None
+    def _corpus_blocks(self, wanted: list[tuple[NgramIndex, int]]) -> list[DraftBlock | None]:
+        """The datastore's block (up to k drafts) after each index's tokens."""
+        if not wanted:
+            return []
+        continuations = self.datastore.calibrated_continuations([index.tokens for index, _ in wanted],
+                                                                [k for _, k in wanted])
+        return [DraftBlock(tokens, rates, None, self.datastore_source) if tokens else None
+                for tokens, rates in continuations]
 
 
 def with_alternative(block: DraftBlock, other: DraftBlock, economics: DraftEconomics,

@@ -39,6 +39,40 @@ def test_every_context_seen_often_enough_gets_its_most_frequent_follower(seed):
         assert confidence == pytest.approx(followers[best] / sum(followers.values()), abs=1e-3)
 
 
+def reference_chain(counts: dict[tuple, Counter], context: list[int], k: int, max_n: int) -> list[tuple]:
+    """(token, share, held length) drafts from the brute-force counts: the
+    longest held suffix's most frequent follower, chained."""
+    window, drafts = list(context), []
+    while len(drafts) < k:
+        held = [n for n in range(min(max_n, len(window)), 0, -1) if tuple(window[len(window) - n:]) in counts]
+        if not held:
+            break
+        followers = counts[tuple(window[len(window) - held[0]:])]
+        token = min(followers, key=lambda t: (-followers[t], t))
+        drafts.append((token, followers[token] / sum(followers.values()), held[0]))
+        window.append(token)
+    return drafts
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_chains_looked_up_together_equal_each_chain_drawn_alone(seed):
+    # propose() chains every request's drafts in one search per position: a
+    # window's hits must not leak into another's (contexts of every length,
+    # some with nothing held, k from 0 to 6).
+    sequences = random_sequences(seed, alphabet=8)
+    datastore = build_datastore(sequences, max_n=3, min_count=2, tokenizer="t")
+    counts = {c: f for c, f in brute_force_counts(sequences, 3).items() if sum(f.values()) >= 2}
+    rng = random.Random(seed)
+    contexts = [[rng.randrange(9) for _ in range(rng.randrange(0, 6))] for _ in range(40)]
+    ks = [rng.randrange(0, 7) for _ in contexts]
+    together = datastore.chains(contexts, ks)
+    assert any(len(c) > 1 for c in together) and any(not c for c in together)
+    for context, k, chain in zip(contexts, ks, together):
+        expected = reference_chain(counts, context, k, 3)
+        assert [(t, n) for t, _, n in chain] == [(t, n) for t, _, n in expected]
+        assert [share for _, share, _ in chain] == pytest.approx([share for _, share, _ in expected], abs=1e-3)
+
+
 def test_a_rare_context_falls_back_to_its_longest_held_suffix():
     # "7 1" is seen once (dropped at min_count 2); "1" is seen three times, followed by 2, 2, 3.
     datastore = build_datastore([[7, 1, 2], [5, 1, 2], [1, 3]], max_n=2, min_count=2, tokenizer="t")

@@ -120,8 +120,8 @@ def test_the_datastore_is_not_consulted_where_lookup_promises_more_than_it_ever_
     prior = (((0.2, 0.5, 0.5), (0.5, 0.6, 0.6), (0.7, 0.8, 0.8), (0.95, 0.95, 0.95)),) * 3
     datastore = _mapped_datastore(0.6)
     calls = []
-    original = datastore.chain
-    datastore.chain = lambda context, k: calls.append(k) or original(context, k)
+    original = datastore.chains
+    datastore.chains = lambda contexts, ks: calls.extend(ks) or original(contexts, ks)
     drafter = NgramDrafter(1, 4, prior, datastore)
     assert _propose(drafter, [5, 6, 7, 1, 9, 5, 6, 7, 1], 3).source == "ngram"  # a 4-token match
     assert calls == []

@@ -20,3 +20,12 @@ def test_parts_add_up_to_the_step_and_steps_count_what_verification_accepted(tin
         assert set(parts) == {"schedule", "forward", "update", "draft", "emit", "other"}
         assert abs(sum(parts.values()) - result["ms_per_step"]) < 0.05
         assert parts["forward"] > 0
+
+
+def test_streams_put_that_many_requests_in_each_step(tiny_dir):
+    engine = build_engines(["off"], HEAD, str(tiny_dir))["off"]
+    prompts = [engine.tokenizer.encode("one two three four")] * 4
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    result = anatomy(engine, prompts, params, streams=2)
+    # two streams of two answers each, every step carrying both streams
+    assert result["tokens"] == 4 * 12 and result["steps"] == 2 * 12

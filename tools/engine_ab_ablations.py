@@ -36,6 +36,16 @@ def backlog_not_charged(engine: LLMEngine) -> None:
     engine.drafter.charge_backlog = False
 
 
+def drafts_priced_as_requests(engine: LLMEngine) -> None:
+    """`ngram-ds-request-priced` / `hybrid-ds-request-priced`: the verify
+    policy as it was before phase 27, pricing each draft as one more
+    request on the decode curve instead of a query row of a request
+    already in the step (scheduler.load.StepCostModel)."""
+    cost = engine.verify_policy.cost
+    cost.row_seconds = None
+    cost._refresh()
+
+
 def never_verify(engine: LLMEngine) -> None:
     """`ngram-noverify`: n-gram drafts for every request and step, the policy
     verifies none of them, so what the speculative path costs by itself
@@ -106,6 +116,8 @@ ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "hybrid-ds-nohead"
              "hybrid-ds-own-map": ("hybrid-ds", ngram_blocks_mapped_by_the_hybrid),
              "hybrid-ds-one-payoff": ("hybrid-ds", one_payoff_for_every_band),
              "hybrid-ds-backlog-free": ("hybrid-ds", backlog_not_charged),
+             "ngram-ds-request-priced": ("ngram-ds", drafts_priced_as_requests),
+             "hybrid-ds-request-priced": ("hybrid-ds", drafts_priced_as_requests),
              # a second engine of the same configuration: the A/A check of a comparison's floor
              "ngram-ds-again": ("ngram-ds", None),
              "ngram-ds-pooled-prior": ("ngram-ds", prior_pooled_over_followers),

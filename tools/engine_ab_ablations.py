@@ -30,12 +30,6 @@ def one_payoff_for_every_band(engine: LLMEngine) -> None:
     engine.drafter.value_share_of_step = False
 
 
-def backlog_not_charged(engine: LLMEngine) -> None:
-    """`hybrid-ds-backlog-free`: the hybrid as it was before phase 27, a
-    request's run not charged for first folding its backlog of features."""
-    engine.drafter.charge_backlog = False
-
-
 def drafts_priced_as_requests(engine: LLMEngine) -> None:
     """`ngram-ds-request-priced` / `hybrid-ds-request-priced`: the verify
     policy as it was before phase 27, pricing each draft as one more
@@ -115,7 +109,6 @@ ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "hybrid-ds-nohead"
              "hybrid-twice": ("hybrid", calibrated_twice),
              "hybrid-ds-own-map": ("hybrid-ds", ngram_blocks_mapped_by_the_hybrid),
              "hybrid-ds-one-payoff": ("hybrid-ds", one_payoff_for_every_band),
-             "hybrid-ds-backlog-free": ("hybrid-ds", backlog_not_charged),
              "ngram-ds-request-priced": ("ngram-ds", drafts_priced_as_requests),
              "hybrid-ds-request-priced": ("hybrid-ds", drafts_priced_as_requests),
              # a second engine of the same configuration: the A/A check of a comparison's floor

@@ -85,13 +85,10 @@ class HeadPayoff:
     def seconds_per_run(self) -> float:
         return self.seconds / self.timed_runs if self.timed_runs else 0.0
 
-    def pays(self, economics: DraftEconomics, steps_saved_per_token: float = 1.0,
-             catch_up_seconds: float = 0.0) -> bool:
+    def pays(self, economics: DraftEconomics, steps_saved_per_token: float = 1.0) -> bool:
         """Whether a run is worth what it costs; `steps_saved_per_token`: the
-        share of a step one more accepted draft saves the request;
-        `catch_up_seconds`: what this run would spend first folding the
-        features that piled up while the head was skipped (module doc)."""
-        cost = self.seconds_per_run + catch_up_seconds + self.verified_per_run * economics.verify_token_seconds
+        share of a step one more accepted draft saves the request (module doc)."""
+        cost = self.seconds_per_run + self.verified_per_run * economics.verify_token_seconds
         return self.gained_per_run * economics.accepted_token_seconds * steps_saved_per_token >= cost
 
 

@@ -44,15 +44,7 @@ policy's terms at the current load):
   what a run has cost: its measured seconds per request (less the folding
   of features that piled up while it was skipped) plus the step time
   its verified drafts added (verified drafts per run times what one more
-  verified token costs at this load), plus what running it NOW costs
-  this request first: folding its backlog beyond a steady run's
-  (`head.backlog`, times the measured seconds per folded position). The
-  backlog is left out of the per-run figure, which would otherwise grow
-  the longer the head was skipped and keep it skipped everywhere; it is
-  charged to the request that would pay it. Where the head pays only
-  now and then (chat beside the corpus datastore), each run first folds
-  the twenty-odd steps since the last, a quarter of its cost: charged
-  where it falls, runs that only broke even are skipped. A busy machine makes a token
+  verified token costs at this load). A busy machine makes a token
   worth less (more users wait for each second of drafting); a machine where
   the head's forward is dear next to a decode step never lets it pay.
 The payoff is kept apart per band of what n-gram's block on offer is
@@ -117,7 +109,6 @@ EXPLORE_EVERY_MAX = 1024  # the wait after explorations that left the head skipp
 # tokens its last verification emitted (1 + accepted; about 2 with a head
 # that pays).
 STEADY_FOLD_POSITIONS = 2
-FOLD_SECONDS_KEEP = 0.9  # the moving average of seconds per folded position
 
 
 @dataclass
@@ -160,17 +151,12 @@ class HybridDrafter(Drafter):
         # (DraftInput.steps_saved_per_token); False: a whole step, as
         # before phase 24 (tools.engine_ab's hybrid-ds-one-payoff).
         self.value_share_of_step = True
-        # A request's own backlog folding charged to its run (module doc);
-        # False: not charged, as before phase 27 (tools.engine_ab's
-        # hybrid-ds-backlog-free).
-        self.charge_backlog = True
         self.head_lengths = HeadLengths()
         # Requests x steps the head did not run for, by reason (its first draft
         # would not be verified at the load; its runs have not paid), and the
         # skips overruled to keep the payoff figures current.
         self.head_skipped = {"threshold": 0, "cost": 0}
         self.explored = 0
-        self.fold_seconds_per_position = 0.0  # moving average over the runs that folded anything
         self._steps_since_explore = 0
         self._explore_every = EXPLORE_EVERY
 
@@ -230,7 +216,6 @@ class HybridDrafter(Drafter):
         blocks = self.head.propose(items)
         elapsed = time.perf_counter() - started
         seconds_per_run = max(0.0, elapsed - self._catch_up_seconds(len(items))) / len(items)
-        self._observe_folding()
         runs = Counter(self._bucket(offered[item.request.request_id]) for item in items)
         for bucket, num_runs in runs.items():
             self.payoffs[bucket].record_runs(num_runs, seconds_per_run * num_runs)
@@ -245,18 +230,6 @@ class HybridDrafter(Drafter):
         fold_seconds, folded = self.head.last_fold
         steady = num_runs * STEADY_FOLD_POSITIONS
         return fold_seconds * (folded - steady) / folded if folded > steady else 0.0
-
-    def _observe_folding(self) -> None:
-        fold_seconds, folded = self.head.last_fold
-        if folded > 0:
-            latest = fold_seconds / folded
-            self.fold_seconds_per_position = latest if not self.fold_seconds_per_position else \
-                FOLD_SECONDS_KEEP * self.fold_seconds_per_position + (1 - FOLD_SECONDS_KEEP) * latest
-
-    def _backlog_seconds(self, request) -> float:
-        """What a run for `request` now would spend first folding the
-        features beyond a steady run's: pre-draw (history and timing)."""
-        return max(0, self.head.backlog(request) - STEADY_FOLD_POSITIONS) * self.fold_seconds_per_position
 
     # ---- choice and calibration ----
     def _heads_to_run(self, items: list[DraftInput], offered: dict[str, float]) -> list[DraftInput]:
@@ -296,8 +269,7 @@ class HybridDrafter(Drafter):
         (`payoff`: its band's, beside the n-gram block on offer), or None."""
         if self.head_rates.rate(0) < item.economics.first_draft_threshold:
             return "threshold"
-        if not payoff.pays(item.economics, item.steps_saved_per_token if self.value_share_of_step else 1.0,
-                           self._backlog_seconds(item.request) if self.charge_backlog else 0.0):
+        if not payoff.pays(item.economics, item.steps_saved_per_token if self.value_share_of_step else 1.0):
             return "cost"
         return None
 

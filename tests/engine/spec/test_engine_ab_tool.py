@@ -285,9 +285,3 @@ def test_the_request_priced_ablation_prices_drafts_on_the_decode_curve():
     ablate(engine)
     assert cost.drafted(4).step_seconds(6) == pytest.approx(0.06)
 
-
-def test_the_backlog_free_ablation_stops_charging_a_requests_backlog():
-    method, ablate = ablations.ABLATIONS["hybrid-ds-backlog-free"]
-    engine = SimpleNamespace(drafter=SimpleNamespace(charge_backlog=True))
-    ablate(engine)
-    assert method == "hybrid-ds" and engine.drafter.charge_backlog is False

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Issue 13, phase 27: one stream, end to end, the verify policy pricing
+# drafts as query rows of requests already in the step (ngram-ds,
+# hybrid-ds) beside the policy before it, which priced each draft as one
+# more request (the -request-priced ablations), and off; phase 21's lockstep
+# comparison (8 prompts of 96 tokens per set). From the repository root;
+# SETS picks the sets (two at once on the two cores: SETS=mt-bench and
+# SETS=humaneval).
+#
+#   ROUNDS=3 SETS=mt-bench bash bench/results/2026-12-05-phase27/e2e.sh   # ~15 min a set
+set -euo pipefail
+OUT=bench/results/2026-12-05-phase27/e2e
+PY=${PYTHON:-.venv/bin/python}
+export OMP_NUM_THREADS=1 PYTHONPATH=.${DATA_PACKAGES:+:$DATA_PACKAGES}
+for set in ${SETS:-humaneval mt-bench}; do
+  mkdir -p $OUT/$set
+  $PY -m tools.engine_ab $set 1 ${ROUNDS:-3} --prompts 8 --max-tokens 96 --lockstep --versus ngram-ds \
+    --methods ${METHODS:-off,ngram-ds,ngram-ds-request-priced,hybrid-ds,hybrid-ds-request-priced} \
+    --out $OUT/$set > $OUT/$set/log.txt 2>&1
+done

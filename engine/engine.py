@@ -222,7 +222,7 @@ class LLMEngine:
         self._draft(sched, runner_out)
         # The whole step, drafting included: what a bigger batch really costs.
         seconds = time.perf_counter() - started
-        self.scheduler.observe_step_time(sched.total_num_tokens, seconds, len(sched.scheduled))
+        self.scheduler.observe_step_time(sched.total_num_tokens, seconds)
         load = StepLoad(len(sched.scheduled), sched.total_num_tokens, self.scheduler.num_waiting,
                         seconds * 1000)
         traces = step_traces(sched, runner_out, load)

@@ -1,11 +1,9 @@
 """Start-up profile of the target's step cost against batch tokens.
 
 Runs real forwards of decode-shaped batches (many requests, few query tokens
-each, a short context) for each probe size, and of drafts-shaped ones (the
-same tokens as query rows of one request: what drafts add to a step,
-scheduler.load.StepCostModel), and caches the result per model, device,
-dtype, kernels (batch-invariant or not) and thread count so later starts
-skip it.
+each, a short context) for each probe size, and caches the result per
+model, device, dtype, kernels (batch-invariant or not) and thread count so
+later starts skip it.
 """
 from __future__ import annotations
 
@@ -31,13 +29,13 @@ def profile_cache_path(model_path: str, device: str, dtype: str, max_tokens: int
                        kernels: str = "") -> str:
     """`kernels`: the model's kernel description (its resolved dtype, which
     kernels run the linears, batch-invariant or free): each has its own curve."""
-    key = f"{os.path.abspath(model_path)}|{device}|{dtype}|{kernels}|{torch.get_num_threads()}|{max_tokens}|v4"
+    key = f"{os.path.abspath(model_path)}|{device}|{dtype}|{kernels}|{torch.get_num_threads()}|{max_tokens}|v3"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(cache_root(), "profiles", f"step-cost-{digest}.json")
 
 
 def load_or_profile(runner, model_path: str, device: str, dtype: str, max_tokens: int,
-                    max_seqs: int, time_budget_s: float = 30.0) -> StepCostModel:
+                    max_seqs: int, time_budget_s: float = 20.0) -> StepCostModel:
     kernels = getattr(runner.model, "kernel_description", "")
     path = profile_cache_path(model_path, device, dtype, max_tokens, kernels)
     if os.path.exists(path):
@@ -55,31 +53,26 @@ def load_or_profile(runner, model_path: str, device: str, dtype: str, max_tokens
 @torch.inference_mode()
 def profile_step_cost(runner, max_tokens: int, max_seqs: int, time_budget_s: float,
                       passes: int = 3) -> StepCostModel:
-    """Best-of-`passes` step seconds at each probe size, in the decode shape
-    and the drafts' shape (`max_seqs` = 1). Sizes are visited round-robin,
-    the two shapes of a size one after the other, so a burst of load from
-    other processes hits all sizes of a pass alike and the curves' SHAPE
-    (all the policy uses) survives it."""
+    """Best-of-`passes` step seconds at each probe size. Sizes are visited
+    round-robin, so a burst of load from other processes hits all sizes of a
+    pass alike and the curve's SHAPE (all the policy uses) survives it."""
     started = time.perf_counter()
     num_blocks = runner.kv_caches[0][0].shape[0]
     batches = {}
     for size in probe_sizes(max_tokens):
-        shapes = [decode_shaped_batch(size, seqs, runner.block_size, num_blocks, runner.device)
-                  for seqs in (max_seqs, 1)]
-        if None in shapes:
+        batch = decode_shaped_batch(size, max_seqs, runner.block_size, num_blocks, runner.device)
+        if batch is None:
             break
-        batches[size] = shapes
-    best: dict[int, list[float]] = {}
+        batches[size] = batch
+    best: dict[int, float] = {}
     for _ in range(passes):
-        for size, shapes in batches.items():
-            times = [_time_forward(runner, *batch) for batch in shapes]
-            best[size] = [min(pair) for pair in zip(best.get(size, times), times)]
+        for size, batch in batches.items():
+            best[size] = min(best.get(size, float("inf")), _time_forward(runner, *batch))
             if time.perf_counter() - started > time_budget_s:
                 break
     sizes = sorted(best)
-    log.info("step cost profile (decode, rows): %s",
-             json.dumps([(b, round(best[b][0] * 1000, 2), round(best[b][1] * 1000, 2)) for b in sizes]))
-    return StepCostModel(sizes, [best[b][0] for b in sizes], row_seconds=[best[b][1] for b in sizes])
+    log.info("step cost profile: %s", json.dumps([(b, round(best[b] * 1000, 2)) for b in sizes]))
+    return StepCostModel(sizes, [best[b] for b in sizes])
 
 
 def decode_shaped_batch(num_tokens: int, max_seqs: int, block_size: int, num_blocks: int, device):

@@ -51,22 +51,18 @@ class FeltStepCost:
     the same seconds for a gain worth one short decode step.
     """
 
-    def __init__(self, cost: SecondsCost, base_tokens: int, decode_tokens: int,
-                 decode_cost: SecondsCost | None = None):
-        """`decode_cost`: the cost of the decode step a draft saves (that step
-        grown by drafts: load.DraftedStepCost from B0_dec); `cost` if None."""
+    def __init__(self, cost: SecondsCost, base_tokens: int, decode_tokens: int):
         self.cost = cost
-        self.decode_cost = decode_cost or cost
         self.base_tokens = base_tokens
         self.decode_tokens = max(1, min(decode_tokens, base_tokens))
-        self._felt = [self.decode_cost.step_seconds(self.decode_tokens)]  # T_felt(0), T_felt(1), ...
+        self._felt = [cost.step_seconds(self.decode_tokens)]  # T_felt(0), T_felt(1), ...
 
     def step_seconds(self, num_tokens: int) -> float:
         extra = max(0, num_tokens - self.base_tokens)
         while len(self._felt) <= extra:
             k = len(self._felt) - 1
             stretch = self.cost.step_seconds(self.base_tokens + k + 1) - self.cost.step_seconds(self.base_tokens + k)
-            self._felt.append(self._felt[k] * (1 + stretch / self.decode_cost.step_seconds(self.decode_tokens + k)))
+            self._felt.append(self._felt[k] * (1 + stretch / self.cost.step_seconds(self.decode_tokens + k)))
         return self._felt[extra]
 
     def sps(self, num_tokens: int) -> float:

@@ -33,17 +33,6 @@ class StepCostModel:
     on, since Theta comparisons are scale-free). Each measured step moves the
     global factor, and the residual moves only the nearest probe size, so a
     burst of outside load measured at one B does not bend the shape.
-
-    Two shapes of a step. `seconds` is the decode shape: B tokens as B
-    requests (up to the batch's request cap), each with its own context to
-    attend over. `row_seconds` (optional) is the drafts' shape: B tokens as
-    query rows of ONE request. A draft adds a row to a request already in
-    the step, which on this CPU costs a fifth to a half of another request
-    (phase 27: one stream, 8 rows in one request cost 1.1x one row where 8
-    requests cost 1.45x); priced as a request, drafts looked dearer than
-    they are and the policy verified too few. A step of S requests and B
-    tokens is priced T(S) + R(B) - R(S) (`drafted`); without a rows curve,
-    T(B) as before.
     """
 
     sizes: list[int]
@@ -52,9 +41,7 @@ class StepCostModel:
     local_ema: float = 0.02
     observations: int = 0
     scale: float = 1.0
-    row_seconds: list[float] | None = None  # at `sizes`, the drafts' shape (class doc)
     _monotone: list[float] = field(default_factory=list, repr=False)
-    _row_monotone: list[float] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.sizes or len(self.sizes) != len(self.seconds):
@@ -63,9 +50,6 @@ class StepCostModel:
             raise ValueError("sizes must be strictly increasing")
         if any(s <= 0 for s in self.seconds):
             raise ValueError("step times must be positive")
-        if self.row_seconds is not None and (len(self.row_seconds) != len(self.sizes) or
-                                             any(s <= 0 for s in self.row_seconds)):
-            raise ValueError("need a positive row time at every size")
         self._refresh()
 
     @classmethod
@@ -78,33 +62,16 @@ class StepCostModel:
         return cls([1, max_tokens], [base + per_token, base + per_token * max_tokens])
 
     def _refresh(self) -> None:
-        self._monotone = _running_max(self.seconds, self.scale)
-        self._row_monotone = None if self.row_seconds is None else _running_max(self.row_seconds, self.scale)
+        # Step time must not fall as the batch grows (SPS non-increasing):
+        # a running maximum from the left.
+        out, high = [], 0.0
+        for s in self.seconds:
+            high = max(high, s * self.scale)
+            out.append(high)
+        self._monotone = out
 
     def step_seconds(self, num_tokens: int) -> float:
-        """Seconds of a step of `num_tokens` tokens in the decode shape."""
-        return self._interpolated(self._monotone, num_tokens)
-
-    def rows_added_seconds(self, base_tokens: int, num_tokens: int) -> float:
-        """What growing a step from `base_tokens` to `num_tokens` tokens
-        adds when the new tokens are query rows of requests already in it
-        (the drafts' shape; the decode shape without a rows curve)."""
-        curve = self._row_monotone if self._row_monotone is not None else self._monotone
-        return self._interpolated(curve, num_tokens) - self._interpolated(curve, base_tokens)
-
-    def drafted(self, base_tokens: int) -> "DraftedStepCost":
-        """The cost of a step of `base_tokens` tokens that drafts grow."""
-        return DraftedStepCost(self, base_tokens)
-
-    def predicted_seconds(self, num_tokens: int, num_requests: int | None = None) -> float:
-        """A step of `num_tokens` tokens over `num_requests` requests: T(S) +
-        R(B) - R(S) (class doc); T(B) when the requests are not known."""
-        if num_requests is None or not 0 < num_requests < num_tokens:
-            return self.step_seconds(num_tokens)
-        return self.drafted(num_requests).step_seconds(num_tokens)
-
-    def _interpolated(self, secs: list[float], num_tokens: int) -> float:
-        sizes = self.sizes
+        sizes, secs = self.sizes, self._monotone
         b = max(1, num_tokens)
         if len(sizes) == 1 or b <= sizes[0]:
             return secs[0]
@@ -116,18 +83,15 @@ class StepCostModel:
     def sps(self, num_tokens: int) -> float:
         return 1.0 / self.step_seconds(num_tokens)
 
-    def observe(self, num_tokens: int, seconds: float, num_requests: int | None = None) -> None:
-        """Blend one measured step into the global factor and the shape; a
-        step of `num_requests` requests is predicted as `predicted_seconds`
-        says, and its residual moves the decode curve at that many requests."""
+    def observe(self, num_tokens: int, seconds: float) -> None:
+        """Blend one measured step into the global factor and the shape."""
         if seconds <= 0 or not math.isfinite(seconds):
             return
-        ratio = seconds / self.predicted_seconds(num_tokens, num_requests)
+        ratio = seconds / self.step_seconds(num_tokens)
         self.scale *= (1 - self.ema) + self.ema * ratio
         self._refresh()
-        residual = seconds / self.predicted_seconds(num_tokens, num_requests)
-        at = num_requests if num_requests is not None and 0 < num_requests < num_tokens else num_tokens
-        i = min(range(len(self.sizes)), key=lambda j: abs(math.log(self.sizes[j]) - math.log(max(1, at))))
+        residual = seconds / self.step_seconds(num_tokens)
+        i = min(range(len(self.sizes)), key=lambda j: abs(math.log(self.sizes[j]) - math.log(max(1, num_tokens))))
         self.seconds[i] *= (1 - self.local_ema) + self.local_ema * residual
         self.observations += 1
         self._refresh()
@@ -145,47 +109,12 @@ class StepCostModel:
         return [(b, 1.0 / s) for b, s in zip(self.sizes, self._monotone)]
 
     def to_json(self) -> str:
-        data = {"sizes": self.sizes, "seconds": [s * self.scale for s in self.seconds]}
-        if self.row_seconds is not None:
-            data["row_seconds"] = [s * self.scale for s in self.row_seconds]
-        return json.dumps(data)
+        return json.dumps({"sizes": self.sizes, "seconds": [s * self.scale for s in self.seconds]})
 
     @classmethod
     def from_json(cls, text: str) -> "StepCostModel":
         data = json.loads(text)
-        rows = data.get("row_seconds")
-        return cls(list(data["sizes"]), list(data["seconds"]), row_seconds=None if rows is None else list(rows))
-
-
-def _running_max(seconds: list[float], scale: float) -> list[float]:
-    """Step time must not fall as the batch grows (SPS non-increasing): a
-    running maximum from the left."""
-    out, high = [], 0.0
-    for s in seconds:
-        high = max(high, s * scale)
-        out.append(high)
-    return out
-
-
-@dataclass(frozen=True)
-class DraftedStepCost:
-    """A step of `base_tokens` tokens (its requests' real tokens) that drafts
-    grow: T(base) from the decode curve, and each token beyond it priced as
-    a query row of a request already in the step (StepCostModel's doc)."""
-
-    cost: StepCostModel
-    base_tokens: int
-
-    def step_seconds(self, num_tokens: int) -> float:
-        if num_tokens <= self.base_tokens:
-            return self.cost.step_seconds(num_tokens)
-        return self.cost.step_seconds(self.base_tokens) + self.cost.rows_added_seconds(self.base_tokens, num_tokens)
-
-    def sps(self, num_tokens: int) -> float:
-        return 1.0 / self.step_seconds(num_tokens)
-
-    def saturated_seconds_per_token(self) -> float:
-        return self.cost.saturated_seconds_per_token()
+        return cls(list(data["sizes"]), list(data["seconds"]))
 
 
 def probe_sizes(max_tokens: int) -> list[int]:

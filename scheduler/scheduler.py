@@ -385,9 +385,9 @@ class Scheduler:
             if request is not None and not request.is_finished:
                 request.drafts = block
 
-    def observe_step_time(self, num_tokens: int, seconds: float, num_requests: int | None = None) -> None:
+    def observe_step_time(self, num_tokens: int, seconds: float) -> None:
         """A whole engine step's wall time, for the policy's live step cost."""
-        self.verify_policy.observe_step(num_tokens, seconds, num_requests)
+        self.verify_policy.observe_step(num_tokens, seconds)
 
     # ---- shared helpers -----------------------------------------------------
 

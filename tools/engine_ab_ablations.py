@@ -30,16 +30,6 @@ def one_payoff_for_every_band(engine: LLMEngine) -> None:
     engine.drafter.value_share_of_step = False
 
 
-def drafts_priced_as_requests(engine: LLMEngine) -> None:
-    """`ngram-ds-request-priced` / `hybrid-ds-request-priced`: the verify
-    policy as it was before phase 27, pricing each draft as one more
-    request on the decode curve instead of a query row of a request
-    already in the step (scheduler.load.StepCostModel)."""
-    cost = engine.verify_policy.cost
-    cost.row_seconds = None
-    cost._refresh()
-
-
 def never_verify(engine: LLMEngine) -> None:
     """`ngram-noverify`: n-gram drafts for every request and step, the policy
     verifies none of them, so what the speculative path costs by itself
@@ -109,8 +99,6 @@ ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "hybrid-ds-nohead"
              "hybrid-twice": ("hybrid", calibrated_twice),
              "hybrid-ds-own-map": ("hybrid-ds", ngram_blocks_mapped_by_the_hybrid),
              "hybrid-ds-one-payoff": ("hybrid-ds", one_payoff_for_every_band),
-             "ngram-ds-request-priced": ("ngram-ds", drafts_priced_as_requests),
-             "hybrid-ds-request-priced": ("hybrid-ds", drafts_priced_as_requests),
              # a second engine of the same configuration: the A/A check of a comparison's floor
              "ngram-ds-again": ("ngram-ds", None),
              "ngram-ds-pooled-prior": ("ngram-ds", prior_pooled_over_followers),

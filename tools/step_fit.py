@@ -38,10 +38,7 @@ def record_steps(engine: LLMEngine) -> list[dict]:
         out = execute(sched)
         seconds = time.perf_counter() - started
         tokens, cost = sched.total_num_tokens, getattr(policy, "cost", None)
-        price = None
-        if cost is not None:
-            drafted = cost.drafted(tokens - sum(s.num_spec_tokens for s in sched.scheduled))
-            price = drafted.step_seconds(tokens + 1) - drafted.step_seconds(tokens)
+        price = None if cost is None else cost.step_seconds(tokens + 1) - cost.step_seconds(tokens)
         rows.append({"requests": len(sched.scheduled), "tokens": tokens,
                      "drafts": sum(s.num_spec_tokens for s in sched.scheduled),
                      "prefill": any(s.num_query_tokens > 1 for s in sched.scheduled),

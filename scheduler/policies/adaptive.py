@@ -38,9 +38,7 @@ class AdaptivePolicy(VerifyPolicy):
       a decoder's next token, so each weighs one token in tau: draft (r, j)
       is admitted only while its gain beats (tau + W) times the seconds it
       adds (next point).
-    - T_load(B) = T(B) + u * s * B: T the live curve (drafts priced as
-      query rows of requests already in the step, tokens up to B0 as the
-      decode curve: StepCostModel.drafted), u the share of the
+    - T_load(B) = T(B) + u * s * B: T the live curve, u the share of the
       machine others hold (NVML other-process utilisation on CUDA, run-queue
       wait on CPU), s the curve's saturated seconds per token. A busy
       machine makes every token cost, so only confident drafts pass.
@@ -109,12 +107,9 @@ class AdaptivePolicy(VerifyPolicy):
     def step_base(self, budget_left: int, num_emitting: int, load: LoadSignal) -> StepBase:
         """B0, tau0 + W, the loaded cost, the budget and the KV room: what
         this step's drafts are weighed against, from the load alone."""
-        tokens = max(1, self.max_batched_tokens - budget_left)
-        decode_tokens = max(1, tokens - load.num_prefill_tokens)
-        # Drafts are query rows of requests in the step (StepCostModel.drafted).
-        cost = LoadedStepCost(self.cost.drafted(tokens), load.busy)
+        tokens, cost = max(1, self.max_batched_tokens - budget_left), LoadedStepCost(self.cost, load.busy)
         arriving = load.arrival_rate * cost.step_seconds(tokens)
-        felt = FeltStepCost(cost, tokens, decode_tokens, LoadedStepCost(self.cost.drafted(decode_tokens), load.busy))
+        felt = FeltStepCost(cost, tokens, tokens - load.num_prefill_tokens)
         return StepBase(tokens=tokens, tau=num_emitting + load.num_stalled + arriving, cost=felt,
                         max_extra=budget_left, kv=load.kv)
 
@@ -141,8 +136,8 @@ class AdaptivePolicy(VerifyPolicy):
         elif num_verified:
             self.backoff.failed(request_id)
 
-    def observe_step(self, num_tokens: int, seconds: float, num_requests: int | None = None) -> None:
-        self.cost.observe(num_tokens, seconds, num_requests)
+    def observe_step(self, num_tokens: int, seconds: float) -> None:
+        self.cost.observe(num_tokens, seconds)
 
     def should_draft(self, request_id: str) -> bool:
         return self.backoff.should_draft(request_id)

@@ -73,9 +73,8 @@ class VerifyPolicy(ABC):
         """One verification's outcome: `num_accepted` of `num_verified` survived."""
 
     @abstractmethod
-    def observe_step(self, num_tokens: int, seconds: float, num_requests: int | None = None) -> None:
-        """A whole engine step (drafting included) over `num_tokens` query
-        tokens of `num_requests` requests (None: not known)."""
+    def observe_step(self, num_tokens: int, seconds: float) -> None:
+        """A whole engine step (drafting included) over `num_tokens` query tokens."""
 
     def observe_load(self, budget_left: int, num_emitting: int, load: LoadSignal) -> None:
         """Every step's load, whether or not anything is verified (what

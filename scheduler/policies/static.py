@@ -33,7 +33,7 @@ class StaticPolicy(VerifyPolicy):
     def observe(self, request_id: str, num_verified: int, num_accepted: int) -> None:
         pass
 
-    def observe_step(self, num_tokens: int, seconds: float, num_requests: int | None = None) -> None:
+    def observe_step(self, num_tokens: int, seconds: float) -> None:
         pass
 
     def should_draft(self, request_id: str) -> bool:

@@ -31,14 +31,6 @@ def test_the_profile_covers_the_probe_sizes_that_fit(runner):
     cost = profile_step_cost(runner, max_tokens=32, max_seqs=4, time_budget_s=30.0, passes=1)
     assert cost.sizes[0] == 1 and cost.sizes[-1] <= 32
     assert all(seconds > 0 for seconds in cost.seconds)
-    # the drafts' shape at every size too: the tokens as rows of one request
-    assert cost.row_seconds is not None and len(cost.row_seconds) == len(cost.sizes)
-    assert all(seconds > 0 for seconds in cost.row_seconds)
-
-
-def test_the_drafts_shape_puts_every_token_in_one_request():
-    tokens, positions, meta = decode_shaped_batch(10, max_seqs=1, block_size=16, num_blocks=64, device="cpu")
-    assert meta.query_lens == [10] and meta.seq_lens_list == [138]
 
 
 def test_the_cache_key_separates_kernels_and_the_profile_is_reused(runner, tmp_path, monkeypatch):

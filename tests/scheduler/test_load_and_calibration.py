@@ -88,17 +88,6 @@ def test_adaptive_policy_long_when_idle_short_when_busy():
     assert sum(busy.lengths.counts) == 2
 
 
-def test_an_idle_machine_whose_rows_are_cheap_verifies_what_request_priced_drafts_would_not():
-    # One stream on this CPU: another request costs +45% of a step, a row +1.5%.
-    decode = [0.040, 0.058, 0.090]
-    rows = [0.040, 0.0442, 0.0484]
-    request = [make_request("one", [0.9, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7])]
-    as_requests = AdaptivePolicy(StepCostModel([1, 8, 16], list(decode)), max_batched_tokens=64)
-    as_rows = AdaptivePolicy(StepCostModel([1, 8, 16], list(decode), row_seconds=rows), max_batched_tokens=64)
-    assert as_requests.choose_lengths(request, 63, num_emitting=1)["one"] == 5
-    assert as_rows.choose_lengths(request, 63, num_emitting=1)["one"] == 8
-
-
 def test_adaptive_policy_feeds_back_and_trims_draft_length():
     policy = AdaptivePolicy(StepCostModel.flat(), max_batched_tokens=64)
     request = make_request("r", [0.5] * 4)

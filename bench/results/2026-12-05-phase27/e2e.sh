@@ -5,9 +5,11 @@
 # more request (the -request-priced ablations), and off; phase 21's lockstep
 # comparison (8 prompts of 96 tokens per set). From the repository root;
 # SETS picks the sets (two at once on the two cores: SETS=mt-bench and
-# SETS=humaneval).
+# SETS=humaneval). Measured at commit d7735c8, which priced drafts as rows;
+# level at best, it was reverted (docs/draft-heads.md, "Phase 27"): to
+# rerun, check that commit out.
 #
-#   ROUNDS=3 SETS=mt-bench bash bench/results/2026-12-05-phase27/e2e.sh   # ~15 min a set
+#   git checkout d7735c8 && ROUNDS=3 SETS=mt-bench bash bench/results/2026-12-05-phase27/e2e.sh   # ~8 min a set
 set -euo pipefail
 OUT=bench/results/2026-12-05-phase27/e2e
 PY=${PYTHON:-.venv/bin/python}

@@ -270,18 +270,3 @@ def test_the_pooled_prior_ablation_reads_the_same_rates_in_every_follower_class(
     ablate(engine)
     for followers in (FOLLOWED_ONCE, FOLLOWED_VARIOUSLY):
         assert engine.drafter.confidences(1, 3, followers) == list(SURVIVAL_BY_MATCH_AND_POSITION[0][:3])
-
-
-def test_the_request_priced_ablation_prices_drafts_on_the_decode_curve():
-    """`ngram-ds-request-priced`: the policy's cost without its rows curve,
-    so a draft costs what one more request does (before phase 27)."""
-    from scheduler.load import StepCostModel
-
-    cost = StepCostModel([1, 8, 16], [0.01, 0.08, 0.16], row_seconds=[0.01, 0.017, 0.025])
-    engine = SimpleNamespace(verify_policy=SimpleNamespace(cost=cost))
-    assert cost.drafted(4).step_seconds(6) == pytest.approx(0.042)
-    method, ablate = ablations.ABLATIONS["ngram-ds-request-priced"]
-    assert method == "ngram-ds" and ablations.ABLATIONS["hybrid-ds-request-priced"][0] == "hybrid-ds"
-    ablate(engine)
-    assert cost.drafted(4).step_seconds(6) == pytest.approx(0.06)
-

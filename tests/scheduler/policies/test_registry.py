@@ -54,8 +54,8 @@ class RecordingPolicy(StaticPolicy):
     def observe(self, request_id, num_verified, num_accepted):
         self.calls.append(("observe", request_id, num_verified, num_accepted))
 
-    def observe_step(self, num_tokens, seconds, num_requests=None):
-        self.calls.append(("step", num_tokens, seconds, num_requests))
+    def observe_step(self, num_tokens, seconds):
+        self.calls.append(("step", num_tokens, seconds))
 
     def forget(self, request_id):
         self.calls.append(("forget", request_id))
@@ -80,7 +80,7 @@ def test_scheduler_feeds_outcomes_step_times_and_departures_to_the_policy():
     assert output.scheduled[0].num_spec_tokens == 3
     scheduler.update_from_output(output, RunnerOutput({"a": [5, 9]}, num_accepted={"a": 1}),
                                  lambda r, t: None)
-    scheduler.observe_step_time(output.total_num_tokens, 0.25, len(output.scheduled))
+    scheduler.observe_step_time(output.total_num_tokens, 0.25)
     scheduler.abort_request("a")
-    assert policy.calls == [("observe", "a", 3, 1), ("step", 4, 0.25, 1), ("forget", "a")]
+    assert policy.calls == [("observe", "a", 3, 1), ("step", 4, 0.25), ("forget", "a")]
     assert request.status is RequestStatus.FINISHED_ABORTED and not request.drafts

@@ -3,7 +3,8 @@
 # datastore (serve's default), the hybrid and the DSpark head alone; phase
 # 21's lockstep comparison (8 prompts of 96 tokens per set). From the
 # repository root; SETS picks the sets (two at once on the two cores:
-# SETS=mt-bench and SETS=humaneval).
+# SETS=mt-bench and SETS=humaneval). The results in e2e-final/ ran at
+# 739b0f0 (before the hybrid's streak-amortized backlog charge, 7416ae4).
 #
 #   ROUNDS=5 SETS=mt-bench bash bench/results/2026-12-05-phase27/e2e-final.sh   # ~12 min a set
 set -euo pipefail

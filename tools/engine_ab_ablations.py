@@ -30,12 +30,6 @@ def one_payoff_for_every_band(engine: LLMEngine) -> None:
     engine.drafter.value_share_of_step = False
 
 
-def backlog_not_charged(engine: LLMEngine) -> None:
-    """`hybrid-ds-backlog-free`: the hybrid as it was before phase 27, a
-    request's run not charged for first folding its backlog of features."""
-    engine.drafter.charge_backlog = False
-
-
 def never_verify(engine: LLMEngine) -> None:
     """`ngram-noverify`: n-gram drafts for every request and step, the policy
     verifies none of them, so what the speculative path costs by itself
@@ -105,7 +99,6 @@ ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "hybrid-ds-nohead"
              "hybrid-twice": ("hybrid", calibrated_twice),
              "hybrid-ds-own-map": ("hybrid-ds", ngram_blocks_mapped_by_the_hybrid),
              "hybrid-ds-one-payoff": ("hybrid-ds", one_payoff_for_every_band),
-             "hybrid-ds-backlog-free": ("hybrid-ds", backlog_not_charged),
              # a second engine of the same configuration: the A/A check of a comparison's floor
              "ngram-ds-again": ("ngram-ds", None),
              "ngram-ds-pooled-prior": ("ngram-ds", prior_pooled_over_followers),

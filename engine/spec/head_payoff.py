@@ -85,45 +85,11 @@ class HeadPayoff:
     def seconds_per_run(self) -> float:
         return self.seconds / self.timed_runs if self.timed_runs else 0.0
 
-    def pays(self, economics: DraftEconomics, steps_saved_per_token: float = 1.0,
-             catch_up_seconds: float = 0.0) -> bool:
+    def pays(self, economics: DraftEconomics, steps_saved_per_token: float = 1.0) -> bool:
         """Whether a run is worth what it costs; `steps_saved_per_token`: the
-        share of a step one more accepted draft saves the request;
-        `catch_up_seconds`: what this run would spend first folding the
-        features that piled up while the head was skipped (module doc)."""
-        cost = self.seconds_per_run + catch_up_seconds + self.verified_per_run * economics.verify_token_seconds
+        share of a step one more accepted draft saves the request (module doc)."""
+        cost = self.seconds_per_run + self.verified_per_run * economics.verify_token_seconds
         return self.gained_per_run * economics.accepted_token_seconds * steps_saved_per_token >= cost
-
-
-@dataclass
-class HeadStreaks:
-    """How many steps in a row the head runs for a request once it starts
-    (sums of runs and of streak starts, decayed by `keep` per step that ran
-    the head). A request's backlog of features is folded once, at the start
-    of a streak, and what the streak gains accrues over all its runs, so
-    the hybrid charges a run the backlog over the mean streak length. Starts
-    at one run a streak: the whole backlog charged."""
-
-    keep: float = 0.98
-    runs: float = 1.0
-    starts: float = 1.0
-    last_step: dict[str, int] = field(default_factory=dict)
-
-    def record(self, request_ids: list[str], step: int) -> None:
-        """The head ran at `step` for `request_ids`; a request it did not
-        run for at the step before starts a streak."""
-        starts = sum(1 for rid in request_ids if self.last_step.get(rid) != step - 1)
-        self.runs = self.runs * self.keep + len(request_ids)
-        self.starts = self.starts * self.keep + starts
-        for rid in request_ids:
-            self.last_step[rid] = step
-
-    def forget(self, request_id: str) -> None:
-        self.last_step.pop(request_id, None)
-
-    @property
-    def mean_length(self) -> float:
-        return self.runs / self.starts
 
 
 class HeadLengths:

@@ -44,20 +44,7 @@ policy's terms at the current load):
   what a run has cost: its measured seconds per request (less the folding
   of features that piled up while it was skipped) plus the step time
   its verified drafts added (verified drafts per run times what one more
-  verified token costs at this load), plus this request's share of
-  folding its backlog: the positions beyond a steady run's that a run now
-  would fold first (`head.backlog`, times the measured seconds per folded
-  position), over the mean number of steps the head runs in a row for a
-  request once it starts (`HeadStreaks`): the backlog is folded once a
-  streak, and the streak's gain accrues over all its runs. The backlog is
-  left out of the per-run figure, which would otherwise grow the longer
-  the head was skipped and keep it skipped everywhere. Where the head
-  runs now and then (chat beside the corpus datastore: a streak of one or
-  two runs), each run first folds the twenty-odd steps since the last, a
-  fifth of its cost, and runs that only broke even are skipped; where it
-  runs in streaks (code) the backlog is spread over them. Charged whole to
-  every run (phase 27, 1a9721d), it kept the head from starting the
-  streaks that pay on code. A busy machine makes a token
+  verified token costs at this load). A busy machine makes a token
   worth less (more users wait for each second of drafting); a machine where
   the head's forward is dear next to a decode step never lets it pay.
 The payoff is kept apart per band of what n-gram's block on offer is
@@ -107,8 +94,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from engine.spec.base import DraftInput, Drafter
-from engine.spec.head_payoff import (PAYOFF_BUCKET_EDGES, HeadLengths, HeadPayoff, HeadStreaks, PositionRates,
-                                     head_expectation, ngram_expectation)
+from engine.spec.head_payoff import (PAYOFF_BUCKET_EDGES, HeadLengths, HeadPayoff, PositionRates, head_expectation,
+                                     ngram_expectation)
 from engine.spec.head_drafter import HeadDrafter
 from engine.spec.ngram import NgramDrafter, load_datastore
 from engine.spec.registry import DrafterContext, register_drafter
@@ -122,7 +109,6 @@ EXPLORE_EVERY_MAX = 1024  # the wait after explorations that left the head skipp
 # tokens its last verification emitted (1 + accepted; about 2 with a head
 # that pays).
 STEADY_FOLD_POSITIONS = 2
-FOLD_SECONDS_KEEP = 0.9  # the moving average of seconds per folded position
 
 
 @dataclass
@@ -165,19 +151,12 @@ class HybridDrafter(Drafter):
         # (DraftInput.steps_saved_per_token); False: a whole step, as
         # before phase 24 (tools.engine_ab's hybrid-ds-one-payoff).
         self.value_share_of_step = True
-        # A request's share of folding its backlog charged to its run (module
-        # doc); False: not charged, as before phase 27 (tools.engine_ab's
-        # hybrid-ds-backlog-free).
-        self.charge_backlog = True
         self.head_lengths = HeadLengths()
         # Requests x steps the head did not run for, by reason (its first draft
         # would not be verified at the load; its runs have not paid), and the
         # skips overruled to keep the payoff figures current.
         self.head_skipped = {"threshold": 0, "cost": 0}
         self.explored = 0
-        self.fold_seconds_per_position = 0.0  # moving average over the runs that folded anything
-        self.streaks = HeadStreaks()
-        self._step = 0  # proposal batches so far: one per engine step
         self._steps_since_explore = 0
         self._explore_every = EXPLORE_EVERY
 
@@ -192,12 +171,10 @@ class HybridDrafter(Drafter):
         self.ngram.forget(request_ids)
         for rid in request_ids:
             self.pending.pop(rid, None)
-            self.streaks.forget(rid)
             for calibrator in self.calibrators.values():
                 calibrator.forget(rid)
 
     def propose(self, inputs: list[DraftInput]) -> dict[str, DraftBlock]:
-        self._step += 1
         items = [item for item in inputs if item.max_tokens > 0]
         raw: dict[tuple[str, str], list[float]] = {}
         drafted = self.ngram.propose(items)  # as plain n-gram hands them to the policy
@@ -239,8 +216,6 @@ class HybridDrafter(Drafter):
         blocks = self.head.propose(items)
         elapsed = time.perf_counter() - started
         seconds_per_run = max(0.0, elapsed - self._catch_up_seconds(len(items))) / len(items)
-        self._observe_folding()
-        self.streaks.record([item.request.request_id for item in items], self._step)
         runs = Counter(self._bucket(offered[item.request.request_id]) for item in items)
         for bucket, num_runs in runs.items():
             self.payoffs[bucket].record_runs(num_runs, seconds_per_run * num_runs)
@@ -255,19 +230,6 @@ class HybridDrafter(Drafter):
         fold_seconds, folded = self.head.last_fold
         steady = num_runs * STEADY_FOLD_POSITIONS
         return fold_seconds * (folded - steady) / folded if folded > steady else 0.0
-
-    def _observe_folding(self) -> None:
-        fold_seconds, folded = self.head.last_fold
-        if folded > 0:
-            latest = fold_seconds / folded
-            self.fold_seconds_per_position = latest if not self.fold_seconds_per_position else \
-                FOLD_SECONDS_KEEP * self.fold_seconds_per_position + (1 - FOLD_SECONDS_KEEP) * latest
-
-    def _backlog_seconds(self, request) -> float:
-        """This run's share of folding `request`'s backlog beyond a steady
-        run's (module doc): pre-draw (history and timing)."""
-        backlog = max(0, self.head.backlog(request) - STEADY_FOLD_POSITIONS)
-        return backlog * self.fold_seconds_per_position / self.streaks.mean_length
 
     # ---- choice and calibration ----
     def _heads_to_run(self, items: list[DraftInput], offered: dict[str, float]) -> list[DraftInput]:
@@ -307,8 +269,7 @@ class HybridDrafter(Drafter):
         (`payoff`: its band's, beside the n-gram block on offer), or None."""
         if self.head_rates.rate(0) < item.economics.first_draft_threshold:
             return "threshold"
-        if not payoff.pays(item.economics, item.steps_saved_per_token if self.value_share_of_step else 1.0,
-                           self._backlog_seconds(item.request) if self.charge_backlog else 0.0):
+        if not payoff.pays(item.economics, item.steps_saved_per_token if self.value_share_of_step else 1.0):
             return "cost"
         return None
 

@@ -11,7 +11,7 @@ set -euo pipefail
 OUT=${OUT:-bench/results/2026-12-04-phase21/e2e}  # later phases call this with their own (and METHODS)
 PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=1
-for set in humaneval mt-bench; do
+for set in ${SETS:-humaneval mt-bench}; do  # SETS: later phases run one set per core
   mkdir -p $OUT/$set
   $PY -m tools.engine_ab $set 1 ${ROUNDS:-3} --prompts 8 --max-tokens 96 --lockstep --versus ngram-ds \
     --methods ${METHODS:-off,ngram-ds,hybrid-ds,dspark} --out $OUT/$set | tee $OUT/$set/log.txt

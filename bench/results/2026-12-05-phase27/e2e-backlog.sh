@@ -10,12 +10,5 @@
 # (two at once on the two cores: SETS=mt-bench and SETS=humaneval).
 #
 #   git checkout 1a9721d && ROUNDS=3 SETS=mt-bench bash bench/results/2026-12-05-phase27/e2e-backlog.sh   # ~10 min a set
-set -euo pipefail
-OUT=bench/results/2026-12-05-phase27/e2e-backlog
-PY=${PYTHON:-.venv/bin/python}
-export OMP_NUM_THREADS=1 PYTHONPATH=.${DATA_PACKAGES:+:$DATA_PACKAGES}
-for set in ${SETS:-humaneval mt-bench}; do
-  mkdir -p $OUT/$set
-  $PY -m tools.engine_ab $set 1 ${ROUNDS:-3} --prompts 8 --max-tokens 96 --lockstep --versus ngram-ds \
-    --methods ${METHODS:-off,ngram-ds,hybrid-ds,hybrid-ds-backlog-free} --out $OUT/$set > $OUT/$set/log.txt 2>&1
-done
+ROUNDS=${ROUNDS:-3} OUT=bench/results/2026-12-05-phase27/e2e-backlog METHODS=${METHODS:-off,ngram-ds,hybrid-ds,hybrid-ds-backlog-free} \
+  exec bash bench/results/2026-12-04-phase21/e2e.sh

@@ -7,12 +7,5 @@
 # 739b0f0 (before the hybrid's streak-amortized backlog charge, 7416ae4).
 #
 #   ROUNDS=5 SETS=mt-bench bash bench/results/2026-12-05-phase27/e2e-final.sh   # ~12 min a set
-set -euo pipefail
-OUT=bench/results/2026-12-05-phase27/e2e-final
-PY=${PYTHON:-.venv/bin/python}
-export OMP_NUM_THREADS=1 PYTHONPATH=.${DATA_PACKAGES:+:$DATA_PACKAGES}
-for set in ${SETS:-humaneval mt-bench}; do
-  mkdir -p $OUT/$set
-  $PY -m tools.engine_ab $set 1 ${ROUNDS:-5} --prompts 8 --max-tokens 96 --lockstep --versus ngram-ds \
-    --methods ${METHODS:-off,ngram-ds,hybrid-ds,dspark} --out $OUT/$set > $OUT/$set/log.txt 2>&1
-done
+ROUNDS=${ROUNDS:-5} OUT=bench/results/2026-12-05-phase27/e2e-final METHODS=${METHODS:-off,ngram-ds,hybrid-ds,dspark} \
+  exec bash bench/results/2026-12-04-phase21/e2e.sh

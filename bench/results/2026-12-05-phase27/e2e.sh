@@ -10,13 +10,5 @@
 # rerun, check that commit out.
 #
 #   git checkout d7735c8 && ROUNDS=3 SETS=mt-bench bash bench/results/2026-12-05-phase27/e2e.sh   # ~8 min a set
-set -euo pipefail
-OUT=bench/results/2026-12-05-phase27/e2e
-PY=${PYTHON:-.venv/bin/python}
-export OMP_NUM_THREADS=1 PYTHONPATH=.${DATA_PACKAGES:+:$DATA_PACKAGES}
-for set in ${SETS:-humaneval mt-bench}; do
-  mkdir -p $OUT/$set
-  $PY -m tools.engine_ab $set 1 ${ROUNDS:-3} --prompts 8 --max-tokens 96 --lockstep --versus ngram-ds \
-    --methods ${METHODS:-off,ngram-ds,ngram-ds-request-priced,hybrid-ds,hybrid-ds-request-priced} \
-    --out $OUT/$set > $OUT/$set/log.txt 2>&1
-done
+ROUNDS=${ROUNDS:-3} OUT=bench/results/2026-12-05-phase27/e2e METHODS=${METHODS:-off,ngram-ds,ngram-ds-request-priced,hybrid-ds,hybrid-ds-request-priced} \
+  exec bash bench/results/2026-12-04-phase21/e2e.sh

@@ -10,7 +10,7 @@ import torch
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from engine.engine import LLMEngine
 from engine.spec.base import DraftInput
-from engine.spec.head_payoff import HeadPayoff, HeadStreaks, PositionRates
+from engine.spec.head_payoff import HeadPayoff, PositionRates
 from engine.spec.hybrid import EXPLORE_EVERY, EXPLORE_EVERY_MAX, STEADY_FOLD_POSITIONS, HybridDrafter, choose
 from engine.spec.ngram import NgramDrafter
 from engine.spec.heads.registry import HEAD_METHODS
@@ -192,58 +192,6 @@ def test_a_run_after_a_skip_is_not_charged_for_folding_the_backlog(monkeypatch):
     propose(accepted_token_seconds=1.0)
     keep = hybrid.payoffs[0].keep
     assert sum(payoff.seconds for payoff in hybrid.payoffs) == pytest.approx(charged * keep + 0.1)
-
-
-def test_a_request_whose_run_would_first_fold_a_long_backlog_is_charged_for_it():
-    """The folding a run would do first for a request's backlog (beyond a
-    steady run's) is added to that request's cost: where a run only breaks
-    even, the request with a long backlog is skipped, one in steady state
-    runs. Before phase 27 (charge_backlog False) both ran."""
-    hybrid, head, propose = _load_case()
-    hybrid.payoffs = [HeadPayoff(runs=10.0, gained=5.0, verified=0.0, seconds=0.01, timed_runs=1.0)
-                      for _ in hybrid.payoffs]  # half a draft gained for 10 ms a run
-    head.backlogs = {"r": STEADY_FOLD_POSITIONS + 10, "f": STEADY_FOLD_POSITIONS}
-    hybrid.fold_seconds_per_position = 0.001  # r's run would first fold 10 ms of backlog
-    assert propose(accepted_token_seconds=0.03) == {"r": "ngram", "f": "dspark"}  # 15 ms of worth
-    assert head.ran_for == ["f"] and hybrid.head_skipped["cost"] == 1
-    hybrid.charge_backlog = False
-    assert propose(accepted_token_seconds=0.03) == {"r": "dspark", "f": "dspark"}
-
-
-def test_the_backlog_is_charged_over_the_mean_streak_of_runs():
-    """Folded once a streak and paid back over its runs: with streaks of
-    four runs, r's 10 ms of backlog is 2.5 ms of its run, and it pays."""
-    hybrid, head, propose = _load_case()
-    hybrid.payoffs = [HeadPayoff(runs=10.0, gained=5.0, verified=0.0, seconds=0.01, timed_runs=1.0)
-                      for _ in hybrid.payoffs]
-    head.backlogs = {"r": STEADY_FOLD_POSITIONS + 10, "f": STEADY_FOLD_POSITIONS}
-    hybrid.fold_seconds_per_position = 0.001
-    hybrid.streaks = HeadStreaks(runs=4.0, starts=1.0)
-    assert propose(accepted_token_seconds=0.03) == {"r": "dspark", "f": "dspark"}
-
-
-def test_a_streak_starts_where_the_head_did_not_run_for_the_request_the_step_before():
-    streaks = HeadStreaks(keep=1.0, runs=0.0, starts=0.0)
-    streaks.record(["a", "b"], step=1)  # two starts
-    streaks.record(["a"], step=2)  # a goes on
-    streaks.record(["a", "b"], step=4)  # both start again after a gap
-    assert (streaks.runs, streaks.starts) == (5.0, 4.0) and streaks.mean_length == 1.25
-    streaks.forget("a")
-    streaks.record(["a"], step=5)  # forgotten: a start
-    assert streaks.starts == 5.0
-
-
-def test_the_seconds_per_folded_position_follow_the_runs_that_folded():
-    hybrid, head, propose = _load_case()
-    head.last_fold = (0.02, 10)
-    propose(accepted_token_seconds=1.0)
-    assert hybrid.fold_seconds_per_position == pytest.approx(0.002)
-    head.last_fold = (0.0, 0)  # a run that folded nothing leaves the figure
-    propose(accepted_token_seconds=1.0)
-    assert hybrid.fold_seconds_per_position == pytest.approx(0.002)
-    head.last_fold = (0.04, 10)
-    propose(accepted_token_seconds=1.0)
-    assert hybrid.fold_seconds_per_position == pytest.approx(0.9 * 0.002 + 0.1 * 0.004)
 
 
 def test_the_head_is_not_run_when_its_runs_do_not_pay_but_is_tried_now_and_then():

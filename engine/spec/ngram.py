@@ -177,15 +177,16 @@ class NgramDrafter(Drafter):
             self.absorb(item.request)  # tokens emitted after the last absorb
             branching = self.alternatives and takes_alternatives(item)
             index = self.indexes[item.request.request_id]
-            items.append((item, index, branching, self._lookup_block(index, item.max_tokens)))
+            lookup = self._lookup_block(index, item.max_tokens)
+            items.append((item, index, branching, lookup, self._lookup_settles(lookup, item.max_tokens)))
         # The datastore's chains of every request that needs one, looked up together.
-        wanted = {item.request.request_id: (index, item.max_tokens) for item, index, branching, lookup in items
-                  if self._needs_corpus(lookup, item.max_tokens, branching)}
+        wanted = {item.request.request_id: (index, item.max_tokens)
+                  for item, index, branching, _, settled in items if self._needs_corpus(settled, branching)}
         corpus = dict(zip(wanted, self._corpus_blocks(list(wanted.values()))))
         proposals = {}
-        for item, index, branching, lookup in items:
+        for item, _, branching, lookup, settled in items:
             rid = item.request.request_id
-            block, other = self._settle(lookup, corpus[rid], item.max_tokens) if rid in corpus else (lookup, None)
+            block, other = self._settle(lookup, corpus[rid], settled) if rid in corpus else (lookup, None)
             if block is not None and other is not None and branching:
                 block = with_alternative(block, other, item.economics, item.steps_saved_per_token)
             if block is not None:
@@ -203,27 +204,30 @@ class NgramDrafter(Drafter):
         other is looked up only when asked for (`other`) or needed for the
         choice; None where that source has nothing."""
         lookup = self._lookup_block(index, k)
-        if not self._needs_corpus(lookup, k, other):
+        settled = self._lookup_settles(lookup, k)
+        if not self._needs_corpus(settled, other):
             return lookup, None
-        return self._settle(lookup, self._corpus_blocks([(index, k)])[0], k)
-
-    def _needs_corpus(self, lookup: DraftBlock | None, k: int, other: bool) -> bool:
-        """Whether the datastore's block is wanted: asked for (`other`), or
-        lookup's block might promise less than it (a bound on what the
-        datastore can promise spares the lookups where it cannot win)."""
-        if self.datastore is None:
-            return False
-        return other or not self._lookup_settles(lookup, k)
+        return self._settle(lookup, self._corpus_blocks([(index, k)])[0], settled)
 
     def _lookup_settles(self, lookup: DraftBlock | None, k: int) -> bool:
+        """Whether lookup's block promises at least what any datastore block
+        of k could (a bound that spares the datastore's lookups); True
+        without a datastore."""
         datastore = self.datastore
+        if datastore is None:
+            return True
         return lookup is not None and (datastore.survival is None or
                                        expected_accepted(lookup.confidences) >= datastore.best_expected(k))
 
-    def _settle(self, lookup: DraftBlock | None, corpus: DraftBlock | None, k: int
+    def _needs_corpus(self, settled: bool, other: bool) -> bool:
+        """Whether the datastore's block is wanted: asked for (`other`), or
+        lookup's block has not settled the choice."""
+        return self.datastore is not None and (other or not settled)
+
+    def _settle(self, lookup: DraftBlock | None, corpus: DraftBlock | None, settled: bool
                 ) -> tuple[DraftBlock | None, DraftBlock | None]:
         """(chosen, other) of lookup's and the datastore's blocks."""
-        if self._lookup_settles(lookup, k) or corpus is None or \
+        if settled or corpus is None or \
                 (lookup is not None and expected_accepted(lookup.confidences) >= expected_accepted(corpus.confidences)):
             return lookup, corpus
         return corpus, lookup

@@ -20,6 +20,14 @@ def never_run_the_head(engine: LLMEngine) -> None:
     engine.drafter._head_could_win = lambda item, offered: False
 
 
+def bigram_rows_recomputed(engine: LLMEngine) -> None:
+    """`hybrid-ds-markov-uncached`: the hybrid's DSpark head computing its
+    Markov head's bigram row for every sequential draft, as before phase 28
+    kept each previous token's row (engine/spec/heads/token_rows.py)."""
+    rows = engine.drafter.head.head._markov_rows
+    rows.lookup = lambda ids, compute: compute(ids.reshape(-1)).view(*ids.shape, -1)
+
+
 def one_payoff_for_every_band(engine: LLMEngine) -> None:
     """`hybrid-ds-one-payoff`: the hybrid as it was before phase 24, with one
     head payoff over all steps instead of one per band of what n-gram's
@@ -99,6 +107,7 @@ ABLATIONS = {"hybrid-nohead": ("hybrid", never_run_the_head), "hybrid-ds-nohead"
              "hybrid-twice": ("hybrid", calibrated_twice),
              "hybrid-ds-own-map": ("hybrid-ds", ngram_blocks_mapped_by_the_hybrid),
              "hybrid-ds-one-payoff": ("hybrid-ds", one_payoff_for_every_band),
+             "hybrid-ds-markov-uncached": ("hybrid-ds", bigram_rows_recomputed),
              # a second engine of the same configuration: the A/A check of a comparison's floor
              "ngram-ds-again": ("ngram-ds", None),
              "ngram-ds-pooled-prior": ("ngram-ds", prior_pooled_over_followers),

@@ -270,3 +270,22 @@ def test_the_pooled_prior_ablation_reads_the_same_rates_in_every_follower_class(
     ablate(engine)
     for followers in (FOLLOWED_ONCE, FOLLOWED_VARIOUSLY):
         assert engine.drafter.confidences(1, 3, followers) == list(SURVIVAL_BY_MATCH_AND_POSITION[0][:3])
+
+
+def test_the_uncached_markov_ablation_computes_every_bigram_row_again(tiny_target):
+    """`hybrid-ds-markov-uncached`: the served DSpark head's rows as the
+    packed product gives them, none kept."""
+    import torch
+
+    from tests.engine.spec.conftest import make_head
+
+    head = make_head("dspark", tiny_target, 4, seed=3)
+    head.use_inference_kernels()
+    engine = SimpleNamespace(drafter=SimpleNamespace(head=SimpleNamespace(head=head)))
+    method, ablate = ablations.ABLATIONS["hybrid-ds-markov-uncached"]
+    assert method == "hybrid-ds"
+    ablate(engine)
+    with torch.inference_mode():
+        rows = head.markov_bias(torch.tensor([[5, 5], [9, 5]]))
+    assert rows.shape == (2, 2, head.output_size) and torch.equal(rows[0, 0], rows[1, 1])
+    assert head._markov_rows.used == 0

@@ -47,6 +47,24 @@ def test_confidences_come_from_the_confidence_head(tiny_target):
     torch.testing.assert_close(torch.tensor(proposal.confidences), expected, atol=1e-5, rtol=1e-4)
 
 
+def test_served_bigram_rows_are_the_product_s_each_computed_once(tiny_target):
+    """Serving keeps each previous token's bigram row (TokenRows): the rows
+    are W1[x] @ W2's, for repeated and new tokens alike."""
+    head = make_head("dspark", tiny_target, BLOCK, seed=3)
+    with torch.no_grad():
+        head.markov_out.normal_(std=0.1)
+    prev = torch.tensor([[5, 9], [5, 11]])
+    with torch.inference_mode():
+        expected = head.markov_bias(prev)  # the plain product, before serving packs W2
+        head.use_inference_kernels()
+        first, again = head.markov_bias(prev), head.markov_bias(prev[:, :1])
+        later = head.markov_bias(torch.tensor([11, 40]))
+    torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(again, first[:, :1])
+    torch.testing.assert_close(later[0], expected[1, 1], atol=1e-5, rtol=1e-5)
+    assert head._markov_rows.used == 4  # 5, 9, 11, 40: each computed once
+
+
 def test_needs_a_markov_rank(tiny_target):
     with pytest.raises(ValueError, match="markov_rank"):
         HeadConfig.for_target("dspark", tiny_target.config, markov_rank=-1)

@@ -64,16 +64,16 @@ class DSparkHead(BlockHead):
 
         The bigram term depends on the previous token alone, so each token's
         row is computed once and kept (`TokenRows`, the first
-        MARKOV_CACHE_ROWS tokens asked for): the packed product still read
-        W2's 4 MiB for every sequential draft (0.17 ms of a ~7.8 ms run, 5
-        a run at one stream), and drafts' previous tokens are mostly the
-        same few hundred."""
+        MARKOV_CACHE_ROWS tokens asked for): the packed product read W2's
+        4 MiB for every sequential draft (0.13 ms, about 5 a run at one
+        stream; a kept row costs 0.02 ms), and drafts' previous tokens are
+        mostly the same few hundred."""
         super().use_inference_kernels()
         self.confidence.kernel = None
         if self.config.markov_rank:
             self._markov_kernel = choose_kernel(self.markov_out.data.t().contiguous(), None, "head",
                                                 batch_invariant=False)
-            self._markov_rows = TokenRows(self.markov_in.num_embeddings, MARKOV_CACHE_ROWS)
+            self._markov_rows = TokenRows(MARKOV_CACHE_ROWS)
 
     def markov_bias(self, prev_tokens: torch.Tensor) -> torch.Tensor:
         """prev_tokens [...] target ids -> bigram logits [..., output_size] float32."""

@@ -11,37 +11,40 @@ class TokenRows:
     ids looked up; later ids are computed on every lookup.
 
     `compute` maps ids [n] to rows [n, width] and must give an id the same
-    row whatever else it is computed with, up to the kernel's rounding
-    (rows are cached as first computed). Ids range over [0, num_ids).
+    row whatever else it is computed with, up to the kernel's rounding:
+    a lookup with any id not kept computes all its ids in one call (a
+    product over a few rows costs what one row does), and returns those
+    rows. Meant for the few ids of one drafting step, so the bookkeeping
+    is plain Python.
     """
 
-    def __init__(self, num_ids: int, capacity: int):
+    def __init__(self, capacity: int):
         if capacity < 1:
             raise ValueError(f"TokenRows needs a capacity of at least one row, got {capacity}")
-        self.num_ids, self.capacity = num_ids, capacity
-        self.slots: torch.Tensor | None = None  # id -> its row in `rows`, -1 if not kept
+        self.capacity = capacity
+        self.slots: dict[int, int] = {}  # id -> its row in `rows`
         self.rows: torch.Tensor | None = None  # [capacity, width], allocated at the first lookup
-        self.used = 0
+
+    @property
+    def used(self) -> int:
+        return len(self.slots)
 
     def lookup(self, ids: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """ids [...] long -> rows [..., width]."""
         flat = ids.reshape(-1)
-        if self.slots is None:
-            self.slots = torch.full((self.num_ids,), -1, dtype=torch.long, device=ids.device)
-        slots = self.slots[flat]
-        missing = slots < 0
-        if bool(missing.any()):
-            new = flat[missing].unique()
-            if self.used + new.numel() > self.capacity:  # full: these are computed, not kept
-                return compute(flat).view(*ids.shape, -1)
-            self._keep(new, compute(new))
-            slots = self.slots[flat]
-        return self.rows[slots].view(*ids.shape, -1)
+        tokens = flat.tolist()
+        slots = [self.slots.get(token) for token in tokens]
+        if None in slots:
+            rows = compute(flat)
+            self._keep(tokens, rows)
+            return rows.view(*ids.shape, -1)
+        index = torch.tensor(slots, device=self.rows.device)
+        return self.rows.index_select(0, index).view(*ids.shape, -1)
 
-    def _keep(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+    def _keep(self, tokens: list[int], rows: torch.Tensor) -> None:
         if self.rows is None:
             self.rows = rows.new_empty((self.capacity, rows.shape[-1]))
-        kept = torch.arange(self.used, self.used + ids.numel(), device=ids.device)
-        self.rows[kept] = rows
-        self.slots[ids] = kept
-        self.used += ids.numel()
+        for index, token in enumerate(tokens):
+            if token not in self.slots and self.used < self.capacity:
+                self.rows[self.used] = rows[index]
+                self.slots[token] = self.used

@@ -20,17 +20,17 @@ class Counting:
         return TABLE[ids]
 
 
-def test_rows_are_the_function_s_and_each_id_is_computed_once():
-    rows, compute = TokenRows(10, capacity=4), Counting()
+def test_rows_are_the_function_s_and_kept_ids_are_not_computed_again():
+    rows, compute = TokenRows(capacity=4), Counting()
     ids = torch.tensor([[3, 3], [7, 1]])
     assert torch.equal(rows.lookup(ids, compute), TABLE[ids])
-    assert sorted(compute.computed) == [1, 3, 7]
-    assert torch.equal(rows.lookup(torch.tensor([7, 3]), compute), TABLE[[7, 3]])
-    assert sorted(compute.computed) == [1, 3, 7]  # all kept
+    assert compute.computed == [3, 3, 7, 1]  # one call for the lookup
+    assert torch.equal(rows.lookup(torch.tensor([7, 3, 1]), compute), TABLE[[7, 3, 1]])
+    assert compute.computed == [3, 3, 7, 1] and rows.used == 3  # all kept
 
 
 def test_ids_past_the_capacity_are_computed_every_time_and_rows_stay_right():
-    rows, compute = TokenRows(10, capacity=2), Counting()
+    rows, compute = TokenRows(capacity=2), Counting()
     rows.lookup(torch.tensor([0, 1]), compute)
     for _ in range(2):
         assert torch.equal(rows.lookup(torch.tensor([1, 5]), compute), TABLE[[1, 5]])
@@ -39,11 +39,11 @@ def test_ids_past_the_capacity_are_computed_every_time_and_rows_stay_right():
 
 
 def test_a_row_is_kept_as_first_computed():
-    rows = TokenRows(10, capacity=4)
+    rows = TokenRows(capacity=4)
     rows.lookup(torch.tensor([2]), lambda ids: TABLE[ids])
     assert torch.equal(rows.lookup(torch.tensor([2]), lambda ids: TABLE[ids] + 1), TABLE[[2]])
 
 
 def test_needs_room_for_a_row():
     with pytest.raises(ValueError, match="capacity"):
-        TokenRows(10, capacity=0)
+        TokenRows(capacity=0)

@@ -46,8 +46,9 @@ class SpecResult:
     num_plain_steps: int = 0  # decode steps without drafts (one token each; n-gram found no match)
     records: list[BlockRecord] = field(default_factory=list)
     accepted_per_position: list[int] = field(default_factory=list)
-    # Where each record came from, (request number, engine step), for a
-    # replay of what an online calibrator saw in order; empty for walks.
+    # Where each record came from: (request number, engine step) from real
+    # decoding, for a replay of what an online calibrator saw in order;
+    # (sequence number, anchor position) from a teacher-forced walk.
     origins: list[tuple[int, int]] = field(default_factory=list)
     num_engine_steps: int = 0
 
@@ -126,8 +127,8 @@ def raw_drafter(head: DraftHead) -> HeadDrafter:
 class _Walk:
     """One cached sequence being decoded along its own tokens."""
 
-    def __init__(self, rid: str, tokens: torch.Tensor, aux: torch.Tensor, prompt_len: int):
-        self.rid, self.tokens, self.aux = rid, tokens.tolist(), aux
+    def __init__(self, rid: str, tokens: torch.Tensor, aux: torch.Tensor, prompt_len: int, number: int = 0):
+        self.rid, self.tokens, self.aux, self.number = rid, tokens.tolist(), aux, number
         self.prompt_len = max(1, prompt_len)
         self.pos = self.prompt_len  # index of the anchor; features known for [0, pos)
         self.fed = 0  # features already handed to the drafter
@@ -174,7 +175,8 @@ def teacher_forced_simulation(head: DraftHead, features: FeatureSet, block_size:
     result, params = SpecResult(), SamplingParams(temperature=0.0, max_tokens=1 << 20)
     for start in range(0, len(features), batch):
         sequences = [features.sequence(i) for i in range(start, min(start + batch, len(features)))]
-        walks = [_Walk(f"seq{i}", seq.tokens, seq.aux, seq.first_trainable) for i, seq in enumerate(sequences)]
+        walks = [_Walk(f"seq{i}", seq.tokens, seq.aux, seq.first_trainable, start + i)
+                 for i, seq in enumerate(sequences)]
         _simulate(raw_drafter(head), walks, block_size, params, result)
     head.train(was_training)
     return result
@@ -188,9 +190,10 @@ def _simulate(drafter: HeadDrafter, walks: list[_Walk], block_size: int, params,
         for walk in active:
             proposal = proposals.get(walk.rid)
             drafts = proposal.token_ids if proposal else []
+            anchor = walk.pos
             accepted = walk.verify(drafts)
             if drafts:
-                result.record(proposal.confidences, accepted, accepted + 1, proposal.peaks)
+                result.record(proposal.confidences, accepted, accepted + 1, proposal.peaks, (walk.number, anchor))
         active = [w for w in active if not w.done]
     drafter.forget([w.rid for w in walks])
 

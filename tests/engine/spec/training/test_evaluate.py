@@ -38,6 +38,23 @@ def test_teacher_forced_tau_equals_real_greedy_decoding(tiny_target, samples, tm
     assert real.tau >= 1.0
 
 
+def test_a_walk_s_records_say_which_sequence_and_anchor_they_came_from(tiny_target, samples, tmp_path):
+    """Each teacher-forced record's origin is (sequence number in the set,
+    anchor position): a sequence's anchors start at its first trained
+    token and advance by what each block emitted."""
+    head = make_head("dspark", tiny_target, BLOCK, seed=1)
+    cached = collect_features(tiny_target, samples[:5], head.config.aux_layers, str(tmp_path), progress=False)
+    result = teacher_forced_simulation(head, cached, batch=2)  # sequence numbers run across batches
+    assert len(result.origins) == len(result.records)
+    assert {number for number, _ in result.origins} == set(range(5))
+    for number in range(5):
+        mine = [(anchor, record) for (n, anchor), record in zip(result.origins, result.records) if n == number]
+        anchors = [anchor for anchor, _ in mine]
+        assert anchors[0] == cached.sequence(number).first_trainable
+        assert all(later == anchor + record.num_accepted + 1
+                   for (anchor, record), later in zip(mine, anchors[1:]))
+
+
 def test_sampled_decoding_reports_valid_records(tiny_target, samples):
     head = make_head("eagle3", tiny_target, BLOCK, seed=2)
     result = speculative_decode(tiny_target, head, [s.prompt_ids for s in samples[:3]],

@@ -9,7 +9,7 @@
 set -euo pipefail
 # Each background job is waited for by its pid, so that a failed one stops the script.
 wait_all() { for job in $(jobs -p); do wait "$job"; done; }
-OUT=bench/results/2026-12-02-served-calibration
+OUT=${OUT:-bench/results/2026-12-02-served-calibration}  # later phases call this with their own (and RUN)
 RUN=${RUN:-runs/calib-s13/whole}
 PY=${PYTHON:-python}
 export PYTHONPATH=.${DATA_PACKAGES:+:$DATA_PACKAGES} OMP_NUM_THREADS=1

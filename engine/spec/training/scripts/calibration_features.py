@@ -111,7 +111,11 @@ def decoded(path: str, temperature: str = "0") -> ContextRecords:
 def _inputs(data: ContextRecords, feature: str | None, block_size: int):
     """([F, N, K] logits of confidence, peak and the feature; survived; reached)."""
     logits, drafted, survived = confidence_logits(data.records, block_size)
-    inputs = [logits, peak_logits(data.records, block_size)]
+    peaks = peak_logits(data.records, block_size)
+    if peaks is None:
+        raise ValueError("the map reads the draft distributions' peaks; these records have none "
+                         "(a trained head's have)")
+    inputs = [logits, peaks]
     if feature is not None:
         inputs.append(torch.tensor(data.features[feature], dtype=torch.float64)[:, None].expand(-1, block_size))
     return torch.stack(inputs), survived, reached_positions(drafted, survived)

@@ -64,6 +64,12 @@ def test_a_feature_the_outcomes_ignore_gets_no_weight():
     assert abs(float(weights[0, 2])) < 0.2
 
 
+def test_records_without_peaks_are_refused():
+    data = cf.ContextRecords([BlockRecord([0.5, 0.5], 1)], [0], {"fence": [0.0]})
+    with pytest.raises(ValueError, match="peaks"):
+        cf.fit(data, "fence", BLOCK)
+
+
 def test_the_table_has_a_row_per_input_and_a_pooled_column():
     fit_set = _planted(600, 3, 1.0)
     rows = cf.feature_rows(fit_set, {"a": _planted(300, 4, 1.0), "b": _planted(300, 5, 0.0)}, [None, "fence"], BLOCK)

@@ -127,7 +127,7 @@ def raw_drafter(head: DraftHead) -> HeadDrafter:
 class _Walk:
     """One cached sequence being decoded along its own tokens."""
 
-    def __init__(self, rid: str, tokens: torch.Tensor, aux: torch.Tensor, prompt_len: int, number: int = 0):
+    def __init__(self, rid: str, tokens: torch.Tensor, aux: torch.Tensor, prompt_len: int, number: int):
         self.rid, self.tokens, self.aux, self.number = rid, tokens.tolist(), aux, number
         self.prompt_len = max(1, prompt_len)
         self.pos = self.prompt_len  # index of the anchor; features known for [0, pos)

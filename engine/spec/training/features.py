@@ -60,8 +60,13 @@ class SequenceFeatures:
     @property
     def first_trainable(self) -> int:
         """Index of the first trained token (the end of the first prompt)."""
-        hits = self.trainable.nonzero()
-        return int(hits[0]) if hits.numel() else self.tokens.shape[0]
+        return _first_trained(self.trainable)
+
+
+def _first_trained(trainable: torch.Tensor) -> int:
+    """Index of the first True in trainable [T] bool; T if none."""
+    hits = trainable.nonzero()
+    return int(hits[0]) if hits.numel() else trainable.shape[0]
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,14 @@ class FeatureSet:
             ref.id, handle.get_slice("tokens")[rows].long(), aux, handle.get_slice("topk_ids")[rows].long(),
             handle.get_slice("topk_logprobs")[rows], handle.get_slice("trainable")[rows].bool(),
             bool(handle.get_slice("relabel")[ref.row: ref.row + 1][0]))
+
+    def tokens(self, index: int) -> tuple[torch.Tensor, int]:
+        """Sequence `index`'s tokens [T] long and its first trained token's
+        index (`SequenceFeatures.first_trainable`), without reading its features."""
+        ref = self.refs[index]
+        handle = self._handle(ref.shard)
+        rows = slice(ref.start, ref.end)
+        return handle.get_slice("tokens")[rows].long(), _first_trained(handle.get_slice("trainable")[rows].bool())
 
     def _handle(self, shard: str):
         if shard not in self._handles:

@@ -87,14 +87,14 @@ def walked(head, features, tokenizer) -> ContextRecords:
     order = sorted(range(len(result.records)), key=lambda i: result.origins[i])  # per sequence, by anchor
     records = [result.records[i] for i in order]
     origins = [result.origins[i] for i in order]
-    sequences = {n: features.sequence(n) for n in {n for n, _ in origins}}
-    tokens = {n: s.tokens.tolist() for n, s in sequences.items()}
+    sequences = {n: features.tokens(n) for n in {n for n, _ in origins}}  # (tokens, first trained)
+    tokens = {n: ids.tolist() for n, (ids, _) in sequences.items()}
     counts = fence_counts(tokenizer, [t for ids in tokens.values() for t in ids])
     requests = [n for n, _ in origins]
     return ContextRecords(records, requests, {
         "fence": [inside_fence(tokens[n], anchor, counts) for n, anchor in origins],
         "history": history_logits(requests, [r.num_accepted for r in records]),
-        "position": [math.log1p(anchor - sequences[n].first_trainable) for n, anchor in origins]})
+        "position": [math.log1p(anchor - sequences[n][1]) for n, anchor in origins]})
 
 
 def decoded(path: str, temperature: str = "0") -> ContextRecords:

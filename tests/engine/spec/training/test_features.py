@@ -130,3 +130,10 @@ def test_features_run_on_batch_free_kernels_and_the_served_mode_comes_back(tiny_
     collect_features(target, samples[:6], (1, 2, 3), str(tmp_path / "f"), batch_tokens=64, progress=False)
     assert modes and not any(modes)
     assert target.model.batch_invariant
+
+
+def test_a_sequence_s_tokens_read_alone_are_the_whole_read_s(feature_set):
+    for i in range(len(feature_set)):
+        tokens, first_trained = feature_set.tokens(i)
+        whole = feature_set.sequence(i)
+        assert torch.equal(tokens, whole.tokens) and first_trained == whole.first_trainable
